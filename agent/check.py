@@ -1,0 +1,59 @@
+"""`edge-agent check`: what a valid configuration will do, in words a technician can verify."""
+
+from __future__ import annotations
+
+import ipaddress
+
+from agent.config import LoadedConfig
+from drivers.modbus.plan import plan_requests
+
+
+def _is_local(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def warnings(loaded: LoadedConfig) -> list[str]:
+    """Things that are valid but probably not meant."""
+    mqtt = loaded.config.mqtt
+    out = []
+    if not mqtt.tls.enabled and not _is_local(mqtt.host):
+        out.append(
+            f"mqtt.tls.enabled is false towards {mqtt.host}: events and the password "
+            "cross the network in clear text"
+        )
+    if mqtt.username is not None and mqtt.password is None:
+        out.append("mqtt.username is set without mqtt.password")
+    return out
+
+
+def summary(loaded: LoadedConfig) -> list[str]:
+    cfg = loaded.config
+    mqtt = cfg.mqtt
+    scheme = "mqtts" if mqtt.tls.enabled else "mqtt"
+    password = "set" if mqtt.password is not None and mqtt.password.get_secret_value() else "none"
+    lines = [
+        f"{loaded.path}: OK (sha256 {loaded.sha256[:12]})",
+        f"gateway {cfg.gateway.id} at site {cfg.gateway.site}; store {cfg.store_path}",
+        f"mqtt {scheme}://{mqtt.host}:{mqtt.effective_port} MQTT {mqtt.version} as "
+        f"{mqtt.client_id or cfg.gateway.id} (user {mqtt.username or 'none'}, password {password})",
+        f"  topics: {mqtt.topic}",
+        f"aggregate windows of {cfg.aggregate.window_s:g} s",
+    ]
+    for device in cfg.devices:
+        requests = plan_requests(device.tags, max_gap_registers=device.max_gap_registers)
+        lines.append(
+            f"device {device.name}: {device.protocol} {device.host}:{device.port} unit {device.unit}, "
+            f"{len(device.tags)} tags every {device.poll_interval_s:g} s in {len(requests)} request(s)"
+        )
+        for request in requests:
+            names = ", ".join(tag.name for tag in request.tags)
+            lines.append(
+                f"  read {request.table} registers {request.address}..{request.address + request.count - 1}"
+                f" ({request.count}): {names}"
+            )
+    return lines

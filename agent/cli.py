@@ -1,0 +1,147 @@
+"""The `edge-agent` command. Exit codes: 0 ok, 1 runtime failure, 2 bad configuration or usage."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import signal
+import sys
+from collections.abc import Sequence
+from importlib import metadata
+from pathlib import Path
+
+from agent import __version__
+from agent.config import ConfigError, LoadedConfig, load_config
+
+EXIT_OK, EXIT_FAILURE, EXIT_CONFIG = 0, 1, 2
+
+
+def _load_or_exit(path: str) -> LoadedConfig:
+    try:
+        return load_config(path)
+    except ConfigError as exc:
+        for line in exc.lines:
+            print(line, file=sys.stderr)
+        raise SystemExit(EXIT_CONFIG) from None
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    from agent.check import summary, warnings
+
+    loaded = _load_or_exit(args.config)
+    for line in summary(loaded):
+        print(line)
+    for line in warnings(loaded):
+        print(f"warning: {line}", file=sys.stderr)
+    return EXIT_OK
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    loaded = _load_or_exit(args.config)
+    from agent.logs import configure_logging
+
+    configure_logging(args.log_level or loaded.config.log.level)
+    # Before numba is imported: compiled kernels are cached in the state directory,
+    # so a restart does not compile again.
+    os.environ.setdefault("NUMBA_CACHE_DIR", str(loaded.config.gateway.state_dir / "numba-cache"))
+    import structlog
+
+    from agent.runtime import run_agent
+
+    log = structlog.get_logger("agent.cli")
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        await run_agent(loaded, stop)
+
+    try:
+        asyncio.run(main())
+    except OSError as exc:
+        log.error("agent_failed", error=str(exc), hint="check that gateway.state_dir is writable")
+        return EXIT_FAILURE
+    return EXIT_OK
+
+
+def cmd_tail(args: argparse.Namespace) -> int:
+    from agent.tail import tail, topic_filter
+
+    host, port, tls, ca_file, username, password = args.host, args.port, not args.no_tls, None, None, None
+    topic = args.topic
+    if args.config:
+        cfg = _load_or_exit(args.config).config
+        mqtt = cfg.mqtt
+        host = args.host or mqtt.host
+        port = args.port or mqtt.effective_port
+        tls = mqtt.tls.enabled and not args.no_tls
+        ca_file = str(mqtt.tls.ca_file) if mqtt.tls.ca_file else None
+        username = mqtt.username
+        password = mqtt.password.get_secret_value() if mqtt.password else None
+        topic = topic or topic_filter(mqtt.topic, site=cfg.gateway.site, gateway=cfg.gateway.id)
+    if not host:
+        print("tail: give -c FILE or --host", file=sys.stderr)
+        return EXIT_CONFIG
+    return tail(
+        host=host, port=port or (8883 if tls else 1883), topic=topic or "#", tls=tls,
+        ca_file=ca_file, username=username, password=password, as_json=args.json, count=args.count,
+    )
+
+
+def cmd_version(_args: argparse.Namespace) -> int:
+    print(f"edge-agent {__version__}")
+    for dist in ("pymodbus", "asyncua", "paho-mqtt", "numba", "numpy", "msgpack", "pydantic"):
+        try:
+            print(f"  {dist} {metadata.version(dist)}")
+        except metadata.PackageNotFoundError:
+            print(f"  {dist} missing")
+    print(f"  python {sys.version.split()[0]}")
+    return EXIT_OK
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="edge-agent",
+        description="Edge agent for retrofitted machines: polls devices, detects locally, "
+        "stores and forwards condensed events to an MQTT broker.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    run = sub.add_parser("run", help="run the agent (as the system service does)")
+    run.add_argument("-c", "--config", required=True, help="configuration file (YAML)")
+    run.add_argument("--log-level", choices=["debug", "info", "warning", "error"],
+                     help="overrides log.level of the configuration")
+    run.set_defaults(func=cmd_run)
+
+    check = sub.add_parser("check", help="validate a configuration and say what it will do")
+    check.add_argument("-c", "--config", required=True, help="configuration file (YAML)")
+    check.set_defaults(func=cmd_check)
+
+    tail = sub.add_parser("tail", help="print the events arriving at the broker, decoded")
+    tail.add_argument("-c", "--config", help="take broker, credentials and topic from this file")
+    tail.add_argument("--host", help="broker host (overrides the configuration)")
+    tail.add_argument("--port", type=int, help="broker port (overrides the configuration)")
+    tail.add_argument("--topic", help="subscription (default: every topic of this gateway)")
+    tail.add_argument("--no-tls", action="store_true", help="connect without TLS")
+    tail.add_argument("--json", action="store_true", help="one JSON object per line")
+    tail.add_argument("--count", type=int, help="exit after this many events")
+    tail.set_defaults(func=cmd_tail)
+
+    version = sub.add_parser("version", help="print the versions of the agent and its libraries")
+    version.set_defaults(func=cmd_version)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        code: int = args.func(args)
+    except KeyboardInterrupt:
+        code = EXIT_OK
+    return code
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,47 @@
+"""numba kernels: pure functions over arrays, their state passed in as arrays.
+
+No Python objects and no allocation inside; one call per poll batch covers all
+of its tags. Compiled with cache=True: the cache lives in NUMBA_CACHE_DIR (the
+agent points it into its state directory) so that a restart does not compile.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import numpy.typing as npt
+from numba import njit
+
+F64 = npt.NDArray[np.float64]
+I64 = npt.NDArray[np.int64]
+
+# Column of each statistic in a window state array of shape (tags, WINDOW_FIELDS).
+W_COUNT, W_BAD, W_MEAN, W_M2, W_MIN, W_MAX, W_LAST = range(7)
+WINDOW_FIELDS = 7
+
+
+@njit(cache=True)  # type: ignore[misc]
+def window_accumulate(
+    state: F64, index: I64, values: F64, quality: npt.NDArray[np.uint8]
+) -> None:
+    """Fold one batch into per-tag window statistics (Welford's online mean and variance).
+
+    Reference: B. P. Welford, "Note on a method for calculating corrected sums of
+    squares and products", Technometrics 4(3), 1962. Samples whose quality is not
+    GOOD (0) are only counted as bad: they never enter the statistics.
+    """
+    for j in range(index.shape[0]):
+        row = index[j]
+        if quality[j] != 0:
+            state[row, W_BAD] += 1.0
+            continue
+        x = values[j]
+        n = state[row, W_COUNT] + 1.0
+        state[row, W_COUNT] = n
+        delta = x - state[row, W_MEAN]
+        state[row, W_MEAN] += delta / n
+        state[row, W_M2] += delta * (x - state[row, W_MEAN])
+        if n == 1.0 or x < state[row, W_MIN]:
+            state[row, W_MIN] = x
+        if n == 1.0 or x > state[row, W_MAX]:
+            state[row, W_MAX] = x
+        state[row, W_LAST] = x

@@ -1,0 +1,93 @@
+"""Per-tag window aggregates: the condensed view of every tag, once per window.
+
+Windows run on the monotonic clock (a clock step cannot stretch or shrink one);
+the event carries the wall-clock start and end for the cloud.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+
+from agent.detect.kernels import (
+    W_BAD,
+    W_COUNT,
+    W_LAST,
+    W_M2,
+    W_MAX,
+    W_MEAN,
+    W_MIN,
+    WINDOW_FIELDS,
+    window_accumulate,
+)
+from agent.events import WINDOW, Event
+from drivers.samples import SampleBatch
+
+
+class WindowAggregator:
+    """Min, max, mean, standard deviation, last value and counts per tag (a Detector)."""
+
+    def __init__(self, device: str, tags: Sequence[str], units: Mapping[str, str], window_s: float):
+        self._device = device
+        self._tags = tuple(tags)
+        self._units = dict(units)
+        self._window_ns = int(window_s * 1e9)
+        self._row = {tag: i for i, tag in enumerate(self._tags)}
+        self._state = np.zeros((len(self._tags), WINDOW_FIELDS), dtype=np.float64)
+        self._index_cache: dict[tuple[str, ...], np.ndarray] = {}
+        self._open_mono_ns: int | None = None
+        self._open_time_ns = 0
+
+    def on_batch(self, batch: SampleBatch) -> list[Event]:
+        events = self.on_tick(batch.mono_ns, batch.time_ns)
+        if self._open_mono_ns is None:
+            self._open_mono_ns = batch.mono_ns
+            self._open_time_ns = batch.time_ns
+        window_accumulate(self._state, self._index(batch.tags), batch.values, batch.quality)
+        return events
+
+    def on_tick(self, mono_ns: int, time_ns: int) -> list[Event]:
+        if self._open_mono_ns is None or mono_ns - self._open_mono_ns < self._window_ns:
+            return []
+        return self._close(time_ns)
+
+    def flush(self, time_ns: int) -> list[Event]:
+        return self._close(time_ns) if self._open_mono_ns is not None else []
+
+    def _close(self, end_time_ns: int) -> list[Event]:
+        state = self._state
+        tags: dict[str, dict[str, object]] = {}
+        for tag, row in self._row.items():
+            n = int(state[row, W_COUNT])
+            bad = int(state[row, W_BAD])
+            if n == 0 and bad == 0:
+                continue
+            summary: dict[str, object] = {"n": n, "bad": bad, "unit": self._units.get(tag, "")}
+            if n:
+                summary.update(
+                    min=float(state[row, W_MIN]),
+                    max=float(state[row, W_MAX]),
+                    mean=float(state[row, W_MEAN]),
+                    std=math.sqrt(state[row, W_M2] / n) if n > 1 else 0.0,
+                    last=float(state[row, W_LAST]),
+                )
+            tags[tag] = summary
+        start_ns = self._open_time_ns
+        state.fill(0.0)
+        self._open_mono_ns = None
+        if not tags:
+            return []
+        data = {"start_ns": start_ns, "end_ns": end_time_ns, "tags": tags}
+        return [Event(kind=WINDOW, device=self._device, time_ns=end_time_ns, data=data)]
+
+    def _index(self, tags: tuple[str, ...]) -> np.ndarray:
+        index = self._index_cache.get(tags)
+        if index is None:
+            unknown = [t for t in tags if t not in self._row]
+            if unknown:
+                raise KeyError(f"{self._device}: batch has tags this detector was not built for: {unknown}")
+            index = np.array([self._row[t] for t in tags], dtype=np.int64)
+            self._index_cache[tags] = index
+        return index

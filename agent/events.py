@@ -1,0 +1,93 @@
+"""Events: what the agent sends, and their msgpack encoding (schema version 1).
+
+An event is what a detector or the supervisor says about a device; the store
+gives it its gateway-wide sequence number when it is made durable, and encodes
+it then, so that the bytes on disk are exactly the bytes that are sent.
+docs/events.md describes every kind and field; keep the two together.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import msgpack
+
+SCHEMA_VERSION = 1
+
+# Event kinds. The kind is also the last part of the default MQTT topic.
+WINDOW = "window"
+"""Per-tag aggregates of one device over one window."""
+DEVICE_HEALTH = "device_health"
+"""A device's connection or read status changed."""
+
+GATEWAY_DEVICE = "_gateway"
+"""The `device` of events about the gateway itself (topic-safe, never a device name)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    kind: str
+    device: str
+    time_ns: int
+    """UTC wall-clock nanoseconds: when what the event reports happened (or ended)."""
+    data: Mapping[str, Any]
+    """Kind-specific fields: msgpack-native types only (str, int, float, bool, None, lists, maps)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Envelope:
+    """A decoded event as the cloud sees it."""
+
+    version: int
+    gateway: str
+    seq: int
+    kind: str
+    device: str
+    time_ns: int
+    data: dict[str, Any]
+
+
+def encode(event: Event, *, gateway: str, seq: int) -> bytes:
+    """The wire form: a msgpack map with short keys (every byte counts on a metered link)."""
+    return msgpack.packb(
+        {
+            "v": SCHEMA_VERSION,
+            "gw": gateway,
+            "seq": seq,
+            "kind": event.kind,
+            "dev": event.device,
+            "t": event.time_ns,
+            "data": dict(event.data),
+        },
+        use_bin_type=True,
+    )
+
+
+class DecodeError(ValueError):
+    """The bytes are not an event of a schema version this code understands."""
+
+
+def decode(payload: bytes) -> Envelope:
+    try:
+        obj = msgpack.unpackb(payload, raw=False, strict_map_key=True)
+    except (msgpack.UnpackException, ValueError, TypeError) as exc:
+        raise DecodeError(f"not msgpack: {exc}") from exc
+    if not isinstance(obj, dict):
+        raise DecodeError(f"expected a map, got {type(obj).__name__}")
+    version = obj.get("v")
+    if version != SCHEMA_VERSION:
+        raise DecodeError(f"unsupported schema version {version!r}")
+    try:
+        return Envelope(
+            version=version,
+            gateway=str(obj["gw"]),
+            seq=int(obj["seq"]),
+            kind=str(obj["kind"]),
+            device=str(obj["dev"]),
+            time_ns=int(obj["t"]),
+            data=dict(obj["data"]),
+        )
+    except (KeyError, TypeError, ValueError) as exc:
+        raise DecodeError(f"missing or malformed field: {exc}") from exc

@@ -1,0 +1,102 @@
+"""`edge-agent tail`: subscribe to the broker and print each event decoded, one per line.
+
+A debugging tool for technicians and tests; it runs paho's blocking loop, the
+daemon's asyncio rules do not apply here.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import ssl
+import sys
+from dataclasses import asdict
+from typing import Any, TextIO
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
+
+from agent.events import DecodeError, Envelope, decode
+
+
+def topic_filter(template: str, **known: str) -> str:
+    """The subscription that matches every topic the template can produce."""
+    fields = {name: known.get(name, "+") for name in ("site", "gateway", "device", "kind")}
+    return template.format(**fields)
+
+
+def format_time(time_ns: int) -> str:
+    stamp = dt.datetime.fromtimestamp(time_ns / 1e9, tz=dt.UTC)
+    return stamp.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def _number(value: Any) -> str:
+    return f"{value:.6g}" if isinstance(value, float) else str(value)
+
+
+def format_line(env: Envelope) -> str:
+    """A one-line, human-readable rendering of an event."""
+    head = f"{format_time(env.time_ns)} {env.gateway} #{env.seq} {env.device} {env.kind}"
+    data = env.data
+    if env.kind == "window" and isinstance(data.get("tags"), dict):
+        parts = []
+        for tag, s in data["tags"].items():
+            unit = f" {s['unit']}" if s.get("unit") else ""
+            if s.get("n"):
+                parts.append(
+                    f"{tag}={_number(s['last'])}{unit} [{_number(s['min'])}..{_number(s['max'])}"
+                    f" mean {_number(s['mean'])} n={s['n']}]"
+                )
+            else:
+                parts.append(f"{tag}=? [bad={s.get('bad', 0)}]")
+        return f"{head} " + "; ".join(parts)
+    return f"{head} " + " ".join(f"{k}={_number(v)}" for k, v in data.items())
+
+
+def tail(
+    *, host: str, port: int, topic: str, tls: bool, ca_file: str | None, username: str | None,
+    password: str | None, as_json: bool, count: int | None, out: TextIO = sys.stdout,
+) -> int:
+    seen = 0
+    client = mqtt.Client(callback_api_version=CallbackAPIVersion.VERSION2)
+    if username is not None:
+        client.username_pw_set(username, password)
+    if tls:
+        client.tls_set(ca_certs=ca_file, cert_reqs=ssl.CERT_REQUIRED)
+
+    def on_connect(c: mqtt.Client, _u: Any, _f: Any, reason: Any, _p: Any) -> None:
+        if reason.is_failure:
+            print(f"broker refused the connection: {reason}", file=sys.stderr)
+            c.disconnect()
+            return
+        c.subscribe(topic, qos=1)
+        print(f"subscribed to {topic} on {host}:{port}", file=sys.stderr, flush=True)
+
+    def on_message(c: mqtt.Client, _u: Any, msg: mqtt.MQTTMessage) -> None:
+        nonlocal seen
+        try:
+            env = decode(msg.payload)
+        except DecodeError as exc:
+            print(f"{msg.topic}: undecodable payload ({exc})", file=sys.stderr, flush=True)
+            return
+        if as_json:
+            out.write(json.dumps({"topic": msg.topic, **asdict(env)}) + "\n")
+        else:
+            out.write(format_line(env) + "\n")
+        out.flush()
+        seen += 1
+        if count is not None and seen >= count:
+            c.disconnect()
+
+    client.on_connect = on_connect
+    client.on_message = on_message
+    try:
+        client.connect(host, port, keepalive=30)
+    except OSError as exc:
+        print(f"cannot reach the broker at {host}:{port}: {exc}", file=sys.stderr)
+        return 1
+    try:
+        client.loop_forever(retry_first_connection=False)
+    except KeyboardInterrupt:
+        client.disconnect()
+    return 0

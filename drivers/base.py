@@ -1,0 +1,42 @@
+"""The one interface the runtime knows a device by.
+
+The runtime never knows which protocol it talks: it asks a driver for its read
+plans, then loops connect / read(plan) / close. Each plan carries its own
+interval, so poll groups with different rates drop in without runtime changes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Protocol
+
+from drivers.samples import SampleBatch
+
+
+class ReadPlan(Protocol):
+    """A set of tags that are read together, every `interval_s` seconds."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def interval_s(self) -> float: ...
+
+    @property
+    def tags(self) -> tuple[str, ...]: ...
+
+
+class Driver(Protocol):
+    """A connection to one device. Methods raise `drivers.errors.DeviceError` subclasses."""
+
+    @property
+    def device(self) -> str: ...
+
+    @property
+    def plans(self) -> Sequence[ReadPlan]: ...
+
+    async def connect(self) -> None: ...
+
+    async def read(self, plan: ReadPlan) -> SampleBatch: ...
+
+    async def close(self) -> None: ...

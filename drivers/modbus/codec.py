@@ -1,0 +1,58 @@
+"""Decoding of register words into numbers, for every type and byte order.
+
+Words arrive as 16-bit integers in transmission order. The byte order says how
+the value's bytes (A = most significant) were laid out over them; decoding
+first undoes the order, then reads the bytes big-endian.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Sequence
+
+from drivers.modbus.config import ByteOrder, TagType
+
+_STRUCT: dict[str, struct.Struct] = {
+    "int16": struct.Struct(">h"),
+    "uint16": struct.Struct(">H"),
+    "int32": struct.Struct(">i"),
+    "uint32": struct.Struct(">I"),
+    "float32": struct.Struct(">f"),
+    "int64": struct.Struct(">q"),
+    "uint64": struct.Struct(">Q"),
+    "float64": struct.Struct(">d"),
+}
+
+
+def to_big_endian_bytes(words: Sequence[int], order: ByteOrder) -> bytes:
+    """Reorder transmitted words into the value's big-endian bytes (ABCD...)."""
+    ordered = list(words)
+    if order in ("CDAB", "DCBA"):  # low word first
+        ordered.reverse()
+    raw = b"".join(w.to_bytes(2, "big") for w in ordered)
+    if order in ("BADC", "DCBA"):  # bytes swapped inside each word
+        raw = b"".join(raw[i + 1 : i + 2] + raw[i : i + 1] for i in range(0, len(raw), 2))
+    return raw
+
+
+def decode(words: Sequence[int], type_: TagType, order: ByteOrder) -> float:
+    """The raw number held by `words` (before scale and offset)."""
+    fmt = _STRUCT[type_]
+    if len(words) * 2 != fmt.size:
+        raise ValueError(f"{type_} needs {fmt.size // 2} registers, got {len(words)}")
+    value: float = fmt.unpack(to_big_endian_bytes(words, order))[0]
+    return float(value)
+
+
+def encode(value: float, type_: TagType, order: ByteOrder) -> list[int]:
+    """The inverse of `decode`: words as a device with this byte order sends them.
+
+    Used by tests and the simulators; the agent never writes to a device.
+    """
+    fmt = _STRUCT[type_]
+    number: float | int = value if type_.startswith("float") else int(value)
+    big = fmt.pack(number)
+    words = [int.from_bytes(big[i : i + 2], "big") for i in range(0, len(big), 2)]
+    # The reorderings are their own inverses, so applying one again encodes.
+    raw = to_big_endian_bytes(words, order)
+    return [int.from_bytes(raw[i : i + 2], "big") for i in range(0, len(raw), 2)]

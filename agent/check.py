@@ -39,8 +39,11 @@ def summary(loaded: LoadedConfig) -> list[str]:
     lines = [
         f"{loaded.path}: OK (sha256 {loaded.sha256[:12]})",
         f"gateway {cfg.gateway.id} at site {cfg.gateway.site}; store {cfg.store_path}",
-        f"mqtt {scheme}://{mqtt.host}:{mqtt.effective_port} MQTT {mqtt.version} as "
-        f"{mqtt.client_id or cfg.gateway.id} (user {mqtt.username or 'none'}, password {password})",
+        (
+            f"mqtt {scheme}://{mqtt.host}:{mqtt.effective_port} MQTT {mqtt.version} as "
+            f"{mqtt.client_id or cfg.gateway.id} (user {mqtt.username or 'none'}, "
+            f"password {password})"
+        ),
         f"  topics: {mqtt.topic}",
         f"aggregate windows of {cfg.aggregate.window_s:g} s",
     ]

@@ -9,7 +9,6 @@ import signal
 import sys
 from collections.abc import Sequence
 from importlib import metadata
-from pathlib import Path
 
 from agent import __version__
 from agent.config import ConfigError, LoadedConfig, load_config

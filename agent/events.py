@@ -69,7 +69,7 @@ class DecodeError(ValueError):
     """The bytes are not an event of a schema version this code understands."""
 
 
-def decode(payload: bytes) -> Envelope:
+def decode(payload: bytes | bytearray) -> Envelope:
     try:
         obj = msgpack.unpackb(payload, raw=False, strict_map_key=True)
     except (msgpack.UnpackException, ValueError, TypeError) as exc:

@@ -11,6 +11,7 @@ reports the broker's acknowledgement.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import sqlite3
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
@@ -109,10 +110,8 @@ class EventStore:
     async def writer(self) -> None:
         """Commit batches until cancelled. A failed commit keeps its batch and is retried."""
         while True:
-            try:
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), timeout=self._interval_s)
-            except TimeoutError:
-                pass
             self._wake.clear()
             await self.flush()
 

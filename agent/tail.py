@@ -70,6 +70,9 @@ def tail(
             c.disconnect()
             return
         c.subscribe(topic, qos=1)
+
+    def on_subscribe(_c: mqtt.Client, _u: Any, _mid: int, _codes: Any, _p: Any) -> None:
+        # Said once the broker confirmed (SUBACK): from here on nothing published is missed.
         print(f"subscribed to {topic} on {host}:{port}", file=sys.stderr, flush=True)
 
     def on_message(c: mqtt.Client, _u: Any, msg: mqtt.MQTTMessage) -> None:
@@ -89,6 +92,7 @@ def tail(
             c.disconnect()
 
     client.on_connect = on_connect
+    client.on_subscribe = on_subscribe
     client.on_message = on_message
     try:
         client.connect(host, port, keepalive=30)

@@ -122,10 +122,11 @@ def _substitute(
             return env[name]
         if default is not None:
             return default
-        problems.append(
-            (line, f"{format_loc(loc)}: environment variable {name} is not set "
-                   f"(set it, or write ${{{name}:-default}})")
+        message = (
+            f"{format_loc(loc)}: environment variable {name} is not set "
+            f"(set it, or write ${{{name}:-default}})"
         )
+        problems.append((line, message))
         return ""
 
     return _ENV_REF.sub(replace, str(value))
@@ -144,9 +145,7 @@ def _data_loc(loc: tuple[Any, ...], data: Any) -> Loc:
     out: list[str | int] = []
     node = data
     for part in loc:
-        if isinstance(node, dict) and part in node:
-            node = node[part]
-        elif isinstance(node, list) and isinstance(part, int) and 0 <= part < len(node):
+        if isinstance(node, dict) and part in node or isinstance(node, list) and isinstance(part, int) and 0 <= part < len(node):
             node = node[part]
         elif isinstance(node, dict | list):
             if isinstance(part, str) and not isinstance(node, list):

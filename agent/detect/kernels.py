@@ -19,7 +19,7 @@ W_COUNT, W_BAD, W_MEAN, W_M2, W_MIN, W_MAX, W_LAST = range(7)
 WINDOW_FIELDS = 7
 
 
-@njit(cache=True)  # type: ignore[misc]
+@njit(cache=True)
 def window_accumulate(
     state: F64, index: I64, values: F64, quality: npt.NDArray[np.uint8]
 ) -> None:

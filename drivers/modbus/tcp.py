@@ -7,7 +7,6 @@ runtime's supervisor owns reconnects and backoff for every protocol alike.
 
 from __future__ import annotations
 
-import asyncio
 import math
 import time
 from collections.abc import Sequence
@@ -126,7 +125,7 @@ class ModbusTcpDriver:
             response = await read(request.address, count=request.count, device_id=self._config.unit)
         except ConnectionException as exc:
             raise DeviceUnreachable(name, str(exc), address=address) from exc
-        except (asyncio.TimeoutError, TimeoutError) as exc:
+        except TimeoutError as exc:
             raise DeviceTimeout(name, f"no answer within {self._config.timeout_s} s", address=address) from exc
         except ModbusIOException as exc:
             raise _classify_io_error(name, exc, address, self._config.timeout_s) from exc

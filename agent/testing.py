@@ -1,0 +1,238 @@
+"""Helpers for tests and the demo: free ports, a real Mosquitto, waiting on a condition.
+
+Shipped with the package (as structlog ships `structlog.testing`) because the
+test suite, the demo and the benchmarks all need a throw-away broker.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, Self, TypeVar
+
+T = TypeVar("T")
+
+
+def free_tcp_port(host: str = "127.0.0.1") -> int:
+    """A port nothing listens on right now (the kernel's choice, never a fixed number)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def wait_until(
+    predicate: Callable[[], T], *, timeout_s: float, what: str, interval_s: float = 0.02
+) -> T:
+    """Poll `predicate` until it returns something truthy; fail naming `what` at the deadline."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        result = predicate()
+        if result:
+            return result
+        if time.monotonic() >= deadline:
+            raise TimeoutError(f"timed out after {timeout_s} s waiting for {what}")
+        time.sleep(interval_s)
+
+
+def port_open(host: str, port: int) -> bool:
+    with contextlib.suppress(OSError), socket.create_connection((host, port), timeout=0.2):
+        return True
+    return False
+
+
+def mosquitto_binary() -> str:
+    found = shutil.which("mosquitto") or shutil.which("mosquitto", path="/usr/sbin:/usr/local/sbin")
+    if found is None:
+        raise FileNotFoundError(
+            "mosquitto is not installed: `make test` installs it (apt-get install -y mosquitto)"
+        )
+    return found
+
+
+class Mosquitto:
+    """A Mosquitto broker of our own on a free loopback port; `stop()` and `start()` again at will.
+
+    Anonymous, plain TCP: the broker a test or the demo needs, never the
+    machine's own broker.
+    """
+
+    def __init__(
+        self, port: int | None = None, *, persistent: bool = False, extra_config: str = ""
+    ) -> None:
+        self.host = "127.0.0.1"
+        self.port = port or free_tcp_port()
+        self._dir = Path(tempfile.mkdtemp(prefix="mosquitto-"))
+        self.log_path = self._dir / "mosquitto.log"
+        self.config_path = self._dir / "mosquitto.conf"
+        # persistent: sessions and queued messages survive stop()/start(), as on a real broker.
+        persistence = (
+            f"persistence true\npersistence_location {self._dir}/\n" if persistent
+            else "persistence false\n"
+        )
+        self.config_path.write_text(
+            f"listener {self.port} {self.host}\n"
+            "allow_anonymous true\n"
+            + persistence +
+            f"log_dest file {self.log_path}\n"
+            "log_type error\nlog_type warning\nlog_type notice\n"
+            + extra_config
+        )
+        self._process: subprocess.Popen[bytes] | None = None
+
+    def start(self, timeout_s: float = 10.0) -> Self:
+        self._process = subprocess.Popen(
+            [mosquitto_binary(), "-c", str(self.config_path)],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            start_new_session=True,  # a Ctrl-C meant for the test run or demo is not its to take
+        )
+
+        def ready() -> bool:
+            if self._process is not None and self._process.poll() is not None:
+                log = self.log_path.read_text() if self.log_path.exists() else ""
+                raise RuntimeError(f"mosquitto exited with {self._process.returncode}: {log}")
+            return port_open(self.host, self.port)
+
+        wait_until(ready, timeout_s=timeout_s, what=f"mosquitto on port {self.port}")
+        return self
+
+    def stop(self) -> None:
+        if self._process is None:
+            return
+        self._process.terminate()
+        try:
+            self._process.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            self._process.kill()
+            self._process.wait()
+        self._process = None
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(self, *_exc: object) -> None:
+        self.stop()
+        shutil.rmtree(self._dir, ignore_errors=True)
+
+
+class MqttCollector:
+    """Subscribes to `topic` and keeps every message decoded as an event envelope.
+
+    `messages` holds (topic, Envelope) in arrival order; paho's thread appends,
+    tests read it through `wait_for`. With a `client_id` the session is
+    persistent: what is published while the collector is away is queued for it
+    by the broker, so a test never races the publisher to subscribe first.
+    """
+
+    def __init__(
+        self, host: str, port: int, topic: str = "#", *, client_id: str | None = None
+    ) -> None:
+        import threading
+
+        import paho.mqtt.client as mqtt
+        from paho.mqtt.enums import CallbackAPIVersion
+
+        from agent.events import Envelope, decode
+
+        self.messages: list[tuple[str, Envelope]] = []
+        self._lock = threading.Lock()
+        self._subscribed = threading.Event()
+        client = mqtt.Client(
+            callback_api_version=CallbackAPIVersion.VERSION2,
+            client_id=client_id or "",
+            clean_session=client_id is None,
+        )
+        client.reconnect_delay_set(min_delay=1, max_delay=2)
+
+        def on_connect(c: mqtt.Client, *_: object) -> None:
+            c.subscribe(topic, qos=1)
+
+        def on_subscribe(*_: object) -> None:
+            self._subscribed.set()
+
+        def on_message(_c: mqtt.Client, _u: object, msg: mqtt.MQTTMessage) -> None:
+            with self._lock:
+                self.messages.append((msg.topic, decode(msg.payload)))
+
+        client.on_connect = on_connect
+        client.on_subscribe = on_subscribe
+        client.on_message = on_message
+        self._client = client
+        self._host, self._port = host, port
+
+    def __enter__(self) -> Self:
+        self._client.connect(self._host, self._port, keepalive=30)
+        self._client.loop_start()
+        if not self._subscribed.wait(timeout=10):
+            raise TimeoutError(f"no SUBACK from {self._host}:{self._port}")
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self._client.disconnect()
+        self._client.loop_stop()
+
+    def snapshot(self) -> list[tuple[str, Any]]:
+        with self._lock:
+            return list(self.messages)
+
+    def wait_for(self, predicate: Callable[[list[tuple[str, Any]]], bool], *, timeout_s: float,
+                 what: str) -> list[tuple[str, Any]]:
+        def check() -> list[tuple[str, Any]] | None:
+            snap = self.snapshot()
+            return snap if predicate(snap) else None
+
+        result = wait_until(check, timeout_s=timeout_s, what=what)
+        assert result is not None
+        return result
+
+
+def console_script(name: str) -> str:
+    """A console script of this installation (the venv the tests or the demo run in)."""
+    import sys
+
+    candidate = Path(sys.executable).parent / name
+    found = str(candidate) if candidate.exists() else shutil.which(name)
+    if found is None:
+        raise FileNotFoundError(f"{name} is not installed: run `make venv`")
+    return found
+
+
+def start_plc_sim(*args: str, stderr: Any = None, timeout_s: float = 20.0) -> tuple[subprocess.Popen[str], dict[str, Any]]:
+    """Start `plc-sim ARGS` on a port of its choosing; return the process and its listening line."""
+    import json
+
+    process = subprocess.Popen(
+        [console_script("plc-sim"), "--modbus-port", "0", *args],
+        stdout=subprocess.PIPE, stderr=stderr, text=True, start_new_session=True,
+    )
+    assert process.stdout is not None
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        line = process.stdout.readline()
+        if not line:
+            raise RuntimeError(f"plc-sim exited with {process.wait()} before listening")
+        try:
+            info = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(info, dict) and info.get("event") == "listening":
+            return process, info
+    process.kill()
+    raise TimeoutError(f"plc-sim did not say it was listening within {timeout_s} s")
+
+
+def stop_process(process: subprocess.Popen[Any], timeout_s: float = 5.0) -> int:
+    """SIGTERM, then SIGKILL after `timeout_s`; the exit code."""
+    if process.poll() is None:
+        process.terminate()
+        try:
+            return process.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            process.kill()
+    return process.wait()

@@ -1,0 +1,233 @@
+"""The agent as a user starts it: plc-sim, Mosquitto, `edge-agent run` and `edge-agent tail`
+as real processes over real sockets."""
+
+from __future__ import annotations
+
+import json
+import queue
+import signal
+import subprocess
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from agent.testing import (
+    Mosquitto,
+    console_script,
+    free_tcp_port,
+    start_plc_sim,
+    stop_process,
+)
+
+pytestmark = pytest.mark.e2e
+ROOT = Path(__file__).resolve().parents[2]
+
+# How each configured tag is computed from the simulator's trace line (firmware-sim/README.md).
+SERVED: dict[str, Any] = {
+    "motor_current_a": lambda r: r["motor_current_a"],
+    "active_power_w": lambda r: r["active_power_w"],
+    "energy_kwh": lambda r: r["energy_wh"] * 0.001,
+    "discharge_pressure_bar": lambda r: r["discharge_pressure_bar"],
+    "discharge_temp_c": lambda r: r["discharge_temp_c"],
+    "machine_state": lambda r: r["state"],
+    "operating_hours": lambda r: r["operating_s"] * 0.0002777777777777778,
+}
+
+
+@dataclass
+class Sim:
+    port: int
+    trace: Path
+
+    def rows(self) -> list[dict[str, Any]]:
+        return [json.loads(line) for line in self.trace.read_text().splitlines() if line.strip()]
+
+
+@pytest.fixture
+def plc_sim(tmp_path: Path) -> Iterator[Sim]:
+    trace = tmp_path / "trace.jsonl"
+    with open(tmp_path / "plc-sim.log", "w") as log:
+        process, info = start_plc_sim("--scenario", "compressor", "--speed", "4",
+                                      "--trace", str(trace), stderr=log)
+        yield Sim(port=int(info["port"]), trace=trace)
+        assert stop_process(process) == 0
+
+
+@pytest.fixture(scope="session")
+def numba_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One kernel cache for the session, so each agent start does not compile again."""
+    return tmp_path_factory.mktemp("numba-cache")
+
+
+def agent_config(tmp_path: Path, broker: Mosquitto, devices: str, window_s: float = 1.0) -> Path:
+    example = (ROOT / "config" / "demo.yaml").read_text()
+    tags = example[example.index("    tags:"):]
+    text = f"""
+gateway: {{id: gw-e2e, site: lab, state_dir: {tmp_path / "state"}}}
+mqtt: {{host: 127.0.0.1, port: {broker.port}, tls: {{enabled: false}}}}
+store: {{commit_interval_s: 0.1}}
+aggregate: {{window_s: {window_s}}}
+devices:
+{devices.replace("TAGS", tags)}"""
+    path = tmp_path / "config.yaml"
+    path.write_text(text)
+    return path
+
+
+def modbus_device(name: str, port: int) -> str:
+    return f"""  - name: {name}
+    protocol: modbus-tcp
+    host: 127.0.0.1
+    port: {port}
+    timeout_s: 0.5
+    poll_interval_s: 0.2
+TAGS"""
+
+
+class Tail:
+    """`edge-agent tail --json` as a process, its events read by a thread into a queue."""
+
+    def __init__(self, broker: Mosquitto) -> None:
+        self.process = subprocess.Popen(
+            [console_script("edge-agent"), "tail", "--host", broker.host, "--port",
+             str(broker.port), "--no-tls", "--json"],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )
+        self.events: queue.Queue[dict[str, Any]] = queue.Queue()
+        self.received: list[dict[str, Any]] = []
+        assert self.process.stderr is not None
+        line = self.process.stderr.readline()  # blocks until SUBACK (or the process dies)
+        assert line.startswith("subscribed to"), line
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        assert self.process.stdout is not None
+        for line in self.process.stdout:
+            self.events.put(json.loads(line))
+
+    def until(self, predicate: Any, timeout_s: float, what: str) -> list[dict[str, Any]]:
+        deadline = time.monotonic() + timeout_s
+        while not predicate(self.received):
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise TimeoutError(f"timed out waiting for {what}; got {self.received}")
+            try:
+                self.received.append(self.events.get(timeout=remaining))
+            except queue.Empty:
+                continue
+        return self.received
+
+
+def windows(events: list[dict[str, Any]], device: str) -> list[dict[str, Any]]:
+    return [e for e in events if e["kind"] == "window" and e["device"] == device]
+
+
+def start_agent(config: Path, numba_cache: Path, log: Path) -> subprocess.Popen[str]:
+    env = {"NUMBA_CACHE_DIR": str(numba_cache), "PATH": "/usr/bin:/bin"}
+    return subprocess.Popen(
+        [console_script("edge-agent"), "run", "-c", str(config)],
+        stderr=open(log, "w"), text=True, env=env,
+    )
+
+
+def test_events_carry_the_values_the_simulator_served(
+    tmp_path: Path, mosquitto: Mosquitto, plc_sim: Sim, numba_cache: Path
+) -> None:
+    config = agent_config(tmp_path, mosquitto, modbus_device("compressor-1", plc_sim.port))
+    tail = Tail(mosquitto)
+    agent = start_agent(config, numba_cache, tmp_path / "agent.log")
+    try:
+        received = tail.until(lambda ev: len(windows(ev, "compressor-1")) >= 3, 60,
+                              "three windows")
+        agent.send_signal(signal.SIGTERM)
+        assert agent.wait(timeout=10) == 0
+    finally:
+        stop_process(agent)
+        stop_process(tail.process)
+
+    assert [e["seq"] for e in received] == list(range(1, len(received) + 1)), "no gap, no duplicate"
+    health = [e for e in received if e["kind"] == "device_health"]
+    assert health[0]["data"]["status"] == "up" and health[0]["device"] == "compressor-1"
+    assert all(e["topic"] == f"lab/gw-e2e/{e['device']}/{e['kind']}" for e in received)
+
+    trace = plc_sim.rows()
+    for window in windows(received, "compressor-1"):
+        stats = window["data"]["tags"]
+        assert set(stats) == set(SERVED), "every configured tag is in every window"
+        for tag, served_value in SERVED.items():
+            s = stats[tag]
+            assert s["n"] > 0 and s["bad"] == 0
+            served = [served_value(r) for r in trace if r["time_ns"] <= window["data"]["end_ns"]]
+            for field in ("min", "max", "last"):
+                assert any(v == pytest.approx(s[field], rel=1e-9, abs=1e-12) for v in served), (
+                    f"{tag} {field}={s[field]} was never served by the simulator"
+                )
+            assert s["min"] <= s["mean"] <= s["max"]
+
+
+def test_sigterm_sends_the_open_window_and_exits_0_within_5_s(
+    tmp_path: Path, mosquitto: Mosquitto, plc_sim: Sim, numba_cache: Path
+) -> None:
+    config = agent_config(tmp_path, mosquitto, modbus_device("compressor-1", plc_sim.port),
+                          window_s=3600)
+    tail = Tail(mosquitto)
+    agent = start_agent(config, numba_cache, tmp_path / "agent.log")
+    try:
+        # "up" is reported after the first good read: that sample is in the open window.
+        tail.until(lambda ev: any(e["kind"] == "device_health" for e in ev), 60, "device up")
+        stopped_at = time.monotonic()
+        agent.send_signal(signal.SIGTERM)
+        assert agent.wait(timeout=10) == 0
+        assert time.monotonic() - stopped_at < 5.0, "SIGTERM must stop the agent within 5 s"
+        received = tail.until(lambda ev: windows(ev, "compressor-1"), 10, "the open window")
+    finally:
+        stop_process(agent)
+        stop_process(tail.process)
+    [window] = windows(received, "compressor-1")
+    assert window["data"]["tags"]["active_power_w"]["n"] >= 1
+    assert '"agent_stopped"' in (tmp_path / "agent.log").read_text()
+
+
+def test_dead_device_is_reported_and_does_not_stop_the_others(
+    tmp_path: Path, mosquitto: Mosquitto, plc_sim: Sim, numba_cache: Path
+) -> None:
+    nobody_listens = free_tcp_port()
+    devices = modbus_device("compressor-1", plc_sim.port) + "\n" + modbus_device(
+        "dead-meter", nobody_listens)
+    config = agent_config(tmp_path, mosquitto, devices)
+    tail = Tail(mosquitto)
+    agent = start_agent(config, numba_cache, tmp_path / "agent.log")
+    try:
+        received = tail.until(lambda ev: len(windows(ev, "compressor-1")) >= 3, 60,
+                              "windows of the live device")
+        agent.send_signal(signal.SIGINT)
+        assert agent.wait(timeout=10) == 0
+    finally:
+        stop_process(agent)
+        stop_process(tail.process)
+    dead = [e for e in received if e["device"] == "dead-meter"]
+    assert [e["kind"] for e in dead] == ["device_health"], "reported once, not every retry"
+    assert dead[0]["data"]["status"] == "down" and dead[0]["data"]["reason"] == "unreachable"
+    assert str(nobody_listens) in dead[0]["data"]["detail"]
+    log = (tmp_path / "agent.log").read_text()
+    assert log.count('"device_down"') == 1
+
+
+def test_check_command_exit_codes(tmp_path: Path) -> None:
+    ok = subprocess.run([console_script("edge-agent"), "check", "-c",
+                         str(ROOT / "config" / "example.yaml")], capture_output=True, text=True, check=False)
+    assert ok.returncode == 0, ok.stderr
+    broken = tmp_path / "config.yaml"
+    text = (ROOT / "config" / "example.yaml").read_text().replace(
+        "type: float32\n        unit: W", "type: flaot32\n        unit: W")
+    broken.write_text(text)
+    line = text[: text.index("flaot32")].count("\n") + 1
+    bad = subprocess.run([console_script("edge-agent"), "check", "-c", str(broken)],
+                         capture_output=True, text=True, check=False)
+    assert bad.returncode == 2
+    assert f"{broken}:{line}: devices[0].tags[1].type: 'flaot32' is not one of int16" in bad.stderr

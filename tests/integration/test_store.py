@@ -1,0 +1,80 @@
+"""The event store on a real SQLite file."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from agent.events import Event, decode
+from agent.store import EventStore
+
+
+def ev(i: int, device: str = "m1") -> Event:
+    return Event(kind="window", device=device, time_ns=i, data={"i": i})
+
+
+async def test_sequence_numbers_are_gapless_and_survive_restart(tmp_path: Path) -> None:
+    path = tmp_path / "events.sqlite"
+    store = await EventStore.open(path, "gw")
+    store.put([ev(1), ev(2), ev(3)])
+    await store.flush()
+    rows = await store.read_after(0, 10)
+    assert [r.seq for r in rows] == [1, 2, 3]
+    assert [decode(r.payload).seq for r in rows] == [1, 2, 3]
+    for r in rows:
+        store.ack(r.seq)
+    await store.close()
+
+    store = await EventStore.open(path, "gw")
+    assert await store.depth() == 0, "acknowledged events are deleted"
+    store.put([ev(4)])
+    await store.flush()
+    [row] = await store.read_after(0, 10)
+    assert row.seq == 4, "numbers are never reused, even once every row was deleted"
+    await store.close()
+
+
+async def test_unacknowledged_events_outlive_a_restart(tmp_path: Path) -> None:
+    path = tmp_path / "events.sqlite"
+    store = await EventStore.open(path, "gw")
+    store.put([ev(i) for i in range(5)])
+    await store.close()  # close flushes what is pending
+    store = await EventStore.open(path, "gw")
+    rows = await store.read_after(0, 100)
+    assert [decode(r.payload).data["i"] for r in rows] == [0, 1, 2, 3, 4]
+    await store.close()
+
+
+async def test_writer_commits_when_the_batch_is_full(tmp_path: Path) -> None:
+    import asyncio
+
+    store = await EventStore.open(tmp_path / "e.sqlite", "gw", commit_interval_s=60, commit_max_events=3)
+    writer = asyncio.create_task(store.writer())
+    store.put([ev(1), ev(2), ev(3)])
+    await asyncio.wait_for(store.committed.wait(), timeout=5)
+    assert await store.depth() == 3
+    writer.cancel()
+    await store.close()
+
+
+async def test_full_database_keeps_events_in_order_until_space_returns(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    store = await EventStore.open(tmp_path / "e.sqlite", "gw")
+    db = store._db
+    assert db is not None
+    # A real SQLITE_FULL: cap the file at its current size (what a full SD card does).
+    pages = db.execute("PRAGMA page_count").fetchone()[0]
+    db.execute(f"PRAGMA max_page_count = {pages}")
+    store.put([Event("window", "m1", i, {"blob": "x" * 2000}) for i in range(50)])
+    await store.flush()
+    assert store.pending_count == 50, "a failed commit keeps its events"
+    assert await store.depth() == 0
+    db.execute("PRAGMA max_page_count = 1000000")
+    store.put([Event("window", "m1", 50, {"blob": ""})])
+    await store.flush()
+    rows = await store.read_after(0, 100)
+    assert [decode(r.payload).time_ns for r in rows] == list(range(51))
+    assert [r.seq for r in rows] == list(range(1, 52))
+    await store.close()

@@ -1,0 +1,85 @@
+"""The MQTT uplink against a real Mosquitto: delivery, order, acknowledgement, outages."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from agent.config.models import GatewayConfig, MqttConfig
+from agent.events import Event
+from agent.store import EventStore
+from agent.testing import Mosquitto, MqttCollector
+from agent.uplink import MqttUplink
+
+
+def mqtt_config(broker: Mosquitto, **extra: object) -> MqttConfig:
+    return MqttConfig.model_validate(
+        {"host": broker.host, "port": broker.port, "tls": {"enabled": False}, **extra}
+    )
+
+
+async def wait_for(predicate, timeout_s: float, what: str) -> None:  # type: ignore[no-untyped-def]
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout_s
+    while not await predicate() if asyncio.iscoroutinefunction(predicate) else not predicate():
+        if loop.time() > deadline:
+            raise TimeoutError(f"timed out waiting for {what}")
+        await asyncio.sleep(0.02)
+
+
+@pytest.fixture
+async def store(tmp_path: Path) -> AsyncIterator[EventStore]:
+    store = await EventStore.open(tmp_path / "events.sqlite", "gw-1", commit_interval_s=0.05)
+    writer = asyncio.create_task(store.writer())
+    yield store
+    writer.cancel()
+    await store.close()
+
+
+async def test_events_arrive_in_order_on_their_topics_and_are_deleted_once_acked(
+    mosquitto: Mosquitto, store: EventStore
+) -> None:
+    gateway = GatewayConfig(id="gw-1", site="plant7")
+    with MqttCollector(mosquitto.host, mosquitto.port, "plant7/gw-1/#") as collector:
+        uplink = MqttUplink(mqtt_config(mosquitto), gateway, store)
+        sender = asyncio.create_task(uplink.run())
+        store.put([Event("window", f"m{i % 2}", i, {"i": i}) for i in range(300)])
+        await asyncio.to_thread(
+            collector.wait_for, lambda m: len(m) >= 300, timeout_s=20, what="300 events"
+        )
+        got = collector.snapshot()
+        assert [env.data["i"] for _, env in got] == list(range(300))
+        assert [env.seq for _, env in got] == list(range(1, 301))
+        assert {topic for topic, _ in got} == {"plant7/gw-1/m0/window", "plant7/gw-1/m1/window"}
+
+        async def empty() -> bool:
+            return await store.depth() == 0
+
+        await wait_for(empty, 10, "acknowledged rows to be deleted")
+        sender.cancel()
+        await uplink.close()
+
+
+async def test_events_made_while_the_broker_is_down_arrive_once_it_is_up(
+    store: EventStore,
+) -> None:
+    broker = Mosquitto(persistent=True)
+    gateway = GatewayConfig(id="gw-1", site="plant7")
+    with broker, MqttCollector(broker.host, broker.port, "#", client_id="cloud") as collector:
+        broker.stop()  # the collector's session is kept on disk; it queues what arrives
+        uplink = MqttUplink(mqtt_config(broker), gateway, store)
+        sender = asyncio.create_task(uplink.run())
+        store.put([Event("window", "m1", i, {"i": i}) for i in range(20)])
+        await store.flush()
+        await asyncio.sleep(0.5)
+        assert not uplink.connected and await store.depth() == 20
+        broker.start()
+        await asyncio.to_thread(
+            collector.wait_for, lambda m: len(m) >= 20, timeout_s=30, what="the backlog"
+        )
+        assert [env.data["i"] for _, env in collector.snapshot()] == list(range(20))
+        sender.cancel()
+        await uplink.close()

@@ -1,0 +1,68 @@
+"""Configuration: the example loads, and every broken file gets its golden, line-numbered error."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from agent.cli import main
+from agent.config import ConfigError, load_config
+
+ROOT = Path(__file__).resolve().parents[2]
+CASES = Path(__file__).parent / "config_cases"
+
+
+def test_example_config_loads() -> None:
+    loaded = load_config(ROOT / "config" / "example.yaml", environ={})
+    assert loaded.config.mqtt.tls.enabled, "TLS must be the default towards the cloud"
+    assert loaded.config.mqtt.effective_port == 8883
+    assert len(loaded.sha256) == 64
+
+
+@pytest.mark.parametrize(
+    "case", sorted(p.name for p in CASES.iterdir() if (p / "expected.err").exists())
+)
+def test_broken_config_gives_golden_error(case: str) -> None:
+    path = CASES / case / "config.yaml"
+    with pytest.raises(ConfigError) as caught:
+        load_config(path, environ={})
+    got = "".join(line.replace(str(path), "config.yaml") + "\n" for line in caught.value.lines)
+    assert got == (CASES / case / "expected.err").read_text()
+
+
+def test_env_substitution_fills_secrets_and_defaults() -> None:
+    path = CASES / "env_var_not_set" / "config.yaml"
+    loaded = load_config(path, environ={"EDGE_AGENT_TEST_UNSET_VAR": "broker.local"})
+    assert loaded.config.mqtt.host == "broker.local"
+
+
+def test_password_never_shows_in_repr(tmp_path: Path) -> None:
+    text = (CASES / "valid_minimal" / "config.yaml").read_text()
+    text = text.replace("  tls:\n", "  username: u\n  password: ${PW}\n  tls:\n")
+    (tmp_path / "c.yaml").write_text(text)
+    config = load_config(tmp_path / "c.yaml", environ={"PW": "hunter2-secret"}).config
+    assert config.mqtt.password is not None
+    assert config.mqtt.password.get_secret_value() == "hunter2-secret"
+    assert "hunter2-secret" not in repr(config) and "hunter2-secret" not in str(config)
+
+
+def test_dollar_dollar_is_a_literal_dollar(tmp_path: Path) -> None:
+    text = (CASES / "valid_minimal" / "config.yaml").read_text()
+    (tmp_path / "c.yaml").write_text(text.replace("site: test", "site: a$$b"))
+    with pytest.raises(ConfigError, match=r"'a\$b'"):
+        load_config(tmp_path / "c.yaml", environ={})
+
+
+def test_check_exits_0_on_example_and_2_on_broken(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["check", "-c", str(ROOT / "config" / "example.yaml")]) == 0
+    assert "compressor-1" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as exited:
+        main(["check", "-c", str(CASES / "type_typo" / "config.yaml")])
+    assert exited.value.code == 2
+    assert "config.yaml:20: devices[0].tags[1].type: 'flaot32'" in capsys.readouterr().err
+
+
+def test_missing_file_is_a_config_error(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="cannot read the configuration"):
+        load_config(tmp_path / "nope.yaml")

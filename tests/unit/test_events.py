@@ -1,0 +1,40 @@
+"""The msgpack envelope: round trip, and clear refusals of what is not an event."""
+
+from __future__ import annotations
+
+import msgpack
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from agent.events import SCHEMA_VERSION, DecodeError, Event, decode, encode
+
+scalars = st.one_of(st.none(), st.booleans(), st.integers(-(2**63), 2**64 - 1),
+                    st.floats(allow_nan=False), st.text(max_size=20))
+values = st.recursive(scalars, lambda inner: st.lists(inner, max_size=4)
+                      | st.dictionaries(st.text(max_size=8), inner, max_size=4), max_leaves=12)
+
+
+@given(
+    kind=st.text(min_size=1, max_size=12), device=st.text(max_size=12),
+    time_ns=st.integers(0, 2**63 - 1), seq=st.integers(1, 2**63 - 1),
+    data=st.dictionaries(st.text(max_size=8), values, max_size=5),
+)
+def test_round_trip(kind: str, device: str, time_ns: int, seq: int, data: dict[str, object]) -> None:
+    env = decode(encode(Event(kind, device, time_ns, data), gateway="gw", seq=seq))
+    assert (env.version, env.gateway, env.seq, env.kind, env.device, env.time_ns, env.data) == (
+        SCHEMA_VERSION, "gw", seq, kind, device, time_ns, data)
+
+
+@pytest.mark.parametrize(
+    ("payload", "message"),
+    [
+        (b"\xc1", "not msgpack"),
+        (msgpack.packb([1, 2]), "expected a map"),
+        (msgpack.packb({"v": 99}), "unsupported schema version 99"),
+        (msgpack.packb({"v": SCHEMA_VERSION, "gw": "g"}), "missing or malformed"),
+    ],
+)
+def test_refuses_what_is_not_an_event(payload: bytes, message: str) -> None:
+    with pytest.raises(DecodeError, match=message):
+        decode(payload)

@@ -47,6 +47,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     import structlog
 
     from agent.runtime import run_agent
+    from agent.store import StoreError
 
     log = structlog.get_logger("agent.cli")
 
@@ -59,8 +60,8 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     try:
         asyncio.run(main())
-    except OSError as exc:
-        log.error("agent_failed", error=str(exc), hint="check that gateway.state_dir is writable")
+    except StoreError as exc:
+        log.error("agent_failed", error=str(exc))
         return EXIT_FAILURE
     return EXIT_OK
 

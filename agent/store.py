@@ -42,6 +42,10 @@ CREATE TABLE IF NOT EXISTS meta (
 """
 
 
+class StoreError(Exception):
+    """The store cannot be opened: the message says which file and why."""
+
+
 @dataclass(frozen=True, slots=True)
 class StoredEvent:
     seq: int
@@ -74,7 +78,14 @@ class EventStore:
         cls, path: Path, gateway: str, *, commit_interval_s: float = 0.5, commit_max_events: int = 200
     ) -> EventStore:
         store = cls(path, gateway, commit_interval_s, commit_max_events)
-        await store._call(store._open_db)
+        try:
+            await store._call(store._open_db)
+        except (OSError, sqlite3.Error) as exc:
+            store._executor.shutdown(wait=False)
+            raise StoreError(
+                f"cannot open the event store {path}: {exc} "
+                "(is gateway.state_dir a writable directory?)"
+            ) from exc
         return store
 
     def _open_db(self) -> None:

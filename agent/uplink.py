@@ -35,6 +35,7 @@ class MqttUplink:
         self._slot_freed = asyncio.Event()
         self._inflight: dict[int, int] = {}  # paho message id -> store sequence number
         self._cursor = 0  # highest sequence number handed to paho
+        self._unreachable_logged = False
         self._client = self._make_client()
 
     @property
@@ -69,6 +70,7 @@ class MqttUplink:
             )
         client.max_inflight_messages_set(cfg.max_inflight)
         client.reconnect_delay_set(min_delay=1, max_delay=60)
+        client.on_connect_fail = self._on_connect_fail
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
         client.on_publish = self._on_publish
@@ -80,6 +82,9 @@ class MqttUplink:
         self, _c: mqtt.Client, _u: Any, _f: Any, reason: ReasonCode, _p: Properties | None
     ) -> None:
         self._loop.call_soon_threadsafe(self._connect_result, reason)
+
+    def _on_connect_fail(self, _c: mqtt.Client, _u: Any) -> None:
+        self._loop.call_soon_threadsafe(self._connect_failed)
 
     def _on_disconnect(
         self, _c: mqtt.Client, _u: Any, _f: Any, reason: ReasonCode, _p: Properties | None
@@ -98,7 +103,15 @@ class MqttUplink:
             log.error("mqtt_connect_refused", host=self._config.host, reason=str(reason))
             return
         log.info("mqtt_connected", host=self._config.host, port=self._config.effective_port)
+        self._unreachable_logged = False
         self._connected.set()
+
+    def _connect_failed(self) -> None:
+        # paho retries with backoff; one line per outage, not one per attempt.
+        if not self._unreachable_logged:
+            log.warning("mqtt_unreachable", host=self._config.host, port=self._config.effective_port,
+                        detail="connection failed, retrying with backoff; events stay stored")
+            self._unreachable_logged = True
 
     def _disconnected(self, reason: ReasonCode) -> None:
         if self._connected.is_set():

@@ -35,13 +35,17 @@ def to_big_endian_bytes(words: Sequence[int], order: ByteOrder) -> bytes:
     return raw
 
 
-def decode(words: Sequence[int], type_: TagType, order: ByteOrder) -> float:
-    """The raw number held by `words` (before scale and offset)."""
+def decode(words: Sequence[int], type_: TagType, order: ByteOrder) -> int | float:
+    """The raw number held by `words` (before scale and offset), exact: an int for integer types.
+
+    Samples are float64, so a 64-bit integer above 2**53 loses its last digits
+    when it becomes a sample; the decoding itself never does.
+    """
     fmt = _STRUCT[type_]
     if len(words) * 2 != fmt.size:
         raise ValueError(f"{type_} needs {fmt.size // 2} registers, got {len(words)}")
-    value: float = fmt.unpack(to_big_endian_bytes(words, order))[0]
-    return float(value)
+    value: int | float = fmt.unpack(to_big_endian_bytes(words, order))[0]
+    return value
 
 
 def encode(value: float, type_: TagType, order: ByteOrder) -> list[int]:

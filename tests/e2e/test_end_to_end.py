@@ -231,3 +231,15 @@ def test_check_command_exit_codes(tmp_path: Path) -> None:
                          capture_output=True, text=True, check=False)
     assert bad.returncode == 2
     assert f"{broken}:{line}: devices[0].tags[1].type: 'flaot32' is not one of int16" in bad.stderr
+
+
+def test_unusable_state_dir_is_a_clear_error(tmp_path: Path, mosquitto: Mosquitto) -> None:
+    not_a_dir = tmp_path / "file"
+    not_a_dir.write_text("")
+    config = agent_config(tmp_path, mosquitto, modbus_device("m1", free_tcp_port()))
+    config.write_text(config.read_text().replace(str(tmp_path / "state"), str(not_a_dir / "state")))
+    run = subprocess.run([console_script("edge-agent"), "run", "-c", str(config)],
+                         capture_output=True, text=True, check=False, timeout=60)
+    assert run.returncode == 1
+    assert "cannot open the event store" in run.stderr and "state_dir" in run.stderr
+    assert "Traceback" not in run.stderr

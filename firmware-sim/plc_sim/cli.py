@@ -1,0 +1,224 @@
+"""`plc-sim`: serve a simulated machine over Modbus TCP for demos and end-to-end tests.
+
+The process contract the tests rely on:
+
+* stdout carries exactly one JSON line, `{"event": "listening", ...}`, printed
+  and flushed once the port is bound (with `--modbus-port 0`, the real port);
+* logs go to stderr only;
+* SIGINT and SIGTERM stop the server and exit with status 0 within a second;
+* `--trace FILE` gets one JSON line per model tick (and one for the initial
+  state, written before the listening line) holding the values as served.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import math
+import signal
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import structlog
+
+from plc_sim.clock import run_clock
+from plc_sim.logs import LOG_LEVELS, configure_logging
+from plc_sim.modbus_server import ModbusSimServer
+from plc_sim.scenarios import SCENARIOS, ScenarioOptions
+from plc_sim.trace import TraceWriter
+
+log = structlog.get_logger(__name__)
+
+DEFAULT_MODBUS_PORT = 5020
+"""Unprivileged stand-in for Modbus's 502, so the simulator never needs root."""
+
+
+@dataclass(frozen=True, slots=True)
+class SimConfig:
+    """The validated command line."""
+
+    scenario: str
+    host: str
+    modbus_port: int
+    unit: int
+    seed: int
+    speed: float
+    tick_s: float
+    trace: Path | None
+    log_level: str
+
+
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if not (value > 0.0 and math.isfinite(value)):
+        raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {text}")
+    return value
+
+
+def _int_in(low: int, high: int) -> Callable[[str], int]:
+    def parse(text: str) -> int:
+        value = int(text)
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"must be between {low} and {high}, got {text}")
+        return value
+
+    parse.__name__ = "int"  # argparse names the type in its "invalid ... value" errors
+    return parse
+
+
+def _epilog() -> str:
+    lines = ["scenarios:"]
+    lines += [f"  {name:<12} {scenario.description}" for name, scenario in SCENARIOS.items()]
+    lines += [
+        "",
+        "ports:",
+        f"  modbus-tcp   --modbus-port (default {DEFAULT_MODBUS_PORT}; 0 picks a free port,",
+        (
+            "               announced on stdout as the JSON line "
+            '{"event": "listening", ..., "port": N})'
+        ),
+    ]
+    return "\n".join(lines)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The `plc-sim` argument parser (its --help lists the scenarios and the ports)."""
+    parser = argparse.ArgumentParser(
+        prog="plc-sim",
+        description="Simulated PLC: serves a machine model over Modbus TCP.",
+        epilog=_epilog(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "--scenario", choices=sorted(SCENARIOS), default="compressor", help="machine to simulate"
+    )
+    parser.add_argument(
+        "--host", default="127.0.0.1", help="address to listen on (default %(default)s)"
+    )
+    parser.add_argument(
+        "--modbus-port",
+        type=_int_in(0, 65535),
+        default=DEFAULT_MODBUS_PORT,
+        help="Modbus TCP port; 0 picks a free one (default %(default)s)",
+    )
+    parser.add_argument(
+        "--unit", type=_int_in(0, 255), default=1, help="Modbus unit id (default %(default)s)"
+    )
+    parser.add_argument("--seed", type=int, default=1, help="random seed (default %(default)s)")
+    parser.add_argument(
+        "--speed",
+        type=_positive_float,
+        default=1.0,
+        help="simulated seconds per wall second (default %(default)s)",
+    )
+    parser.add_argument(
+        "--tick-s",
+        type=_positive_float,
+        default=0.1,
+        help="wall seconds between model updates (default %(default)s)",
+    )
+    parser.add_argument(
+        "--trace",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help="write the served values to FILE, one JSON line per model tick",
+    )
+    parser.add_argument(
+        "--log-level", choices=LOG_LEVELS, default="info", help="(default %(default)s)"
+    )
+    return parser
+
+
+def parse_args(argv: Sequence[str] | None = None) -> SimConfig:
+    ns = build_parser().parse_args(argv)
+    return SimConfig(
+        scenario=ns.scenario,
+        host=ns.host,
+        modbus_port=ns.modbus_port,
+        unit=ns.unit,
+        seed=ns.seed,
+        speed=ns.speed,
+        tick_s=ns.tick_s,
+        trace=ns.trace,
+        log_level=ns.log_level,
+    )
+
+
+def listening_line(config: SimConfig, port: int) -> str:
+    """The single stdout line announcing where the simulator listens."""
+    return json.dumps(
+        {
+            "event": "listening",
+            "scenario": config.scenario,
+            "protocol": "modbus-tcp",
+            "host": config.host,
+            "port": port,
+            "unit": config.unit,
+        }
+    )
+
+
+async def serve(config: SimConfig, trace: TraceWriter | None = None) -> int:
+    """Run the simulator until SIGINT/SIGTERM; return the process exit status."""
+    machine = SCENARIOS[config.scenario].factory(ScenarioOptions(seed=config.seed))
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+
+    def on_tick() -> None:
+        if trace is not None:
+            trace.write(machine.trace_record())
+
+    on_tick()  # the initial state is served from the first request on
+    server = ModbusSimServer(machine, host=config.host, port=config.modbus_port, unit=config.unit)
+    try:
+        port = await server.start()
+    except (RuntimeError, OSError) as exc:
+        log.error("listen_failed", host=config.host, port=config.modbus_port, error=str(exc))
+        return 1
+    clock = asyncio.create_task(
+        run_clock(machine.advance, tick_s=config.tick_s, speed=config.speed, on_tick=on_tick)
+    )
+    print(listening_line(config, port), flush=True)
+    log.info(
+        "started",
+        scenario=config.scenario,
+        seed=config.seed,
+        speed=config.speed,
+        tick_s=config.tick_s,
+        trace=str(config.trace) if config.trace else None,
+    )
+    stopping = asyncio.create_task(stop.wait())
+    try:
+        # The clock only ends by failing (e.g. the trace disk is full); serving
+        # frozen values after that would be a silent lie, so stop with an error.
+        done, _ = await asyncio.wait({stopping, clock}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        stopping.cancel()
+        clock.cancel()
+        await asyncio.gather(stopping, clock, return_exceptions=True)
+        await server.stop()
+    if clock in done and not clock.cancelled() and clock.exception() is not None:
+        log.error("clock_failed", exc_info=clock.exception())
+        return 1
+    log.info("exiting")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Console-script entry point (`plc-sim`)."""
+    config = parse_args(argv)
+    configure_logging(config.log_level)
+    if config.trace is None:
+        return asyncio.run(serve(config))
+    with TraceWriter(config.trace) as trace:
+        return asyncio.run(serve(config, trace))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -39,6 +39,9 @@ SERVED: dict[str, Any] = {
 }
 
 
+SECRET = "s3cret-never-logged"
+
+
 @dataclass
 class Sim:
     port: int
@@ -69,7 +72,8 @@ def agent_config(tmp_path: Path, broker: Mosquitto, devices: str, window_s: floa
     tags = example[example.index("    tags:"):]
     text = f"""
 gateway: {{id: gw-e2e, site: lab, state_dir: {tmp_path / "state"}}}
-mqtt: {{host: 127.0.0.1, port: {broker.port}, tls: {{enabled: false}}}}
+mqtt: {{host: 127.0.0.1, port: {broker.port}, tls: {{enabled: false}},
+       username: e2e, password: "${{E2E_MQTT_PASSWORD}}"}}
 store: {{commit_interval_s: 0.1}}
 aggregate: {{window_s: {window_s}}}
 devices:
@@ -128,7 +132,8 @@ def windows(events: list[dict[str, Any]], device: str) -> list[dict[str, Any]]:
 
 
 def start_agent(config: Path, numba_cache: Path, log: Path) -> subprocess.Popen[str]:
-    env = {"NUMBA_CACHE_DIR": str(numba_cache), "PATH": "/usr/bin:/bin"}
+    env = {"NUMBA_CACHE_DIR": str(numba_cache), "PATH": "/usr/bin:/bin",
+           "E2E_MQTT_PASSWORD": SECRET}
     return subprocess.Popen(
         [console_script("edge-agent"), "run", "-c", str(config)],
         stderr=open(log, "w"), text=True, env=env,
@@ -154,6 +159,8 @@ def test_events_carry_the_values_the_simulator_served(
     health = [e for e in received if e["kind"] == "device_health"]
     assert health[0]["data"]["status"] == "up" and health[0]["device"] == "compressor-1"
     assert all(e["topic"] == f"lab/gw-e2e/{e['device']}/{e['kind']}" for e in received)
+
+    assert SECRET not in (tmp_path / "agent.log").read_text(), "a secret reached the log"
 
     trace = plc_sim.rows()
     for window in windows(received, "compressor-1"):
@@ -239,7 +246,8 @@ def test_unusable_state_dir_is_a_clear_error(tmp_path: Path, mosquitto: Mosquitt
     config = agent_config(tmp_path, mosquitto, modbus_device("m1", free_tcp_port()))
     config.write_text(config.read_text().replace(str(tmp_path / "state"), str(not_a_dir / "state")))
     run = subprocess.run([console_script("edge-agent"), "run", "-c", str(config)],
-                         capture_output=True, text=True, check=False, timeout=60)
+                         capture_output=True, text=True, check=False, timeout=60,
+                         env={"E2E_MQTT_PASSWORD": SECRET, "PATH": "/usr/bin:/bin"})
     assert run.returncode == 1
     assert "cannot open the event store" in run.stderr and "state_dir" in run.stderr
     assert "Traceback" not in run.stderr

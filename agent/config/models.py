@@ -14,6 +14,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 
 from drivers.modbus.config import ModbusTcpDevice
+from drivers.naming import require_unique_names
 
 DeviceConfig = ModbusTcpDevice
 """Every device kind the agent can poll (a discriminated union on `protocol` as drivers are added)."""
@@ -129,12 +130,9 @@ class AgentConfig(_Section):
     @field_validator("devices")
     @classmethod
     def _device_names_unique(cls, devices: list[DeviceConfig]) -> list[DeviceConfig]:
-        seen: set[str] = set()
         for device in devices:
             _check_identifier(device.name, "device name")
-            if device.name in seen:
-                raise ValueError(f"device name {device.name!r} is used twice")
-            seen.add(device.name)
+        require_unique_names(devices, "device")
         return devices
 
     @property

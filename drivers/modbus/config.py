@@ -11,6 +11,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from drivers.naming import require_unique_names
+
 ByteOrder = Literal["ABCD", "CDAB", "BADC", "DCBA"]
 """Order of the bytes of a multi-byte value as they arrive, A being the most significant.
 
@@ -96,9 +98,5 @@ class ModbusTcpDevice(_Strict):
     @field_validator("tags")
     @classmethod
     def _tag_names_unique(cls, tags: list[ModbusTag]) -> list[ModbusTag]:
-        seen: set[str] = set()
-        for tag in tags:
-            if tag.name in seen:
-                raise ValueError(f"tag name {tag.name!r} is used twice")
-            seen.add(tag.name)
+        require_unique_names(tags, "tag")
         return tags

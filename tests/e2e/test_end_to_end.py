@@ -3,6 +3,7 @@ as real processes over real sockets."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import queue
 import signal
@@ -131,29 +132,38 @@ def windows(events: list[dict[str, Any]], device: str) -> list[dict[str, Any]]:
     return [e for e in events if e["kind"] == "window" and e["device"] == device]
 
 
-def start_agent(config: Path, numba_cache: Path, log: Path) -> subprocess.Popen[str]:
+@contextlib.contextmanager
+def running_agent(
+    config: Path, broker: Mosquitto, numba_cache: Path
+) -> Iterator[tuple[subprocess.Popen[str], Tail]]:
+    """`edge-agent tail` (subscribed first), then `edge-agent run`; both stopped on the way out.
+
+    The agent's log goes to `agent.log` beside the configuration.
+    """
+    tail = Tail(broker)
     env = {"NUMBA_CACHE_DIR": str(numba_cache), "PATH": "/usr/bin:/bin",
            "E2E_MQTT_PASSWORD": SECRET}
-    return subprocess.Popen(
-        [console_script("edge-agent"), "run", "-c", str(config)],
-        stderr=open(log, "w"), text=True, env=env,
-    )
+    with open(config.parent / "agent.log", "w") as log:
+        agent = subprocess.Popen(
+            [console_script("edge-agent"), "run", "-c", str(config)],
+            stderr=log, text=True, env=env,
+        )
+        try:
+            yield agent, tail
+        finally:
+            stop_process(agent)
+            stop_process(tail.process)
 
 
 def test_events_carry_the_values_the_simulator_served(
     tmp_path: Path, mosquitto: Mosquitto, plc_sim: Sim, numba_cache: Path
 ) -> None:
     config = agent_config(tmp_path, mosquitto, modbus_device("compressor-1", plc_sim.port))
-    tail = Tail(mosquitto)
-    agent = start_agent(config, numba_cache, tmp_path / "agent.log")
-    try:
+    with running_agent(config, mosquitto, numba_cache) as (agent, tail):
         received = tail.until(lambda ev: len(windows(ev, "compressor-1")) >= 3, 60,
                               "three windows")
         agent.send_signal(signal.SIGTERM)
         assert agent.wait(timeout=10) == 0
-    finally:
-        stop_process(agent)
-        stop_process(tail.process)
 
     assert [e["seq"] for e in received] == list(range(1, len(received) + 1)), "no gap, no duplicate"
     health = [e for e in received if e["kind"] == "device_health"]
@@ -182,9 +192,7 @@ def test_sigterm_sends_the_open_window_and_exits_0_within_5_s(
 ) -> None:
     config = agent_config(tmp_path, mosquitto, modbus_device("compressor-1", plc_sim.port),
                           window_s=3600)
-    tail = Tail(mosquitto)
-    agent = start_agent(config, numba_cache, tmp_path / "agent.log")
-    try:
+    with running_agent(config, mosquitto, numba_cache) as (agent, tail):
         # "up" is reported after the first good read: that sample is in the open window.
         tail.until(lambda ev: any(e["kind"] == "device_health" for e in ev), 60, "device up")
         stopped_at = time.monotonic()
@@ -192,9 +200,6 @@ def test_sigterm_sends_the_open_window_and_exits_0_within_5_s(
         assert agent.wait(timeout=10) == 0
         assert time.monotonic() - stopped_at < 5.0, "SIGTERM must stop the agent within 5 s"
         received = tail.until(lambda ev: windows(ev, "compressor-1"), 10, "the open window")
-    finally:
-        stop_process(agent)
-        stop_process(tail.process)
     [window] = windows(received, "compressor-1")
     assert window["data"]["tags"]["active_power_w"]["n"] >= 1
     assert '"agent_stopped"' in (tmp_path / "agent.log").read_text()
@@ -207,16 +212,11 @@ def test_dead_device_is_reported_and_does_not_stop_the_others(
     devices = modbus_device("compressor-1", plc_sim.port) + "\n" + modbus_device(
         "dead-meter", nobody_listens)
     config = agent_config(tmp_path, mosquitto, devices)
-    tail = Tail(mosquitto)
-    agent = start_agent(config, numba_cache, tmp_path / "agent.log")
-    try:
+    with running_agent(config, mosquitto, numba_cache) as (agent, tail):
         received = tail.until(lambda ev: len(windows(ev, "compressor-1")) >= 3, 60,
                               "windows of the live device")
         agent.send_signal(signal.SIGINT)
         assert agent.wait(timeout=10) == 0
-    finally:
-        stop_process(agent)
-        stop_process(tail.process)
     dead = [e for e in received if e["device"] == "dead-meter"]
     assert [e["kind"] for e in dead] == ["device_health"], "reported once, not every retry"
     assert dead[0]["data"]["status"] == "down" and dead[0]["data"]["reason"] == "unreachable"

@@ -8,8 +8,9 @@ docs/events.md describes every kind and field; keep the two together.
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import msgpack
@@ -22,8 +23,19 @@ WINDOW = "window"
 DEVICE_HEALTH = "device_health"
 """A device's connection or read status changed."""
 
+STORE_HEALTH = "store_health"
+"""The store dropped or compacted events, or its depth changed notably."""
+
 GATEWAY_DEVICE = "_gateway"
 """The `device` of events about the gateway itself (topic-safe, never a device name)."""
+
+_PRIORITY = {WINDOW: 0, DEVICE_HEALTH: 1, STORE_HEALTH: 1}
+"""What a full store gives up first: periodic aggregates (0), then health (1), then the
+rest (2: anomalies, limit violations, state changes), which are kept longest."""
+
+
+def priority_of(kind: str) -> int:
+    return _PRIORITY.get(kind, 2)
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,26 +55,51 @@ class Envelope:
     version: int
     gateway: str
     seq: int
+    id: str
+    """Unique per event (UUID4, 32 hex digits): duplicates from QoS 1 resends share it."""
     kind: str
     device: str
     time_ns: int
     data: dict[str, Any]
+    historical: bool = False
+    """Replayed from the backlog after an outage, behind live events."""
 
 
 def encode(event: Event, *, gateway: str, seq: int) -> bytes:
     """The wire form: a msgpack map with short keys (every byte counts on a metered link)."""
-    return msgpack.packb(
-        {
-            "v": SCHEMA_VERSION,
-            "gw": gateway,
-            "seq": seq,
-            "kind": event.kind,
-            "dev": event.device,
-            "t": event.time_ns,
-            "data": dict(event.data),
-        },
-        use_bin_type=True,
+    return encode_envelope(
+        Envelope(
+            version=SCHEMA_VERSION,
+            gateway=gateway,
+            seq=seq,
+            id=uuid.uuid4().hex,
+            kind=event.kind,
+            device=event.device,
+            time_ns=event.time_ns,
+            data=dict(event.data),
+        )
     )
+
+
+def encode_envelope(env: Envelope) -> bytes:
+    obj: dict[str, Any] = {
+        "v": env.version,
+        "gw": env.gateway,
+        "seq": env.seq,
+        "id": env.id,
+        "kind": env.kind,
+        "dev": env.device,
+        "t": env.time_ns,
+        "data": env.data,
+    }
+    if env.historical:
+        obj["hist"] = True
+    return msgpack.packb(obj, use_bin_type=True)
+
+
+def mark_historical(payload: bytes) -> bytes:
+    """The same event, flagged as replayed backlog (done when it is sent, not when stored)."""
+    return encode_envelope(replace(decode(payload), historical=True))
 
 
 class DecodeError(ValueError):
@@ -84,10 +121,12 @@ def decode(payload: bytes | bytearray) -> Envelope:
             version=version,
             gateway=str(obj["gw"]),
             seq=int(obj["seq"]),
+            id=str(obj["id"]),
             kind=str(obj["kind"]),
             device=str(obj["dev"]),
             time_ns=int(obj["t"]),
             data=dict(obj["data"]),
+            historical=bool(obj.get("hist", False)),
         )
     except (KeyError, TypeError, ValueError) as exc:
         raise DecodeError(f"missing or malformed field: {exc}") from exc

@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from agent.events import SCHEMA_VERSION, DecodeError, Event, decode, encode
+from agent.events import SCHEMA_VERSION, DecodeError, Event, decode, encode, mark_historical
 
 scalars = st.one_of(st.none(), st.booleans(), st.integers(-(2**63), 2**64 - 1),
                     st.floats(allow_nan=False), st.text(max_size=20))
@@ -21,9 +21,18 @@ values = st.recursive(scalars, lambda inner: st.lists(inner, max_size=4)
     data=st.dictionaries(st.text(max_size=8), values, max_size=5),
 )
 def test_round_trip(kind: str, device: str, time_ns: int, seq: int, data: dict[str, object]) -> None:
-    env = decode(encode(Event(kind, device, time_ns, data), gateway="gw", seq=seq))
+    payload = encode(Event(kind, device, time_ns, data), gateway="gw", seq=seq)
+    env = decode(payload)
     assert (env.version, env.gateway, env.seq, env.kind, env.device, env.time_ns, env.data) == (
         SCHEMA_VERSION, "gw", seq, kind, device, time_ns, data)
+    assert len(env.id) == 32 and not env.historical
+    replayed = decode(mark_historical(payload))
+    assert replayed.historical and replayed.id == env.id and replayed.data == data
+
+
+def test_every_event_gets_its_own_id() -> None:
+    event = Event("window", "m1", 1, {})
+    assert decode(encode(event, gateway="g", seq=1)).id != decode(encode(event, gateway="g", seq=1)).id
 
 
 @pytest.mark.parametrize(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import ipaddress
 
 from agent.config import LoadedConfig
+from agent.config.models import MqttConfig
 from drivers.modbus.plan import plan_requests
 
 
@@ -17,6 +18,20 @@ def _is_local(host: str) -> bool:
         return False
 
 
+def has_password(mqtt: MqttConfig) -> bool:
+    given = mqtt.password is not None and mqtt.password.get_secret_value()
+    return bool(given) or mqtt.password_file is not None or mqtt.password_credential is not None
+
+
+def password_source(mqtt: MqttConfig) -> str:
+    """Where the password comes from, never what it is."""
+    if mqtt.password_file is not None:
+        return f"from file {mqtt.password_file}"
+    if mqtt.password_credential is not None:
+        return f"from credential {mqtt.password_credential}"
+    return "set" if has_password(mqtt) else "none"
+
+
 def warnings(loaded: LoadedConfig) -> list[str]:
     """Things that are valid but probably not meant."""
     mqtt = loaded.config.mqtt
@@ -26,8 +41,9 @@ def warnings(loaded: LoadedConfig) -> list[str]:
             f"mqtt.tls.enabled is false towards {mqtt.host}: events and the password "
             "cross the network in clear text"
         )
-    if mqtt.username is not None and mqtt.password is None:
-        out.append("mqtt.username is set without mqtt.password")
+    if mqtt.username is not None and not has_password(loaded.config.mqtt):
+        out.append("mqtt.username is set without a password (password, password_file or "
+                   "password_credential)")
     return out
 
 
@@ -35,7 +51,7 @@ def summary(loaded: LoadedConfig) -> list[str]:
     cfg = loaded.config
     mqtt = cfg.mqtt
     scheme = "mqtts" if mqtt.tls.enabled else "mqtt"
-    password = "set" if mqtt.password is not None and mqtt.password.get_secret_value() else "none"
+    password = password_source(mqtt)
     lines = [
         f"{loaded.path}: OK (sha256 {loaded.sha256[:12]})",
         f"gateway {cfg.gateway.id} at site {cfg.gateway.site}; store {cfg.store_path}",

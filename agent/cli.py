@@ -31,6 +31,12 @@ def cmd_check(args: argparse.Namespace) -> int:
     loaded = _load_or_exit(args.config)
     for line in summary(loaded):
         print(line)
+    if args.explain:
+        from agent.sharing import explain
+
+        print()
+        for line in explain(loaded.config):
+            print(line)
     for line in warnings(loaded):
         print(f"warning: {line}", file=sys.stderr)
     return EXIT_OK
@@ -46,6 +52,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     os.environ.setdefault("NUMBA_CACHE_DIR", str(loaded.config.gateway.state_dir / "numba-cache"))
     import structlog
 
+    from agent.credentials import CredentialError
     from agent.runtime import run_agent
     from agent.store import StoreError
 
@@ -60,7 +67,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     try:
         asyncio.run(main())
-    except StoreError as exc:
+    except (StoreError, CredentialError) as exc:
         log.error("agent_failed", error=str(exc))
         return EXIT_FAILURE
     return EXIT_OK
@@ -79,7 +86,14 @@ def cmd_tail(args: argparse.Namespace) -> int:
         tls = mqtt.tls.enabled and not args.no_tls
         ca_file = str(mqtt.tls.ca_file) if mqtt.tls.ca_file else None
         username = mqtt.username
-        password = mqtt.password.get_secret_value() if mqtt.password else None
+        from agent.credentials import CredentialError, mqtt_password
+
+        try:
+            secret = mqtt_password(mqtt)
+        except CredentialError as exc:
+            print(f"tail: {exc}", file=sys.stderr)
+            return EXIT_FAILURE
+        password = secret.get_secret_value() if secret else None
         topic = topic or topic_filter(mqtt.topic, site=cfg.gateway.site, gateway=cfg.gateway.id)
     if not host:
         print("tail: give -c FILE or --host", file=sys.stderr)
@@ -88,6 +102,27 @@ def cmd_tail(args: argparse.Namespace) -> int:
         host=host, port=port or (8883 if tls else 1883), topic=topic or "#", tls=tls,
         ca_file=ca_file, username=username, password=password, as_json=args.json, count=args.count,
     )
+
+
+def cmd_buffer(args: argparse.Namespace) -> int:
+    from agent.buffer import export, print_stats
+    from agent.store import StoreError
+
+    path = _load_or_exit(args.config).config.store_path
+    try:
+        if args.action == "stats":
+            print_stats(path, sys.stdout, args.json)
+            return EXIT_OK
+        if args.output in (None, "-"):
+            count = export(path, sys.stdout)
+        else:
+            with open(args.output, "w") as out:
+                count = export(path, out)
+        print(f"exported {count} events from {path}", file=sys.stderr)
+    except (StoreError, OSError) as exc:
+        print(f"buffer: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
+    return EXIT_OK
 
 
 def cmd_version(_args: argparse.Namespace) -> int:
@@ -117,6 +152,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     check = sub.add_parser("check", help="validate a configuration and say what it will do")
     check.add_argument("-c", "--config", required=True, help="configuration file (YAML)")
+    check.add_argument("--explain", action="store_true",
+                       help="list exactly which data goes to which topic, for sign-off")
     check.set_defaults(func=cmd_check)
 
     tail = sub.add_parser("tail", help="print the events arriving at the broker, decoded")
@@ -128,6 +165,14 @@ def build_parser() -> argparse.ArgumentParser:
     tail.add_argument("--json", action="store_true", help="one JSON object per line")
     tail.add_argument("--count", type=int, help="exit after this many events")
     tail.set_defaults(func=cmd_tail)
+
+    buffer = sub.add_parser("buffer", help="show or export the events waiting to be sent")
+    buffer.add_argument("action", choices=["stats", "export"],
+                        help="stats: depth, age, bytes, drops; export: every event as JSON lines")
+    buffer.add_argument("-c", "--config", required=True, help="configuration file (YAML)")
+    buffer.add_argument("--json", action="store_true", help="stats as one JSON object")
+    buffer.add_argument("-o", "--output", help="export to this file (default: standard output)")
+    buffer.set_defaults(func=cmd_buffer)
 
     version = sub.add_parser("version", help="print the versions of the agent and its libraries")
     version.set_defaults(func=cmd_version)

@@ -1,8 +1,9 @@
-"""From device configuration to the driver that reads it: the only place that knows both."""
+"""From device configuration to its driver and detectors: the only place that knows all three."""
 
 from __future__ import annotations
 
 from agent.config.models import DeviceConfig
+from agent.detect import Detector, DetectorChain, RawSamples, WindowAggregator
 from drivers.base import Driver
 from drivers.modbus import ModbusTcpDriver
 
@@ -12,5 +13,12 @@ def make_driver(config: DeviceConfig) -> Driver:
     return ModbusTcpDriver(config)
 
 
-def tag_units(config: DeviceConfig) -> dict[str, str]:
-    return {tag.name: tag.unit for tag in config.tags}
+def make_detector(config: DeviceConfig, window_s: float) -> Detector:
+    """Every detector a device's configuration asks for, as one."""
+    tags = [tag.name for tag in config.tags]
+    units = {tag.name: tag.unit for tag in config.tags}
+    detectors: list[Detector] = [WindowAggregator(config.name, tags, units, window_s)]
+    raw = [tag.name for tag in config.tags if (tag.share or config.share) == "raw"]
+    if raw:
+        detectors.append(RawSamples(config.name, raw, window_s))
+    return DetectorChain(detectors)

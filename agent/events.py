@@ -20,8 +20,12 @@ SCHEMA_VERSION = 1
 # Event kinds. The kind is also the last part of the default MQTT topic.
 WINDOW = "window"
 """Per-tag aggregates of one device over one window."""
+SAMPLES = "samples"
+"""Every sample of the tags shared `raw`, one event per device and window."""
 DEVICE_HEALTH = "device_health"
 """A device's connection or read status changed."""
+CLOCK = "clock"
+"""The gateway's clock became synchronized: the boot's monotonic-to-UTC mapping."""
 
 STORE_HEALTH = "store_health"
 """The store dropped or compacted events, or its depth changed notably."""
@@ -29,7 +33,7 @@ STORE_HEALTH = "store_health"
 GATEWAY_DEVICE = "_gateway"
 """The `device` of events about the gateway itself (topic-safe, never a device name)."""
 
-_PRIORITY = {WINDOW: 0, DEVICE_HEALTH: 1, STORE_HEALTH: 1}
+_PRIORITY = {SAMPLES: 0, WINDOW: 0, DEVICE_HEALTH: 1, STORE_HEALTH: 1, CLOCK: 2}
 """What a full store gives up first: periodic aggregates (0), then health (1), then the
 rest (2: anomalies, limit violations, state changes), which are kept longest."""
 
@@ -45,7 +49,11 @@ class Event:
     time_ns: int
     """UTC wall-clock nanoseconds: when what the event reports happened (or ended)."""
     data: Mapping[str, Any]
-    """Kind-specific fields: msgpack-native types only (str, int, float, bool, None, lists, maps)."""
+    """Kind-specific fields: msgpack-native types only (str, int, float, bool, None, lists, maps).
+    Fields named `*_ns` hold UTC timestamps (durations are in `*_s`)."""
+    mono_ns: int | None = None
+    """Set when the wall clock was not synchronized as the event was made: the monotonic
+    time of `time_ns`, from which the time is corrected once the clock is right."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,10 +71,18 @@ class Envelope:
     data: dict[str, Any]
     historical: bool = False
     """Replayed from the backlog after an outage, behind live events."""
+    clock: str = "synced"
+    """`unsynced`: made before the gateway's clock was synchronized, `t` may be wrong;
+    `corrected`: such an event whose times were corrected before sending."""
+    mono_ns: int | None = None
+    boot: str | None = None
+    """With an unsynced or corrected clock: the monotonic time of `t` and the boot it
+    belongs to, so that a consumer can correct it with the boot's `clock` event."""
 
 
-def encode(event: Event, *, gateway: str, seq: int) -> bytes:
+def encode(event: Event, *, gateway: str, seq: int, boot: str = "") -> bytes:
     """The wire form: a msgpack map with short keys (every byte counts on a metered link)."""
+    unsynced = event.mono_ns is not None
     return encode_envelope(
         Envelope(
             version=SCHEMA_VERSION,
@@ -77,6 +93,9 @@ def encode(event: Event, *, gateway: str, seq: int) -> bytes:
             device=event.device,
             time_ns=event.time_ns,
             data=dict(event.data),
+            clock="unsynced" if unsynced else "synced",
+            mono_ns=event.mono_ns,
+            boot=boot if unsynced else None,
         )
     )
 
@@ -94,7 +113,18 @@ def encode_envelope(env: Envelope) -> bytes:
     }
     if env.historical:
         obj["hist"] = True
+    if env.clock != "synced":
+        obj.update(clock=env.clock, mono=env.mono_ns, boot=env.boot)
     return msgpack.packb(obj, use_bin_type=True)
+
+
+def correct_clock(payload: bytes, corrected_time_ns: int) -> bytes:
+    """The event with `t` set to its true time and every `*_ns` field of its data shifted alike."""
+    env = decode(payload)
+    shift = corrected_time_ns - env.time_ns
+    data = {k: v + shift if k.endswith("_ns") and isinstance(v, int) else v
+            for k, v in env.data.items()}
+    return encode_envelope(replace(env, time_ns=corrected_time_ns, data=data, clock="corrected"))
 
 
 def mark_historical(payload: bytes) -> bytes:
@@ -127,6 +157,9 @@ def decode(payload: bytes | bytearray) -> Envelope:
             time_ns=int(obj["t"]),
             data=dict(obj["data"]),
             historical=bool(obj.get("hist", False)),
+            clock=str(obj.get("clock", "synced")),
+            mono_ns=obj.get("mono"),
+            boot=obj.get("boot"),
         )
     except (KeyError, TypeError, ValueError) as exc:
         raise DecodeError(f"missing or malformed field: {exc}") from exc

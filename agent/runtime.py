@@ -12,15 +12,17 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import structlog
 
 from agent.backoff import Backoff
+from agent.clock import BOOT_ID, ClockWatch
 from agent.config import LoadedConfig
-from agent.detect import Detector, WindowAggregator
-from agent.devices import make_driver, tag_units
-from agent.events import DEVICE_HEALTH, Event
+from agent.detect import Detector
+from agent.devices import make_detector, make_driver
+from agent.events import CLOCK, DEVICE_HEALTH, GATEWAY_DEVICE, Event
+from agent.sharing import SharingPolicy
 from agent.store import EventStore
 from agent.uplink import MqttUplink
 from drivers.base import Driver
@@ -99,31 +101,62 @@ async def _poll(
             due[i] += interval * (int(late // interval) + 1)
 
 
-async def tick_detectors(detectors: Sequence[Detector], sink: EventSink, period_s: float) -> None:
-    """Give detectors the time, so that windows close even when a device goes quiet."""
+async def tick_detectors(
+    detectors: Sequence[Detector], sink: EventSink, period_s: float, clock: ClockWatch
+) -> None:
+    """Give detectors the time, so that windows close even when a device goes quiet;
+    and say when the wall clock becomes synchronized."""
+    synced = clock.synchronized()
     while True:
         await asyncio.sleep(period_s)
         mono_ns, time_ns = time.monotonic_ns(), time.time_ns()
         for detector in detectors:
             sink(detector.on_tick(mono_ns, time_ns))
+        if not synced and clock.synchronized():
+            synced = True
+            log.info("clock_synchronized", boot=BOOT_ID)
+            sink([clock_event()])
+
+
+def clock_event() -> Event:
+    """The mapping from this boot's monotonic clock to UTC, now that UTC is right."""
+    mono_ns, time_ns = time.monotonic_ns(), time.time_ns()
+    return Event(CLOCK, GATEWAY_DEVICE, time_ns, {"boot": BOOT_ID, "mono": mono_ns})
 
 
 async def run_agent(loaded: LoadedConfig, stop: asyncio.Event) -> None:
     """Run until `stop` is set, then: stop polling, close windows, commit, send briefly, disconnect."""
     cfg = loaded.config
+    clock = ClockWatch(cfg.gateway.clock)
     store = await EventStore.open(
         cfg.store_path,
         cfg.gateway.id,
         commit_interval_s=cfg.store.commit_interval_s,
         commit_max_events=cfg.store.commit_max_events,
+        max_bytes=cfg.store.max_bytes,
+        max_age_s=cfg.store.max_age_days * 86400,
+        clock_synchronized=clock.synchronized,
     )
-    uplink = MqttUplink(cfg.mqtt, cfg.gateway, store)
-    devices = [
-        (make_driver(d), WindowAggregator(d.name, [t.name for t in d.tags], tag_units(d),
-                                          cfg.aggregate.window_s))
-        for d in cfg.devices
-    ]
+    try:  # reads the password file or credential: a failure must still close the store
+        uplink = MqttUplink(cfg.mqtt, cfg.gateway, store, config_sha256=loaded.sha256)
+    except BaseException:
+        await store.close()
+        raise
+    devices = [(make_driver(d), make_detector(d, cfg.aggregate.window_s)) for d in cfg.devices]
+    policy = SharingPolicy(cfg.devices)
+
+    def share(events: Iterable[Event]) -> None:
+        """The one gate between detection and the store: only shared data is queued, and
+        marked when the clock is not to be trusted yet."""
+        shared = [s for event in events if (s := policy.apply(event)) is not None]
+        if shared and not clock.synchronized():
+            shared = [replace(e, mono_ns=clock.mono_of(e.time_ns)) for e in shared]
+        store.put(shared)
+
     detectors = [detector for _, detector in devices]
+    if not clock.synchronized():
+        log.warning("clock_not_synchronized", boot=BOOT_ID,
+                    detail="events are marked until NTP has set the clock (gateway.clock: ntp)")
     log.info("agent_started", gateway=cfg.gateway.id, devices=len(devices),
              config=str(loaded.path), config_sha256=loaded.sha256[:12], store=str(store.path))
     try:
@@ -131,11 +164,11 @@ async def run_agent(loaded: LoadedConfig, stop: asyncio.Event) -> None:
             writer = tasks.create_task(store.writer(), name="store-writer")
             sender = tasks.create_task(uplink.run(), name="uplink")
             producers = [
-                tasks.create_task(supervise_device(driver, detector, store.put), name=driver.device)
+                tasks.create_task(supervise_device(driver, detector, share), name=driver.device)
                 for driver, detector in devices
             ]
             producers.append(tasks.create_task(
-                tick_detectors(detectors, store.put, min(1.0, cfg.aggregate.window_s / 4)),
+                tick_detectors(detectors, share, min(1.0, cfg.aggregate.window_s / 4), clock),
                 name="ticker",
             ))
             await stop.wait()
@@ -145,7 +178,7 @@ async def run_agent(loaded: LoadedConfig, stop: asyncio.Event) -> None:
             await asyncio.wait(producers)
             now_ns = time.time_ns()
             for detector in detectors:
-                store.put(detector.flush(now_ns))
+                share(detector.flush(now_ns))
             await store.flush()
             await uplink.drain(SHUTDOWN_DRAIN_S)
             sender.cancel()

@@ -33,12 +33,14 @@ from typing import Any, TypeVar
 
 import structlog
 
+from agent.clock import BOOT_ID, ClockWatch
 from agent.compaction import merge_windows
 from agent.events import (
     GATEWAY_DEVICE,
     STORE_HEALTH,
     WINDOW,
     Event,
+    correct_clock,
     decode,
     encode,
     encode_envelope,
@@ -58,9 +60,12 @@ CREATE TABLE IF NOT EXISTS outbox (
     device   TEXT    NOT NULL,
     priority INTEGER NOT NULL DEFAULT 2,
     size     INTEGER NOT NULL DEFAULT 0,
+    mono_ns  INTEGER,
+    boot     TEXT,
     payload  BLOB    NOT NULL
 );
 CREATE INDEX IF NOT EXISTS outbox_priority ON outbox (priority, seq);
+CREATE INDEX IF NOT EXISTS outbox_unsynced ON outbox (seq) WHERE mono_ns IS NOT NULL;
 CREATE TABLE IF NOT EXISTS meta (
     key   TEXT PRIMARY KEY,
     value INTEGER NOT NULL
@@ -135,8 +140,10 @@ class EventStore:
         max_pending_events: int,
         report_interval_s: float,
         reserve_bytes: int,
+        clock_synchronized: Callable[[], bool],
     ) -> None:
         self.path = path
+        self._clock_synchronized = clock_synchronized
         self._reserve_path = path.with_name(path.name + ".reserve")
         self._reserve_bytes = reserve_bytes
         self._reserve_held = False
@@ -175,12 +182,13 @@ class EventStore:
         max_pending_events: int = 10_000,
         report_interval_s: float = 60.0,
         reserve_bytes: int = RESERVE_BYTES,
+        clock_synchronized: Callable[[], bool] = lambda: True,
     ) -> EventStore:
         store = cls(
             path, gateway, commit_interval_s=commit_interval_s,
             commit_max_events=commit_max_events, max_bytes=max_bytes, max_age_s=max_age_s,
             max_pending_events=max_pending_events, report_interval_s=report_interval_s,
-            reserve_bytes=reserve_bytes,
+            reserve_bytes=reserve_bytes, clock_synchronized=clock_synchronized,
         )
         try:
             await store._call(store._open_db)
@@ -252,14 +260,15 @@ class EventStore:
         rows = []
         for event in events:
             seq += 1
-            payload = encode(event, gateway=self._gateway, seq=seq)
+            payload = encode(event, gateway=self._gateway, seq=seq, boot=BOOT_ID)
+            boot = BOOT_ID if event.mono_ns is not None else None
             rows.append((seq, event.time_ns, event.kind, event.device, priority_of(event.kind),
-                         len(payload), payload))
+                         len(payload), event.mono_ns, boot, payload))
         added = sum(r[5] for r in rows)
         with self._transaction(db):
             db.executemany(
-                "INSERT INTO outbox (seq, time_ns, kind, device, priority, size, payload) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                "INSERT INTO outbox (seq, time_ns, kind, device, priority, size, mono_ns, boot,"
+                " payload) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 rows,
             )
             freed = self._delete(db, acked)
@@ -488,18 +497,36 @@ class EventStore:
     async def read_after(self, seq: int, limit: int, *, upto: int | None = None) -> list[StoredEvent]:
         """Stored events with `seq < number <= upto`, oldest first, reserved for sending."""
 
+        synced = self._clock_synchronized()
+
         def query() -> list[StoredEvent]:
-            cursor = self._require_db().execute(
-                "SELECT seq, kind, device, payload FROM outbox WHERE seq > ? AND seq <= ? "
-                "ORDER BY seq LIMIT ?",
+            db = self._require_db()
+            cursor = db.execute(
+                "SELECT seq, kind, device, payload, mono_ns, boot FROM outbox "
+                "WHERE seq > ? AND seq <= ? ORDER BY seq LIMIT ?",
                 (seq, upto if upto is not None else 2**63 - 1, limit),
             )
-            rows = [StoredEvent(r[0], r[1], r[2], bytes(r[3])) for r in cursor]
+            rows = []
+            for number, kind, device, payload, mono_ns, boot in cursor.fetchall():
+                payload = bytes(payload)
+                if synced and mono_ns is not None and boot == BOOT_ID:
+                    payload = self._correct_clock(db, number, payload, mono_ns)
+                rows.append(StoredEvent(number, kind, device, payload))
             with self._reserved_lock:
                 self._reserved.update(r.seq for r in rows)
             return rows
 
         return await self._call(query)
+
+    def _correct_clock(self, db: sqlite3.Connection, seq: int, payload: bytes, mono_ns: int) -> bytes:
+        """Fix the time of an event made before the clock was synchronized, once and for good:
+        stored corrected, so that a resend after a crash is the same bytes."""
+        corrected = correct_clock(payload, ClockWatch.corrected(mono_ns))
+        with self._transaction(db):
+            db.execute("UPDATE outbox SET payload = ?, size = ?, mono_ns = NULL WHERE seq = ?",
+                       (corrected, len(corrected), seq))
+            self._bytes += len(corrected) - len(payload)
+        return corrected
 
     async def depth(self) -> int:
         """Events on disk not yet acknowledged by the broker."""
@@ -541,6 +568,8 @@ def _migrate(db: sqlite3.Connection) -> None:
         if columns and "priority" not in columns:  # version 1: no priority, no size
             cur.execute("ALTER TABLE outbox ADD COLUMN priority INTEGER NOT NULL DEFAULT 2")
             cur.execute("ALTER TABLE outbox ADD COLUMN size INTEGER NOT NULL DEFAULT 0")
+            cur.execute("ALTER TABLE outbox ADD COLUMN mono_ns INTEGER")
+            cur.execute("ALTER TABLE outbox ADD COLUMN boot TEXT")
             for kind, in cur.execute("SELECT DISTINCT kind FROM outbox").fetchall():
                 cur.execute("UPDATE outbox SET priority = ? WHERE kind = ?", (priority_of(kind), kind))
             cur.execute("UPDATE outbox SET size = length(payload)")

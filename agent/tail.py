@@ -17,6 +17,7 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
 from agent.events import DecodeError, Envelope, decode
+from agent.status import StatusDecodeError, decode_status
 
 
 def topic_filter(template: str, **known: str) -> str:
@@ -80,7 +81,16 @@ def tail(
         try:
             env = decode(msg.payload)
         except DecodeError as exc:
-            print(f"{msg.topic}: undecodable payload ({exc})", file=sys.stderr, flush=True)
+            try:
+                status = decode_status(msg.payload)
+            except StatusDecodeError:
+                print(f"{msg.topic}: undecodable payload ({exc})", file=sys.stderr, flush=True)
+                return
+            line = (json.dumps({"topic": msg.topic, "kind": "status", **asdict(status)}) if as_json else
+                    f"{format_time(status.time_ns)} {status.gateway} status {status.status} "
+                    f"version={status.agent_version} config={status.config_sha256[:12]}")
+            out.write(line + "\n")
+            out.flush()
             return
         if as_json:
             out.write(json.dumps({"topic": msg.topic, **asdict(env)}) + "\n")

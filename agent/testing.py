@@ -7,12 +7,14 @@ test suite, the demo and the benchmarks all need a throw-away broker.
 from __future__ import annotations
 
 import contextlib
+import os
 import shutil
 import socket
 import subprocess
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Self, TypeVar
 
@@ -56,18 +58,42 @@ def mosquitto_binary() -> str:
     return found
 
 
+def mosquitto_passwd_binary() -> str:
+    found = shutil.which("mosquitto_passwd")
+    if found is None:
+        raise FileNotFoundError(
+            "mosquitto_passwd is not installed (Debian ships it in the mosquitto package)"
+        )
+    return found
+
+
+@dataclass(frozen=True, slots=True)
+class BrokerTls:
+    """A TLS listener: the broker's certificate and key, and the CA its clients' certificates
+    must come from (`agent.testing_tls.make_test_certificates` makes all three)."""
+
+    cafile: Path
+    certfile: Path
+    keyfile: Path
+    require_certificate: bool = False
+    """Refuse a client without a certificate signed by `cafile`."""
+
+
 class Mosquitto:
     """A Mosquitto broker of our own on a free loopback port; `stop()` and `start()` again at will.
 
-    Anonymous, plain TCP: the broker a test or the demo needs, never the
-    machine's own broker.
+    Anonymous, plain TCP unless told otherwise: `tls` makes the one listener a TLS
+    listener, `users` (name -> password) requires one of them (`allow_anonymous false`).
+    The broker a test or the demo needs, never the machine's own broker.
     """
 
     def __init__(
-        self, port: int | None = None, *, persistent: bool = False, extra_config: str = ""
+        self, port: int | None = None, *, persistent: bool = False, extra_config: str = "",
+        tls: BrokerTls | None = None, users: Mapping[str, str] | None = None,
     ) -> None:
         self.host = "127.0.0.1"
         self.port = port or free_tcp_port()
+        self.tls = tls
         self._dir = Path(tempfile.mkdtemp(prefix="mosquitto-"))
         self.log_path = self._dir / "mosquitto.log"
         self.config_path = self._dir / "mosquitto.conf"
@@ -76,15 +102,46 @@ class Mosquitto:
             f"persistence true\npersistence_location {self._dir}/\n" if persistent
             else "persistence false\n"
         )
+        # Started as root, Mosquitto switches to the `mosquitto` user and can then read
+        # neither its private directory (log, password file) nor a test's key files.
+        user = "user root\n" if os.geteuid() == 0 else ""
         self.config_path.write_text(
-            f"listener {self.port} {self.host}\n"
-            "allow_anonymous true\n"
-            + persistence +
-            f"log_dest file {self.log_path}\n"
+            user
+            + f"listener {self.port} {self.host}\n"
+            + self._tls_config(tls)
+            + self._users_config(users)
+            + persistence
+            + f"log_dest file {self.log_path}\n"
             "log_type error\nlog_type warning\nlog_type notice\n"
             + extra_config
         )
         self._process: subprocess.Popen[bytes] | None = None
+
+    @staticmethod
+    def _tls_config(tls: BrokerTls | None) -> str:
+        if tls is None:
+            return ""
+        return (
+            f"cafile {tls.cafile}\ncertfile {tls.certfile}\nkeyfile {tls.keyfile}\n"
+            f"require_certificate {'true' if tls.require_certificate else 'false'}\n"
+        )
+
+    def _users_config(self, users: Mapping[str, str] | None) -> str:
+        if users is None:
+            return "allow_anonymous true\n"
+        password_file = self._dir / "passwd"
+        for i, (name, password) in enumerate(users.items()):
+            # -c creates the file (first user), -b takes the password from the command line.
+            create = ["-c"] if i == 0 else []
+            subprocess.run(
+                [mosquitto_passwd_binary(), *create, "-b", str(password_file), name, password],
+                check=True, capture_output=True,
+            )
+        password_file.chmod(0o600)
+        return f"allow_anonymous false\npassword_file {password_file}\n"
+
+    def read_log(self) -> str:
+        return self.log_path.read_text() if self.log_path.exists() else ""
 
     def start(self, timeout_s: float = 10.0) -> Self:
         self._process = subprocess.Popen(
@@ -128,10 +185,13 @@ class MqttCollector:
     tests read it through `wait_for`. With a `client_id` the session is
     persistent: what is published while the collector is away is queued for it
     by the broker, so a test never races the publisher to subscribe first.
+    The gateway's status messages (birth and will) go to `statuses` instead, as
+    (topic, GatewayStatus, retained) in arrival order; see `wait_for_status`.
     """
 
     def __init__(
-        self, host: str, port: int, topic: str = "#", *, client_id: str | None = None
+        self, host: str, port: int, topic: str = "#", *, client_id: str | None = None,
+        ca_file: Path | None = None, username: str | None = None, password: str | None = None,
     ) -> None:
         import threading
 
@@ -139,8 +199,10 @@ class MqttCollector:
         from paho.mqtt.enums import CallbackAPIVersion
 
         from agent.events import Envelope, decode
+        from agent.status import STATUS_KIND, GatewayStatus, decode_status
 
         self.messages: list[tuple[str, Envelope]] = []
+        self.statuses: list[tuple[str, GatewayStatus, bool]] = []
         self._lock = threading.Lock()
         self._subscribed = threading.Event()
         client = mqtt.Client(
@@ -149,6 +211,10 @@ class MqttCollector:
             clean_session=client_id is None,
         )
         client.reconnect_delay_set(min_delay=1, max_delay=2)
+        if ca_file is not None:
+            client.tls_set(ca_certs=str(ca_file))
+        if username is not None:
+            client.username_pw_set(username, password)
 
         def on_connect(c: mqtt.Client, *_: object) -> None:
             c.subscribe(topic, qos=1)
@@ -157,6 +223,11 @@ class MqttCollector:
             self._subscribed.set()
 
         def on_message(_c: mqtt.Client, _u: object, msg: mqtt.MQTTMessage) -> None:
+            if msg.topic.rsplit("/", 1)[-1] == STATUS_KIND:
+                status = decode_status(msg.payload)
+                with self._lock:
+                    self.statuses.append((msg.topic, status, bool(msg.retain)))
+                return
             with self._lock:
                 self.messages.append((msg.topic, decode(msg.payload)))
 
@@ -190,6 +261,16 @@ class MqttCollector:
         result = wait_until(check, timeout_s=timeout_s, what=what)
         assert result is not None
         return result
+
+    def wait_for_status(self, status: str, *, timeout_s: float) -> tuple[str, Any, bool]:
+        """The first status message saying `status` ("online" or "offline"), waiting for it."""
+        def find() -> tuple[str, Any, bool] | None:
+            with self._lock:
+                return next((m for m in self.statuses if m[1].status == status), None)
+
+        found = wait_until(find, timeout_s=timeout_s, what=f"a status message {status!r}")
+        assert found is not None
+        return found
 
 
 def console_script(name: str) -> str:

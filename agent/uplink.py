@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import ssl
+import sys
+import time
 from typing import Any
 
 import paho.mqtt.client as mqtt
@@ -19,23 +21,45 @@ from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
-from agent.config.models import GatewayConfig, MqttConfig
+from agent import __version__
+from agent.config.models import GatewayConfig, MqttConfig, TlsConfig
+from agent.credentials import CredentialError, mqtt_password
+from agent.events import GATEWAY_DEVICE, mark_historical
+from agent.mqtt_link import LinkMonitor, LinkState
+from agent.replay import SendOrder
+from agent.status import STATUS_KIND, GatewayStatus, Status, encode_status
 from agent.store import EventStore, StoredEvent
 
 log = structlog.get_logger(__name__)
 
+CLOSE_ACK_TIMEOUT_S = 1.0
+"""How long `close()` waits for the PUBACK of the retained `offline` before DISCONNECT."""
+
 
 class MqttUplink:
-    def __init__(self, config: MqttConfig, gateway: GatewayConfig, store: EventStore) -> None:
+    def __init__(
+        self, config: MqttConfig, gateway: GatewayConfig, store: EventStore, *,
+        config_sha256: str = "",
+    ) -> None:
+        """Reads the password and TLS files now: raises `CredentialError` if one is unusable.
+
+        `config_sha256` (of the configuration file) goes into the status message.
+        """
         self._config = config
         self._gateway = gateway
         self._store = store
+        self._config_sha256 = config_sha256
         self._loop = asyncio.get_running_loop()
         self._connected = asyncio.Event()
         self._slot_freed = asyncio.Event()
         self._inflight: dict[int, int] = {}  # paho message id -> store sequence number
-        self._cursor = 0  # highest sequence number handed to paho
-        self._unreachable_logged = False
+        self._historical_inflight: set[int] = set()
+        self._link = LinkMonitor(config, self._loop, lambda: self._inflight.items())
+        self._closing = False
+        self.status_topic = config.topic.format(
+            site=gateway.site, gateway=gateway.id, device=GATEWAY_DEVICE, kind=STATUS_KIND
+        )
+        """Where the retained `online`/`offline` status message goes (docs/events.md)."""
         self._client = self._make_client()
 
     @property
@@ -45,6 +69,21 @@ class MqttUplink:
     @property
     def inflight(self) -> int:
         return len(self._inflight)
+
+    @property
+    def state(self) -> LinkState:
+        """connecting, connected, refused, tls_error, unreachable or not_acknowledging."""
+        return self._link.state
+
+    @property
+    def last_error(self) -> str:
+        """The latest connection fault, one line; kept after recovery, empty if none yet."""
+        return self._link.last_error
+
+    @property
+    def failed_attempts(self) -> int:
+        """Connection attempts that failed since the last successful connect."""
+        return self._link.failed_attempts
 
     def topic_for(self, event: StoredEvent) -> str:
         return self._config.topic.format(
@@ -59,22 +98,34 @@ class MqttUplink:
             protocol=mqtt.MQTTv5 if cfg.version == "5" else mqtt.MQTTv311,
         )
         if cfg.username is not None:
-            password = cfg.password.get_secret_value() if cfg.password is not None else None
-            client.username_pw_set(cfg.username, password)
-        if cfg.tls.enabled:
-            client.tls_set(
-                ca_certs=str(cfg.tls.ca_file) if cfg.tls.ca_file else None,
-                certfile=str(cfg.tls.cert_file) if cfg.tls.cert_file else None,
-                keyfile=str(cfg.tls.key_file) if cfg.tls.key_file else None,
-                cert_reqs=ssl.CERT_REQUIRED,
+            secret = mqtt_password(cfg)
+            client.username_pw_set(
+                cfg.username, secret.get_secret_value() if secret is not None else None
             )
-        client.max_inflight_messages_set(cfg.max_inflight)
+        if cfg.tls.enabled:
+            client.tls_set_context(_tls_context(cfg.tls))
+        client.connect_timeout = cfg.connect_timeout_s
+        # One slot more than run() fills, so the status message never waits behind events.
+        client.max_inflight_messages_set(cfg.max_inflight + 1)
         client.reconnect_delay_set(min_delay=1, max_delay=60)
+        self._set_will(client)
+        client.on_pre_connect = self._on_pre_connect
         client.on_connect_fail = self._on_connect_fail
+        client.on_socket_open = self._on_socket_open
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
         client.on_publish = self._on_publish
         return client
+
+    def _status(self, status: Status) -> bytes:
+        return encode_status(GatewayStatus(
+            gateway=self._gateway.id, status=status, agent_version=__version__,
+            config_sha256=self._config_sha256, time_ns=time.time_ns(),
+        ))
+
+    def _set_will(self, client: mqtt.Client) -> None:
+        """`offline`, retained: the broker publishes it when it loses us without DISCONNECT."""
+        client.will_set(self.status_topic, self._status("offline"), qos=1, retain=True)
 
     # --- paho thread -> event loop: the only bridge -----------------------------------
 
@@ -83,8 +134,17 @@ class MqttUplink:
     ) -> None:
         self._loop.call_soon_threadsafe(self._connect_result, reason)
 
+    def _on_pre_connect(self, client: mqtt.Client, _u: Any) -> None:
+        # Before each attempt (paho's thread, nothing shared): the will's `t` is this connection's.
+        self._set_will(client)
+
     def _on_connect_fail(self, _c: mqtt.Client, _u: Any) -> None:
-        self._loop.call_soon_threadsafe(self._connect_failed)
+        # paho calls this from inside its `except OSError` around the TCP connect and TLS
+        # handshake (loop_forever, paho 2.2), so the exception being handled is the cause.
+        self._loop.call_soon_threadsafe(self._connect_failed, sys.exception())
+
+    def _on_socket_open(self, _c: mqtt.Client, _u: Any, _sock: Any) -> None:
+        self._loop.call_soon_threadsafe(self._socket_opened)
 
     def _on_disconnect(
         self, _c: mqtt.Client, _u: Any, _f: Any, reason: ReasonCode, _p: Properties | None
@@ -98,33 +158,39 @@ class MqttUplink:
 
     # --- event loop side -------------------------------------------------------------
 
+    # After close() began, what paho still reports is not news (and must start no timer).
+
+    def _socket_opened(self) -> None:
+        if not self._closing:
+            self._link.socket_opened()
+
     def _connect_result(self, reason: ReasonCode) -> None:
-        if reason.is_failure:
-            log.error("mqtt_connect_refused", host=self._config.host, reason=str(reason))
+        if self._closing or not self._link.connack(reason):
             return
-        log.info("mqtt_connected", host=self._config.host, port=self._config.effective_port)
-        self._unreachable_logged = False
+        # The birth: retained, so a subscriber that comes later still learns we are up.
+        self._client.publish(self.status_topic, self._status("online"), qos=1, retain=True)
         self._connected.set()
 
-    def _connect_failed(self) -> None:
-        # paho retries with backoff; one line per outage, not one per attempt.
-        if not self._unreachable_logged:
-            log.warning("mqtt_unreachable", host=self._config.host, port=self._config.effective_port,
-                        detail="connection failed, retrying with backoff; events stay stored")
-            self._unreachable_logged = True
+    def _connect_failed(self, exc: BaseException | None) -> None:
+        # paho retries with backoff; the monitor logs one line per fault, not one per attempt.
+        if not self._closing:
+            self._link.connect_failed(exc)
 
     def _disconnected(self, reason: ReasonCode) -> None:
         if self._connected.is_set():
             log.warning("mqtt_disconnected", host=self._config.host, reason=str(reason))
         self._connected.clear()
+        self._link.disconnected()
 
     def _acknowledged(self, mid: int, reason: ReasonCode) -> None:
         seq = self._inflight.pop(mid, None)
         if seq is None:
             return
+        self._historical_inflight.discard(seq)
         if reason.is_failure:
             # The broker refused it (MQTT 5 PUBACK >= 0x80): keep it in the store for a later run.
             log.error("mqtt_publish_refused", seq=seq, reason=str(reason))
+            self._store.release(seq)
         else:
             self._store.ack(seq)
         self._slot_freed.set()
@@ -138,36 +204,125 @@ class MqttUplink:
         )
         self._client.connect_async(cfg.host, cfg.effective_port, keepalive=cfg.keepalive_s)
         self._client.loop_start()
+        order = SendOrder(
+            self._store.last_seq, replay_rate_per_s=cfg.replay_rate_per_s, now_s=self._loop.time()
+        )
+        down_since = self._loop.time()
         while True:
-            await self._connected.wait()
-            if len(self._inflight) >= cfg.max_inflight:
-                self._slot_freed.clear()
-                await self._slot_freed.wait()
+            if not self._connected.is_set():
+                down_since = min(down_since, self._loop.time())
+                await self._connected.wait()
+                order.reconnected(self._store.last_seq, self._loop.time() - down_since,
+                                  cfg.replay_after_s)
+                down_since = float("inf")
+            free = cfg.max_inflight - len(self._inflight)
+            if free <= 0:
+                await self._wait_for(self._slot_freed)
                 continue
             self._store.committed.clear()
-            batch = await self._store.read_after(
-                self._cursor, cfg.max_inflight - len(self._inflight)
-            )
-            if not batch:
-                await self._store.committed.wait()
+            live = await self._store.read_after(order.live_cursor, free)
+            if live:
+                self._publish(live, historical=False)
+                order.sent_live(live[-1].seq)
                 continue
-            for event in batch:
-                info = self._client.publish(self.topic_for(event), event.payload, qos=1)
-                self._inflight[info.mid] = event.seq
-                self._cursor = event.seq
+            if await self._replay_some(order, free):
+                continue
+            timeout = order.seconds_until_next() if order.backlog() else None
+            await self._wait_for(self._store.committed, self._slot_freed, timeout_s=timeout)
+
+    async def _replay_some(self, order: SendOrder, free: int) -> bool:
+        """Send a rate-limited slice of the backlog; whether anything was sent."""
+        span = order.backlog()
+        if span is None:
+            return False
+        room = min(free, self._config.max_inflight // 2 - len(self._historical_inflight))
+        count = order.take(room, self._loop.time()) if room > 0 else 0
+        if count == 0:
+            return False
+        after, upto = span
+        rows = await self._store.read_after(after, count, upto=upto)
+        if not rows:
+            order.range_exhausted()
+            return True
+        self._publish(rows, historical=True)
+        order.sent_backlog(rows[-1].seq)
+        return True
+
+    def _publish(self, rows: list[StoredEvent], *, historical: bool) -> None:
+        for event in rows:
+            payload = mark_historical(event.payload) if historical else event.payload
+            info = self._client.publish(self.topic_for(event), payload, qos=1)
+            self._inflight[info.mid] = event.seq
+            if historical:
+                self._historical_inflight.add(event.seq)
+
+    async def _wait_for(self, *events: asyncio.Event, timeout_s: float | None = None) -> None:
+        """Until one of `events` is set (each cleared first by its owner) or the timeout."""
+        self._slot_freed.clear()
+        waiters = [asyncio.ensure_future(e.wait()) for e in events]
+        try:
+            await asyncio.wait(waiters, timeout=timeout_s, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for waiter in waiters:
+                waiter.cancel()
 
     async def drain(self, timeout_s: float) -> None:
         """Wait (bounded) until everything stored has been sent and acknowledged."""
         deadline = self._loop.time() + timeout_s
         while self._loop.time() < deadline and self._connected.is_set():
-            if not self._inflight and self._store.pending_count == 0:
-                newest = await self._store.read_after(self._cursor, 1)
-                if not newest:
-                    return
+            idle = not self._inflight and self._store.pending_count == 0
+            if idle and await self._store.depth() == 0:
+                return
             await asyncio.sleep(0.02)
 
     async def close(self) -> None:
-        """Disconnect cleanly (a DISCONNECT packet, so no last will is published)."""
+        """Say `offline` (retained), then disconnect cleanly: DISCONNECT, so no last will.
+
+        Waits at most CLOSE_ACK_TIMEOUT_S for the PUBACK of `offline`: without it the
+        broker may drop the message with the connection, and nobody learns we left.
+        """
+        self._closing = True
+        self._link.close()
+        if self._connected.is_set():
+            info = self._client.publish(
+                self.status_topic, self._status("offline"), qos=1, retain=True
+            )
+            try:
+                await asyncio.to_thread(info.wait_for_publish, CLOSE_ACK_TIMEOUT_S)
+            except (RuntimeError, ValueError) as exc:  # not queued, or the connection went
+                log.warning("mqtt_offline_not_sent", host=self._config.host, error=str(exc))
+            else:
+                if not info.is_published():
+                    log.warning("mqtt_offline_unacknowledged", host=self._config.host,
+                                waited_s=CLOSE_ACK_TIMEOUT_S)
+        self._connected.clear()  # from here a disconnect is ours, not news
         self._client.disconnect()
         await asyncio.to_thread(self._client.loop_stop)
-        self._connected.clear()
+
+
+def _tls_context(tls: TlsConfig) -> ssl.SSLContext:
+    """Verify the broker (CA and host name); load our certificate if configured.
+
+    Built here rather than by paho's `tls_set`, so that an unusable file is named in a
+    `CredentialError` at start instead of a traceback.
+    """
+    ca = str(tls.ca_file) if tls.ca_file else None
+    try:
+        context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=ca)
+    except (OSError, ssl.SSLError) as exc:
+        raise CredentialError(f"mqtt.tls.ca_file: cannot use {ca}: {_file_error(exc)}") from exc
+    if tls.cert_file is not None and tls.key_file is not None:
+        try:
+            context.load_cert_chain(str(tls.cert_file), str(tls.key_file))
+        except (OSError, ssl.SSLError) as exc:
+            raise CredentialError(
+                f"mqtt.tls.cert_file/key_file: cannot use {tls.cert_file} with {tls.key_file}: "
+                f"{_file_error(exc)}"
+            ) from exc
+    return context
+
+
+def _file_error(exc: OSError) -> str:
+    if isinstance(exc, ssl.SSLError):
+        return f"not a usable PEM file ({exc.reason or exc})"
+    return exc.strerror or str(exc)

@@ -43,6 +43,9 @@ class GatewayConfig(_Section):
     site: str = "default"
     state_dir: Path = Path("/var/lib/edge-agent")
     """Event store, numba cache and (later) certificates live here."""
+    clock: Literal["ntp", "rtc"] = "ntp"
+    """ntp: the clock is trusted once an NTP daemon has synchronized it (events made before
+    are marked and corrected later); rtc: the gateway keeps time itself, trust it at once."""
 
     @field_validator("id", "site")
     @classmethod
@@ -74,12 +77,47 @@ class MqttConfig(_Section):
     username: str | None = None
     password: SecretStr | None = None
     """Kept as a secret: never printed, never logged. Use ${ENV_VAR} to keep it out of the file."""
+    password_file: Path | None = None
+    """Read the password from this file at start (its trailing newline is not part of it)."""
+    password_credential: str | None = None
+    """Read the password from the systemd credential of this name (`LoadCredential=NAME:...`),
+    i.e. from `$CREDENTIALS_DIRECTORY/NAME`, at start."""
     tls: TlsConfig = TlsConfig()
     version: Literal["5", "3.1.1"] = "5"
     topic: str = "{site}/{gateway}/{device}/{kind}"
     keepalive_s: int = Field(default=30, ge=5, le=3600)
-    max_inflight: int = Field(default=100, ge=1, le=65535)
+    connect_timeout_s: float = Field(default=10.0, gt=0, le=300)
+    """For the TCP connection and TLS handshake, then again for the broker's CONNACK."""
+    ack_timeout_s: float = Field(default=30.0, gt=0, le=3600)
+    """A publish without PUBACK for this long is reported (once) as a broker not acknowledging."""
+    max_inflight: int = Field(default=100, ge=2, le=65535)
     """Messages published but not yet acknowledged; bounds replay throughput and memory."""
+    replay_rate_per_s: float = Field(default=200.0, gt=0, le=1_000_000)
+    """How fast the backlog of an outage is replayed, behind live events."""
+    replay_after_s: float = Field(default=5.0, ge=0, le=86400)
+    """An outage at least this long makes what was stored meanwhile a flagged backlog."""
+
+    @field_validator("password_credential")
+    @classmethod
+    def _credential_name(cls, name: str | None) -> str | None:
+        # A file name inside $CREDENTIALS_DIRECTORY: no '/' or '..' can lead out of it.
+        return None if name is None else _check_identifier(name, "credential name")
+
+    @model_validator(mode="after")
+    def _one_password_source(self) -> MqttConfig:
+        given = [
+            key for key, value in (("password", self.password),
+                                   ("password_file", self.password_file),
+                                   ("password_credential", self.password_credential))
+            if value is not None
+        ]
+        if len(given) > 1:
+            raise ValueError(f"give at most one of password, password_file and "
+                             f"password_credential (got {' and '.join(given)})")
+        if self.username is None and given:
+            # MQTT sends a password only with a user name: it would be read and never used.
+            raise ValueError(f"{given[0]} needs mqtt.username")
+        return self
 
     @field_validator("topic")
     @classmethod
@@ -102,12 +140,34 @@ class MqttConfig(_Section):
         return 8883 if self.tls.enabled else 1883
 
 
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(B|KB|MB|GB|KiB|MiB|GiB)?\s*$")
+_SIZE_UNITS = {None: 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9,
+               "KiB": 2**10, "MiB": 2**20, "GiB": 2**30}
+
+
+def parse_size(value: object) -> object:
+    """`256 MiB`, `1.5GB` or a plain number of bytes; anything else is left to pydantic."""
+    if isinstance(value, str) and (match := _SIZE.match(value)):
+        return int(float(match.group(1)) * _SIZE_UNITS[match.group(2)])
+    return value
+
+
 class StoreConfig(_Section):
     path: Path | None = None
     """SQLite file of the outgoing queue; `<state_dir>/events.sqlite` when absent."""
+    max_bytes: int = Field(default=256 * 2**20, ge=64 * 2**10)
+    """Bound on stored event bytes (a number, or e.g. `256 MiB`). Over it, old aggregates are
+    merged into coarser windows first, then the oldest, least important events dropped."""
+    max_age_days: float = Field(default=30.0, gt=0, le=3650)
+    """Events older than this are dropped (and counted)."""
     commit_interval_s: float = Field(default=0.5, gt=0, le=60)
     commit_max_events: int = Field(default=200, ge=1, le=100_000)
     """A batch is committed when either bound is reached: few writes spare SD cards."""
+
+    @field_validator("max_bytes", mode="before")
+    @classmethod
+    def _size(cls, value: object) -> object:
+        return parse_size(value)
 
 
 class AggregateConfig(_Section):

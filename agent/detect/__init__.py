@@ -1,6 +1,7 @@
 """Local detection: turns sample batches into events (numba kernels underneath)."""
 
-from agent.detect.base import Detector
+from agent.detect.base import Detector, DetectorChain
+from agent.detect.raw import RawSamples
 from agent.detect.window import WindowAggregator
 
-__all__ = ["Detector", "WindowAggregator"]
+__all__ = ["Detector", "DetectorChain", "RawSamples", "WindowAggregator"]

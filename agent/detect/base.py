@@ -8,6 +8,7 @@ for the next sample, and `flush` at shutdown so nothing in progress is lost.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Protocol
 
 from agent.events import Event
@@ -20,3 +21,19 @@ class Detector(Protocol):
     def on_tick(self, mono_ns: int, time_ns: int) -> list[Event]: ...
 
     def flush(self, time_ns: int) -> list[Event]: ...
+
+
+class DetectorChain:
+    """Several detectors of one device behind one Detector: each sees every batch."""
+
+    def __init__(self, detectors: Sequence[Detector]) -> None:
+        self._detectors = tuple(detectors)
+
+    def on_batch(self, batch: SampleBatch) -> list[Event]:
+        return [e for d in self._detectors for e in d.on_batch(batch)]
+
+    def on_tick(self, mono_ns: int, time_ns: int) -> list[Event]:
+        return [e for d in self._detectors for e in d.on_tick(mono_ns, time_ns)]
+
+    def flush(self, time_ns: int) -> list[Event]:
+        return [e for d in self._detectors for e in d.flush(time_ns)]

@@ -12,6 +12,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from drivers.naming import require_unique_names
+from drivers.sharing import Share
 
 ByteOrder = Literal["ABCD", "CDAB", "BADC", "DCBA"]
 """Order of the bytes of a multi-byte value as they arrive, A being the most significant.
@@ -56,6 +57,8 @@ class ModbusTag(_Strict):
     scale: float = 1.0
     offset: float = 0.0
     unit: str = ""
+    share: Share | None = None
+    """What of this tag leaves the site; the device's `share` when absent."""
 
     @field_validator("name")
     @classmethod
@@ -93,6 +96,8 @@ class ModbusTcpDevice(_Strict):
     byte_order: ByteOrder = "ABCD"
     max_gap_registers: int = Field(default=10, ge=0, le=MAX_REGISTERS_PER_REQUEST)
     """Unused registers one request may read over to save a request."""
+    share: Share = "aggregates"
+    """What of this device's data leaves the site (each tag may override it)."""
     tags: list[ModbusTag] = Field(min_length=1)
 
     @field_validator("tags")

@@ -11,11 +11,11 @@ import subprocess
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
+from support import ROOT, SECRET, Sim, agent_config, agent_env, modbus_device, numba_cache_dir
 
 from agent.testing import (
     Mosquitto,
@@ -26,7 +26,6 @@ from agent.testing import (
 )
 
 pytestmark = pytest.mark.e2e
-ROOT = Path(__file__).resolve().parents[2]
 
 # How each configured tag is computed from the simulator's trace line (firmware-sim/README.md).
 SERVED: dict[str, Any] = {
@@ -38,18 +37,6 @@ SERVED: dict[str, Any] = {
     "machine_state": lambda r: r["state"],
     "operating_hours": lambda r: r["operating_s"] * 0.0002777777777777778,
 }
-
-
-SECRET = "s3cret-never-logged"
-
-
-@dataclass
-class Sim:
-    port: int
-    trace: Path
-
-    def rows(self) -> list[dict[str, Any]]:
-        return [json.loads(line) for line in self.trace.read_text().splitlines() if line.strip()]
 
 
 @pytest.fixture
@@ -65,33 +52,7 @@ def plc_sim(tmp_path: Path) -> Iterator[Sim]:
 @pytest.fixture(scope="session")
 def numba_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """One kernel cache for the session, so each agent start does not compile again."""
-    return tmp_path_factory.mktemp("numba-cache")
-
-
-def agent_config(tmp_path: Path, broker: Mosquitto, devices: str, window_s: float = 1.0) -> Path:
-    example = (ROOT / "config" / "demo.yaml").read_text()
-    tags = example[example.index("    tags:"):]
-    text = f"""
-gateway: {{id: gw-e2e, site: lab, state_dir: {tmp_path / "state"}}}
-mqtt: {{host: 127.0.0.1, port: {broker.port}, tls: {{enabled: false}},
-       username: e2e, password: "${{E2E_MQTT_PASSWORD}}"}}
-store: {{commit_interval_s: 0.1}}
-aggregate: {{window_s: {window_s}}}
-devices:
-{devices.replace("TAGS", tags)}"""
-    path = tmp_path / "config.yaml"
-    path.write_text(text)
-    return path
-
-
-def modbus_device(name: str, port: int) -> str:
-    return f"""  - name: {name}
-    protocol: modbus-tcp
-    host: 127.0.0.1
-    port: {port}
-    timeout_s: 0.5
-    poll_interval_s: 0.2
-TAGS"""
+    return numba_cache_dir(tmp_path_factory)
 
 
 class Tail:
@@ -105,6 +66,7 @@ class Tail:
         )
         self.events: queue.Queue[dict[str, Any]] = queue.Queue()
         self.received: list[dict[str, Any]] = []
+        self.statuses: list[dict[str, Any]] = []
         assert self.process.stderr is not None
         line = self.process.stderr.readline()  # blocks until SUBACK (or the process dies)
         assert line.startswith("subscribed to"), line
@@ -113,7 +75,11 @@ class Tail:
     def _read(self) -> None:
         assert self.process.stdout is not None
         for line in self.process.stdout:
-            self.events.put(json.loads(line))
+            record = json.loads(line)
+            if record["kind"] == "status":  # the gateway's retained online/offline
+                self.statuses.append(record)
+            else:
+                self.events.put(record)
 
     def until(self, predicate: Any, timeout_s: float, what: str) -> list[dict[str, Any]]:
         deadline = time.monotonic() + timeout_s
@@ -141,8 +107,7 @@ def running_agent(
     The agent's log goes to `agent.log` beside the configuration.
     """
     tail = Tail(broker)
-    env = {"NUMBA_CACHE_DIR": str(numba_cache), "PATH": "/usr/bin:/bin",
-           "E2E_MQTT_PASSWORD": SECRET}
+    env = agent_env(numba_cache)
     with open(config.parent / "agent.log", "w") as log:
         agent = subprocess.Popen(
             [console_script("edge-agent"), "run", "-c", str(config)],
@@ -171,6 +136,7 @@ def test_events_carry_the_values_the_simulator_served(
     assert all(e["topic"] == f"lab/gw-e2e/{e['device']}/{e['kind']}" for e in received)
 
     assert SECRET not in (tmp_path / "agent.log").read_text(), "a secret reached the log"
+    assert [s["status"] for s in tail.statuses][:1] == ["online"], "birth message first"
 
     trace = plc_sim.rows()
     for window in windows(received, "compressor-1"):
@@ -250,4 +216,46 @@ def test_unusable_state_dir_is_a_clear_error(tmp_path: Path, mosquitto: Mosquitt
                          env={"E2E_MQTT_PASSWORD": SECRET, "PATH": "/usr/bin:/bin"})
     assert run.returncode == 1
     assert "cannot open the event store" in run.stderr and "state_dir" in run.stderr
+    assert "Traceback" not in run.stderr
+
+
+def test_only_shared_data_reaches_the_broker(
+    tmp_path: Path, mosquitto: Mosquitto, plc_sim: Sim, numba_cache: Path
+) -> None:
+    config = agent_config(tmp_path, mosquitto, modbus_device("compressor-1", plc_sim.port))
+    text = config.read_text()
+    for tag, share in (("energy_kwh", "none"), ("active_power_w", "raw"),
+                       ("discharge_temp_c", "events")):
+        start = text.index(f"{{name: {tag},")
+        end = text.index("}", start)
+        text = text[:end] + f", share: {share}" + text[end:]
+    config.write_text(text)
+    with running_agent(config, mosquitto, numba_cache) as (agent, tail):
+        received = tail.until(
+            lambda ev: len(windows(ev, "compressor-1")) >= 2
+            and sum(e["kind"] == "samples" for e in ev) >= 2, 60, "windows and raw samples")
+        agent.send_signal(signal.SIGTERM)
+        assert agent.wait(timeout=10) == 0
+    for window in windows(received, "compressor-1"):
+        assert set(window["data"]["tags"]) == set(SERVED) - {"energy_kwh", "discharge_temp_c"}
+    samples = [e for e in received if e["kind"] == "samples"]
+    served = {r["active_power_w"] for r in plc_sim.rows()}
+    for event in samples:
+        assert set(event["data"]["tags"]) == {"active_power_w"}
+        values = event["data"]["tags"]["active_power_w"]
+        assert len(values) == len(event["data"]["dt_ms"]) >= 1
+        assert all(v in served for v in values), "raw samples are the values served"
+    everything = json.dumps(received)
+    assert "energy_kwh" not in everything, "a tag shared as none must never leave the site"
+
+
+def test_unreadable_password_file_is_a_clear_error(tmp_path: Path, mosquitto: Mosquitto) -> None:
+    config = agent_config(tmp_path, mosquitto, modbus_device("m1", free_tcp_port()))
+    config.write_text(config.read_text().replace(
+        'password: "${E2E_MQTT_PASSWORD}"', f"password_file: {tmp_path / 'missing'}"))
+    run = subprocess.run([console_script("edge-agent"), "run", "-c", str(config)],
+                         capture_output=True, text=True, check=False, timeout=60,
+                         env={"PATH": "/usr/bin:/bin"})
+    assert run.returncode == 1, run.stderr
+    assert "mqtt.password_file" in run.stderr and str(tmp_path / "missing") in run.stderr
     assert "Traceback" not in run.stderr

@@ -1,0 +1,295 @@
+"""What the end-to-end tests share: configurations, simulators, the agent as a process with its
+log, and a subscriber that keeps every message as it arrived.
+
+The tests import this module by name (pytest puts `tests/e2e` on the path, there being no
+package here).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Self
+
+import msgpack
+import paho.mqtt.client as mqtt
+import pytest
+from paho.mqtt.enums import CallbackAPIVersion
+
+from agent.testing import console_script, start_plc_sim, stop_process, wait_until
+
+ROOT = Path(__file__).resolve().parents[2]
+SECRET = "s3cret-never-logged"
+
+
+@dataclass
+class Sim:
+    port: int
+    trace: Path
+
+    def rows(self) -> list[dict[str, Any]]:
+        return [json.loads(line) for line in self.trace.read_text().splitlines() if line.strip()]
+
+
+@contextlib.contextmanager
+def running_sim(directory: Path, name: str, *args: str) -> Iterator[Sim]:
+    """`plc-sim` (compressor, 4x speed) with its trace and log under `directory/name.*`."""
+    trace = directory / f"{name}.trace.jsonl"
+    with open(directory / f"{name}.log", "w") as log:
+        process, info = start_plc_sim("--scenario", "compressor", "--speed", "4",
+                                      "--trace", str(trace), *args, stderr=log)
+        try:
+            yield Sim(port=int(info["port"]), trace=trace)
+        finally:
+            assert stop_process(process) == 0
+
+
+def numba_cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One kernel cache per test session, shared by every e2e module (so one compilation)."""
+    path = tmp_path_factory.getbasetemp() / "numba-cache"
+    path.mkdir(exist_ok=True)
+    return path
+
+
+def agent_config(
+    tmp_path: Path, broker: Any, devices: str, window_s: float = 1.0, *,
+    commit_interval_s: float = 0.1, max_inflight: int | None = None,
+) -> Path:
+    """A configuration beside `tmp_path/state`, the demo's tags on each device (`TAGS`)."""
+    example = (ROOT / "config" / "demo.yaml").read_text()
+    tags = example[example.index("    tags:"):]
+    inflight = f", max_inflight: {max_inflight}" if max_inflight is not None else ""
+    text = f"""
+gateway: {{id: gw-e2e, site: lab, state_dir: {tmp_path / "state"}}}
+mqtt: {{host: 127.0.0.1, port: {broker.port}, tls: {{enabled: false}},
+       username: e2e, password: "${{E2E_MQTT_PASSWORD}}"{inflight}}}
+store: {{commit_interval_s: {commit_interval_s}}}
+aggregate: {{window_s: {window_s}}}
+devices:
+{devices.replace("TAGS", tags)}"""
+    path = tmp_path / "config.yaml"
+    path.write_text(text)
+    return path
+
+
+def modbus_device(name: str, port: int, poll_interval_s: float = 0.2) -> str:
+    return f"""  - name: {name}
+    protocol: modbus-tcp
+    host: 127.0.0.1
+    port: {port}
+    timeout_s: 0.5
+    poll_interval_s: {poll_interval_s}
+TAGS"""
+
+
+def agent_env(numba_cache: Path) -> dict[str, str]:
+    return {"NUMBA_CACHE_DIR": str(numba_cache), "PATH": "/usr/bin:/bin",
+            "E2E_MQTT_PASSWORD": SECRET}
+
+
+def log_time_ns(line: dict[str, Any]) -> int:
+    """The UTC nanoseconds of a JSON log line's ISO `timestamp` (microsecond precision)."""
+    stamp = line["timestamp"].replace("Z", "+00:00")
+    from datetime import datetime
+
+    moment = datetime.fromisoformat(stamp)
+    return int(moment.timestamp()) * 1_000_000_000 + moment.microsecond * 1000
+
+
+class AgentProcess:
+    """`edge-agent run -c CONFIG`, its JSON log lines in `log_path` (stderr is line-buffered,
+    so every line logged before a SIGKILL is in the file)."""
+
+    def __init__(self, config: Path, log_path: Path, numba_cache: Path) -> None:
+        self.log_path = log_path
+        with open(log_path, "w") as log:
+            self.process = subprocess.Popen(
+                [console_script("edge-agent"), "run", "-c", str(config)],
+                stderr=log, stdout=subprocess.DEVNULL, text=True, env=agent_env(numba_cache),
+            )
+
+    def log(self) -> list[dict[str, Any]]:
+        lines = []
+        for raw in self.log_path.read_text().splitlines():
+            with contextlib.suppress(ValueError):
+                entry = json.loads(raw)
+                if isinstance(entry, dict):
+                    lines.append(entry)
+        return lines
+
+    def logged(self, event: str) -> list[dict[str, Any]]:
+        return [line for line in self.log() if line.get("event") == event]
+
+    def wait_logged(self, event: str, *, count: int = 1, timeout_s: float = 30.0) -> dict[str, Any]:
+        """The `count`-th log line of `event`; fails early if the agent exits first."""
+
+        def found() -> dict[str, Any] | None:
+            lines = self.logged(event)
+            if len(lines) >= count:
+                return lines[count - 1]
+            if self.process.poll() is not None:
+                raise AssertionError(
+                    f"the agent exited with {self.process.returncode} before logging {event!r}:\n"
+                    + self.log_path.read_text()[-3000:]
+                )
+            return None
+
+        line = wait_until(found, timeout_s=timeout_s, what=f"{event!r} in {self.log_path}")
+        assert line is not None
+        return line
+
+    def kill(self) -> None:
+        self.process.send_signal(signal.SIGKILL)
+        self.process.wait(timeout=10)
+
+    def terminate(self, timeout_s: float = 10.0) -> int:
+        self.process.send_signal(signal.SIGTERM)
+        return self.process.wait(timeout=timeout_s)
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        stop_process(self.process)
+
+
+@dataclass(frozen=True)
+class Received:
+    """One message as the subscriber got it: the raw payload and its msgpack map."""
+
+    topic: str
+    payload: bytes
+    fields: Any
+    """The decoded msgpack (a map for an event)."""
+    arrived_ns: int
+
+    @property
+    def seq(self) -> int:
+        return int(self.fields["seq"])
+
+    @property
+    def key(self) -> str | int:
+        """What makes an event unique: its `id` once the envelope has one, else its `seq`."""
+        event_id = self.fields.get("id")
+        return str(event_id) if event_id is not None else self.seq
+
+    @property
+    def hist(self) -> bool:
+        """Replayed from a backlog after an outage (`hist: true`; absent means live)."""
+        return bool(self.fields.get("hist", False))
+
+    @property
+    def kind(self) -> str:
+        return str(self.fields["kind"])
+
+    @property
+    def device(self) -> str:
+        return str(self.fields["dev"])
+
+    @property
+    def data(self) -> dict[str, Any]:
+        data: dict[str, Any] = self.fields["data"]
+        return data
+
+    def content(self) -> dict[str, Any]:
+        """The event without what may legitimately differ between two sends of it."""
+        return {k: v for k, v in self.fields.items() if k != "hist"}
+
+
+class RawCollector:
+    """A persistent-session QoS 1 subscriber (like `agent.testing.MqttCollector`) that keeps the
+    raw payload and every envelope key, so tests can see fields (`id`, `hist`) that
+    `agent.events.Envelope` may not carry."""
+
+    def __init__(self, host: str, port: int, topic: str, client_id: str = "cloud") -> None:
+        self.messages: list[Received] = []
+        """The events, in arrival order."""
+        self.others: list[Received] = []
+        self._lock = threading.Lock()
+        self._subscribed = threading.Event()
+        client = mqtt.Client(callback_api_version=CallbackAPIVersion.VERSION2,
+                             client_id=client_id, clean_session=False)
+        client.reconnect_delay_set(min_delay=1, max_delay=1)
+
+        def on_connect(c: mqtt.Client, *_: object) -> None:
+            c.subscribe(topic, qos=1)
+
+        def on_subscribe(*_: object) -> None:
+            self._subscribed.set()
+
+        def on_message(_c: mqtt.Client, _u: object, msg: mqtt.MQTTMessage) -> None:
+            try:
+                fields = msgpack.unpackb(msg.payload, raw=False)
+            except ValueError:
+                fields = None
+            received = Received(msg.topic, bytes(msg.payload), fields, time.time_ns())
+            with self._lock:
+                if isinstance(fields, dict) and "seq" in fields and "dev" in fields:
+                    self.messages.append(received)
+                else:  # not an event (e.g. the gateway's retained status)
+                    self.others.append(received)
+
+        client.on_connect = on_connect
+        client.on_subscribe = on_subscribe
+        client.on_message = on_message
+        self._client = client
+        self._host, self._port = host, port
+
+    def __enter__(self) -> Self:
+        self._client.connect(self._host, self._port, keepalive=30)
+        self._client.loop_start()
+        if not self._subscribed.wait(timeout=10):
+            raise TimeoutError(f"no SUBACK from {self._host}:{self._port}")
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self._client.disconnect()
+        self._client.loop_stop()
+
+    def snapshot(self) -> list[Received]:
+        with self._lock:
+            return list(self.messages)
+
+    def wait_for(self, predicate: Callable[[list[Received]], bool], *, timeout_s: float,
+                 what: str) -> list[Received]:
+        def check() -> list[Received] | None:
+            snap = self.snapshot()
+            return snap if predicate(snap) else None
+
+        result = wait_until(check, timeout_s=timeout_s, what=what, interval_s=0.05)
+        assert result is not None
+        return result
+
+
+SENTINEL_DEVICE = "_end-of-test"
+
+
+def publish_sentinel(host: str, port: int, topic: str) -> None:
+    """Publish one marker event at QoS 1 from another client and wait for its PUBACK.
+
+    Mosquitto queues messages to a subscriber in the order it accepted them, so once the
+    subscriber has the marker it has everything the broker acknowledged to the agent before.
+    """
+    client = mqtt.Client(callback_api_version=CallbackAPIVersion.VERSION2,
+                         client_id=f"sentinel-{os.getpid()}")
+    client.connect(host, port, keepalive=30)
+    client.loop_start()
+    try:
+        marker = msgpack.packb({"v": 1, "gw": "test", "seq": 0, "kind": "end",
+                                "dev": SENTINEL_DEVICE, "t": time.time_ns(), "data": {}})
+        client.publish(topic, marker, qos=1).wait_for_publish(timeout=10)
+    finally:
+        client.disconnect()
+        client.loop_stop()
+
+
+def is_sentinel(message: Received) -> bool:
+    return message.device == SENTINEL_DEVICE

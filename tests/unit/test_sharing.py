@@ -1,0 +1,84 @@
+"""Data sharing: only what the configuration shares is queued, and --explain says so."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from agent.config.models import AgentConfig
+from agent.detect import RawSamples
+from agent.events import DEVICE_HEALTH, GATEWAY_DEVICE, SAMPLES, STORE_HEALTH, WINDOW, Event
+from agent.sharing import SharingPolicy, explain
+from drivers.samples import SampleBatch
+
+CONFIG = {
+    "gateway": {"id": "gw", "site": "s"},
+    "mqtt": {"host": "broker.example"},
+    "aggregate": {"window_s": 10},
+    "devices": [
+        {"name": "press", "protocol": "modbus-tcp", "host": "h", "tags": [
+            {"name": "power_w", "address": 0, "type": "uint16", "share": "raw"},
+            {"name": "temp_c", "address": 1, "type": "uint16"},
+            {"name": "recipe", "address": 2, "type": "uint16", "share": "none"},
+            {"name": "pressure_bar", "address": 3, "type": "uint16", "share": "events"},
+        ]},
+        {"name": "secret", "protocol": "modbus-tcp", "host": "h", "share": "none",
+         "tags": [{"name": "x", "address": 0, "type": "uint16"}]},
+    ],
+}
+
+
+def policy() -> SharingPolicy:
+    return SharingPolicy(AgentConfig.model_validate(CONFIG).devices)
+
+
+def tags_event(kind: str, device: str = "press") -> Event:
+    tags = {t: {"n": 1} for t in ("power_w", "temp_c", "recipe", "pressure_bar")}
+    return Event(kind, device, 1, {"start_ns": 0, "tags": tags})
+
+
+def test_windows_carry_only_tags_shared_as_aggregates_or_raw() -> None:
+    shared = policy().apply(tags_event(WINDOW))
+    assert shared is not None and set(shared.data["tags"]) == {"power_w", "temp_c"}
+    assert shared.data["start_ns"] == 0
+
+
+def test_samples_carry_only_raw_tags() -> None:
+    shared = policy().apply(tags_event(SAMPLES))
+    assert shared is not None and set(shared.data["tags"]) == {"power_w"}
+
+
+def test_events_may_name_event_tags_but_never_unshared_ones() -> None:
+    shared = policy().apply(tags_event("anomaly"))
+    assert shared is not None and set(shared.data["tags"]) == {"power_w", "temp_c", "pressure_bar"}
+
+
+def test_a_device_shared_as_none_sends_nothing_at_all() -> None:
+    p = policy()
+    assert p.apply(Event(DEVICE_HEALTH, "secret", 1, {"status": "down"})) is None
+    assert p.apply(Event(WINDOW, "secret", 1, {"tags": {"x": {"n": 1}}})) is None
+    assert p.apply(Event(DEVICE_HEALTH, "press", 1, {"status": "down"})) is not None
+    assert p.apply(Event(STORE_HEALTH, GATEWAY_DEVICE, 1, {"dropped": {}})) is not None
+
+
+def test_explain_names_every_topic_and_what_stays() -> None:
+    text = "\n".join(explain(AgentConfig.model_validate(CONFIG)))
+    assert "s/gw/press/window" in text and "power_w, temp_c" in text
+    assert "s/gw/press/samples" in text and "every sample of power_w" in text
+    assert "secret" not in text.split("Never leaves the site:")[0]
+    assert "Never leaves the site: press.recipe, secret.x" in text
+    assert "press.pressure_bar" in text.split("Sent only inside events")[1]
+
+
+def test_raw_samples_are_batched_per_window_with_bad_ones_as_none() -> None:
+    raw = RawSamples("press", ["power_w"], window_s=1.0)
+    s = 1_000_000_000
+    for i, quality in enumerate([0, 2, 0]):
+        batch = SampleBatch("press", ("power_w", "temp_c"), np.array([float(i), 9.0]),
+                            np.array([quality, 0], dtype=np.uint8), time_ns=5 * s + i * s // 4,
+                            mono_ns=i * s // 4)
+        assert raw.on_batch(batch) == []
+    [event] = raw.on_tick(s, 7 * s)
+    assert event.kind == SAMPLES and event.data["t0_ns"] == 5 * s
+    assert event.data["dt_ms"] == [0, 250, 500]
+    assert event.data["tags"] == {"power_w": [0.0, None, 2.0]}
+    assert raw.flush(8 * s) == []

@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import Awaitable, Callable
 from pathlib import Path
-
-import pytest
 
 from agent.config.models import GatewayConfig, MqttConfig
 from agent.events import Event
@@ -21,22 +19,13 @@ def mqtt_config(broker: Mosquitto, **extra: object) -> MqttConfig:
     )
 
 
-async def wait_for(predicate, timeout_s: float, what: str) -> None:  # type: ignore[no-untyped-def]
+async def wait_for(predicate: Callable[[], Awaitable[bool]], timeout_s: float, what: str) -> None:
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout_s
-    while not await predicate() if asyncio.iscoroutinefunction(predicate) else not predicate():
+    while not await predicate():
         if loop.time() > deadline:
             raise TimeoutError(f"timed out waiting for {what}")
         await asyncio.sleep(0.02)
-
-
-@pytest.fixture
-async def store(tmp_path: Path) -> AsyncIterator[EventStore]:
-    store = await EventStore.open(tmp_path / "events.sqlite", "gw-1", commit_interval_s=0.05)
-    writer = asyncio.create_task(store.writer())
-    yield store
-    writer.cancel()
-    await store.close()
 
 
 async def test_events_arrive_in_order_on_their_topics_and_are_deleted_once_acked(
@@ -83,3 +72,38 @@ async def test_events_made_while_the_broker_is_down_arrive_once_it_is_up(
         assert [env.data["i"] for _, env in collector.snapshot()] == list(range(20))
         sender.cancel()
         await uplink.close()
+
+
+async def test_a_fresh_alarm_overtakes_the_backlog_which_arrives_flagged_and_in_order(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "backlog.sqlite"
+    earlier_run = await EventStore.open(path, "gw-1")
+    earlier_run.put([Event("window", "m1", i, {"i": i}) for i in range(100)])
+    await earlier_run.close()  # stored by an agent that could not send: a backlog now
+
+    store = await EventStore.open(path, "gw-1", commit_interval_s=0.05)
+    writer = asyncio.create_task(store.writer())
+    gateway = GatewayConfig(id="gw-1", site="plant7")
+    with Mosquitto() as broker, MqttCollector(broker.host, broker.port, "#") as collector:
+        uplink = MqttUplink(mqtt_config(broker, replay_rate_per_s=20), gateway, store)
+        sender = asyncio.create_task(uplink.run())
+        await asyncio.to_thread(collector.wait_for, lambda m: len(m) >= 1, timeout_s=20,
+                                what="the replay to start")
+        store.put([Event("anomaly", "m1", 999, {"alarm": True})])
+        got = await asyncio.to_thread(
+            collector.wait_for, lambda m: any(e.kind == "anomaly" for _, e in m), timeout_s=20,
+            what="the alarm")
+        replayed_before_alarm = sum(e.historical for _, e in got)
+        assert replayed_before_alarm < 100, "the alarm did not wait for the whole backlog"
+        got = await asyncio.to_thread(collector.wait_for, lambda m: len(m) >= 101, timeout_s=30,
+                                      what="the whole backlog")
+        sender.cancel()
+        await uplink.close()
+    backlog = [e for _, e in got if e.kind == "window"]
+    assert all(e.historical for e in backlog), "replayed events are flagged"
+    assert [e.data["i"] for e in backlog] == list(range(100)), "oldest first, in order"
+    [alarm] = [e for _, e in got if e.kind == "anomaly"]
+    assert not alarm.historical and alarm.seq == 101
+    writer.cancel()
+    await store.close()

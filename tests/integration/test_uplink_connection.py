@@ -45,15 +45,6 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> CertificateSet:
 
 
 @pytest.fixture
-async def store(tmp_path: Path) -> AsyncIterator[EventStore]:
-    store = await EventStore.open(tmp_path / "events.sqlite", "gw-1", commit_interval_s=0.05)
-    writer = asyncio.create_task(store.writer())
-    yield store
-    writer.cancel()
-    await store.close()
-
-
-@pytest.fixture
 def logs() -> Iterator[LogEntries]:
     with capture_logs() as entries:
         yield entries

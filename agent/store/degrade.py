@@ -1,0 +1,110 @@
+"""How a store over its bounds degrades: merge old aggregates first, then drop by priority.
+
+Runs inside the caller's write transaction. Rows the uplink has reserved for
+sending are never touched. Every merge and drop is counted in the `Ledger`,
+mirrored in the meta table, so that the cloud can be told exactly what is missing.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from collections import Counter
+from dataclasses import dataclass, field, replace
+
+from agent.compaction import merge_windows
+from agent.events import WINDOW, decode, encode_envelope
+from agent.store.schema import set_meta
+
+_COMPACT_SCAN_ROWS = 256
+_DROP_BATCH_ROWS = 64
+
+
+@dataclass
+class Ledger:
+    """Payload bytes stored now, and what was given up since the store was created."""
+
+    bytes: int = 0
+    dropped: Counter[str] = field(default_factory=Counter)
+    compacted: int = 0
+
+    def losses(self) -> int:
+        return sum(self.dropped.values()) + self.compacted
+
+    def copy(self) -> Ledger:
+        return replace(self, dropped=Counter(self.dropped))
+
+    def drop(self, db: sqlite3.Connection, victims: list[tuple[int, str, int]]) -> None:
+        """Delete rows given as (seq, kind, size), and count them."""
+        if not victims:
+            return
+        db.executemany("DELETE FROM outbox WHERE seq = ?", [(v[0],) for v in victims])
+        kinds = Counter(v[1] for v in victims)
+        self.dropped.update(kinds)
+        self.bytes -= sum(v[2] for v in victims)
+        for kind in kinds:
+            set_meta(db, f"dropped.{kind}", self.dropped[kind])
+
+
+def enforce_bounds(
+    db: sqlite3.Connection, ledger: Ledger, *, max_bytes: int | None, max_age_ns: int | None,
+    protected: set[int],
+) -> None:
+    """Drop what is too old, then degrade until the stored bytes fit `max_bytes`."""
+    if max_age_ns is not None:
+        cutoff = time.time_ns() - max_age_ns
+        old = db.execute(
+            "SELECT seq, kind, size FROM outbox WHERE time_ns < ? ORDER BY seq", (cutoff,)
+        ).fetchall()
+        ledger.drop(db, [r for r in old if r[0] not in protected])
+    if max_bytes is None:
+        return
+    while ledger.bytes > max_bytes:
+        if compact_oldest_windows(db, ledger, protected):
+            continue
+        if not drop_lowest_priority(db, ledger, protected):
+            break  # only rows being sent are left: they leave once acknowledged
+
+
+def compact_oldest_windows(db: sqlite3.Connection, ledger: Ledger, protected: set[int]) -> bool:
+    """Merge the oldest window events of each device pairwise; whether any were merged."""
+    rows = db.execute(
+        "SELECT seq, device, payload, size FROM outbox WHERE kind = ? ORDER BY seq LIMIT ?",
+        (WINDOW, _COMPACT_SCAN_ROWS),
+    ).fetchall()
+    by_device: dict[str, list[tuple[int, bytes, int]]] = {}
+    for seq, device, payload, size in rows:
+        if seq not in protected:
+            by_device.setdefault(device, []).append((seq, bytes(payload), size))
+    merged_any = False
+    for windows in by_device.values():
+        for (seq_a, pay_a, size_a), (seq_b, pay_b, size_b) in zip(
+            windows[0::2], windows[1::2], strict=False
+        ):
+            env_a, env_b = decode(pay_a), decode(pay_b)
+            merged = encode_envelope(
+                replace(env_a, time_ns=env_b.time_ns, data=merge_windows(env_a.data, env_b.data))
+            )
+            db.execute("UPDATE outbox SET payload = ?, size = ?, time_ns = ? WHERE seq = ?",
+                       (merged, len(merged), env_b.time_ns, seq_a))
+            db.execute("DELETE FROM outbox WHERE seq = ?", (seq_b,))
+            ledger.bytes += len(merged) - size_a - size_b
+            ledger.compacted += 1
+            merged_any = True
+    if merged_any:
+        set_meta(db, "compacted", ledger.compacted)
+    return merged_any
+
+
+def drop_lowest_priority(db: sqlite3.Connection, ledger: Ledger, protected: set[int]) -> bool:
+    """Drop a batch of the oldest events of the lowest priority present; whether any went."""
+    for (priority,) in db.execute("SELECT DISTINCT priority FROM outbox ORDER BY priority"):
+        rows = db.execute(
+            "SELECT seq, kind, size FROM outbox WHERE priority = ? ORDER BY seq LIMIT ?",
+            (priority, _DROP_BATCH_ROWS + len(protected)),
+        ).fetchall()
+        victims = [r for r in rows if r[0] not in protected][:_DROP_BATCH_ROWS]
+        if victims:
+            ledger.drop(db, victims)
+            return True
+    return False

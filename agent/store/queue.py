@@ -1,0 +1,361 @@
+"""The durable outgoing queue: every event is on disk before it is sent.
+
+SQLite in WAL mode, one connection on one worker thread (the event loop never
+waits on the disk). Events are committed in batches, every `commit_interval_s`
+or `commit_max_events`, to spare SD cards; the store assigns each event its
+gateway-wide sequence number inside the committing transaction, so a number is
+never reused, across restarts included. A row is deleted only once the uplink
+reports the broker's acknowledgement. Bounded in bytes and age (`degrade`),
+never filling the disk (`disk`); rows the uplink has read for sending are
+reserved and never touched; events made before the clock was synchronized are
+corrected when they are read for sending.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import TypeVar
+
+import structlog
+
+from agent.clock import BOOT_ID, ClockWatch
+from agent.events import GATEWAY_DEVICE, STORE_HEALTH, Event, correct_clock, encode, priority_of
+from agent.store.degrade import Ledger, enforce_bounds
+from agent.store.disk import RESERVE_BYTES, DiskSpace
+from agent.store.inspect import read_stats_from
+from agent.store.records import StoredEvent, StoreError, StoreStats
+from agent.store.schema import dropped_counts, migrate, read_meta, set_meta
+
+log = structlog.get_logger(__name__)
+
+T = TypeVar("T")
+
+_DISK_FULL_SHRINK = 0.8
+"""On SQLITE_FULL, shrink the stored bytes to this share to make room inside the file."""
+
+
+class EventStore:
+    """Open with `await EventStore.open(...)`; run `writer()` as a task; `close()` at the end."""
+
+    def __init__(
+        self,
+        path: Path,
+        gateway: str,
+        *,
+        commit_interval_s: float,
+        commit_max_events: int,
+        max_bytes: int | None,
+        max_age_s: float | None,
+        max_pending_events: int,
+        report_interval_s: float,
+        reserve_bytes: int,
+        clock_synchronized: Callable[[], bool],
+    ) -> None:
+        self.path = path
+        self._gateway = gateway
+        self._interval_s = commit_interval_s
+        self._max_events = commit_max_events
+        self._max_bytes = max_bytes
+        self._max_age_ns = int(max_age_s * 1e9) if max_age_s else None
+        self._max_pending = max_pending_events
+        self._report_interval_s = report_interval_s
+        self._clock_synchronized = clock_synchronized
+        self._disk = DiskSpace(path, reserve_bytes)
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="store")
+        self._db: sqlite3.Connection | None = None
+        self._last_seq = 0
+        self._ledger = Ledger()
+        self._reported_losses = 0
+        self._last_report_mono = -float("inf")
+        self._pending: list[Event] = []
+        self._acked: list[int] = []
+        self._reserved: set[int] = set()
+        self._reserved_lock = threading.Lock()
+        self._wake = asyncio.Event()
+        self.committed = asyncio.Event()
+        """Set after each commit that added events; the uplink clears it before reading."""
+
+    @classmethod
+    async def open(
+        cls,
+        path: Path,
+        gateway: str,
+        *,
+        commit_interval_s: float = 0.5,
+        commit_max_events: int = 200,
+        max_bytes: int | None = None,
+        max_age_s: float | None = None,
+        max_pending_events: int = 10_000,
+        report_interval_s: float = 60.0,
+        reserve_bytes: int = RESERVE_BYTES,
+        clock_synchronized: Callable[[], bool] = lambda: True,
+    ) -> EventStore:
+        store = cls(
+            path, gateway, commit_interval_s=commit_interval_s,
+            commit_max_events=commit_max_events, max_bytes=max_bytes, max_age_s=max_age_s,
+            max_pending_events=max_pending_events, report_interval_s=report_interval_s,
+            reserve_bytes=reserve_bytes, clock_synchronized=clock_synchronized,
+        )
+        try:
+            await store._call(store._open_db)
+        except (OSError, sqlite3.Error) as exc:
+            store._executor.shutdown(wait=False)
+            raise StoreError(
+                f"cannot open the event store {path}: {exc} "
+                "(is gateway.state_dir a writable directory?)"
+            ) from exc
+        return store
+
+    # --- worker thread ------------------------------------------------------------------
+
+    def _open_db(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        db.execute("PRAGMA journal_mode=WAL")
+        # FULL: each batch commit is fsynced, so a power cut loses at most the batch in memory.
+        db.execute("PRAGMA synchronous=FULL")
+        # A small WAL, checkpointed often, so that it never holds much of the disk.
+        db.execute("PRAGMA wal_autocheckpoint=64")
+        db.execute("PRAGMA journal_size_limit=1048576")
+        migrate(db)
+        meta = read_meta(db)
+        top = db.execute("SELECT max(seq), coalesce(sum(size), 0) FROM outbox").fetchone()
+        self._last_seq = max(meta.get("last_seq", 0), top[0] or 0)
+        self._ledger = Ledger(bytes=int(top[1]), compacted=meta.get("compacted", 0))
+        self._ledger.dropped.update(dropped_counts(meta))
+        self._reported_losses = self._ledger.losses()
+        self._db = db
+        self._disk.hold_reserve()
+        self._disk.limit_pages(db)
+
+    @contextlib.contextmanager
+    def _transaction(self, db: sqlite3.Connection) -> Iterator[None]:
+        """One write transaction; on failure the ledger is restored with it."""
+        before = self._ledger.copy()
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+            db.execute("COMMIT")
+        except BaseException:
+            # SQLite may already have rolled back by itself (it does on SQLITE_FULL).
+            if db.in_transaction:
+                db.execute("ROLLBACK")
+            self._ledger = before
+            raise
+
+    def _commit(self, events: list[Event], acked: list[int]) -> None:
+        db = self._require_db()
+        seq = self._last_seq
+        rows = []
+        for event in events:
+            seq += 1
+            payload = encode(event, gateway=self._gateway, seq=seq, boot=BOOT_ID)
+            boot = BOOT_ID if event.mono_ns is not None else None
+            rows.append((seq, event.time_ns, event.kind, event.device, priority_of(event.kind),
+                         len(payload), event.mono_ns, boot, payload))
+        with self._transaction(db):
+            db.executemany(
+                "INSERT INTO outbox (seq, time_ns, kind, device, priority, size, mono_ns, boot,"
+                " payload) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                rows,
+            )
+            self._ledger.bytes += sum(r[5] for r in rows) - self._delete(db, acked)
+            set_meta(db, "last_seq", seq)
+            for kind, count in self._ledger.dropped.items():  # also those dropped in memory
+                set_meta(db, f"dropped.{kind}", count)
+            self._enforce(db, self._max_bytes)
+        self._last_seq = seq
+        self._disk.hold_reserve()
+        self._disk.limit_pages(db)
+
+    def _delete(self, db: sqlite3.Connection, seqs: list[int]) -> int:
+        """Delete acknowledged rows; the bytes freed."""
+        freed = 0
+        for seq in seqs:
+            row = db.execute("DELETE FROM outbox WHERE seq = ? RETURNING size", (seq,)).fetchone()
+            if row is not None:
+                freed += row[0]
+        return freed
+
+    def _enforce(self, db: sqlite3.Connection, max_bytes: int | None) -> None:
+        with self._reserved_lock:
+            protected = set(self._reserved)
+        enforce_bounds(db, self._ledger, max_bytes=max_bytes, max_age_ns=self._max_age_ns,
+                       protected=protected)
+
+    def _make_room(self) -> None:
+        """After SQLITE_FULL: if the disk itself is full give back the reserve and fold the WAL
+        into the file; then shrink the data. Freed pages take the next inserts."""
+        db = self._require_db()
+        if self._disk.low():
+            self._disk.release_reserve()
+            with contextlib.suppress(sqlite3.Error):
+                db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        with self._transaction(db):
+            self._enforce(db, int(self._ledger.bytes * _DISK_FULL_SHRINK))
+        with contextlib.suppress(sqlite3.Error):
+            db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        self._disk.limit_pages(db)
+        log.warning("store_disk_full_degraded", path=str(self.path), bytes=self._ledger.bytes,
+                    compacted=self._ledger.compacted, dropped=dict(self._ledger.dropped))
+
+    def _correct_clock(self, db: sqlite3.Connection, seq: int, payload: bytes, mono_ns: int) -> bytes:
+        """Fix the time of an event made before the clock was synchronized, once and for good:
+        stored corrected, so that a resend after a crash is the same bytes."""
+        corrected = correct_clock(payload, ClockWatch.corrected(mono_ns))
+        with self._transaction(db):
+            db.execute("UPDATE outbox SET payload = ?, size = ?, mono_ns = NULL WHERE seq = ?",
+                       (corrected, len(corrected), seq))
+            self._ledger.bytes += len(corrected) - len(payload)
+        return corrected
+
+    # --- event loop side ------------------------------------------------------------------
+
+    async def _call(self, fn: Callable[[], T]) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self._executor, fn)
+
+    def put(self, events: Iterable[Event]) -> None:
+        """Queue events for the next commit (never blocks; bounded while the disk refuses)."""
+        self._pending.extend(events)
+        if len(self._pending) >= self._max_events:
+            self._wake.set()
+        overflow = len(self._pending) - self._max_pending
+        if overflow > 0:
+            self._drop_pending(overflow)
+
+    def _drop_pending(self, count: int) -> None:
+        """Memory is bounded too: drop the oldest events of the lowest priority first."""
+        order = sorted(range(len(self._pending)),
+                       key=lambda i: (priority_of(self._pending[i].kind), i))
+        victims = set(order[:count])
+        self._ledger.dropped.update(self._pending[i].kind for i in victims)
+        self._pending = [e for i, e in enumerate(self._pending) if i not in victims]
+        log.error("store_pending_dropped", events=count, path=str(self.path),
+                  reason="the disk refused writes for too long")
+
+    def ack(self, seq: int) -> None:
+        """The broker has the event: delete it with the next commit."""
+        with self._reserved_lock:
+            self._reserved.discard(seq)
+        self._acked.append(seq)
+
+    def release(self, seq: int) -> None:
+        """The event was not sent after all: it may be compacted or dropped again."""
+        with self._reserved_lock:
+            self._reserved.discard(seq)
+
+    @property
+    def pending_count(self) -> int:
+        """Events accepted but not yet on disk."""
+        return len(self._pending)
+
+    @property
+    def last_seq(self) -> int:
+        """The highest sequence number committed."""
+        return self._last_seq
+
+    async def writer(self) -> None:
+        """Commit batches until cancelled. A failed commit keeps its batch and is retried."""
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), timeout=self._interval_s)
+            self._wake.clear()
+            await self.flush()
+
+    async def flush(self) -> None:
+        """Commit what is pending now, and report degradation if there was any."""
+        self._report_losses()
+        if not self._pending and not self._acked:
+            return
+        events, self._pending = self._pending, []
+        acked, self._acked = self._acked, []
+        try:
+            await self._call(lambda: self._commit(events, acked))
+        except sqlite3.Error as exc:
+            full = isinstance(exc, sqlite3.OperationalError) and "full" in str(exc)
+            log.error("store_commit_failed", path=str(self.path), error=str(exc),
+                      events=len(events), disk_full=full)
+            # Put them back in front: order is kept and nothing is lost while the disk recovers.
+            self._pending[:0] = events
+            self._acked[:0] = acked
+            if full:
+                try:
+                    await self._call(self._make_room)
+                except sqlite3.Error as room_exc:
+                    log.error("store_cannot_make_room", path=str(self.path), error=str(room_exc))
+            return
+        if events:
+            self.committed.set()
+
+    def _report_losses(self) -> None:
+        losses = self._ledger.losses()
+        now = time.monotonic()
+        if losses == self._reported_losses or now - self._last_report_mono < self._report_interval_s:
+            return
+        self._reported_losses, self._last_report_mono = losses, now
+        data = {
+            "dropped": dict(self._ledger.dropped),
+            "compacted": self._ledger.compacted,
+            "bytes": self._ledger.bytes,
+            "max_bytes": self._max_bytes,
+        }
+        log.warning("store_degraded", **data)
+        self._pending.append(Event(STORE_HEALTH, GATEWAY_DEVICE, time.time_ns(), data))
+
+    async def read_after(self, seq: int, limit: int, *, upto: int | None = None) -> list[StoredEvent]:
+        """Stored events with `seq < number <= upto`, oldest first, reserved for sending."""
+        synced = self._clock_synchronized()
+
+        def query() -> list[StoredEvent]:
+            db = self._require_db()
+            cursor = db.execute(
+                "SELECT seq, kind, device, payload, mono_ns, boot FROM outbox "
+                "WHERE seq > ? AND seq <= ? ORDER BY seq LIMIT ?",
+                (seq, upto if upto is not None else 2**63 - 1, limit),
+            )
+            rows = []
+            for number, kind, device, payload, mono_ns, boot in cursor.fetchall():
+                payload = bytes(payload)
+                if synced and mono_ns is not None and boot == BOOT_ID:
+                    payload = self._correct_clock(db, number, payload, mono_ns)
+                rows.append(StoredEvent(number, kind, device, payload))
+            with self._reserved_lock:
+                self._reserved.update(r.seq for r in rows)
+            return rows
+
+        return await self._call(query)
+
+    async def depth(self) -> int:
+        """Events on disk not yet acknowledged by the broker."""
+
+        def query() -> int:
+            count: int = self._require_db().execute("SELECT count(*) FROM outbox").fetchone()[0]
+            return count
+
+        return await self._call(query)
+
+    async def stats(self) -> StoreStats:
+        return await self._call(lambda: read_stats_from(self._require_db(), self.path))
+
+    async def close(self) -> None:
+        await self.flush()
+
+        def close_db() -> None:
+            if self._db is not None:
+                self._db.close()
+                self._db = None
+
+        await self._call(close_db)
+        self._executor.shutdown(wait=True)
+
+    def _require_db(self) -> sqlite3.Connection:
+        if self._db is None:
+            raise RuntimeError(f"event store {self.path} is not open")
+        return self._db

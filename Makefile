@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 SUDO := $(shell [ "$$(id -u)" -eq 0 ] || echo sudo)
 
-.PHONY: venv mosquitto lint test unit integration e2e demo clean
+.PHONY: venv mosquitto lint test unit integration e2e demo bench clean
 
 # The venv is rebuilt when the dependencies change; constraints.txt pins what the suite was run with.
 $(STAMP): pyproject.toml constraints.txt
@@ -42,6 +42,15 @@ e2e: venv mosquitto
 
 demo: venv mosquitto
 	$(BIN)/python tools/demo.py
+
+# The store benchmark (a few minutes): bench/results/latest.md, explained in bench/README.md.
+# mosquitto_pub (Debian's mosquitto-clients) is its replay baseline.
+bench: venv mosquitto
+	@if ! command -v mosquitto_pub >/dev/null 2>&1; then \
+	  echo "installing mosquitto-clients from Debian's packages"; \
+	  $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq mosquitto-clients; \
+	fi
+	$(BIN)/python bench/store/run.py --output bench/results/latest.md
 
 clean:
 	rm -rf $(VENV) .demo .pytest_cache .mypy_cache .ruff_cache .hypothesis

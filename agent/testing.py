@@ -16,9 +16,10 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Self, TypeVar
+from typing import Any, Generic, Self, TypeVar
 
 T = TypeVar("T")
+R = TypeVar("R")
 
 
 def free_tcp_port(host: str = "127.0.0.1") -> int:
@@ -178,10 +179,17 @@ class Mosquitto:
         shutil.rmtree(self._dir, ignore_errors=True)
 
 
-class MqttCollector:
-    """Subscribes to `topic` and keeps every message decoded as an event envelope.
+def _as_envelope(msg: Any) -> tuple[str, Any]:
+    from agent.events import decode
 
-    `messages` holds (topic, Envelope) in arrival order; paho's thread appends,
+    return msg.topic, decode(msg.payload)
+
+
+class MqttCollector(Generic[R]):
+    """Subscribes to `topic` and keeps every message, by default decoded as an event envelope.
+
+    `messages` holds `record(message)` for each, in arrival order: (topic, Envelope) by
+    default; give another `record` to keep more (the raw payload). paho's thread appends,
     tests read it through `wait_for`. With a `client_id` the session is
     persistent: what is published while the collector is away is queued for it
     by the broker, so a test never races the publisher to subscribe first.
@@ -192,16 +200,16 @@ class MqttCollector:
     def __init__(
         self, host: str, port: int, topic: str = "#", *, client_id: str | None = None,
         ca_file: Path | None = None, username: str | None = None, password: str | None = None,
+        record: Callable[[Any], R] = _as_envelope,  # type: ignore[assignment]
     ) -> None:
         import threading
 
         import paho.mqtt.client as mqtt
         from paho.mqtt.enums import CallbackAPIVersion
 
-        from agent.events import Envelope, decode
         from agent.status import STATUS_KIND, GatewayStatus, decode_status
 
-        self.messages: list[tuple[str, Envelope]] = []
+        self.messages: list[R] = []
         self.statuses: list[tuple[str, GatewayStatus, bool]] = []
         self._lock = threading.Lock()
         self._subscribed = threading.Event()
@@ -229,7 +237,7 @@ class MqttCollector:
                     self.statuses.append((msg.topic, status, bool(msg.retain)))
                 return
             with self._lock:
-                self.messages.append((msg.topic, decode(msg.payload)))
+                self.messages.append(record(msg))
 
         client.on_connect = on_connect
         client.on_subscribe = on_subscribe
@@ -248,13 +256,13 @@ class MqttCollector:
         self._client.disconnect()
         self._client.loop_stop()
 
-    def snapshot(self) -> list[tuple[str, Any]]:
+    def snapshot(self) -> list[R]:
         with self._lock:
             return list(self.messages)
 
-    def wait_for(self, predicate: Callable[[list[tuple[str, Any]]], bool], *, timeout_s: float,
-                 what: str) -> list[tuple[str, Any]]:
-        def check() -> list[tuple[str, Any]] | None:
+    def wait_for(self, predicate: Callable[[list[R]], bool], *, timeout_s: float,
+                 what: str) -> list[R]:
+        def check() -> list[R] | None:
             snap = self.snapshot()
             return snap if predicate(snap) else None
 

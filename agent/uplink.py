@@ -10,6 +10,8 @@ reconnects; after a restart of the agent the store still holds them all.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import socket
 import ssl
 import sys
 import time
@@ -143,7 +145,11 @@ class MqttUplink:
         # handshake (loop_forever, paho 2.2), so the exception being handled is the cause.
         self._loop.call_soon_threadsafe(self._connect_failed, sys.exception())
 
-    def _on_socket_open(self, _c: mqtt.Client, _u: Any, _sock: Any) -> None:
+    def _on_socket_open(self, _c: mqtt.Client, _u: Any, sock: Any) -> None:
+        # Small packets, sent in bursts and acknowledged one by one: Nagle's algorithm would
+        # hold them back for the peer's delayed ACK (tens of ms a burst). paho leaves it on.
+        with contextlib.suppress(OSError, AttributeError):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self._loop.call_soon_threadsafe(self._socket_opened)
 
     def _on_disconnect(
@@ -207,6 +213,8 @@ class MqttUplink:
         order = SendOrder(
             self._store.last_seq, replay_rate_per_s=cfg.replay_rate_per_s, now_s=self._loop.time()
         )
+        # Refill the window in batches, not a slot per PUBACK: each refill is a store read.
+        refill = max(1, cfg.max_inflight // 4)
         down_since = self._loop.time()
         while True:
             if not self._connected.is_set():
@@ -216,37 +224,43 @@ class MqttUplink:
                                   cfg.replay_after_s)
                 down_since = float("inf")
             free = cfg.max_inflight - len(self._inflight)
-            if free <= 0:
+            if free < refill and self._inflight:
                 await self._wait_for(self._slot_freed)
                 continue
             self._store.committed.clear()
-            live = await self._store.read_after(order.live_cursor, free)
-            if live:
-                self._publish(live, historical=False)
-                order.sent_live(live[-1].seq)
-                continue
-            if await self._replay_some(order, free):
-                continue
-            timeout = order.seconds_until_next() if order.backlog() else None
-            await self._wait_for(self._store.committed, self._slot_freed, timeout_s=timeout)
+            newest = self._store.last_seq
+            if order.live_cursor < newest:
+                live = await self._store.read_after(order.live_cursor, free)
+                # Nothing read: the rest was dropped by the store's bounds meanwhile.
+                order.sent_live(live[-1].seq if live else newest)
+                if live:
+                    self._publish(live, historical=False)
+                    continue
+            sent, wait_s = await self._replay_some(order, free)
+            if not sent:
+                await self._wait_for(self._store.committed, self._slot_freed, timeout_s=wait_s)
 
-    async def _replay_some(self, order: SendOrder, free: int) -> bool:
-        """Send a rate-limited slice of the backlog; whether anything was sent."""
+    async def _replay_some(self, order: SendOrder, free: int) -> tuple[bool, float | None]:
+        """Send a rate-limited slice of the backlog. Whether anything was sent, and if not,
+        how long to wait at most before trying again (None: until a PUBACK or a commit)."""
         span = order.backlog()
         if span is None:
-            return False
-        room = min(free, self._config.max_inflight // 2 - len(self._historical_inflight))
-        count = order.take(room, self._loop.time()) if room > 0 else 0
+            return False, None
+        half = self._config.max_inflight // 2
+        room = min(free, half - len(self._historical_inflight))
+        if room <= 0:
+            return False, None  # the backlog's half of the window is (nearly) full
+        count = order.take(room, self._loop.time())
         if count == 0:
-            return False
+            return False, order.seconds_until_next()
         after, upto = span
         rows = await self._store.read_after(after, count, upto=upto)
         if not rows:
             order.range_exhausted()
-            return True
+            return True, None
         self._publish(rows, historical=True)
         order.sent_backlog(rows[-1].seq)
-        return True
+        return True, None
 
     def _publish(self, rows: list[StoredEvent], *, historical: bool) -> None:
         for event in rows:

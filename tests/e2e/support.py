@@ -12,9 +12,8 @@ import json
 import os
 import signal
 import subprocess
-import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Self
@@ -24,7 +23,7 @@ import paho.mqtt.client as mqtt
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
-from agent.testing import console_script, start_plc_sim, stop_process, wait_until
+from agent.testing import MqttCollector, console_script, start_plc_sim, stop_process, wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
 SECRET = "s3cret-never-logged"
@@ -199,74 +198,25 @@ class Received:
         data: dict[str, Any] = self.fields["data"]
         return data
 
+    @classmethod
+    def of(cls, msg: mqtt.MQTTMessage) -> Received:
+        try:
+            fields = msgpack.unpackb(msg.payload, raw=False)
+        except ValueError:
+            fields = None
+        return cls(msg.topic, bytes(msg.payload), fields, time.time_ns())
+
     def content(self) -> dict[str, Any]:
         """The event without what may legitimately differ between two sends of it."""
         return {k: v for k, v in self.fields.items() if k != "hist"}
 
 
-class RawCollector:
-    """A persistent-session QoS 1 subscriber (like `agent.testing.MqttCollector`) that keeps the
-    raw payload and every envelope key, so tests can see fields (`id`, `hist`) that
-    `agent.events.Envelope` may not carry."""
+class RawCollector(MqttCollector[Received]):
+    """A persistent-session QoS 1 subscriber that keeps the raw payload and every envelope
+    key of each event, so tests can look at fields beyond `agent.events.Envelope`."""
 
     def __init__(self, host: str, port: int, topic: str, client_id: str = "cloud") -> None:
-        self.messages: list[Received] = []
-        """The events, in arrival order."""
-        self.others: list[Received] = []
-        self._lock = threading.Lock()
-        self._subscribed = threading.Event()
-        client = mqtt.Client(callback_api_version=CallbackAPIVersion.VERSION2,
-                             client_id=client_id, clean_session=False)
-        client.reconnect_delay_set(min_delay=1, max_delay=1)
-
-        def on_connect(c: mqtt.Client, *_: object) -> None:
-            c.subscribe(topic, qos=1)
-
-        def on_subscribe(*_: object) -> None:
-            self._subscribed.set()
-
-        def on_message(_c: mqtt.Client, _u: object, msg: mqtt.MQTTMessage) -> None:
-            try:
-                fields = msgpack.unpackb(msg.payload, raw=False)
-            except ValueError:
-                fields = None
-            received = Received(msg.topic, bytes(msg.payload), fields, time.time_ns())
-            with self._lock:
-                if isinstance(fields, dict) and "seq" in fields and "dev" in fields:
-                    self.messages.append(received)
-                else:  # not an event (e.g. the gateway's retained status)
-                    self.others.append(received)
-
-        client.on_connect = on_connect
-        client.on_subscribe = on_subscribe
-        client.on_message = on_message
-        self._client = client
-        self._host, self._port = host, port
-
-    def __enter__(self) -> Self:
-        self._client.connect(self._host, self._port, keepalive=30)
-        self._client.loop_start()
-        if not self._subscribed.wait(timeout=10):
-            raise TimeoutError(f"no SUBACK from {self._host}:{self._port}")
-        return self
-
-    def __exit__(self, *_exc: object) -> None:
-        self._client.disconnect()
-        self._client.loop_stop()
-
-    def snapshot(self) -> list[Received]:
-        with self._lock:
-            return list(self.messages)
-
-    def wait_for(self, predicate: Callable[[list[Received]], bool], *, timeout_s: float,
-                 what: str) -> list[Received]:
-        def check() -> list[Received] | None:
-            snap = self.snapshot()
-            return snap if predicate(snap) else None
-
-        result = wait_until(check, timeout_s=timeout_s, what=what, interval_s=0.05)
-        assert result is not None
-        return result
+        super().__init__(host, port, topic, client_id=client_id, record=Received.of)
 
 
 SENTINEL_DEVICE = "_end-of-test"

@@ -342,6 +342,31 @@ async def test_peer_that_connacks_but_never_pubacks_is_reported_and_nothing_is_d
     assert error["ack_timeout_s"] == 0.5
 
 
+async def test_a_full_backlog_window_waits_for_pubacks_instead_of_polling_the_store(
+    store: EventStore,
+) -> None:
+    peer = Peer(connack=bytes([0x20, 0x02, 0x00, 0x00]))
+    async with peer as port:
+        await put(store, 50)  # stored before the uplink starts: a backlog
+        reads = 0
+        read_after = store.read_after
+
+        async def counting_read_after(*args: Any, **kwargs: Any) -> Any:
+            nonlocal reads
+            reads += 1
+            return await read_after(*args, **kwargs)
+
+        store.read_after = counting_read_after  # type: ignore[method-assign]
+        config = mqtt_config(port, version="3.1.1", max_inflight=10)
+        async with running(config, store) as uplink:
+            await until(lambda: uplink.inflight == 5, 10, "the backlog's half of the window")
+            reads_when_full = reads
+            # No PUBACK will ever come; the tokens of the replay rate keep coming.
+            await asyncio.sleep(1.0)
+            assert uplink.inflight == 5
+            assert reads - reads_when_full <= 2, "a full window must not spin on the store"
+
+
 # --- birth and will --------------------------------------------------------------------
 
 

@@ -14,6 +14,7 @@ import contextlib
 import socket
 import ssl
 import sys
+import threading
 import time
 from typing import Any
 
@@ -56,6 +57,9 @@ class MqttUplink:
         self._slot_freed = asyncio.Event()
         self._inflight: dict[int, int] = {}  # paho message id -> store sequence number
         self._historical_inflight: set[int] = set()
+        self._acks: list[tuple[int, ReasonCode]] = []  # from paho's thread, under the lock
+        self._acks_lock = threading.Lock()
+        self._acks_scheduled = False
         self._link = LinkMonitor(config, self._loop, lambda: self._inflight.items())
         self._closing = False
         self.status_topic = config.topic.format(
@@ -160,7 +164,13 @@ class MqttUplink:
     def _on_publish(
         self, _c: mqtt.Client, _u: Any, mid: int, reason: ReasonCode, _p: Properties | None
     ) -> None:
-        self._loop.call_soon_threadsafe(self._acknowledged, mid, reason)
+        # PUBACKs come in bursts: one wake-up of the event loop per burst, not per message.
+        with self._acks_lock:
+            self._acks.append((mid, reason))
+            if self._acks_scheduled:
+                return
+            self._acks_scheduled = True
+        self._loop.call_soon_threadsafe(self._take_acks)
 
     # --- event loop side -------------------------------------------------------------
 
@@ -187,6 +197,13 @@ class MqttUplink:
             log.warning("mqtt_disconnected", host=self._config.host, reason=str(reason))
         self._connected.clear()
         self._link.disconnected()
+
+    def _take_acks(self) -> None:
+        with self._acks_lock:
+            acks, self._acks = self._acks, []
+            self._acks_scheduled = False
+        for mid, reason in acks:
+            self._acknowledged(mid, reason)
 
     def _acknowledged(self, mid: int, reason: ReasonCode) -> None:
         seq = self._inflight.pop(mid, None)

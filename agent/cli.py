@@ -7,8 +7,9 @@ import asyncio
 import os
 import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from importlib import metadata
+from pathlib import Path
 
 from agent import __version__
 from agent.config import ConfigError, LoadedConfig, load_config
@@ -16,9 +17,9 @@ from agent.config import ConfigError, LoadedConfig, load_config
 EXIT_OK, EXIT_FAILURE, EXIT_CONFIG = 0, 1, 2
 
 
-def _load_or_exit(path: str) -> LoadedConfig:
+def _load_or_exit(path: str, environ: Mapping[str, str] | None = None) -> LoadedConfig:
     try:
-        return load_config(path)
+        return load_config(path, environ)
     except ConfigError as exc:
         for line in exc.lines:
             print(line, file=sys.stderr)
@@ -55,15 +56,19 @@ def cmd_run(args: argparse.Namespace) -> int:
     from agent.credentials import CredentialError
     from agent.runtime import run_agent
     from agent.store import StoreError
+    from agent.systemd import Notifier
 
     log = structlog.get_logger("agent.cli")
 
     async def main() -> None:
-        stop = asyncio.Event()
+        stop, reload = asyncio.Event(), asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
-        await run_agent(loaded, stop)
+        # SIGHUP (systemctl reload): read the configuration file again; several in a row
+        # before the reload starts make one reload.
+        loop.add_signal_handler(signal.SIGHUP, reload.set)
+        await run_agent(loaded, stop, reload, Notifier())
 
     try:
         asyncio.run(main())
@@ -125,6 +130,47 @@ def cmd_buffer(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _env_for_status(path: str) -> dict[str, str]:
+    """The environment, with the variables the file needs but lacks (and gives no default
+    for) set empty: `status` needs only the state directory, not the secrets
+    (`${MQTT_PASSWORD}`) that only the service's environment holds."""
+    import re
+
+    try:
+        text = Path(path).read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        text = ""  # load_config names the problem
+    needed = set(re.findall(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}", text))
+    return {**{name: "" for name in needed}, **os.environ}
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    import json
+
+    from agent.health import STATUS_SOCKET, format_status, read_status
+
+    config = _load_or_exit(args.config, _env_for_status(args.config)).config
+    path = config.gateway.state_dir / STATUS_SOCKET
+    try:
+        document = read_status(path)
+    except (FileNotFoundError, ConnectionRefusedError):
+        print(f"status: the agent is not running (nothing answers on {path})", file=sys.stderr)
+        return EXIT_FAILURE
+    except PermissionError:
+        print(f"status: not allowed to read {path} (run as the agent's user or root)",
+              file=sys.stderr)
+        return EXIT_FAILURE
+    except (OSError, ValueError) as exc:
+        print(f"status: no usable answer on {path}: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
+    if args.json:
+        print(json.dumps(document, indent=2))
+    else:
+        for line in format_status(document):
+            print(line)
+    return EXIT_OK
+
+
 def cmd_version(_args: argparse.Namespace) -> int:
     print(f"edge-agent {__version__}")
     for dist in ("pymodbus", "asyncua", "paho-mqtt", "numba", "numpy", "msgpack", "pydantic"):
@@ -173,6 +219,11 @@ def build_parser() -> argparse.ArgumentParser:
     buffer.add_argument("--json", action="store_true", help="stats as one JSON object")
     buffer.add_argument("-o", "--output", help="export to this file (default: standard output)")
     buffer.set_defaults(func=cmd_buffer)
+
+    status = sub.add_parser("status", help="show how the running agent is doing")
+    status.add_argument("-c", "--config", required=True, help="configuration file (YAML)")
+    status.add_argument("--json", action="store_true", help="the raw status document")
+    status.set_defaults(func=cmd_status)
 
     version = sub.add_parser("version", help="print the versions of the agent and its libraries")
     version.set_defaults(func=cmd_version)

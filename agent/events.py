@@ -30,10 +30,14 @@ CLOCK = "clock"
 STORE_HEALTH = "store_health"
 """The store dropped or compacted events, or its depth changed notably."""
 
+HEARTBEAT = "heartbeat"
+"""The gateway's own vital signs: periodic (`health.heartbeat_s`) and on each change."""
+
 GATEWAY_DEVICE = "_gateway"
 """The `device` of events about the gateway itself (topic-safe, never a device name)."""
 
-_PRIORITY = {SAMPLES: 0, WINDOW: 0, DEVICE_HEALTH: 1, STORE_HEALTH: 1, CLOCK: 2}
+_PRIORITY = {SAMPLES: 0, WINDOW: 0, DEVICE_HEALTH: 1, STORE_HEALTH: 1, HEARTBEAT: 1,
+             CLOCK: 2}
 """What a full store gives up first: periodic aggregates (0), then health (1), then the
 rest (2: anomalies, limit violations, state changes), which are kept longest."""
 

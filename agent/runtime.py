@@ -1,132 +1,274 @@
 """The supervisor: runs devices, detectors, store and uplink, and stops them in order.
 
 Data flows one way: driver -> SampleBatch -> detector -> Event -> store -> uplink.
-Every long-lived task lives in one TaskGroup owned by `run_agent`. A device task
-never dies of a device fault: it reports a device-health event on each change of
-status and reconnects with backoff; a bug in it is logged with its traceback,
-reported the same way, and the device is restarted.
+Every long-lived task lives in one TaskGroup owned by `run_agent`; the `Supervisor`
+starts and stops the device tasks (`agent/device_task.py`) and the uplink in it, at start
+and on a reload (SIGHUP), sends heartbeats, serves `edge-agent status`, and tells systemd
+how it is doing (`agent/systemd.py`).
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass, replace
+from typing import Any
 
 import structlog
 
-from agent.backoff import Backoff
 from agent.clock import BOOT_ID, ClockWatch
-from agent.config import LoadedConfig
+from agent.config import AgentConfig, ConfigError, LoadedConfig, load_config
+from agent.config.models import DeviceConfig
+from agent.credentials import CredentialError
 from agent.detect import Detector
+from agent.device_task import (
+    DeviceStatus,
+    EventSink,
+    clock_event,
+    supervise_device,
+    tick_detectors,
+)
 from agent.devices import make_detector, make_driver
-from agent.events import CLOCK, DEVICE_HEALTH, GATEWAY_DEVICE, Event
+from agent.events import GATEWAY_DEVICE, HEARTBEAT, Event
+from agent.health import STATUS_SOCKET, StatusServer, heartbeat_data, process_usage
+from agent.prometheus import MetricsServer
+from agent.reload import plan_reload
 from agent.sharing import SharingPolicy
 from agent.store import EventStore
+from agent.systemd import Notifier
 from agent.uplink import MqttUplink
-from drivers.base import Driver
-from drivers.errors import DeviceError
+
+__all__ = ["DeviceStatus", "EventSink", "Supervisor", "clock_event", "run_agent",
+           "supervise_device", "tick_detectors"]
 
 log = structlog.get_logger(__name__)
-
-EventSink = Callable[[Iterable[Event]], None]
 
 SHUTDOWN_DRAIN_S = 2.0
 """How long a stopping agent keeps sending before it disconnects (the rest stays stored)."""
 
+HEARTBEAT_CHANGE_POLL_S = 0.5
+"""How often the heartbeat task looks for a changed device status or uplink state."""
+
 
 @dataclass
-class DeviceStatus:
-    """What the supervisor last reported about a device: a health event goes out on each change."""
-
-    device: str
-    status: str = "starting"
-    reason: str = ""
-
-    def change(self, status: str, reason: str = "", detail: str = "", address: str | None = None) -> list[Event]:
-        if (status, reason) == (self.status, self.reason):
-            return []
-        self.status, self.reason = status, reason
-        if status == "up":
-            log.info("device_up", device=self.device)
-        else:
-            log.warning("device_down", device=self.device, reason=reason, detail=detail, address=address)
-        data: dict[str, object] = {"status": status, "reason": reason, "detail": detail}
-        if address is not None:
-            data["address"] = address
-        return [Event(kind=DEVICE_HEALTH, device=self.device, time_ns=time.time_ns(), data=data)]
+class RunningDevice:
+    config: DeviceConfig
+    detector: Detector
+    status: DeviceStatus
+    task: asyncio.Task[None]
 
 
-async def supervise_device(
-    driver: Driver, detector: Detector, sink: EventSink, backoff: Backoff | None = None
-) -> None:
-    """Connect, poll, and on any failure report it and reconnect after a backoff; until cancelled."""
-    backoff = backoff or Backoff()
-    status = DeviceStatus(driver.device)
-    while True:
+class Supervisor:
+    """The running agent: its devices, its uplink, the store they share, and the changes a
+    reload makes to them. Every task it starts lives in the TaskGroup of `run_agent`."""
+
+    def __init__(
+        self, loaded: LoadedConfig, store: EventStore, uplink: MqttUplink, clock: ClockWatch,
+        tasks: asyncio.TaskGroup, notifier: Notifier,
+    ) -> None:
+        self.loaded = loaded
+        self.store = store
+        self.uplink = uplink
+        self.clock = clock
+        self.notifier = notifier
+        self._tasks = tasks
+        self._policy = SharingPolicy(loaded.config.devices)
+        self._devices: dict[str, RunningDevice] = {}
+        self._uplink_task: asyncio.Task[None] | None = None
+        self.uplink_closed = False
+        self._started_mono = time.monotonic()
+        self.status_socket = loaded.config.gateway.state_dir / STATUS_SOCKET
+        self._metrics: MetricsServer | None = None
+
+    @property
+    def config(self) -> AgentConfig:
+        return self.loaded.config
+
+    def share(self, events: Iterable[Event]) -> None:
+        """The one gate between detection and the store: only shared data is queued, and
+        marked when the clock is not to be trusted yet."""
+        shared = [s for event in events if (s := self._policy.apply(event)) is not None]
+        if shared and not self.clock.synchronized():
+            shared = [replace(e, mono_ns=self.clock.mono_of(e.time_ns)) for e in shared]
+        self.store.put(shared)
+
+    def detectors(self) -> list[Detector]:
+        return [d.detector for d in self._devices.values()]
+
+    def tick_period_s(self) -> float:
+        return min(1.0, self.config.aggregate.window_s / 4)
+
+    # --- devices ----------------------------------------------------------------------
+
+    def start_device(self, config: DeviceConfig) -> None:
+        driver = make_driver(config)
+        detector = make_detector(config, self.config.aggregate.window_s)
+        status = DeviceStatus(config.name)
+        task = self._tasks.create_task(
+            supervise_device(driver, detector, self.share, status=status), name=config.name
+        )
+        self._devices[config.name] = RunningDevice(config, detector, status, task)
+
+    async def stop_devices(self, names: Iterable[str]) -> None:
+        """Stop polling them, then close their open windows into events (nothing is lost)."""
+        stopping = [self._devices.pop(name) for name in names if name in self._devices]
+        if not stopping:
+            return
+        for device in stopping:
+            device.task.cancel()
+        await asyncio.wait([d.task for d in stopping])
+        now_ns = time.time_ns()
+        for device in stopping:
+            self.share(device.detector.flush(now_ns))
+
+    # --- uplink -----------------------------------------------------------------------
+
+    def start_uplink(self) -> None:
+        self._uplink_task = self._tasks.create_task(self.uplink.run(), name="uplink")
+
+    async def stop_uplink(self, drain_s: float) -> None:
+        """Stop publishing; wait (bounded) for the PUBACKs of what is in flight; disconnect.
+
+        What is not acknowledged stays in the store and is sent again by the next uplink.
+        """
+        if self._uplink_task is not None:
+            self._uplink_task.cancel()
+            await asyncio.wait([self._uplink_task])
+            self._uplink_task = None
+        deadline = time.monotonic() + drain_s
+        # The uplink has no "all acknowledged" event to wait on; polling is bounded by drain_s.
+        uplink = self.uplink
+        while uplink.inflight and uplink.connected and time.monotonic() < deadline:  # noqa: ASYNC110
+            await asyncio.sleep(0.02)
+        await self.uplink.close()
+        self.uplink_closed = True
+
+    # --- health -----------------------------------------------------------------------
+
+    def device_statuses(self) -> dict[str, tuple[str, str]]:
+        return {name: (d.status.status, d.status.reason) for name, d in self._devices.items()}
+
+    async def snapshot(self, reason: str = "status") -> dict[str, Any]:
+        """What `heartbeat` events and `edge-agent status` report (agent/health.py)."""
+        stats = await self.store.stats()
+        cpu_s, rss = await asyncio.to_thread(process_usage)
+        data = heartbeat_data(
+            reason=reason, uptime_s=time.monotonic() - self._started_mono,
+            config_sha256=self.loaded.sha256, devices=self.device_statuses(), stats=stats,
+            pending=self.store.pending_count, uplink_state=self.uplink.state,
+            uplink_error=self.uplink.last_error, inflight=self.uplink.inflight,
+            cpu_s=cpu_s, rss_bytes=rss, now_ns=time.time_ns(),
+        )
+        return data
+
+    async def status_document(self) -> dict[str, Any]:
+        """The snapshot with what a person on site also wants: which process, which file."""
+        return {"gateway": self.config.gateway.id, "pid": os.getpid(),
+                "config": str(self.loaded.path), **await self.snapshot()}
+
+    async def heartbeat(self) -> None:
+        """A `heartbeat` event every `health.heartbeat_s`, and at once when a device's status
+        or the uplink's state changes (looked at every HEARTBEAT_CHANGE_POLL_S)."""
+        last_sent = -float("inf")
+        last_seen: object = None
+        while True:
+            seen = (self.device_statuses(), self.uplink.state)
+            now = time.monotonic()
+            if seen != last_seen or now - last_sent >= self.config.health.heartbeat_s:
+                reason = ("start" if last_seen is None
+                          else "change" if seen != last_seen else "periodic")
+                data = await self.snapshot(reason)
+                self.share([Event(HEARTBEAT, GATEWAY_DEVICE, time.time_ns(), data)])
+                last_sent, last_seen = now, seen
+            await asyncio.sleep(min(HEARTBEAT_CHANGE_POLL_S, self.config.health.heartbeat_s))
+
+    async def start_metrics(self) -> None:
+        """The Prometheus endpoint, if `health.prometheus_port` asks for one."""
+        health = self.config.health
+        if health.prometheus_port is None:
+            return
+        self._metrics = MetricsServer(health.prometheus_host, health.prometheus_port,
+                                      self.snapshot, self.config.gateway.id)
+        await self._metrics.start()
+
+    async def stop_metrics(self) -> None:
+        if self._metrics is not None:
+            await self._metrics.close()
+            self._metrics = None
+
+    def running_summary(self) -> str:
+        return f"running: {len(self._devices)} devices, config {self.loaded.sha256[:12]}"
+
+    # --- reload -----------------------------------------------------------------------
+
+    async def reload(self) -> None:
+        """Re-read the configuration file and apply what changed (agent/reload.py).
+
+        An invalid file changes nothing: its problems are logged and the agent runs on.
+        """
+        self.notifier.reloading()
         try:
-            await driver.connect()
-            await _poll(driver, detector, sink, status, backoff)
-        except DeviceError as exc:
-            sink(status.change("down", exc.reason, exc.detail, exc.address))
-        except Exception as exc:  # a bug: keep the other devices running, restart this one
-            log.exception("device_task_failed", device=driver.device)
-            sink(status.change("down", "internal_error", f"{type(exc).__name__}: {exc}"))
-        finally:
-            await driver.close()
-        await asyncio.sleep(backoff.next_delay_s())
+            loaded = await asyncio.to_thread(load_config, self.loaded.path)
+        except ConfigError as exc:
+            for line in exc.lines:
+                log.error("config_reload_rejected", config=str(self.loaded.path), problem=line)
+            self.notifier.ready(self.running_summary() + " (reload rejected)")
+            return
+        plan = plan_reload(self.config, loaded.config)
+        for line in plan.refused:
+            log.error("config_change_refused", config=str(loaded.path), problem=line)
+        new_uplink: MqttUplink | None = None
+        if plan.mqtt_changed:
+            try:  # before anything changes: an unusable password file keeps the old uplink
+                new_uplink = MqttUplink(loaded.config.mqtt, self.config.gateway, self.store,
+                                        config_sha256=loaded.sha256)
+            except CredentialError as exc:
+                log.error("config_reload_rejected", config=str(loaded.path), problem=str(exc))
+                self.notifier.ready(self.running_summary() + " (reload rejected)")
+                return
+        await self.stop_devices(plan.stop)  # flushed through the old sharing policy
+        old_health = self.config.health
+        self.loaded = LoadedConfig(plan.config, loaded.path, loaded.sha256)
+        endpoint = (plan.config.health.prometheus_host, plan.config.health.prometheus_port)
+        if endpoint != (old_health.prometheus_host, old_health.prometheus_port):
+            await self.stop_metrics()
+            await self.start_metrics()
+        self._policy = SharingPolicy(plan.config.devices)
+        by_name = {d.name: d for d in plan.config.devices}
+        for name in plan.start:
+            self.start_device(by_name[name])
+        if new_uplink is not None:
+            await self.stop_uplink(SHUTDOWN_DRAIN_S)
+            self.uplink, self.uplink_closed = new_uplink, False
+            self.start_uplink()
+        log.info("config_reloaded", config=str(loaded.path), config_sha256=loaded.sha256,
+                 kept=plan.keep, started=plan.start, stopped=plan.stop,
+                 mqtt_restarted=plan.mqtt_changed, refused=len(plan.refused))
+        self.notifier.ready(self.running_summary())
 
 
-async def _poll(
-    driver: Driver, detector: Detector, sink: EventSink, status: DeviceStatus, backoff: Backoff
+async def _wait_any(*events: asyncio.Event) -> None:
+    waiters = [asyncio.ensure_future(e.wait()) for e in events]
+    try:
+        await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for waiter in waiters:
+            waiter.cancel()
+
+
+async def run_agent(
+    loaded: LoadedConfig, stop: asyncio.Event, reload: asyncio.Event | None = None,
+    notifier: Notifier | None = None,
 ) -> None:
-    """Read each plan on its own schedule (monotonic clock); missed slots are skipped, not queued."""
-    plans = driver.plans
-    now = time.monotonic()
-    due = [now] * len(plans)
-    while True:
-        i = min(range(len(plans)), key=due.__getitem__)
-        delay = due[i] - time.monotonic()
-        if delay > 0:
-            await asyncio.sleep(delay)
-        batch = await driver.read(plans[i])
-        sink(status.change("up"))
-        backoff.reset()
-        sink(detector.on_batch(batch))
-        interval = plans[i].interval_s
-        due[i] += interval
-        late = time.monotonic() - due[i]
-        if late > 0:
-            due[i] += interval * (int(late // interval) + 1)
+    """Run until `stop` is set, then: stop polling, close windows, commit, send briefly, disconnect.
 
-
-async def tick_detectors(
-    detectors: Sequence[Detector], sink: EventSink, period_s: float, clock: ClockWatch
-) -> None:
-    """Give detectors the time, so that windows close even when a device goes quiet;
-    and say when the wall clock becomes synchronized."""
-    synced = clock.synchronized()
-    while True:
-        await asyncio.sleep(period_s)
-        mono_ns, time_ns = time.monotonic_ns(), time.time_ns()
-        for detector in detectors:
-            sink(detector.on_tick(mono_ns, time_ns))
-        if not synced and clock.synchronized():
-            synced = True
-            log.info("clock_synchronized", boot=BOOT_ID)
-            sink([clock_event()])
-
-
-def clock_event() -> Event:
-    """The mapping from this boot's monotonic clock to UTC, now that UTC is right."""
-    mono_ns, time_ns = time.monotonic_ns(), time.time_ns()
-    return Event(CLOCK, GATEWAY_DEVICE, time_ns, {"boot": BOOT_ID, "mono": mono_ns})
-
-
-async def run_agent(loaded: LoadedConfig, stop: asyncio.Event) -> None:
-    """Run until `stop` is set, then: stop polling, close windows, commit, send briefly, disconnect."""
+    Each time `reload` is set, the configuration file is read again and applied.
+    """
     cfg = loaded.config
+    reload = reload or asyncio.Event()
+    notifier = notifier or Notifier()
     clock = ClockWatch(cfg.gateway.clock)
     store = await EventStore.open(
         cfg.store_path,
@@ -142,48 +284,59 @@ async def run_agent(loaded: LoadedConfig, stop: asyncio.Event) -> None:
     except BaseException:
         await store.close()
         raise
-    devices = [(make_driver(d), make_detector(d, cfg.aggregate.window_s)) for d in cfg.devices]
-    policy = SharingPolicy(cfg.devices)
-
-    def share(events: Iterable[Event]) -> None:
-        """The one gate between detection and the store: only shared data is queued, and
-        marked when the clock is not to be trusted yet."""
-        shared = [s for event in events if (s := policy.apply(event)) is not None]
-        if shared and not clock.synchronized():
-            shared = [replace(e, mono_ns=clock.mono_of(e.time_ns)) for e in shared]
-        store.put(shared)
-
-    detectors = [detector for _, detector in devices]
     if not clock.synchronized():
         log.warning("clock_not_synchronized", boot=BOOT_ID,
                     detail="events are marked until NTP has set the clock (gateway.clock: ntp)")
-    log.info("agent_started", gateway=cfg.gateway.id, devices=len(devices),
+    log.info("agent_started", gateway=cfg.gateway.id, devices=len(cfg.devices),
              config=str(loaded.path), config_sha256=loaded.sha256[:12], store=str(store.path))
+    status_server: StatusServer | None = None
+    agent: Supervisor | None = None
     try:
         async with asyncio.TaskGroup() as tasks:
+            agent = Supervisor(loaded, store, uplink, clock, tasks, notifier)
             writer = tasks.create_task(store.writer(), name="store-writer")
-            sender = tasks.create_task(uplink.run(), name="uplink")
-            producers = [
-                tasks.create_task(supervise_device(driver, detector, share), name=driver.device)
-                for driver, detector in devices
+            agent.start_uplink()
+            for device in cfg.devices:
+                agent.start_device(device)
+            helpers = [
+                tasks.create_task(tick_detectors(agent.detectors, agent.share,
+                                                 agent.tick_period_s, clock), name="ticker"),
+                tasks.create_task(agent.heartbeat(), name="heartbeat"),
+                tasks.create_task(notifier.watchdog(), name="watchdog"),
             ]
-            producers.append(tasks.create_task(
-                tick_detectors(detectors, share, min(1.0, cfg.aggregate.window_s / 4), clock),
-                name="ticker",
-            ))
-            await stop.wait()
+            status_server = StatusServer(agent.status_socket, agent.status_document)
+            await status_server.start()
+            await agent.start_metrics()
+            notifier.ready(agent.running_summary())
+            while True:
+                await _wait_any(stop, reload)
+                if stop.is_set():
+                    break
+                reload.clear()
+                log.info("config_reloading", config=str(agent.loaded.path))
+                await agent.reload()
             log.info("agent_stopping")
-            for task in producers:
+            notifier.stopping()
+            await status_server.close()
+            await agent.stop_metrics()
+            for task in helpers[:2]:
                 task.cancel()
-            await asyncio.wait(producers)
-            now_ns = time.time_ns()
-            for detector in detectors:
-                share(detector.flush(now_ns))
+            await asyncio.wait(helpers[:2])
+            await agent.stop_devices(list(agent.device_statuses()))
             await store.flush()
-            await uplink.drain(SHUTDOWN_DRAIN_S)
-            sender.cancel()
+            await agent.uplink.drain(SHUTDOWN_DRAIN_S)
+            await agent.stop_uplink(0.0)
+            helpers[2].cancel()
             writer.cancel()
     finally:
-        await uplink.close()
+        if status_server is not None:
+            await status_server.close()
+        if agent is not None:
+            await agent.stop_metrics()
+            if not agent.uplink_closed:
+                await agent.uplink.close()
+        else:
+            await uplink.close()
         await store.close()
+        notifier.close()
         log.info("agent_stopped", gateway=cfg.gateway.id)

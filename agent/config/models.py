@@ -175,6 +175,16 @@ class AggregateConfig(_Section):
     """Length of the per-tag aggregate windows (min, max, mean, last, count)."""
 
 
+class HealthConfig(_Section):
+    heartbeat_s: float = Field(default=60.0, ge=0.1, le=86400)
+    """A `heartbeat` event every this many seconds, and one at once when a device's status
+    or the uplink's state changes."""
+    prometheus_port: int | None = Field(default=None, ge=1, le=65535)
+    """Serve the same numbers as Prometheus text on `http://HOST:PORT/metrics`; off when absent."""
+    prometheus_host: str = "127.0.0.1"
+    """Where the Prometheus endpoint listens: this host only, unless set (e.g. `0.0.0.0`)."""
+
+
 class LogConfig(_Section):
     level: Literal["debug", "info", "warning", "error"] = "info"
 
@@ -184,6 +194,7 @@ class AgentConfig(_Section):
     mqtt: MqttConfig
     store: StoreConfig = StoreConfig()
     aggregate: AggregateConfig = AggregateConfig()
+    health: HealthConfig = HealthConfig()
     log: LogConfig = LogConfig()
     devices: list[DeviceConfig] = Field(min_length=1)
 

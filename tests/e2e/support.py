@@ -107,12 +107,16 @@ class AgentProcess:
     """`edge-agent run -c CONFIG`, its JSON log lines in `log_path` (stderr is line-buffered,
     so every line logged before a SIGKILL is in the file)."""
 
-    def __init__(self, config: Path, log_path: Path, numba_cache: Path) -> None:
+    def __init__(
+        self, config: Path, log_path: Path, numba_cache: Path,
+        extra_env: dict[str, str] | None = None,
+    ) -> None:
         self.log_path = log_path
         with open(log_path, "w") as log:
             self.process = subprocess.Popen(
                 [console_script("edge-agent"), "run", "-c", str(config)],
-                stderr=log, stdout=subprocess.DEVNULL, text=True, env=agent_env(numba_cache),
+                stderr=log, stdout=subprocess.DEVNULL, text=True,
+                env={**agent_env(numba_cache), **(extra_env or {})},
             )
 
     def log(self) -> list[dict[str, Any]]:
@@ -148,6 +152,9 @@ class AgentProcess:
     def kill(self) -> None:
         self.process.send_signal(signal.SIGKILL)
         self.process.wait(timeout=10)
+
+    def signal(self, sig: signal.Signals) -> None:
+        self.process.send_signal(sig)
 
     def terminate(self, timeout_s: float = 10.0) -> int:
         self.process.send_signal(signal.SIGTERM)

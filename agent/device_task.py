@@ -1,0 +1,123 @@
+"""One device's task, and the ticker: connect, poll on schedule, report each change of status.
+
+A device task never dies of a device fault: it sends a `device_health` event on each change
+of status and reconnects with exponential backoff and jitter; a bug in it is logged with its
+traceback, reported the same way, and the device is restarted. The other devices never wait
+for it. The supervisor (`agent/runtime.py`) starts and stops these tasks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+
+import structlog
+
+from agent.backoff import Backoff
+from agent.clock import BOOT_ID, ClockWatch
+from agent.detect import Detector
+from agent.events import CLOCK, DEVICE_HEALTH, GATEWAY_DEVICE, Event
+from drivers.base import Driver
+from drivers.errors import DeviceError
+
+log = structlog.get_logger(__name__)
+
+EventSink = Callable[[Iterable[Event]], None]
+
+
+@dataclass
+class DeviceStatus:
+    """What the supervisor last reported about a device: a health event goes out on each change."""
+
+    device: str
+    status: str = "starting"
+    reason: str = ""
+
+    def change(self, status: str, reason: str = "", detail: str = "", address: str | None = None) -> list[Event]:
+        if (status, reason) == (self.status, self.reason):
+            return []
+        self.status, self.reason = status, reason
+        if status == "up":
+            log.info("device_up", device=self.device)
+        else:
+            log.warning("device_down", device=self.device, reason=reason, detail=detail, address=address)
+        data: dict[str, object] = {"status": status, "reason": reason, "detail": detail}
+        if address is not None:
+            data["address"] = address
+        return [Event(kind=DEVICE_HEALTH, device=self.device, time_ns=time.time_ns(), data=data)]
+
+
+async def supervise_device(
+    driver: Driver, detector: Detector, sink: EventSink, backoff: Backoff | None = None,
+    status: DeviceStatus | None = None,
+) -> None:
+    """Connect, poll, and on any failure report it and reconnect after a backoff; until cancelled.
+
+    `status` is given by a supervisor that reports it elsewhere (heartbeat, `edge-agent status`).
+    """
+    backoff = backoff or Backoff()
+    status = status or DeviceStatus(driver.device)
+    while True:
+        try:
+            await driver.connect()
+            await _poll(driver, detector, sink, status, backoff)
+        except DeviceError as exc:
+            sink(status.change("down", exc.reason, exc.detail, exc.address))
+        except Exception as exc:  # a bug: keep the other devices running, restart this one
+            log.exception("device_task_failed", device=driver.device)
+            sink(status.change("down", "internal_error", f"{type(exc).__name__}: {exc}"))
+        finally:
+            await driver.close()
+        await asyncio.sleep(backoff.next_delay_s())
+
+
+async def _poll(
+    driver: Driver, detector: Detector, sink: EventSink, status: DeviceStatus, backoff: Backoff
+) -> None:
+    """Read each plan on its own schedule (monotonic clock); missed slots are skipped, not queued."""
+    plans = driver.plans
+    now = time.monotonic()
+    due = [now] * len(plans)
+    while True:
+        i = min(range(len(plans)), key=due.__getitem__)
+        delay = due[i] - time.monotonic()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        batch = await driver.read(plans[i])
+        sink(status.change("up"))
+        backoff.reset()
+        sink(detector.on_batch(batch))
+        interval = plans[i].interval_s
+        due[i] += interval
+        late = time.monotonic() - due[i]
+        if late > 0:
+            due[i] += interval * (int(late // interval) + 1)
+
+
+async def tick_detectors(
+    detectors: Sequence[Detector] | Callable[[], Iterable[Detector]], sink: EventSink,
+    period_s: float | Callable[[], float], clock: ClockWatch,
+) -> None:
+    """Give detectors the time, so that windows close even when a device goes quiet;
+    and say when the wall clock becomes synchronized.
+
+    `detectors` and `period_s` may be callables: a reload changes both while this runs.
+    """
+    synced = clock.synchronized()
+    while True:
+        await asyncio.sleep(period_s() if callable(period_s) else period_s)
+        mono_ns, time_ns = time.monotonic_ns(), time.time_ns()
+        for detector in (detectors() if callable(detectors) else detectors):
+            sink(detector.on_tick(mono_ns, time_ns))
+        if not synced and clock.synchronized():
+            synced = True
+            log.info("clock_synchronized", boot=BOOT_ID)
+            sink([clock_event()])
+
+
+def clock_event() -> Event:
+    """The mapping from this boot's monotonic clock to UTC, now that UTC is right."""
+    mono_ns, time_ns = time.monotonic_ns(), time.time_ns()
+    return Event(CLOCK, GATEWAY_DEVICE, time_ns, {"boot": BOOT_ID, "mono": mono_ns})

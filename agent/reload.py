@@ -1,0 +1,59 @@
+"""What a configuration reload (SIGHUP) changes: decided here, applied by the supervisor.
+
+A reload must not lose what the running agent holds: the buffered events (the store stays
+open, on its path) and the open windows of the devices whose configuration did not change
+(their tasks and detectors keep running). So the new configuration is compared with the
+running one section by section, with pydantic's model equality:
+
+- a device is kept when its configuration and the aggregate window are unchanged; a
+  removed or changed device is stopped (its open window flushed), a new or changed one started;
+- a changed `mqtt` section recreates the uplink on the same store;
+- `health` applies at once;
+- `gateway`, `store` and `log` are fixed for the life of the process (the store's path,
+  the identity in every stored event, the loggers already bound): such a change is refused,
+  logged, and the running value kept. It takes effect at the next start.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from agent.config import AgentConfig
+
+
+@dataclass(frozen=True, slots=True)
+class ReloadPlan:
+    config: AgentConfig
+    """What runs from now on: the new configuration, refused sections kept as they were."""
+    keep: list[str] = field(default_factory=list)
+    start: list[str] = field(default_factory=list)
+    stop: list[str] = field(default_factory=list)
+    mqtt_changed: bool = False
+    refused: list[str] = field(default_factory=list)
+    """One line per change that is not applied (the running value is kept)."""
+
+
+def plan_reload(old: AgentConfig, new: AgentConfig) -> ReloadPlan:
+    refused = []
+    if new.store_path != old.store_path:
+        refused.append(f"store path: {new.store_path} cannot replace the open store "
+                       f"{old.store_path} while running (its buffered events are there); "
+                       "keeping the old path until the next start")
+    if new.gateway.model_copy(update={"state_dir": old.gateway.state_dir}) != old.gateway:
+        refused.append("gateway: id, site and clock apply at the next start")
+    elif new.gateway.state_dir != old.gateway.state_dir and new.store_path == old.store_path:
+        refused.append("gateway.state_dir: applies at the next start")
+    if new.store.model_copy(update={"path": old.store.path}) != old.store:
+        refused.append("store: commit and bound settings apply at the next start")
+    if new.log != old.log:
+        refused.append("log: the level applies at the next start")
+    applied = new.model_copy(update={"gateway": old.gateway, "store": old.store, "log": old.log})
+
+    window_same = new.aggregate == old.aggregate
+    before = {d.name: d for d in old.devices}
+    after = {d.name: d for d in new.devices}
+    keep = [n for n, d in after.items() if window_same and before.get(n) == d]
+    stop = [n for n in before if n not in keep]
+    start = [n for n in after if n not in keep]
+    return ReloadPlan(config=applied, keep=keep, start=start, stop=stop,
+                      mqtt_changed=new.mqtt != old.mqtt, refused=refused)

@@ -1,0 +1,92 @@
+"""The heartbeat's content and how `edge-agent status` prints it (`agent.health`)."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import Any
+
+from agent import __version__
+from agent.health import format_status, heartbeat_data, process_usage
+from agent.store import StoreStats
+
+NS = 1_000_000_000
+
+
+def stats(**changes: Any) -> StoreStats:
+    base = StoreStats(depth=12, bytes=3400, file_bytes=90_000, oldest_time_ns=100 * NS,
+                      newest_time_ns=130 * NS, last_seq=77, by_kind={"window": 12},
+                      dropped={"window": 3}, compacted=5)
+    return replace(base, **changes)
+
+
+def beat(**changes: Any) -> dict[str, Any]:
+    args: dict[str, Any] = {
+        "reason": "periodic", "uptime_s": 12.34567, "config_sha256": "ab" * 32,
+        "devices": {"compressor-1": ("up", ""), "meter": ("down", "unreachable")},
+        "stats": stats(), "pending": 4, "uplink_state": "unreachable",
+        "uplink_error": "unreachable: Connection refused", "inflight": 2, "cpu_s": 1.23456,
+        "rss_bytes": 50 * 2**20, "now_ns": 160 * NS,
+    }
+    args.update(changes)
+    return heartbeat_data(**args)
+
+
+def test_heartbeat_holds_devices_store_uplink_and_process() -> None:
+    data = beat()
+    assert data["reason"] == "periodic" and data["version"] == __version__
+    assert data["uptime_s"] == 12.346 and data["config_sha256"] == "ab" * 32
+    assert data["devices"] == {"compressor-1": {"status": "up", "reason": ""},
+                               "meter": {"status": "down", "reason": "unreachable"}}
+    assert data["store"] == {"depth": 12, "pending": 4, "oldest_age_s": 60.0, "bytes": 3400,
+                             "last_seq": 77, "dropped": {"window": 3}, "compacted": 5}
+    assert data["uplink"] == {"state": "unreachable",
+                              "last_error": "unreachable: Connection refused", "inflight": 2}
+    assert data["process"] == {"cpu_s": 1.235, "rss_bytes": 50 * 2**20}
+
+
+def test_empty_store_has_no_oldest_age() -> None:
+    data = beat(stats=stats(depth=0, oldest_time_ns=None, newest_time_ns=None))
+    assert data["store"]["oldest_age_s"] is None
+
+
+def test_heartbeat_is_msgpack_native() -> None:
+    import msgpack
+
+    data = beat()
+    assert msgpack.unpackb(msgpack.packb(data), raw=False) == data
+
+
+def test_process_usage_reads_this_process() -> None:
+    cpu_s, rss = process_usage()
+    assert cpu_s > 0 and rss > 10 * 2**20
+
+
+def test_status_is_printed_one_fact_per_line() -> None:
+    doc = {"gateway": "gw-1", "pid": 4242, "config": "/etc/edge-agent/config.yaml", **beat()}
+    text = "\n".join(format_status(doc))
+    assert "gw-1 (pid 4242" in text and "up 12s" in text
+    assert "unreachable, 2 in flight; last error: unreachable: Connection refused" in text
+    assert "12 events waiting (4 not yet on disk), oldest 1m 0s ago" in text
+    assert "3 dropped, 5 compacted" in text
+    assert "meter" in text and "down (unreachable)" in text
+
+
+def test_prometheus_text_has_the_same_numbers() -> None:
+    from agent.prometheus import render
+
+    text = render(beat(), 'gw-"1"')
+    lines = text.splitlines()
+    info = (f'edge_agent_info{{gateway="gw-\\"1\\"",version="{__version__}",'
+            f'config_sha256="{"ab" * 32}"}} 1.0')
+    assert info in lines
+    assert 'edge_agent_device_up{device="compressor-1"} 1.0' in lines
+    assert 'edge_agent_device_up{device="meter"} 0.0' in lines
+    assert "edge_agent_store_depth 12.0" in lines
+    assert "edge_agent_store_oldest_age_seconds 60.0" in lines
+    assert 'edge_agent_store_dropped_total{kind="window"} 3.0' in lines
+    assert 'edge_agent_uplink_state{state="unreachable"} 1.0' in lines
+    assert 'edge_agent_uplink_state{state="connected"} 0.0' in lines
+    assert "process_resident_memory_bytes 52428800.0" in lines
+    assert "# TYPE edge_agent_store_compacted_total counter" in lines
+    samples = [line for line in lines if not line.startswith("#")]
+    assert all(len(line.rsplit(" ", 1)) == 2 for line in samples)

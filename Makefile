@@ -54,3 +54,11 @@ bench: venv mosquitto
 
 clean:
 	rm -rf $(VENV) .demo .pytest_cache .mypy_cache .ruff_cache .hypothesis
+
+# The Debian package dist/edge-agent_<version>_<arch>.deb, for the build machine's
+# architecture (packaging/README.md). DEB_DIR=... puts it elsewhere; DEB_COMPRESSION=gzip
+# (default xz) builds faster and larger.
+DEB_DIR ?= dist
+.PHONY: deb
+deb: venv
+	packaging/build-deb.sh --out $(DEB_DIR)

@@ -1,0 +1,110 @@
+#!/bin/bash
+# Builds dist/edge-agent_<version>_<arch>.deb: a venv at /opt/edge-agent/venv holding the
+# agent and its pinned dependencies, the systemd unit, the example configuration.
+#
+# The venv is made in a staging tree at <stage>/opt/edge-agent/venv with the target's
+# interpreter (/usr/bin/python3.X, the one Debian's pythonX.Y package installs) and then
+# made to belong at /opt/edge-agent/venv: a venv finds itself through the pyvenv.cfg beside
+# bin/python, not through its path, so only the texts that name the staging path are
+# rewritten (script shebangs, activate scripts, pyvenv.cfg), and the bytecode is compiled
+# with /opt/edge-agent/... as its source path. The build fails if the staging path is left
+# anywhere in the tree. packaging/README.md explains the choice.
+#
+# usage: packaging/build-deb.sh [--out DIR] [--python /usr/bin/python3.11] [--pip PIP]
+set -euo pipefail
+
+here=$(cd "$(dirname "$0")" && pwd)
+project=$(dirname "$here")
+out="$project/dist"
+python=/usr/bin/python3
+pip="$project/.venv/bin/pip"
+prefix=/opt/edge-agent
+
+while [ $# -gt 0 ]; do
+    case "$1" in
+        --out) out=$2; shift 2 ;;
+        --python) python=$2; shift 2 ;;
+        --pip) pip=$2; shift 2 ;;
+        -h|--help) sed -n '2,14p' "$0"; exit 0 ;;
+        *) echo "build-deb.sh: unknown option $1" >&2; exit 2 ;;
+    esac
+done
+
+command -v dpkg-deb >/dev/null || { echo "build-deb.sh: dpkg-deb is missing (Debian package dpkg)" >&2; exit 1; }
+[ -x "$pip" ] || { echo "build-deb.sh: $pip is missing: run 'make venv' first" >&2; exit 1; }
+"$python" -c 'import sys; sys.exit(sys.version_info < (3, 11))' \
+    || { echo "build-deb.sh: $python is older than 3.11" >&2; exit 1; }
+
+# The interpreter the venv links to, by its versioned name (/usr/bin/python3.11), so that
+# the package can depend on exactly that Debian package: site-packages is lib/python3.11
+# and the binary wheels are cp311, a python3 moving to 3.12 would break them.
+pyver=$("$python" -c 'import sys; print(f"{sys.version_info[0]}.{sys.version_info[1]}")')
+interpreter=$(dirname "$("$python" -c 'import sys; print(sys.executable)')")/python$pyver
+[ -x "$interpreter" ] || { echo "build-deb.sh: $interpreter is missing" >&2; exit 1; }
+
+version=$("$python" -c 'import sys, tomllib; print(tomllib.load(open(sys.argv[1], "rb"))["project"]["version"])' "$project/pyproject.toml")
+# PEP 440 pre-releases sort before the release in Debian only with a tilde: 1.2.0rc1 -> 1.2.0~rc1.
+debversion=$(printf '%s' "$version" | sed -E 's/^([0-9.]+)(a|b|rc)([0-9]+)$/\1~\2\3/')
+arch=$(dpkg --print-architecture)
+
+stage=$(mktemp -d "${TMPDIR:-/tmp}/edge-agent-deb.XXXXXX")
+trap 'rm -rf "$stage"' EXIT
+venv="$stage$prefix/venv"
+
+echo "build-deb.sh: edge-agent $debversion for $arch, Python $pyver ($interpreter)"
+# pip builds a source directory in place (build/, *.egg-info): build from a copy, so that
+# the working tree is neither written nor read while someone edits it. The copy holds what
+# pyproject.toml packages (agent*, drivers*, plc_sim* in firmware-sim/) and its readme.
+source=$(mktemp -d "${TMPDIR:-/tmp}/edge-agent-src.XXXXXX")
+trap 'rm -rf "$stage" "$source"' EXIT
+(cd "$project" && tar --exclude=__pycache__ -cf - pyproject.toml README.md agent drivers firmware-sim) \
+    | tar -C "$source" -xf -
+"$interpreter" -m venv --without-pip "$venv"
+# pip runs from the project's venv against the new one: the target venv carries no pip.
+# The wheel of the agent is built from the source tree (non-editable); every dependency
+# at the version constraints.txt pins.
+PIP_DISABLE_PIP_VERSION_CHECK=1 "$pip" --python "$venv/bin/python" install --quiet \
+    --no-compile --constraint "$project/constraints.txt" "$source"
+
+# Make the tree belong at $prefix/venv.
+{ grep -rlF --binary-files=without-match "$stage" "$venv" || true; } | while IFS= read -r file; do
+    sed -i "s|$stage$prefix|$prefix|g" "$file"
+done
+"$venv/bin/python" -m compileall -q -j 0 -s "$stage" -p / "$venv/lib" >/dev/null
+if left=$(grep -rlF "$stage" "$venv"); then
+    echo "build-deb.sh: the staging path is still named in:" >&2
+    echo "$left" >&2
+    exit 1
+fi
+
+install -D -m 0644 "$here/edge-agent.service" "$stage/lib/systemd/system/edge-agent.service"
+install -D -m 0644 "$project/config/example.yaml" "$stage/etc/edge-agent/config.yaml.example"
+install -D -m 0644 "$here/README.md" "$stage/usr/share/doc/edge-agent/README.md"
+mkdir -p "$stage/usr/bin"
+ln -s "$prefix/venv/bin/edge-agent" "$stage/usr/bin/edge-agent"
+
+mkdir -p "$stage/DEBIAN"
+installed_kib=$(du -sk --exclude=DEBIAN "$stage" | cut -f1)
+cat > "$stage/DEBIAN/control" <<CONTROL
+Package: edge-agent
+Version: $debversion
+Architecture: $arch
+Maintainer: ${DEB_MAINTAINER:-edge-agent maintainers <root@localhost>}
+Installed-Size: $installed_kib
+Depends: python$pyver
+Section: misc
+Priority: optional
+Description: edge agent for retrofitted machines
+ Polls PLCs and energy meters over Modbus, condenses the samples locally,
+ stores every event on disk and forwards it to an MQTT broker (QoS 1, TLS).
+ Self-contained venv in $prefix/venv, systemd unit edge-agent.service.
+CONTROL
+echo /etc/edge-agent/config.yaml.example > "$stage/DEBIAN/conffiles"
+for script in postinst prerm postrm; do
+    install -m 0755 "$here/debian/$script" "$stage/DEBIAN/$script"
+done
+
+mkdir -p "$out"
+deb="$out/edge-agent_${debversion}_${arch}.deb"
+dpkg-deb --root-owner-group -Z"${DEB_COMPRESSION:-xz}" --build "$stage" "$deb" >/dev/null
+echo "$deb"

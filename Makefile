@@ -51,6 +51,7 @@ bench: venv mosquitto
 	  $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq mosquitto-clients; \
 	fi
 	$(BIN)/python bench/store/run.py --output bench/results/latest.md
+	$(BIN)/python bench/startup/run.py --output bench/results/startup.md
 
 clean:
 	rm -rf $(VENV) .demo .pytest_cache .mypy_cache .ruff_cache .hypothesis

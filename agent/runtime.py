@@ -23,6 +23,7 @@ from agent.config import AgentConfig, ConfigError, LoadedConfig, load_config
 from agent.config.models import DeviceConfig
 from agent.credentials import CredentialError
 from agent.detect import Detector
+from agent.detect.kernels import warm_up
 from agent.device_task import (
     DeviceStatus,
     EventSink,
@@ -307,6 +308,9 @@ async def run_agent(
             status_server = StatusServer(agent.status_socket, agent.status_document)
             await status_server.start()
             await agent.start_metrics()
+            started = time.monotonic()
+            await asyncio.to_thread(warm_up)  # from NUMBA_CACHE_DIR, or compiled once
+            log.info("kernels_ready", seconds=round(time.monotonic() - started, 3))
             notifier.ready(agent.running_summary())
             while True:
                 await _wait_any(stop, reload)

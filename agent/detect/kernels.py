@@ -45,3 +45,14 @@ def window_accumulate(
         if n == 1.0 or x > state[row, W_MAX]:
             state[row, W_MAX] = x
         state[row, W_LAST] = x
+
+
+def warm_up() -> None:
+    """Load every kernel from the cache (or compile it) now, on tiny arrays.
+
+    Called before the agent says READY: the first poll is then never delayed by a
+    compilation, and a numba that cannot compile fails the start, not the first sample.
+    """
+    state = np.zeros((1, WINDOW_FIELDS), dtype=np.float64)
+    window_accumulate(state, np.zeros(1, dtype=np.int64), np.zeros(1, dtype=np.float64),
+                      np.zeros(1, dtype=np.uint8))

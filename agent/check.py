@@ -41,6 +41,14 @@ def warnings(loaded: LoadedConfig) -> list[str]:
             f"mqtt.tls.enabled is false towards {mqtt.host}: events and the password "
             "cross the network in clear text"
         )
+    for device in loaded.config.devices:
+        for tag in device.tags:
+            if tag.address >= 30000:
+                out.append(
+                    f"{device.name}.{tag.name}: address {tag.address} looks like datasheet "
+                    f"notation (3xxxx/4xxxx); addresses here are zero-based, e.g. register "
+                    f"{tag.address} is `address: {tag.address % 10000 - 1}` with the right table"
+                )
     if mqtt.username is not None and not has_password(loaded.config.mqtt):
         out.append("mqtt.username is set without a password (password, password_file or "
                    "password_credential)")

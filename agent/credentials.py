@@ -43,7 +43,8 @@ def read_credential(name: str, environ: Mapping[str, str] | None = None) -> Secr
     if not directory:
         raise CredentialError(
             f"{what}: $CREDENTIALS_DIRECTORY is not set; run the agent as a systemd service "
-            f"with LoadCredential={name}:/path/to/secret (or use mqtt.password_file)"
+            f"with LoadCredential={name} and the secret in /etc/credstore/{name}, or set "
+            f"CREDENTIALS_DIRECTORY=/etc/credstore to run it by hand (or use mqtt.password_file)"
         )
     return read_secret_file(Path(directory) / name, what)
 

@@ -181,6 +181,9 @@ class Supervisor:
                 reason = ("start" if last_seen is None
                           else "change" if seen != last_seen else "periodic")
                 data = await self.snapshot(reason)
+                # What leaves the site: a device shared as `none` is not even named.
+                data["devices"] = {name: status for name, status in data["devices"].items()
+                                   if self._policy.device_share(name) != "none"}
                 self.share([Event(HEARTBEAT, GATEWAY_DEVICE, time.time_ns(), data)])
                 last_sent, last_seen = now, seen
             await asyncio.sleep(min(HEARTBEAT_CHANGE_POLL_S, self.config.health.heartbeat_s))

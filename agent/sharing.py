@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from agent.config.models import AgentConfig, DeviceConfig
-from agent.events import GATEWAY_DEVICE, SAMPLES, STORE_HEALTH, WINDOW, Event
+from agent.events import CLOCK, GATEWAY_DEVICE, HEARTBEAT, SAMPLES, STORE_HEALTH, WINDOW, Event
 from drivers.sharing import Share
 
 _SHARED_IN = {WINDOW: ("raw", "aggregates"), SAMPLES: ("raw",)}
@@ -23,6 +23,9 @@ class SharingPolicy:
         self._tag: dict[str, dict[str, Share]] = {
             d.name: {t.name: t.share or d.share for t in d.tags} for d in devices
         }
+
+    def device_share(self, device: str) -> Share | None:
+        return self._device.get(device)
 
     def share_of(self, device: str, tag: str) -> Share:
         return self._tag[device][tag]
@@ -77,8 +80,15 @@ def explain(config: AgentConfig) -> list[str]:
             lines.append("      when the connection status changes: up/down and why "
                          "(no measured values)")
     lines += [
+        f"  {topic(GATEWAY_DEVICE, HEARTBEAT)}",
+        (
+            "      every few minutes and on change: uptime, version, configuration hash, status"
+            " of each device not shared as none, store depth, link state, CPU and memory"
+        ),
         f"  {topic(GATEWAY_DEVICE, STORE_HEALTH)}",
         "      when events had to be compacted or dropped: their counts (no measured values)",
+        f"  {topic(GATEWAY_DEVICE, CLOCK)}",
+        "      once, when NTP has set the clock: the boot's monotonic-to-UTC mapping",
         f"  {topic(GATEWAY_DEVICE, 'status')}",
         "      retained: online/offline, agent version, configuration hash",
     ]

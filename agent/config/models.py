@@ -119,6 +119,12 @@ class MqttConfig(_Section):
             raise ValueError(f"{given[0]} needs mqtt.username")
         return self
 
+    @field_validator("version", mode="before")
+    @classmethod
+    def _version_as_text(cls, version: object) -> object:
+        # `version: 5` (unquoted) is a YAML number; it means the same as "5".
+        return str(version) if isinstance(version, int | float) else version
+
     @field_validator("topic")
     @classmethod
     def _topic_fields_known(cls, topic: str) -> str:

@@ -222,7 +222,10 @@ def test_unusable_state_dir_is_a_clear_error(tmp_path: Path, mosquitto: Mosquitt
 def test_only_shared_data_reaches_the_broker(
     tmp_path: Path, mosquitto: Mosquitto, plc_sim: Sim, numba_cache: Path
 ) -> None:
-    config = agent_config(tmp_path, mosquitto, modbus_device("compressor-1", plc_sim.port))
+    devices = (modbus_device("compressor-1", plc_sim.port) + "\n"
+               + modbus_device("secret-press", free_tcp_port()).replace(
+                   "name: secret-press\n", "name: secret-press\n    share: none\n"))
+    config = agent_config(tmp_path, mosquitto, devices)
     text = config.read_text()
     for tag, share in (("energy_kwh", "none"), ("active_power_w", "raw"),
                        ("discharge_temp_c", "events")):
@@ -246,7 +249,10 @@ def test_only_shared_data_reaches_the_broker(
         assert len(values) == len(event["data"]["dt_ms"]) >= 1
         assert all(v in served for v in values), "raw samples are the values served"
     everything = json.dumps(received)
-    assert "energy_kwh" not in everything, "a tag shared as none must never leave the site"
+    assert "energy_kwh" not in everything.replace('"secret-press"', ""), \
+        "a tag shared as none must never leave the site"
+    assert any(e["kind"] == "heartbeat" for e in received)
+    assert "secret-press" not in everything, "a device shared as none is not even named"
 
 
 def test_unreadable_password_file_is_a_clear_error(tmp_path: Path, mosquitto: Mosquitto) -> None:

@@ -66,3 +66,19 @@ def test_check_exits_0_on_example_and_2_on_broken(capsys: pytest.CaptureFixture[
 def test_missing_file_is_a_config_error(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="cannot read the configuration"):
         load_config(tmp_path / "nope.yaml")
+
+
+def test_unquoted_mqtt_version_means_the_same(tmp_path: Path) -> None:
+    text = (CASES / "valid_minimal" / "config.yaml").read_text()
+    (tmp_path / "c.yaml").write_text(text.replace("  tls:\n", "  version: 5\n  tls:\n"))
+    assert load_config(tmp_path / "c.yaml", environ={}).config.mqtt.version == "5"
+
+
+def test_check_warns_about_datasheet_addresses(tmp_path: Path,
+                                                capsys: pytest.CaptureFixture[str]) -> None:
+    text = (CASES / "valid_minimal" / "config.yaml").read_text()
+    (tmp_path / "c.yaml").write_text(text.replace("address: 10", "address: 40101"))
+    assert main(["check", "-c", str(tmp_path / "c.yaml")]) == 0
+    err = capsys.readouterr().err
+    assert "m1.b: address 40101 looks like datasheet notation" in err
+    assert "`address: 100`" in err

@@ -43,7 +43,8 @@ def test_unreadable_password_file_names_the_file_not_the_secret(tmp_path: Path) 
 
 def test_credential_without_systemd_says_what_to_do(tmp_path: Path) -> None:
     with pytest.raises(CredentialError, match=r"\$CREDENTIALS_DIRECTORY is not set.*"
-                                              r"LoadCredential=mqtt-password:"):
+                                              r"LoadCredential=mqtt-password and the secret in "
+                                              r"/etc/credstore/mqtt-password"):
         mqtt_password(config(password_credential="mqtt-password"), environ={})
     with pytest.raises(CredentialError, match="'mqtt-password': cannot read"):
         mqtt_password(config(password_credential="mqtt-password"),

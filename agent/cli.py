@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import faulthandler
 import os
 import signal
 import sys
@@ -48,6 +49,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     from agent.logs import configure_logging
 
     configure_logging(args.log_level or loaded.config.log.level)
+    # `kill -USR1 <pid>` writes every thread's stack to the log: for a hung agent in the field.
+    faulthandler.register(signal.SIGUSR1, all_threads=True)
     # Before numba is imported: compiled kernels are cached in the state directory,
     # so a restart does not compile again.
     os.environ.setdefault("NUMBA_CACHE_DIR", str(loaded.config.gateway.state_dir / "numba-cache"))

@@ -39,6 +39,7 @@ from agent.reload import plan_reload
 from agent.sharing import SharingPolicy
 from agent.store import EventStore
 from agent.systemd import Notifier
+from agent.tasks import cancel_and_wait
 from agent.uplink import MqttUplink
 
 __all__ = ["DeviceStatus", "EventSink", "Supervisor", "clock_event", "run_agent",
@@ -117,9 +118,7 @@ class Supervisor:
         stopping = [self._devices.pop(name) for name in names if name in self._devices]
         if not stopping:
             return
-        for device in stopping:
-            device.task.cancel()
-        await asyncio.wait([d.task for d in stopping])
+        await cancel_and_wait([d.task for d in stopping])
         now_ns = time.time_ns()
         for device in stopping:
             self.share(device.detector.flush(now_ns))
@@ -135,8 +134,7 @@ class Supervisor:
         What is not acknowledged stays in the store and is sent again by the next uplink.
         """
         if self._uplink_task is not None:
-            self._uplink_task.cancel()
-            await asyncio.wait([self._uplink_task])
+            await cancel_and_wait([self._uplink_task])
             self._uplink_task = None
         deadline = time.monotonic() + drain_s
         # The uplink has no "all acknowledged" event to wait on; polling is bounded by drain_s.
@@ -326,15 +324,12 @@ async def run_agent(
             notifier.stopping()
             await status_server.close()
             await agent.stop_metrics()
-            for task in helpers[:2]:
-                task.cancel()
-            await asyncio.wait(helpers[:2])
+            await cancel_and_wait(helpers[:2])
             await agent.stop_devices(list(agent.device_statuses()))
             await store.flush()
             await agent.uplink.drain(SHUTDOWN_DRAIN_S)
             await agent.stop_uplink(0.0)
-            helpers[2].cancel()
-            writer.cancel()
+            await cancel_and_wait([helpers[2], writer])
     finally:
         if status_server is not None:
             await status_server.close()

@@ -35,6 +35,8 @@ from agent.store import EventStore, StoredEvent
 
 log = structlog.get_logger(__name__)
 
+LOOP_STOP_WAIT_S = 1.5
+"""How long `close()` waits for paho's network thread to end."""
 CLOSE_ACK_TIMEOUT_S = 1.0
 """How long `close()` waits for the PUBACK of the retained `offline` before DISCONNECT."""
 
@@ -328,7 +330,12 @@ class MqttUplink:
                                 waited_s=CLOSE_ACK_TIMEOUT_S)
         self._connected.clear()  # from here a disconnect is ours, not news
         self._client.disconnect()
-        await asyncio.to_thread(self._client.loop_stop)
+        # paho's thread may sit in a blocking connect (up to connect_timeout_s); it is a
+        # daemon thread, so a stopping agent need not wait for it longer than this.
+        stopping = asyncio.ensure_future(asyncio.to_thread(self._client.loop_stop))
+        _, pending = await asyncio.wait({stopping}, timeout=LOOP_STOP_WAIT_S)
+        if pending:
+            log.warning("mqtt_thread_still_busy", waited_s=LOOP_STOP_WAIT_S)
 
 
 def _tls_context(tls: TlsConfig) -> ssl.SSLContext:

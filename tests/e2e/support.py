@@ -158,7 +158,17 @@ class AgentProcess:
 
     def terminate(self, timeout_s: float = 10.0) -> int:
         self.process.send_signal(signal.SIGTERM)
-        return self.process.wait(timeout=timeout_s)
+        try:
+            return self.process.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            # Where is it stuck? The agent dumps every thread's stack on SIGUSR1.
+            self.process.send_signal(signal.SIGUSR1)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.process.wait(timeout=1)
+            raise AssertionError(
+                f"the agent did not stop within {timeout_s} s of SIGTERM:\n"
+                + self.log_path.read_text()[-6000:]
+            ) from None
 
     def __enter__(self) -> Self:
         return self

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from support import ROOT, SECRET, Sim, agent_config, agent_env, modbus_device, numba_cache_dir
+from support import ROOT, SECRET, Sim, agent_config, agent_env, modbus_device
 
 from agent.testing import (
     Mosquitto,
@@ -47,12 +47,6 @@ def plc_sim(tmp_path: Path) -> Iterator[Sim]:
                                       "--trace", str(trace), stderr=log)
         yield Sim(port=int(info["port"]), trace=trace)
         assert stop_process(process) == 0
-
-
-@pytest.fixture(scope="session")
-def numba_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """One kernel cache for the session, so each agent start does not compile again."""
-    return numba_cache_dir(tmp_path_factory)
 
 
 class Tail:

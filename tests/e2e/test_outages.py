@@ -13,7 +13,7 @@ import itertools
 import random
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -27,9 +27,7 @@ from support import (
     is_sentinel,
     log_time_ns,
     modbus_device,
-    numba_cache_dir,
     publish_sentinel,
-    running_sim,
 )
 
 from agent.store import EventStore
@@ -45,18 +43,6 @@ DEVICES = ("compressor-1", "compressor-2")
 TOPICS = "lab/gw-e2e/#"
 SENTINEL_TOPIC = "lab/gw-e2e/_end-of-test/end"
 NS = 1_000_000_000
-
-
-@pytest.fixture(scope="session")
-def numba_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return numba_cache_dir(tmp_path_factory)
-
-
-@pytest.fixture
-def sims(tmp_path: Path) -> Iterator[list[Sim]]:
-    with running_sim(tmp_path, "sim-1", "--seed", "1") as one, \
-            running_sim(tmp_path, "sim-2", "--seed", "2") as two:
-        yield [one, two]
 
 
 def two_device_config(tmp_path: Path, broker: Mosquitto, sims: Sequence[Sim]) -> Path:

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import signal
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -18,9 +17,7 @@ from support import (
     agent_config,
     is_sentinel,
     modbus_device,
-    numba_cache_dir,
     publish_sentinel,
-    running_sim,
 )
 
 from agent.testing import Mosquitto, wait_until
@@ -29,18 +26,6 @@ pytestmark = pytest.mark.e2e
 
 TOPICS = "lab/gw-e2e/#"
 SENTINEL_TOPIC = "lab/gw-e2e/_end-of-test/end"
-
-
-@pytest.fixture(scope="session")
-def numba_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return numba_cache_dir(tmp_path_factory)
-
-
-@pytest.fixture
-def sims(tmp_path: Path) -> Iterator[list[Sim]]:
-    with running_sim(tmp_path, "sim-1", "--seed", "1") as one, \
-            running_sim(tmp_path, "sim-2", "--seed", "2") as two:
-        yield [one, two]
 
 
 def of(messages: list[Received], kind: str, device: str) -> list[Received]:

@@ -18,18 +18,12 @@ from support import (
     Sim,
     agent_config,
     modbus_device,
-    numba_cache_dir,
     running_sim,
 )
 
 from agent.testing import Mosquitto, console_script, free_tcp_port
 
 pytestmark = pytest.mark.e2e
-
-
-@pytest.fixture(scope="session")
-def numba_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return numba_cache_dir(tmp_path_factory)
 
 
 def status(config: Path, *args: str) -> subprocess.CompletedProcess[str]:

@@ -11,7 +11,6 @@ from support import (
     RawCollector,
     agent_config,
     modbus_device,
-    numba_cache_dir,
     running_sim,
 )
 
@@ -19,11 +18,6 @@ from agent.store import read_stats
 from agent.testing import Mosquitto
 
 pytestmark = pytest.mark.e2e
-
-
-@pytest.fixture(scope="session")
-def numba_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return numba_cache_dir(tmp_path_factory)
 
 
 def test_a_full_store_degrades_and_reports_while_the_agent_runs(

@@ -11,7 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from support import AgentProcess, agent_config, modbus_device, numba_cache_dir
+from support import AgentProcess, agent_config, modbus_device
 
 from agent.testing import Mosquitto, free_tcp_port
 
@@ -19,11 +19,6 @@ pytestmark = pytest.mark.e2e
 
 WATCHDOG_USEC = 400_000
 """The unit's WatchdogSec, shortened: pings are due every 0.2 s."""
-
-
-@pytest.fixture(scope="session")
-def numba_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return numba_cache_dir(tmp_path_factory)
 
 
 class FakeSystemd:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from agent.config.models import DeviceConfig
 from agent.detect import Detector, DetectorChain, RawSamples, WindowAggregator
+from agent.sharing import effective_share
 from drivers.base import Driver
 from drivers.modbus import ModbusTcpDriver
 
@@ -18,7 +19,7 @@ def make_detector(config: DeviceConfig, window_s: float) -> Detector:
     tags = [tag.name for tag in config.tags]
     units = {tag.name: tag.unit for tag in config.tags}
     detectors: list[Detector] = [WindowAggregator(config.name, tags, units, window_s)]
-    raw = [tag.name for tag in config.tags if (tag.share or config.share) == "raw"]
+    raw = [tag.name for tag in config.tags if effective_share(config, tag.share) == "raw"]
     if raw:
         detectors.append(RawSamples(config.name, raw, window_s))
     return DetectorChain(detectors)

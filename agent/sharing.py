@@ -17,11 +17,16 @@ _SHARED_IN = {WINDOW: ("raw", "aggregates"), SAMPLES: ("raw",)}
 """Event kinds that carry tag values, and the share levels that let a tag's values in."""
 
 
+def effective_share(device: DeviceConfig, tag_share: Share | None) -> Share:
+    """A tag's own `share`, else its device's."""
+    return tag_share or device.share
+
+
 class SharingPolicy:
     def __init__(self, devices: Sequence[DeviceConfig]) -> None:
         self._device: dict[str, Share] = {d.name: d.share for d in devices}
         self._tag: dict[str, dict[str, Share]] = {
-            d.name: {t.name: t.share or d.share for t in d.tags} for d in devices
+            d.name: {t.name: effective_share(d, t.share) for t in d.tags} for d in devices
         }
 
     def device_share(self, device: str) -> Share | None:

@@ -27,12 +27,19 @@ class Ledger:
     bytes: int = 0
     dropped: Counter[str] = field(default_factory=Counter)
     compacted: int = 0
+    unsaved: set[str] = field(default_factory=set)
+    """Kinds whose `dropped` count changed outside the database (events dropped in memory)."""
 
     def losses(self) -> int:
         return sum(self.dropped.values()) + self.compacted
 
     def copy(self) -> Ledger:
-        return replace(self, dropped=Counter(self.dropped))
+        return replace(self, dropped=Counter(self.dropped), unsaved=set(self.unsaved))
+
+    def save_unsaved(self, db: sqlite3.Connection) -> None:
+        for kind in self.unsaved:
+            set_meta(db, f"dropped.{kind}", self.dropped[kind])
+        self.unsaved.clear()
 
     def drop(self, db: sqlite3.Connection, victims: list[tuple[int, str, int]]) -> None:
         """Delete rows given as (seq, kind, size), and count them."""

@@ -168,8 +168,7 @@ class EventStore:
             )
             self._ledger.bytes += sum(r[5] for r in rows) - self._delete(db, acked)
             set_meta(db, "last_seq", seq)
-            for kind, count in self._ledger.dropped.items():  # also those dropped in memory
-                set_meta(db, f"dropped.{kind}", count)
+            self._ledger.save_unsaved(db)
             self._enforce(db, self._max_bytes)
         self._last_seq = seq
         self._disk.hold_reserve()
@@ -235,7 +234,9 @@ class EventStore:
         order = sorted(range(len(self._pending)),
                        key=lambda i: (priority_of(self._pending[i].kind), i))
         victims = set(order[:count])
-        self._ledger.dropped.update(self._pending[i].kind for i in victims)
+        kinds = [self._pending[i].kind for i in victims]
+        self._ledger.dropped.update(kinds)
+        self._ledger.unsaved.update(kinds)
         self._pending = [e for i, e in enumerate(self._pending) if i not in victims]
         log.error("store_pending_dropped", events=count, path=str(self.path),
                   reason="the disk refused writes for too long")

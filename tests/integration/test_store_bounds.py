@@ -196,3 +196,20 @@ async def test_a_disk_filled_by_someone_else_is_survived_with_the_reserve(tiny_d
     assert alarms == [0, 1, 2, 3, 4]
     assert not (tiny_disk / "e.sqlite.reserve").exists(), "the reserve was given back"
     await store.close()
+
+
+async def test_events_beyond_the_memory_bound_drop_lowest_priority_and_are_counted(
+    tmp_path: Path,
+) -> None:
+    store = await EventStore.open(tmp_path / "e.sqlite", "gw", max_pending_events=5)
+    store.put([Event("anomaly", "m1", 0, {"alarm": True})])
+    store.put([window(i) for i in range(7)])  # the disk has not taken anything yet
+    assert store.pending_count == 5
+    await store.flush()
+    events = await all_events(store)
+    kinds = Counter(e.kind for e in events)
+    assert kinds == {"anomaly": 1, WINDOW: 4, STORE_HEALTH: 1}, "aggregates go first"
+    [report] = [e for e in events if e.kind == STORE_HEALTH]
+    assert report.data["dropped"] == {WINDOW: 3}, "and the loss is reported"
+    await store.close()
+    assert read_stats(tmp_path / "e.sqlite").dropped == {WINDOW: 3}, "counted, across restarts"

@@ -6,7 +6,8 @@ one numba kernel call per batch over all of its tags, never one per sample.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from enum import IntEnum
 
 import numpy as np
@@ -26,7 +27,12 @@ class SampleBatch:
     """The values of a set of tags read at one instant from one device.
 
     `values[i]` belongs to `tags[i]`; a value whose quality is not GOOD is kept
-    (it is evidence) but detectors must not treat it as a good reading.
+    (it is evidence) but detectors must not treat it as a good reading. A tag may
+    appear more than once: an array value (OPC UA) or a burst of samples arrives
+    as several entries of one tag, in time order.
+
+    Text values (a serial number, a firmware version, a recipe name) are not
+    numbers for the detectors: they travel beside them in `texts`, tag -> text.
     """
 
     device: str
@@ -37,6 +43,7 @@ class SampleBatch:
     """UTC wall-clock time of the read, nanoseconds since the epoch."""
     mono_ns: int
     """Monotonic clock at the read: for windows and durations, immune to clock steps."""
+    texts: Mapping[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         n = len(self.tags)

@@ -59,6 +59,9 @@ class ModbusTag(_Strict):
     unit: str = ""
     share: Share | None = None
     """What of this tag leaves the site; the device's `share` when absent."""
+    counter: bool = False
+    """A cumulative value (an energy meter's kWh register, an operating-hours counter): the
+    agent reports its increase, across the register's rollover and a meter reset."""
 
     @field_validator("name")
     @classmethod
@@ -80,6 +83,14 @@ class ModbusTag(_Strict):
     @property
     def register_count(self) -> int:
         return REGISTERS_PER_TYPE[self.type]
+
+    @property
+    def counter_modulus(self) -> float | None:
+        """Where a counter tag's value wraps to zero, in engineering units (`2**bits * scale`);
+        None for a float register, which does not wrap (a drop there is a meter reset)."""
+        if not self.counter or self.type.startswith("float"):
+            return None
+        return float(2 ** (16 * self.register_count)) * abs(self.scale)
 
 
 class ModbusTcpDevice(_Strict):

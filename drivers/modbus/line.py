@@ -98,8 +98,9 @@ class Line:
         """The request's registers, or its bits as 0/1; a DeviceError naming device and address."""
         client = self.client
         address = request.describe()
-        if not client.connected:
-            raise DeviceUnreachable(device, f"not connected to {self.where}", address=address)
+        # Another device on this line may have dropped the connection after garbage or a reset:
+        # connect again rather than fail a device that did nothing wrong.
+        await self.ensure_connected(device)
         read: Callable[..., Awaitable[Any]] = {
             "holding": client.read_holding_registers,
             "input": client.read_input_registers,

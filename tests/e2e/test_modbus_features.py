@@ -84,7 +84,8 @@ def test_plan_read_and_probe_as_a_technician_runs_them(tmp_path: Path, sims: lis
     assert "spare: uint16, register 30012 = input 11 (zero-based)" in plan.stdout
 
     read = run("read", "-c", str(config))
-    assert read.returncode == 0, read.stderr
+    assert read.returncode == 1, read.stderr  # a tag refused: a script must notice
+    assert "device comp: 1 tag(s) refused by the device: spare" in read.stderr
     rows = {line.split()[0]: line for line in read.stdout.splitlines()[2:]}
     assert "error: exception code 2 (illegal data address)" in rows["spare"]
     assert rows["firmware"].split()[-1] == repr("\x01\x02")

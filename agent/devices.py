@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
-from agent.config.models import DeviceConfig
+from agent.config.models import AgentConfig, DeviceConfig
 from agent.detect import Detector, DetectorChain, RawSamples, WindowAggregator
+from agent.detect.machine import MachineDetector, MachineSetup
+from agent.detect.machine_store import MachineStore
 from agent.sharing import effective_share
 from drivers.base import Driver
 from drivers.modbus import ModbusTcpDriver
+
+MACHINE_MAX_GAP_POLLS = 5
+"""Default `max_gap_s` of a machine: this many poll intervals of its device."""
 
 
 def make_driver(config: DeviceConfig) -> Driver:
@@ -14,12 +19,27 @@ def make_driver(config: DeviceConfig) -> Driver:
     return ModbusTcpDriver(config)
 
 
-def make_detector(config: DeviceConfig, window_s: float) -> Detector:
+def make_detector(agent: AgentConfig, config: DeviceConfig) -> Detector:
     """Every detector a device's configuration asks for, as one."""
+    window_s = agent.aggregate.window_s
     tags = [tag.name for tag in config.tags]
     units = {tag.name: tag.unit for tag in config.tags}
-    detectors: list[Detector] = [WindowAggregator(config.name, tags, units, window_s)]
+    counters = {tag.name: tag.counter_modulus for tag in config.tags if tag.counter}
+    detectors: list[Detector] = [WindowAggregator(config.name, tags, units, window_s, counters)]
     raw = [tag.name for tag in config.tags if effective_share(config, tag.share) == "raw"]
     if raw:
         detectors.append(RawSamples(config.name, raw, window_s))
+    machines = agent.machines_of(config.name)
+    if machines:
+        setups = [
+            MachineSetup(
+                config=m,
+                max_gap_s=m.max_gap_s or MACHINE_MAX_GAP_POLLS * config.poll_interval_s,
+                meter_modulus=counters.get(m.energy_counter_tag or ""),
+                cycle_modulus=counters.get(m.cycle_counter_tag or ""),
+            )
+            for m in machines
+        ]
+        store = MachineStore(agent.gateway.state_dir / "machines" / f"{config.name}.json")
+        detectors.append(MachineDetector(config.name, setups, store))
     return DetectorChain(detectors)

@@ -45,6 +45,11 @@ def _write_atomically(path: Path, document: dict[str, Any]) -> None:
         os.close(directory)
 
 
+def wait_all_saved(timeout_s: float = 10.0) -> None:
+    """Block until every snapshot handed over so far is written (the writer is FIFO)."""
+    _writer.submit(lambda: None).result(timeout=timeout_s)
+
+
 class MachineStore:
     """The persisted counters of one device's machines (`{machine: {...}}`)."""
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from agent.config.models import AgentConfig, DeviceConfig
 from agent.detect import Detector, DetectorChain, RawSamples, WindowAggregator
 from agent.detect.machine import MachineDetector, MachineSetup
-from agent.detect.machine_store import MachineStore
+from agent.detect.state_file import StateFile
 from agent.sharing import effective_share
 from drivers.base import Driver
 from drivers.modbus import ModbusTcpDriver
@@ -25,7 +25,10 @@ def make_detector(agent: AgentConfig, config: DeviceConfig) -> Detector:
     tags = [tag.name for tag in config.tags]
     units = {tag.name: tag.unit for tag in config.tags}
     counters = {tag.name: tag.counter_modulus for tag in config.tags if tag.counter}
-    detectors: list[Detector] = [WindowAggregator(config.name, tags, units, window_s, counters)]
+    state_dir = agent.gateway.state_dir
+    detectors: list[Detector] = [WindowAggregator(
+        config.name, tags, units, window_s, counters,
+        StateFile(state_dir / "counters" / f"{config.name}.json"))]
     raw = [tag.name for tag in config.tags if effective_share(config, tag.share) == "raw"]
     if raw:
         detectors.append(RawSamples(config.name, raw, window_s))
@@ -40,6 +43,6 @@ def make_detector(agent: AgentConfig, config: DeviceConfig) -> Detector:
             )
             for m in machines
         ]
-        store = MachineStore(agent.gateway.state_dir / "machines" / f"{config.name}.json")
+        store = StateFile(state_dir / "machines" / f"{config.name}.json")
         detectors.append(MachineDetector(config.name, setups, store))
     return DetectorChain(detectors)

@@ -26,7 +26,7 @@ import numpy as np
 
 from agent.config.models import AgentConfig, DeviceConfig
 from agent.detect import Detector
-from agent.detect.machine_store import wait_all_saved
+from agent.detect.state_file import wait_all_saved
 from agent.devices import make_detector
 from agent.events import Event, decode, encode
 from agent.tail import format_line

@@ -3,7 +3,7 @@ interval and per shift (a Detector over one device's machines).
 
 The arithmetic is in `kernels_machine` (one call per batch for all machines of the device);
 this class maps tags to roles, schedules the reports, turns the kernel's arrays into events
-and hands the lifetime counters to `MachineStore` so that they survive a restart.
+and hands the lifetime counters to `StateFile` so that they survive a restart.
 """
 
 from __future__ import annotations
@@ -53,7 +53,7 @@ from agent.detect.kernels_machine import (
     new_machine_state,
 )
 from agent.detect.kernels_state import STATE_NAMES, UNKNOWN
-from agent.detect.machine_store import MachineStore
+from agent.detect.state_file import StateFile
 from agent.events import ENERGY, STATE, Event
 from drivers.samples import SampleBatch
 
@@ -113,7 +113,7 @@ class MachineDetector:
     """State, energy and usage of the machines of one device (a Detector)."""
 
     def __init__(self, device: str, machines: Sequence[MachineSetup],
-                 store: MachineStore | None = None) -> None:
+                 store: StateFile | None = None) -> None:
         self._device = device
         self._setups = tuple(machines)
         self._store = store

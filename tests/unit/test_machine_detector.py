@@ -13,7 +13,7 @@ import pytest
 from agent.config.machines import MachineConfig
 from agent.detect import WindowAggregator
 from agent.detect.machine import MachineDetector, MachineSetup
-from agent.detect.machine_store import MachineStore
+from agent.detect.state_file import StateFile
 from agent.events import ENERGY, STATE, Event
 from drivers.samples import SampleBatch
 
@@ -33,7 +33,7 @@ def machine(**overrides: Any) -> MachineConfig:
 
 def detector(tmp_path: Path, config: MachineConfig | None = None) -> MachineDetector:
     setup = MachineSetup(config or machine(), max_gap_s=5.0, meter_modulus=2.0**32)
-    return MachineDetector("m1", [setup], MachineStore(tmp_path / "machines" / "m1.json"))
+    return MachineDetector("m1", [setup], StateFile(tmp_path / "machines" / "m1.json"))
 
 
 def batch(t_s: float, power_w: float, energy_wh: float | None = None,
@@ -118,9 +118,9 @@ def test_counters_survive_a_restart(tmp_path: Path) -> None:
     assert '"starts":1.0' in saved
 
     # A new process: nothing in memory, the meter has moved on meanwhile.
-    from agent.detect import machine_store
+    from agent.detect import state_file
 
-    machine_store._latest.clear()
+    state_file._latest.clear()
     again = detector(tmp_path)
     run(again, [(100, 3000.0, 603.0), (101, 3000.0, 604.0)])
     [report] = again.flush(T0 + 101 * S)
@@ -138,9 +138,9 @@ def test_a_counter_of_another_tag_is_not_restored(tmp_path: Path) -> None:
     run(d, [(0, 3000.0, 500.0), (1, 3000.0, 501.0)])
     d.flush(T0 + S)
     d.wait_saved()
-    from agent.detect import machine_store
+    from agent.detect import state_file
 
-    machine_store._latest.clear()
+    state_file._latest.clear()
     other = detector(tmp_path, machine(energy_counter_tag="other"))
     events = [e for t in (10, 11) for e in other.on_batch(batch(t, 3000.0, 9.0))]
     assert not [e for e in events if e.kind == ENERGY]
@@ -167,3 +167,21 @@ def test_window_gives_counter_increase_and_resets() -> None:
     entry = event.data["tags"]["e"]
     assert entry["increase"] == 530 + 16 + 10 + 5 and entry["resets"] == 1
     assert "increase" not in event.data["tags"]["p"]
+
+
+def test_window_counter_increase_spans_a_restart(tmp_path: Path) -> None:
+    from agent.detect import state_file
+
+    def window(values: list[float], t0: int) -> Event:
+        store = StateFile(tmp_path / "counters" / "m1.json")
+        agg = WindowAggregator("m1", ["e"], {}, window_s=60, counters={"e": 65536.0}, store=store)
+        for t, e in enumerate(values):
+            agg.on_batch(SampleBatch("m1", ("e",), np.array([e]), np.zeros(1, dtype=np.uint8),
+                                     T0 + (t0 + t) * S, (t0 + t) * S))
+        [event] = agg.flush(T0)
+        store.wait_saved()
+        state_file._latest.clear()  # as a new process would start
+        return event
+
+    assert window([100.0, 110.0], 0).data["tags"]["e"]["increase"] == 10.0
+    assert window([150.0, 151.0], 100).data["tags"]["e"]["increase"] == 41.0

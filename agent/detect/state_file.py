@@ -1,7 +1,9 @@
-"""Machine counters that survive a restart and a power cut: one small JSON file per device.
+"""Detector state that survives a restart and a power cut: small JSON files in the state dir.
 
-Energy per state, hours per state, starts, cycles, resets and each counter's last raw value
-are written to `<state_dir>/machines/<device>.json` by replacing the file atomically (write
+A machine's lifetime totals (energy and hours per state, starts, cycles, resets) and each
+counter's last raw value (`<state_dir>/machines/<device>.json`), and the last raw value of
+each counter tag of the window aggregates (`<state_dir>/counters/<device>.json`) are
+written by replacing the file atomically (write
 a temporary file, fsync, rename, fsync the directory): after a power cut the file is the
 old or the new one, never half of each. Writes run on one worker thread (a detector is
 called on the event loop, and an fsync on an SD card can take long); the worker is joined
@@ -25,7 +27,7 @@ log = structlog.get_logger(__name__)
 
 SCHEMA = 1
 
-_writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="machine-store")
+_writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="detector-state")
 _latest: dict[Path, dict[str, Any]] = {}
 _latest_lock = threading.Lock()
 
@@ -50,37 +52,37 @@ def wait_all_saved(timeout_s: float = 10.0) -> None:
     _writer.submit(lambda: None).result(timeout=timeout_s)
 
 
-class MachineStore:
-    """The persisted counters of one device's machines (`{machine: {...}}`)."""
+class StateFile:
+    """One JSON document of detector state, saved off the event loop, read at start."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
         self._pending: Future[None] | None = None
 
     def load(self) -> dict[str, Any]:
-        """The last saved machines, or {} (a missing or unreadable file is a fresh start:
+        """The last saved document, or {} (a missing or unreadable file is a fresh start:
         logged, never fatal: the counters then restart from zero)."""
         with _latest_lock:
             latest = _latest.get(self.path)
         if latest is not None:
-            return dict(latest["machines"])
+            return dict(latest["data"])
         try:
             document = json.loads(self.path.read_text(encoding="utf-8"))
         except FileNotFoundError:
             return {}
         except (OSError, ValueError) as exc:
-            log.warning("machine_counters_unreadable", path=str(self.path), error=str(exc))
+            log.warning("detector_state_unreadable", path=str(self.path), error=str(exc))
             return {}
         if not isinstance(document, dict) or document.get("schema") != SCHEMA:
-            log.warning("machine_counters_unreadable", path=str(self.path),
+            log.warning("detector_state_unreadable", path=str(self.path),
                         error="unknown schema")
             return {}
-        machines = document.get("machines")
-        return dict(machines) if isinstance(machines, dict) else {}
+        data = document.get("data")
+        return dict(data) if isinstance(data, dict) else {}
 
-    def save(self, machines: dict[str, Any]) -> None:
+    def save(self, data: dict[str, Any]) -> None:
         """Hand a snapshot to the writer thread; returns at once."""
-        document = {"schema": SCHEMA, "machines": machines}
+        document = {"schema": SCHEMA, "data": data}
         with _latest_lock:
             _latest[self.path] = document
         self._pending = _writer.submit(self._write, document)
@@ -89,7 +91,7 @@ class MachineStore:
         try:
             _write_atomically(self.path, document)
         except OSError as exc:
-            log.error("machine_counters_not_saved", path=str(self.path), error=str(exc))
+            log.error("detector_state_not_saved", path=str(self.path), error=str(exc))
 
     def wait_saved(self, timeout_s: float = 10.0) -> None:
         """Block until the last snapshot is on disk (tests and the replay tool)."""

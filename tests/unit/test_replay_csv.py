@@ -56,8 +56,12 @@ def test_replay_prints_state_changes_and_reports(tmp_path: Path,
     states = [line for line in out if " state " in line]
     assert len(states) == 2
     assert states[1].startswith("2026-03-02T08:00:20.000Z gw-replay")
-    assert "from=running" in states[1] and "to=idle" in states[1]
-    assert any(" window " in line for line in out) and any(" energy " in line for line in out)
+    assert states[1].endswith("press: running -> idle after 20 s")
+    assert any(" window " in line for line in out)
+    [report] = [line for line in out if " energy " in line]
+    # 20 Wh running, then 19 samples idle (2 s of them still counted as running: the dwell)
+    assert report.endswith("press interval: 0.039 kWh (idle 0.017) h 0.00/0.00/0.01/0.00 "
+                           "starts 0 (incomplete)")
     assert not (tmp_path / "state").exists(), "a replay never touches the agent's state"
 
 
@@ -66,7 +70,7 @@ def test_rows_without_time_are_one_poll_interval_apart(tmp_path: Path,
     config, data = write(tmp_path, "power_w", [str(3000.0 if i < 10 else 0.0) for i in range(20)])
     assert main(["replay", "-c", str(config), "--csv", str(data)]) == 0
     [_, change] = [line for line in capsys.readouterr().out.splitlines() if " state " in line]
-    assert change.startswith("2026-01-01T00:00:10.000Z") and "dwell_s=10" in change
+    assert change.startswith("2026-01-01T00:00:10.000Z") and change.endswith("-> off after 10 s")
 
 
 def test_columns_that_are_not_tags_are_named(tmp_path: Path,

@@ -98,3 +98,13 @@ def test_every_fault_is_a_scenario(kind: str) -> None:
 
 def test_the_fault_free_scenario_never_has_a_label() -> None:
     assert all(s.fault is None for s in run(None))
+
+
+def test_fault_periods_from_trace_labels() -> None:
+    from plc_sim.trace import FaultPeriod, fault_periods
+
+    records = [{"time_ns": t, "fault": f} for t, f in
+               [(1, None), (2, "overheating"), (3, "overheating"), (4, None), (5, "stuck-sensor")]]
+    assert fault_periods(records) == [FaultPeriod("overheating", 2, 4),
+                                      FaultPeriod("stuck-sensor", 5, None)]
+    assert fault_periods([{"time_ns": 1, "fault": None}]) == []

@@ -3,7 +3,6 @@ dwell, exact integration and gaps. Also run with NUMBA_DISABLE_JIT=1 (see the la
 
 from __future__ import annotations
 
-import math
 import os
 import subprocess
 import sys
@@ -206,4 +205,4 @@ def test_kernels_also_run_without_jit() -> None:
         cwd=Path(__file__).resolve().parents[2],
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-2000:]
-    assert not math.isnan(0.0)
+    assert " passed" in result.stdout and "skipped" not in result.stdout

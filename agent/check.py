@@ -6,7 +6,7 @@ import ipaddress
 
 from agent.config import LoadedConfig
 from agent.config.models import MqttConfig
-from drivers.modbus.plan import plan_requests
+from drivers.modbus.describe import describe_device
 
 
 def _is_local(host: str) -> bool:
@@ -43,11 +43,11 @@ def warnings(loaded: LoadedConfig) -> list[str]:
         )
     for device in loaded.config.devices:
         for tag in device.tags:
-            if tag.address >= 30000:
+            if tag.datasheet_register is None and tag.address >= 30000:
                 out.append(
                     f"{device.name}.{tag.name}: address {tag.address} looks like datasheet "
-                    f"notation (3xxxx/4xxxx); addresses here are zero-based, e.g. register "
-                    f"{tag.address} is `address: {tag.address % 10000 - 1}` with the right table"
+                    f"notation (3xxxx/4xxxx); `address` is zero-based: for the datasheet's "
+                    f"number write `register: {tag.address}` instead"
                 )
     if mqtt.username is not None and not has_password(loaded.config.mqtt):
         out.append("mqtt.username is set without a password (password, password_file or "
@@ -72,15 +72,5 @@ def summary(loaded: LoadedConfig) -> list[str]:
         f"aggregate windows of {cfg.aggregate.window_s:g} s",
     ]
     for device in cfg.devices:
-        requests = plan_requests(device.tags, max_gap_registers=device.max_gap_registers)
-        lines.append(
-            f"device {device.name}: {device.protocol} {device.host}:{device.port} unit {device.unit}, "
-            f"{len(device.tags)} tags every {device.poll_interval_s:g} s in {len(requests)} request(s)"
-        )
-        for request in requests:
-            names = ", ".join(tag.name for tag in request.tags)
-            lines.append(
-                f"  read {request.table} registers {request.address}..{request.address + request.count - 1}"
-                f" ({request.count}): {names}"
-            )
+        lines.extend(describe_device(device))
     return lines

@@ -6,12 +6,12 @@ from agent.config.models import DeviceConfig
 from agent.detect import Detector, DetectorChain, RawSamples, WindowAggregator
 from agent.sharing import effective_share
 from drivers.base import Driver
-from drivers.modbus import ModbusTcpDriver
+from drivers.modbus import ModbusDriver
 
 
 def make_driver(config: DeviceConfig) -> Driver:
     # One branch per protocol; `config` is a discriminated union on `protocol`.
-    return ModbusTcpDriver(config)
+    return ModbusDriver(config)
 
 
 def make_detector(config: DeviceConfig, window_s: float) -> Detector:

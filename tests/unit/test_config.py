@@ -81,4 +81,4 @@ def test_check_warns_about_datasheet_addresses(tmp_path: Path,
     assert main(["check", "-c", str(tmp_path / "c.yaml")]) == 0
     err = capsys.readouterr().err
     assert "m1.b: address 40101 looks like datasheet notation" in err
-    assert "`address: 100`" in err
+    assert "`register: 40101`" in err

@@ -344,7 +344,7 @@ class PlcSimControl:
     @classmethod
     def of(cls, info: Mapping[str, Any]) -> PlcSimControl:
         control = info.get("control")
-        if not isinstance(control, dict):
+        if not control:
             raise ValueError("plc-sim was started without --control-port")
         return cls(str(control["host"]), int(control["port"]))
 

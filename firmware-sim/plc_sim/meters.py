@@ -3,8 +3,8 @@
 The model is the same for every meter kind; only the register maps differ
 (`plc_sim/meter_modbus.py`). What a client must be able to rely on:
 
-* phase voltages wander slowly around 230 V (mean-reverting, ±3 V), the
-  frequency around 50 Hz (±0.05 Hz);
+* phase voltages wander slowly around 230 V (mean-reverting, σ 3 V, never
+  beyond ±10 V), the frequency around 50 Hz (σ 0.05 Hz, never beyond ±0.15 Hz);
 * each phase current follows one load profile: a base load, a slow cycle (a
   machine's duty cycle, period 120 s) and noise, with a fixed imbalance per
   phase; the power factor follows the load (lightly loaded motors are worse);
@@ -159,6 +159,10 @@ def power_factor_at(current_a: float, params: MeterParams) -> float:
     return 0.70 + 0.25 * load
 
 
+def _clamp(value: float, centre: float, spread: float) -> float:
+    return min(max(value, centre - spread), centre + spread)
+
+
 def step(state: MeterState, dt_s: float, rng: random.Random, params: MeterParams) -> MeterState:
     """Advance by `dt_s` simulated seconds (≤ MAX_STEP_S): energies integrate the old powers."""
     p_w = state.total_active_power_w
@@ -167,7 +171,8 @@ def step(state: MeterState, dt_s: float, rng: random.Random, params: MeterParams
     keep = math.exp(-params.voltage_reversion_per_s * dt_s)
     noise_v = params.voltage_spread_v * math.sqrt(max(1.0 - keep * keep, 0.0))
     voltages = _phases(
-        NOMINAL_V + (v - NOMINAL_V) * keep + rng.gauss(0.0, noise_v) for v in state.voltage_v
+        _clamp(NOMINAL_V + (v - NOMINAL_V) * keep + rng.gauss(0.0, noise_v), NOMINAL_V, 10.0)
+        for v in state.voltage_v
     )
     mean_a = load_current_a(t, params)
     currents = _phases(
@@ -175,7 +180,11 @@ def step(state: MeterState, dt_s: float, rng: random.Random, params: MeterParams
     )
     pfs = _phases(power_factor_at(i, params) for i in currents)
     noise_hz = params.frequency_spread_hz * math.sqrt(max(1.0 - keep * keep, 0.0))
-    frequency = NOMINAL_HZ + (state.frequency_hz - NOMINAL_HZ) * keep + rng.gauss(0.0, noise_hz)
+    frequency = _clamp(
+        NOMINAL_HZ + (state.frequency_hz - NOMINAL_HZ) * keep + rng.gauss(0.0, noise_hz),
+        NOMINAL_HZ,
+        0.15,
+    )
     return replace(
         state,
         sim_time_s=t,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from agent.config.models import DeviceConfig
 from agent.detect import Detector, DetectorChain, RawSamples, WindowAggregator
+from agent.detect.change import ChangeReporter
 from agent.sharing import effective_share
 from drivers.base import Driver
 from drivers.modbus import ModbusDriver
@@ -22,4 +23,7 @@ def make_detector(config: DeviceConfig, window_s: float) -> Detector:
     raw = [tag.name for tag in config.tags if effective_share(config, tag.share) == "raw"]
     if raw:
         detectors.append(RawSamples(config.name, raw, window_s))
+    # Text values are always reported on change; numbers when the tag asks for it.
+    watched = {tag.name: tag.deadband for tag in config.tags if getattr(tag, "report_on_change", False)}
+    detectors.append(ChangeReporter(config.name, watched, units))
     return DetectorChain(detectors)

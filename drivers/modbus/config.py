@@ -147,7 +147,7 @@ class ModbusTag(_Strict):
         if both:
             raise ValueError(
                 f"give either register ({data['register']}, datasheet notation) or "
-                f"{' and '.join(both)} (zero-based), not both"
+                f"table and address (zero-based), not both (got {' and '.join(both)} too)"
             )
         table, address = parse_register(data["register"])
         return {**data, "table": table, "address": address}

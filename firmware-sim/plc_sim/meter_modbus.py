@@ -185,6 +185,8 @@ def _em24() -> tuple[MeterRegister, ...]:
         i32("import_reactive_energy_kvarh", 0x36, _total("import_reactive_varh", 1e-3), 0.1,
             "kvarh", True),
         i32("export_energy_kwh", 0x4E, _total("export_energy_wh", 1e-3), 0.1, "kWh", True),
+        i32("export_reactive_energy_kvarh", 0x50, _total("export_reactive_varh", 1e-3), 0.1,
+            "kvarh", True),
     )
 
 
@@ -206,7 +208,7 @@ METER_KINDS: dict[str, MeterKind] = {
         "carlo-gavazzi-em24",
         "Carlo Gavazzi EM24-DIN three-phase energy analyzer",
         "Carlo Gavazzi EM24-DIN Communication Protocol, Version 2 "
-        "(instantaneous variables and meters, 0000h..004Fh)",
+        "(instantaneous variables and meters, 0000h..0051h)",
         _em24(),
     ),
 }

@@ -122,7 +122,7 @@ async def test_mbpoll_reads_the_em24_on_the_rtu_bus_as_the_agent_does(
     kind = METER_KINDS["em24"]
     port = str(rtu.describe()["serial_port"])
     line = ("-m", "rtu", "-b", "19200", "-P", "none", "-a", "3")
-    int32 = await run_mbpoll(mbpoll, *line, "-t", "4:int", "-r", "0", "-c", "40", port)
+    int32 = await run_mbpoll(mbpoll, *line, "-t", "4:int", "-r", "0", "-c", "41", port)
     int16 = await run_mbpoll(mbpoll, *line, "-t", "4", "-r", "46", "-c", "6", port)
     agent = await read_through_agent(ModbusRtuDevice.model_validate(
         {"name": "em24", "protocol": "modbus-rtu", "serial_port": port, "baudrate": 19200,

@@ -313,6 +313,10 @@ async def test_plc_sim_process_serves_traces_and_stops_on_signal(
             "host": HOST,
             "port": listening["port"],
             "unit": 1,
+            "units": {"1": "compressor"},
+            "endpoints": {
+                "modbus-tcp": {"protocol": "modbus-tcp", "host": HOST, "port": listening["port"]}
+            },
         }
         assert 0 < listening["port"] < 65536
 

@@ -21,9 +21,12 @@ Device quirks of pymodbus 3.16 handled here: non-shared blocks need a coil and a
 discrete-input block even when the device has none (empty lists crash), so a
 dummy 16-bit block is defined for each and every access to it is answered
 with ILLEGAL DATA ADDRESS; the same goes for a register table a machine does
-not use (a meter with input registers only). A unit id nobody serves gets
-DEVICE FAILURE from pymodbus on TCP; with RTU framing that answer is
-swallowed, since on a real bus only the addressed slave may talk.
+not use (a meter with input registers only). pymodbus's `SimCore` hands a
+request for a unit id nobody serves to device 0, and, without one, fails with a
+KeyError (DEVICE FAILURE and a traceback per request); `KnownUnitsOnly` raises
+pymodbus's own NoSuchIdException instead, so that Modbus TCP answers exception
+11 (gateway target failed to respond, as a gateway does) and an RTU bus stays
+silent (`ignore_missing_devices`), as on a real bus only the addressed slave talks.
 """
 
 from __future__ import annotations
@@ -40,9 +43,11 @@ from typing import Literal
 
 import structlog
 from pymodbus.constants import ExcCodes
+from pymodbus.exceptions import NoSuchIdException
 from pymodbus.framer import FramerType
 from pymodbus.server import ModbusSerialServer, ModbusTcpServer
 from pymodbus.simulator import DataType, SimData, SimDevice
+from pymodbus.simulator.simcore import SimCore
 
 from plc_sim.faults import (
     FRAME_FAULTS,
@@ -196,6 +201,30 @@ def build_sim_device(
     )
 
 
+class KnownUnitsOnly(SimCore):
+    """pymodbus's simulator datastore, refusing unit ids it does not hold (see module docstring)."""
+
+    async def async_getValues(  # pymodbus names it so
+        self, device_id: int, func_code: int, address: int, count: int = 1
+    ) -> list[int] | list[bool] | ExcCodes:
+        if device_id not in self.devices:
+            raise NoSuchIdException(f"unit {device_id}")
+        result: list[int] | list[bool] | ExcCodes = await super().async_getValues(
+            device_id, func_code, address, count
+        )
+        return result
+
+    async def async_setValues(  # pymodbus names it so
+        self, device_id: int, func_code: int, address: int, values: list[int] | list[bool]
+    ) -> ExcCodes | None:
+        if device_id not in self.devices:
+            raise NoSuchIdException(f"unit {device_id}")
+        result: ExcCodes | None = await super().async_setValues(
+            device_id, func_code, address, values
+        )
+        return result
+
+
 @dataclass(frozen=True, slots=True)
 class SerialLine:
     """A serial line's settings: accepted and announced (a pty has no baud rate to honour)."""
@@ -250,6 +279,11 @@ class ModbusSimServer:
 
     def _make_server(self) -> ModbusTcpServer | ModbusSerialServer:
         """The transport: the only place that knows TCP from serial."""
+        server = self._make_transport()
+        server.context = KnownUnitsOnly(self._devices())
+        return server
+
+    def _make_transport(self) -> ModbusTcpServer | ModbusSerialServer:
         if self.transport == "rtu":
             assert self._bus is not None
             line = self.serial
@@ -263,6 +297,7 @@ class ModbusSimServer:
                 parity="N",
                 stopbits=line.stop_bits,
                 bytesize=line.byte_size,
+                ignore_missing_devices=True,
                 trace_packet=self._on_packet,
             )
         port = self._bound_port if self._bound_port is not None else self.requested_port
@@ -270,6 +305,7 @@ class ModbusSimServer:
             self._devices(),
             address=(self.host, port),
             framer=FramerType.SOCKET if self.transport == "tcp" else FramerType.RTU,
+            ignore_missing_devices=self.framing == "rtu",
             trace_packet=self._on_packet,
         )
 
@@ -349,8 +385,6 @@ class ModbusSimServer:
         if not sending:
             return data
         unit = frame_unit(self.framing, data)
-        if self.framing == "rtu" and unit not in self.units:
-            return b""  # pymodbus answered for a unit nobody is on the bus as
         fault = self.faults.take(FRAME_FAULTS, -1 if unit is None else unit)
         if fault is None:
             return data

@@ -333,7 +333,7 @@ class PlcSimControl:
     `PlcSimControl.of(info)` takes the listening line `start_plc_sim` returned;
     `set_fault("delay", seconds=2)` returns once the simulator applied it (for
     `refuse`: its listener is closed), `clear()` ends any fault. The fault kinds
-    and options are `plc_sim.faults.Fault`'s; `endpoint="modbus-tcp"` narrows one
+    and options are `plc_sim.link_faults.Fault`'s; `endpoint="modbus-tcp"` narrows one
     to a single endpoint. A refused request raises ValueError with the reason.
     """
 

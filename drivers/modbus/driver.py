@@ -200,8 +200,8 @@ class ModbusDriver:
         if tag.name in state.bad:
             return
         state.bad[tag.name] = IllegalAddress(
-            self.device, f"tag {tag.name}: the device refuses {tag.describe_address()} "
-            f"({exc.detail}); the other tags go on being read",
+            self.device, f"tag {tag.name}: the device refuses {tag.describe_address()}: "
+            f"{exc.detail}",
             code=exc.code, address=tag.describe_address(),
         )
         state.retry_at = time.monotonic() + BAD_TAG_RETRY_S

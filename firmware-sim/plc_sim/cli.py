@@ -58,6 +58,7 @@ class SimConfig:
     trace: Path | None
     log_level: str
     endpoints: EndpointOptions = field(default_factory=EndpointOptions)
+    fault_onset_s: float = 120.0
 
 
 def _positive_float(text: str) -> float:
@@ -144,6 +145,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_arguments(parser, _int_in(0, 65535))
     parser.add_argument(
+        "--fault-onset-s",
+        type=float,
+        default=120.0,
+        help="fault scenarios: simulated seconds of normal operation before the fault "
+        "(default %(default)s)",
+    )
+    parser.add_argument(
         "--log-level", choices=LOG_LEVELS, default="info", help="(default %(default)s)"
     )
     return parser
@@ -166,6 +174,7 @@ def parse_args(argv: Sequence[str] | None = None) -> SimConfig:
         trace=ns.trace,
         log_level=ns.log_level,
         endpoints=options_from(ns),
+        fault_onset_s=ns.fault_onset_s,
     )
 
 
@@ -186,7 +195,8 @@ def listening_line(config: SimConfig, port: int, extra: dict[str, object] | None
 
 async def serve(config: SimConfig, trace: TraceWriter | None = None) -> int:
     """Run the simulator until SIGINT/SIGTERM; return the process exit status."""
-    machine = SCENARIOS[config.scenario].factory(ScenarioOptions(seed=config.seed))
+    options = ScenarioOptions(seed=config.seed, fault_onset_s=config.fault_onset_s)
+    machine = SCENARIOS[config.scenario].factory(options)
     units = build_units(machine, config.unit, config.endpoints.meters, config.seed)
     trace_record = trace_all(units, config.unit)
     stop = asyncio.Event()

@@ -2,7 +2,7 @@
 
 Protocol: one JSON object per line in, one JSON object per line out, on a
 loopback port (`--control-port`). A request names a fault kind and its
-options (see `plc_sim.faults`), and optionally the endpoint it is for
+options (see `plc_sim.link_faults`), and optionally the endpoint it is for
 (`modbus-tcp`, `modbus-rtu-tcp`, `modbus-rtu`; default: every endpoint):
 
     {"fault": "delay", "seconds": 2}
@@ -24,7 +24,7 @@ from collections.abc import Mapping
 
 import structlog
 
-from plc_sim.faults import Fault
+from plc_sim.link_faults import Fault
 from plc_sim.modbus_server import ModbusSimServer
 
 log = structlog.get_logger(__name__)

@@ -13,7 +13,7 @@ Three pieces, kept apart so later work can slot in without rework:
 * `ModbusSimServer`: one endpoint: Modbus TCP, RTU frames over TCP (what a
   serial-to-Ethernet converter does) or RTU on a serial line (a pty pair,
   `plc_sim.pty_bus`), serving one or more machines at their unit ids. Each
-  endpoint has a `FaultPlan` (`plc_sim.faults`): delays and exception codes act
+  endpoint has a `FaultPlan` (`plc_sim.link_faults`): delays and exception codes act
   in `RegisterAccess.handle`, frame faults in pymodbus's `trace_packet` hook
   (the answer's bytes, just before they are written), refusing in `set_fault`.
 
@@ -49,7 +49,7 @@ from pymodbus.server import ModbusSerialServer, ModbusTcpServer
 from pymodbus.simulator import DataType, SimData, SimDevice
 from pymodbus.simulator.simcore import SimCore
 
-from plc_sim.faults import (
+from plc_sim.link_faults import (
     FRAME_FAULTS,
     NO_FAULT,
     REGISTER_FAULTS,

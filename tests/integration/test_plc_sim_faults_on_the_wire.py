@@ -24,7 +24,7 @@ import pytest
 from agent.testing import PlcSimControl, port_open, start_plc_sim, stop_process
 from plc_sim.compressor import Compressor
 from plc_sim.compressor_modbus import served_compressor
-from plc_sim.faults import Fault, with_crc
+from plc_sim.link_faults import Fault, with_crc
 from plc_sim.meter_modbus import served_meter
 from plc_sim.meters import Meter
 from plc_sim.modbus_server import ModbusSimServer, SerialLine, ServedMachine

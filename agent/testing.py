@@ -293,7 +293,13 @@ def console_script(name: str) -> str:
 
 
 def start_plc_sim(*args: str, stderr: Any = None, timeout_s: float = 20.0) -> tuple[subprocess.Popen[str], dict[str, Any]]:
-    """Start `plc-sim ARGS` on a port of its choosing; return the process and its listening line."""
+    """Start `plc-sim ARGS` on a port of its choosing; return the process and its listening line.
+
+    The line (a dict) has the Modbus TCP `port`, `units` (unit id -> machine or meter kind),
+    `endpoints` (by protocol name: `modbus-tcp`, and `modbus-rtu-tcp` / `modbus-rtu` when
+    asked for with `--rtu-tcp-port 0` / `--rtu PATH`) and, with `--control-port 0`,
+    `control` for `PlcSimControl.of(info)`.
+    """
     import json
 
     process = subprocess.Popen(

@@ -98,7 +98,7 @@ class Fault:
         """
         known = {f.name for f in fields(cls)}
         options = {key: value for key, value in message.items() if key not in ("fault", "endpoint")}
-        unknown = sorted(set(options) - known - {"kind"})
+        unknown = sorted(set(options) - (known - {"kind"}))
         if unknown:
             raise ValueError(f"unknown fault option(s): {', '.join(unknown)}")
         kind = message.get("fault", "none")

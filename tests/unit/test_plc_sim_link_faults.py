@@ -95,3 +95,8 @@ def test_frame_faults_on_rtu_answers() -> None:
     assert other[0] == 2 and with_crc(other[:-2]) == other  # a valid frame, from unit 2
     short = mangle("wrong_length", "rtu", RTU_ANSWER, rng)
     assert len(short) < len(RTU_ANSWER)
+
+
+def test_the_kind_is_given_as_fault_not_as_kind() -> None:
+    with pytest.raises(ValueError, match="unknown fault option"):
+        Fault.from_json({"fault": "delay", "kind": "no_answer"})

@@ -3,7 +3,8 @@
 Each map is transcribed from the manufacturer's public Modbus document (named
 in `METER_KINDS[...].source`) and kept to the registers a retrofit reads:
 voltages, currents, powers, power factors, frequency, energies. The agent's
-profiles in `config/profiles/` describe the same registers; a unit test holds
+profiles in `config/profiles/` describe the same registers (each lists, in its
+header, the public register maps it was checked against); a unit test holds
 the two together, and the integration tests read every tag through the agent.
 
 Encodings are done with the simulator's own encoder (`plc_sim.registers`),
@@ -150,7 +151,11 @@ def _iem3000() -> tuple[MeterRegister, ...]:
 
 
 def _em24() -> tuple[MeterRegister, ...]:
-    """Carlo Gavazzi EM24: holding registers, INT32 low word first (CDAB) with a weight, INT16."""
+    """Carlo Gavazzi EM24 Ethernet (E1): holding registers, INT32 low word first (CDAB) with a
+    weight, INT16.
+
+    The RS-485 EM24-DIN puts PF, Hz and the energies elsewhere; this is the E1 map only.
+    """
 
     def i32(name: str, address: int, reading: Reading, scale: float, unit: str,
             counter: bool = False) -> MeterRegister:
@@ -194,20 +199,21 @@ METER_KINDS: dict[str, MeterKind] = {
     "sdm630": MeterKind(
         "eastron-sdm630",
         "Eastron SDM630 Modbus (V2) three-phase multifunction meter",
-        "Eastron SDM630 Modbus Protocol V1.x (Eastron Europe, input register table 30001..30345)",
+        "Eastron SDM630-Modbus V2 User Manual V1.6B (2021), Modbus protocol section: "
+        "input registers 30001..30381",
         _sdm630(),
     ),
     "iem3000": MeterKind(
         "schneider-iem3000",
         "Schneider Electric iEM3100/3200/3300 series (iEM3000) three-phase energy meter",
-        "Schneider Electric iEM3100/iEM3200/iEM3300 series User Manual, DOCA0005EN "
-        "(Modbus register list, registers 3000..3227)",
+        "Schneider Electric iEM3100 / iEM3200 / iEM3300 series Energy meters User manual, "
+        "DOCA0005EN-13 (03/2022), Modbus register list (registers 3000..3227)",
         _iem3000(),
     ),
     "em24": MeterKind(
         "carlo-gavazzi-em24",
-        "Carlo Gavazzi EM24-DIN three-phase energy analyzer",
-        "Carlo Gavazzi EM24-DIN Communication Protocol, Version 2 "
+        "Carlo Gavazzi EM24 Ethernet (EM24_E1) three-phase energy analyzer",
+        "Carlo Gavazzi EM24_E1 (Ethernet) Communication Protocol, Version 0 Revision 1.2 "
         "(instantaneous variables and meters, 0000h..0051h)",
         _em24(),
     ),

@@ -107,6 +107,25 @@ def test_profile_describes_exactly_the_registers_the_simulator_serves(kind: str)
     assert described == served
 
 
+# Spot facts from the public maps each profile cites in its header (datasheet numbering): the
+# test above holds the profile and the simulator together, this one holds both to the meter.
+PUBLISHED = {
+    "sdm630": {"total_power_w": 30053, "frequency_hz": 30071, "import_energy_kwh": 30073,
+               "voltage_l1_l2_v": 30201, "neutral_current_a": 30225},
+    "iem3000": {"current_l1_a": 43000, "total_power_kw": 43060, "total_power_factor": 43084,
+                "frequency_hz": 43110, "import_energy_wh": 43204, "export_energy_wh": 43208},
+    "em24": {"total_power_w": 40041, "total_power_factor": 40050, "frequency_hz": 40052,
+             "import_energy_kwh": 40053, "export_energy_kwh": 40079},
+}
+
+
+@pytest.mark.parametrize("kind", sorted(PUBLISHED))
+def test_maps_put_key_quantities_at_the_published_register_numbers(kind: str) -> None:
+    numbers = {r.name: datasheet_register(r) for r in METER_KINDS[kind].registers}
+
+    assert {name: numbers[name] for name in PUBLISHED[kind]} == PUBLISHED[kind]
+
+
 def test_em24_int32_is_low_word_first_and_scaled() -> None:
     em24 = METER_KINDS["em24"]
     raw = raw_values(em24, initial_state())

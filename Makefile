@@ -43,8 +43,9 @@ e2e: venv mosquitto
 demo: venv mosquitto
 	$(BIN)/python tools/demo.py
 
-# The store benchmark (a few minutes): bench/results/latest.md, explained in bench/README.md.
-# mosquitto_pub (Debian's mosquitto-clients) is its replay baseline.
+# The benchmarks (about 15 minutes), explained in bench/README.md: store (bench/results/latest.md),
+# start-up and system (beside ThingsBoard IoT Gateway, installed once into bench/.cache/tb-venv).
+# mosquitto_pub (Debian's mosquitto-clients) is the store's replay baseline.
 bench: venv mosquitto
 	@if ! command -v mosquitto_pub >/dev/null 2>&1; then \
 	  echo "installing mosquitto-clients from Debian's packages"; \
@@ -52,6 +53,7 @@ bench: venv mosquitto
 	fi
 	$(BIN)/python bench/store/run.py --output bench/results/latest.md
 	$(BIN)/python bench/startup/run.py --output bench/results/startup.md
+	$(BIN)/python bench/system/run.py --output bench/results/system.md
 
 clean:
 	rm -rf $(VENV) .demo .pytest_cache .mypy_cache .ruff_cache .hypothesis

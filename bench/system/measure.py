@@ -184,7 +184,9 @@ class Latencies:
 
 
 def latencies(seen: list[StampSeen], start_ns: int, end_ns: int) -> Latencies:
-    """For each change made within [start, end): its first arrival at the broker."""
+    """From the first arrival of each stamp value: for the changes made within [start, end),
+    change to arrival; for the values that arrived within [start, end), read to arrival (a
+    system that lags behind shows here what it sends late)."""
     first: dict[tuple[str, int], StampSeen] = {}
     for item in sorted(seen, key=lambda s: s.arrival_ns):
         first.setdefault((item.device, item.stamp_ms), item)
@@ -193,6 +195,7 @@ def latencies(seen: list[StampSeen], start_ns: int, end_ns: int) -> Latencies:
         changed_ns = change_time_ns(item.stamp_ms, item.arrival_ns)
         if start_ns <= changed_ns < end_ns:
             change.append((item.arrival_ns - changed_ns) / 1e6)
+        if start_ns <= item.arrival_ns < end_ns:
             read.append((item.arrival_ns - item.read_ns) / 1e6)
     return Latencies(change, read)
 

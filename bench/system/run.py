@@ -37,7 +37,7 @@ from pathlib import Path
 import measure
 import thingsboard
 from measure import Arrival, BrokerRecorder, Latencies, ProcessSample, StampSeen
-from workload import WORKLOADS, ServerKind, Workload, device_name
+from workload import WORKLOADS, ServerKind, Workload
 
 from agent.testing import Mosquitto, console_script, stop_process, wait_until
 
@@ -63,7 +63,7 @@ class Simulator:
     def __init__(self, server: ServerKind, log_path: Path) -> None:
         with open(log_path, "w") as log:
             self.process = subprocess.Popen(
-                [sys.executable, str(HERE / "modbus_farm.py"), *server.simulator_args()],
+                [sys.executable, str(HERE / server.simulator), *server.simulator_args()],
                 stdout=subprocess.PIPE, stderr=log, text=True, start_new_session=True,
             )
         self.server = server
@@ -226,7 +226,7 @@ def run_agent(workload: Workload, sims: list[Simulator], broker: Mosquitto,
 
 
 def device_names(sims: list[Simulator]) -> list[str]:
-    return [device_name(index) for sim in sims for index in range(len(sim.ports))]
+    return [name for sim in sims for name in sim.server.names()]
 
 
 def thingsboard_config(sims: list[Simulator], broker: Mosquitto, directory: Path) -> Path:
@@ -284,11 +284,11 @@ def number(value: float) -> str:
     return f"{value:,.0f}"
 
 
-def ms_pair(values: list[float]) -> str:
+def ms_pair(values: list[float], out_of: str = "") -> str:
     p50, p99 = measure.percentile(values, 0.5), measure.percentile(values, 0.99)
     if p50 is None or p99 is None:
-        return "n/a"
-    return f"{p50:,.0f} / {p99:,.0f} (n={len(values)})"
+        return f"n/a (n=0{out_of})"
+    return f"{p50:,.0f} / {p99:,.0f} (n={len(values):,}{out_of})"
 
 
 def ratio(other: float | None, agent: float | None) -> str:
@@ -297,8 +297,11 @@ def ratio(other: float | None, agent: float | None) -> str:
     return f"{other / agent:.1f}"
 
 
-def rows(result: SystemResult, expected_samples_per_s: float) -> list[tuple[str, str, float | None]]:
+def rows(result: SystemResult, workload: Workload) -> list[tuple[str, str, float | None]]:
     """(measure, shown value, number for the ratio) for one system."""
+    expected_samples_per_s = workload.samples_per_s
+    changes_made = sum(server.devices * result.seconds / server.change_period_s
+                       for server in workload.servers)
     assert result.before and result.after
     span = result.seconds
     samples = result.samples
@@ -318,7 +321,8 @@ def rows(result: SystemResult, expected_samples_per_s: float) -> list[tuple[str,
         ("MQTT payload bytes sent (per s)", f"{payload:,} ({payload / span:,.0f})", payload),
         ("bytes written to disk (`write_bytes`)", f"{result.disk_bytes:,}",
          result.disk_bytes or None),
-        ("value change -> broker, p50 / p99 ms", ms_pair(result.latency.change_to_broker_ms),
+        ("value change -> broker, p50 / p99 ms",
+         ms_pair(result.latency.change_to_broker_ms, f" of about {changes_made:,.0f} changes"),
          measure.percentile(result.latency.change_to_broker_ms, 0.5)),
         ("sample read -> broker, p50 / p99 ms", ms_pair(result.latency.read_to_broker_ms),
          measure.percentile(result.latency.read_to_broker_ms, 0.5)),
@@ -327,7 +331,7 @@ def rows(result: SystemResult, expected_samples_per_s: float) -> list[tuple[str,
 
 def workload_section(workload: Workload, agent: SystemResult, other: SystemResult | None,
                      tb_version: str) -> list[str]:
-    agent_rows = rows(agent, workload.samples_per_s)
+    agent_rows = rows(agent, workload)
     header = f"## {workload.name}: {workload.describe()}"
     kinds = Counter(a.topic.rsplit("/", 1)[-1] for a in agent.messages)
     lines = [header, ""]
@@ -335,7 +339,7 @@ def workload_section(workload: Workload, agent: SystemResult, other: SystemResul
         lines += ["| measure | edge-agent |", "|---|---:|",
                   *(f"| {name} | {shown} |" for name, shown, _ in agent_rows)]
     else:
-        other_rows = rows(other, workload.samples_per_s)
+        other_rows = rows(other, workload)
         lines += [(f"| measure | edge-agent | ThingsBoard IoT Gateway {tb_version} | ratio "
                   "(ThingsBoard / agent) |"), "|---|---:|---:|---:|"]
         for (name, shown, value), (_, other_shown, other_value) in zip(

@@ -1,10 +1,13 @@
 """What the system benchmark serves and reads: a workload is a list of server kinds.
 
-Each kind knows three things: how to start its simulators (one process per kind), the
-agent's `devices:` entries that read them, and, when ThingsBoard IoT Gateway can read the
-same thing, that gateway's connector configuration. Modbus TCP is the only kind today; a
-kind for OPC UA servers is one more class with the same three methods, listed in the
-workloads below.
+Each kind knows how to start its simulator (`simulator`, a script beside this file, with
+`simulator_args()`), its device names, the agent's `devices:` entries that read them
+(`agent_devices(ports)`), and, when ThingsBoard IoT Gateway can read the same thing, that
+gateway's connector configuration. A simulator script prints one JSON line
+`{"event": "listening", "ports": [...]}` (one port per device) and, on each SIGUSR1,
+`{"event": "served", "samples": S}` (values read by any client so far); every device has a
+tag `stamp_ms` (below) read with `report_on_change`. Modbus TCP is the only kind today; a
+kind for OPC UA servers is one more class with the same members, listed in the workloads.
 
 The register map of one Modbus device (50 tags, the same for every device):
 - `stamp_ms`, holding 0-1, uint32, `report_on_change`: the simulator's wall-clock time in
@@ -51,10 +54,6 @@ def device_tags(tags_per_device: int) -> tuple[TagSpec, ...]:
     return tuple(tags)
 
 
-def device_name(index: int) -> str:
-    return f"plc-{index + 1:03d}"
-
-
 @dataclass(frozen=True)
 class ModbusFleet:
     """`devices` Modbus TCP devices of `tags` tags each, one port per device, polled every
@@ -65,7 +64,10 @@ class ModbusFleet:
     poll_interval_s: float = 1.0
     change_period_s: float = 2.0
 
-    kind = "modbus-tcp"
+    simulator = "modbus_farm.py"
+
+    def names(self) -> list[str]:
+        return [f"plc-{index + 1:03d}" for index in range(self.devices)]
 
     def describe(self) -> str:
         return (f"{self.devices} Modbus TCP devices x {self.tags} tags polled every "
@@ -83,7 +85,7 @@ class ModbusFleet:
     def agent_devices(self, ports: list[int]) -> str:
         """The `devices:` entries (YAML) of the agent's configuration."""
         entries = []
-        for index, port in enumerate(ports):
+        for name, port in zip(self.names(), ports, strict=True):
             tags = "\n".join(
                 f"      - {{name: {tag.name}, table: {tag.table}, address: {tag.address}, "
                 f"type: {tag.type}"
@@ -91,7 +93,7 @@ class ModbusFleet:
                 for tag in device_tags(self.tags)
             )
             entries.append(
-                f"  - name: {device_name(index)}\n"
+                f"  - name: {name}\n"
                 f"    protocol: modbus-tcp\n"
                 f"    host: 127.0.0.1\n"
                 f"    port: {port}\n"
@@ -115,7 +117,7 @@ class ModbusFleet:
         slaves = [
             {
                 "host": "127.0.0.1", "port": port, "type": "tcp", "method": "socket",
-                "unitId": 1, "deviceName": device_name(index), "deviceType": "plc",
+                "unitId": 1, "deviceName": name, "deviceType": "plc",
                 "timeout": 5, "byteOrder": "BIG", "wordOrder": "BIG", "retries": 1,
                 "retryOnEmpty": False, "retryOnInvalid": False,
                 "pollPeriod": int(self.poll_interval_s * 1000),
@@ -124,7 +126,7 @@ class ModbusFleet:
                 "attributes": [], "attributeUpdates": [], "rpc": [],
                 "timeseries": [timeseries(tag) for tag in device_tags(self.tags)],
             }
-            for index, port in enumerate(ports)
+            for name, port in zip(self.names(), ports, strict=True)
         ]
         return "modbus", {"master": {"slaves": slaves}}
 

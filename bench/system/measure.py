@@ -135,8 +135,8 @@ class BrokerRecorder:
 
 @dataclass(frozen=True)
 class StampSeen:
-    """A message carrying a device's `stamp_ms`: the value, and when it was read (`read_ns`,
-    the sample time the message gives) and arrived at the broker."""
+    """A message carrying a device's `stamp_ms`: the value, the time the message gives it
+    (`read_ns`: the agent's poll time, ThingsBoard's conversion time) and its arrival."""
 
     device: str
     stamp_ms: int
@@ -180,24 +180,22 @@ def change_time_ns(stamp_ms: int, arrival_ns: int) -> int:
 @dataclass(frozen=True)
 class Latencies:
     change_to_broker_ms: list[float]
-    read_to_broker_ms: list[float]
+    timestamp_to_broker_ms: list[float]
 
 
 def latencies(seen: list[StampSeen], start_ns: int, end_ns: int) -> Latencies:
-    """From the first arrival of each stamp value: for the changes made within [start, end),
-    change to arrival; for the values that arrived within [start, end), read to arrival (a
-    system that lags behind shows here what it sends late)."""
+    """For each stamp value whose first arrival at the broker is within [start, end): change
+    to arrival, and the message's own timestamp to arrival. Counting arrivals rather than
+    changes made in the span shows a system that lags behind: what it sends late counts."""
     first: dict[tuple[str, int], StampSeen] = {}
     for item in sorted(seen, key=lambda s: s.arrival_ns):
         first.setdefault((item.device, item.stamp_ms), item)
-    change, read = [], []
-    for item in first.values():
-        changed_ns = change_time_ns(item.stamp_ms, item.arrival_ns)
-        if start_ns <= changed_ns < end_ns:
-            change.append((item.arrival_ns - changed_ns) / 1e6)
-        if start_ns <= item.arrival_ns < end_ns:
-            read.append((item.arrival_ns - item.read_ns) / 1e6)
-    return Latencies(change, read)
+    arrived = [item for item in first.values() if start_ns <= item.arrival_ns < end_ns]
+    return Latencies(
+        [(item.arrival_ns - change_time_ns(item.stamp_ms, item.arrival_ns)) / 1e6
+         for item in arrived],
+        [(item.arrival_ns - item.read_ns) / 1e6 for item in arrived],
+    )
 
 
 def percentile(values: list[float], share: float) -> float | None:

@@ -164,7 +164,7 @@ def measure_span(system: System, process: subprocess.Popen[bytes], recorder: Bro
         seen = {s.device for a in recorder.matching(system.publishes) for s in system.stamps(a)}
         return seen >= set(devices)
 
-    wait_until(all_devices_seen, timeout_s=120, what=f"a value of every device from {system.name}")
+    wait_until(all_devices_seen, timeout_s=180, what=f"a value of every device from {system.name}")
     time.sleep(warmup_s)
     result = SystemResult(system.name)
     served_before = sum(sim.samples_served() for sim in sims)
@@ -292,7 +292,8 @@ def ms_pair(values: list[float], out_of: str = "") -> str:
 def ratio(other: float | None, agent: float | None) -> str:
     if other is None or agent is None or agent == 0:
         return "n/a"
-    return f"{other / agent:.1f}"
+    value = other / agent
+    return f"{value:.2f}" if value < 1 else f"{value:.1f}"
 
 
 def rows(result: SystemResult, workload: Workload) -> list[tuple[str, str, float | None]]:
@@ -317,8 +318,8 @@ def rows(result: SystemResult, workload: Workload) -> list[tuple[str, str, float
         ("MQTT messages sent (per s)",
          f"{len(result.messages):,} ({len(result.messages) / span:,.1f})", len(result.messages)),
         ("MQTT payload bytes sent (per s)", f"{payload:,} ({payload / span:,.0f})", payload),
-        ("bytes written to disk (`write_bytes`)", f"{result.disk_bytes:,}",
-         result.disk_bytes or None),
+        ("bytes written to disk, `write_bytes` (per s)",
+         f"{result.disk_bytes:,} ({result.disk_bytes / span:,.0f})", result.disk_bytes or None),
         ("value change -> broker, p50 / p99 ms",
          ms_pair(result.latency.change_to_broker_ms, f", about {changes_made:,.0f} changes made"),
          measure.percentile(result.latency.change_to_broker_ms, 0.5)),

@@ -71,7 +71,8 @@ class ModbusFleet:
 
     def describe(self) -> str:
         return (f"{self.devices} Modbus TCP devices x {self.tags} tags polled every "
-                f"{self.poll_interval_s:g} s")
+                f"{self.poll_interval_s:g} s (`stamp_ms` changing every "
+                f"{self.change_period_s:g} s on average)")
 
     @property
     def samples_per_s(self) -> float:

@@ -26,7 +26,7 @@ def test_system_benchmark_quick_run_measures_the_agent_and_its_change_latency(
     assert run.returncode == 0, run.stderr
     text = report.read_text()
     assert text in run.stdout, "the report is printed as well as written"
-    assert "## smoke: 2 Modbus TCP devices x 10 tags polled every 1 s" in text
+    assert "## smoke: 2 Modbus TCP devices x 10 tags polled every 1 s" in text, text
     assert "ThingsBoard" not in text, "a quick run never installs nor runs ThingsBoard"
     # The agent read the simulators, and each measure has a number, not n/a.
     samples = re.search(r"\| samples read/s \(workload: 20\) \| (\d+) \|", text)

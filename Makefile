@@ -43,7 +43,7 @@ e2e: venv mosquitto
 demo: venv mosquitto
 	$(BIN)/python tools/demo.py
 
-# The benchmarks (about 15 minutes), explained in bench/README.md: store (bench/results/latest.md),
+# The benchmarks (about 10 minutes), explained in bench/README.md: store (bench/results/latest.md),
 # start-up and system (beside ThingsBoard IoT Gateway, installed once into bench/.cache/tb-venv).
 # mosquitto_pub (Debian's mosquitto-clients) is the store's replay baseline.
 bench: venv mosquitto

@@ -2,7 +2,7 @@
 memory, messages, disk writes and change latency, beside ThingsBoard IoT Gateway reading
 the same Modbus devices in the same run.
 
-    python bench/system/run.py                      # both workloads, both systems (~8 min)
+    python bench/system/run.py                      # both workloads, both systems (~7 min)
     python bench/system/run.py --output FILE        # also write the markdown report there
     python bench/system/run.py --workloads reference --duration 30
     python bench/system/run.py --no-thingsboard     # the agent only

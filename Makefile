@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 SUDO := $(shell [ "$$(id -u)" -eq 0 ] || echo sudo)
 
-.PHONY: venv mosquitto lint test unit integration e2e demo bench clean
+.PHONY: venv mosquitto mbpoll lint test unit integration e2e demo bench clean
 
 # The venv is rebuilt when the dependencies change; constraints.txt pins what the suite was run with.
 $(STAMP): pyproject.toml constraints.txt
@@ -24,17 +24,25 @@ mosquitto:
 	  $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq mosquitto; \
 	fi
 
+# mbpoll (libmodbus) reads the simulator in the interoperability test; its fixture installs
+# it too when this target was skipped.
+mbpoll:
+	@if ! command -v mbpoll >/dev/null 2>&1; then \
+	  echo "installing mbpoll from Debian's packages"; \
+	  $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq mbpoll; \
+	fi
+
 lint: venv
 	$(BIN)/ruff check .
 	$(BIN)/mypy
 
-test: venv mosquitto lint
+test: venv mosquitto mbpoll lint
 	$(BIN)/pytest
 
 unit: venv
 	$(BIN)/pytest tests/unit
 
-integration: venv mosquitto
+integration: venv mosquitto mbpoll
 	$(BIN)/pytest tests/integration
 
 e2e: venv mosquitto
@@ -43,9 +51,9 @@ e2e: venv mosquitto
 demo: venv mosquitto
 	$(BIN)/python tools/demo.py
 
-# The benchmarks (about 10 minutes), explained in bench/README.md: store (bench/results/latest.md),
-# start-up and system (beside ThingsBoard IoT Gateway, installed once into bench/.cache/tb-venv).
-# mosquitto_pub (Debian's mosquitto-clients) is the store's replay baseline.
+# The benchmarks (about 10 minutes): bench/results/*.md, explained in bench/README.md; the
+# system one installs ThingsBoard IoT Gateway once into bench/.cache/tb-venv.
+# mosquitto_pub (Debian's mosquitto-clients) is the store benchmark's replay baseline.
 bench: venv mosquitto
 	@if ! command -v mosquitto_pub >/dev/null 2>&1; then \
 	  echo "installing mosquitto-clients from Debian's packages"; \
@@ -53,6 +61,7 @@ bench: venv mosquitto
 	fi
 	$(BIN)/python bench/store/run.py --output bench/results/latest.md
 	$(BIN)/python bench/startup/run.py --output bench/results/startup.md
+	$(BIN)/python bench/modbus/run.py --output bench/results/modbus.md
 	$(BIN)/python bench/system/run.py --output bench/results/system.md
 
 clean:

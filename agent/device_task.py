@@ -110,6 +110,7 @@ def _read_status(driver: Driver, status: DeviceStatus) -> list[Event]:
         return status.change("up")
     reasons = sorted({error.reason for error in errors.values()})
     detail = "; ".join(error.detail for _, error in sorted(errors.items()))
+    detail += "; the other tags go on being read"
     return status.change("degraded", ",".join(reasons), detail)
 
 

@@ -18,7 +18,7 @@ from urllib.parse import parse_qs, urlsplit
 from pydantic import ValidationError
 
 from agent.config.models import AgentConfig
-from drivers.errors import DeviceError
+from drivers.errors import DeviceError, DeviceException
 from drivers.modbus.codec import decode, decode_string
 from drivers.modbus.config import (
     BIT_TABLES,
@@ -32,6 +32,7 @@ from drivers.modbus.config import (
 )
 from drivers.modbus.describe import describe_device
 from drivers.modbus.driver import ModbusDriver, TagReading
+from drivers.modbus.line import EXCEPTION_NAMES
 
 ORDERS: tuple[ByteOrder, ...] = ("ABCD", "CDAB", "BADC", "DCBA")
 _MODBUS = (ModbusTcpDevice, ModbusRtuTcpDevice, ModbusRtuDevice)
@@ -73,6 +74,12 @@ def _format_value(value: float | str | None, type_: str) -> str:
     return f"{value:.15g}"
 
 
+def _format_error(error: DeviceError) -> str:
+    if isinstance(error, DeviceException):  # the address is in its own column
+        return f"error: exception code {error.code} ({EXCEPTION_NAMES.get(error.code, 'unknown')})"
+    return f"error: {error.detail}"
+
+
 def _format_words(reading: TagReading) -> str:
     if reading.tag.is_bit:
         return " ".join(str(w) for w in reading.words)
@@ -97,7 +104,7 @@ async def read_device(device: ModbusDevice) -> tuple[list[TagReading], DeviceErr
 def print_readings(device: ModbusDevice, readings: list[TagReading], out: TextIO) -> None:
     rows = [("tag", "address", "raw", "value", "unit")]
     for r in readings:
-        value = f"error: {r.error.detail}" if r.error else _format_value(r.value, r.tag.type)
+        value = _format_error(r.error) if r.error else _format_value(r.value, r.tag.type)
         rows.append((r.tag.name, r.tag.describe_address(), _format_words(r), value, r.tag.unit))
     widths = [max(len(row[i]) for row in rows) for i in range(4)]
     print(f"device {device.name} (unit {device.unit}):", file=out)
@@ -117,6 +124,11 @@ async def read_all(devices: Sequence[ModbusDevice], out: TextIO, err: TextIO) ->
             print(f"device {device.name}: {error.reason}{where}: {error.detail}", file=err)
         if readings:
             print_readings(device, readings, out)
+        refused = [r.tag.name for r in readings if r.error is not None]
+        if refused:
+            ok = False
+            print(f"device {device.name}: {len(refused)} tag(s) refused by the device: "
+                  + ", ".join(refused), file=err)
     return ok
 
 
@@ -139,6 +151,9 @@ def probe_device(url: str, unit: int, timeout_s: float, table: str, address: int
     if parts.scheme in ("tcp", "rtu-tcp"):
         if not parts.hostname:
             raise ValueError(f"{url}: give a host, e.g. tcp://192.168.1.20:502")
+        if parts.scheme == "rtu-tcp" and parts.port is None:
+            raise ValueError(f"{url}: give the converter's port, e.g. rtu-tcp://192.168.1.30:4001 "
+                             "(serial converters have no standard port)")
         protocol = "modbus-tcp" if parts.scheme == "tcp" else "modbus-rtu-tcp"
         cls: type[ModbusDevice] = ModbusTcpDevice if parts.scheme == "tcp" else ModbusRtuTcpDevice
         return cls.model_validate({**common, "protocol": protocol, "host": parts.hostname,
@@ -172,8 +187,13 @@ def decodings(words: Sequence[int]) -> list[tuple[str, int, dict[ByteOrder, str]
                 else:
                     cells[order] = str(value)
             rows.append((type_, offset, cells))
-    rows.append(("string", 0, {order: repr(decode_string(words, order)) for order in ORDERS}))
+    rows.append(("string", 0, {order: _short(repr(decode_string(words, order))) for order in ORDERS}))
     return rows
+
+
+def _short(text: str, width: int = 24) -> str:
+    """Keep the table narrow: long text is cut (the raw words above show all of it)."""
+    return text if len(text) <= width else text[: width - 3] + "..."
 
 
 def print_probe(table: str, address: int, words: Sequence[int], out: TextIO) -> None:
@@ -182,8 +202,9 @@ def print_probe(table: str, address: int, words: Sequence[int], out: TextIO) -> 
               + " ".join(str(w) for w in words), file=out)
         return
     print(f"{table} registers from {address} (zero-based), {len(words)} word(s):", file=out)
+    print("  address  hex     unsigned  signed", file=out)
     for i, word in enumerate(words):
-        print(f"  {address + i:5d}  0x{word:04x}  {word:5d}  {word - 65536 if word > 32767 else word:6d}",
+        print(f"  {address + i:7d}  0x{word:04x}  {word:8d}  {word - 65536 if word > 32767 else word:6d}",
               file=out)
     rows = [("type", "@", *ORDERS)]
     for type_, offset, cells in decodings(words):
@@ -224,8 +245,10 @@ def run_probe(url: str, unit: int, register: str | None, table: str | None, addr
     try:
         words = asyncio.run(probe(device))
     except DeviceError as exc:
-        where = f" at {exc.address}" if exc.address else ""
-        print(f"probe: {exc.reason}{where}: {exc.detail}", file=err)
+        # The range asked for, not the single request a refused read was split into.
+        where = f" at {table} {address}+{count}" if exc.address else ""
+        detail = _format_error(exc).removeprefix("error: ")
+        print(f"probe: {exc.reason}{where}: {detail}", file=err)
         return 1
     print_probe(table, address, words, out)
     return 0

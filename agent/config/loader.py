@@ -76,7 +76,7 @@ def load_config(path: Path | str, environ: Mapping[str, str] | None = None) -> L
 
     try:
         # Device profiles are looked up beside the file first (drivers/modbus/profiles.py).
-        config = AgentConfig.model_validate(data, context={"config_dir": path.parent})
+        config = AgentConfig.model_validate(data, context={"config_dir": path.parent.resolve()})
     except ValidationError as exc:
         messages = sorted(_describe(err, data, lines) for err in exc.errors())
         raise ConfigError([f"{path}:{line}: {msg}" for line, msg in messages]) from exc

@@ -11,6 +11,8 @@ Only read function codes (1-4) are sent: the agent never writes to a device.
 from __future__ import annotations
 
 import asyncio
+import os
+import termios
 from collections.abc import Awaitable, Callable, Hashable
 from dataclasses import dataclass, field
 from typing import Any
@@ -85,10 +87,16 @@ class Line:
         async with self.lock:
             if self.client.connected:
                 return
+            if self.key[0] == "rtu":
+                _check_serial_port(device, str(self.key[1]))
             try:
                 connected = await self.client.connect()
             except OSError as exc:  # DNS failures, a serial port that cannot be opened
                 raise DeviceUnreachable(device, f"{self.where}: {exc}") from exc
+            except termios.error as exc:  # the port refuses the line settings (e.g. parity)
+                raise DeviceUnreachable(
+                    device, f"{self.where}: the serial port refuses these line settings: {exc}"
+                ) from exc
             if not connected:
                 hint = (" (does the serial port exist, and may this user open it: group dialout?)"
                         if self.key[0] == "rtu" else "")
@@ -142,6 +150,17 @@ class Line:
                 device, f"asked for {request.count} registers, got {len(words)}", address=address
             )
         return words
+
+
+def _check_serial_port(device: str, port: str) -> None:
+    """Name the two usual reasons a serial port cannot be opened (pymodbus only says it failed)."""
+    if not os.path.exists(port):
+        raise DeviceUnreachable(
+            device, f"serial port {port} does not exist (is the adapter plugged in? "
+            "/dev/serial/by-id/ names survive re-plugging)")
+    if not os.access(port, os.R_OK | os.W_OK):
+        raise DeviceUnreachable(
+            device, f"permission denied on {port}: the agent's user must be in group dialout")
 
 
 def _classify_io_error(device: str, exc: ModbusIOException, address: str, timeout_s: float) -> DeviceError:

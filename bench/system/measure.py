@@ -29,6 +29,9 @@ class ProcessSample:
     cpu_s: float
     rss_kb: int
     peak_rss_kb: int
+    anon_kb: int
+    """RssAnon: the private memory. The rest of RSS is file-backed (shared libraries: numba's
+    LLVM alone maps ~60 MB), shared with other processes and given back under pressure."""
     write_bytes: int
     processes: int
 
@@ -63,16 +66,17 @@ def _status_kb(pid: int, key: str) -> int:
 
 def sample_process(pid: int) -> ProcessSample:
     """The process and its descendants, summed (each one's own peak, for the peak)."""
-    cpu = rss = peak = written = 0.0
+    cpu = rss = peak = anon = written = 0.0
     pids = process_tree(pid)
     for member in pids:
         fields = Path(f"/proc/{member}/stat").read_text().rsplit(")", 1)[1].split()
         cpu += (int(fields[11]) + int(fields[12])) / TICKS_PER_S  # utime, stime
         rss += _status_kb(member, "VmRSS")
         peak += _status_kb(member, "VmHWM")
+        anon += _status_kb(member, "RssAnon")
         io = dict(line.split(": ") for line in Path(f"/proc/{member}/io").read_text().splitlines())
         written += int(io["write_bytes"])
-    return ProcessSample(cpu, int(rss), int(peak), int(written), len(pids))
+    return ProcessSample(cpu, int(rss), int(peak), int(anon), int(written), len(pids))
 
 
 @dataclass(frozen=True)

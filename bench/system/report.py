@@ -93,6 +93,7 @@ def rows(result: SystemResult, workload: Workload) -> list[tuple[str, str, float
         ("CPU, % of one core", f"{100 * result.cpu_s / span:.1f}", result.cpu_s / span),
         ("peak RSS, MiB (VmHWM)", mib(result.after.peak_rss_kb), result.after.peak_rss_kb),
         ("RSS at the end of the span, MiB", mib(result.after.rss_kb), result.after.rss_kb),
+        ("of which private (RssAnon), MiB", mib(result.after.anon_kb), result.after.anon_kb),
         ("processes measured", str(result.after.processes), None),
         ("MQTT messages sent (per s)",
          f"{len(result.messages):,} ({len(result.messages) / span:,.1f})", len(result.messages)),

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from agent.config.models import DeviceConfig
+from agent.config.models import AgentConfig, DeviceConfig
 from agent.detect import Detector, DetectorChain, RawSamples, WindowAggregator
+from agent.rule_detectors import rule_detectors
 from agent.sharing import effective_share
 from drivers.base import Driver
 from drivers.modbus import ModbusTcpDriver
@@ -14,12 +15,14 @@ def make_driver(config: DeviceConfig) -> Driver:
     return ModbusTcpDriver(config)
 
 
-def make_detector(config: DeviceConfig, window_s: float) -> Detector:
-    """Every detector a device's configuration asks for, as one."""
+def make_detector(agent: AgentConfig, config: DeviceConfig) -> Detector:
+    """Every detector a device's configuration and its `detectors:` rules ask for, as one."""
+    window_s = agent.aggregate.window_s
     tags = [tag.name for tag in config.tags]
     units = {tag.name: tag.unit for tag in config.tags}
     detectors: list[Detector] = [WindowAggregator(config.name, tags, units, window_s)]
     raw = [tag.name for tag in config.tags if effective_share(config, tag.share) == "raw"]
     if raw:
         detectors.append(RawSamples(config.name, raw, window_s))
+    detectors += rule_detectors(config.name, agent.rules_of(config.name))
     return DetectorChain(detectors)

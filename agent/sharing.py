@@ -10,11 +10,24 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from agent.config.models import AgentConfig, DeviceConfig
-from agent.events import CLOCK, GATEWAY_DEVICE, HEARTBEAT, SAMPLES, STORE_HEALTH, WINDOW, Event
+from agent.events import (
+    ANOMALY,
+    CLOCK,
+    GATEWAY_DEVICE,
+    HEARTBEAT,
+    LIMIT,
+    SAMPLES,
+    STORE_HEALTH,
+    WINDOW,
+    Event,
+)
 from drivers.sharing import Share
 
-_SHARED_IN = {WINDOW: ("raw", "aggregates"), SAMPLES: ("raw",)}
-"""Event kinds that carry tag values, and the share levels that let a tag's values in."""
+_SHARED_IN = {WINDOW: ("raw", "aggregates"), SAMPLES: ("raw",),
+              ANOMALY: ("raw", "aggregates", "events"), LIMIT: ("raw", "aggregates", "events")}
+"""Event kinds that carry tag values, and the share levels that let a tag's values in.
+Anomaly and limit events carry a few raw samples around the episode (their context):
+`events` is the level that means "values inside events only", so it lets them out."""
 
 
 def effective_share(device: DeviceConfig, tag_share: Share | None) -> Share:
@@ -80,6 +93,13 @@ def explain(config: AgentConfig) -> list[str]:
         if raw:
             lines.append(f"  {topic(device.name, SAMPLES)}")
             lines.append(f"      every {window}: every sample of " + ", ".join(raw))
+        ruled = [t for _, rule in config.rules_of(device.name) for t in rule.tags
+                 if policy.share_of(device.name, t) != "none"]
+        if ruled:
+            shown = ", ".join(dict.fromkeys(ruled))
+            lines.append(f"  {topic(device.name, ANOMALY)}, {topic(device.name, LIMIT)}")
+            lines.append("      when an anomaly or limit violation starts and ends: score, "
+                         "times, and the samples just before and after it of " + shown)
         if device.share != "none":
             lines.append(f"  {topic(device.name, 'device_health')}")
             lines.append("      when the connection status changes: up/down and why "

@@ -53,6 +53,10 @@ def warm_up() -> None:
     Called before the agent says READY: the first poll is then never delayed by a
     compilation, and a numba that cannot compile fails the start, not the first sample.
     """
+    from agent.detect import kernels_pca, kernels_univariate
+
     state = np.zeros((1, WINDOW_FIELDS), dtype=np.float64)
     window_accumulate(state, np.zeros(1, dtype=np.int64), np.zeros(1, dtype=np.float64),
                       np.zeros(1, dtype=np.uint8))
+    kernels_univariate.warm_up()
+    kernels_pca.warm_up()

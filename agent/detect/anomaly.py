@@ -39,9 +39,12 @@ class _Rows:
             for c, tag in enumerate(info.tags):
                 self._tag_rows.setdefault(tag, []).append((r, c))
         self.last_mono_ns = 0
+        self._last: tuple[tuple[str, ...], Route] | None = None
 
     def route(self, tags: tuple[str, ...]) -> Route:
         """Batch positions, rows and columns of every sample this detector folds."""
+        if self._last is not None and self._last[0] is tags:
+            return self._last[1]  # a driver reuses its plan's tuple: no hashing of it
         route = self._routes.get(tags)
         if route is None:
             pairs = [(j, r, c) for j, tag in enumerate(tags) for r, c in self._tag_rows.get(tag, ())]
@@ -49,6 +52,7 @@ class _Rows:
             route = (np.ascontiguousarray(arr[:, 0]), np.ascontiguousarray(arr[:, 1]),
                      np.ascontiguousarray(arr[:, 2]))
             self._routes[tags] = route
+        self._last = (tags, route)
         return route
 
     def scores(self) -> dict[str, float]:

@@ -15,13 +15,22 @@ import numpy as np
 import numpy.typing as npt
 from numba import njit
 
-from agent.detect.kernels_episode import episode_step, ring_slot
+from agent.detect.kernels_episode import (
+    EP_SCORE,
+    EP_STATE,
+    IDLE,
+    P_AFTER,
+    P_CLEAR_NS,
+    P_MIN_NS,
+    episode_step,
+    ring_slot,
+)
 
 F64 = npt.NDArray[np.float64]
 I64 = npt.NDArray[np.int64]
 U8 = npt.NDArray[np.uint8]
 
-P_MIN_NS, P_CLEAR_NS, P_AFTER = range(3)
+__all__ = ["P_AFTER", "P_CLEAR_NS", "P_MIN_NS"]
 X_DIM, X_WARMUP, X_VARIANCE, X_ALPHA, X_FACTOR, X_CLEAR = range(3, 9)
 PCA_PARAMS = 9
 XS_N, XS_FITTED, XS_K, XS_THR_T2, XS_THR_Q, XS_T2, XS_Q = range(7)
@@ -198,9 +207,11 @@ def _close_row(params: F64, state: F64, cur: F64, buf: F64, model: F64, ep: F64,
     state[g, XS_T2] += a * (t2 - state[g, XS_T2])
     state[g, XS_Q] += a * (q - state[g, XS_Q])
     score = max(state[g, XS_T2] / state[g, XS_THR_T2], state[g, XS_Q] / state[g, XS_THR_Q])
-    episode_step(ep, times, g, score, 1.0, np.nan, score > 1.0, score < params[g, X_CLEAR],
-                 mono_ns, time_ns, int(params[g, P_MIN_NS]), int(params[g, P_CLEAR_NS]),
-                 int(params[g, P_AFTER]))
+    if ep[g, EP_STATE] == IDLE and not (score > 1.0):
+        ep[g, EP_SCORE] = score  # the common case, kept out of the call
+    else:
+        episode_step(ep, times, params, g, score, 1.0, math.nan, score > 1.0,
+                     score < params[g, X_CLEAR], mono_ns, time_ns)
 
 
 @njit(cache=True)

@@ -16,19 +16,24 @@ import numpy.typing as npt
 from numba import njit
 
 from agent.detect.kernels_episode import (
+    EP_SCORE,
     EP_STATE,
     IDLE,
+    P_AFTER,
+    P_CLEAR_NS,
+    P_MIN_NS,
     episode_step,
     ring_slot,
 )
+
+__all__ = ["P_AFTER", "P_CLEAR_NS", "P_MIN_NS"]
 
 F64 = npt.NDArray[np.float64]
 I64 = npt.NDArray[np.int64]
 U8 = npt.NDArray[np.uint8]
 
-# Parameter columns every kernel reads first.
-P_MIN_NS, P_CLEAR_NS, P_AFTER = range(3)
 COMMON_PARAMS = 3
+"""Every params array starts with P_MIN_NS, P_CLEAR_NS and P_AFTER (`kernels_episode`)."""
 
 # limits: level (low/high with hysteresis) or rate of change, one row each.
 L_LOW, L_HIGH, L_HYST, L_MODE, L_MAX_RATE = range(3, 8)
@@ -59,17 +64,20 @@ def limits_batch(params: F64, state: F64, ep: F64, times: I64, ctx: F64, sel: I6
             low = params[row, L_LOW]
             excess = max(x - high, low - x)
             limit = high if x - high >= low - x else low
-            episode_step(ep, times, row, excess, limit, x, excess > 0.0,
-                         excess < -params[row, L_HYST], mono_ns, time_ns,
-                         int(params[row, P_MIN_NS]), int(params[row, P_CLEAR_NS]),
-                         int(params[row, P_AFTER]))
+            if ep[row, EP_STATE] == IDLE and not (excess > 0.0):
+                ep[row, EP_SCORE] = excess  # the common case, kept out of the call
+            else:
+                episode_step(ep, times, params, row, excess, limit, x, excess > 0.0,
+                             excess < -params[row, L_HYST], mono_ns, time_ns)
         else:
             if state[row, LS_N] > 0.0 and mono_ns > state[row, LS_LAST_MONO]:
                 dt = (mono_ns - state[row, LS_LAST_MONO]) * 1e-9
                 excess = abs(x - state[row, LS_LAST]) / dt - params[row, L_MAX_RATE]
-                episode_step(ep, times, row, excess, params[row, L_MAX_RATE], x, excess > 0.0,
-                             excess <= 0.0, mono_ns, time_ns, int(params[row, P_MIN_NS]),
-                             int(params[row, P_CLEAR_NS]), int(params[row, P_AFTER]))
+                if ep[row, EP_STATE] == IDLE and not (excess > 0.0):
+                    ep[row, EP_SCORE] = excess  # the common case, kept out of the call
+                else:
+                    episode_step(ep, times, params, row, excess, params[row, L_MAX_RATE], x,
+                                 excess > 0.0, excess <= 0.0, mono_ns, time_ns)
             state[row, LS_LAST_MONO] = mono_ns
         state[row, LS_N] += 1.0
         state[row, LS_LAST] = x
@@ -116,12 +124,17 @@ def zscore_batch(params: F64, state: F64, ep: F64, times: I64, ctx: F64, sel: I6
             direction = params[row, Z_DIRECTION]
             score = abs(z) if direction == 0.0 else z * direction
             over = score > params[row, Z_THRESHOLD]
-            episode_step(ep, times, row, score, params[row, Z_THRESHOLD], x, over,
-                         score < params[row, Z_CLEAR], mono_ns, time_ns,
-                         int(params[row, P_MIN_NS]), int(params[row, P_CLEAR_NS]),
-                         int(params[row, P_AFTER]))
+            if ep[row, EP_STATE] == IDLE and not over:
+                ep[row, EP_SCORE] = score  # the common case, kept out of the call
+            else:
+                episode_step(ep, times, params, row, score, params[row, Z_THRESHOLD], x, over,
+                             score < params[row, Z_CLEAR], mono_ns, time_ns)
         if ep[row, EP_STATE] == IDLE and not over:
+            # During warm-up max(alpha, 1/n): the exact mean and variance of the warm-up
+            # (an EWMA variance starting from 0 would inflate the first z-scores).
             a = params[row, Z_ALPHA_BASE]
+            if n <= params[row, Z_WARMUP]:
+                a = max(a, 1.0 / n)
             d = s - state[row, ZS_MEAN]
             state[row, ZS_MEAN] += a * d
             state[row, ZS_VAR] = (1.0 - a) * (state[row, ZS_VAR] + a * d * d)
@@ -166,10 +179,12 @@ def drift_batch(params: F64, state: F64, ep: F64, times: I64, ctx: F64, sel: I64
         state[row, DS_POS] = max(0.0, state[row, DS_POS] + z - k)
         state[row, DS_NEG] = max(0.0, state[row, DS_NEG] - z - k)
         score = max(state[row, DS_POS], state[row, DS_NEG])
-        episode_step(ep, times, row, score, params[row, D_THRESHOLD], x,
-                     score > params[row, D_THRESHOLD], score < params[row, D_CLEAR], mono_ns,
-                     time_ns, int(params[row, P_MIN_NS]), int(params[row, P_CLEAR_NS]),
-                     int(params[row, P_AFTER]))
+        if ep[row, EP_STATE] == IDLE and not (score > params[row, D_THRESHOLD]):
+            ep[row, EP_SCORE] = score  # the common case, kept out of the call
+        else:
+            episode_step(ep, times, params, row, score, params[row, D_THRESHOLD], x,
+                         score > params[row, D_THRESHOLD], score < params[row, D_CLEAR], mono_ns,
+                         time_ns)
 
 
 # stuck: a flat-lined value (mode FLAT) or no good sample for a while (mode SILENT).
@@ -213,9 +228,11 @@ def stuck_batch(params: F64, state: F64, ep: F64, times: I64, ctx: F64, sel: I64
             state[row, SS_N] += 1.0
             flat_ns = mono_ns - state[row, SS_GOOD_MONO]
         over = flat_ns >= params[row, S_AFTER_NS]
-        episode_step(ep, times, row, flat_ns * 1e-9, params[row, S_AFTER_NS] * 1e-9, x, over,
-                     not over, mono_ns, time_ns, int(params[row, P_MIN_NS]),
-                     int(params[row, P_CLEAR_NS]), int(params[row, P_AFTER]))
+        if ep[row, EP_STATE] == IDLE and not over:
+            ep[row, EP_SCORE] = flat_ns * 1e-9  # the common case, kept out of the call
+        else:
+            episode_step(ep, times, params, row, flat_ns * 1e-9,
+                         params[row, S_AFTER_NS] * 1e-9, x, over, not over, mono_ns, time_ns)
 
 
 @njit(cache=True)
@@ -230,9 +247,12 @@ def stuck_tick(params: F64, state: F64, ep: F64, times: I64, mono_ns: int, time_
             state[row, SS_N] = 1.0
         silent_ns = mono_ns - state[row, SS_GOOD_MONO]
         over = silent_ns >= params[row, S_AFTER_NS]
-        episode_step(ep, times, row, silent_ns * 1e-9, params[row, S_AFTER_NS] * 1e-9, np.nan,
-                     over, not over, mono_ns, time_ns, int(params[row, P_MIN_NS]),
-                     int(params[row, P_CLEAR_NS]), int(params[row, P_AFTER]))
+        if ep[row, EP_STATE] == IDLE and not over:
+            ep[row, EP_SCORE] = silent_ns * 1e-9  # the common case, kept out of the call
+        else:
+            episode_step(ep, times, params, row, silent_ns * 1e-9,
+                         params[row, S_AFTER_NS] * 1e-9, np.nan, over, not over, mono_ns,
+                         time_ns)
 
 
 # rms: running RMS of a fast signal (vibration) against an absolute and a learned limit.
@@ -278,10 +298,11 @@ def rms_batch(params: F64, state: F64, ep: F64, times: I64, ctx: F64, sel: I64, 
             limit = min(limit, params[row, R_MAX_RATIO] * state[row, RS_BASE])
         elif math.isinf(limit):
             continue
-        episode_step(ep, times, row, rms, limit, x, rms > limit,
-                     rms < limit * params[row, R_CLEAR_FRACTION], mono_ns, time_ns,
-                     int(params[row, P_MIN_NS]), int(params[row, P_CLEAR_NS]),
-                     int(params[row, P_AFTER]))
+        if ep[row, EP_STATE] == IDLE and not (rms > limit):
+            ep[row, EP_SCORE] = rms  # the common case, kept out of the call
+        else:
+            episode_step(ep, times, params, row, rms, limit, x, rms > limit,
+                         rms < limit * params[row, R_CLEAR_FRACTION], mono_ns, time_ns)
 
 
 def warm_up() -> None:

@@ -70,7 +70,8 @@ def episode_step(ep: F64, times: I64, params: F64, row: int, score: float, thres
     if state == PENDING:
         if not over:
             ep[row, EP_STATE] = IDLE
-        elif mono_ns - times[row, T_PEND_MONO] >= params[row, P_MIN_NS]:
+            return
+        if mono_ns - times[row, T_PEND_MONO] >= params[row, P_MIN_NS]:
             ep[row, EP_STATE] = ACTIVE
             ep[row, EP_STARTED] += 1.0
             state = ACTIVE

@@ -147,6 +147,8 @@ def _data_loc(loc: tuple[Any, ...], data: Any) -> Loc:
     for part in loc:
         if isinstance(node, dict) and part in node or isinstance(node, list) and isinstance(part, int) and 0 <= part < len(node):
             node = node[part]
+        elif isinstance(node, dict) and part in (node.get("kind"), node.get("protocol")):
+            continue  # the tag pydantic adds for a discriminated union (`detectors[0].limits`)
         elif isinstance(node, dict | list):
             if isinstance(part, str) and not isinstance(node, list):
                 out.append(part)  # a key that is missing or unknown

@@ -82,3 +82,15 @@ def test_check_warns_about_datasheet_addresses(tmp_path: Path,
     err = capsys.readouterr().err
     assert "m1.b: address 40101 looks like datasheet notation" in err
     assert "`address: 100`" in err
+
+
+def test_example_config_builds_every_detector_it_asks_for() -> None:
+    from agent.detect import DetectorChain
+    from agent.devices import make_detector
+
+    config = load_config(ROOT / "config" / "example.yaml", environ={}).config
+    [device] = config.devices
+    detector = make_detector(config, device)
+    assert isinstance(detector, DetectorChain)
+    names = {key.split(":")[0] for key in detector.scores()}
+    assert names == {"discharge-spec", "zscore-2", "drift-3", "stuck-4", "compressor-health"}

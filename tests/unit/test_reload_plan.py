@@ -57,3 +57,16 @@ def test_gateway_identity_is_kept_until_the_next_start() -> None:
     plan = plan_reload(config(device("a")), config(device("a"), gateway={"id": "other"}))
     assert plan.config.gateway.id == "gw"
     assert [line.split(":")[0] for line in plan.refused] == ["gateway"]
+
+
+def test_a_changed_detector_rule_restarts_only_its_device() -> None:
+    rule = {"device": "a", "kind": "limits", "tags": ["power_w"], "high": 100}
+    old = config(device("a"), device("b"), detectors=[rule])
+    same = config(device("a"), device("b"), detectors=[rule])
+    changed = config(device("a"), device("b"), detectors=[{**rule, "high": 120}])
+    assert plan_reload(old, same).keep == ["a", "b"]
+    plan = plan_reload(old, changed)
+    assert plan.keep == ["b"] and plan.stop == ["a"] and plan.start == ["a"]
+    added = plan_reload(old, config(device("a"), device("b"), detectors=[
+        rule, {"device": "b", "kind": "stuck", "tags": ["power_w"]}]))
+    assert added.keep == ["a"] and added.start == ["b"]

@@ -10,6 +10,7 @@ two rows). Samples whose quality is not GOOD (0) never enter the statistics.
 from __future__ import annotations
 
 import math
+from collections.abc import Collection
 
 import numpy as np
 import numpy.typing as npt
@@ -305,18 +306,20 @@ def rms_batch(params: F64, state: F64, ep: F64, times: I64, ctx: F64, sel: I64, 
                          rms < limit * params[row, R_CLEAR_FRACTION], mono_ns, time_ns)
 
 
-def warm_up() -> None:
-    """Compile (or load from the cache) every kernel of this module on one tiny row each."""
+def warm_up(kinds: Collection[str]) -> None:
+    """Compile (or load from the cache) the kernels of these kinds, on one tiny row each."""
     one = np.zeros(1, dtype=np.int64)
     values = np.zeros(1)
     quality = np.zeros(1, dtype=np.uint8)
     from agent.detect.kernels_episode import new_episodes
 
-    for kernel, width, fields in ((limits_batch, LIMIT_PARAMS, LIMIT_STATE),
-                                  (zscore_batch, ZSCORE_PARAMS, ZSCORE_STATE),
-                                  (drift_batch, DRIFT_PARAMS, DRIFT_STATE),
-                                  (stuck_batch, STUCK_PARAMS, STUCK_STATE),
-                                  (rms_batch, RMS_PARAMS, RMS_STATE)):
+    for kind, kernel, width, fields in (("limits", limits_batch, LIMIT_PARAMS, LIMIT_STATE),
+                                        ("zscore", zscore_batch, ZSCORE_PARAMS, ZSCORE_STATE),
+                                        ("drift", drift_batch, DRIFT_PARAMS, DRIFT_STATE),
+                                        ("stuck", stuck_batch, STUCK_PARAMS, STUCK_STATE),
+                                        ("rms", rms_batch, RMS_PARAMS, RMS_STATE)):
+        if kind not in kinds:
+            continue
         ep, times = new_episodes(1)
         params = np.zeros((1, width))
         state = np.zeros((1, fields))

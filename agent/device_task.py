@@ -35,12 +35,19 @@ class DeviceStatus:
     status: str = "starting"
     reason: str = ""
 
+    detail: str = ""
+
     def change(self, status: str, reason: str = "", detail: str = "", address: str | None = None) -> list[Event]:
-        if (status, reason) == (self.status, self.reason):
+        # A device that stays down for another reason's detail (another address timing out) is
+        # not news; a degraded device whose set of refused tags changed is.
+        same = (status, reason) == (self.status, self.reason)
+        if same and (status != "degraded" or detail == self.detail):
             return []
-        self.status, self.reason = status, reason
+        self.status, self.reason, self.detail = status, reason, detail
         if status == "up":
             log.info("device_up", device=self.device)
+        elif status == "degraded":
+            log.warning("device_degraded", device=self.device, reason=reason, detail=detail)
         else:
             log.warning("device_down", device=self.device, reason=reason, detail=detail, address=address)
         data: dict[str, object] = {"status": status, "reason": reason, "detail": detail}
@@ -86,7 +93,7 @@ async def _poll(
         if delay > 0:
             await asyncio.sleep(delay)
         batch = await driver.read(plans[i])
-        sink(status.change("up"))
+        sink(_read_status(driver, status))
         backoff.reset()
         sink(detector.on_batch(batch))
         interval = plans[i].interval_s
@@ -94,6 +101,17 @@ async def _poll(
         late = time.monotonic() - due[i]
         if late > 0:
             due[i] += interval * (int(late // interval) + 1)
+
+
+def _read_status(driver: Driver, status: DeviceStatus) -> list[Event]:
+    """Up, or degraded while the device refuses some tags (named, with their addresses)."""
+    errors = driver.tag_errors
+    if not errors:
+        return status.change("up")
+    reasons = sorted({error.reason for error in errors.values()})
+    detail = "; ".join(error.detail for _, error in sorted(errors.items()))
+    detail += "; the other tags go on being read"
+    return status.change("degraded", ",".join(reasons), detail)
 
 
 async def tick_detectors(

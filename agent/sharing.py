@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from agent.config.models import AgentConfig, DeviceConfig
 from agent.events import (
     ANOMALY,
+    CHANGE,
     CLOCK,
     GATEWAY_DEVICE,
     HEARTBEAT,
@@ -93,6 +94,12 @@ def explain(config: AgentConfig) -> list[str]:
         if raw:
             lines.append(f"  {topic(device.name, SAMPLES)}")
             lines.append(f"      every {window}: every sample of " + ", ".join(raw))
+        watched = [t.name for t in device.tags if getattr(t, "report_on_change", False)
+                   or getattr(t, "type", "") == "string"]
+        watched = [t for t in watched if policy.share_of(device.name, t) != "none"]
+        if watched:
+            lines.append(f"  {topic(device.name, CHANGE)}")
+            lines.append("      when the value changes (beyond its deadband): " + ", ".join(watched))
         ruled = [t for _, rule in config.rules_of(device.name) for t in rule.tags
                  if policy.share_of(device.name, t) != "none"]
         if ruled:

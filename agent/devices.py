@@ -5,10 +5,15 @@ from __future__ import annotations
 from agent.config.models import AgentConfig, DeviceConfig
 from agent.detect import Detector, DetectorChain, RawSamples, WindowAggregator
 from agent.detect.change import ChangeReporter
+from agent.detect.machine import MachineDetector, MachineSetup
+from agent.detect.state_file import StateFile
 from agent.rule_detectors import rule_detectors
 from agent.sharing import effective_share
 from drivers.base import Driver
 from drivers.modbus import ModbusDriver
+
+MACHINE_MAX_GAP_POLLS = 5
+"""Default `max_gap_s` of a machine: this many poll intervals of its device."""
 
 
 def make_driver(config: DeviceConfig) -> Driver:
@@ -17,16 +22,34 @@ def make_driver(config: DeviceConfig) -> Driver:
 
 
 def make_detector(agent: AgentConfig, config: DeviceConfig) -> Detector:
-    """Every detector a device's configuration and its `detectors:` rules ask for, as one."""
+    """Every detector a device's configuration, its machines and its `detectors:` rules ask
+    for, as one."""
     window_s = agent.aggregate.window_s
     tags = [tag.name for tag in config.tags]
     units = {tag.name: tag.unit for tag in config.tags}
-    detectors: list[Detector] = [WindowAggregator(config.name, tags, units, window_s)]
+    counters = {tag.name: tag.counter_modulus for tag in config.tags if tag.counter}
+    state_dir = agent.gateway.state_dir
+    detectors: list[Detector] = [WindowAggregator(
+        config.name, tags, units, window_s, counters,
+        StateFile(state_dir / "counters" / f"{config.name}.json"))]
     raw = [tag.name for tag in config.tags if effective_share(config, tag.share) == "raw"]
     if raw:
         detectors.append(RawSamples(config.name, raw, window_s))
     # Text values are always reported on change; numbers when the tag asks for it.
     watched = {tag.name: tag.deadband for tag in config.tags if getattr(tag, "report_on_change", False)}
     detectors.append(ChangeReporter(config.name, watched, units))
+    machines = agent.machines_of(config.name)
+    if machines:
+        setups = [
+            MachineSetup(
+                config=m,
+                max_gap_s=m.max_gap_s or MACHINE_MAX_GAP_POLLS * config.poll_interval_s,
+                meter_modulus=counters.get(m.energy_counter_tag or ""),
+                cycle_modulus=counters.get(m.cycle_counter_tag or ""),
+            )
+            for m in machines
+        ]
+        store = StateFile(state_dir / "machines" / f"{config.name}.json")
+        detectors.append(MachineDetector(config.name, setups, store))
     detectors += rule_detectors(config.name, agent.rules_of(config.name))
     return DetectorChain(detectors)

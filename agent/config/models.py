@@ -23,6 +23,7 @@ from pydantic import (
 )
 
 from agent.config.detection import DetectorRule, rule_names
+from agent.config.machines import MachineConfig
 from drivers.modbus.config import ModbusRtuDevice, ModbusRtuTcpDevice, ModbusTcpDevice, line_key
 from drivers.naming import require_unique_names
 
@@ -158,6 +159,13 @@ class MqttConfig(_Section):
         return 8883 if self.tls.enabled else 1883
 
 
+def _did_you_mean(word: str, options: list[str]) -> str:
+    close = difflib.get_close_matches(word, options, n=1)
+    if close:
+        return f"; did you mean {close[0]!r}?"
+    return f" (there are: {', '.join(options)})"
+
+
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(B|KB|MB|GB|KiB|MiB|GiB)?\s*$")
 _SIZE_UNITS = {None: 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9,
                "KiB": 2**10, "MiB": 2**20, "GiB": 2**30}
@@ -242,6 +250,9 @@ class AgentConfig(_Section):
     health: HealthConfig = HealthConfig()
     log: LogConfig = LogConfig()
     devices: list[DeviceConfig] = Field(min_length=1)
+    machines: list[MachineConfig] = Field(default_factory=list)
+    """State, energy and usage per machine (`agent/config/machines.py`); after `devices`,
+    whose tags its validator checks."""
     detectors: list[DetectorRule] = []
     """Anomaly and limit rules (agent/config/detection.py, docs/detection.md)."""
 
@@ -253,6 +264,40 @@ class AgentConfig(_Section):
         require_unique_names(devices, "device")
         _lines_consistent(devices)
         return devices
+
+    @field_validator("machines")
+    @classmethod
+    def _machines_name_real_tags(
+        cls, machines: list[MachineConfig], info: ValidationInfo
+    ) -> list[MachineConfig]:
+        for machine in machines:
+            _check_identifier(machine.name, "machine name")
+        require_unique_names(machines, "machine")
+        devices = {d.name: d for d in info.data.get("devices") or []}
+        if not devices:
+            return machines  # the devices are wrong: their own errors say so
+        used: dict[tuple[str, str], str] = {}
+        for machine in machines:
+            device = devices.get(machine.device)
+            if device is None:
+                raise ValueError(f"machine {machine.name!r}: no device named {machine.device!r}"
+                                 + _did_you_mean(machine.device, list(devices)))
+            tags = {t.name: t for t in device.tags}
+            for role, tag in machine.tags().items():
+                if tag not in tags:
+                    raise ValueError(f"machine {machine.name!r}: {role} {tag!r} is not a tag of "
+                                     f"device {device.name!r}" + _did_you_mean(tag, list(tags)))
+                if role in ("energy_counter_tag", "cycle_counter_tag") and not tags[tag].counter:
+                    raise ValueError(f"machine {machine.name!r}: {role} {tag!r} must be marked "
+                                     f"`counter: true` on device {device.name!r}")
+                other = used.setdefault((device.name, tag), f"{machine.name}.{role}")
+                if other != f"{machine.name}.{role}":
+                    raise ValueError(f"machine {machine.name!r}: {role} {tag!r} is already "
+                                     f"used as {other}")
+        return machines
+
+    def machines_of(self, device: str) -> list[MachineConfig]:
+        return [m for m in self.machines if m.device == device]
 
     @field_validator("detectors")
     @classmethod
@@ -286,8 +331,3 @@ class AgentConfig(_Section):
     @property
     def store_path(self) -> Path:
         return self.store.path or self.gateway.state_dir / "events.sqlite"
-
-
-def _did_you_mean(name: str, known: list[str]) -> str:
-    close = difflib.get_close_matches(name, known, n=1)
-    return f" (did you mean {close[0]!r}?)" if close else ""

@@ -49,6 +49,7 @@ class SimConfig:
     tick_s: float
     trace: Path | None
     log_level: str
+    fault_onset_s: float = 120.0
 
 
 def _positive_float(text: str) -> float:
@@ -128,6 +129,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="write the served values to FILE, one JSON line per model tick",
     )
     parser.add_argument(
+        "--fault-onset-s",
+        type=float,
+        default=120.0,
+        help="fault scenarios: simulated seconds of normal operation before the fault "
+        "(default %(default)s)",
+    )
+    parser.add_argument(
         "--log-level", choices=LOG_LEVELS, default="info", help="(default %(default)s)"
     )
     return parser
@@ -145,6 +153,7 @@ def parse_args(argv: Sequence[str] | None = None) -> SimConfig:
         tick_s=ns.tick_s,
         trace=ns.trace,
         log_level=ns.log_level,
+        fault_onset_s=ns.fault_onset_s,
     )
 
 
@@ -164,7 +173,8 @@ def listening_line(config: SimConfig, port: int) -> str:
 
 async def serve(config: SimConfig, trace: TraceWriter | None = None) -> int:
     """Run the simulator until SIGINT/SIGTERM; return the process exit status."""
-    machine = SCENARIOS[config.scenario].factory(ScenarioOptions(seed=config.seed))
+    options = ScenarioOptions(seed=config.seed, fault_onset_s=config.fault_onset_s)
+    machine = SCENARIOS[config.scenario].factory(options)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):

@@ -85,6 +85,24 @@ def test_raw_samples_are_batched_per_window_with_bad_ones_as_none() -> None:
     assert raw.flush(8 * s) == []
 
 
+def test_machine_events_follow_their_signal_tags_share() -> None:
+    p = policy()
+    for tag, state_sent, energy_sent in (("power_w", True, True), ("pressure_bar", True, False),
+                                         ("recipe", False, False)):
+        state = Event("state", "press", 1, {"machine": "m", "tag": tag, "to": "idle"})
+        energy = Event("energy", "press", 1, {"machine": "m", "tag": tag, "kwh": None})
+        assert (p.apply(state) is not None) == state_sent, tag
+        assert (p.apply(energy) is not None) == energy_sent, tag
+
+
+def test_explain_lists_machine_topics() -> None:
+    config = {**CONFIG, "machines": [{"name": "press-m", "device": "press", "power_tag": "power_w",
+                                      "idle_above_w": 10, "running_above_w": 100}]}
+    text = "\n".join(explain(AgentConfig.model_validate(config)))
+    assert "s/gw/press/state" in text and "s/gw/press/energy" in text
+    assert "machine press-m: every 900 s" in text
+
+
 def _multivariate_anomaly(tags: list[str]) -> Event:
     """A real `pca` anomaly over `tags` of the press, from its detector (context included)."""
     from agent.config.detection import PcaRule

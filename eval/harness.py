@@ -55,3 +55,20 @@ def flagged(series: Series, events: Sequence[Event]) -> npt.NDArray[np.bool_]:
         if e.data.get("phase") == "end":
             out |= (series.time_ns >= e.data["start_ns"]) & (series.time_ns < e.data["end_ns"])
     return out
+
+
+def score_trace(series: Series, rule: DetectorRule,
+                tags: Sequence[str] | None = None) -> npt.NDArray[np.float64]:
+    """The rule's score after each row (NaN while it learns): what selection reads, not labels."""
+    names = tuple(tags or series.columns)
+    pick = [series.columns.index(t) for t in names]
+    chain = DetectorChain(rule_detectors(DEVICE, [("r0", rule)]))
+    quality = np.zeros(len(names), dtype=np.uint8)
+    t0 = int(series.time_ns[0])
+    out = np.full(len(series.time_ns), np.nan)
+    for i in range(len(series.time_ns)):
+        t = int(series.time_ns[i])
+        chain.on_batch(SampleBatch(DEVICE, names, np.ascontiguousarray(series.values[i, pick]),
+                                   quality, t, t - t0 + 1))
+        (out[i],) = chain.scores().values()
+    return out

@@ -1,7 +1,9 @@
 """The `detectors:` section: anomaly and limit rules, each for one device's tag(s).
 
 One model per detector kind, discriminated by `kind`; units are in the names (`_s`,
-`_per_s`, `_samples`, `_z`, `_sigma`); the defaults are those measured in docs/detection.md.
+`_per_s`, `_samples`, `_z`, `_sigma`). The defaults are starting points, not results: the
+`pca` ones were picked on labelled SKAB files (docs/detection.md, "oracle"); tune a rule on
+the machine's own recordings with `edge-agent replay`.
 Whether the device and tags exist is checked by `AgentConfig` (it knows the devices).
 """
 

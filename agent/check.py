@@ -7,6 +7,7 @@ import ipaddress
 from agent.config import LoadedConfig
 from agent.config.models import MqttConfig
 from drivers.modbus.plan import plan_requests
+from drivers.opcua.config import OpcUaDevice
 
 
 def _is_local(host: str) -> bool:
@@ -42,6 +43,11 @@ def warnings(loaded: LoadedConfig) -> list[str]:
             "cross the network in clear text"
         )
     for device in loaded.config.devices:
+        if isinstance(device, OpcUaDevice):
+            if device.security.mode == "None" and not _is_local(_host_of(device.endpoint)):
+                out.append(f"{device.name}: security mode None towards {device.endpoint}: "
+                           "values and any password cross the network in clear text")
+            continue
         for tag in device.tags:
             if tag.address >= 30000:
                 out.append(
@@ -72,6 +78,9 @@ def summary(loaded: LoadedConfig) -> list[str]:
         f"aggregate windows of {cfg.aggregate.window_s:g} s",
     ]
     for device in cfg.devices:
+        if isinstance(device, OpcUaDevice):
+            lines += _opcua_summary(device)
+            continue
         requests = plan_requests(device.tags, max_gap_registers=device.max_gap_registers)
         lines.append(
             f"device {device.name}: {device.protocol} {device.host}:{device.port} unit {device.unit}, "
@@ -83,4 +92,29 @@ def summary(loaded: LoadedConfig) -> list[str]:
                 f"  read {request.table} registers {request.address}..{request.address + request.count - 1}"
                 f" ({request.count}): {names}"
             )
+    return lines
+
+
+def _host_of(endpoint: str) -> str:
+    from urllib.parse import urlparse
+
+    return urlparse(endpoint).hostname or ""
+
+
+def _opcua_summary(device: OpcUaDevice) -> list[str]:
+    sec = device.security
+    login = (f"user {sec.username}" if sec.username else
+             "user certificate" if sec.user_certificate else "anonymous")
+    head = (f"device {device.name}: opcua {device.endpoint} security {sec.policy}/{sec.mode}, "
+            f"{login}, {len(device.tags)} tags")
+    lines = [head]
+    for tag in device.tags:
+        if tag.mode == "subscribe":
+            how = (f"subscribe, sampling {tag.sampling_interval_s:g} s, queue {tag.queue_size}"
+                   + (f", deadband {tag.deadband.type} {tag.deadband.value:g}"
+                      if tag.deadband else "")
+                   + f", published every {device.publishing_interval_s:g} s")
+        else:
+            how = f"poll every {tag.poll_interval_s or device.poll_interval_s:g} s"
+        lines.append(f"  {tag.name}: {tag.address} ({how})")
     return lines

@@ -19,12 +19,15 @@ from agent.backoff import Backoff
 from agent.clock import BOOT_ID, ClockWatch
 from agent.detect import Detector
 from agent.events import CLOCK, DEVICE_HEALTH, GATEWAY_DEVICE, Event
-from drivers.base import Driver
+from drivers.base import DeviceNotice, Driver, StreamingDriver
 from drivers.errors import DeviceError
 
 log = structlog.get_logger(__name__)
 
 EventSink = Callable[[Iterable[Event]], None]
+
+DEGRADED = "degraded"
+"""Connected and polled, but a pushed stream stalled: only the stream's own data clears it."""
 
 
 @dataclass
@@ -62,7 +65,10 @@ async def supervise_device(
     while True:
         try:
             await driver.connect()
-            await _poll(driver, detector, sink, status, backoff)
+            if isinstance(driver, StreamingDriver):
+                await _poll_and_stream(driver, detector, sink, status, backoff)
+            else:
+                await _poll(driver, detector, sink, status, backoff)
         except DeviceError as exc:
             sink(status.change("down", exc.reason, exc.detail, exc.address))
         except Exception as exc:  # a bug: keep the other devices running, restart this one
@@ -78,6 +84,8 @@ async def _poll(
 ) -> None:
     """Read each plan on its own schedule (monotonic clock); missed slots are skipped, not queued."""
     plans = driver.plans
+    if not plans:  # every tag is pushed
+        await asyncio.Future()
     now = time.monotonic()
     due = [now] * len(plans)
     while True:
@@ -86,7 +94,8 @@ async def _poll(
         if delay > 0:
             await asyncio.sleep(delay)
         batch = await driver.read(plans[i])
-        sink(status.change("up"))
+        if status.status != DEGRADED:
+            sink(status.change("up"))
         backoff.reset()
         sink(detector.on_batch(batch))
         interval = plans[i].interval_s
@@ -94,6 +103,35 @@ async def _poll(
         late = time.monotonic() - due[i]
         if late > 0:
             due[i] += interval * (int(late // interval) + 1)
+
+
+async def _poll_and_stream(
+    driver: StreamingDriver, detector: Detector, sink: EventSink, status: DeviceStatus,
+    backoff: Backoff,
+) -> None:
+    """Poll the plans and consume the pushed stream side by side; the first failure of
+    either ends both (the caller reports it and reconnects)."""
+
+    async def consume() -> None:
+        async for item in driver.stream():
+            if isinstance(item, DeviceNotice):
+                sink(status.change(item.status, item.reason, item.detail))
+                continue
+            sink(status.change("up"))
+            backoff.reset()
+            sink(detector.on_batch(item))
+        raise DeviceError(driver.device, "the data stream ended")
+
+    tasks = {asyncio.create_task(_poll(driver, detector, sink, status, backoff)),
+             asyncio.create_task(consume())}
+    try:
+        done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
+        for task in done:
+            task.result()
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
 
 
 async def tick_detectors(

@@ -24,6 +24,8 @@ SAMPLES = "samples"
 """Every sample of the tags shared `raw`, one event per device and window."""
 DEVICE_HEALTH = "device_health"
 """A device's connection or read status changed."""
+QUALITY = "quality"
+"""The quality class (good, uncertain, bad) of some of a device's tags changed."""
 CLOCK = "clock"
 """The gateway's clock became synchronized: the boot's monotonic-to-UTC mapping."""
 
@@ -37,7 +39,7 @@ GATEWAY_DEVICE = "_gateway"
 """The `device` of events about the gateway itself (topic-safe, never a device name)."""
 
 _PRIORITY = {SAMPLES: 0, WINDOW: 0, DEVICE_HEALTH: 1, STORE_HEALTH: 1, HEARTBEAT: 1,
-             CLOCK: 2}
+             QUALITY: 1, CLOCK: 2}
 """What a full store gives up first: periodic aggregates (0), then health (1), then the
 rest (2: anomalies, limit violations, state changes), which are kept longest."""
 

@@ -292,8 +292,10 @@ def console_script(name: str) -> str:
     return found
 
 
-def start_plc_sim(*args: str, stderr: Any = None, timeout_s: float = 20.0) -> tuple[subprocess.Popen[str], dict[str, Any]]:
-    """Start `plc-sim ARGS` on a port of its choosing; return the process and its listening line."""
+def start_plc_sim(*args: str, stderr: Any = None, timeout_s: float = 20.0,
+                  protocol: str = "modbus-tcp") -> tuple[subprocess.Popen[str], dict[str, Any]]:
+    """Start `plc-sim ARGS` on a port of its choosing; return the process and the listening
+    line of `protocol` (`opcua` needs `--opcua-port 0` in ARGS)."""
     import json
 
     process = subprocess.Popen(
@@ -310,7 +312,8 @@ def start_plc_sim(*args: str, stderr: Any = None, timeout_s: float = 20.0) -> tu
             info = json.loads(line)
         except ValueError:
             continue
-        if isinstance(info, dict) and info.get("event") == "listening":
+        if (isinstance(info, dict) and info.get("event") == "listening"
+                and info.get("protocol", "modbus-tcp") == protocol):
             return process, info
     process.kill()
     raise TimeoutError(f"plc-sim did not say it was listening within {timeout_s} s")

@@ -9,15 +9,16 @@ from __future__ import annotations
 import re
 import string
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 
 from drivers.modbus.config import ModbusTcpDevice
 from drivers.naming import require_unique_names
+from drivers.opcua.config import OpcUaDevice
 
-DeviceConfig = ModbusTcpDevice
-"""Every device kind the agent can poll (a discriminated union on `protocol` as drivers are added)."""
+DeviceConfig = Annotated[ModbusTcpDevice | OpcUaDevice, Field(discriminator="protocol")]
+"""Every device kind the agent can poll: a discriminated union on `protocol`."""
 
 _IDENTIFIER = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
 TOPIC_FIELDS = frozenset({"site", "gateway", "device", "kind"})

@@ -1,0 +1,426 @@
+"""OPC UA driver: a session with security, polled tags in Read calls, subscribed tags pushed.
+
+The runtime's supervisor owns reconnects for every protocol alike, so asyncua's own
+auto-reconnect stays off: a lost connection ends `stream()` (or a `read`) with a DeviceError,
+the supervisor reports it, closes, waits its backoff and connects again, and `connect`
+recreates the session, the subscription and every monitored item.
+
+The watchdog (`stream`) guards against the failure peers ship with: a subscription that
+silently stops delivering while the session looks alive. A subscription that delivered
+nothing, not even a keep-alive, for `stall_after_s` is reported (`degraded`,
+`subscription_stalled`) and recreated; its next data clears the report. asyncua 2.1 has a
+watchdog of its own that recreates silently; it is switched off so that every stall is seen.
+
+Read-only towards the PLC: Read, Browse, CreateSubscription and CreateMonitoredItems only.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import time
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import structlog
+from asyncua import ua
+from asyncua.client.client import Client
+from asyncua.common.node import Node
+from asyncua.common.subscription import DataChangeEvent, StatusChangeEvent, Subscription
+from asyncua.crypto import security_policies
+from asyncua.ua.attribute_ids import AttributeIds
+from asyncua.ua.status_codes import StatusCodes
+from asyncua.ua.uaerrors import UaError, UaStatusCodeError
+
+from drivers.base import DeviceNotice, ReadPlan
+from drivers.errors import (
+    DeviceError,
+    DeviceException,
+    DeviceTimeout,
+    DeviceUnreachable,
+    IllegalAddress,
+    SecurityRejected,
+)
+from drivers.opcua import pki
+from drivers.opcua.config import OpcUaDevice, OpcUaTag
+from drivers.opcua.values import BatchBuilder, plausible_time_ns, quality_of
+from drivers.samples import SampleBatch
+
+log = structlog.get_logger(__name__)
+
+_POLICIES: dict[str, type[security_policies.SecurityPolicy]] = {
+    "Basic256Sha256": security_policies.SecurityPolicyBasic256Sha256,
+    "Aes128Sha256RsaOaep": security_policies.SecurityPolicyAes128Sha256RsaOaep,
+    "Aes256Sha256RsaPss": security_policies.SecurityPolicyAes256Sha256RsaPss,
+}
+_SESSION_LOST = frozenset({
+    StatusCodes.BadSessionIdInvalid, StatusCodes.BadSessionClosed,
+    StatusCodes.BadSecureChannelClosed, StatusCodes.BadConnectionClosed,
+    StatusCodes.BadServerNotConnected, StatusCodes.BadShutdown,
+    StatusCodes.BadCommunicationError,
+})
+_UNKNOWN_NODE = frozenset({
+    StatusCodes.BadNodeIdUnknown, StatusCodes.BadNodeIdInvalid,
+    StatusCodes.BadNoMatch, StatusCodes.BadBrowseNameInvalid,
+})
+
+
+@dataclass(frozen=True, slots=True)
+class OpcUaReadPlan:
+    """The polled tags of one period: one Read service call."""
+
+    name: str
+    interval_s: float
+    tags: tuple[str, ...]
+
+
+def poll_plans(config: OpcUaDevice) -> tuple[OpcUaReadPlan, ...]:
+    """One plan per distinct poll period, tags in configuration order."""
+    groups: dict[float, list[str]] = {}
+    for tag in config.tags:
+        if tag.mode == "poll":
+            groups.setdefault(tag.poll_interval_s or config.poll_interval_s, []).append(tag.name)
+    return tuple(OpcUaReadPlan(f"poll-{period:g}s", period, tuple(names))
+                 for period, names in groups.items())
+
+
+class OpcUaDriver:
+    """One OPC UA server (satisfies drivers.base.StreamingDriver)."""
+
+    def __init__(self, config: OpcUaDevice, state_dir: Path) -> None:
+        self._config = config
+        self._pki = pki.pki_dir(state_dir)
+        self._plans = poll_plans(config)
+        self._tags = {tag.name: tag for tag in config.tags}
+        self._subscribed = [tag for tag in config.tags if tag.mode == "subscribe"]
+        self._client: Client | None = None
+        self._nodes: dict[str, ua.NodeId] = {}
+        self._subscription: Subscription | None = None
+        self._handles: dict[int, OpcUaTag] = {}
+        self._lost: asyncio.Event = asyncio.Event()
+        self._lost_reason = ""
+
+    @property
+    def device(self) -> str:
+        return self._config.name
+
+    @property
+    def plans(self) -> Sequence[OpcUaReadPlan]:
+        return self._plans
+
+    async def connect(self) -> None:
+        cfg = self._config
+        client = Client(cfg.endpoint, timeout=cfg.timeout_s,
+                        watchdog_intervall=min(cfg.timeout_s, 1.0))
+        client.application_uri = pki.APPLICATION_URI
+        client.name = client.description = f"edge-agent {cfg.name}"
+        client._stale_check_margin = math.inf  # our watchdog owns stalls (see module docstring)
+        self._lost = asyncio.Event()
+        client.connection_lost_callback = self._on_connection_lost
+        self._client = client
+        try:
+            await self._secure(client)
+            await client.connect()
+            self._nodes = {tag.name: await self._resolve(client, tag) for tag in cfg.tags}
+            if self._subscribed:
+                await self._subscribe(client)
+        except DeviceError:
+            raise
+        except Exception as exc:
+            raise self._classify(exc, "connect") from exc
+        log.info("opcua_connected", device=cfg.name, endpoint=cfg.endpoint,
+                 policy=cfg.security.policy, mode=cfg.security.mode)
+
+    async def close(self) -> None:
+        client, self._client, self._subscription = self._client, None, None
+        if client is None:
+            return
+        try:
+            await asyncio.wait_for(client.disconnect(), self._config.timeout_s)
+        except (TimeoutError, OSError, UaError) as exc:
+            log.info("opcua_disconnect_unclean", device=self.device, error=str(exc))
+            client.disconnect_socket()
+
+    async def read(self, plan: ReadPlan) -> SampleBatch:
+        client = self._connected()
+        params = ua.ReadParameters()
+        params.TimestampsToReturn = ua.TimestampsToReturn.Source
+        for name in plan.tags:
+            item = ua.ReadValueId()
+            item.NodeId = self._nodes[name]
+            item.AttributeId = AttributeIds.Value
+            params.NodesToRead.append(item)
+        mono_ns, receive_ns = time.monotonic_ns(), time.time_ns()
+        try:
+            results = await client.uaclient.read(params)
+        except Exception as exc:
+            raise self._classify(exc, f"read {plan.name}") from exc
+        builder = BatchBuilder(self.device)
+        newest = 0
+        for name, result in zip(plan.tags, results, strict=True):
+            newest = max(newest, self._add(builder, name, result, receive_ns))
+        # A Read is one instant: the newest plausible source time of its values stands for all.
+        return builder.build(newest or receive_ns, mono_ns)
+
+    async def stream(self) -> AsyncIterator[SampleBatch | DeviceNotice]:
+        """Batches of the subscription as they arrive (one per notification time), and the
+        watchdog's notices; ends with a DeviceError when the connection is lost."""
+        if self._subscription is None:
+            await self._lost.wait()
+            raise DeviceUnreachable(self.device, self._lost_reason or "connection lost")
+        cfg = self._config
+        check_s = min(0.5, cfg.stall_after_s / 4)
+        since = time.monotonic()
+        stalled = False
+        while True:
+            if self._lost.is_set():
+                raise DeviceUnreachable(self.device, self._lost_reason or "connection lost")
+            sub = self._subscription
+            events = await self._next_events(sub, check_s)
+            if events:
+                for batch in self._batches(events):
+                    stalled = False
+                    yield batch
+                continue
+            last = sub.last_publish_at or since
+            if time.monotonic() - last < cfg.stall_after_s or self._lost.is_set():
+                continue
+            if not stalled:
+                stalled = True
+                yield DeviceNotice("degraded", "subscription_stalled",
+                                   f"nothing from the server for {cfg.stall_after_s:g} s, "
+                                   "not even a keep-alive; recreating the subscription")
+            log.warning("opcua_subscription_stalled", device=self.device,
+                        silent_s=round(time.monotonic() - last, 1))
+            await self._resubscribe()
+            since = time.monotonic()
+
+    # -- connection ------------------------------------------------------------------------
+
+    async def _secure(self, client: Client) -> None:
+        """Security and identity, before connecting: a server certificate is trusted only when
+        pinned in the trust folder."""
+        sec = self._config.security
+        if sec.username is not None:
+            client.set_user(sec.username)
+            password = await asyncio.to_thread(self._password)
+            if password is not None:
+                client.set_password(password)
+        if sec.user_certificate is not None and sec.user_private_key is not None:
+            await client.load_client_certificate(str(sec.user_certificate))
+            await client.load_private_key(sec.user_private_key)
+        if sec.policy == "None":
+            return
+        if sec.certificate is not None and sec.private_key is not None:
+            cert, key = sec.certificate, sec.private_key
+        else:
+            identity = await asyncio.to_thread(pki.ensure_client_identity, self._pki)
+            cert, key = identity.cert_path, identity.key_path
+        try:
+            await client.set_security(_POLICIES[sec.policy], str(cert), str(key),
+                                      mode=getattr(ua.MessageSecurityMode, sec.mode))
+        except UaError as exc:
+            if "No matching endpoints" in str(exc):
+                raise SecurityRejected(
+                    self.device, f"the server offers no endpoint with policy {sec.policy} and "
+                    f"mode {sec.mode}; `edge-agent browse {self._config.endpoint}` lists them"
+                ) from exc
+            raise
+        server_der = client.security_policy.peer_certificate
+        server_cert = pki.load_certificate(server_der) if server_der else None
+        if server_cert is None or not pki.is_trusted(server_cert, self._pki):
+            fp = pki.fingerprint(server_cert) if server_cert is not None else "(none sent)"
+            raise SecurityRejected(
+                self.device,
+                f"the server's certificate (SHA-256 {fp}) is not trusted; check it and pin it "
+                f"with `edge-agent opcua trust -c CONFIG {self._config.endpoint}`",
+            )
+
+    def _password(self) -> str | None:
+        sec = self._config.security
+        if sec.password is not None:
+            return sec.password.get_secret_value()
+        if sec.password_file is None:
+            return None
+        try:
+            return sec.password_file.read_text(encoding="utf-8").rstrip("\r\n")
+        except (OSError, UnicodeDecodeError) as exc:
+            # The error names the file, never its content.
+            raise SecurityRejected(self.device,
+                                   f"cannot read security.password_file {sec.password_file}: "
+                                   f"{type(exc).__name__}") from exc
+
+    async def _on_connection_lost(self, exc: Exception) -> None:
+        self._lost_reason = f"connection lost: {type(exc).__name__}: {exc}".rstrip(": ")
+        self._lost.set()
+
+    def _connected(self) -> Client:
+        if self._client is None or self._lost.is_set():
+            raise DeviceUnreachable(self.device, self._lost_reason or "not connected")
+        return self._client
+
+    async def _resolve(self, client: Client, tag: OpcUaTag) -> ua.NodeId:
+        if tag.node is not None:
+            return ua.NodeId.from_string(tag.node)
+        assert tag.browse_path is not None  # the config requires one of the two
+        root = client.get_node(tag.browse_root)
+        try:
+            node: Node = await root.get_child(tag.browse_path.strip("/").split("/"))
+        except UaStatusCodeError as exc:
+            raise IllegalAddress(self.device, f"browse path not found: {exc}", code=exc.code,
+                                 address=tag.address) from exc
+        return node.nodeid
+
+    # -- subscription ----------------------------------------------------------------------
+
+    async def _subscribe(self, client: Client) -> None:
+        cfg = self._config
+        params = ua.CreateSubscriptionParameters()
+        params.RequestedPublishingInterval = cfg.publishing_interval_s * 1000
+        params.RequestedMaxKeepAliveCount = cfg.keepalive_count
+        params.RequestedLifetimeCount = cfg.keepalive_count * 3
+        params.MaxNotificationsPerPublish = 0
+        params.PublishingEnabled = True
+        sub = await client.create_subscription(params, None, queue_maxsize=100_000)
+        requests, self._handles = [], {}
+        for handle, tag in enumerate(self._subscribed, start=1):
+            requests.append(self._monitored_item(handle, tag))
+            self._handles[handle] = tag
+        results = await sub.create_monitored_items(requests)
+        for tag, result in zip(self._subscribed, results, strict=True):
+            if isinstance(result, ua.StatusCode):
+                # One bad node must not cost the others their data: report, keep the rest.
+                log.warning("opcua_monitored_item_refused", device=self.device, tag=tag.name,
+                            node=tag.address, status=result.name)
+        self._subscription = sub
+
+    def _monitored_item(self, handle: int, tag: OpcUaTag) -> ua.MonitoredItemCreateRequest:
+        item = ua.ReadValueId()
+        item.NodeId = self._nodes[tag.name]
+        item.AttributeId = AttributeIds.Value
+        mparams = ua.MonitoringParameters()
+        mparams.ClientHandle = handle
+        mparams.SamplingInterval = tag.sampling_interval_s * 1000
+        mparams.QueueSize = tag.queue_size
+        mparams.DiscardOldest = True
+        if tag.deadband is not None:
+            dfilter = ua.DataChangeFilter()
+            dfilter.Trigger = ua.DataChangeTrigger.StatusValue
+            dfilter.DeadbandType = (ua.DeadbandType.Absolute if tag.deadband.type == "absolute"
+                                    else ua.DeadbandType.Percent)
+            dfilter.DeadbandValue = tag.deadband.value
+            mparams.Filter = dfilter
+        request = ua.MonitoredItemCreateRequest()
+        request.ItemToMonitor = item
+        request.MonitoringMode = ua.MonitoringMode.Reporting
+        request.RequestedParameters = mparams
+        return request
+
+    async def _resubscribe(self) -> None:
+        """Drop the stalled subscription (best effort: the server may not answer) and make a
+        new one; failing that, the connection is treated as lost."""
+        client = self._connected()
+        old, self._subscription = self._subscription, None
+        if old is not None:
+            try:
+                await asyncio.wait_for(old.delete(), self._config.timeout_s)
+            except (TimeoutError, OSError, UaError) as exc:
+                log.info("opcua_stalled_subscription_not_deleted", device=self.device,
+                         error=str(exc))
+        try:
+            await self._subscribe(client)
+        except Exception as exc:
+            raise self._classify(exc, "recreate subscription") from exc
+        log.info("opcua_subscription_recreated", device=self.device)
+
+    async def _next_events(self, sub: Subscription, timeout_s: float) -> list[DataChangeEvent]:
+        """What the subscription delivered: waits up to `timeout_s` for the first, then takes
+        every one already queued, so that a burst becomes few batches."""
+        first = await sub.next_event(timeout_s)
+        if first is None:
+            return []
+        raw = [first]
+        queue = sub._event_queue  # asyncua has no public non-blocking get
+        while queue is not None and not queue.empty():
+            item = queue.get_nowait()
+            if item is not None:
+                raw.append(item)
+        events = []
+        for event in raw:
+            if isinstance(event, DataChangeEvent):
+                events.append(event)
+            elif isinstance(event, StatusChangeEvent):
+                code = event.notification.Status.value
+                if code in _SESSION_LOST or not ua.StatusCode(code).is_good():
+                    self._lost_reason = f"subscription ended by the server: {ua.StatusCode(code).name}"
+                    self._lost.set()
+        return events
+
+    def _batches(self, events: list[DataChangeEvent]) -> list[SampleBatch]:
+        """One batch per run of notifications that share a time (the server sampled them
+        together), in arrival order."""
+        receive_ns, mono_ns = time.time_ns(), time.monotonic_ns()
+        batches: list[SampleBatch] = []
+        builder: BatchBuilder | None = None
+        current = -1
+        for event in events:
+            handle = event.data.subscription_data.client_handle
+            tag = self._handles.get(handle) if handle is not None else None
+            if tag is None:
+                continue
+            value = event.data.monitored_item.Value
+            time_ns = plausible_time_ns(value.SourceTimestamp if value else None, receive_ns)
+            if builder is None or time_ns != current:
+                if builder is not None and len(builder):
+                    batches.append(builder.build(current, mono_ns))
+                builder, current = BatchBuilder(self.device), time_ns
+            self._add(builder, tag.name, value, receive_ns)
+        if builder is not None and len(builder):
+            batches.append(builder.build(current, mono_ns))
+        return batches
+
+    def _add(self, builder: BatchBuilder, name: str, value: ua.DataValue | None,
+             receive_ns: int) -> int:
+        """Add one DataValue to the batch; its plausible source time (0 when it has none)."""
+        tag = self._tags[name]
+        if value is None:
+            builder.add(name, None, quality_of(StatusCodes.BadNoData), tag.max_array_length)
+            return 0
+        code = value.StatusCode.value if value.StatusCode is not None else 0
+        payload = value.Value.Value if value.Value is not None else None
+        builder.add(name, payload, quality_of(code), tag.max_array_length)
+        if value.SourceTimestamp is None:
+            return 0
+        time_ns = plausible_time_ns(value.SourceTimestamp, receive_ns)
+        return 0 if time_ns == receive_ns else time_ns
+
+    def _classify(self, exc: Exception, doing: str) -> DeviceError:
+        """asyncua's exceptions as the supervisor's DeviceErrors."""
+        name = self.device
+        if isinstance(exc, DeviceError):
+            return exc
+        if isinstance(exc, TimeoutError):
+            return DeviceTimeout(name, f"{doing}: no answer within {self._config.timeout_s} s")
+        if isinstance(exc, OSError | ConnectionError):
+            return DeviceUnreachable(name, f"{doing}: {self._config.endpoint}: {exc}")
+        if isinstance(exc, UaStatusCodeError):
+            code = exc.code
+            text = f"{doing}: {ua.StatusCode(code).name}"
+            if code in _SESSION_LOST:
+                return DeviceUnreachable(name, text)
+            if code in _UNKNOWN_NODE:
+                return IllegalAddress(name, text, code=code)
+            if code in (StatusCodes.BadTimeout, StatusCodes.BadRequestTimeout):
+                return DeviceTimeout(name, text)
+            if code in (StatusCodes.BadIdentityTokenInvalid,
+                        StatusCodes.BadIdentityTokenRejected,
+                        StatusCodes.BadUserAccessDenied,
+                        StatusCodes.BadCertificateUntrusted,
+                        StatusCodes.BadSecurityChecksFailed,
+                        StatusCodes.BadSecurityPolicyRejected):
+                return SecurityRejected(name, f"{text}: the server refuses these credentials")
+            return DeviceException(name, text, code=code)
+        if isinstance(exc, UaError):
+            return DeviceException(name, f"{doing}: {exc}", code=0)
+        return DeviceError(name, f"{doing}: {type(exc).__name__}: {exc}")

@@ -228,6 +228,10 @@ def build_parser() -> argparse.ArgumentParser:
     status.add_argument("--json", action="store_true", help="the raw status document")
     status.set_defaults(func=cmd_status)
 
+    from agent.opcua_cli import add_commands as add_opcua_commands
+
+    add_opcua_commands(sub)  # browse, opcua trust
+
     version = sub.add_parser("version", help="print the versions of the agent and its libraries")
     version.set_defaults(func=cmd_version)
     return parser

@@ -28,7 +28,6 @@ from asyncua import ua
 from asyncua.client.client import Client
 from asyncua.common.node import Node
 from asyncua.common.subscription import DataChangeEvent, StatusChangeEvent, Subscription
-from asyncua.crypto import security_policies
 from asyncua.ua.attribute_ids import AttributeIds
 from asyncua.ua.status_codes import StatusCodes
 from asyncua.ua.uaerrors import UaError, UaStatusCodeError
@@ -44,16 +43,12 @@ from drivers.errors import (
 )
 from drivers.opcua import pki
 from drivers.opcua.config import OpcUaDevice, OpcUaTag
+from drivers.opcua.security import secure
 from drivers.opcua.values import BatchBuilder, plausible_time_ns, quality_of
 from drivers.samples import SampleBatch
 
 log = structlog.get_logger(__name__)
 
-_POLICIES: dict[str, type[security_policies.SecurityPolicy]] = {
-    "Basic256Sha256": security_policies.SecurityPolicyBasic256Sha256,
-    "Aes128Sha256RsaOaep": security_policies.SecurityPolicyAes128Sha256RsaOaep,
-    "Aes256Sha256RsaPss": security_policies.SecurityPolicyAes256Sha256RsaPss,
-}
 _SESSION_LOST = frozenset({
     StatusCodes.BadSessionIdInvalid, StatusCodes.BadSessionClosed,
     StatusCodes.BadSecureChannelClosed, StatusCodes.BadConnectionClosed,
@@ -120,7 +115,7 @@ class OpcUaDriver:
         client.connection_lost_callback = self._on_connection_lost
         self._client = client
         try:
-            await self._secure(client)
+            await secure(client, cfg, self._pki)
             await client.connect()
             self._nodes = {tag.name: await self._resolve(client, tag) for tag in cfg.tags}
             if self._subscribed:
@@ -197,59 +192,6 @@ class OpcUaDriver:
             since = time.monotonic()
 
     # -- connection ------------------------------------------------------------------------
-
-    async def _secure(self, client: Client) -> None:
-        """Security and identity, before connecting: a server certificate is trusted only when
-        pinned in the trust folder."""
-        sec = self._config.security
-        if sec.username is not None:
-            client.set_user(sec.username)
-            password = await asyncio.to_thread(self._password)
-            if password is not None:
-                client.set_password(password)
-        if sec.user_certificate is not None and sec.user_private_key is not None:
-            await client.load_client_certificate(str(sec.user_certificate))
-            await client.load_private_key(sec.user_private_key)
-        if sec.policy == "None":
-            return
-        if sec.certificate is not None and sec.private_key is not None:
-            cert, key = sec.certificate, sec.private_key
-        else:
-            identity = await asyncio.to_thread(pki.ensure_client_identity, self._pki)
-            cert, key = identity.cert_path, identity.key_path
-        try:
-            await client.set_security(_POLICIES[sec.policy], str(cert), str(key),
-                                      mode=getattr(ua.MessageSecurityMode, sec.mode))
-        except UaError as exc:
-            if "No matching endpoints" in str(exc):
-                raise SecurityRejected(
-                    self.device, f"the server offers no endpoint with policy {sec.policy} and "
-                    f"mode {sec.mode}; `edge-agent browse {self._config.endpoint}` lists them"
-                ) from exc
-            raise
-        server_der = client.security_policy.peer_certificate
-        server_cert = pki.load_certificate(server_der) if server_der else None
-        if server_cert is None or not pki.is_trusted(server_cert, self._pki):
-            fp = pki.fingerprint(server_cert) if server_cert is not None else "(none sent)"
-            raise SecurityRejected(
-                self.device,
-                f"the server's certificate (SHA-256 {fp}) is not trusted; check it and pin it "
-                f"with `edge-agent opcua trust -c CONFIG {self._config.endpoint}`",
-            )
-
-    def _password(self) -> str | None:
-        sec = self._config.security
-        if sec.password is not None:
-            return sec.password.get_secret_value()
-        if sec.password_file is None:
-            return None
-        try:
-            return sec.password_file.read_text(encoding="utf-8").rstrip("\r\n")
-        except (OSError, UnicodeDecodeError) as exc:
-            # The error names the file, never its content.
-            raise SecurityRejected(self.device,
-                                   f"cannot read security.password_file {sec.password_file}: "
-                                   f"{type(exc).__name__}") from exc
 
     async def _on_connection_lost(self, exc: Exception) -> None:
         self._lost_reason = f"connection lost: {type(exc).__name__}: {exc}".rstrip(": ")

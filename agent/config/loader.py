@@ -145,6 +145,8 @@ def _data_loc(loc: tuple[Any, ...], data: Any) -> Loc:
     out: list[str | int] = []
     node = data
     for part in loc:
+        if isinstance(node, dict) and isinstance(part, str) and part == node.get("protocol"):
+            continue  # the tag of the device union (`protocol`), not a key of the file
         if isinstance(node, dict) and part in node or isinstance(node, list) and isinstance(part, int) and 0 <= part < len(node):
             node = node[part]
         elif isinstance(node, dict | list):
@@ -182,6 +184,12 @@ def _describe(err: Any, data: Any, lines: dict[Loc, int]) -> tuple[int, str]:
         options = [o for o in options if o]
         hint = _did_you_mean(str(value), options)
         return _line_of(loc, lines), f"{where}: {value!r} is not one of {', '.join(options)}{hint}"
+    if kind in ("union_tag_invalid", "union_tag_not_found"):
+        expected = err["ctx"].get("expected_tags", "")
+        got = f"{value.get('protocol')!r} is not one of" if kind == "union_tag_invalid" \
+            else "required key 'protocol' is missing; use one of"
+        return (_line_of((*loc, "protocol"), lines),
+                f"{where}.protocol: {got} {expected.replace(chr(39), '')}")
     message = str(err["msg"]).removeprefix("Value error, ")
     message = message[:1].lower() + message[1:]
     shown = "" if isinstance(value, dict | list) else f" (got {value!r})"

@@ -328,3 +328,19 @@ def stop_process(process: subprocess.Popen[Any], timeout_s: float = 5.0) -> int:
         except subprocess.TimeoutExpired:
             process.kill()
     return process.wait()
+
+
+async def wait_until_async(
+    predicate: Callable[[], T], *, timeout_s: float, what: str, interval_s: float = 0.02
+) -> T:
+    """`wait_until` for tests whose servers run on the test's own event loop."""
+    import asyncio
+
+    deadline = time.monotonic() + timeout_s
+    while True:
+        result = predicate()
+        if result:
+            return result
+        if time.monotonic() >= deadline:
+            raise TimeoutError(f"timed out after {timeout_s} s waiting for {what}")
+        await asyncio.sleep(interval_s)

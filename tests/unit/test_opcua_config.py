@@ -111,3 +111,15 @@ def test_check_warns_about_unencrypted_opcua_across_the_network(
         "{policy: Basic256Sha256, mode: SignAndEncrypt, username: tech, password: s3cret}", "{}"))
     assert main(["check", "-c", str(path)]) == 0
     assert "oven: security mode None towards opc.tcp://10.0.0.5:4840" in capsys.readouterr().err
+
+
+def test_example_configs_commented_opcua_device_is_valid(tmp_path: Path) -> None:
+    example = (Path(__file__).resolve().parents[2] / "config" / "example.yaml").read_text()
+    block = example[example.index("  # - name: oven-1"):]
+    uncommented = "\n".join(line.replace("  # ", "  ", 1) for line in block.splitlines())
+    path = tmp_path / "example.yaml"
+    path.write_text(example[:example.index("  # An OPC UA server")] + uncommented + "\n")
+    devices = load_config(path, environ={}).config.devices
+    oven = devices[-1]
+    assert isinstance(oven, OpcUaDevice) and oven.security.mode == "SignAndEncrypt"
+    assert [t.name for t in oven.tags] == ["temp_c", "door_open", "recipe"]

@@ -52,6 +52,7 @@ bench: venv mosquitto
 	fi
 	$(BIN)/python bench/store/run.py --output bench/results/latest.md
 	$(BIN)/python bench/startup/run.py --output bench/results/startup.md
+	$(BIN)/python bench/opcua/run.py --output bench/results/opcua.md
 
 clean:
 	rm -rf $(VENV) .demo .pytest_cache .mypy_cache .ruff_cache .hypothesis

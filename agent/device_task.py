@@ -44,6 +44,8 @@ class DeviceStatus:
         self.status, self.reason = status, reason
         if status == "up":
             log.info("device_up", device=self.device)
+        elif status == DEGRADED:
+            log.warning("device_degraded", device=self.device, reason=reason, detail=detail)
         else:
             log.warning("device_down", device=self.device, reason=reason, detail=detail, address=address)
         data: dict[str, object] = {"status": status, "reason": reason, "detail": detail}

@@ -13,6 +13,8 @@ Faults, for tests that provoke what peers fail at:
   subscription forgotten) and comes back on the same port, like a PLC rebooting;
 * `stall_subscriptions()`: every existing subscription stops publishing, data and
   keep-alives alike, while the session still answers Reads: the silent failure;
+* `expire_subscriptions()`: every subscription is deleted server-side, as when its lifetime
+  ran out, and the client is not told;
 * `set_bad(reading, code)`: that variable is served with a bad (or uncertain) StatusCode
   until `set_bad(reading, None)`.
 
@@ -180,6 +182,16 @@ class OpcUaSimServer:
             await sub.stop()
         log.info("opcua_subscriptions_stalled", count=len(subs))
         return len(subs)
+
+    async def expire_subscriptions(self) -> int:
+        """Delete every subscription on the server's side, as when its lifetime ran out while
+        the client was away: the client is not told. How many were deleted."""
+        assert self._server is not None
+        service = self._server.iserver.subscription_service
+        ids = list(service.subscriptions)
+        await service.delete_subscriptions(ids)
+        log.info("opcua_subscriptions_expired", count=len(ids))
+        return len(ids)
 
     def set_bad(self, reading: str, code: int | None = StatusCodes.BadSensorFailure) -> None:
         """Serve `reading` with StatusCode `code` (None: good again) from the next tick on."""

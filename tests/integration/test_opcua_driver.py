@@ -162,6 +162,22 @@ async def test_stalled_subscription_is_reported_recreated_and_delivers_again(
     assert run.health() == [("up", ""), ("degraded", "subscription_stalled"), ("up", "")]
 
 
+async def test_subscription_expired_on_the_server_is_recreated(
+        sim: OpcUaSimServer, start: Any) -> None:
+    """ThingsBoard gateway #2028: a subscription the server dropped is never created again."""
+    run = start(device(sim.endpoint, [
+        {"name": "power", "node": sim.node_id("active_power_w"), "sampling_interval_s": 0.05}]))
+    await wait_until_async(lambda: run.values("power"), timeout_s=10, what="first value")
+    assert await sim.expire_subscriptions() >= 1
+    await wait_until_async(lambda: len(run.health()) >= 3, timeout_s=15,
+                           what="the loss reported and recovered")
+    count = len(run.values("power"))
+    await wait_until_async(lambda: len(run.values("power")) > count + 3, timeout_s=10,
+                           what="values from a new subscription")
+    # Nothing told the client: its watchdog noticed the silence.
+    assert run.health() == [("up", ""), ("degraded", "subscription_stalled"), ("up", "")]
+
+
 async def test_server_restart_reconnects_and_resubscribes(
         sim: OpcUaSimServer, start: Any) -> None:
     """ThingsBoard gateway #1641 / Telegraf #14066: no reconnect after a server restart."""

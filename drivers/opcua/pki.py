@@ -10,6 +10,7 @@ fingerprint and the command that pins it.
 from __future__ import annotations
 
 import socket
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,6 +26,8 @@ KEY_FILE = "client-key.pem"
 TRUSTED_DIR = "trusted"
 CERT_VALID_DAYS = 3650
 """Ten years: a gateway in a cabinet should not stop talking when a certificate expires."""
+_MAKING = threading.Lock()
+"""Two OPC UA devices starting at once must not each write half of a certificate/key pair."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,6 +43,11 @@ def pki_dir(state_dir: Path) -> Path:
 def ensure_client_identity(pki: Path) -> ClientIdentity:
     """The gateway's certificate and key, made now if absent (slow: an RSA key; call it in a
     thread). The key file is readable by its owner only."""
+    with _MAKING:
+        return _ensure_client_identity(pki)
+
+
+def _ensure_client_identity(pki: Path) -> ClientIdentity:
     cert_path, key_path = pki / CERT_FILE, pki / KEY_FILE
     if cert_path.exists() and key_path.exists():
         return ClientIdentity(cert_path, key_path)

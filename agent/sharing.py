@@ -80,6 +80,11 @@ def explain(config: AgentConfig) -> list[str]:
         if raw:
             lines.append(f"  {topic(device.name, SAMPLES)}")
             lines.append(f"      every {window}: every sample of " + ", ".join(raw))
+        with_events = policy.tags_with(device.name, ("raw", "aggregates", "events"))
+        if with_events:
+            lines.append(f"  {topic(device.name, 'quality')}")
+            lines.append("      when a tag's quality changes (good, uncertain, bad; no measured "
+                         "values): " + ", ".join(with_events))
         if device.share != "none":
             lines.append(f"  {topic(device.name, 'device_health')}")
             lines.append("      when the connection status changes: up/down and why "

@@ -53,3 +53,22 @@ def test_the_last_sample_of_an_array_counts_and_texts_are_good() -> None:
 
 def test_quality_events_rank_with_health_when_the_store_is_full() -> None:
     assert priority_of(QUALITY) == 1
+
+
+def test_quality_of_a_tag_shared_none_never_leaves_and_explain_names_the_topic() -> None:
+    from agent.config.models import AgentConfig
+    from agent.sharing import SharingPolicy, explain
+
+    config = AgentConfig.model_validate({
+        "gateway": {"id": "gw", "site": "s"}, "mqtt": {"host": "h"},
+        "devices": [{"name": "d", "protocol": "opcua", "endpoint": "opc.tcp://h:4840",
+                     "tags": [{"name": "a", "node": "ns=2;s=A"},
+                              {"name": "b", "node": "ns=2;s=B", "share": "none"}]}]})
+    det = QualityChanges("d", ["a", "b"])
+    [event] = det.on_batch(batch(("a", "b"), [B, B]))
+    shared = SharingPolicy(config.devices).apply(event)
+    assert shared is not None and set(shared.data["tags"]) == {"a"}
+    [only_b] = det.on_batch(batch(("a", "b"), [B, G]))
+    assert SharingPolicy(config.devices).apply(only_b) is None
+    text = "\n".join(explain(config))
+    assert "s/gw/d/quality" in text and "(good, uncertain, bad; no measured values): a" in text

@@ -18,7 +18,8 @@ Faults, for tests that provoke what peers fail at:
 * `set_bad(reading, code)`: that variable is served with a bad (or uncertain) StatusCode
   until `set_bad(reading, None)`.
 
-Security: `security=True` offers only Basic256Sha256 Sign and SignAndEncrypt endpoints with a
+Security: `users` refuses anonymous sessions and every unknown name or wrong password;
+`security=True` offers only Basic256Sha256 Sign and SignAndEncrypt endpoints with a
 certificate made at start in `pki_dir` (its fingerprint is what a client must pin).
 """
 
@@ -31,12 +32,15 @@ from collections import deque
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import cast
+from typing import Any, cast
 
 import structlog
 from asyncua import ua
 from asyncua.crypto.cert_gen import generate_private_key, generate_self_signed_app_certificate
+from asyncua.crypto.permission_rules import User, UserRole
+from asyncua.server.internal_server import InternalServer
 from asyncua.server.server import Server
+from asyncua.server.user_managers import UserManager
 from asyncua.ua.status_codes import StatusCodes
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
@@ -83,6 +87,19 @@ def make_server_certificate(pki_dir: Path, host: str) -> tuple[Path, Path]:
     return cert_path, key_path
 
 
+class _PasswordUsers(UserManager):
+    """Users by name and password; anyone else (anonymous too) is refused."""
+
+    def __init__(self, users: Mapping[str, str]) -> None:
+        self._users = dict(users)
+
+    def get_user(self, iserver: InternalServer, username: str | None = None,
+                 password: str | None = None, certificate: Any = None) -> User | None:
+        if username is not None and self._users.get(username) == password:
+            return User(role=UserRole.User, name=username)
+        return None
+
+
 def _free_port(host: str) -> int:
     with socket.socket() as sock:
         sock.bind((host, 0))
@@ -96,9 +113,11 @@ class OpcUaSimServer:
     def __init__(self, scenario: str, readings: ReadingsSource, *, host: str = "127.0.0.1",
                  port: int = 0, tick_s: float = 0.1, security: bool = False,
                  pki_dir: Path | None = None, firmware: str = "1.2",
-                 advance: Callable[[float], None] | None = None) -> None:
+                 advance: Callable[[float], None] | None = None,
+                 users: Mapping[str, str] | None = None) -> None:
         """`advance`, when given, moves the model by `tick_s` each tick (in-process use; the
-        `plc-sim` command's own clock moves it otherwise)."""
+        `plc-sim` command's own clock moves it otherwise). `users` (name -> password), when
+        given, is the only way in: anonymous sessions are refused."""
         self._scenario = scenario
         self._readings = readings
         self._host = host
@@ -108,6 +127,7 @@ class OpcUaSimServer:
         self._pki_dir = pki_dir
         self._firmware = firmware
         self._advance = advance
+        self._users = users
         self._server: Server | None = None
         self._ns = 2
         self._nodes: dict[str, ua.NodeId] = {}
@@ -133,7 +153,7 @@ class OpcUaSimServer:
         if self._port == 0:
             # Chosen before binding so that the advertised endpoint URLs carry the real port.
             self._port = _free_port(self._host)
-        server = Server()
+        server = Server(user_manager=_PasswordUsers(self._users) if self._users else None)
         await server.init()
         server.set_endpoint(self.endpoint)
         server.set_server_name(f"plc-sim {self._scenario}")

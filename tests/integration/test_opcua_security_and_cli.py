@@ -18,18 +18,21 @@ from agent.device_task import DeviceStatus, supervise_device
 from agent.events import DEVICE_HEALTH, Event
 from agent.testing import console_script, wait_until_async
 from drivers.opcua import OpcUaDevice, OpcUaDriver, pki
+from drivers.opcua.trust import fetch_server_certificate
 from drivers.samples import SampleBatch
 from plc_sim.opcua_server import OpcUaSimServer
 from plc_sim.scenarios import SCENARIOS, ScenarioOptions
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
+PASSWORD = "pw-never-in-an-event"
+
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
 async def secure_sim(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[OpcUaSimServer]:
     machine = SCENARIOS["compressor"].factory(ScenarioOptions())
     server = OpcUaSimServer("compressor", machine.trace_record, advance=machine.advance,
-                            tick_s=0.05, security=True,
+                            tick_s=0.05, security=True, users={"edge": PASSWORD},
                             pki_dir=tmp_path_factory.mktemp("server-pki"))
     await server.start()
     yield server
@@ -46,33 +49,42 @@ async def edge_agent(*args: str, stdin: str = "") -> tuple[int, str, str]:
     return process.returncode, out.decode(), err.decode()
 
 
-def secure_device(endpoint: str, node: str) -> OpcUaDevice:
+def secure_device(endpoint: str, node: str, password_file: Path) -> OpcUaDevice:
     return OpcUaDevice.model_validate({
         "name": "comp", "protocol": "opcua", "endpoint": endpoint, "timeout_s": 2,
         "publishing_interval_s": 0.1,
-        "security": {"policy": "Basic256Sha256", "mode": "SignAndEncrypt"},
+        "security": {"policy": "Basic256Sha256", "mode": "SignAndEncrypt", "username": "edge",
+                     "password_file": str(password_file)},
         "tags": [{"name": "power", "node": node, "sampling_interval_s": 0.05}]})
+
+
+class Keep:
+    """A detector that keeps the batches."""
+
+    def __init__(self) -> None:
+        self.batches: list[SampleBatch] = []
+
+    def on_batch(self, batch: SampleBatch) -> list[Event]:
+        self.batches.append(batch)
+        return []
+
+    def on_tick(self, mono_ns: int, time_ns: int) -> list[Event]:
+        return []
+
+    def flush(self, time_ns: int) -> list[Event]:
+        return []
 
 
 async def test_unpinned_server_is_refused_then_pinned_server_delivers_encrypted(
         secure_sim: OpcUaSimServer, tmp_path: Path) -> None:
     events: list[Event] = []
-    batches: list[SampleBatch] = []
-
-    class Keep:
-        def on_batch(self, batch: SampleBatch) -> list[Event]:
-            batches.append(batch)
-            return []
-
-        def on_tick(self, mono_ns: int, time_ns: int) -> list[Event]:
-            return []
-
-        def flush(self, time_ns: int) -> list[Event]:
-            return []
-
-    config = secure_device(secure_sim.endpoint, secure_sim.node_id("active_power_w"))
+    keep = Keep()
+    password_file = tmp_path / "password"
+    password_file.write_text(PASSWORD + "\n")
+    config = secure_device(secure_sim.endpoint, secure_sim.node_id("active_power_w"),
+                           password_file)
     task = asyncio.create_task(supervise_device(
-        OpcUaDriver(config, tmp_path), Keep(), events.extend, Backoff(0.2, 0.5),
+        OpcUaDriver(config, tmp_path), keep, events.extend, Backoff(0.2, 0.5),
         DeviceStatus("comp")))
     try:
         await wait_until_async(lambda: events, timeout_s=15, what="a health event")
@@ -91,12 +103,34 @@ async def test_unpinned_server_is_refused_then_pinned_server_delivers_encrypted(
         assert f"SHA-256     {fingerprint}" in out
         assert "Basic256Sha256/SignAndEncrypt" in out
 
-        await wait_until_async(lambda: len(batches) >= 3, timeout_s=15,
+        await wait_until_async(lambda: len(keep.batches) >= 3, timeout_s=15,
                                what="values over the encrypted channel")
         health = [(e.data["status"], e.data["reason"]) for e in events if e.kind == DEVICE_HEALTH]
         assert health == [("down", "security"), ("up", "")]
     finally:
         task.cancel()
+
+
+async def test_wrong_password_is_a_security_event_that_never_shows_the_password(
+        secure_sim: OpcUaSimServer, tmp_path: Path) -> None:
+    server_cert = (await fetch_server_certificate(secure_sim.endpoint)).cert
+    pki.pin(server_cert, tmp_path / "pki")
+    password_file = tmp_path / "password"
+    password_file.write_text("not-" + PASSWORD)
+    events: list[Event] = []
+    config = secure_device(secure_sim.endpoint, secure_sim.node_id("active_power_w"),
+                           password_file)
+    task = asyncio.create_task(supervise_device(
+        OpcUaDriver(config, tmp_path), Keep(), events.extend, Backoff(0.2, 0.5),
+        DeviceStatus("comp")))
+    try:
+        await wait_until_async(lambda: events, timeout_s=15, what="a health event")
+    finally:
+        task.cancel()
+    refused = events[0].data
+    assert (refused["status"], refused["reason"]) == ("down", "security")
+    assert "BadUserAccessDenied" in refused["detail"]
+    assert PASSWORD not in str(refused)
 
 
 async def test_trust_asks_and_pins_nothing_when_the_answer_is_no(

@@ -172,22 +172,27 @@ class OpcUaDriver:
             if self._lost.is_set():
                 raise DeviceUnreachable(self.device, self._lost_reason or "connection lost")
             sub = self._subscription
-            events = await self._next_events(sub, check_s)
+            events, ended = await self._next_events(sub, check_s)
             if events:
                 for batch in self._batches(events):
                     stalled = False
                     yield batch
                 continue
-            last = sub.last_publish_at or since
-            if time.monotonic() - last < cfg.stall_after_s or self._lost.is_set():
+            if self._lost.is_set():
                 continue
+            last = sub.last_publish_at or since
+            silent_s = time.monotonic() - last
+            if ended is None and silent_s < cfg.stall_after_s:
+                continue
+            detail = (f"the server ended the subscription ({ended})" if ended else
+                      f"nothing from the server for {cfg.stall_after_s:g} s, not even a "
+                      "keep-alive")
             if not stalled:
                 stalled = True
                 yield DeviceNotice("degraded", "subscription_stalled",
-                                   f"nothing from the server for {cfg.stall_after_s:g} s, "
-                                   "not even a keep-alive; recreating the subscription")
-            log.warning("opcua_subscription_stalled", device=self.device,
-                        silent_s=round(time.monotonic() - last, 1))
+                                   detail + "; recreating the subscription")
+            log.warning("opcua_subscription_stalled", device=self.device, detail=detail,
+                        silent_s=round(silent_s, 1))
             await self._resubscribe()
             since = time.monotonic()
 
@@ -276,28 +281,36 @@ class OpcUaDriver:
             raise self._classify(exc, "recreate subscription") from exc
         log.info("opcua_subscription_recreated", device=self.device)
 
-    async def _next_events(self, sub: Subscription, timeout_s: float) -> list[DataChangeEvent]:
+    async def _next_events(
+        self, sub: Subscription, timeout_s: float
+    ) -> tuple[list[DataChangeEvent], str | None]:
         """What the subscription delivered: waits up to `timeout_s` for the first, then takes
-        every one already queued, so that a burst becomes few batches."""
-        first = await sub.next_event(timeout_s)
+        every one already queued, so that a burst becomes few batches. Second: why the
+        server ended the subscription, when it said so (None: it did not)."""
+        try:
+            first = await sub.next_event(timeout_s)
+        except StopAsyncIteration:  # asyncua closed it (deleted, or its session lost)
+            return [], "closed"
         if first is None:
-            return []
+            return [], None
         raw = [first]
         queue = sub._event_queue  # asyncua has no public non-blocking get
         while queue is not None and not queue.empty():
             item = queue.get_nowait()
             if item is not None:
                 raw.append(item)
-        events = []
+        events, ended = [], None
         for event in raw:
             if isinstance(event, DataChangeEvent):
                 events.append(event)
             elif isinstance(event, StatusChangeEvent):
-                code = event.notification.Status.value
-                if code in _SESSION_LOST or not ua.StatusCode(code).is_good():
-                    self._lost_reason = f"subscription ended by the server: {ua.StatusCode(code).name}"
+                status = ua.StatusCode(event.notification.Status.value)
+                if status.value in _SESSION_LOST:
+                    self._lost_reason = f"the server ended the session: {status.name}"
                     self._lost.set()
-        return events
+                elif not status.is_good():  # e.g. BadTimeout: its lifetime ran out
+                    ended = status.name
+        return events, ended
 
     def _batches(self, events: list[DataChangeEvent]) -> list[SampleBatch]:
         """One batch per run of notifications that share a time (the server sampled them

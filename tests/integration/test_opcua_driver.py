@@ -73,7 +73,7 @@ class Run:
 def device(endpoint: str, tags: list[dict[str, Any]], **extra: Any) -> OpcUaDevice:
     return OpcUaDevice.model_validate({
         "name": "comp", "protocol": "opcua", "endpoint": endpoint, "timeout_s": 2,
-        "publishing_interval_s": 0.1, "keepalive_count": 3, "stall_intervals": 2,
+        "publishing_interval_s": 0.1, "keepalive_count": 3, "stall_intervals": 5,
         "poll_interval_s": 0.2, "tags": tags, **extra})
 
 

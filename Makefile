@@ -43,8 +43,8 @@ e2e: venv mosquitto
 demo: venv mosquitto
 	$(BIN)/python tools/demo.py
 
-# The store benchmark (a few minutes): bench/results/latest.md, explained in bench/README.md.
-# mosquitto_pub (Debian's mosquitto-clients) is its replay baseline.
+# The benchmarks (a few minutes each): bench/results/*.md, explained in bench/README.md.
+# mosquitto_pub (Debian's mosquitto-clients) is the store benchmark's replay baseline.
 bench: venv mosquitto
 	@if ! command -v mosquitto_pub >/dev/null 2>&1; then \
 	  echo "installing mosquitto-clients from Debian's packages"; \
@@ -52,6 +52,7 @@ bench: venv mosquitto
 	fi
 	$(BIN)/python bench/store/run.py --output bench/results/latest.md
 	$(BIN)/python bench/startup/run.py --output bench/results/startup.md
+	$(BIN)/python bench/modbus/run.py --output bench/results/modbus.md
 	$(BIN)/python bench/opcua/run.py --output bench/results/opcua.md
 
 clean:

@@ -6,7 +6,8 @@ import ipaddress
 
 from agent.config import LoadedConfig
 from agent.config.models import MqttConfig
-from drivers.modbus.plan import plan_requests
+from drivers.modbus.config import ModbusTag, parse_register
+from drivers.modbus.describe import describe_device
 from drivers.opcua.config import OpcUaDevice
 
 
@@ -33,6 +34,20 @@ def password_source(mqtt: MqttConfig) -> str:
     return "set" if has_password(mqtt) else "none"
 
 
+def _datasheet_hint(tag: ModbusTag) -> str:
+    """What `address: 40101` probably meant, when that is a valid datasheet number."""
+    head = (f"address {tag.address} looks like datasheet notation (3xxxx/4xxxx), but "
+            "`address` is zero-based")
+    try:
+        table, address = parse_register(tag.address)
+    except ValueError:
+        return head + f": {tag.table} register {tag.address} is read"
+    if table != tag.table:
+        return (head + f"; as a datasheet number, {tag.address} would be the {table} table "
+                f"({table} {address}), not {tag.table}: check the table and the number")
+    return head + f"; for the datasheet's number write `register: {tag.address}` (= {table} {address})"
+
+
 def warnings(loaded: LoadedConfig) -> list[str]:
     """Things that are valid but probably not meant."""
     mqtt = loaded.config.mqtt
@@ -49,12 +64,8 @@ def warnings(loaded: LoadedConfig) -> list[str]:
                            "values and any password cross the network in clear text")
             continue
         for tag in device.tags:
-            if tag.address >= 30000:
-                out.append(
-                    f"{device.name}.{tag.name}: address {tag.address} looks like datasheet "
-                    f"notation (3xxxx/4xxxx); addresses here are zero-based, e.g. register "
-                    f"{tag.address} is `address: {tag.address % 10000 - 1}` with the right table"
-                )
+            if tag.datasheet_register is None and tag.address >= 30000:
+                out.append(f"{device.name}.{tag.name}: {_datasheet_hint(tag)}")
     if mqtt.username is not None and not has_password(loaded.config.mqtt):
         out.append("mqtt.username is set without a password (password, password_file or "
                    "password_credential)")
@@ -81,17 +92,7 @@ def summary(loaded: LoadedConfig) -> list[str]:
         if isinstance(device, OpcUaDevice):
             lines += _opcua_summary(device)
             continue
-        requests = plan_requests(device.tags, max_gap_registers=device.max_gap_registers)
-        lines.append(
-            f"device {device.name}: {device.protocol} {device.host}:{device.port} unit {device.unit}, "
-            f"{len(device.tags)} tags every {device.poll_interval_s:g} s in {len(requests)} request(s)"
-        )
-        for request in requests:
-            names = ", ".join(tag.name for tag in request.tags)
-            lines.append(
-                f"  read {request.table} registers {request.address}..{request.address + request.count - 1}"
-                f" ({request.count}): {names}"
-            )
+        lines.extend(describe_device(device))
     return lines
 
 

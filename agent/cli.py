@@ -174,6 +174,48 @@ def cmd_status(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _quiet_logs() -> None:
+    """The technician's commands print their own findings; only warnings go to the log."""
+    from agent.logs import configure_logging
+
+    configure_logging("warning")
+
+
+def cmd_plan(args: argparse.Namespace) -> int:
+    from agent.modbus_tools import modbus_devices, print_plan
+
+    config = _load_or_exit(args.config, _env_for_status(args.config)).config
+    try:
+        devices = modbus_devices(config, args.device)
+    except ValueError as exc:
+        print(f"plan: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    print_plan(devices, sys.stdout)
+    return EXIT_OK
+
+
+def cmd_read(args: argparse.Namespace) -> int:
+    from agent.modbus_tools import modbus_devices, read_all
+
+    _quiet_logs()
+    config = _load_or_exit(args.config, _env_for_status(args.config)).config
+    try:
+        devices = modbus_devices(config, args.device)
+    except ValueError as exc:
+        print(f"read: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    ok = asyncio.run(read_all(devices, sys.stdout, sys.stderr))
+    return EXIT_OK if ok else EXIT_FAILURE
+
+
+def cmd_probe(args: argparse.Namespace) -> int:
+    from agent.modbus_tools import run_probe
+
+    _quiet_logs()
+    return run_probe(args.url, args.unit, args.register, args.table, args.address, args.count,
+                     args.timeout, sys.stdout, sys.stderr)
+
+
 def cmd_version(_args: argparse.Namespace) -> int:
     print(f"edge-agent {__version__}")
     for dist in ("pymodbus", "asyncua", "paho-mqtt", "numba", "numpy", "msgpack", "pydantic"):
@@ -228,6 +270,31 @@ def build_parser() -> argparse.ArgumentParser:
     status.add_argument("--json", action="store_true", help="the raw status document")
     status.set_defaults(func=cmd_status)
 
+    plan = sub.add_parser("plan", help="print each Modbus poll group's read requests")
+    plan.add_argument("-c", "--config", required=True, help="configuration file (YAML)")
+    plan.add_argument("--device", help="only this device")
+    plan.set_defaults(func=cmd_plan)
+
+    read = sub.add_parser("read", help="read every configured Modbus tag once and print it")
+    read.add_argument("-c", "--config", required=True, help="configuration file (YAML)")
+    read.add_argument("--device", help="only this device")
+    read.set_defaults(func=cmd_read)
+
+    probe = sub.add_parser(
+        "probe", help="read raw registers of an unconfigured device and decode them every way",
+        description="Reads only. URL: tcp://HOST:PORT, rtu-tcp://HOST:PORT or "
+        "rtu:///dev/ttyUSB0?baudrate=9600&parity=E&stop_bits=1",
+    )
+    probe.add_argument("protocol", choices=["modbus"])
+    probe.add_argument("url")
+    probe.add_argument("--unit", type=int, default=1, help="unit (slave) id, default 1")
+    probe.add_argument("--register", help="first register in datasheet notation, e.g. 40001")
+    probe.add_argument("--table", choices=["coil", "discrete", "holding", "input"],
+                       help="with --address: the table, instead of --register")
+    probe.add_argument("--address", type=int, help="with --table: zero-based address")
+    probe.add_argument("--count", type=int, default=2, help="registers (or bits) to read, default 2")
+    probe.add_argument("--timeout", type=float, default=2.0, help="seconds, default 2")
+    probe.set_defaults(func=cmd_probe)
     from agent.opcua_cli import add_commands as add_opcua_commands
 
     add_opcua_commands(sub)  # browse, opcua trust
@@ -242,6 +309,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         code: int = args.func(args)
     except KeyboardInterrupt:
+        code = EXIT_OK
+    except BrokenPipeError:
+        # `edge-agent probe ... | head`: the reader has gone; say nothing more.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         code = EXIT_OK
     return code
 

@@ -27,7 +27,7 @@ log = structlog.get_logger(__name__)
 EventSink = Callable[[Iterable[Event]], None]
 
 DEGRADED = "degraded"
-"""Connected and polled, but a pushed stream stalled: only the stream's own data clears it."""
+"""Connected and read, but not wholly: some tags refused, or a pushed stream stalled."""
 
 
 @dataclass
@@ -38,10 +38,15 @@ class DeviceStatus:
     status: str = "starting"
     reason: str = ""
 
+    detail: str = ""
+
     def change(self, status: str, reason: str = "", detail: str = "", address: str | None = None) -> list[Event]:
-        if (status, reason) == (self.status, self.reason):
+        # A device that stays down for another reason's detail (another address timing out) is
+        # not news; a degraded device whose set of refused tags changed is.
+        same = (status, reason) == (self.status, self.reason)
+        if same and (status != DEGRADED or detail == self.detail):
             return []
-        self.status, self.reason = status, reason
+        self.status, self.reason, self.detail = status, reason, detail
         if status == "up":
             log.info("device_up", device=self.device)
         elif status == DEGRADED:
@@ -81,10 +86,18 @@ async def supervise_device(
         await asyncio.sleep(backoff.next_delay_s())
 
 
+def _never() -> bool:
+    return False
+
+
 async def _poll(
-    driver: Driver, detector: Detector, sink: EventSink, status: DeviceStatus, backoff: Backoff
+    driver: Driver, detector: Detector, sink: EventSink, status: DeviceStatus, backoff: Backoff,
+    held: Callable[[], bool] = _never,
 ) -> None:
-    """Read each plan on its own schedule (monotonic clock); missed slots are skipped, not queued."""
+    """Read each plan on its own schedule (monotonic clock); missed slots are skipped, not queued.
+
+    While `held()`, a read does not set the status: something else (a stalled stream) owns it.
+    """
     plans = driver.plans
     if not plans:  # every tag is pushed
         await asyncio.Future()
@@ -96,8 +109,8 @@ async def _poll(
         if delay > 0:
             await asyncio.sleep(delay)
         batch = await driver.read(plans[i])
-        if status.status != DEGRADED:
-            sink(status.change("up"))
+        if not held():
+            sink(_read_status(driver, status))
         backoff.reset()
         sink(detector.on_batch(batch))
         interval = plans[i].interval_s
@@ -112,19 +125,29 @@ async def _poll_and_stream(
     backoff: Backoff,
 ) -> None:
     """Poll the plans and consume the pushed stream side by side; the first failure of
-    either ends both (the caller reports it and reconnects)."""
+    either ends both (the caller reports it and reconnects).
+
+    Connected is up (or degraded by refused tags) at once: a device whose values are all
+    pushed may have nothing to push for a while. A notice from the stream (it stalled) holds
+    the status until the stream delivers again; the polls meanwhile do not hide it.
+    """
+    notice: list[DeviceNotice] = []
 
     async def consume() -> None:
         async for item in driver.stream():
             if isinstance(item, DeviceNotice):
+                notice[:] = [item]
                 sink(status.change(item.status, item.reason, item.detail))
                 continue
-            sink(status.change("up"))
+            notice.clear()
+            sink(_read_status(driver, status))
             backoff.reset()
             sink(detector.on_batch(item))
         raise DeviceError(driver.device, "the data stream ended")
 
-    tasks = {asyncio.create_task(_poll(driver, detector, sink, status, backoff)),
+    sink(_read_status(driver, status))
+    tasks = {asyncio.create_task(_poll(driver, detector, sink, status, backoff,
+                                       held=lambda: bool(notice))),
              asyncio.create_task(consume())}
     try:
         done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
@@ -134,6 +157,17 @@ async def _poll_and_stream(
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+
+
+def _read_status(driver: Driver, status: DeviceStatus) -> list[Event]:
+    """Up, or degraded while the device refuses some tags (named, with their addresses)."""
+    errors = driver.tag_errors
+    if not errors:
+        return status.change("up")
+    reasons = sorted({error.reason for error in errors.values()})
+    detail = "; ".join(error.detail for _, error in sorted(errors.items()))
+    detail += "; the other tags go on being read"
+    return status.change(DEGRADED, ",".join(reasons), detail)
 
 
 async def tick_detectors(

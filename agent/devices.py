@@ -6,9 +6,10 @@ from pathlib import Path
 
 from agent.config.models import DeviceConfig
 from agent.detect import Detector, DetectorChain, QualityChanges, RawSamples, WindowAggregator
+from agent.detect.change import ChangeReporter
 from agent.sharing import effective_share
 from drivers.base import Driver
-from drivers.modbus import ModbusTcpDriver
+from drivers.modbus import ModbusDriver
 from drivers.opcua import OpcUaDevice, OpcUaDriver
 
 
@@ -16,7 +17,7 @@ def make_driver(config: DeviceConfig, state_dir: Path) -> Driver:
     # One branch per protocol; `config` is a discriminated union on `protocol`.
     if isinstance(config, OpcUaDevice):
         return OpcUaDriver(config, state_dir)  # its certificates live in the state directory
-    return ModbusTcpDriver(config)
+    return ModbusDriver(config)
 
 
 def make_detector(config: DeviceConfig, window_s: float) -> Detector:
@@ -28,4 +29,8 @@ def make_detector(config: DeviceConfig, window_s: float) -> Detector:
     raw = [tag.name for tag in config.tags if effective_share(config, tag.share) == "raw"]
     if raw:
         detectors.append(RawSamples(config.name, raw, window_s))
+    # Text values are always reported on change; numbers when the tag asks for it.
+    watched = {} if isinstance(config, OpcUaDevice) else {
+        tag.name: tag.deadband for tag in config.tags if getattr(tag, "report_on_change", False)}
+    detectors.append(ChangeReporter(config.name, watched, units))
     return DetectorChain(detectors)

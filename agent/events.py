@@ -22,6 +22,8 @@ WINDOW = "window"
 """Per-tag aggregates of one device over one window."""
 SAMPLES = "samples"
 """Every sample of the tags shared `raw`, one event per device and window."""
+CHANGE = "change"
+"""Tags marked `report_on_change` (and text values) that moved: reported as it happens."""
 DEVICE_HEALTH = "device_health"
 """A device's connection or read status changed."""
 QUALITY = "quality"
@@ -38,7 +40,7 @@ HEARTBEAT = "heartbeat"
 GATEWAY_DEVICE = "_gateway"
 """The `device` of events about the gateway itself (topic-safe, never a device name)."""
 
-_PRIORITY = {SAMPLES: 0, WINDOW: 0, DEVICE_HEALTH: 1, STORE_HEALTH: 1, HEARTBEAT: 1,
+_PRIORITY = {SAMPLES: 0, WINDOW: 0, CHANGE: 1, DEVICE_HEALTH: 1, STORE_HEALTH: 1, HEARTBEAT: 1,
              QUALITY: 1, CLOCK: 2}
 """What a full store gives up first: periodic aggregates (0), then health (1), then the
 rest (2: anomalies, limit violations, state changes), which are kept longest."""

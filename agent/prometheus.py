@@ -60,8 +60,8 @@ def render(snapshot: Mapping[str, Any], gateway: str) -> str:
     metric("edge_agent_uptime_seconds", "gauge", "Seconds since the agent started.",
            one(snapshot["uptime_s"]))
     devices = snapshot["devices"]
-    metric("edge_agent_device_up", "gauge", "1 when the device's reads succeed.",
-           iter([({"device": name}, 1.0 if d["status"] == "up" else 0.0)
+    metric("edge_agent_device_up", "gauge", "1 when the device's reads succeed (also when degraded).",
+           iter([({"device": name}, 1.0 if d["status"] in ("up", "degraded") else 0.0)
                  for name, d in devices.items()]))
     metric("edge_agent_store_depth", "gauge", "Stored events not yet acknowledged by the broker.",
            one(store["depth"]))

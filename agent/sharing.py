@@ -10,7 +10,16 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from agent.config.models import AgentConfig, DeviceConfig
-from agent.events import CLOCK, GATEWAY_DEVICE, HEARTBEAT, SAMPLES, STORE_HEALTH, WINDOW, Event
+from agent.events import (
+    CHANGE,
+    CLOCK,
+    GATEWAY_DEVICE,
+    HEARTBEAT,
+    SAMPLES,
+    STORE_HEALTH,
+    WINDOW,
+    Event,
+)
 from drivers.sharing import Share
 
 _SHARED_IN = {WINDOW: ("raw", "aggregates"), SAMPLES: ("raw",)}
@@ -80,6 +89,12 @@ def explain(config: AgentConfig) -> list[str]:
         if raw:
             lines.append(f"  {topic(device.name, SAMPLES)}")
             lines.append(f"      every {window}: every sample of " + ", ".join(raw))
+        watched = [t.name for t in device.tags if getattr(t, "report_on_change", False)
+                   or getattr(t, "type", "") == "string"]
+        watched = [t for t in watched if policy.share_of(device.name, t) != "none"]
+        if watched:
+            lines.append(f"  {topic(device.name, CHANGE)}")
+            lines.append("      when the value changes (beyond its deadband): " + ", ".join(watched))
         with_events = policy.tags_with(device.name, ("raw", "aggregates", "events"))
         if with_events:
             lines.append(f"  {topic(device.name, 'quality')}")

@@ -51,6 +51,13 @@ def format_line(env: Envelope) -> str:
             else:
                 parts.append(f"{tag}=? [bad={s.get('bad', 0)}]")
         return f"{head} " + "; ".join(parts)
+    if env.kind == "change" and isinstance(data.get("tags"), dict):
+        changes = []
+        for tag, c in data["tags"].items():
+            unit = f" {c['unit']}" if c.get("unit") else ""
+            was = "" if c.get("previous") is None else f" (was {_number(c['previous'])})"
+            changes.append(f"{tag}={_number(c['value'])}{unit}{was}")
+        return f"{head} " + "; ".join(changes)
     return f"{head} " + " ".join(f"{k}={_number(v)}" for k, v in data.items())
 
 

@@ -7,10 +7,11 @@ interval, so poll groups with different rates drop in without runtime changes.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
+from drivers.errors import DeviceError
 from drivers.samples import SampleBatch
 
 
@@ -35,6 +36,12 @@ class Driver(Protocol):
 
     @property
     def plans(self) -> Sequence[ReadPlan]: ...
+
+    @property
+    def tag_errors(self) -> Mapping[str, DeviceError]:
+        """Tags the device refuses to serve while the rest are read (sent as BAD samples):
+        the supervisor reports the device as degraded, once per change of this set."""
+        ...
 
     async def connect(self) -> None: ...
 

@@ -75,7 +75,8 @@ def load_config(path: Path | str, environ: Mapping[str, str] | None = None) -> L
         raise ConfigError([f"{path}:{line}: {msg}" for line, msg in sorted(problems)])
 
     try:
-        config = AgentConfig.model_validate(data)
+        # Device profiles are looked up beside the file first (drivers/modbus/profiles.py).
+        config = AgentConfig.model_validate(data, context={"config_dir": path.parent.resolve()})
     except ValidationError as exc:
         messages = sorted(_describe(err, data, lines) for err in exc.errors())
         raise ConfigError([f"{path}:{line}: {msg}" for line, msg in messages]) from exc
@@ -145,8 +146,8 @@ def _data_loc(loc: tuple[Any, ...], data: Any) -> Loc:
     out: list[str | int] = []
     node = data
     for part in loc:
-        if isinstance(node, dict) and isinstance(part, str) and part == node.get("protocol"):
-            continue  # the tag of the device union (`protocol`), not a key of the file
+        if isinstance(node, dict) and part not in node and node.get("protocol") == part:
+            continue  # the discriminator's tag: which device model validated this entry
         if isinstance(node, dict) and part in node or isinstance(node, list) and isinstance(part, int) and 0 <= part < len(node):
             node = node[part]
         elif isinstance(node, dict | list):

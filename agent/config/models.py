@@ -13,12 +13,15 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 
-from drivers.modbus.config import ModbusTcpDevice
+from drivers.modbus.config import ModbusRtuDevice, ModbusRtuTcpDevice, ModbusTcpDevice, line_key
 from drivers.naming import require_unique_names
 from drivers.opcua.config import OpcUaDevice
 
-DeviceConfig = Annotated[ModbusTcpDevice | OpcUaDevice, Field(discriminator="protocol")]
-"""Every device kind the agent can poll: a discriminated union on `protocol`."""
+DeviceConfig = Annotated[
+    ModbusTcpDevice | ModbusRtuTcpDevice | ModbusRtuDevice | OpcUaDevice,
+    Field(discriminator="protocol"),
+]
+"""Every device kind the agent can poll, told apart by `protocol`."""
 
 _IDENTIFIER = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
 TOPIC_FIELDS = frozenset({"site", "gateway", "device", "kind"})
@@ -196,6 +199,33 @@ class LogConfig(_Section):
     level: Literal["debug", "info", "warning", "error"] = "info"
 
 
+_SERIAL_SETTINGS = ("baudrate", "parity", "stop_bits", "byte_size", "inter_frame_delay_s")
+
+
+def _lines_consistent(devices: list[DeviceConfig]) -> None:
+    """Devices sharing a line (a serial bus, a TCP gateway) need the same line settings: a line
+    has only one; and on a serial line each its own unit id: two slaves cannot share one."""
+    first: dict[object, ModbusTcpDevice | ModbusRtuTcpDevice | ModbusRtuDevice] = {}
+    modbus = (ModbusTcpDevice, ModbusRtuTcpDevice, ModbusRtuDevice)
+    for device in devices:
+        if not isinstance(device, modbus):
+            continue
+        key = line_key(device)
+        other = first.setdefault(key, device)
+        if other is device:
+            continue
+        if other.unit == device.unit and key[0] != "tcp":
+            raise ValueError(f"devices {other.name!r} and {device.name!r} are both unit "
+                             f"{device.unit} on the same serial line: give each its own unit id")
+        for setting in _SERIAL_SETTINGS:
+            if hasattr(device, setting) and getattr(device, setting) != getattr(other, setting):
+                raise ValueError(
+                    f"devices {other.name!r} and {device.name!r} share a line but not its "
+                    f"{setting} ({getattr(other, setting)} and {getattr(device, setting)}): "
+                    "one line has one setting"
+                )
+
+
 class AgentConfig(_Section):
     gateway: GatewayConfig
     mqtt: MqttConfig
@@ -211,6 +241,7 @@ class AgentConfig(_Section):
         for device in devices:
             _check_identifier(device.name, "device name")
         require_unique_names(devices, "device")
+        _lines_consistent(devices)
         return devices
 
     @property

@@ -1,6 +1,19 @@
-"""Modbus devices: configuration, request planning, decoding and the TCP driver."""
+"""Modbus devices: configuration, profiles, request planning, decoding, lines and the driver."""
 
-from drivers.modbus.config import ModbusTag, ModbusTcpDevice
-from drivers.modbus.tcp import ModbusTcpDriver
+from drivers.modbus.config import (
+    ModbusDevice,
+    ModbusRtuDevice,
+    ModbusRtuTcpDevice,
+    ModbusTag,
+    ModbusTcpDevice,
+)
+from drivers.modbus.driver import ModbusDriver
 
-__all__ = ["ModbusTag", "ModbusTcpDevice", "ModbusTcpDriver"]
+__all__ = [
+    "ModbusDevice",
+    "ModbusDriver",
+    "ModbusRtuDevice",
+    "ModbusRtuTcpDevice",
+    "ModbusTag",
+    "ModbusTcpDevice",
+]

@@ -10,7 +10,7 @@ from __future__ import annotations
 import struct
 from collections.abc import Sequence
 
-from drivers.modbus.config import ByteOrder, TagType
+from drivers.modbus.config import ByteOrder, ModbusTag, TagType
 
 _STRUCT: dict[str, struct.Struct] = {
     "int16": struct.Struct(">h"),
@@ -60,3 +60,28 @@ def encode(value: float, type_: TagType, order: ByteOrder) -> list[int]:
     # The reorderings are their own inverses, so applying one again encodes.
     raw = to_big_endian_bytes(words, order)
     return [int.from_bytes(raw[i : i + 2], "big") for i in range(0, len(raw), 2)]
+
+
+def decode_string(words: Sequence[int], order: ByteOrder) -> str:
+    """ASCII text, two characters per register, trailing NULs and spaces dropped.
+
+    Only the byte swap inside words (BADC, DCBA) applies: devices keep the characters of
+    a string in reading order across registers whatever their word order for numbers.
+    """
+    raw = b"".join(w.to_bytes(2, "big") for w in words)
+    if order in ("BADC", "DCBA"):
+        raw = b"".join(raw[i + 1 : i + 2] + raw[i : i + 1] for i in range(0, len(raw), 2))
+    return raw.decode("latin-1").rstrip("\x00 ")
+
+
+def decode_tag(tag: ModbusTag, words: Sequence[int], device_order: ByteOrder) -> int | float | str:
+    """A register tag's raw value from its words (before scale and offset); text for strings."""
+    order = tag.byte_order or device_order
+    if tag.type == "string":
+        return decode_string(words, order)
+    if tag.type == "bool":
+        assert tag.bit is not None
+        (word,) = words
+        value = int.from_bytes(to_big_endian_bytes([word], order), "big")
+        return (value >> tag.bit) & 1
+    return decode(words, tag.type, order)

@@ -19,7 +19,7 @@ from __future__ import annotations
 import asyncio
 import math
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -91,6 +91,7 @@ class OpcUaDriver:
         self._subscribed = [tag for tag in config.tags if tag.mode == "subscribe"]
         self._client: Client | None = None
         self._nodes: dict[str, ua.NodeId] = {}
+        self._tag_errors: dict[str, DeviceError] = {}
         self._subscription: Subscription | None = None
         self._handles: dict[int, OpcUaTag] = {}
         self._lost: asyncio.Event = asyncio.Event()
@@ -103,6 +104,12 @@ class OpcUaDriver:
     @property
     def plans(self) -> Sequence[OpcUaReadPlan]:
         return self._plans
+
+    @property
+    def tag_errors(self) -> Mapping[str, DeviceError]:
+        """Tags the server refuses (no such node or browse path, a monitored item it will not
+        create) while the others are read; they arrive as BAD samples when polled."""
+        return self._tag_errors
 
     async def connect(self) -> None:
         cfg = self._config
@@ -117,7 +124,12 @@ class OpcUaDriver:
         try:
             await secure(client, cfg, self._pki)
             await client.connect()
-            self._nodes = {tag.name: await self._resolve(client, tag) for tag in cfg.tags}
+            self._tag_errors = {}
+            self._nodes = {}
+            for tag in cfg.tags:
+                node = await self._resolve(client, tag)
+                if node is not None:
+                    self._nodes[tag.name] = node
             if self._subscribed:
                 await self._subscribe(client)
         except DeviceError:
@@ -141,20 +153,25 @@ class OpcUaDriver:
         client = self._connected()
         params = ua.ReadParameters()
         params.TimestampsToReturn = ua.TimestampsToReturn.Source
-        for name in plan.tags:
+        names = [name for name in plan.tags if name in self._nodes]
+        for name in names:
             item = ua.ReadValueId()
             item.NodeId = self._nodes[name]
             item.AttributeId = AttributeIds.Value
             params.NodesToRead.append(item)
         mono_ns, receive_ns = time.monotonic_ns(), time.time_ns()
         try:
-            results = await client.uaclient.read(params)
+            results = await client.uaclient.read(params) if names else []
         except Exception as exc:
             raise self._classify(exc, f"read {plan.name}") from exc
         builder = BatchBuilder(self.device)
         newest = 0
-        for name, result in zip(plan.tags, results, strict=True):
+        for name, result in zip(names, results, strict=True):
+            self._note_unknown_node(name, result.StatusCode)
             newest = max(newest, self._add(builder, name, result, receive_ns))
+        for name in plan.tags:
+            if name not in self._nodes:  # its browse path did not resolve
+                builder.add(name, None, quality_of(StatusCodes.BadNoMatch), 1)
         # A Read is one instant: the newest plausible source time of its values stands for all.
         return builder.build(newest or receive_ns, mono_ns)
 
@@ -207,7 +224,8 @@ class OpcUaDriver:
             raise DeviceUnreachable(self.device, self._lost_reason or "not connected")
         return self._client
 
-    async def _resolve(self, client: Client, tag: OpcUaTag) -> ua.NodeId:
+    async def _resolve(self, client: Client, tag: OpcUaTag) -> ua.NodeId | None:
+        """The tag's NodeId; None (and a tag error) for a browse path the server lacks."""
         if tag.node is not None:
             return ua.NodeId.from_string(tag.node)
         assert tag.browse_path is not None  # the config requires one of the two
@@ -215,9 +233,27 @@ class OpcUaDriver:
         try:
             node: Node = await root.get_child(tag.browse_path.strip("/").split("/"))
         except UaStatusCodeError as exc:
-            raise IllegalAddress(self.device, f"browse path not found: {exc}", code=exc.code,
-                                 address=tag.address) from exc
+            if exc.code not in _UNKNOWN_NODE:
+                raise
+            self._refuse(tag, "no such browse path", exc.code)
+            return None
         return node.nodeid
+
+    def _refuse(self, tag: OpcUaTag, what: str, code: int) -> None:
+        name = ua.StatusCode(ua.UInt32(code)).name
+        detail = f"tag {tag.name}: {what} {tag.address} ({name})"
+        self._tag_errors[tag.name] = IllegalAddress(self.device, detail, code=code,
+                                                    address=tag.address)
+        log.warning("opcua_tag_refused", device=self.device, tag=tag.name, node=tag.address,
+                    status=name)
+
+    def _note_unknown_node(self, name: str, status: ua.StatusCode | None) -> None:
+        """A polled node the server says does not exist is a refused tag until it exists."""
+        code = status.value if status is not None else 0
+        if code in _UNKNOWN_NODE:
+            self._refuse(self._tags[name], "no such node", code)
+        else:
+            self._tag_errors.pop(name, None)
 
     # -- subscription ----------------------------------------------------------------------
 
@@ -230,16 +266,16 @@ class OpcUaDriver:
         params.MaxNotificationsPerPublish = 0
         params.PublishingEnabled = True
         sub = await client.create_subscription(params, None, queue_maxsize=100_000)
+        tags = [tag for tag in self._subscribed if tag.name in self._nodes]
         requests, self._handles = [], {}
-        for handle, tag in enumerate(self._subscribed, start=1):
+        for handle, tag in enumerate(tags, start=1):
             requests.append(self._monitored_item(handle, tag))
             self._handles[handle] = tag
-        results = await sub.create_monitored_items(requests)
-        for tag, result in zip(self._subscribed, results, strict=True):
+        results = await sub.create_monitored_items(requests) if requests else []
+        for tag, result in zip(tags, results, strict=True):
             if isinstance(result, ua.StatusCode):
                 # One bad node must not cost the others their data: report, keep the rest.
-                log.warning("opcua_monitored_item_refused", device=self.device, tag=tag.name,
-                            node=tag.address, status=result.name)
+                self._refuse(tag, "monitored item refused for", result.value)
         self._subscription = sub
 
     def _monitored_item(self, handle: int, tag: OpcUaTag) -> ua.MonitoredItemCreateRequest:

@@ -197,7 +197,7 @@ def test_check_command_exit_codes(tmp_path: Path) -> None:
     bad = subprocess.run([console_script("edge-agent"), "check", "-c", str(broken)],
                          capture_output=True, text=True, check=False)
     assert bad.returncode == 2
-    assert f"{broken}:{line}: devices[0].tags[1].type: 'flaot32' is not one of int16" in bad.stderr
+    assert f"{broken}:{line}: devices[0].tags[1].type: 'flaot32' is not one of bool, int16" in bad.stderr
 
 
 def test_unusable_state_dir_is_a_clear_error(tmp_path: Path, mosquitto: Mosquitto) -> None:

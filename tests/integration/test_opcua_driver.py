@@ -198,14 +198,21 @@ async def test_server_restart_reconnects_and_resubscribes(
     assert all(a != b for a, b in itertools.pairwise(health))  # no repeats
 
 
-async def test_unknown_browse_path_is_a_health_event_naming_the_path(
+async def test_unknown_nodes_make_the_device_degraded_and_the_other_tags_go_on(
         sim: OpcUaSimServer, start: Any) -> None:
     run = start(device(sim.endpoint, [
-        {"name": "ghost", "browse_path": "2:compressor/2:no_such_value", "mode": "poll"}]))
-    await wait_until_async(run.health, timeout_s=10, what="a health event")
-    event = next(e for e in run.events if e.kind == DEVICE_HEALTH)
-    assert (event.data["status"], event.data["reason"]) == ("down", "illegal_address")
-    assert event.data["address"] == "i=85/2:compressor/2:no_such_value"
+        {"name": "power", "node": sim.node_id("active_power_w"), "sampling_interval_s": 0.05},
+        {"name": "ghost", "browse_path": "2:compressor/2:no_such_value", "mode": "poll"},
+        {"name": "phantom", "node": "ns=2;s=compressor.no_such_node"},
+    ]))
+    await wait_until_async(lambda: len(run.values("power")) > 3 and run.values("ghost"),
+                           timeout_s=10, what="the good tag's values")
+    [(status, reason)] = run.health()
+    assert (status, reason) == ("degraded", "illegal_address")
+    detail = next(e for e in run.events if e.kind == DEVICE_HEALTH).data["detail"]
+    assert "tag ghost: no such browse path i=85/2:compressor/2:no_such_value" in detail
+    assert "tag phantom: monitored item refused for ns=2;s=compressor.no_such_node" in detail
+    assert all(q == Quality.BAD for _, q in run.values("ghost"))  # sent as bad samples
 
 
 async def test_unreachable_endpoint_is_reported_not_fatal(start: Any) -> None:

@@ -81,4 +81,11 @@ def test_check_warns_about_datasheet_addresses(tmp_path: Path,
     assert main(["check", "-c", str(tmp_path / "c.yaml")]) == 0
     err = capsys.readouterr().err
     assert "m1.b: address 40101 looks like datasheet notation" in err
-    assert "`address: 100`" in err
+    assert "`register: 40101` (= holding 100)" in err
+    # A number of another table than the tag's, or none at all: no fix that changes the table.
+    (tmp_path / "c.yaml").write_text(text.replace("address: 10", "address: 30005"))
+    assert main(["check", "-c", str(tmp_path / "c.yaml")]) == 0
+    assert "would be the input table (input 4), not holding" in capsys.readouterr().err
+    (tmp_path / "c.yaml").write_text(text.replace("address: 10", "address: 50000"))
+    assert main(["check", "-c", str(tmp_path / "c.yaml")]) == 0
+    assert "holding register 50000 is read" in capsys.readouterr().err

@@ -49,6 +49,14 @@ def test_tail_line_of_a_window() -> None:
     assert "power_w=3 W [1..3 mean 2 n=3]" in line and "flow=? [bad=2]" in line
 
 
+def test_tail_line_of_a_change() -> None:
+    data = {"tags": {"state": {"value": 2.0, "previous": 1.0, "unit": ""},
+                     "recipe": {"value": "B-3", "previous": None, "unit": ""}}}
+    line = format_line(decode(encode(Event("change", "m1", 1_763_900_000_123_000_000, data),
+                                     gateway="gw", seq=8)))
+    assert line.endswith("gw #8 m1 change state=2 (was 1); recipe=B-3")
+
+
 def test_tail_subscription_covers_the_template() -> None:
     assert topic_filter("{site}/{gateway}/{device}/{kind}", site="s", gateway="g") == "s/g/+/+"
     assert topic_filter("plants/{gateway}/{kind}") == "plants/+/+"

@@ -100,7 +100,7 @@ def test_check_lists_each_opcua_tag_with_its_node_and_mode(
             "user tech, 3 tags") in out
     assert "  temp: ns=2;s=Oven.Temp (subscribe, sampling 1 s, queue 1, deadband absolute 0.5" in out
     assert "  door: i=85/2:Oven/2:Door (poll every 5 s)" in out
-    assert "read holding registers 0..0 (1): p" in out  # the Modbus device's plan is unchanged
+    assert "FC3 read holding registers 0..0 (1)" in out  # the Modbus device's plan is unchanged
     assert "s3cret" not in out
 
 

@@ -1,0 +1,41 @@
+"""A Modbus device's configuration in words: the line, each poll group's requests and its tags.
+
+What `edge-agent check` and `edge-agent plan` print, so that a technician can compare
+it with the datasheet: every tag says how its address was read (`register 40101 =
+holding 100`), every request its function code and registers.
+"""
+
+from __future__ import annotations
+
+from drivers.modbus.config import ModbusDevice
+from drivers.modbus.line import describe_line
+from drivers.modbus.plan import ModbusReadPlan, plan_device
+
+
+def describe_device(device: ModbusDevice, *, tags: bool = True) -> list[str]:
+    plans = plan_device(device)
+    total = sum(len(plan.requests) for plan in plans)
+    profile = f", profile {device.profile}" if device.profile else ""
+    head = (f"device {device.name}: {device.protocol} {describe_line(device)} unit {device.unit}"
+            f"{profile}, {len(device.tags)} tags, {total} request(s) in {len(plans)} poll group(s)")
+    lines = [head]
+    for plan in plans:
+        lines.extend(describe_plan(plan, tags=tags))
+    return lines
+
+
+def describe_plan(plan: ModbusReadPlan, *, tags: bool = True) -> list[str]:
+    lines = [f"  poll group {plan.name} every {plan.interval_s:g} s: {len(plan.requests)} request(s)"]
+    for request in plan.requests:
+        unit = "bits" if request.table in ("coil", "discrete") else "registers"
+        last = request.address + request.count - 1
+        lines.append(
+            f"    FC{request.function_code} read {request.table} {unit} "
+            f"{request.address}..{last} ({request.count})"
+        )
+        if tags:
+            for tag in request.tags:
+                kind = tag.type if tag.type != "string" else f"string[{tag.length_registers}]"
+                unit_text = f" {tag.unit}" if tag.unit else ""
+                lines.append(f"      {tag.name}: {kind}{unit_text}, {tag.describe_address()}")
+    return lines

@@ -1,0 +1,200 @@
+"""A Modbus line: one connection (a TCP socket or a serial port) shared by every device on it.
+
+Several unit ids behind one TCP gateway, or several slaves on one RS-485 bus, are
+separate devices in the configuration but one line on the wire: they share one
+pymodbus client, and one transaction at a time crosses the line, followed by the
+line's inter-frame delay. A line lives while a device on it is connected.
+
+Only read function codes (1-4) are sent: the agent never writes to a device.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import termios
+from collections.abc import Awaitable, Callable, Hashable
+from dataclasses import dataclass, field
+from typing import Any
+
+from pymodbus.client import AsyncModbusSerialClient, AsyncModbusTcpClient
+from pymodbus.exceptions import ConnectionException, ModbusIOException
+from pymodbus.framer import FramerType
+from pymodbus.pdu import ExceptionResponse
+
+from drivers.errors import (
+    DeviceError,
+    DeviceException,
+    DeviceTimeout,
+    DeviceUnreachable,
+    IllegalAddress,
+    ProtocolError,
+)
+from drivers.modbus.config import ModbusDevice, ModbusRtuDevice, ModbusRtuTcpDevice, line_key
+from drivers.modbus.plan import Request
+
+Client = AsyncModbusTcpClient | AsyncModbusSerialClient
+
+EXCEPTION_NAMES = {
+    1: "illegal function",
+    2: "illegal data address",
+    3: "illegal data value",
+    4: "server device failure",
+    5: "acknowledge",
+    6: "server device busy",
+    8: "memory parity error",
+    10: "gateway path unavailable",
+    11: "gateway target device failed to respond",
+}
+ILLEGAL_DATA_ADDRESS = 2
+
+
+def describe_line(config: ModbusDevice) -> str:
+    if isinstance(config, ModbusRtuDevice):
+        return (f"{config.serial_port} ({config.baudrate} {config.byte_size}"
+                f"{config.parity}{config.stop_bits})")
+    return f"{config.host}:{config.port}"
+
+
+def _new_client(config: ModbusDevice) -> Client:
+    # pymodbus's own retries and reconnects are off: the device supervisor owns both.
+    common: dict[str, Any] = {"timeout": config.timeout_s, "retries": 0, "reconnect_delay": 0,
+                              "name": config.name}
+    if isinstance(config, ModbusRtuDevice):
+        return AsyncModbusSerialClient(
+            config.serial_port, framer=FramerType.RTU, baudrate=config.baudrate,
+            bytesize=config.byte_size, parity=config.parity, stopbits=config.stop_bits, **common,
+        )
+    framer = FramerType.RTU if isinstance(config, ModbusRtuTcpDevice) else FramerType.SOCKET
+    return AsyncModbusTcpClient(config.host, port=config.port, framer=framer, **common)
+
+
+@dataclass(eq=False)
+class Line:
+    """One shared connection; `users` counts the devices holding it."""
+
+    key: tuple[Hashable, ...]
+    client: Client
+    inter_frame_delay_s: float
+    where: str
+    users: int = 0
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+
+    async def ensure_connected(self, device: str) -> None:
+        """Connect (again) if the connection is down; one device at a time does it."""
+        if self.client.connected:
+            return
+        async with self.lock:
+            if self.client.connected:
+                return
+            if self.key[0] == "rtu":
+                _check_serial_port(device, str(self.key[1]))
+            try:
+                connected = await self.client.connect()
+            except OSError as exc:  # DNS failures, a serial port that cannot be opened
+                raise DeviceUnreachable(device, f"{self.where}: {exc}") from exc
+            except termios.error as exc:  # the port refuses the line settings (e.g. parity)
+                raise DeviceUnreachable(
+                    device, f"{self.where}: the serial port refuses these line settings: {exc}"
+                ) from exc
+            if not connected:
+                hint = (" (does the serial port exist, and may this user open it: group dialout?)"
+                        if self.key[0] == "rtu" else "")
+                raise DeviceUnreachable(device, f"cannot connect to {self.where}{hint}")
+
+    async def read(self, device: str, unit: int, timeout_s: float, request: Request) -> list[int]:
+        """The request's registers, or its bits as 0/1; a DeviceError naming device and address."""
+        client = self.client
+        address = request.describe()
+        # Another device on this line may have dropped the connection after garbage or a reset:
+        # connect again rather than fail a device that did nothing wrong.
+        await self.ensure_connected(device)
+        read: Callable[..., Awaitable[Any]] = {
+            "holding": client.read_holding_registers,
+            "input": client.read_input_registers,
+            "coil": client.read_coils,
+            "discrete": client.read_discrete_inputs,
+        }[request.table]
+        async with self.lock:
+            # Devices on one line may have different timeouts; the client reads this per request.
+            client.ctx.comm_params.timeout_connect = timeout_s
+            try:
+                response = await read(request.address, count=request.count, device_id=unit)
+            except ConnectionException as exc:
+                raise DeviceUnreachable(device, f"{self.where}: {exc}", address=address) from exc
+            except TimeoutError as exc:
+                raise DeviceTimeout(device, f"no answer within {timeout_s} s", address=address) from exc
+            except ModbusIOException as exc:
+                raise _classify_io_error(device, exc, address, timeout_s) from exc
+            finally:
+                if self.inter_frame_delay_s:
+                    await asyncio.sleep(self.inter_frame_delay_s)
+        if isinstance(response, ExceptionResponse) or response.isError():
+            code = int(getattr(response, "exception_code", 0))
+            cls: type[DeviceException] = (
+                IllegalAddress if code == ILLEGAL_DATA_ADDRESS else DeviceException
+            )
+            name = EXCEPTION_NAMES.get(code, "unknown exception")
+            raise cls(device, f"exception code {code} ({name})", code=code, address=address)
+        if request.table in ("coil", "discrete"):
+            # Bits come packed in whole bytes: the answer may hold up to 7 padding bits.
+            bits = list(response.bits)
+            if len(bits) < request.count or len(bits) >= request.count + 8:
+                raise ProtocolError(
+                    device, f"asked for {request.count} bits, got {len(bits)}", address=address
+                )
+            return [int(b) for b in bits[: request.count]]
+        words = list(response.registers)
+        if len(words) != request.count:
+            raise ProtocolError(
+                device, f"asked for {request.count} registers, got {len(words)}", address=address
+            )
+        return words
+
+
+def _check_serial_port(device: str, port: str) -> None:
+    """Name the two usual reasons a serial port cannot be opened (pymodbus only says it failed)."""
+    if not os.path.exists(port):
+        raise DeviceUnreachable(
+            device, f"serial port {port} does not exist (is the adapter plugged in? "
+            "/dev/serial/by-id/ names survive re-plugging)")
+    if not os.access(port, os.R_OK | os.W_OK):
+        raise DeviceUnreachable(
+            device, f"permission denied on {port}: the agent's user must be in group dialout")
+
+
+def _classify_io_error(device: str, exc: ModbusIOException, address: str, timeout_s: float) -> DeviceError:
+    """pymodbus reports both silence and mismatched answers as ModbusIOException."""
+    if "No response" in str(exc):
+        return DeviceTimeout(device, f"no answer within {timeout_s} s", address=address)
+    return ProtocolError(device, str(exc), address=address)
+
+
+_LINES: dict[tuple[Hashable, ...], Line] = {}
+
+
+def acquire_line(config: ModbusDevice) -> Line:
+    """The line this device is on, created on first use (per event loop)."""
+    key = (*line_key(config), id(asyncio.get_running_loop()))
+    line = _LINES.get(key)
+    if line is None:
+        delay_s = getattr(config, "inter_frame_delay_s", 0.0)
+        line = Line(key, _new_client(config), delay_s, describe_line(config))
+        _LINES[key] = line
+    line.users += 1
+    return line
+
+
+def release_line(line: Line) -> None:
+    """The device is done with the line; the last one closes it."""
+    line.users -= 1
+    if line.users <= 0:
+        line.client.close()
+        if _LINES.get(line.key) is line:
+            del _LINES[line.key]
+
+
+def drop_connection(line: Line) -> None:
+    """Close the connection but keep the line: after a reset or garbage, the next read reconnects
+    instead of reading the rest of a broken stream."""
+    line.client.close()

@@ -113,8 +113,9 @@ class OpcUaDriver:
 
     async def connect(self) -> None:
         cfg = self._config
-        client = Client(cfg.endpoint, timeout=cfg.timeout_s,
-                        watchdog_intervall=min(cfg.timeout_s, 1.0))
+        # asyncua probes the server's state every `watchdog_intervall` with that timeout: a
+        # slow link (a VPN over a mobile network) needs the device's timeout, not asyncua's 1 s.
+        client = Client(cfg.endpoint, timeout=cfg.timeout_s, watchdog_intervall=cfg.timeout_s)
         client.application_uri = pki.APPLICATION_URI
         client.name = client.description = f"edge-agent {cfg.name}"
         client._stale_check_margin = math.inf  # our watchdog owns stalls (see module docstring)

@@ -66,6 +66,14 @@ def warnings(loaded: LoadedConfig) -> list[str]:
         for tag in device.tags:
             if tag.datasheet_register is None and tag.address >= 30000:
                 out.append(f"{device.name}.{tag.name}: {_datasheet_hint(tag)}")
+    for machine in loaded.config.machines:
+        device = next(d for d in loaded.config.devices if d.name == machine.device)
+        signal = next(t for t in device.tags if t.name == machine.signal_tag)
+        share = signal.share or device.share
+        if share in ("none", "events"):
+            out.append(f"machine {machine.name}: its signal {machine.signal_tag} is shared "
+                       f"`{share}`, so its energy reports stay on site"
+                       + ("" if share == "events" else " (and its state changes too)"))
     if mqtt.username is not None and not has_password(loaded.config.mqtt):
         out.append("mqtt.username is set without a password (password, password_file or "
                    "password_credential)")
@@ -93,6 +101,21 @@ def summary(loaded: LoadedConfig) -> list[str]:
             lines += _opcua_summary(device)
             continue
         lines.extend(describe_device(device))
+    for machine in cfg.machines:
+        idle, running, overload, hysteresis = machine.thresholds()
+        unit = "W" if machine.power_tag is not None else "A"
+        energy = (f"energy from {machine.energy_counter_tag}" if machine.energy_counter_tag
+                  else "energy integrated from power" if machine.power_tag or
+                  machine.line_voltage_v else "no energy (give a meter or line_voltage_v)")
+        lines.append(
+            f"machine {machine.name} on {machine.device}: state from {machine.signal_tag} "
+            f"(idle > {idle:g} {unit}, running > {running:g} {unit}"
+            + (f", overload > {overload:g} {unit}" if overload != float("inf") else "")
+            + f", hysteresis {hysteresis:g} {unit}, dwell {machine.min_dwell_s:g} s); {energy}; "
+            f"report every {machine.report_interval_s:g} s"
+            + (f" and at shifts {', '.join(machine.shifts)} ({machine.timezone})"
+               if machine.shifts else "")
+        )
     return lines
 
 

@@ -216,6 +216,22 @@ def cmd_probe(args: argparse.Namespace) -> int:
                      args.timeout, sys.stdout, sys.stderr)
 
 
+def cmd_replay(args: argparse.Namespace) -> int:
+    from agent.replay_csv import ReplayError, run_replay
+
+    config = _load_or_exit(args.config, _env_for_status(args.config)).config
+    try:
+        run_replay(config, Path(args.csv), device_name=args.device, time_column=args.time_column,
+                   scores_path=Path(args.scores) if args.scores else None, out=sys.stdout)
+    except ReplayError as exc:
+        print(f"replay: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    except OSError as exc:
+        print(f"replay: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
+    return EXIT_OK
+
+
 def cmd_version(_args: argparse.Namespace) -> int:
     print(f"edge-agent {__version__}")
     for dist in ("pymodbus", "asyncua", "paho-mqtt", "numba", "numpy", "msgpack", "pydantic"):
@@ -298,6 +314,18 @@ def build_parser() -> argparse.ArgumentParser:
     from agent.opcua_cli import add_commands as add_opcua_commands
 
     add_opcua_commands(sub)  # browse, opcua trust
+
+    replay = sub.add_parser("replay", help="run a device's detectors over a recorded CSV file "
+                            "(to tune thresholds)")
+    replay.add_argument("-c", "--config", required=True, help="configuration file (YAML)")
+    replay.add_argument("--csv", required=True, help="recorded data: one column per tag, "
+                        "the tag names as header")
+    replay.add_argument("--device", help="the device whose detectors run (default: the first)")
+    replay.add_argument("--time-column", help="column holding each row's time (ISO 8601 or "
+                        "epoch seconds); without it rows are one poll interval apart")
+    replay.add_argument("--scores", metavar="OUT.csv",
+                        help="write the detectors' per-sample scores to this file")
+    replay.set_defaults(func=cmd_replay)
 
     version = sub.add_parser("version", help="print the versions of the agent and its libraries")
     version.set_defaults(func=cmd_version)

@@ -20,6 +20,9 @@ def merge_tag_stats(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
         "bad": int(a.get("bad", 0)) + int(b.get("bad", 0)),
         "unit": b.get("unit", a.get("unit", "")),
     }
+    if "increase" in a or "increase" in b:  # a counter tag: increases and resets add up
+        merged["increase"] = float(a.get("increase", 0.0)) + float(b.get("increase", 0.0))
+        merged["resets"] = int(a.get("resets", 0)) + int(b.get("resets", 0))
     if na == 0 or nb == 0:
         source = b if nb else a
         merged.update({k: source[k] for k in ("min", "max", "mean", "std", "last") if k in source})

@@ -4,13 +4,18 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from agent.config.models import DeviceConfig
+from agent.config.models import AgentConfig, DeviceConfig
 from agent.detect import Detector, DetectorChain, QualityChanges, RawSamples, WindowAggregator
 from agent.detect.change import ChangeReporter
+from agent.detect.machine import MachineDetector, MachineSetup
+from agent.detect.state_file import StateFile
 from agent.sharing import effective_share
 from drivers.base import Driver
 from drivers.modbus import ModbusDriver
 from drivers.opcua import OpcUaDevice, OpcUaDriver
+
+MACHINE_MAX_GAP_POLLS = 5
+"""Default `max_gap_s` of a machine: this many poll intervals of its device."""
 
 
 def make_driver(config: DeviceConfig, state_dir: Path) -> Driver:
@@ -20,12 +25,17 @@ def make_driver(config: DeviceConfig, state_dir: Path) -> Driver:
     return ModbusDriver(config)
 
 
-def make_detector(config: DeviceConfig, window_s: float) -> Detector:
+def make_detector(agent: AgentConfig, config: DeviceConfig) -> Detector:
     """Every detector a device's configuration asks for, as one."""
+    window_s = agent.aggregate.window_s
     tags = [tag.name for tag in config.tags]
     units = {tag.name: tag.unit for tag in config.tags}
-    detectors: list[Detector] = [WindowAggregator(config.name, tags, units, window_s),
-                                 QualityChanges(config.name, tags)]
+    counters = {tag.name: tag.counter_modulus for tag in config.tags if tag.counter}
+    state_dir = agent.gateway.state_dir
+    detectors: list[Detector] = [WindowAggregator(
+        config.name, tags, units, window_s, counters,
+        StateFile(state_dir / "counters" / f"{config.name}.json")),
+        QualityChanges(config.name, tags)]
     raw = [tag.name for tag in config.tags if effective_share(config, tag.share) == "raw"]
     if raw:
         detectors.append(RawSamples(config.name, raw, window_s))
@@ -33,4 +43,17 @@ def make_detector(config: DeviceConfig, window_s: float) -> Detector:
     watched = {} if isinstance(config, OpcUaDevice) else {
         tag.name: tag.deadband for tag in config.tags if getattr(tag, "report_on_change", False)}
     detectors.append(ChangeReporter(config.name, watched, units))
+    machines = agent.machines_of(config.name)
+    if machines:
+        setups = [
+            MachineSetup(
+                config=m,
+                max_gap_s=m.max_gap_s or MACHINE_MAX_GAP_POLLS * config.poll_interval_s,
+                meter_modulus=counters.get(m.energy_counter_tag or ""),
+                cycle_modulus=counters.get(m.cycle_counter_tag or ""),
+            )
+            for m in machines
+        ]
+        store = StateFile(state_dir / "machines" / f"{config.name}.json")
+        detectors.append(MachineDetector(config.name, setups, store))
     return DetectorChain(detectors)

@@ -31,6 +31,11 @@ QUALITY = "quality"
 CLOCK = "clock"
 """The gateway's clock became synchronized: the boot's monotonic-to-UTC mapping."""
 
+STATE = "state"
+"""A machine's state changed (off, idle, running, overload)."""
+ENERGY = "energy"
+"""A machine's energy and usage over a report interval or a shift."""
+
 STORE_HEALTH = "store_health"
 """The store dropped or compacted events, or its depth changed notably."""
 
@@ -41,9 +46,10 @@ GATEWAY_DEVICE = "_gateway"
 """The `device` of events about the gateway itself (topic-safe, never a device name)."""
 
 _PRIORITY = {SAMPLES: 0, WINDOW: 0, CHANGE: 1, DEVICE_HEALTH: 1, STORE_HEALTH: 1, HEARTBEAT: 1,
-             QUALITY: 1, CLOCK: 2}
-"""What a full store gives up first: periodic aggregates (0), then health (1), then the
-rest (2: anomalies, limit violations, state changes), which are kept longest."""
+             ENERGY: 1, QUALITY: 1, CLOCK: 2, STATE: 2}
+"""What a full store gives up first: periodic aggregates (0), then health, changes and energy
+reports (1: each report also carries the lifetime totals, so a lost one loses only its
+breakdown), then the rest (2: anomalies, limit violations, state changes), kept longest."""
 
 
 def priority_of(kind: str) -> int:

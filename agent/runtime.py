@@ -106,7 +106,7 @@ class Supervisor:
 
     def start_device(self, config: DeviceConfig) -> None:
         driver = make_driver(config, self.config.gateway.state_dir)
-        detector = make_detector(config, self.config.aggregate.window_s)
+        detector = make_detector(self.config, config)
         status = DeviceStatus(config.name)
         task = self._tasks.create_task(
             supervise_device(driver, detector, self.share, status=status), name=config.name

@@ -13,17 +13,20 @@ from agent.config.models import AgentConfig, DeviceConfig
 from agent.events import (
     CHANGE,
     CLOCK,
+    ENERGY,
     GATEWAY_DEVICE,
     HEARTBEAT,
     SAMPLES,
+    STATE,
     STORE_HEALTH,
     WINDOW,
     Event,
 )
 from drivers.sharing import Share
 
-_SHARED_IN = {WINDOW: ("raw", "aggregates"), SAMPLES: ("raw",)}
-"""Event kinds that carry tag values, and the share levels that let a tag's values in."""
+_SHARED_IN = {WINDOW: ("raw", "aggregates"), SAMPLES: ("raw",), ENERGY: ("raw", "aggregates")}
+"""Event kinds that carry tag values, and the share levels that let a tag's values in.
+Other kinds (state changes, anomalies) pass for every level but `none`."""
 
 
 def effective_share(device: DeviceConfig, tag_share: Share | None) -> Share:
@@ -49,10 +52,13 @@ class SharingPolicy:
         device_share = self._device.get(event.device)
         if device_share is None:  # about the gateway itself: no measured values
             return event
+        allowed = _SHARED_IN.get(event.kind, ("raw", "aggregates", "events"))
+        tag = event.data.get("tag")
+        if isinstance(tag, str):  # about one tag (a machine's events: its power or current tag)
+            return event if self._tag[event.device].get(tag) in allowed else None
         tags = event.data.get("tags")
         if not isinstance(tags, dict):
             return None if device_share == "none" else event
-        allowed = _SHARED_IN.get(event.kind, ("raw", "aggregates", "events"))
         kept = {t: v for t, v in tags.items() if self._tag[event.device].get(t) in allowed}
         if not kept:
             return None
@@ -100,6 +106,18 @@ def explain(config: AgentConfig) -> list[str]:
             lines.append(f"  {topic(device.name, 'quality')}")
             lines.append("      when a tag's quality changes (good, uncertain, bad; no measured "
                          "values): " + ", ".join(with_events))
+        for machine in config.machines_of(device.name):
+            share = policy.share_of(device.name, machine.signal_tag)
+            if share != "none":
+                lines.append(f"  {topic(device.name, STATE)}")
+                lines.append(f"      machine {machine.name}: each change of state (off, idle, "
+                             f"running, overload) told by {machine.signal_tag}")
+            if share in _SHARED_IN[ENERGY]:
+                lines.append(f"  {topic(device.name, ENERGY)}")
+                lines.append(f"      machine {machine.name}: every {machine.report_interval_s:g} s"
+                             + (" and every shift" if machine.shifts else "")
+                             + ": energy and hours per state, starts, peak demand"
+                             + (", cycles" if machine.cycle_counter_tag else ""))
         if device.share != "none":
             lines.append(f"  {topic(device.name, 'device_health')}")
             lines.append("      when the connection status changes: up/down and why "

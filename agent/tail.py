@@ -58,7 +58,38 @@ def format_line(env: Envelope) -> str:
             was = "" if c.get("previous") is None else f" (was {_number(c['previous'])})"
             changes.append(f"{tag}={_number(c['value'])}{unit}{was}")
         return f"{head} " + "; ".join(changes)
+    if env.kind == "state" and "to" in data:
+        dwell = data.get("dwell_s")
+        after = f" after {_number(dwell)} s" if dwell is not None else ""
+        return f"{head} {data.get('machine')}: {data.get('from') or 'start'} -> {data['to']}{after}"
+    if env.kind == "energy" and "period" in data:
+        return f"{head} {_energy(data)}"
     return f"{head} " + " ".join(f"{k}={_number(v)}" for k, v in data.items())
+
+
+def _energy(data: dict[str, Any]) -> str:
+    """A machine's energy report in one line: what a technician compares with the meter."""
+    period = data["period"] + (f" {data['shift']}" if data.get("shift") else "")
+    parts = [f"{data.get('machine')} {period}:"]
+    if data.get("total_kwh") is not None:
+        parts.append(f"{data['total_kwh']:.3f} kWh (idle {data['idle_kwh']:.3f})")
+    hours = data.get("hours") or {}
+    parts.append("h " + "/".join(f"{hours.get(s, 0.0):.2f}" for s in
+                                  ("off", "idle", "running", "overload")))
+    parts.append(f"starts {data.get('starts')}")
+    if data.get("peak_demand_w") is not None:
+        parts.append(f"peak {data['peak_demand_w']:.0f} W")
+    if "cycles" in data:
+        parts.append(f"cycles {_number(data['cycles'])}")
+        if data.get("kwh_per_cycle") is not None:
+            parts.append(f"{data['kwh_per_cycle']:.4f} kWh/cycle")
+    if data.get("unmeasured_s"):
+        parts.append(f"unmeasured {data['unmeasured_s']:.0f} s")
+    if data.get("counter_resets"):
+        parts.append(f"resets {data['counter_resets']}")
+    if not data.get("complete", True):
+        parts.append("(incomplete)")
+    return " ".join(parts)
 
 
 def tail(

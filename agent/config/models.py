@@ -6,13 +6,23 @@ is an error instead of a setting that silently does nothing.
 
 from __future__ import annotations
 
+import difflib
 import re
 import string
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
+from agent.config.machines import MachineConfig
 from drivers.modbus.config import ModbusRtuDevice, ModbusRtuTcpDevice, ModbusTcpDevice, line_key
 from drivers.naming import require_unique_names
 from drivers.opcua.config import OpcUaDevice
@@ -150,6 +160,13 @@ class MqttConfig(_Section):
         return 8883 if self.tls.enabled else 1883
 
 
+def _did_you_mean(word: str, options: list[str]) -> str:
+    close = difflib.get_close_matches(word, options, n=1)
+    if close:
+        return f"; did you mean {close[0]!r}?"
+    return f" (there are: {', '.join(options)})"
+
+
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(B|KB|MB|GB|KiB|MiB|GiB)?\s*$")
 _SIZE_UNITS = {None: 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9,
                "KiB": 2**10, "MiB": 2**20, "GiB": 2**30}
@@ -234,6 +251,9 @@ class AgentConfig(_Section):
     health: HealthConfig = HealthConfig()
     log: LogConfig = LogConfig()
     devices: list[DeviceConfig] = Field(min_length=1)
+    machines: list[MachineConfig] = Field(default_factory=list)
+    """State, energy and usage per machine (`agent/config/machines.py`); after `devices`,
+    whose tags its validator checks."""
 
     @field_validator("devices")
     @classmethod
@@ -243,6 +263,40 @@ class AgentConfig(_Section):
         require_unique_names(devices, "device")
         _lines_consistent(devices)
         return devices
+
+    @field_validator("machines")
+    @classmethod
+    def _machines_name_real_tags(
+        cls, machines: list[MachineConfig], info: ValidationInfo
+    ) -> list[MachineConfig]:
+        for machine in machines:
+            _check_identifier(machine.name, "machine name")
+        require_unique_names(machines, "machine")
+        devices = {d.name: d for d in info.data.get("devices") or []}
+        if not devices:
+            return machines  # the devices are wrong: their own errors say so
+        used: dict[tuple[str, str], str] = {}
+        for machine in machines:
+            device = devices.get(machine.device)
+            if device is None:
+                raise ValueError(f"machine {machine.name!r}: no device named {machine.device!r}"
+                                 + _did_you_mean(machine.device, list(devices)))
+            tags = {t.name: t for t in device.tags}
+            for role, tag in machine.tags().items():
+                if tag not in tags:
+                    raise ValueError(f"machine {machine.name!r}: {role} {tag!r} is not a tag of "
+                                     f"device {device.name!r}" + _did_you_mean(tag, list(tags)))
+                if role in ("energy_counter_tag", "cycle_counter_tag") and not tags[tag].counter:
+                    raise ValueError(f"machine {machine.name!r}: {role} {tag!r} must be marked "
+                                     f"`counter: true` on device {device.name!r}")
+                other = used.setdefault((device.name, tag), f"{machine.name}.{role}")
+                if other != f"{machine.name}.{role}":
+                    raise ValueError(f"machine {machine.name!r}: {role} {tag!r} is already "
+                                     f"used as {other}")
+        return machines
+
+    def machines_of(self, device: str) -> list[MachineConfig]:
+        return [m for m in self.machines if m.device == device]
 
     @property
     def store_path(self) -> Path:

@@ -11,23 +11,31 @@ import numpy as np
 import numpy.typing as npt
 from numba import njit
 
+from agent.detect.kernels_counter import COUNTER_FIELDS, counter_step
+
 F64 = npt.NDArray[np.float64]
 I64 = npt.NDArray[np.int64]
 
 # Column of each statistic in a window state array of shape (tags, WINDOW_FIELDS).
-W_COUNT, W_BAD, W_MEAN, W_M2, W_MIN, W_MAX, W_LAST = range(7)
-WINDOW_FIELDS = 7
+# W_INCREASE and W_RESETS are used by counter tags only (see kernels_counter).
+W_COUNT, W_BAD, W_MEAN, W_M2, W_MIN, W_MAX, W_LAST, W_INCREASE, W_RESETS = range(9)
+WINDOW_FIELDS = 9
 
 
 @njit(cache=True)
 def window_accumulate(
-    state: F64, index: I64, values: F64, quality: npt.NDArray[np.uint8]
+    state: F64, index: I64, values: F64, quality: npt.NDArray[np.uint8],
+    counters: F64, modulus: F64,
 ) -> None:
     """Fold one batch into per-tag window statistics (Welford's online mean and variance).
 
     Reference: B. P. Welford, "Note on a method for calculating corrected sums of
     squares and products", Technometrics 4(3), 1962. Samples whose quality is not
     GOOD (0) are only counted as bad: they never enter the statistics.
+
+    Counter tags (`modulus[row]` not NaN; <= 0 for a counter that does not wrap) also
+    add their increase and resets (`counter_step`); `counters` is their (tags,
+    COUNTER_FIELDS) state, which outlives the window.
     """
     for j in range(index.shape[0]):
         row = index[j]
@@ -45,6 +53,11 @@ def window_accumulate(
         if n == 1.0 or x > state[row, W_MAX]:
             state[row, W_MAX] = x
         state[row, W_LAST] = x
+        if not np.isnan(modulus[row]):
+            increase, reset = counter_step(counters, row, x, modulus[row])
+            state[row, W_INCREASE] += increase
+            if reset:
+                state[row, W_RESETS] += 1.0
 
 
 def warm_up() -> None:
@@ -55,4 +68,8 @@ def warm_up() -> None:
     """
     state = np.zeros((1, WINDOW_FIELDS), dtype=np.float64)
     window_accumulate(state, np.zeros(1, dtype=np.int64), np.zeros(1, dtype=np.float64),
-                      np.zeros(1, dtype=np.uint8))
+                      np.zeros(1, dtype=np.uint8), np.zeros((1, COUNTER_FIELDS)),
+                      np.zeros(1, dtype=np.float64))
+    from agent.detect.kernels_machine import warm_up_machine
+
+    warm_up_machine()

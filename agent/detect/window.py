@@ -14,28 +14,52 @@ import numpy as np
 from agent.detect.kernels import (
     W_BAD,
     W_COUNT,
+    W_INCREASE,
     W_LAST,
     W_M2,
     W_MAX,
     W_MEAN,
     W_MIN,
+    W_RESETS,
     WINDOW_FIELDS,
     window_accumulate,
 )
+from agent.detect.kernels_counter import C_HAS, C_LAST, COUNTER_FIELDS
+from agent.detect.state_file import StateFile
 from agent.events import WINDOW, Event
 from drivers.samples import SampleBatch
 
 
 class WindowAggregator:
-    """Min, max, mean, standard deviation, last value and counts per tag (a Detector)."""
+    """Min, max, mean, standard deviation, last value and counts per tag (a Detector).
 
-    def __init__(self, device: str, tags: Sequence[str], units: Mapping[str, str], window_s: float):
+    `counters` maps each counter tag to its modulus (None: it does not wrap); their
+    entries also get the window's `increase` and `resets`. A counter's last value is
+    kept from window to window and, with a `store`, saved at each window's close (the
+    value the closed window's increase ends at) and read back at start: the increase
+    over a restart or a power cut goes to the first window after it, counted once.
+    """
+
+    def __init__(self, device: str, tags: Sequence[str], units: Mapping[str, str], window_s: float,
+                 counters: Mapping[str, float | None] | None = None,
+                 store: StateFile | None = None):
         self._device = device
         self._tags = tuple(tags)
         self._units = dict(units)
         self._window_ns = int(window_s * 1e9)
         self._row = {tag: i for i, tag in enumerate(self._tags)}
         self._state = np.zeros((len(self._tags), WINDOW_FIELDS), dtype=np.float64)
+        self._counters = np.zeros((len(self._tags), COUNTER_FIELDS), dtype=np.float64)
+        self._modulus = np.full(len(self._tags), np.nan)
+        for tag, modulus in (counters or {}).items():
+            self._modulus[self._row[tag]] = modulus if modulus is not None else 0.0
+        self._store = store if counters else None
+        if self._store is not None:
+            for tag, last in self._store.load().items():
+                row = self._row.get(tag)
+                if row is not None and not math.isnan(self._modulus[row]) and \
+                        isinstance(last, float | int):
+                    self._counters[row, C_HAS], self._counters[row, C_LAST] = 1.0, float(last)
         self._index_cache: dict[tuple[str, ...], np.ndarray] = {}
         self._open_mono_ns: int | None = None
         self._open_time_ns = 0
@@ -45,7 +69,8 @@ class WindowAggregator:
         if self._open_mono_ns is None:
             self._open_mono_ns = batch.mono_ns
             self._open_time_ns = batch.time_ns
-        window_accumulate(self._state, self._index(batch.tags), batch.values, batch.quality)
+        window_accumulate(self._state, self._index(batch.tags), batch.values, batch.quality,
+                          self._counters, self._modulus)
         return events
 
     def on_tick(self, mono_ns: int, time_ns: int) -> list[Event]:
@@ -55,6 +80,12 @@ class WindowAggregator:
 
     def flush(self, time_ns: int) -> list[Event]:
         return self._close(time_ns) if self._open_mono_ns is not None else []
+
+    def _save(self) -> None:
+        assert self._store is not None
+        self._store.save({tag: float(self._counters[row, C_LAST])
+                          for tag, row in self._row.items()
+                          if not math.isnan(self._modulus[row]) and self._counters[row, C_HAS]})
 
     def _close(self, end_time_ns: int) -> list[Event]:
         state = self._state
@@ -73,9 +104,14 @@ class WindowAggregator:
                     std=math.sqrt(state[row, W_M2] / n) if n > 1 else 0.0,
                     last=float(state[row, W_LAST]),
                 )
+            if not math.isnan(self._modulus[row]):
+                summary.update(increase=float(state[row, W_INCREASE]),
+                               resets=int(state[row, W_RESETS]))
             tags[tag] = summary
         start_ns = self._open_time_ns
         state.fill(0.0)
+        if self._store is not None:
+            self._save()
         self._open_mono_ns = None
         if not tags:
             return []

@@ -54,6 +54,7 @@ class SimConfig:
     """Also serve the machine over OPC UA on this port (0: a free one); off when None."""
     opcua_security: bool = False
     opcua_pki: Path | None = None
+    fault_onset_s: float = 120.0
 
 
 def _positive_float(text: str) -> float:
@@ -133,6 +134,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="write the served values to FILE, one JSON line per model tick",
     )
     parser.add_argument(
+        "--fault-onset-s",
+        type=float,
+        default=120.0,
+        help="fault scenarios: simulated seconds of normal operation before the fault "
+        "(default %(default)s)",
+    )
+    parser.add_argument(
         "--log-level", choices=LOG_LEVELS, default="info", help="(default %(default)s)"
     )
     opcua = parser.add_argument_group("OPC UA (see plc_sim/opcua_server.py)")
@@ -161,6 +169,7 @@ def parse_args(argv: Sequence[str] | None = None) -> SimConfig:
         opcua_port=ns.opcua_port,
         opcua_security=ns.opcua_security,
         opcua_pki=ns.opcua_pki,
+        fault_onset_s=ns.fault_onset_s,
     )
 
 
@@ -180,7 +189,8 @@ def listening_line(config: SimConfig, port: int) -> str:
 
 async def serve(config: SimConfig, trace: TraceWriter | None = None) -> int:
     """Run the simulator until SIGINT/SIGTERM; return the process exit status."""
-    machine = SCENARIOS[config.scenario].factory(ScenarioOptions(seed=config.seed))
+    options = ScenarioOptions(seed=config.seed, fault_onset_s=config.fault_onset_s)
+    machine = SCENARIOS[config.scenario].factory(options)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):

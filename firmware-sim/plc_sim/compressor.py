@@ -25,6 +25,8 @@ import random
 from dataclasses import dataclass, replace
 from enum import IntEnum
 
+from plc_sim.faults import Fault, effects
+
 
 class MachineState(IntEnum):
     """Operating state, with the codes the register map serves."""
@@ -81,6 +83,15 @@ class CompressorParams:
     temp_time_constant_s: float = 25.0
     """First-order lag of the discharge temperature toward its state's target."""
 
+    vibration_running_mm_s: float = 2.2
+    vibration_idle_mm_s: float = 1.2
+    vibration_off_mm_s: float = 0.05
+    vibration_noise_mm_s: float = 0.08
+    """Vibration velocity RMS at the motor bearing (ISO 10816 class I: below 2.8 is good)."""
+    rated_flow_m3_min: float = 1.2
+    """Free air delivery when loaded; nothing is delivered unloaded or off."""
+    flow_noise_m3_min: float = 0.01
+
     max_step_s: float = 0.5
     """Longer steps are split so control decisions happen at least this often."""
 
@@ -104,6 +115,15 @@ class CompressorState:
     """Meter reading; only ever grows, by exactly power * dt of each step."""
     motor_on_s: float
     """Accumulated time with the motor on (IDLE or RUNNING)."""
+    vibration_mm_s: float = 0.0
+    air_flow_m3_min: float = 0.0
+    pressure_reading_bar: float = 0.0
+    """What the pressure sensor reports: the pressure, unless the sensor is stuck."""
+    load_cycles: int = 0
+    """Number of times the compressor loaded (idle -> running): its cycle counter."""
+    fault: str | None = None
+    """The fault active during the step that produced this state (ground truth), or None."""
+    fault_severity: float = 0.0
 
     @property
     def operating_s(self) -> int:
@@ -121,11 +141,12 @@ def initial_state(
     *,
     energy_wh: float = 1_234_567.0,
     motor_on_s: float = 3_600.0 * 4_321,
+    load_cycles: int = 65_500,
 ) -> CompressorState:
     """A compressor found running just above its load threshold, with a well-used meter.
 
     The counters start high on purpose: a retrofitted machine is never new, and
-    big values exercise the 32-bit encodings.
+    big values exercise the 32-bit encodings; the 16-bit cycle counter wraps soon.
     """
     p = params or CompressorParams()
     return CompressorState(
@@ -139,10 +160,16 @@ def initial_state(
         motor_current_a=line_current_a(p.running_power_w, p),
         energy_wh=energy_wh,
         motor_on_s=motor_on_s,
+        vibration_mm_s=p.vibration_running_mm_s,
+        air_flow_m3_min=p.rated_flow_m3_min,
+        pressure_reading_bar=p.load_pressure_bar + 0.1,
+        load_cycles=load_cycles,
     )
 
 
-def _next_machine_state(state: CompressorState, params: CompressorParams) -> MachineState:
+def _next_machine_state(
+    state: CompressorState, params: CompressorParams, never_switch_off: bool = False
+) -> MachineState:
     """The controller's decision for the coming step, from the state at its start."""
     current = state.machine_state
     if current is MachineState.OFF:
@@ -153,7 +180,7 @@ def _next_machine_state(state: CompressorState, params: CompressorParams) -> Mac
         may_load = state.time_in_state_s >= params.start_unloaded_s
         if may_load and state.pressure_bar < params.load_pressure_bar:
             return MachineState.RUNNING
-        if state.time_in_state_s >= params.max_idle_s:
+        if state.time_in_state_s >= params.max_idle_s and not never_switch_off:
             return MachineState.OFF
         return current
     if state.pressure_bar > params.unload_pressure_bar:
@@ -170,6 +197,14 @@ def _nominal_power_w(machine_state: MachineState, params: CompressorParams) -> t
     return params.off_power_w, params.off_power_noise_w
 
 
+def _vibration_mm_s(machine_state: MachineState, params: CompressorParams) -> float:
+    if machine_state is MachineState.RUNNING:
+        return params.vibration_running_mm_s
+    if machine_state is MachineState.IDLE:
+        return params.vibration_idle_mm_s
+    return params.vibration_off_mm_s
+
+
 def _target_temp_c(machine_state: MachineState, params: CompressorParams) -> float:
     if machine_state is MachineState.RUNNING:
         return params.running_temp_c
@@ -179,9 +214,11 @@ def _target_temp_c(machine_state: MachineState, params: CompressorParams) -> flo
 
 
 def _single_step(
-    state: CompressorState, dt_s: float, rng: random.Random, params: CompressorParams
+    state: CompressorState, dt_s: float, rng: random.Random, params: CompressorParams,
+    fault: Fault | None = None,
 ) -> CompressorState:
-    machine_state = _next_machine_state(state, params)
+    severity, fx = effects(fault, state.sim_time_s)
+    machine_state = _next_machine_state(state, params, fx.never_switch_off)
     time_in_state = 0.0 if machine_state is not state.machine_state else state.time_in_state_s
 
     # Plant demand: a mean-reverting random walk (Ornstein-Uhlenbeck), so it
@@ -190,6 +227,8 @@ def _single_step(
     demand += params.demand_reversion_per_s * (params.demand_mean_bar_per_s - demand) * dt_s
     demand += params.demand_volatility * math.sqrt(dt_s) * rng.gauss(0.0, 1.0)
     demand = min(max(demand, params.demand_min_bar_per_s), params.demand_max_bar_per_s)
+    if fx.demand_bar_per_s is not None:
+        demand = fx.demand_bar_per_s
 
     supply = params.supply_bar_per_s if machine_state is MachineState.RUNNING else 0.0
     pressure = state.pressure_bar + (supply - demand) * dt_s
@@ -197,12 +236,23 @@ def _single_step(
 
     # Exact solution of the first-order lag over the step, stable for any dt.
     target = _target_temp_c(machine_state, params)
+    if machine_state is not MachineState.OFF:
+        target += fx.temperature_add_c
     alpha = 1.0 - math.exp(-dt_s / params.temp_time_constant_s)
     temperature = state.temperature_c + (target - state.temperature_c) * alpha
 
     mean_w, noise_w = _nominal_power_w(machine_state, params)
-    power = max(0.0, rng.gauss(mean_w, noise_w))
+    power = max(0.0, rng.gauss(mean_w * fx.power_factor, noise_w))
     current = max(0.0, line_current_a(power, params) + rng.gauss(0.0, params.current_noise_a))
+    vibration = _vibration_mm_s(machine_state, params)
+    if machine_state is not MachineState.OFF:
+        vibration += fx.vibration_add_mm_s
+    vibration = max(0.0, vibration + rng.gauss(0.0, params.vibration_noise_mm_s))
+    flow = 0.0
+    if machine_state is MachineState.RUNNING:
+        flow = max(0.0, params.rated_flow_m3_min * fx.flow_factor
+                   + rng.gauss(0.0, params.flow_noise_m3_min))
+    loaded = machine_state is MachineState.RUNNING and state.machine_state is not MachineState.RUNNING
 
     motor_on = state.motor_on_s + (dt_s if machine_state is not MachineState.OFF else 0.0)
     return replace(
@@ -217,6 +267,12 @@ def _single_step(
         motor_current_a=current,
         energy_wh=state.energy_wh + power * dt_s / 3600.0,
         motor_on_s=motor_on,
+        vibration_mm_s=vibration,
+        air_flow_m3_min=flow,
+        pressure_reading_bar=state.pressure_reading_bar if fx.pressure_sensor_stuck else pressure,
+        load_cycles=state.load_cycles + (1 if loaded else 0),
+        fault=fault.kind if fault is not None and severity > 0.0 else None,
+        fault_severity=severity,
     )
 
 
@@ -225,8 +281,9 @@ def step(
     dt_s: float,
     rng: random.Random,
     params: CompressorParams | None = None,
+    fault: Fault | None = None,
 ) -> CompressorState:
-    """The state `dt_s` simulated seconds later.
+    """The state `dt_s` simulated seconds later (with `fault` injected when given).
 
     Steps longer than `params.max_step_s` are split into equal sub-steps so a
     late timer (or a high speed factor) cannot make the controller miss its
@@ -242,7 +299,7 @@ def step(
     parts = max(1, math.ceil(dt_s / p.max_step_s))
     sub_dt = dt_s / parts
     for _ in range(parts):
-        state = _single_step(state, sub_dt, rng, p)
+        state = _single_step(state, sub_dt, rng, p, fault)
     return state
 
 
@@ -257,12 +314,14 @@ class Compressor:
         seed: int = 1,
         params: CompressorParams | None = None,
         state: CompressorState | None = None,
+        fault: Fault | None = None,
     ) -> None:
         self.params = params or CompressorParams()
+        self.fault = fault
         self.state = state or initial_state(self.params)
         self._rng = random.Random(seed)
 
     def advance(self, dt_s: float) -> CompressorState:
         """Move the machine `dt_s` simulated seconds forward and return the new state."""
-        self.state = step(self.state, dt_s, self._rng, self.params)
+        self.state = step(self.state, dt_s, self._rng, self.params, self.fault)
         return self.state

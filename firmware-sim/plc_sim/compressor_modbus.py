@@ -19,6 +19,8 @@ FIRMWARE_VERSION = 0x0102
 
 PRESSURE_SCALE = 0.01
 TEMPERATURE_SCALE = 0.1
+VIBRATION_SCALE = 0.01
+FLOW_SCALE = 0.001
 
 REGISTER_MAP: tuple[RegisterSpec, ...] = (
     RegisterSpec("motor_current", "input", 0, "float32", "ABCD", "A"),
@@ -27,11 +29,15 @@ REGISTER_MAP: tuple[RegisterSpec, ...] = (
     RegisterSpec("discharge_pressure", "input", 6, "int16", unit="bar", scale=PRESSURE_SCALE),
     RegisterSpec("discharge_temperature", "input", 7, "int16", unit="°C", scale=TEMPERATURE_SCALE),
     RegisterSpec("machine_state", "input", 8, "uint16"),
+    RegisterSpec("vibration_rms", "input", 9, "uint16", unit="mm/s", scale=VIBRATION_SCALE),
+    RegisterSpec("air_flow", "input", 10, "uint16", unit="m³/min", scale=FLOW_SCALE),
     RegisterSpec("operating_seconds", "holding", 100, "uint32", "CDAB", "s"),
     RegisterSpec("firmware_version", "holding", 102, "uint16"),
+    RegisterSpec("load_cycles", "holding", 103, "uint16"),
 )
 
 _U32_WRAP = 1 << 32
+_U16_WRAP = 1 << 16
 
 
 def raw_values(state: CompressorState) -> dict[str, float]:
@@ -45,11 +51,14 @@ def raw_values(state: CompressorState) -> dict[str, float]:
         "motor_current": float32(state.motor_current_a),
         "active_power": float32(state.active_power_w),
         "energy_counter": int(state.energy_wh) % _U32_WRAP,
-        "discharge_pressure": saturate(round(state.pressure_bar / PRESSURE_SCALE), "int16"),
+        "discharge_pressure": saturate(round(state.pressure_reading_bar / PRESSURE_SCALE), "int16"),
         "discharge_temperature": saturate(round(state.temperature_c / TEMPERATURE_SCALE), "int16"),
         "machine_state": int(state.machine_state),
         "operating_seconds": state.operating_s % _U32_WRAP,
         "firmware_version": FIRMWARE_VERSION,
+        "vibration_rms": saturate(round(state.vibration_mm_s / VIBRATION_SCALE), "uint16"),
+        "air_flow": saturate(round(state.air_flow_m3_min / FLOW_SCALE), "uint16"),
+        "load_cycles": state.load_cycles % _U16_WRAP,
     }
 
 
@@ -69,6 +78,9 @@ class CompressorReadings:
     discharge_temp_c: float
     state: int
     operating_s: int
+    vibration_mm_s: float
+    air_flow_m3_min: float
+    load_cycles: int
 
 
 def served_readings(state: CompressorState) -> CompressorReadings:
@@ -82,15 +94,20 @@ def served_readings(state: CompressorState) -> CompressorReadings:
         discharge_temp_c=int(raw["discharge_temperature"]) * TEMPERATURE_SCALE,
         state=int(raw["machine_state"]),
         operating_s=int(raw["operating_seconds"]),
+        vibration_mm_s=int(raw["vibration_rms"]) * VIBRATION_SCALE,
+        air_flow_m3_min=int(raw["air_flow"]) * FLOW_SCALE,
+        load_cycles=int(raw["load_cycles"]),
     )
 
 
 def trace_record(state: CompressorState) -> TraceRecord:
-    """One `--trace` line: wall-clock time (UTC ns) and the served readings."""
-    return {"time_ns": time.time_ns(), **asdict(served_readings(state))}
+    """One `--trace` line: wall-clock time (UTC ns), the served readings and the ground truth
+    (`fault`: the active fault or None, `fault_severity` 0..1)."""
+    return {"time_ns": time.time_ns(), **asdict(served_readings(state)),
+            "fault": state.fault, "fault_severity": round(state.fault_severity, 4)}
 
 
-def served_compressor(compressor: Compressor) -> ServedMachine:
+def served_compressor(compressor: Compressor, scenario: str = "compressor") -> ServedMachine:
     """Serve `compressor` with the contract register map."""
 
     def advance(dt_s: float) -> None:
@@ -103,7 +120,7 @@ def served_compressor(compressor: Compressor) -> ServedMachine:
         return trace_record(compressor.state)
 
     return ServedMachine(
-        scenario="compressor",
+        scenario=scenario,
         register_map=REGISTER_MAP,
         advance=advance,
         raw_values=current_raw,

@@ -24,6 +24,7 @@ import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
 from agent.testing import MqttCollector, console_script, start_plc_sim, stop_process, wait_until
+from plc_sim.trace import FaultPeriod, fault_periods
 
 ROOT = Path(__file__).resolve().parents[2]
 SECRET = "s3cret-never-logged"
@@ -36,6 +37,10 @@ class Sim:
 
     def rows(self) -> list[dict[str, Any]]:
         return [json.loads(line) for line in self.trace.read_text().splitlines() if line.strip()]
+
+    def fault_periods(self) -> list[FaultPeriod]:
+        """Ground truth of a fault scenario (`plc-sim --scenario bearing-wear ...`)."""
+        return fault_periods(self.rows())
 
 
 @contextlib.contextmanager

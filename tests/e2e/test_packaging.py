@@ -161,6 +161,9 @@ def test_deb_puts_files_where_the_unit_expects_them(installed_deb: tuple[Path, P
     assert binary.read_text().splitlines()[0] == f"#!{VENV}/bin/python"
     assert os.readlink(root / "usr/bin/edge-agent") == program
     assert (root / "etc/edge-agent/config.yaml.example").read_text() == EXAMPLE.read_text()
+    profiles = sorted(p.name for p in (EXAMPLE.parent / "profiles").glob("*.yaml"))
+    assert profiles, "config/profiles/ holds the device profiles"
+    assert sorted(p.name for p in (root / "usr/share/edge-agent/profiles").glob("*.yaml")) == profiles
     assert not (root / "etc/edge-agent/config.yaml").exists()
     interpreter = os.readlink(root / VENV.lstrip("/") / "bin/python3.11")
     assert interpreter == "/usr/bin/python3.11"

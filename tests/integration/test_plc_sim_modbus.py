@@ -91,7 +91,7 @@ def number(
 
 
 def decode_inputs(regs: Sequence[int]) -> dict[str, int | float]:
-    """Input registers 0..8 as the agent's config describes them."""
+    """Input registers 0..10 as the agent's config describes them."""
     return {
         "motor_current_a": number(regs[0:2], DT.FLOAT32),
         "active_power_w": number(regs[2:4], DT.FLOAT32),
@@ -99,20 +99,23 @@ def decode_inputs(regs: Sequence[int]) -> dict[str, int | float]:
         "discharge_pressure_bar": number(regs[6:7], DT.INT16) * 0.01,
         "discharge_temp_c": number(regs[7:8], DT.INT16) * 0.1,
         "state": number(regs[8:9], DT.UINT16),
+        "vibration_mm_s": number(regs[9:10], DT.UINT16) * 0.01,
+        "air_flow_m3_min": number(regs[10:11], DT.UINT16) * 0.001,
     }
 
 
 def decode_holding(regs: Sequence[int]) -> dict[str, int | float]:
-    """Holding registers 100..102; operating seconds are low word first (CDAB)."""
+    """Holding registers 100..103; operating seconds are low word first (CDAB)."""
     return {
         "operating_s": number(regs[0:2], DT.UINT32, word_order="little"),
         "firmware_version": number(regs[2:3], DT.UINT16),
+        "load_cycles": number(regs[3:4], DT.UINT16),
     }
 
 
 async def read_all(client: AsyncModbusTcpClient) -> dict[str, int | float]:
-    inputs = await client.read_input_registers(0, count=9, device_id=UNIT)
-    holding = await client.read_holding_registers(100, count=3, device_id=UNIT)
+    inputs = await client.read_input_registers(0, count=11, device_id=UNIT)
+    holding = await client.read_holding_registers(100, count=4, device_id=UNIT)
     assert not inputs.isError(), inputs
     assert not holding.isError(), holding
     return decode_inputs(inputs.registers) | decode_holding(holding.registers)
@@ -161,14 +164,14 @@ async def test_a_single_value_can_be_read_alone(
 @pytest.mark.parametrize(
     ("function", "address", "count"),
     [
-        ("read_input_registers", 9, 1),
-        ("read_input_registers", 8, 2),
+        ("read_input_registers", 11, 1),
+        ("read_input_registers", 10, 2),
         ("read_input_registers", 100, 1),
         ("read_holding_registers", 0, 1),
         ("read_holding_registers", 99, 1),
         ("read_holding_registers", 99, 2),
-        ("read_holding_registers", 102, 2),
-        ("read_holding_registers", 103, 1),
+        ("read_holding_registers", 103, 2),
+        ("read_holding_registers", 104, 1),
         ("read_coils", 0, 1),
         ("read_discrete_inputs", 0, 1),
     ],
@@ -323,8 +326,8 @@ async def test_plc_sim_process_serves_traces_and_stops_on_signal(
         try:
             seen_states: set[int] = set()
             for _ in range(5):
-                inputs = await modbus.read_input_registers(0, count=9, device_id=UNIT)
-                holding = await modbus.read_holding_registers(100, count=3, device_id=UNIT)
+                inputs = await modbus.read_input_registers(0, count=11, device_id=UNIT)
+                holding = await modbus.read_holding_registers(100, count=4, device_id=UNIT)
                 decoded_inputs = decode_inputs(inputs.registers)
                 decoded_holding = decode_holding(holding.registers)
                 # Each tick's line is written before its values can be served.

@@ -39,3 +39,14 @@ def test_tags_present_in_one_window_only_are_kept() -> None:
     b = {"start_ns": 1, "end_ns": 2, "tags": {"q": {"n": 0, "bad": 3, "unit": ""}}}
     merged = merge_windows(a, b)
     assert merged["tags"]["p"]["n"] == 2 and merged["tags"]["q"] == {"n": 0, "bad": 3, "unit": ""}
+
+
+def test_counter_increases_and_resets_add_up() -> None:
+    a = {"start_ns": 0, "end_ns": 1, "tags": {"e": {"n": 2, "bad": 0, "min": 1.0, "max": 2.0,
+                                                    "mean": 1.5, "std": 0.5, "last": 2.0,
+                                                    "increase": 1.0, "resets": 0}}}
+    b = {"start_ns": 1, "end_ns": 2, "tags": {"e": {"n": 1, "bad": 1, "min": 0.5, "max": 0.5,
+                                                    "mean": 0.5, "std": 0.0, "last": 0.5,
+                                                    "increase": 0.5, "resets": 1}}}
+    merged = merge_windows(a, b)["tags"]["e"]
+    assert merged["increase"] == 1.5 and merged["resets"] == 1

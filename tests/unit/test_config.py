@@ -18,6 +18,8 @@ def test_example_config_loads() -> None:
     assert loaded.config.mqtt.tls.enabled, "TLS must be the default towards the cloud"
     assert loaded.config.mqtt.effective_port == 8883
     assert len(loaded.sha256) == 64
+    [machine] = loaded.config.machines
+    assert machine.device == "compressor-1" and machine.energy_counter_tag == "energy_kwh"
 
 
 @pytest.mark.parametrize(

@@ -115,10 +115,12 @@ def test_check_warns_about_unencrypted_opcua_across_the_network(
 
 def test_example_configs_commented_opcua_device_is_valid(tmp_path: Path) -> None:
     example = (Path(__file__).resolve().parents[2] / "config" / "example.yaml").read_text()
-    block = example[example.index("  # - name: oven-1"):]
-    uncommented = "\n".join(line.replace("  # ", "  ", 1) for line in block.splitlines())
+    start = example.index("  # - name: oven-1")
+    end = example.index("\n\n", start)  # the commented device ends at the next blank line
+    uncommented = "\n".join(line.replace("  # ", "  ", 1)
+                             for line in example[start:end].splitlines())
     path = tmp_path / "example.yaml"
-    path.write_text(example[:example.index("  # An OPC UA server")] + uncommented + "\n")
+    path.write_text(example[:start] + uncommented + example[end:])
     devices = load_config(path, environ={}).config.devices
     oven = devices[-1]
     assert isinstance(oven, OpcUaDevice) and oven.security.mode == "SignAndEncrypt"

@@ -60,7 +60,7 @@ def test_overlapping_specs_are_rejected() -> None:
 def test_contract_map_is_two_gap_free_runs() -> None:
     runs = contiguous_runs(REGISTER_MAP)
 
-    assert [(r.table, r.address, r.count) for r in runs] == [("holding", 100, 3), ("input", 0, 9)]
+    assert [(r.table, r.address, r.count) for r in runs] == [("holding", 100, 4), ("input", 0, 11)]
 
 
 def test_served_readings_match_the_raw_register_values() -> None:

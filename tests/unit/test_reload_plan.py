@@ -57,3 +57,14 @@ def test_gateway_identity_is_kept_until_the_next_start() -> None:
     plan = plan_reload(config(device("a")), config(device("a"), gateway={"id": "other"}))
     assert plan.config.gateway.id == "gw"
     assert [line.split(":")[0] for line in plan.refused] == ["gateway"]
+
+
+def test_a_device_whose_machine_changed_is_restarted() -> None:
+    def machine(running_w: float) -> dict[str, Any]:
+        return {"name": "m", "device": "a", "power_tag": "power_w", "idle_above_w": 10,
+                "running_above_w": running_w}
+
+    old = config(device("a"), device("b"), machines=[machine(100)])
+    plan = plan_reload(old, config(device("a"), device("b"), machines=[machine(200)]))
+    assert plan.keep == ["b"] and plan.stop == ["a"] and plan.start == ["a"]
+    assert plan_reload(old, config(device("a"), device("b"), machines=[machine(100)])).stop == []

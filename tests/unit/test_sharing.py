@@ -83,3 +83,21 @@ def test_raw_samples_are_batched_per_window_with_bad_ones_as_none() -> None:
     assert event.data["dt_ms"] == [0, 250, 500]
     assert event.data["tags"] == {"power_w": [0.0, None, 2.0]}
     assert raw.flush(8 * s) == []
+
+
+def test_machine_events_follow_their_signal_tags_share() -> None:
+    p = policy()
+    for tag, state_sent, energy_sent in (("power_w", True, True), ("pressure_bar", True, False),
+                                         ("recipe", False, False)):
+        state = Event("state", "press", 1, {"machine": "m", "tag": tag, "to": "idle"})
+        energy = Event("energy", "press", 1, {"machine": "m", "tag": tag, "kwh": None})
+        assert (p.apply(state) is not None) == state_sent, tag
+        assert (p.apply(energy) is not None) == energy_sent, tag
+
+
+def test_explain_lists_machine_topics() -> None:
+    config = {**CONFIG, "machines": [{"name": "press-m", "device": "press", "power_tag": "power_w",
+                                      "idle_above_w": 10, "running_above_w": 100}]}
+    text = "\n".join(explain(AgentConfig.model_validate(config)))
+    assert "s/gw/press/state" in text and "s/gw/press/energy" in text
+    assert "machine press-m: every 900 s" in text

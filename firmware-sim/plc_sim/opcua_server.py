@@ -53,6 +53,8 @@ APPLICATION_URI = "urn:edge-agent:plc-sim:server"
 HISTORY_LENGTH = 8
 """Samples in the `power_history_w` array."""
 ReadingsSource = Callable[[], Mapping[str, object]]
+NOT_SERVED = frozenset({"time_ns", "fault", "fault_severity"})
+"""Trace keys that are the simulator's ground truth (and its clock), not what a PLC serves."""
 
 
 def _variant(value: object) -> ua.Variant:
@@ -221,7 +223,9 @@ class OpcUaSimServer:
             self._bad[reading] = code
 
     def _values(self) -> dict[str, object]:
-        values = {k: v for k, v in self._readings().items() if k != "time_ns"}
+        values: dict[str, object] = {
+            k: v for k, v in self._readings().items()
+            if k not in NOT_SERVED and isinstance(v, bool | int | float | str)}
         power = values.get("active_power_w")
         if isinstance(power, float):
             self._history.append(power)

@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 SUDO := $(shell [ "$$(id -u)" -eq 0 ] || echo sudo)
 
-.PHONY: venv mosquitto lint test unit integration e2e demo bench clean
+.PHONY: venv mosquitto mbpoll lint test unit integration e2e demo bench clean
 
 # The venv is rebuilt when the dependencies change; constraints.txt pins what the suite was run with.
 $(STAMP): pyproject.toml constraints.txt
@@ -24,17 +24,25 @@ mosquitto:
 	  $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq mosquitto; \
 	fi
 
+# mbpoll (libmodbus) reads the simulator in the interoperability test; its fixture installs
+# it too when this target was skipped.
+mbpoll:
+	@if ! command -v mbpoll >/dev/null 2>&1; then \
+	  echo "installing mbpoll from Debian's packages"; \
+	  $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq mbpoll; \
+	fi
+
 lint: venv
 	$(BIN)/ruff check .
 	$(BIN)/mypy
 
-test: venv mosquitto lint
+test: venv mosquitto mbpoll lint
 	$(BIN)/pytest
 
 unit: venv
 	$(BIN)/pytest tests/unit
 
-integration: venv mosquitto
+integration: venv mosquitto mbpoll
 	$(BIN)/pytest tests/integration
 
 e2e: venv mosquitto

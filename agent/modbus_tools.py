@@ -18,7 +18,7 @@ from urllib.parse import parse_qs, urlsplit
 from pydantic import ValidationError
 
 from agent.config.models import AgentConfig
-from drivers.errors import DeviceError
+from drivers.errors import DeviceError, DeviceException
 from drivers.modbus.codec import decode, decode_string
 from drivers.modbus.config import (
     BIT_TABLES,
@@ -32,6 +32,7 @@ from drivers.modbus.config import (
 )
 from drivers.modbus.describe import describe_device
 from drivers.modbus.driver import ModbusDriver, TagReading
+from drivers.modbus.line import EXCEPTION_NAMES
 
 ORDERS: tuple[ByteOrder, ...] = ("ABCD", "CDAB", "BADC", "DCBA")
 _MODBUS = (ModbusTcpDevice, ModbusRtuTcpDevice, ModbusRtuDevice)
@@ -73,6 +74,12 @@ def _format_value(value: float | str | None, type_: str) -> str:
     return f"{value:.15g}"
 
 
+def _format_error(error: DeviceError) -> str:
+    if isinstance(error, DeviceException):  # the address is in its own column
+        return f"error: exception code {error.code} ({EXCEPTION_NAMES.get(error.code, 'unknown')})"
+    return f"error: {error.detail}"
+
+
 def _format_words(reading: TagReading) -> str:
     if reading.tag.is_bit:
         return " ".join(str(w) for w in reading.words)
@@ -97,7 +104,7 @@ async def read_device(device: ModbusDevice) -> tuple[list[TagReading], DeviceErr
 def print_readings(device: ModbusDevice, readings: list[TagReading], out: TextIO) -> None:
     rows = [("tag", "address", "raw", "value", "unit")]
     for r in readings:
-        value = f"error: {r.error.detail}" if r.error else _format_value(r.value, r.tag.type)
+        value = _format_error(r.error) if r.error else _format_value(r.value, r.tag.type)
         rows.append((r.tag.name, r.tag.describe_address(), _format_words(r), value, r.tag.unit))
     widths = [max(len(row[i]) for row in rows) for i in range(4)]
     print(f"device {device.name} (unit {device.unit}):", file=out)
@@ -240,7 +247,8 @@ def run_probe(url: str, unit: int, register: str | None, table: str | None, addr
     except DeviceError as exc:
         # The range asked for, not the single request a refused read was split into.
         where = f" at {table} {address}+{count}" if exc.address else ""
-        print(f"probe: {exc.reason}{where}: {exc.detail}", file=err)
+        detail = _format_error(exc).removeprefix("error: ")
+        print(f"probe: {exc.reason}{where}: {detail}", file=err)
         return 1
     print_probe(table, address, words, out)
     return 0

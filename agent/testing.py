@@ -294,8 +294,14 @@ def console_script(name: str) -> str:
 
 def start_plc_sim(*args: str, stderr: Any = None, timeout_s: float = 20.0,
                   protocol: str = "modbus-tcp") -> tuple[subprocess.Popen[str], dict[str, Any]]:
-    """Start `plc-sim ARGS` on a port of its choosing; return the process and the listening
-    line of `protocol` (`opcua` needs `--opcua-port 0` in ARGS)."""
+    """Start `plc-sim ARGS` on a port of its choosing; return the process and its listening line.
+
+    The line (a dict) has the Modbus TCP `port`, `units` (unit id -> machine or meter kind),
+    `endpoints` (by protocol name: `modbus-tcp`, and `modbus-rtu-tcp` / `modbus-rtu` when
+    asked for with `--rtu-tcp-port 0` / `--rtu PATH`) and, with `--control-port 0`,
+    `control` for `PlcSimControl.of(info)`. With `protocol="opcua"` (and `--opcua-port 0`
+    in ARGS) it is the OPC UA side's own listening line instead, with its `endpoint`.
+    """
     import json
 
     process = subprocess.Popen(
@@ -330,6 +336,51 @@ def stop_process(process: subprocess.Popen[Any], timeout_s: float = 5.0) -> int:
     return process.wait()
 
 
+class PlcSimControl:
+    """The fault control channel of a running `plc-sim` (started with `--control-port 0`).
+
+    `PlcSimControl.of(info)` takes the listening line `start_plc_sim` returned;
+    `set_fault("delay", seconds=2)` returns once the simulator applied it (for
+    `refuse`: its listener is closed), `clear()` ends any fault. The fault kinds
+    and options are `plc_sim.link_faults.Fault`'s; `endpoint="modbus-tcp"` narrows one
+    to a single endpoint. A refused request raises ValueError with the reason.
+    """
+
+    def __init__(self, host: str, port: int, timeout_s: float = 10.0) -> None:
+        self._sock = socket.create_connection((host, port), timeout=timeout_s)
+        self._reader = self._sock.makefile("rb")
+
+    @classmethod
+    def of(cls, info: Mapping[str, Any]) -> PlcSimControl:
+        control = info.get("control")
+        if not control:
+            raise ValueError("plc-sim was started without --control-port")
+        return cls(str(control["host"]), int(control["port"]))
+
+    def set_fault(self, kind: str, **options: Any) -> dict[str, Any]:
+        import json
+
+        self._sock.sendall(json.dumps({"fault": kind, **options}).encode() + b"\n")
+        line = self._reader.readline()
+        if not line:
+            raise ConnectionError("plc-sim closed the control channel")
+        answer: dict[str, Any] = json.loads(line)
+        if not answer.get("ok"):
+            raise ValueError(f"plc-sim refused the fault: {answer.get('error')}")
+        return answer
+
+    def clear(self, **options: Any) -> dict[str, Any]:
+        return self.set_fault("none", **options)
+
+    def close(self) -> None:
+        self._reader.close()
+        self._sock.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.close()
 async def wait_until_async(
     predicate: Callable[[], T], *, timeout_s: float, what: str, interval_s: float = 0.02
 ) -> T:

@@ -79,6 +79,9 @@ fi
 
 install -D -m 0644 "$here/edge-agent.service" "$stage/lib/systemd/system/edge-agent.service"
 install -D -m 0644 "$project/config/example.yaml" "$stage/etc/edge-agent/config.yaml.example"
+# Device profiles (`profile: eastron-sdm630`): drivers/modbus/profiles.py looks here.
+install -d "$stage/usr/share/edge-agent/profiles"
+install -m 0644 "$project"/config/profiles/*.yaml "$stage/usr/share/edge-agent/profiles/"
 install -D -m 0644 "$here/README.md" "$stage/usr/share/doc/edge-agent/README.md"
 mkdir -p "$stage/usr/bin"
 ln -s "$prefix/venv/bin/edge-agent" "$stage/usr/bin/edge-agent"

@@ -65,6 +65,9 @@ export PIP_DISABLE_PIP_VERSION_CHECK=1
 
 install -D -m 0644 "$here/edge-agent.service" "$root/etc/systemd/system/$unit"
 install -D -m 0644 "$project/config/example.yaml" "$root/etc/edge-agent/config.yaml.example"
+# Device profiles (`profile: eastron-sdm630`): drivers/modbus/profiles.py looks here.
+install -d "$root/usr/share/edge-agent/profiles"
+install -m 0644 "$project"/config/profiles/*.yaml "$root/usr/share/edge-agent/profiles/"
 mkdir -p "$root/usr/local/bin"
 ln -sfn "$venv/bin/edge-agent" "$root/usr/local/bin/edge-agent"
 

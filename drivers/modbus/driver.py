@@ -10,7 +10,6 @@ and are tried again every `BAD_TAG_RETRY_S`.
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -20,7 +19,7 @@ import structlog
 
 from drivers.base import ReadPlan
 from drivers.errors import DeviceError, DeviceUnreachable, IllegalAddress, ProtocolError
-from drivers.modbus.codec import decode_tag
+from drivers.modbus.codec import RequestDecoder
 from drivers.modbus.config import ModbusDevice, ModbusTag
 from drivers.modbus.line import Line, acquire_line, drop_connection, release_line
 from drivers.modbus.plan import ModbusReadPlan, Request, plan_device, plan_requests
@@ -67,6 +66,9 @@ class ModbusDriver:
             for plan in self._plans
         }
         self._tags = {tag.name: tag for tag in config.tags}
+        self._position = {plan: {name: i for i, name in enumerate(names)}
+                          for plan, names in self._numeric.items()}
+        self._decoders: dict[int, tuple[Request, RequestDecoder]] = {}
         self._line: Line | None = None
 
     @property
@@ -101,53 +103,68 @@ class ModbusDriver:
             raise TypeError(f"{self.device}: not a Modbus plan: {plan!r}")
         time_ns = time.time_ns()
         mono_ns = time.monotonic_ns()
-        readings = await self.read_group(plan.name)
-        values: list[float] = []
-        quality: list[int] = []
+        position = self._position[plan.name]
+        values = np.full(len(position), np.nan)  # a refused tag stays NaN, hence BAD
         texts: dict[str, str] = {}
-        by_name = {r.tag.name: r for r in readings}
-        for name in self._numeric[plan.name]:
-            value = by_name[name].value
-            number = value if isinstance(value, float) else math.nan  # None: refused
-            values.append(number)
-            # A NaN or infinity from a float register is a garbage reading, not a value.
-            quality.append(Quality.GOOD if math.isfinite(number) else Quality.BAD)
-        for reading in readings:
-            if reading.tag.type == "string" and isinstance(reading.value, str):
-                texts[reading.tag.name] = reading.value
+        for request, words in await self._read_words(plan.name):
+            decoded = self._decoder(request).decode(words)
+            for tag, value in zip(request.tags, decoded, strict=True):
+                if isinstance(value, str):
+                    texts[tag.name] = value
+                else:
+                    values[position[tag.name]] = value
+        # A NaN or infinity from a float register is a garbage reading, not a value.
+        quality = np.where(np.isfinite(values), Quality.GOOD, Quality.BAD).astype(np.uint8)
         return SampleBatch(
             device=self.device,
             tags=self._numeric[plan.name],
-            values=np.asarray(values, dtype=np.float64),
-            quality=np.asarray(quality, dtype=np.uint8),
+            values=values,
+            quality=quality,
             time_ns=time_ns,
             mono_ns=mono_ns,
             texts=texts,
         )
 
     async def read_group(self, group: str) -> list[TagReading]:
-        """Every tag of a poll group, in plan order; refused tags carry their error."""
+        """Every tag of a poll group with its raw words, in plan order; refused tags carry
+        their error (for `edge-agent read`: the poll path is `read`)."""
+        readings: list[TagReading] = []
+        for request, words in await self._read_words(group):
+            decoded = self._decoder(request).decode(words)
+            for tag, value in zip(request.tags, decoded, strict=True):
+                offset = tag.address - request.address
+                readings.append(TagReading(tag, words[offset : offset + tag.register_count], value))
+        readings.extend(
+            TagReading(self._tags[name], error=error)
+            for name, error in self._groups[group].bad.items()
+        )
+        return readings
+
+    async def _read_words(self, group: str) -> list[tuple[Request, list[int]]]:
+        """The words of every request of the group that the device serves, splitting a request
+        it refuses (the refused tags are then in the group's `bad`)."""
         state = self._groups[group]
         if state.bad and time.monotonic() >= state.retry_at:
             await self._retry_bad(group, state)
-        readings: list[TagReading] = []
+        out: list[tuple[Request, list[int]]] = []
         for request in state.requests:
             try:
-                words = await self._request(request)
+                out.append((request, await self._request(request)))
             except IllegalAddress as exc:
                 if len(request.tags) == 1:
                     self._refuse(group, state, request.tags[0], exc)
-                    readings.append(TagReading(request.tags[0], error=exc))
-                    continue
-                readings.extend(await self._split(group, state, request))
-                continue
-            readings.extend(self._decode(request, words))
-        seen = {reading.tag.name for reading in readings}
-        readings.extend(
-            TagReading(self._tags[name], error=error)
-            for name, error in state.bad.items() if name not in seen
-        )
-        return readings
+                else:
+                    out.extend(await self._split(group, state, request))
+        return out
+
+    def _decoder(self, request: Request) -> RequestDecoder:
+        # Keyed by identity: hashing a Request hashes every tag model in it (slow).
+        decoder = self._decoders.get(id(request))
+        if decoder is None or decoder[0] is not request:
+            decoder = (request, RequestDecoder(request.tags, request.address, request.count,
+                                               self._config.byte_order))
+            self._decoders[id(request)] = decoder
+        return decoder[1]
 
     async def _request(self, request: Request) -> list[int]:
         line = self._line
@@ -160,23 +177,12 @@ class ModbusDriver:
             drop_connection(line)
             raise
 
-    def _decode(self, request: Request, words: list[int]) -> list[TagReading]:
-        out = []
-        for tag in request.tags:
-            offset = tag.address - request.address
-            own = words[offset : offset + tag.register_count]
-            if tag.is_bit:
-                value: float | str = float(own[0]) * tag.scale + tag.offset
-            else:
-                raw = decode_tag(tag, own, self._config.byte_order)
-                value = raw if isinstance(raw, str) else float(raw) * tag.scale + tag.offset
-            out.append(TagReading(tag, own, value))
-        return out
-
-    async def _split(self, group: str, state: _GroupState, request: Request) -> list[TagReading]:
+    async def _split(
+        self, group: str, state: _GroupState, request: Request
+    ) -> list[tuple[Request, list[int]]]:
         """Read a refused request tag by tag, then plan it again without what the device refused
         and without reading over holes (the hole may be what it refused)."""
-        readings: list[TagReading] = []
+        readings: list[tuple[Request, list[int]]] = []
         good: list[ModbusTag] = []
         for tag in request.tags:
             single = Request(request.table, tag.address, tag.register_count, (tag,))
@@ -184,10 +190,9 @@ class ModbusDriver:
                 words = await self._request(single)
             except IllegalAddress as refused:
                 self._refuse(group, state, tag, refused)
-                readings.append(TagReading(tag, error=refused))
                 continue
             good.append(tag)
-            readings.extend(self._decode(single, words))
+            readings.append((single, words))
         replanned = plan_requests(good, max_gap_registers=0, max_gap_bits=0) if good else ()
         state.requests = tuple(
             new for old in state.requests for new in ((old,) if old is not request else replanned)

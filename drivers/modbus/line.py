@@ -19,7 +19,7 @@ from typing import Any
 
 from pymodbus.client import AsyncModbusSerialClient, AsyncModbusTcpClient
 from pymodbus.exceptions import ConnectionException, ModbusIOException
-from pymodbus.framer import FramerType
+from pymodbus.framer import FramerRTU, FramerType
 from pymodbus.pdu import ExceptionResponse
 
 from drivers.errors import (
@@ -56,10 +56,10 @@ def describe_line(config: ModbusDevice) -> str:
     return f"{config.host}:{config.port}"
 
 
-def _new_client(config: ModbusDevice) -> Client:
+def _new_client(config: ModbusDevice, trace_packet: Callable[[bool, bytes], bytes]) -> Client:
     # pymodbus's own retries and reconnects are off: the device supervisor owns both.
     common: dict[str, Any] = {"timeout": config.timeout_s, "retries": 0, "reconnect_delay": 0,
-                              "name": config.name}
+                              "name": config.name, "trace_packet": trace_packet}
     if isinstance(config, ModbusRtuDevice):
         return AsyncModbusSerialClient(
             config.serial_port, framer=FramerType.RTU, baudrate=config.baudrate,
@@ -74,11 +74,24 @@ class Line:
     """One shared connection; `users` counts the devices holding it."""
 
     key: tuple[Hashable, ...]
-    client: Client
+    config: ModbusDevice
+    """The first device's: it sets the connection and the line settings (validated equal)."""
     inter_frame_delay_s: float
     where: str
     users: int = 0
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    client: Client = field(init=False)
+    received: bytearray = field(default_factory=bytearray)
+    """Every byte that arrived during the current transaction: pymodbus drops an answer that
+    does not fit the request without a word, so this tells silence from garbage."""
+
+    def __post_init__(self) -> None:
+        self.client = _new_client(self.config, self._on_packet)
+
+    def _on_packet(self, sending: bool, data: bytes) -> bytes:
+        if not sending and len(self.received) < 512:
+            self.received += data
+        return data
 
     async def ensure_connected(self, device: str) -> None:
         """Connect (again) if the connection is down; one device at a time does it."""
@@ -118,14 +131,15 @@ class Line:
         async with self.lock:
             # Devices on one line may have different timeouts; the client reads this per request.
             client.ctx.comm_params.timeout_connect = timeout_s
+            self.received.clear()
             try:
                 response = await read(request.address, count=request.count, device_id=unit)
             except ConnectionException as exc:
                 raise DeviceUnreachable(device, f"{self.where}: {exc}", address=address) from exc
-            except TimeoutError as exc:
-                raise DeviceTimeout(device, f"no answer within {timeout_s} s", address=address) from exc
-            except ModbusIOException as exc:
-                raise _classify_io_error(device, exc, address, timeout_s) from exc
+            except (TimeoutError, ModbusIOException) as exc:
+                if isinstance(exc, ModbusIOException) and "No response" not in str(exc):
+                    raise ProtocolError(device, str(exc), address=address) from exc
+                raise self._silence(device, unit, timeout_s, address) from exc
             finally:
                 if self.inter_frame_delay_s:
                     await asyncio.sleep(self.inter_frame_delay_s)
@@ -152,6 +166,46 @@ class Line:
         return words
 
 
+    def _silence(self, device: str, unit: int, timeout_s: float, address: str) -> DeviceError:
+        """Why no answer matched: the connection went, bytes came that did not fit, or nothing."""
+        if not self.client.connected:
+            return DeviceUnreachable(device, f"{self.where}: the device closed or reset the "
+                                     "connection", address=address)
+        if self.received:
+            rtu = self.key[0] != "tcp"
+            sent_tid = int(getattr(self.client.ctx, "request_transaction_id", 0))
+            what = describe_unfit_answer(bytes(self.received), rtu=rtu, unit=unit, tid=sent_tid)
+            return ProtocolError(device, f"an answer that does not fit the request: {what}",
+                                 address=address)
+        return DeviceTimeout(device, f"no answer within {timeout_s} s", address=address)
+
+
+def describe_unfit_answer(data: bytes, *, rtu: bool, unit: int, tid: int) -> str:
+    """What is wrong with bytes that pymodbus did not take as the answer, in a technician's words."""
+    shown = data[:16].hex(" ") + (" ..." if len(data) > 16 else "")
+    if rtu:
+        if len(data) >= 4 and FramerRTU.compute_CRC(data[:-2]) != int.from_bytes(data[-2:], "big"):
+            problem = "bad CRC (noise on the line: termination, cable, baud rate?)"
+        elif data and data[0] != unit:
+            problem = f"it comes from unit {data[0]}, not {unit} (two slaves with one address?)"
+        else:
+            problem = "a frame of the wrong length or content"
+    elif len(data) >= 7:
+        got_tid, length, got_unit = (int.from_bytes(data[0:2], "big"),
+                                     int.from_bytes(data[4:6], "big"), data[6])
+        if got_tid != tid:
+            problem = f"transaction id {got_tid}, not {tid}"
+        elif length != len(data) - 6:
+            problem = f"its length field says {length} bytes, {len(data) - 6} came"
+        elif got_unit != unit:
+            problem = f"it comes from unit {got_unit}, not {unit}"
+        else:
+            problem = "a frame that does not parse"
+    else:
+        problem = "a frame too short for Modbus TCP"
+    return f"{problem} ({len(data)} bytes: {shown})"
+
+
 def _check_serial_port(device: str, port: str) -> None:
     """Name the two usual reasons a serial port cannot be opened (pymodbus only says it failed)."""
     if not os.path.exists(port):
@@ -163,13 +217,6 @@ def _check_serial_port(device: str, port: str) -> None:
             device, f"permission denied on {port}: the agent's user must be in group dialout")
 
 
-def _classify_io_error(device: str, exc: ModbusIOException, address: str, timeout_s: float) -> DeviceError:
-    """pymodbus reports both silence and mismatched answers as ModbusIOException."""
-    if "No response" in str(exc):
-        return DeviceTimeout(device, f"no answer within {timeout_s} s", address=address)
-    return ProtocolError(device, str(exc), address=address)
-
-
 _LINES: dict[tuple[Hashable, ...], Line] = {}
 
 
@@ -179,7 +226,7 @@ def acquire_line(config: ModbusDevice) -> Line:
     line = _LINES.get(key)
     if line is None:
         delay_s = getattr(config, "inter_frame_delay_s", 0.0)
-        line = Line(key, _new_client(config), delay_s, describe_line(config))
+        line = Line(key, config, delay_s, describe_line(config))
         _LINES[key] = line
     line.users += 1
     return line

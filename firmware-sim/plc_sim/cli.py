@@ -19,14 +19,23 @@ import math
 import signal
 import sys
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import structlog
 
 from plc_sim.clock import run_clock
+from plc_sim.endpoints import (
+    EndpointOptions,
+    Endpoints,
+    add_arguments,
+    advance_all,
+    build_units,
+    options_from,
+    trace_all,
+)
 from plc_sim.logs import LOG_LEVELS, configure_logging
-from plc_sim.modbus_server import ModbusSimServer, ServedMachine
+from plc_sim.modbus_server import ServedMachine
 from plc_sim.opcua_server import OpcUaSimServer
 from plc_sim.scenarios import SCENARIOS, ScenarioOptions
 from plc_sim.trace import TraceWriter
@@ -54,6 +63,7 @@ class SimConfig:
     """Also serve the machine over OPC UA on this port (0: a free one); off when None."""
     opcua_security: bool = False
     opcua_pki: Path | None = None
+    endpoints: EndpointOptions = field(default_factory=EndpointOptions)
     fault_onset_s: float = 120.0
 
 
@@ -86,6 +96,12 @@ def _epilog() -> str:
             "               announced on stdout as the JSON line "
             '{"event": "listening", ..., "port": N})'
         ),
+        "  rtu-tcp      --rtu-tcp-port; rtu: --rtu PATH (a pty; symlink at PATH)",
+        '  control      --control-port: faults as JSON lines, e.g. {"fault": "delay", "seconds": 2}',
+        '               every endpoint is in the listening line\'s "endpoints"',
+        "",
+        "meters (--meter KIND[@UNIT], served beside the machine on every endpoint):",
+        "  sdm630 (Eastron SDM630), iem3000 (Schneider iEM3000), em24 (Carlo Gavazzi EM24)",
     ]
     return "\n".join(lines)
 
@@ -133,6 +149,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="FILE",
         help="write the served values to FILE, one JSON line per model tick",
     )
+    add_arguments(parser, _int_in(0, 65535))
     parser.add_argument(
         "--fault-onset-s",
         type=float,
@@ -155,7 +172,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def parse_args(argv: Sequence[str] | None = None) -> SimConfig:
-    ns = build_parser().parse_args(argv)
+    parser = build_parser()
+    ns = parser.parse_args(argv)
+    wanted = [unit for _, unit in ns.meter if unit is not None]
+    if ns.unit in wanted or len(set(wanted)) < len(wanted):
+        parser.error("--meter: every unit id may be served once (--unit is the machine's)")
     return SimConfig(
         scenario=ns.scenario,
         host=ns.host,
@@ -169,11 +190,12 @@ def parse_args(argv: Sequence[str] | None = None) -> SimConfig:
         opcua_port=ns.opcua_port,
         opcua_security=ns.opcua_security,
         opcua_pki=ns.opcua_pki,
+        endpoints=options_from(ns),
         fault_onset_s=ns.fault_onset_s,
     )
 
 
-def listening_line(config: SimConfig, port: int) -> str:
+def listening_line(config: SimConfig, port: int, extra: dict[str, object] | None = None) -> str:
     """The single stdout line announcing where the simulator listens."""
     return json.dumps(
         {
@@ -183,6 +205,7 @@ def listening_line(config: SimConfig, port: int) -> str:
             "host": config.host,
             "port": port,
             "unit": config.unit,
+            **(extra or {}),
         }
     )
 
@@ -191,6 +214,8 @@ async def serve(config: SimConfig, trace: TraceWriter | None = None) -> int:
     """Run the simulator until SIGINT/SIGTERM; return the process exit status."""
     options = ScenarioOptions(seed=config.seed, fault_onset_s=config.fault_onset_s)
     machine = SCENARIOS[config.scenario].factory(options)
+    units = build_units(machine, config.unit, config.endpoints.meters, config.seed)
+    trace_record = trace_all(units, config.unit)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -198,19 +223,19 @@ async def serve(config: SimConfig, trace: TraceWriter | None = None) -> int:
 
     def on_tick() -> None:
         if trace is not None:
-            trace.write(machine.trace_record())
+            trace.write(trace_record())
 
     on_tick()  # the initial state is served from the first request on
-    server = ModbusSimServer(machine, host=config.host, port=config.modbus_port, unit=config.unit)
+    server = Endpoints(units, config.host, config.modbus_port, config.endpoints)
     try:
-        port = await server.start()
+        await server.start()
     except (RuntimeError, OSError) as exc:
         log.error("listen_failed", host=config.host, port=config.modbus_port, error=str(exc))
         return 1
     clock = asyncio.create_task(
-        run_clock(machine.advance, tick_s=config.tick_s, speed=config.speed, on_tick=on_tick)
+        run_clock(advance_all(units), tick_s=config.tick_s, speed=config.speed, on_tick=on_tick)
     )
-    print(listening_line(config, port), flush=True)
+    print(listening_line(config, server.tcp_port, server.announce()), flush=True)
     opcua = await _start_opcua(config, machine)
     log.info(
         "started",

@@ -18,14 +18,33 @@ from dataclasses import dataclass
 from typing import Literal
 
 Table = Literal["holding", "input"]
-ValueType = Literal["int16", "uint16", "uint32", "float32"]
+ValueType = Literal["int16", "uint16", "int32", "uint32", "int64", "uint64", "float32"]
 WordOrder = Literal["ABCD", "CDAB"]
 
-_WORDS: dict[ValueType, int] = {"int16": 1, "uint16": 1, "uint32": 2, "float32": 2}
+_WORDS: dict[ValueType, int] = {
+    "int16": 1,
+    "uint16": 1,
+    "int32": 2,
+    "uint32": 2,
+    "int64": 4,
+    "uint64": 4,
+    "float32": 2,
+}
 _INT_RANGE: dict[ValueType, tuple[int, int]] = {
     "int16": (-0x8000, 0x7FFF),
     "uint16": (0, 0xFFFF),
+    "int32": (-0x8000_0000, 0x7FFF_FFFF),
     "uint32": (0, 0xFFFF_FFFF),
+    "int64": (-0x8000_0000_0000_0000, 0x7FFF_FFFF_FFFF_FFFF),
+    "uint64": (0, 0xFFFF_FFFF_FFFF_FFFF),
+}
+_STRUCT_CODE: dict[ValueType, str] = {
+    "int16": ">h",
+    "uint16": ">H",
+    "int32": ">i",
+    "uint32": ">I",
+    "int64": ">q",
+    "uint64": ">Q",
 }
 
 
@@ -72,14 +91,12 @@ def encode(spec: RegisterSpec, raw: float) -> list[int]:
     """
     if spec.type == "float32":
         big = struct.pack(">f", float(raw))
-    elif spec.type == "uint32":
-        big = struct.pack(">I", saturate(int(raw), "uint32"))
-    elif spec.type == "int16":
-        big = struct.pack(">h", saturate(int(raw), "int16"))
     else:
-        big = struct.pack(">H", saturate(int(raw), "uint16"))
+        big = struct.pack(_STRUCT_CODE[spec.type], saturate(int(raw), spec.type))
     words = [int.from_bytes(big[i : i + 2], "big") for i in range(0, len(big), 2)]
     if spec.word_order == "CDAB":
+        # Low word first; for 64-bit values every word is reversed (the
+        # "little-endian words" convention of the meters that use it).
         words.reverse()
     return words
 

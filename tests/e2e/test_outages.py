@@ -325,13 +325,18 @@ def test_sigkill_at_random_moments_loses_at_most_the_uncommitted_batch(
                 continue  # killed before its first read: nothing was sampled
             for start, end in holes((run.up_ns[device], run.end_ns), cover):
                 length_s = (end - start) / NS
-                assert run.killed and end == run.end_ns and length_s <= allowed_s, (
+                # Before a SIGKILL the uncommitted batch may be lost. Before a SIGTERM the last
+                # window is flushed, but a window closed by the clock just before it, with no
+                # poll since, leaves nothing to flush: a hole shorter than one poll interval.
+                allowed_here_s = allowed_s if run.killed else POLL_S + HOLE_SLACK_S
+                assert end == run.end_ns and length_s <= allowed_here_s, (
                     f"run {run.number}, {device}: {length_s * 1000:.0f} ms without a window "
                     f"ending {(run.end_ns - end) / 1e6:.0f} ms before the "
-                    f"{'SIGKILL' if run.killed else 'SIGTERM'}; allowed only right before a "
-                    f"SIGKILL and at most {allowed_s * 1000:.0f} ms"
+                    f"{'SIGKILL' if run.killed else 'SIGTERM'}; allowed only right before the "
+                    f"end and at most {allowed_here_s * 1000:.0f} ms"
                 )
-                lost_ms[run.number, device] = length_s * 1000
+                if run.killed:
+                    lost_ms[run.number, device] = length_s * 1000
 
     # Duplicates: resent after a restart because they were not acknowledged at the kill.
     dup_positions = duplicate_indices(messages)

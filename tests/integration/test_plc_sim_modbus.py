@@ -209,9 +209,10 @@ async def test_writes_are_refused_and_change_nothing(
 async def test_another_unit_id_gets_an_exception(client: AsyncModbusTcpClient) -> None:
     response = await client.read_input_registers(0, count=9, device_id=UNIT + 1)
 
-    # pymodbus 3.16's SimDevice answers DEVICE FAILURE (4) for an unknown unit
-    # (and logs a traceback); only "some exception" is the simulator's promise.
+    # As a gateway answers for a slave that is not there: GATEWAY TARGET DEVICE
+    # FAILED TO RESPOND. (An RTU bus stays silent instead: test_plc_sim_faults_on_the_wire.)
     assert response.isError()
+    assert response.exception_code == 11
 
 
 async def test_the_clock_moves_the_served_values(
@@ -316,6 +317,10 @@ async def test_plc_sim_process_serves_traces_and_stops_on_signal(
             "host": HOST,
             "port": listening["port"],
             "unit": 1,
+            "units": {"1": "compressor"},
+            "endpoints": {
+                "modbus-tcp": {"protocol": "modbus-tcp", "host": HOST, "port": listening["port"]}
+            },
         }
         assert 0 < listening["port"] < 65536
 

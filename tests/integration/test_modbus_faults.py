@@ -1,0 +1,211 @@
+"""The Modbus driver against every fault the simulator can put on the wire, TCP and RTU.
+
+Each fault must come out as the right kind of `DeviceError` (its reason is what the
+health event and the log line say), and a dead slave on a shared RS-485 bus must not
+stall the healthy one beside it. The RTU bus is a pseudo-terminal pair (plc_sim.pty_bus).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from agent.backoff import Backoff
+from agent.device_task import DeviceStatus, supervise_device
+from agent.events import DEVICE_HEALTH, Event
+from drivers.errors import (
+    DeviceError,
+    DeviceException,
+    DeviceTimeout,
+    DeviceUnreachable,
+    ProtocolError,
+)
+from drivers.modbus import ModbusDriver, ModbusRtuDevice, ModbusTcpDevice
+from drivers.modbus.config import ModbusDevice
+from drivers.samples import SampleBatch
+from plc_sim.compressor import Compressor
+from plc_sim.compressor_modbus import served_compressor
+from plc_sim.link_faults import Fault
+from plc_sim.meter_modbus import served_meter
+from plc_sim.meters import Meter
+from plc_sim.modbus_server import ModbusSimServer, SerialLine, ServedMachine
+
+HOST = "127.0.0.1"
+TIMEOUT_S = 0.3
+STATE = [{"name": "state", "register": 30009, "type": "uint16"}]
+VOLTAGE = [{"name": "voltage_l1_v", "register": 30001, "type": "float32"}]
+
+
+def units() -> dict[int, ServedMachine]:
+    return {1: served_compressor(Compressor(seed=1)), 2: served_meter("sdm630", Meter(seed=1))}
+
+
+@pytest.fixture
+async def tcp() -> AsyncIterator[tuple[ModbusSimServer, ModbusDevice]]:
+    server = ModbusSimServer(units(), host=HOST, port=0)
+    port = await server.start()
+    config = ModbusTcpDevice.model_validate(
+        {"name": "comp", "protocol": "modbus-tcp", "host": HOST, "port": port,
+         "timeout_s": TIMEOUT_S, "tags": STATE})
+    yield server, config
+    await server.stop()
+
+
+def rtu_device(path: Path, name: str, unit: int, tags: list[dict[str, Any]],
+               **extra: Any) -> ModbusRtuDevice:
+    return ModbusRtuDevice.model_validate(
+        {"name": name, "protocol": "modbus-rtu", "serial_port": str(path), "unit": unit,
+         "timeout_s": TIMEOUT_S, "tags": tags, **extra})
+
+
+@pytest.fixture
+async def rtu(tmp_path: Path) -> AsyncIterator[tuple[ModbusSimServer, ModbusDevice]]:
+    path = tmp_path / "ttyRS485"
+    server = ModbusSimServer(units(), transport="rtu", serial=SerialLine(path))
+    await server.start()
+    yield server, rtu_device(path, "comp", 1, STATE)
+    await server.stop()
+
+
+async def read_once(config: ModbusDevice) -> SampleBatch:
+    driver = ModbusDriver(config)
+    try:
+        await driver.connect()
+        return await driver.read(driver.plans[0])
+    finally:
+        await driver.close()
+
+
+async def fault_outcome(server: ModbusSimServer, config: ModbusDevice, fault: Fault) -> DeviceError:
+    await server.set_fault(fault)
+    try:
+        with pytest.raises(DeviceError) as caught:
+            await read_once(config)
+    finally:
+        await server.clear_fault()
+    # The fault gone, the same device reads again: nothing was left broken.
+    assert (await read_once(config)).values.tolist() == [2.0]
+    return caught.value
+
+
+TCP_FAULTS = [
+    (Fault("no_answer"), DeviceTimeout, f"no answer within {TIMEOUT_S} s"),
+    (Fault("delay", seconds=1.0), DeviceTimeout, "no answer"),
+    (Fault("exception", code=4), DeviceException, "exception code 4 (server device failure)"),
+    (Fault("exception", code=11), DeviceException, "exception code 11 (gateway target"),
+    (Fault("drop"), DeviceUnreachable, "the device closed or reset the connection"),
+    (Fault("refuse"), DeviceUnreachable, "cannot connect"),
+    (Fault("garbage"), ProtocolError, "an answer that does not fit the request"),
+    (Fault("wrong_tid"), ProtocolError, "transaction id 4370, not 1"),
+    (Fault("wrong_length"), ProtocolError, "its length field says 7 bytes, 5 came"),
+    (Fault("wrong_unit"), ProtocolError, "it comes from unit 2, not 1"),
+]
+
+
+@pytest.mark.parametrize(("fault", "kind", "detail"), TCP_FAULTS, ids=[f[0].kind + str(i) for i, f in enumerate(TCP_FAULTS)])
+async def test_each_tcp_fault_is_named_for_what_it_is(
+    tcp: tuple[ModbusSimServer, ModbusDevice], fault: Fault, kind: type[DeviceError], detail: str,
+) -> None:
+    error = await fault_outcome(*tcp, fault)
+    assert type(error) is kind, error
+    assert detail in error.detail
+    assert error.device == "comp"
+
+
+RTU_FAULTS = [
+    (Fault("no_answer"), DeviceTimeout, "no answer"),
+    (Fault("exception", code=6), DeviceException, "exception code 6 (server device busy)"),
+    (Fault("bad_crc"), ProtocolError, "bad CRC"),
+    (Fault("wrong_length"), ProtocolError, "does not fit the request"),
+    (Fault("wrong_unit"), ProtocolError, "it comes from unit 2, not 1"),
+]
+
+
+@pytest.mark.parametrize(("fault", "kind", "detail"), RTU_FAULTS, ids=[f[0].kind for f in RTU_FAULTS])
+async def test_each_rtu_fault_is_named_for_what_it_is(
+    rtu: tuple[ModbusSimServer, ModbusDevice], fault: Fault, kind: type[DeviceError], detail: str,
+) -> None:
+    error = await fault_outcome(*rtu, fault)
+    assert type(error) is kind, error
+    assert detail in error.detail
+
+
+async def test_a_slow_device_within_its_timeout_is_read(tcp: tuple[ModbusSimServer, ModbusDevice]) -> None:
+    server, config = tcp
+    await server.set_fault(Fault("delay", seconds=TIMEOUT_S / 2))
+    assert (await read_once(config)).values.tolist() == [2.0]
+
+
+async def test_a_missing_serial_port_is_named() -> None:
+    config = rtu_device(Path("/dev/ttyUSB-not-there"), "m", 1, STATE)
+    with pytest.raises(DeviceUnreachable, match="serial port /dev/ttyUSB-not-there does not exist"):
+        await read_once(config)
+
+
+async def until(condition: Any, poll_s: float = 0.02) -> None:
+    """Return once `condition()` holds; the caller's `asyncio.timeout` is the deadline."""
+    while True:
+        if condition():
+            return
+        await asyncio.sleep(poll_s)
+
+
+class Counting:
+    """A detector that counts the batches of its device."""
+
+    def __init__(self) -> None:
+        self.batches = 0
+
+    def on_batch(self, batch: SampleBatch) -> list[Event]:
+        self.batches += 1
+        return []
+
+    def on_tick(self, mono_ns: int, time_ns: int) -> list[Event]:
+        return []
+
+    def flush(self, time_ns: int) -> list[Event]:
+        return []
+
+
+async def test_a_dead_slave_does_not_stall_the_other_on_the_same_bus(tmp_path: Path) -> None:
+    path = tmp_path / "ttyRS485"
+    server = ModbusSimServer(units(), transport="rtu", serial=SerialLine(path))
+    await server.start()
+    comp = rtu_device(path, "comp", 1, STATE, poll_interval_s=0.05)
+    meter = rtu_device(path, "meter", 2, VOLTAGE, poll_interval_s=0.05)
+    counts = {"comp": Counting(), "meter": Counting()}
+    health: list[Event] = []
+
+    def sink(events: Any) -> None:
+        health.extend(e for e in events if e.kind == DEVICE_HEALTH)
+
+    await server.set_fault(Fault("no_answer", unit=2))
+    tasks = [
+        asyncio.create_task(supervise_device(
+            ModbusDriver(config), counts[config.name], sink,
+            Backoff(initial_s=0.5, max_s=2.0), DeviceStatus(config.name)))
+        for config in (comp, meter)
+    ]
+    try:
+        async with asyncio.timeout(20):
+            await until(lambda: any(e.device == "meter" for e in health))
+            start = counts["comp"].batches
+            await asyncio.sleep(2.0)  # a measured interval, not a wait for a condition
+            during = counts["comp"].batches - start
+            await server.clear_fault()
+            await until(lambda: counts["meter"].batches > 0)
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        await server.stop()
+    # 40 polls in 2 s at most; the dead slave's timeouts (0.3 s, at most every 0.25-2 s of
+    # backoff) may take some of the bus's time, never all of it.
+    assert during >= 15, during
+    meter_health = [(e.data["status"], e.data["reason"]) for e in health if e.device == "meter"]
+    assert meter_health == [("down", "timeout"), ("up", "")]
+    assert [e.data["status"] for e in health if e.device == "comp"] == ["up"]

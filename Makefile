@@ -51,7 +51,8 @@ e2e: venv mosquitto
 demo: venv mosquitto
 	$(BIN)/python tools/demo.py
 
-# The benchmarks (a few minutes each): bench/results/*.md, explained in bench/README.md.
+# The benchmarks (about 10 minutes): bench/results/*.md, explained in bench/README.md; the
+# system one installs ThingsBoard IoT Gateway once into bench/.cache/tb-venv.
 # mosquitto_pub (Debian's mosquitto-clients) is the store benchmark's replay baseline.
 bench: venv mosquitto
 	@if ! command -v mosquitto_pub >/dev/null 2>&1; then \
@@ -61,6 +62,8 @@ bench: venv mosquitto
 	$(BIN)/python bench/store/run.py --output bench/results/latest.md
 	$(BIN)/python bench/startup/run.py --output bench/results/startup.md
 	$(BIN)/python bench/modbus/run.py --output bench/results/modbus.md
+	$(BIN)/python bench/system/run.py --output bench/results/system.md
+	$(BIN)/python bench/detect/run.py --output bench/results/detect.md
 	$(BIN)/python bench/opcua/run.py --output bench/results/opcua.md
 
 clean:

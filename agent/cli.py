@@ -53,7 +53,11 @@ def cmd_run(args: argparse.Namespace) -> int:
     faulthandler.register(signal.SIGUSR1, all_threads=True)
     # Before numba is imported: compiled kernels are cached in the state directory,
     # so a restart does not compile again.
-    os.environ.setdefault("NUMBA_CACHE_DIR", str(loaded.config.gateway.state_dir / "numba-cache"))
+    # One folder per version of the kernels' source (agent/detect/kernel_cache.py says why).
+    from agent.kernel_cache import kernel_cache_dir
+
+    os.environ.setdefault("NUMBA_CACHE_DIR",
+                          str(kernel_cache_dir(loaded.config.gateway.state_dir / "numba-cache")))
     import structlog
 
     from agent.credentials import CredentialError

@@ -9,6 +9,7 @@ from agent.detect import Detector, DetectorChain, QualityChanges, RawSamples, Wi
 from agent.detect.change import ChangeReporter
 from agent.detect.machine import MachineDetector, MachineSetup
 from agent.detect.state_file import StateFile
+from agent.rule_detectors import rule_detectors
 from agent.sharing import effective_share
 from drivers.base import Driver
 from drivers.modbus import ModbusDriver
@@ -26,7 +27,8 @@ def make_driver(config: DeviceConfig, state_dir: Path) -> Driver:
 
 
 def make_detector(agent: AgentConfig, config: DeviceConfig) -> Detector:
-    """Every detector a device's configuration asks for, as one."""
+    """Every detector a device's configuration, its machines and its `detectors:` rules ask
+    for, as one."""
     window_s = agent.aggregate.window_s
     tags = [tag.name for tag in config.tags]
     units = {tag.name: tag.unit for tag in config.tags}
@@ -56,4 +58,5 @@ def make_detector(agent: AgentConfig, config: DeviceConfig) -> Detector:
         ]
         store = StateFile(state_dir / "machines" / f"{config.name}.json")
         detectors.append(MachineDetector(config.name, setups, store))
+    detectors += rule_detectors(config.name, agent.rules_of(config.name))
     return DetectorChain(detectors)

@@ -42,11 +42,16 @@ STORE_HEALTH = "store_health"
 HEARTBEAT = "heartbeat"
 """The gateway's own vital signs: periodic (`health.heartbeat_s`) and on each change."""
 
+ANOMALY = "anomaly"
+"""A detector's anomaly episode: one event when it is recognised, one when it has ended."""
+LIMIT = "limit"
+"""A limit violation (level or rate of change): start, then end with how long and how far."""
+
 GATEWAY_DEVICE = "_gateway"
 """The `device` of events about the gateway itself (topic-safe, never a device name)."""
 
 _PRIORITY = {SAMPLES: 0, WINDOW: 0, CHANGE: 1, DEVICE_HEALTH: 1, STORE_HEALTH: 1, HEARTBEAT: 1,
-             ENERGY: 1, QUALITY: 1, CLOCK: 2, STATE: 2}
+             ENERGY: 1, QUALITY: 1, CLOCK: 2, STATE: 2, ANOMALY: 2, LIMIT: 2}
 """What a full store gives up first: periodic aggregates (0), then health, changes and energy
 reports (1: each report also carries the lifetime totals, so a lost one loses only its
 breakdown), then the rest (2: anomalies, limit violations, state changes), kept longest."""

@@ -5,9 +5,10 @@ open, on its path) and the open windows of the devices whose configuration did n
 (their tasks and detectors keep running). So the new configuration is compared with the
 running one section by section, with pydantic's model equality:
 
-- a device is kept when its configuration, its machines (`machines:` naming it) and the
-  aggregate window are unchanged; a removed or changed device is stopped (its open window
-  flushed, its machine counters saved), a new or changed one started;
+- a device is kept when its configuration, its machines (`machines:` naming it), its
+  `detectors:` rules and the aggregate window are unchanged; a removed or changed device is
+  stopped (its open window and anomaly episodes flushed, its machine counters saved), a new
+  or changed one started (its anomaly detectors learn again);
 - a changed `mqtt` section recreates the uplink on the same store;
 - `health` applies at once;
 - `gateway`, `store` and `log` are fixed for the life of the process (the store's path,
@@ -54,7 +55,7 @@ def plan_reload(old: AgentConfig, new: AgentConfig) -> ReloadPlan:
     before = {d.name: d for d in old.devices}
     after = {d.name: d for d in new.devices}
     keep = [n for n, d in after.items() if window_same and before.get(n) == d
-            and new.machines_of(n) == old.machines_of(n)]
+            and new.machines_of(n) == old.machines_of(n) and new.rules_of(n) == old.rules_of(n)]
     stop = [n for n in before if n not in keep]
     start = [n for n in after if n not in keep]
     return ReloadPlan(config=applied, keep=keep, start=start, stop=stop,

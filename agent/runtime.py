@@ -239,6 +239,8 @@ class Supervisor:
             await self.start_metrics()
         self._policy = SharingPolicy(plan.config.devices)
         by_name = {d.name: d for d in plan.config.devices}
+        # A rule of a new kind: its kernels are loaded off the event loop before it polls.
+        await asyncio.to_thread(warm_up, {rule.kind for rule in plan.config.detectors})
         for name in plan.start:
             self.start_device(by_name[name])
         if new_uplink is not None:
@@ -310,7 +312,8 @@ async def run_agent(
             await status_server.start()
             await agent.start_metrics()
             started = time.monotonic()
-            await asyncio.to_thread(warm_up)  # from NUMBA_CACHE_DIR, or compiled once
+            # From NUMBA_CACHE_DIR, or compiled once; only the detector kinds configured.
+            await asyncio.to_thread(warm_up, {rule.kind for rule in cfg.detectors})
             log.info("kernels_ready", seconds=round(time.monotonic() - started, 3))
             notifier.ready(agent.running_summary())
             while True:

@@ -11,11 +11,13 @@ from collections.abc import Sequence
 
 from agent.config.models import AgentConfig, DeviceConfig
 from agent.events import (
+    ANOMALY,
     CHANGE,
     CLOCK,
     ENERGY,
     GATEWAY_DEVICE,
     HEARTBEAT,
+    LIMIT,
     SAMPLES,
     STATE,
     STORE_HEALTH,
@@ -24,9 +26,12 @@ from agent.events import (
 )
 from drivers.sharing import Share
 
-_SHARED_IN = {WINDOW: ("raw", "aggregates"), SAMPLES: ("raw",), ENERGY: ("raw", "aggregates")}
+_SHARED_IN = {WINDOW: ("raw", "aggregates"), SAMPLES: ("raw",), ENERGY: ("raw", "aggregates"),
+              ANOMALY: ("raw", "aggregates", "events"), LIMIT: ("raw", "aggregates", "events")}
 """Event kinds that carry tag values, and the share levels that let a tag's values in.
-Other kinds (state changes, anomalies) pass for every level but `none`."""
+Other kinds (state changes) pass for every level but `none`. Anomaly and limit events carry
+a few raw samples around the episode (their context): `events` is the level that means
+"values inside events only", so it lets them out."""
 
 
 def effective_share(device: DeviceConfig, tag_share: Share | None) -> Share:
@@ -118,6 +123,13 @@ def explain(config: AgentConfig) -> list[str]:
                              + (" and every shift" if machine.shifts else "")
                              + ": energy and hours per state, starts, peak demand"
                              + (", cycles" if machine.cycle_counter_tag else ""))
+        ruled = [t for _, rule in config.rules_of(device.name) for t in rule.tags
+                 if policy.share_of(device.name, t) != "none"]
+        if ruled:
+            shown = ", ".join(dict.fromkeys(ruled))
+            lines.append(f"  {topic(device.name, ANOMALY)}, {topic(device.name, LIMIT)}")
+            lines.append("      when an anomaly or limit violation starts and ends: score, "
+                         "times, and the samples just before and after it of " + shown)
         if device.share != "none":
             lines.append(f"  {topic(device.name, 'device_health')}")
             lines.append("      when the connection status changes: up/down and why "

@@ -150,6 +150,8 @@ def _data_loc(loc: tuple[Any, ...], data: Any) -> Loc:
             continue  # the discriminator's tag: which device model validated this entry
         if isinstance(node, dict) and part in node or isinstance(node, list) and isinstance(part, int) and 0 <= part < len(node):
             node = node[part]
+        elif isinstance(node, dict) and part in (node.get("kind"), node.get("protocol")):
+            continue  # the tag pydantic adds for a discriminated union (`detectors[0].limits`)
         elif isinstance(node, dict | list):
             if isinstance(part, str) and not isinstance(node, list):
                 out.append(part)  # a key that is missing or unknown
@@ -192,9 +194,17 @@ def _describe(err: Any, data: Any, lines: dict[Loc, int]) -> tuple[int, str]:
         return (_line_of((*loc, "protocol"), lines),
                 f"{where}.protocol: {got} {expected.replace(chr(39), '')}")
     message = str(err["msg"]).removeprefix("Value error, ")
+    if narrowed := _AT.match(message):  # "at [2].tags: ..." names a place inside `loc`
+        inner = tuple(int(p[1:-1]) if p.startswith("[") else p
+                      for p in re.findall(r"\[\d+\]|\w+", narrowed.group(1)))
+        loc = _data_loc((*loc, *inner), data)
+        where, message = format_loc(loc), narrowed.group(2)
     message = message[:1].lower() + message[1:]
-    shown = "" if isinstance(value, dict | list) else f" (got {value!r})"
+    shown = "" if narrowed or isinstance(value, dict | list) else f" (got {value!r})"
     return _line_of(loc, lines), f"{where}: {message}{shown}"
+
+
+_AT = re.compile(r"^at ((?:\[\d+\]|\.\w+)+): (.*)$", re.DOTALL)
 
 
 def _did_you_mean(word: str, options: list[str] | frozenset[str]) -> str:

@@ -22,6 +22,7 @@ from pydantic import (
     model_validator,
 )
 
+from agent.config.detection import DetectorRule, rule_names
 from agent.config.machines import MachineConfig
 from drivers.modbus.config import ModbusRtuDevice, ModbusRtuTcpDevice, ModbusTcpDevice, line_key
 from drivers.naming import require_unique_names
@@ -254,6 +255,8 @@ class AgentConfig(_Section):
     machines: list[MachineConfig] = Field(default_factory=list)
     """State, energy and usage per machine (`agent/config/machines.py`); after `devices`,
     whose tags its validator checks."""
+    detectors: list[DetectorRule] = []
+    """Anomaly and limit rules (agent/config/detection.py, docs/detection.md)."""
 
     @field_validator("devices")
     @classmethod
@@ -297,6 +300,35 @@ class AgentConfig(_Section):
 
     def machines_of(self, device: str) -> list[MachineConfig]:
         return [m for m in self.machines if m.device == device]
+
+    @field_validator("detectors")
+    @classmethod
+    def _rules_name_known_tags(cls, rules: list[DetectorRule],
+                               info: ValidationInfo) -> list[DetectorRule]:
+        if "devices" not in info.data:  # the devices are wrong already: reported there
+            return rules
+        devices = {d.name: [t.name for t in d.tags] for d in info.data["devices"]}
+        for i, rule in enumerate(rules):
+            # "at [i].key: ..." lets the loader point at the rule's own line.
+            if rule.device not in devices:
+                raise ValueError(f"at [{i}].device: no device named {rule.device!r}"
+                                 + _did_you_mean(rule.device, list(devices)))
+            for tag in rule.tags:
+                if tag not in devices[rule.device]:
+                    raise ValueError(f"at [{i}].tags: device {rule.device!r} has no tag {tag!r}"
+                                     + _did_you_mean(tag, devices[rule.device]))
+        seen: set[tuple[str, str]] = set()
+        for i, (rule, name) in enumerate(zip(rules, rule_names(rules), strict=True)):
+            if (rule.device, name) in seen:
+                raise ValueError(f"at [{i}].name: device {rule.device!r} has two rules named "
+                                 f"{name!r}; give each rule its own name")
+            seen.add((rule.device, name))
+        return rules
+
+    def rules_of(self, device: str) -> list[tuple[str, DetectorRule]]:
+        """A device's detector rules with their effective names, in file order."""
+        return [(name, rule) for rule, name in zip(self.detectors, rule_names(self.detectors),
+                                                   strict=True) if rule.device == device]
 
     @property
     def store_path(self) -> Path:

@@ -8,8 +8,8 @@ for the next sample, and `flush` at shutdown so nothing in progress is lost.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Protocol
+from collections.abc import Mapping, Sequence
+from typing import Protocol, runtime_checkable
 
 from agent.events import Event
 from drivers.samples import SampleBatch
@@ -21,6 +21,16 @@ class Detector(Protocol):
     def on_tick(self, mono_ns: int, time_ns: int) -> list[Event]: ...
 
     def flush(self, time_ns: int) -> list[Event]: ...
+
+
+@runtime_checkable
+class ScoringDetector(Protocol):
+    """A detector whose per-sample scores can be written out offline (`replay --scores`)."""
+
+    def scores(self) -> Mapping[str, float]:
+        """The latest score of each row (`rule:tag`, `rule:tag:part`, or `rule` for a group
+        of tags), as of the last batch; NaN while a row is warming up."""
+        ...
 
 
 class DetectorChain:
@@ -37,3 +47,11 @@ class DetectorChain:
 
     def flush(self, time_ns: int) -> list[Event]:
         return [e for d in self._detectors for e in d.flush(time_ns)]
+
+    def scores(self) -> Mapping[str, float]:
+        """Every scoring member's scores, merged (their keys carry the rule name)."""
+        merged: dict[str, float] = {}
+        for d in self._detectors:
+            if isinstance(d, ScoringDetector):
+                merged.update(d.scores())
+        return merged

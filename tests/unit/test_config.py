@@ -91,3 +91,15 @@ def test_check_warns_about_datasheet_addresses(tmp_path: Path,
     (tmp_path / "c.yaml").write_text(text.replace("address: 10", "address: 50000"))
     assert main(["check", "-c", str(tmp_path / "c.yaml")]) == 0
     assert "holding register 50000 is read" in capsys.readouterr().err
+
+
+def test_example_config_builds_every_detector_it_asks_for() -> None:
+    from agent.detect import DetectorChain
+    from agent.devices import make_detector
+
+    config = load_config(ROOT / "config" / "example.yaml", environ={}).config
+    [device] = config.devices
+    detector = make_detector(config, device)
+    assert isinstance(detector, DetectorChain)
+    names = {key.split(":")[0] for key in detector.scores()}
+    assert names == {"discharge-spec", "zscore-2", "drift-3", "stuck-4", "compressor-health"}

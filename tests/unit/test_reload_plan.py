@@ -68,3 +68,16 @@ def test_a_device_whose_machine_changed_is_restarted() -> None:
     plan = plan_reload(old, config(device("a"), device("b"), machines=[machine(200)]))
     assert plan.keep == ["b"] and plan.stop == ["a"] and plan.start == ["a"]
     assert plan_reload(old, config(device("a"), device("b"), machines=[machine(100)])).stop == []
+
+
+def test_a_changed_detector_rule_restarts_only_its_device() -> None:
+    rule = {"device": "a", "kind": "limits", "tags": ["power_w"], "high": 100}
+    old = config(device("a"), device("b"), detectors=[rule])
+    same = config(device("a"), device("b"), detectors=[rule])
+    changed = config(device("a"), device("b"), detectors=[{**rule, "high": 120}])
+    assert plan_reload(old, same).keep == ["a", "b"]
+    plan = plan_reload(old, changed)
+    assert plan.keep == ["b"] and plan.stop == ["a"] and plan.start == ["a"]
+    added = plan_reload(old, config(device("a"), device("b"), detectors=[
+        rule, {"device": "b", "kind": "stuck", "tags": ["power_w"]}]))
+    assert added.keep == ["a"] and added.start == ["b"]

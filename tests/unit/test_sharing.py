@@ -101,3 +101,47 @@ def test_explain_lists_machine_topics() -> None:
     text = "\n".join(explain(AgentConfig.model_validate(config)))
     assert "s/gw/press/state" in text and "s/gw/press/energy" in text
     assert "machine press-m: every 900 s" in text
+
+
+def _multivariate_anomaly(tags: list[str]) -> Event:
+    """A real `pca` anomaly over `tags` of the press, from its detector (context included)."""
+    from agent.config.detection import PcaRule
+    from agent.rule_detectors import rule_detectors
+
+    rule = PcaRule(kind="pca", device="press", tags=tags, warmup_samples=20, context_samples=3,
+                   smoothing_halflife_samples=0, threshold_factor=3.0)
+    [detector] = rule_detectors("press", [("health", rule)])
+    rng = np.random.default_rng(5)
+    for i in range(40):
+        load = rng.uniform(0, 1)
+        values = np.array([load + rng.normal(0, 0.01) for _ in tags])
+        detector.on_batch(SampleBatch("press", tuple(tags), values, np.zeros(len(tags), np.uint8),
+                                      i, i))
+    values = np.array([1.0] + [0.0] * (len(tags) - 1))  # they no longer agree
+    events = detector.on_batch(SampleBatch("press", tuple(tags), values,
+                                           np.zeros(len(tags), np.uint8), 50, 50))
+    [start] = [e for e in events if e.data["phase"] == "start"]
+    return start
+
+
+def test_anomaly_context_keeps_only_shared_tags_and_never_a_none_one() -> None:
+    event = _multivariate_anomaly(["power_w", "recipe", "pressure_bar"])
+    assert set(event.data["tags"]) == {"power_w", "recipe", "pressure_bar"}
+    shared = policy().apply(event)
+    assert shared is not None and set(shared.data["tags"]) == {"power_w", "pressure_bar"}
+    assert "recipe" not in repr(shared.data)
+    assert len(shared.data["tags"]["pressure_bar"]["before"]) == 3
+
+
+def test_an_anomaly_only_about_unshared_tags_is_not_sent() -> None:
+    event = Event("limit", "press", 1, {"phase": "start", "tags": {"recipe": {"before": [1.0]}}})
+    assert policy().apply(event) is None
+
+
+def test_explain_names_the_anomaly_topics_with_the_tags_they_may_carry() -> None:
+    config = {**CONFIG, "detectors": [
+        {"device": "press", "kind": "limits", "tags": ["pressure_bar", "recipe"], "high": 9}]}
+    text = "\n".join(explain(AgentConfig.model_validate(config)))
+    assert "s/gw/press/anomaly, s/gw/press/limit" in text
+    line = next(ln for ln in text.splitlines() if "samples just before and after" in ln)
+    assert "pressure_bar" in line and "recipe" not in line

@@ -1,0 +1,158 @@
+"""The `detectors:` section: anomaly and limit rules, each for one device's tag(s).
+
+One model per detector kind, discriminated by `kind`; units are in the names (`_s`,
+`_per_s`, `_samples`, `_z`, `_sigma`); the defaults are those measured in docs/detection.md.
+Whether the device and tags exist is checked by `AgentConfig` (it knows the devices).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+
+class _Rule(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    device: str
+    tags: list[str] = Field(min_length=1)
+    name: str | None = None
+    """Names the rule in events and scores; `<kind>-<n>` (n-th rule of the device) when absent."""
+    min_duration_s: float = Field(default=0.0, ge=0, le=30 * 86400)
+    """An episode starts only once the condition held this long (its start is the first sample)."""
+    clear_duration_s: float = Field(default=0.0, ge=0, le=30 * 86400)
+    """An episode ends only once the condition was clear this long."""
+    context_samples: int = Field(default=10, ge=0, le=1000)
+    """Good samples sent before the start and after the end of an episode, per tag."""
+
+    @model_validator(mode="after")
+    def _tags_unique(self) -> _Rule:
+        seen: set[str] = set()
+        for tag in self.tags:
+            if tag in seen:
+                raise ValueError(f"tag {tag!r} is listed twice")
+            seen.add(tag)
+        return self
+
+
+class LimitsRule(_Rule):
+    """Specification limits: how long and how far a tag was outside them (warranty evidence)."""
+
+    kind: Literal["limits"]
+    low: float | None = None
+    high: float | None = None
+    hysteresis: float = Field(default=0.0, ge=0)
+    """In the tag's unit: a violation ends once the value is this far back inside."""
+    max_rate_per_s: float | None = Field(default=None, gt=0)
+    """Largest allowed change per second between two polls (tag unit per second)."""
+
+    @model_validator(mode="after")
+    def _something_to_check(self) -> LimitsRule:
+        if self.low is None and self.high is None and self.max_rate_per_s is None:
+            raise ValueError("a limits rule needs low, high or max_rate_per_s")
+        if self.low is not None and self.high is not None and self.low >= self.high:
+            raise ValueError(f"low ({self.low}) must be below high ({self.high})")
+        return self
+
+
+class ZScoreRule(_Rule):
+    """A value far from its own recent normal (robust streaming z-score)."""
+
+    kind: Literal["zscore"]
+    threshold_z: float = Field(default=4.0, gt=0)
+    clear_z: float | None = Field(default=None, ge=0)
+    """The episode ends under this z; half of threshold_z when absent."""
+    baseline_halflife_samples: float = Field(default=1000.0, ge=1)
+    """How fast the normal (EWMA mean and variance) follows the tag."""
+    smoothing_halflife_samples: float = Field(default=0.0, ge=0)
+    """EWMA smoothing of the value before it is compared (0: none)."""
+    warmup_samples: int = Field(default=100, ge=2)
+    direction: Literal["both", "high", "low"] = "both"
+
+
+class DriftRule(_Rule):
+    """A slow, lasting shift of the mean away from what the warm-up learned (CUSUM)."""
+
+    kind: Literal["drift"]
+    warmup_samples: int = Field(default=200, ge=2)
+    slack_sigma: float = Field(default=0.5, ge=0)
+    """Shifts smaller than this (in warm-up standard deviations) are not accumulated."""
+    threshold_sigma: float = Field(default=8.0, gt=0)
+    clear_sigma: float | None = Field(default=None, ge=0)
+    """The episode ends once the CUSUM falls under this; half of threshold_sigma when absent."""
+
+
+class StuckRule(_Rule):
+    """A flat-lined sensor, and a sensor that stops delivering good samples."""
+
+    kind: Literal["stuck"]
+    stuck_after_s: float | None = Field(default=600.0, gt=0)
+    """Flat (no change larger than min_change) for this long; off when null."""
+    min_change: float = Field(default=0.0, ge=0)
+    silent_after_s: float | None = Field(default=120.0, gt=0)
+    """No good sample for this long; off when null."""
+
+    @model_validator(mode="after")
+    def _something_to_check(self) -> StuckRule:
+        if self.stuck_after_s is None and self.silent_after_s is None:
+            raise ValueError("a stuck rule needs stuck_after_s or silent_after_s")
+        return self
+
+
+class PcaRule(_Rule):
+    """Tags of one machine that no longer agree with each other (streaming PCA, T² and Q)."""
+
+    kind: Literal["pca"]
+    tags: list[str] = Field(min_length=2, max_length=32)
+    warmup_samples: int = Field(default=400, ge=10, le=100_000)
+    """Rows of normal operation the model is learned on, from the start."""
+    explained_variance: float = Field(default=0.9, gt=0, le=1)
+    smoothing_halflife_samples: float = Field(default=6.6, ge=0)
+    threshold_factor: float = Field(default=1.0, gt=0)
+    """Times the largest smoothed T² and Q seen while learning."""
+    clear_ratio: float = Field(default=1.0, gt=0, le=1)
+    """The episode ends once the score (1.0 = at the threshold) is under this."""
+
+
+class RmsRule(_Rule):
+    """The vibration level of a fast signal: running RMS against a limit."""
+
+    kind: Literal["rms"]
+    window_samples: float = Field(default=64.0, ge=1)
+    """Time constant of the running mean square, in samples."""
+    remove_mean: bool = True
+    max_rms: float | None = Field(default=None, gt=0)
+    """Absolute limit in the tag's unit (e.g. an ISO 20816 zone boundary)."""
+    max_ratio: float | None = Field(default=3.0, gt=1)
+    """Limit relative to the RMS learned over warmup_samples."""
+    warmup_samples: int = Field(default=1000, ge=2)
+    clear_fraction: float = Field(default=0.9, gt=0, le=1)
+
+    @model_validator(mode="after")
+    def _something_to_check(self) -> RmsRule:
+        if self.max_rms is None and self.max_ratio is None:
+            raise ValueError("an rms rule needs max_rms or max_ratio")
+        return self
+
+
+DetectorRule = Annotated[
+    LimitsRule | ZScoreRule | DriftRule | StuckRule | PcaRule | RmsRule,
+    Field(discriminator="kind"),
+]
+
+
+def halflife_alpha(halflife_samples: float) -> float:
+    """EWMA weight of a new sample for a half-life in samples (0: no smoothing, weight 1)."""
+    return 1.0 if halflife_samples <= 0 else 1.0 - math.pow(0.5, 1.0 / halflife_samples)
+
+
+def rule_names(rules: list[DetectorRule]) -> list[str]:
+    """Each rule's effective name: its own, or `<kind>-<n>` counting the device's rules."""
+    count: dict[str, int] = {}
+    names = []
+    for rule in rules:
+        count[rule.device] = count.get(rule.device, 0) + 1
+        names.append(rule.name or f"{rule.kind}-{count[rule.device]}")
+    return names

@@ -1,0 +1,262 @@
+"""numba kernels of the multivariate detector: PCA learned on normal operation, T² and Q.
+
+One row of a group is the latest good value of each of its tags; a batch closes a row when
+a tag comes again or the batch ends (tags of a burst arrive interleaved, in time order).
+Arrays, G groups of at most D tags (smaller groups use the first `dim` columns):
+`cur` (G, 3, D): value, fresh since the last row, ever seen; `buf` (G, W, D): the warm-up
+rows; `model` (G, D + 3, D): eigenvectors as columns, then mean, scale, eigenvalues.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import numpy.typing as npt
+from numba import njit
+
+from agent.detect.kernels_episode import (
+    EP_SCORE,
+    EP_STATE,
+    IDLE,
+    P_AFTER,
+    P_CLEAR_NS,
+    P_MIN_NS,
+    episode_step,
+    ring_slot,
+)
+
+F64 = npt.NDArray[np.float64]
+I64 = npt.NDArray[np.int64]
+U8 = npt.NDArray[np.uint8]
+
+__all__ = ["P_AFTER", "P_CLEAR_NS", "P_MIN_NS"]
+X_DIM, X_WARMUP, X_VARIANCE, X_ALPHA, X_FACTOR, X_CLEAR = range(3, 9)
+PCA_PARAMS = 9
+XS_N, XS_FITTED, XS_K, XS_THR_T2, XS_THR_Q, XS_T2, XS_Q = range(7)
+PCA_STATE = 7
+CUR_VALUE, CUR_FRESH, CUR_SEEN = range(3)
+
+
+@njit(cache=True)
+def jacobi_eigh(a: F64, vectors: F64, values: F64) -> None:
+    """Eigenvalues (descending) and eigenvectors (columns) of the symmetric matrix `a`,
+    which is overwritten. Cyclic Jacobi rotations: Golub and Van Loan, Matrix
+    Computations, 4th ed., section 8.5 (exact to rounding for the small matrices here)."""
+    d = a.shape[0]
+    vectors[:, :] = 0.0
+    for i in range(d):
+        vectors[i, i] = 1.0
+    for _sweep in range(100):
+        off = 0.0
+        total = 0.0
+        for p in range(d):
+            for q in range(d):
+                total += a[p, q] * a[p, q]
+                if p != q:
+                    off += a[p, q] * a[p, q]
+        if off <= 1e-30 * total or off == 0.0:
+            break
+        for p in range(d - 1):
+            for q in range(p + 1, d):
+                apq = a[p, q]
+                if apq == 0.0:
+                    continue
+                theta = (a[q, q] - a[p, p]) / (2.0 * apq)
+                t = (1.0 if theta >= 0.0 else -1.0) / (abs(theta) + math.sqrt(theta * theta + 1.0))
+                c = 1.0 / math.sqrt(t * t + 1.0)
+                s = t * c
+                for k in range(d):
+                    akp = a[k, p]
+                    akq = a[k, q]
+                    a[k, p] = c * akp - s * akq
+                    a[k, q] = s * akp + c * akq
+                for k in range(d):
+                    apk = a[p, k]
+                    aqk = a[q, k]
+                    a[p, k] = c * apk - s * aqk
+                    a[q, k] = s * apk + c * aqk
+                for k in range(d):
+                    vkp = vectors[k, p]
+                    vkq = vectors[k, q]
+                    vectors[k, p] = c * vkp - s * vkq
+                    vectors[k, q] = s * vkp + c * vkq
+    for i in range(d):
+        values[i] = a[i, i]
+    # Selection sort, descending, columns moved along (d is at most a few dozen).
+    for i in range(d):
+        best = i
+        for j in range(i + 1, d):
+            if values[j] > values[best]:
+                best = j
+        if best != i:
+            tmp = values[i]
+            values[i] = values[best]
+            values[best] = tmp
+            for k in range(d):
+                tv = vectors[k, i]
+                vectors[k, i] = vectors[k, best]
+                vectors[k, best] = tv
+
+
+@njit(cache=True)
+def _statistics(model: F64, g: int, d: int, k: int, x: F64) -> tuple[float, float]:
+    """T² (Hotelling, in the k principal components) and Q (squared prediction error)."""
+    z2 = 0.0
+    t2 = 0.0
+    proj2 = 0.0
+    for i in range(d):
+        zi = (x[i] - model[g, d, i]) / model[g, d + 1, i]
+        z2 += zi * zi
+    for c in range(k):
+        t = 0.0
+        for i in range(d):
+            t += model[g, i, c] * (x[i] - model[g, d, i]) / model[g, d + 1, i]
+        proj2 += t * t
+        t2 += t * t / max(model[g, d + 2, c], 1e-12)
+    return t2, max(z2 - proj2, 0.0)
+
+
+@njit(cache=True)
+def _fit(params: F64, state: F64, buf: F64, model: F64, g: int) -> None:
+    """Mean, scale and principal components of the warm-up rows; the thresholds are the
+    largest smoothed T² and Q over those rows times FACTOR."""
+    d = int(params[g, X_DIM])
+    n = int(state[g, XS_N])
+    for i in range(d):
+        m = 0.0
+        for r in range(n):
+            m += buf[g, r, i]
+        m /= n
+        v = 0.0
+        for r in range(n):
+            v += (buf[g, r, i] - m) ** 2
+        sd = math.sqrt(v / n)
+        model[g, d, i] = m
+        model[g, d + 1, i] = sd if sd > 0.0 else 1.0
+    cov = np.zeros((d, d))
+    for i in range(d):
+        for j in range(i, d):
+            acc = 0.0
+            for r in range(n):
+                acc += ((buf[g, r, i] - model[g, d, i]) / model[g, d + 1, i]) * (
+                    (buf[g, r, j] - model[g, d, j]) / model[g, d + 1, j])
+            cov[i, j] = acc / max(n - 1, 1)
+            cov[j, i] = cov[i, j]
+    vectors = np.zeros((d, d))
+    values = np.zeros(d)
+    jacobi_eigh(cov, vectors, values)
+    total = 0.0
+    for i in range(d):
+        total += max(values[i], 0.0)
+    k = d
+    acc = 0.0
+    for i in range(d):
+        acc += max(values[i], 0.0)
+        if total <= 0.0 or acc >= params[g, X_VARIANCE] * total:
+            k = i + 1
+            break
+    for i in range(d):
+        for j in range(d):
+            model[g, i, j] = vectors[i, j]
+        model[g, d + 2, i] = values[i]
+    state[g, XS_K] = k
+    a = params[g, X_ALPHA]
+    t2s = 0.0
+    qs = 0.0
+    top_t2 = 0.0
+    top_q = 0.0
+    for r in range(n):
+        t2, q = _statistics(model, g, d, k, buf[g, r])
+        t2s = t2 if r == 0 else t2s + a * (t2 - t2s)
+        qs = q if r == 0 else qs + a * (q - qs)
+        top_t2 = max(top_t2, t2s)
+        top_q = max(top_q, qs)
+    state[g, XS_THR_T2] = max(top_t2 * params[g, X_FACTOR], 1e-12)
+    state[g, XS_THR_Q] = max(top_q * params[g, X_FACTOR], 1e-12)
+    state[g, XS_T2] = t2s
+    state[g, XS_Q] = qs
+    state[g, XS_FITTED] = 1.0
+
+
+@njit(cache=True)
+def _close_row(params: F64, state: F64, cur: F64, buf: F64, model: F64, ep: F64, times: I64,
+               ctx: F64, g: int, mono_ns: int, time_ns: int) -> None:
+    d = int(params[g, X_DIM])
+    complete = True
+    for i in range(d):
+        cur[g, CUR_FRESH, i] = 0.0
+        if cur[g, CUR_SEEN, i] == 0.0:
+            complete = False
+    if not complete:
+        return
+    x = cur[g, CUR_VALUE]
+    slot = ring_slot(ep, g, ctx.shape[1])
+    for i in range(d):
+        ctx[g, slot, i] = x[i]
+    if state[g, XS_FITTED] == 0.0:
+        r = int(state[g, XS_N])
+        for i in range(d):
+            buf[g, r, i] = x[i]
+        state[g, XS_N] = r + 1
+        if r + 1 >= params[g, X_WARMUP]:
+            _fit(params, state, buf, model, g)
+        return
+    t2, q = _statistics(model, g, d, int(state[g, XS_K]), x)
+    a = params[g, X_ALPHA]
+    state[g, XS_T2] += a * (t2 - state[g, XS_T2])
+    state[g, XS_Q] += a * (q - state[g, XS_Q])
+    score = max(state[g, XS_T2] / state[g, XS_THR_T2], state[g, XS_Q] / state[g, XS_THR_Q])
+    if ep[g, EP_STATE] == IDLE and not (score > 1.0):
+        ep[g, EP_SCORE] = score  # the common case, kept out of the call
+    else:
+        episode_step(ep, times, params, g, score, 1.0, math.nan, score > 1.0,
+                     score < params[g, X_CLEAR], mono_ns, time_ns)
+
+
+@njit(cache=True)
+def pca_batch(params: F64, state: F64, cur: F64, buf: F64, model: F64, ep: F64, times: I64,
+              ctx: F64, sel: I64, rows: I64, cols: I64, values: F64, quality: U8,
+              mono_ns: int, time_ns: int) -> None:
+    """Streaming PCA monitoring: T² and Q of each row against a model fitted on the first
+    WARMUP rows, each EWMA-smoothed and divided by its threshold; score = the larger.
+
+    Reference: J. E. Jackson and G. S. Mudholkar, "Control procedures for residuals
+    associated with principal component analysis", Technometrics 21(3), 1979.
+    """
+    for j in range(sel.shape[0]):
+        p = sel[j]
+        if quality[p] != 0:
+            continue
+        g = rows[j]
+        c = cols[j]
+        if cur[g, CUR_FRESH, c] != 0.0:
+            _close_row(params, state, cur, buf, model, ep, times, ctx, g, mono_ns, time_ns)
+        cur[g, CUR_VALUE, c] = values[p]
+        cur[g, CUR_FRESH, c] = 1.0
+        cur[g, CUR_SEEN, c] = 1.0
+    for j in range(sel.shape[0]):
+        g = rows[j]
+        d = int(params[g, X_DIM])
+        for i in range(d):
+            if cur[g, CUR_FRESH, i] != 0.0:
+                _close_row(params, state, cur, buf, model, ep, times, ctx, g, mono_ns, time_ns)
+                break
+
+
+def warm_up() -> None:
+    """Compile (or load from the cache) the PCA kernels: a 2-tag group learning on 2 rows."""
+    from agent.detect.kernels_episode import new_episodes
+
+    params = np.zeros((1, PCA_PARAMS))
+    params[0, X_DIM], params[0, X_WARMUP], params[0, X_VARIANCE] = 2, 2, 0.9
+    params[0, X_ALPHA], params[0, X_FACTOR], params[0, X_CLEAR] = 1.0, 1.0, 1.0
+    state = np.zeros((1, PCA_STATE))
+    cur, buf, model = np.zeros((1, 3, 2)), np.zeros((1, 2, 2)), np.zeros((1, 5, 2))
+    ep, times = new_episodes(1)
+    ctx = np.zeros((1, 1, 2))
+    sel, rows, cols = np.arange(2), np.zeros(2, dtype=np.int64), np.arange(2)
+    quality = np.zeros(2, dtype=np.uint8)
+    for i in range(3):
+        pca_batch(params, state, cur, buf, model, ep, times, ctx, sel, rows, cols,
+                  np.array([float(i), float(i * i)]), quality, i, i)

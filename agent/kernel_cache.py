@@ -1,0 +1,23 @@
+"""Where numba's compiled kernels are cached: one folder per version of the kernels' source.
+
+numba checks a cached kernel against its own source file only: a kernel that calls a
+function of another module (every anomaly kernel calls `kernels_episode.episode_step`)
+would be loaded stale after an upgrade that changed only that other module. A folder
+named after a hash of every kernel module's source rules that out. Imports no numba:
+the folder must be set in NUMBA_CACHE_DIR before numba is imported.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+_DETECT = Path(__file__).resolve().parent / "detect"
+
+
+def kernel_cache_dir(base: Path) -> Path:
+    digest = hashlib.sha256()
+    for source in sorted(_DETECT.glob("kernels*.py")):
+        digest.update(source.name.encode())
+        digest.update(source.read_bytes())
+    return base / digest.hexdigest()[:16]

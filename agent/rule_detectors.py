@@ -1,0 +1,156 @@
+"""From the `detectors:` rules of one device to its anomaly detectors: one per kind.
+
+Rules of the same kind share one detector (and so one kernel call per batch); each tag of
+a univariate rule is a row, each multivariate rule a group. Parameters become the kernels'
+units here: nanoseconds, EWMA weights, +-inf for an absent limit.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+
+from agent.config.detection import (
+    DetectorRule,
+    DriftRule,
+    LimitsRule,
+    PcaRule,
+    RmsRule,
+    StuckRule,
+    ZScoreRule,
+    halflife_alpha,
+)
+from agent.detect import kernels_pca as kp
+from agent.detect import kernels_univariate as ku
+from agent.detect.anomaly import PcaDetector, UnivariateDetector
+from agent.detect.base import Detector
+from agent.detect.episodes import RowInfo
+
+NamedRule = tuple[str, DetectorRule]
+
+
+def _common(rule: DetectorRule, width: int) -> list[float]:
+    row = [0.0] * width
+    row[ku.P_MIN_NS] = rule.min_duration_s * 1e9
+    row[ku.P_CLEAR_NS] = rule.clear_duration_s * 1e9
+    row[ku.P_AFTER] = float(rule.context_samples)
+    return row
+
+
+def _or(value: float | None, absent: float) -> float:
+    return absent if value is None else value
+
+
+def _limits(device: str, rules: Sequence[tuple[str, LimitsRule]]) -> Detector:
+    infos, params = [], []
+    for name, rule in rules:
+        for tag in rule.tags:
+            row = _common(rule, ku.LIMIT_PARAMS)
+            row[ku.L_LOW], row[ku.L_HIGH] = _or(rule.low, -math.inf), _or(rule.high, math.inf)
+            row[ku.L_HYST] = rule.hysteresis
+            if rule.low is not None or rule.high is not None:
+                infos.append(RowInfo(name, "limits", (tag,), bound="level", low=rule.low,
+                                     high=rule.high, max_rate_per_s=rule.max_rate_per_s))
+                params.append([*row[:ku.L_MODE], ku.L_LEVEL, 0.0])
+            if rule.max_rate_per_s is not None:
+                infos.append(RowInfo(name, "limits", (tag,), bound="rate", part="rate",
+                                     low=rule.low, high=rule.high,
+                                     max_rate_per_s=rule.max_rate_per_s))
+                params.append([*row[:ku.L_MODE], ku.L_RATE, rule.max_rate_per_s])
+    return UnivariateDetector(device, infos, np.array(params), ku.LIMIT_STATE, ku.limits_batch)
+
+
+def _zscore(device: str, rules: Sequence[tuple[str, ZScoreRule]]) -> Detector:
+    infos, params = [], []
+    for name, rule in rules:
+        row = _common(rule, ku.ZSCORE_PARAMS)
+        row[ku.Z_THRESHOLD] = rule.threshold_z
+        row[ku.Z_CLEAR] = _or(rule.clear_z, rule.threshold_z / 2)
+        row[ku.Z_ALPHA_SMOOTH] = halflife_alpha(rule.smoothing_halflife_samples)
+        row[ku.Z_ALPHA_BASE] = halflife_alpha(rule.baseline_halflife_samples)
+        row[ku.Z_WARMUP] = rule.warmup_samples
+        row[ku.Z_DIRECTION] = {"both": 0.0, "high": 1.0, "low": -1.0}[rule.direction]
+        for tag in rule.tags:
+            infos.append(RowInfo(name, "zscore", (tag,)))
+            params.append(row)
+    return UnivariateDetector(device, infos, np.array(params), ku.ZSCORE_STATE, ku.zscore_batch)
+
+
+def _drift(device: str, rules: Sequence[tuple[str, DriftRule]]) -> Detector:
+    infos, params = [], []
+    for name, rule in rules:
+        row = _common(rule, ku.DRIFT_PARAMS)
+        row[ku.D_WARMUP] = rule.warmup_samples
+        row[ku.D_SLACK] = rule.slack_sigma
+        row[ku.D_THRESHOLD] = rule.threshold_sigma
+        row[ku.D_CLEAR] = _or(rule.clear_sigma, rule.threshold_sigma / 2)
+        for tag in rule.tags:
+            infos.append(RowInfo(name, "drift", (tag,)))
+            params.append(row)
+    return UnivariateDetector(device, infos, np.array(params), ku.DRIFT_STATE, ku.drift_batch)
+
+
+def _stuck(device: str, rules: Sequence[tuple[str, StuckRule]]) -> Detector:
+    infos, params = [], []
+    for name, rule in rules:
+        for tag in rule.tags:
+            row = _common(rule, ku.STUCK_PARAMS)
+            row[ku.S_MIN_CHANGE] = rule.min_change
+            if rule.stuck_after_s is not None:
+                infos.append(RowInfo(name, "stuck", (tag,)))
+                params.append([*row[:ku.S_MODE], ku.S_FLAT, rule.stuck_after_s * 1e9,
+                               rule.min_change])
+            if rule.silent_after_s is not None:
+                infos.append(RowInfo(name, "stuck", (tag,), part="silent"))
+                params.append([*row[:ku.S_MODE], ku.S_SILENT, rule.silent_after_s * 1e9,
+                               rule.min_change])
+    return UnivariateDetector(device, infos, np.array(params), ku.STUCK_STATE, ku.stuck_batch,
+                              tick_kernel=ku.stuck_tick)
+
+
+def _rms(device: str, rules: Sequence[tuple[str, RmsRule]]) -> Detector:
+    infos, params = [], []
+    for name, rule in rules:
+        row = _common(rule, ku.RMS_PARAMS)
+        row[ku.R_ALPHA] = 1.0 / rule.window_samples
+        row[ku.R_REMOVE_MEAN] = 1.0 if rule.remove_mean else 0.0
+        row[ku.R_MAX_RMS] = _or(rule.max_rms, math.inf)
+        row[ku.R_MAX_RATIO] = _or(rule.max_ratio, math.inf)
+        row[ku.R_WARMUP] = rule.warmup_samples
+        row[ku.R_CLEAR_FRACTION] = rule.clear_fraction
+        for tag in rule.tags:
+            infos.append(RowInfo(name, "rms", (tag,)))
+            params.append(row)
+    return UnivariateDetector(device, infos, np.array(params), ku.RMS_STATE, ku.rms_batch)
+
+
+def _pca(device: str, rules: Sequence[tuple[str, PcaRule]]) -> Detector:
+    infos, params = [], []
+    for name, rule in rules:
+        row = _common(rule, kp.PCA_PARAMS)
+        row[kp.X_DIM] = len(rule.tags)
+        row[kp.X_WARMUP] = rule.warmup_samples
+        row[kp.X_VARIANCE] = rule.explained_variance
+        row[kp.X_ALPHA] = halflife_alpha(rule.smoothing_halflife_samples)
+        row[kp.X_FACTOR] = rule.threshold_factor
+        row[kp.X_CLEAR] = rule.clear_ratio
+        infos.append(RowInfo(name, "pca", tuple(rule.tags)))
+        params.append(row)
+    return PcaDetector(device, infos, np.array(params))
+
+
+_BUILDERS: dict[str, Callable[[str, Any], Detector]] = {"limits": _limits, "zscore": _zscore, "drift": _drift, "stuck": _stuck,
+             "rms": _rms, "pca": _pca}
+
+
+def rule_detectors(device: str, rules: Sequence[NamedRule]) -> list[Detector]:
+    """One detector per kind of rule the device has, in a fixed order."""
+    detectors = []
+    for kind, build in _BUILDERS.items():
+        of_kind = [(name, rule) for name, rule in rules if rule.kind == kind]
+        if of_kind:
+            detectors.append(build(device, of_kind))
+    return detectors

@@ -1,0 +1,1 @@
+"""Detection quality on real labelled data (NAB, SKAB): `python -m eval` (docs/detection.md)."""

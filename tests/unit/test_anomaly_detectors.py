@@ -1,0 +1,251 @@
+"""The anomaly detectors: what each catches, when its episode starts and ends, and what the
+events say. Pure and fast; tests/integration/test_kernels_without_jit.py runs this file
+again with NUMBA_DISABLE_JIT=1, so the kernels' Python form is tested too.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import pytest
+
+from agent.config.detection import (
+    DetectorRule,
+    DriftRule,
+    LimitsRule,
+    PcaRule,
+    RmsRule,
+    StuckRule,
+    ZScoreRule,
+)
+from agent.detect import DetectorChain, ScoringDetector
+from agent.detect.kernels_pca import jacobi_eigh
+from agent.events import ANOMALY, LIMIT, Event
+from agent.rule_detectors import rule_detectors
+from drivers.samples import Quality, SampleBatch
+
+S = 1_000_000_000
+T0 = 1_700_000_000 * S
+
+
+def chain(*rules: DetectorRule) -> DetectorChain:
+    return DetectorChain(rule_detectors("m1", [(r.name or f"{r.kind}-{i}", r)
+                                               for i, r in enumerate(rules, 1)]))
+
+
+def batch(tags: Sequence[str], values: Sequence[float], t_s: float,
+          quality: Sequence[int] | None = None) -> SampleBatch:
+    return SampleBatch("m1", tuple(tags), np.asarray(values, dtype=np.float64),
+                       np.asarray(quality or [0] * len(values), dtype=np.uint8),
+                       T0 + int(t_s * S), int(t_s * S))
+
+
+def feed(detector: DetectorChain, tag: str, values: Sequence[float], start_s: float = 0.0,
+         step_s: float = 1.0) -> list[tuple[float, Event]]:
+    """One sample per batch; every event with the time (s) of the batch that produced it."""
+    out = []
+    for i, v in enumerate(values):
+        t = start_s + i * step_s
+        out += [(t, e) for e in detector.on_batch(batch([tag], [v], t))]
+    return out
+
+
+def phases(events: Sequence[tuple[float, Event]]) -> list[tuple[float, str]]:
+    return [(t, e.data["phase"]) for t, e in events]
+
+
+def limits(**kw: Any) -> LimitsRule:
+    return LimitsRule(kind="limits", device="m1", tags=["temp"], context_samples=2, **kw)
+
+
+def test_limit_violation_reports_how_long_and_how_far_outside_with_hysteresis_and_min_duration() -> None:
+    det = chain(limits(high=80.0, hysteresis=2.0, min_duration_s=2.0))
+    # 81 at t=3 for one sample: shorter than min_duration_s, no violation.
+    # 85..90 from t=6; 79.5 at t=10 is inside the hysteresis band (not yet clear); 77 at t=11 is.
+    values = [70, 71, 72, 81, 70, 70, 85, 90, 86, 82, 79.5, 77, 70, 71, 72]
+    events = feed(det, "temp", values)
+    assert phases(events) == [(8.0, "start"), (13.0, "end")]  # end once 2 samples followed
+    start, end = events[0][1], events[1][1]
+    assert start.kind == end.kind == LIMIT
+    assert start.data["start_ns"] == T0 + 6 * S and start.time_ns == T0 + 6 * S
+    assert start.data["episode"] == end.data["episode"]
+    assert end.data["bound"] == "high" and end.data["limit"] == 80.0
+    assert end.data["max_excess"] == 10.0 and end.data["peak_value"] == 90.0
+    assert end.data["peak_ns"] == T0 + 7 * S
+    assert end.data["end_ns"] == T0 + 11 * S and end.data["duration_s"] == 5.0
+    assert end.data["tags"]["temp"]["after"] == [70.0, 71.0]
+    # Before: the samples up to the moment the violation was recognised (t=8).
+    assert start.data["tags"]["temp"]["before"] == [90.0, 86.0]
+
+
+def test_low_limit_and_rate_of_change_are_separate_checks() -> None:
+    det = chain(limits(low=10.0, max_rate_per_s=5.0))
+    events = feed(det, "temp", [20, 21, 40, 41, 9, 12, 13, 14])
+    kinds = [(t, e.data["phase"], e.data["bound"]) for t, e in events]
+    assert (2.0, "start", "rate") in kinds and (4.0, "start", "low") in kinds
+    rate_ends = [e.data["max_excess"] for _, e in events
+                 if e.data["phase"] == "end" and e.data["bound"] == "rate"]
+    assert rate_ends == [19.0 - 5.0, 32.0 - 5.0]  # 21 -> 40, then 41 -> 9, in 1 s each
+
+
+def test_bad_quality_samples_never_count_as_readings() -> None:
+    det = chain(limits(high=80.0))
+    events = []
+    for i in range(5):
+        events += det.on_batch(batch(["temp"], [500.0], i, quality=[Quality.BAD]))
+    assert events == [] and det.flush(T0) == []
+
+
+def test_zscore_warms_up_then_catches_a_step_and_ignores_noise() -> None:
+    rng = np.random.default_rng(1)
+    rule = ZScoreRule(kind="zscore", device="m1", tags=["temp"], threshold_z=5.0,
+                      warmup_samples=50, baseline_halflife_samples=200)
+    det = chain(rule)
+    det.on_batch(batch(["temp"], [20.0], 0))
+    assert math.isnan(det.scores()["zscore-1:temp"]), "no score while warming up"
+    normal = list(20 + rng.normal(0, 0.5, 300))
+    events = feed(det, "temp", normal, start_s=1)
+    assert events == []
+    assert abs(det.scores()["zscore-1:temp"]) < 5.0
+    events = feed(det, "temp", [26.0] * 5, start_s=301)
+    assert phases(events) == [(301.0, "start")]
+    assert events[0][1].kind == ANOMALY and events[0][1].data["detector"] == "zscore"
+
+
+def test_zscore_baseline_does_not_learn_the_anomaly() -> None:
+    """A long anomaly stays one: samples inside an episode never update the baseline."""
+    rule = ZScoreRule(kind="zscore", device="m1", tags=["temp"], threshold_z=4.0,
+                      warmup_samples=20, baseline_halflife_samples=10)
+    det = chain(rule)
+    feed(det, "temp", [20.0 + 0.1 * (i % 3) for i in range(40)])
+    events = feed(det, "temp", [30.0] * 200, start_s=40)
+    assert phases(events) == [(40.0, "start")]
+
+
+def test_drift_accumulates_a_small_lasting_shift_that_a_zscore_would_miss() -> None:
+    rng = np.random.default_rng(2)
+    drift = DriftRule(kind="drift", device="m1", tags=["temp"], warmup_samples=200)
+    zscore = ZScoreRule(kind="zscore", device="m1", tags=["temp"], warmup_samples=200)
+    det = chain(drift, zscore)
+    normal = list(rng.normal(0, 1, 200))
+    shifted = list(rng.normal(1.0, 1, 100))  # one standard deviation: never 4 sigma away
+    events = feed(det, "temp", normal + shifted)
+    assert {e.data["detector"] for _, e in events} == {"drift"}
+    start = events[0]
+    assert 200 < start[0] < 240
+
+
+def test_stuck_sensor_and_silent_sensor() -> None:
+    rule = StuckRule(kind="stuck", device="m1", tags=["flow"], stuck_after_s=30,
+                     silent_after_s=10, min_change=0.01, context_samples=0)
+    det = chain(rule)
+    events = feed(det, "flow", [1.0, 1.5, 2.0] + [2.0 + 0.001 * (i % 2) for i in range(40)])
+    assert phases(events) == [(32.0, "start")]  # flat since t=2, for 30 s
+    assert events[0][1].data["rule"] == "stuck-1" and events[0][1].data["threshold"] == pytest.approx(30.0)
+    events = feed(det, "flow", [5.0], start_s=43)
+    assert phases(events) == [(43.0, "end")] and events[0][1].data["duration_s"] == 11.0
+    # Then nothing arrives: the clock alone finds the silent sensor.
+    assert det.on_tick(50 * S, T0 + 50 * S) == []
+    [silent] = det.on_tick(54 * S, T0 + 54 * S)
+    # Noticed at the first tick 10 s after the last good sample (ticks come every second).
+    assert silent.data["phase"] == "start" and silent.data["start_ns"] == T0 + 54 * S
+    assert det.scores()["stuck-1:flow:silent"] == 11.0
+    # Bad samples are no delivery either; a good one ends the episode.
+    assert det.on_batch(batch(["flow"], [5.0], 60, quality=[Quality.BAD])) == []
+    [end] = det.on_batch(batch(["flow"], [5.0], 61))
+    assert end.data["phase"] == "end" and end.data["duration_s"] == 61 - 54
+
+
+def test_rms_of_a_burst_catches_vibration_growing() -> None:
+    """Bursts: a tag appears many times in one batch, in time order."""
+    rule = RmsRule(kind="rms", device="m1", tags=["vib"], window_samples=32,
+                   warmup_samples=256, max_ratio=2.0)
+    det = chain(rule)
+    t = np.arange(256)
+    quiet = np.sin(2 * np.pi * t / 16)
+    events: list[Event] = []
+    for k in range(4):
+        events += det.on_batch(batch(["vib"] * 256, quiet, k))
+    assert events == []
+    assert det.scores()["rms-1:vib"] == pytest.approx(1 / math.sqrt(2), rel=0.1)
+    events = det.on_batch(batch(["vib"] * 256, 3 * quiet, 5))
+    assert [e.data["phase"] for e in events] == ["start"]
+    assert events[0].data["threshold"] == pytest.approx(2 / math.sqrt(2), rel=0.1)
+
+
+def test_pca_catches_tags_that_no_longer_agree_while_each_stays_in_range() -> None:
+    rng = np.random.default_rng(3)
+    rule = PcaRule(kind="pca", device="m1", name="pump", tags=["current", "flow", "vib"],
+                   warmup_samples=300, smoothing_halflife_samples=2,
+                   threshold_factor=1.5)
+    det = chain(rule)
+    tags = ("current", "flow", "vib")
+
+    def row(load: float, flow_offset: float = 0.0) -> list[float]:
+        return [10 * load + rng.normal(0, 0.1), 50 * load + flow_offset + rng.normal(0, 0.5),
+                2 * load + rng.normal(0, 0.05)]
+
+    events: list[Event] = []
+    for i in range(600):
+        events += det.on_batch(batch(tags, row(rng.uniform(0.5, 1.0)), i))
+    assert events == []
+    assert det.scores()["pump"] < 1.0
+    # Same load range, but the flow falls short of what the current says (a blocked inlet):
+    for i in range(20):
+        events += det.on_batch(batch(tags, row(0.9, flow_offset=-10.0), 600 + i))
+    assert [e.data["phase"] for e in events] == ["start"]
+    start = events[0]
+    assert start.data["detector"] == "pca" and start.data["threshold"] == 1.0
+    assert set(start.data["tags"]) == set(tags)
+    assert len(start.data["tags"]["flow"]["before"]) == 10
+
+
+def test_pca_learns_only_on_complete_rows_and_skips_bad_samples() -> None:
+    rule = PcaRule(kind="pca", device="m1", tags=["a", "b"], warmup_samples=10)
+    det = chain(rule)
+    det.on_batch(batch(["a"], [1.0], 0))  # b never seen yet: no row
+    det.on_batch(batch(["a", "b"], [1.0, 1e9], 1, quality=[0, Quality.BAD]))
+    assert math.isnan(det.scores()["pca-1"])
+
+
+def test_jacobi_matches_numpy_eigh() -> None:
+    rng = np.random.default_rng(4)
+    m = rng.normal(size=(8, 8))
+    sym = m @ m.T
+    vectors, values = np.zeros((8, 8)), np.zeros(8)
+    jacobi_eigh(sym.copy(), vectors, values)
+    expected = np.linalg.eigvalsh(sym)[::-1]
+    np.testing.assert_allclose(values, expected, rtol=1e-9)
+    np.testing.assert_allclose(vectors @ np.diag(values) @ vectors.T, sym, atol=1e-9)
+
+
+def test_an_episode_running_at_shutdown_ends_as_ongoing() -> None:
+    det = chain(limits(high=80.0))
+    feed(det, "temp", [90.0, 91.0])
+    [end] = det.flush(T0 + 5 * S)
+    assert end.data["phase"] == "end" and end.data["ongoing"] is True
+    assert end.data["duration_s"] == 1.0 and end.data["max_excess"] == 11.0
+
+
+def test_an_end_waiting_for_its_context_goes_out_at_shutdown() -> None:
+    det = chain(limits(high=80.0))  # context_samples=2
+    events = feed(det, "temp", [90.0, 70.0])
+    assert phases(events) == [(0.0, "start")]
+    [end] = det.flush(T0 + 5 * S)
+    assert end.data["context_complete"] is False and end.data["tags"]["temp"]["after"] == []
+
+
+def test_chain_merges_scores_of_every_scoring_member() -> None:
+    det = chain(limits(high=80.0), ZScoreRule(kind="zscore", device="m1", tags=["temp"]))
+    assert isinstance(det, ScoringDetector)
+    det.on_batch(batch(["temp", "other"], [75.0, 1.0], 0))
+    scores = det.scores()
+    assert scores["limits-1:temp"] == -5.0 and math.isnan(scores["zscore-2:temp"])
+
+
+def test_tags_of_a_batch_that_no_rule_names_are_ignored() -> None:
+    det = chain(limits(high=80.0))
+    assert det.on_batch(batch(["x", "y"], [1e9, 1e9], 0)) == []

@@ -64,6 +64,7 @@ bench: venv mosquitto
 	$(BIN)/python bench/modbus/run.py --output bench/results/modbus.md
 	$(BIN)/python bench/system/run.py --output bench/results/system.md
 	$(BIN)/python bench/detect/run.py --output bench/results/detect.md
+	$(BIN)/python bench/opcua/run.py --output bench/results/opcua.md
 
 clean:
 	rm -rf $(VENV) .demo .pytest_cache .mypy_cache .ruff_cache .hypothesis

@@ -8,6 +8,7 @@ from agent.config import LoadedConfig
 from agent.config.models import MqttConfig
 from drivers.modbus.config import ModbusTag, parse_register
 from drivers.modbus.describe import describe_device
+from drivers.opcua.config import OpcUaDevice
 
 
 def _is_local(host: str) -> bool:
@@ -57,13 +58,18 @@ def warnings(loaded: LoadedConfig) -> list[str]:
             "cross the network in clear text"
         )
     for device in loaded.config.devices:
+        if isinstance(device, OpcUaDevice):
+            if device.security.mode == "None" and not _is_local(_host_of(device.endpoint)):
+                out.append(f"{device.name}: security mode None towards {device.endpoint}: "
+                           "values and any password cross the network in clear text")
+            continue
         for tag in device.tags:
             if tag.datasheet_register is None and tag.address >= 30000:
                 out.append(f"{device.name}.{tag.name}: {_datasheet_hint(tag)}")
     for machine in loaded.config.machines:
         device = next(d for d in loaded.config.devices if d.name == machine.device)
-        tag = next(t for t in device.tags if t.name == machine.signal_tag)
-        share = tag.share or device.share
+        signal = next(t for t in device.tags if t.name == machine.signal_tag)
+        share = signal.share or device.share
         if share in ("none", "events"):
             out.append(f"machine {machine.name}: its signal {machine.signal_tag} is shared "
                        f"`{share}`, so its energy reports stay on site"
@@ -91,6 +97,9 @@ def summary(loaded: LoadedConfig) -> list[str]:
         f"aggregate windows of {cfg.aggregate.window_s:g} s",
     ]
     for device in cfg.devices:
+        if isinstance(device, OpcUaDevice):
+            lines += _opcua_summary(device)
+            continue
         lines.extend(describe_device(device))
     for machine in cfg.machines:
         idle, running, overload, hysteresis = machine.thresholds()
@@ -107,4 +116,29 @@ def summary(loaded: LoadedConfig) -> list[str]:
             + (f" and at shifts {', '.join(machine.shifts)} ({machine.timezone})"
                if machine.shifts else "")
         )
+    return lines
+
+
+def _host_of(endpoint: str) -> str:
+    from urllib.parse import urlparse
+
+    return urlparse(endpoint).hostname or ""
+
+
+def _opcua_summary(device: OpcUaDevice) -> list[str]:
+    sec = device.security
+    login = (f"user {sec.username}" if sec.username else
+             "user certificate" if sec.user_certificate else "anonymous")
+    head = (f"device {device.name}: opcua {device.endpoint} security {sec.policy}/{sec.mode}, "
+            f"{login}, {len(device.tags)} tags")
+    lines = [head]
+    for tag in device.tags:
+        if tag.mode == "subscribe":
+            how = (f"subscribe, sampling {tag.sampling_interval_s:g} s, queue {tag.queue_size}"
+                   + (f", deadband {tag.deadband.type} {tag.deadband.value:g}"
+                      if tag.deadband else "")
+                   + f", published every {device.publishing_interval_s:g} s")
+        else:
+            how = f"poll every {tag.poll_interval_s or device.poll_interval_s:g} s"
+        lines.append(f"  {tag.name}: {tag.address} ({how})")
     return lines

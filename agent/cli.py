@@ -315,6 +315,9 @@ def build_parser() -> argparse.ArgumentParser:
     probe.add_argument("--count", type=int, default=2, help="registers (or bits) to read, default 2")
     probe.add_argument("--timeout", type=float, default=2.0, help="seconds, default 2")
     probe.set_defaults(func=cmd_probe)
+    from agent.opcua_cli import add_commands as add_opcua_commands
+
+    add_opcua_commands(sub)  # browse, opcua trust
 
     replay = sub.add_parser("replay", help="run a device's detectors over a recorded CSV file "
                             "(to tune thresholds)")

@@ -19,12 +19,15 @@ from agent.backoff import Backoff
 from agent.clock import BOOT_ID, ClockWatch
 from agent.detect import Detector
 from agent.events import CLOCK, DEVICE_HEALTH, GATEWAY_DEVICE, Event
-from drivers.base import Driver
+from drivers.base import DeviceNotice, Driver, StreamingDriver
 from drivers.errors import DeviceError
 
 log = structlog.get_logger(__name__)
 
 EventSink = Callable[[Iterable[Event]], None]
+
+DEGRADED = "degraded"
+"""Connected and read, but not wholly: some tags refused, or a pushed stream stalled."""
 
 
 @dataclass
@@ -41,12 +44,12 @@ class DeviceStatus:
         # A device that stays down for another reason's detail (another address timing out) is
         # not news; a degraded device whose set of refused tags changed is.
         same = (status, reason) == (self.status, self.reason)
-        if same and (status != "degraded" or detail == self.detail):
+        if same and (status != DEGRADED or detail == self.detail):
             return []
         self.status, self.reason, self.detail = status, reason, detail
         if status == "up":
             log.info("device_up", device=self.device)
-        elif status == "degraded":
+        elif status == DEGRADED:
             log.warning("device_degraded", device=self.device, reason=reason, detail=detail)
         else:
             log.warning("device_down", device=self.device, reason=reason, detail=detail, address=address)
@@ -69,7 +72,10 @@ async def supervise_device(
     while True:
         try:
             await driver.connect()
-            await _poll(driver, detector, sink, status, backoff)
+            if isinstance(driver, StreamingDriver):
+                await _poll_and_stream(driver, detector, sink, status, backoff)
+            else:
+                await _poll(driver, detector, sink, status, backoff)
         except DeviceError as exc:
             sink(status.change("down", exc.reason, exc.detail, exc.address))
         except Exception as exc:  # a bug: keep the other devices running, restart this one
@@ -80,11 +86,21 @@ async def supervise_device(
         await asyncio.sleep(backoff.next_delay_s())
 
 
+def _never() -> bool:
+    return False
+
+
 async def _poll(
-    driver: Driver, detector: Detector, sink: EventSink, status: DeviceStatus, backoff: Backoff
+    driver: Driver, detector: Detector, sink: EventSink, status: DeviceStatus, backoff: Backoff,
+    held: Callable[[], bool] = _never,
 ) -> None:
-    """Read each plan on its own schedule (monotonic clock); missed slots are skipped, not queued."""
+    """Read each plan on its own schedule (monotonic clock); missed slots are skipped, not queued.
+
+    While `held()`, a read does not set the status: something else (a stalled stream) owns it.
+    """
     plans = driver.plans
+    if not plans:  # every tag is pushed
+        await asyncio.Future()
     now = time.monotonic()
     due = [now] * len(plans)
     while True:
@@ -93,7 +109,8 @@ async def _poll(
         if delay > 0:
             await asyncio.sleep(delay)
         batch = await driver.read(plans[i])
-        sink(_read_status(driver, status))
+        if not held():
+            sink(_read_status(driver, status))
         backoff.reset()
         sink(detector.on_batch(batch))
         interval = plans[i].interval_s
@@ -101,6 +118,45 @@ async def _poll(
         late = time.monotonic() - due[i]
         if late > 0:
             due[i] += interval * (int(late // interval) + 1)
+
+
+async def _poll_and_stream(
+    driver: StreamingDriver, detector: Detector, sink: EventSink, status: DeviceStatus,
+    backoff: Backoff,
+) -> None:
+    """Poll the plans and consume the pushed stream side by side; the first failure of
+    either ends both (the caller reports it and reconnects).
+
+    Connected is up (or degraded by refused tags) at once: a device whose values are all
+    pushed may have nothing to push for a while. A notice from the stream (it stalled) holds
+    the status until the stream delivers again; the polls meanwhile do not hide it.
+    """
+    notice: list[DeviceNotice] = []
+
+    async def consume() -> None:
+        async for item in driver.stream():
+            if isinstance(item, DeviceNotice):
+                notice[:] = [item]
+                sink(status.change(item.status, item.reason, item.detail))
+                continue
+            notice.clear()
+            sink(_read_status(driver, status))
+            backoff.reset()
+            sink(detector.on_batch(item))
+        raise DeviceError(driver.device, "the data stream ended")
+
+    sink(_read_status(driver, status))
+    tasks = {asyncio.create_task(_poll(driver, detector, sink, status, backoff,
+                                       held=lambda: bool(notice))),
+             asyncio.create_task(consume())}
+    try:
+        done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
+        for task in done:
+            task.result()
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
 
 
 def _read_status(driver: Driver, status: DeviceStatus) -> list[Event]:
@@ -111,7 +167,7 @@ def _read_status(driver: Driver, status: DeviceStatus) -> list[Event]:
     reasons = sorted({error.reason for error in errors.values()})
     detail = "; ".join(error.detail for _, error in sorted(errors.items()))
     detail += "; the other tags go on being read"
-    return status.change("degraded", ",".join(reasons), detail)
+    return status.change(DEGRADED, ",".join(reasons), detail)
 
 
 async def tick_detectors(

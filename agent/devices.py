@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from agent.config.models import AgentConfig, DeviceConfig
-from agent.detect import Detector, DetectorChain, RawSamples, WindowAggregator
+from agent.detect import Detector, DetectorChain, QualityChanges, RawSamples, WindowAggregator
 from agent.detect.change import ChangeReporter
 from agent.detect.machine import MachineDetector, MachineSetup
 from agent.detect.state_file import StateFile
@@ -11,13 +13,16 @@ from agent.rule_detectors import rule_detectors
 from agent.sharing import effective_share
 from drivers.base import Driver
 from drivers.modbus import ModbusDriver
+from drivers.opcua import OpcUaDevice, OpcUaDriver
 
 MACHINE_MAX_GAP_POLLS = 5
 """Default `max_gap_s` of a machine: this many poll intervals of its device."""
 
 
-def make_driver(config: DeviceConfig) -> Driver:
+def make_driver(config: DeviceConfig, state_dir: Path) -> Driver:
     # One branch per protocol; `config` is a discriminated union on `protocol`.
+    if isinstance(config, OpcUaDevice):
+        return OpcUaDriver(config, state_dir)  # its certificates live in the state directory
     return ModbusDriver(config)
 
 
@@ -31,12 +36,14 @@ def make_detector(agent: AgentConfig, config: DeviceConfig) -> Detector:
     state_dir = agent.gateway.state_dir
     detectors: list[Detector] = [WindowAggregator(
         config.name, tags, units, window_s, counters,
-        StateFile(state_dir / "counters" / f"{config.name}.json"))]
+        StateFile(state_dir / "counters" / f"{config.name}.json")),
+        QualityChanges(config.name, tags)]
     raw = [tag.name for tag in config.tags if effective_share(config, tag.share) == "raw"]
     if raw:
         detectors.append(RawSamples(config.name, raw, window_s))
     # Text values are always reported on change; numbers when the tag asks for it.
-    watched = {tag.name: tag.deadband for tag in config.tags if getattr(tag, "report_on_change", False)}
+    watched = {} if isinstance(config, OpcUaDevice) else {
+        tag.name: tag.deadband for tag in config.tags if getattr(tag, "report_on_change", False)}
     detectors.append(ChangeReporter(config.name, watched, units))
     machines = agent.machines_of(config.name)
     if machines:

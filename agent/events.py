@@ -26,6 +26,8 @@ CHANGE = "change"
 """Tags marked `report_on_change` (and text values) that moved: reported as it happens."""
 DEVICE_HEALTH = "device_health"
 """A device's connection or read status changed."""
+QUALITY = "quality"
+"""The quality class (good, uncertain, bad) of some of a device's tags changed."""
 CLOCK = "clock"
 """The gateway's clock became synchronized: the boot's monotonic-to-UTC mapping."""
 
@@ -49,7 +51,7 @@ GATEWAY_DEVICE = "_gateway"
 """The `device` of events about the gateway itself (topic-safe, never a device name)."""
 
 _PRIORITY = {SAMPLES: 0, WINDOW: 0, CHANGE: 1, DEVICE_HEALTH: 1, STORE_HEALTH: 1, HEARTBEAT: 1,
-             ENERGY: 1, CLOCK: 2, STATE: 2, ANOMALY: 2, LIMIT: 2}
+             ENERGY: 1, QUALITY: 1, CLOCK: 2, STATE: 2, ANOMALY: 2, LIMIT: 2}
 """What a full store gives up first: periodic aggregates (0), then health, changes and energy
 reports (1: each report also carries the lifetime totals, so a lost one loses only its
 breakdown), then the rest (2: anomalies, limit violations, state changes), kept longest."""

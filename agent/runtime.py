@@ -105,7 +105,7 @@ class Supervisor:
     # --- devices ----------------------------------------------------------------------
 
     def start_device(self, config: DeviceConfig) -> None:
-        driver = make_driver(config)
+        driver = make_driver(config, self.config.gateway.state_dir)
         detector = make_detector(self.config, config)
         status = DeviceStatus(config.name)
         task = self._tasks.create_task(

@@ -106,6 +106,11 @@ def explain(config: AgentConfig) -> list[str]:
         if watched:
             lines.append(f"  {topic(device.name, CHANGE)}")
             lines.append("      when the value changes (beyond its deadband): " + ", ".join(watched))
+        with_events = policy.tags_with(device.name, ("raw", "aggregates", "events"))
+        if with_events:
+            lines.append(f"  {topic(device.name, 'quality')}")
+            lines.append("      when a tag's quality changes (good, uncertain, bad; no measured "
+                         "values): " + ", ".join(with_events))
         for machine in config.machines_of(device.name):
             share = policy.share_of(device.name, machine.signal_tag)
             if share != "none":

@@ -292,13 +292,15 @@ def console_script(name: str) -> str:
     return found
 
 
-def start_plc_sim(*args: str, stderr: Any = None, timeout_s: float = 20.0) -> tuple[subprocess.Popen[str], dict[str, Any]]:
+def start_plc_sim(*args: str, stderr: Any = None, timeout_s: float = 20.0,
+                  protocol: str = "modbus-tcp") -> tuple[subprocess.Popen[str], dict[str, Any]]:
     """Start `plc-sim ARGS` on a port of its choosing; return the process and its listening line.
 
     The line (a dict) has the Modbus TCP `port`, `units` (unit id -> machine or meter kind),
     `endpoints` (by protocol name: `modbus-tcp`, and `modbus-rtu-tcp` / `modbus-rtu` when
     asked for with `--rtu-tcp-port 0` / `--rtu PATH`) and, with `--control-port 0`,
-    `control` for `PlcSimControl.of(info)`.
+    `control` for `PlcSimControl.of(info)`. With `protocol="opcua"` (and `--opcua-port 0`
+    in ARGS) it is the OPC UA side's own listening line instead, with its `endpoint`.
     """
     import json
 
@@ -316,7 +318,8 @@ def start_plc_sim(*args: str, stderr: Any = None, timeout_s: float = 20.0) -> tu
             info = json.loads(line)
         except ValueError:
             continue
-        if isinstance(info, dict) and info.get("event") == "listening":
+        if (isinstance(info, dict) and info.get("event") == "listening"
+                and info.get("protocol", "modbus-tcp") == protocol):
             return process, info
     process.kill()
     raise TimeoutError(f"plc-sim did not say it was listening within {timeout_s} s")
@@ -378,3 +381,17 @@ class PlcSimControl:
 
     def __exit__(self, *_exc: object) -> None:
         self.close()
+async def wait_until_async(
+    predicate: Callable[[], T], *, timeout_s: float, what: str, interval_s: float = 0.02
+) -> T:
+    """`wait_until` for tests whose servers run on the test's own event loop."""
+    import asyncio
+
+    deadline = time.monotonic() + timeout_s
+    while True:
+        result = predicate()
+        if result:
+            return result
+        if time.monotonic() >= deadline:
+            raise TimeoutError(f"timed out after {timeout_s} s waiting for {what}")
+        await asyncio.sleep(interval_s)

@@ -7,8 +7,9 @@ interval, so poll groups with different rates drop in without runtime changes.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from typing import Protocol
+from collections.abc import AsyncIterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
 
 from drivers.errors import DeviceError
 from drivers.samples import SampleBatch
@@ -47,3 +48,25 @@ class Driver(Protocol):
     async def read(self, plan: ReadPlan) -> SampleBatch: ...
 
     async def close(self) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceNotice:
+    """A change of a device's health that is not a lost connection (which is a DeviceError):
+    e.g. `degraded`/`subscription_stalled` when pushed data stopped arriving and is being
+    re-requested. The supervisor turns each into one device_health event."""
+
+    status: str
+    reason: str
+    detail: str = ""
+
+
+@runtime_checkable
+class StreamingDriver(Driver, Protocol):
+    """A driver whose device also pushes data (OPC UA subscriptions).
+
+    `stream()` is iterated after `connect()`, beside the polling of `plans`, until it raises a
+    DeviceError (the connection is lost: the supervisor reconnects) or the task is cancelled.
+    """
+
+    def stream(self) -> AsyncIterator[SampleBatch | DeviceNotice]: ...

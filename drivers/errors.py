@@ -54,3 +54,11 @@ class IllegalAddress(DeviceException):
     """The device says the address does not exist (Modbus exception code 2)."""
 
     reason = "illegal_address"
+
+
+class SecurityRejected(DeviceError):
+    """The secure connection cannot be made: an untrusted server certificate, no endpoint with
+    the configured policy and mode, or credentials the server refuses. Retrying will not help
+    until a technician acts; the detail says what to do."""
+
+    reason = "security"

@@ -26,9 +26,11 @@ from agent.config.detection import DetectorRule, rule_names
 from agent.config.machines import MachineConfig
 from drivers.modbus.config import ModbusRtuDevice, ModbusRtuTcpDevice, ModbusTcpDevice, line_key
 from drivers.naming import require_unique_names
+from drivers.opcua.config import OpcUaDevice
 
 DeviceConfig = Annotated[
-    ModbusTcpDevice | ModbusRtuTcpDevice | ModbusRtuDevice, Field(discriminator="protocol")
+    ModbusTcpDevice | ModbusRtuTcpDevice | ModbusRtuDevice | OpcUaDevice,
+    Field(discriminator="protocol"),
 ]
 """Every device kind the agent can poll, told apart by `protocol`."""
 
@@ -221,7 +223,7 @@ _SERIAL_SETTINGS = ("baudrate", "parity", "stop_bits", "byte_size", "inter_frame
 def _lines_consistent(devices: list[DeviceConfig]) -> None:
     """Devices sharing a line (a serial bus, a TCP gateway) need the same line settings: a line
     has only one; and on a serial line each its own unit id: two slaves cannot share one."""
-    first: dict[object, DeviceConfig] = {}
+    first: dict[object, ModbusTcpDevice | ModbusRtuTcpDevice | ModbusRtuDevice] = {}
     modbus = (ModbusTcpDevice, ModbusRtuTcpDevice, ModbusRtuDevice)
     for device in devices:
         if not isinstance(device, modbus):

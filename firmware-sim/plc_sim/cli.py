@@ -35,6 +35,8 @@ from plc_sim.endpoints import (
     trace_all,
 )
 from plc_sim.logs import LOG_LEVELS, configure_logging
+from plc_sim.modbus_server import ServedMachine
+from plc_sim.opcua_server import OpcUaSimServer
 from plc_sim.scenarios import SCENARIOS, ScenarioOptions
 from plc_sim.trace import TraceWriter
 
@@ -57,6 +59,10 @@ class SimConfig:
     tick_s: float
     trace: Path | None
     log_level: str
+    opcua_port: int | None = None
+    """Also serve the machine over OPC UA on this port (0: a free one); off when None."""
+    opcua_security: bool = False
+    opcua_pki: Path | None = None
     endpoints: EndpointOptions = field(default_factory=EndpointOptions)
     fault_onset_s: float = 120.0
 
@@ -154,6 +160,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--log-level", choices=LOG_LEVELS, default="info", help="(default %(default)s)"
     )
+    opcua = parser.add_argument_group("OPC UA (see plc_sim/opcua_server.py)")
+    opcua.add_argument("--opcua-port", type=_int_in(0, 65535), default=None,
+                       help="also serve over OPC UA on this port; 0 picks a free one, "
+                       "announced as a second listening line with protocol opcua")
+    opcua.add_argument("--opcua-security", action="store_true",
+                       help="offer only Basic256Sha256 Sign/SignAndEncrypt endpoints")
+    opcua.add_argument("--opcua-pki", type=Path, default=None, metavar="DIR",
+                       help="where the server certificate is made and kept (with --opcua-security)")
     return parser
 
 
@@ -173,6 +187,9 @@ def parse_args(argv: Sequence[str] | None = None) -> SimConfig:
         tick_s=ns.tick_s,
         trace=ns.trace,
         log_level=ns.log_level,
+        opcua_port=ns.opcua_port,
+        opcua_security=ns.opcua_security,
+        opcua_pki=ns.opcua_pki,
         endpoints=options_from(ns),
         fault_onset_s=ns.fault_onset_s,
     )
@@ -219,6 +236,7 @@ async def serve(config: SimConfig, trace: TraceWriter | None = None) -> int:
         run_clock(advance_all(units), tick_s=config.tick_s, speed=config.speed, on_tick=on_tick)
     )
     print(listening_line(config, server.tcp_port, server.announce()), flush=True)
+    opcua = await _start_opcua(config, machine)
     log.info(
         "started",
         scenario=config.scenario,
@@ -237,11 +255,29 @@ async def serve(config: SimConfig, trace: TraceWriter | None = None) -> int:
         clock.cancel()
         await asyncio.gather(stopping, clock, return_exceptions=True)
         await server.stop()
+        if opcua is not None:
+            await opcua.stop()
     if clock in done and not clock.cancelled() and clock.exception() is not None:
         log.error("clock_failed", exc_info=clock.exception())
         return 1
     log.info("exiting")
     return 0
+
+
+async def _start_opcua(config: SimConfig, machine: ServedMachine) -> OpcUaSimServer | None:
+    """The OPC UA face of the same model, announced on its own listening line."""
+    if config.opcua_port is None:
+        return None
+    pki = config.opcua_pki or Path("plc-sim-pki")
+    opcua = OpcUaSimServer(machine.scenario, machine.trace_record, host=config.host,
+                           port=config.opcua_port, tick_s=config.tick_s,
+                           security=config.opcua_security, pki_dir=pki)
+    await opcua.start()
+    line = {"event": "listening", "scenario": config.scenario, "protocol": "opcua",
+            "host": config.host, "port": opcua.port, "endpoint": opcua.endpoint,
+            "node": opcua.node_id("active_power_w")}
+    print(json.dumps(line), flush=True)
+    return opcua
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -54,3 +54,6 @@ def configure_logging(level: str = "info", stream: TextIO | None = None) -> None
         root.removeHandler(old)
     root.addHandler(handler)
     root.setLevel(level.upper())
+    # asyncua narrates every node it adds at info (thousands of lines at start): its
+    # warnings are enough for a simulator.
+    logging.getLogger("asyncua").setLevel(max(root.level, logging.WARNING))

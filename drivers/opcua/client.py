@@ -1,0 +1,418 @@
+"""OPC UA driver: a session with security, polled tags in Read calls, subscribed tags pushed.
+
+The runtime's supervisor owns reconnects for every protocol alike, so asyncua's own
+auto-reconnect stays off: a lost connection ends `stream()` (or a `read`) with a DeviceError,
+the supervisor reports it, closes, waits its backoff and connects again, and `connect`
+recreates the session, the subscription and every monitored item.
+
+The watchdog (`stream`) guards against the failure peers ship with: a subscription that
+silently stops delivering while the session looks alive. A subscription that delivered
+nothing, not even a keep-alive, for `stall_after_s` is reported (`degraded`,
+`subscription_stalled`) and recreated; its next data clears the report. asyncua 2.1 has a
+watchdog of its own that recreates silently; it is switched off so that every stall is seen.
+
+Read-only towards the PLC: Read, Browse, CreateSubscription and CreateMonitoredItems only.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import time
+from collections.abc import AsyncIterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import structlog
+from asyncua import ua
+from asyncua.client.client import Client
+from asyncua.common.node import Node
+from asyncua.common.subscription import DataChangeEvent, StatusChangeEvent, Subscription
+from asyncua.ua.attribute_ids import AttributeIds
+from asyncua.ua.status_codes import StatusCodes
+from asyncua.ua.uaerrors import UaError, UaStatusCodeError
+
+from drivers.base import DeviceNotice, ReadPlan
+from drivers.errors import (
+    DeviceError,
+    DeviceException,
+    DeviceTimeout,
+    DeviceUnreachable,
+    IllegalAddress,
+    SecurityRejected,
+)
+from drivers.opcua import pki
+from drivers.opcua.config import OpcUaDevice, OpcUaTag
+from drivers.opcua.security import secure
+from drivers.opcua.values import BatchBuilder, plausible_time_ns, quality_of
+from drivers.samples import SampleBatch
+
+log = structlog.get_logger(__name__)
+
+_SESSION_LOST = frozenset({
+    StatusCodes.BadSessionIdInvalid, StatusCodes.BadSessionClosed,
+    StatusCodes.BadSecureChannelClosed, StatusCodes.BadConnectionClosed,
+    StatusCodes.BadServerNotConnected, StatusCodes.BadShutdown,
+    StatusCodes.BadCommunicationError,
+})
+_UNKNOWN_NODE = frozenset({
+    StatusCodes.BadNodeIdUnknown, StatusCodes.BadNodeIdInvalid,
+    StatusCodes.BadNoMatch, StatusCodes.BadBrowseNameInvalid,
+})
+
+
+@dataclass(frozen=True, slots=True)
+class OpcUaReadPlan:
+    """The polled tags of one period: one Read service call."""
+
+    name: str
+    interval_s: float
+    tags: tuple[str, ...]
+
+
+def poll_plans(config: OpcUaDevice) -> tuple[OpcUaReadPlan, ...]:
+    """One plan per distinct poll period, tags in configuration order."""
+    groups: dict[float, list[str]] = {}
+    for tag in config.tags:
+        if tag.mode == "poll":
+            groups.setdefault(tag.poll_interval_s or config.poll_interval_s, []).append(tag.name)
+    return tuple(OpcUaReadPlan(f"poll-{period:g}s", period, tuple(names))
+                 for period, names in groups.items())
+
+
+class OpcUaDriver:
+    """One OPC UA server (satisfies drivers.base.StreamingDriver)."""
+
+    def __init__(self, config: OpcUaDevice, state_dir: Path) -> None:
+        self._config = config
+        self._pki = pki.pki_dir(state_dir)
+        self._plans = poll_plans(config)
+        self._tags = {tag.name: tag for tag in config.tags}
+        self._subscribed = [tag for tag in config.tags if tag.mode == "subscribe"]
+        self._client: Client | None = None
+        self._nodes: dict[str, ua.NodeId] = {}
+        self._tag_errors: dict[str, DeviceError] = {}
+        self._subscription: Subscription | None = None
+        self._handles: dict[int, OpcUaTag] = {}
+        self._lost: asyncio.Event = asyncio.Event()
+        self._lost_reason = ""
+
+    @property
+    def device(self) -> str:
+        return self._config.name
+
+    @property
+    def plans(self) -> Sequence[OpcUaReadPlan]:
+        return self._plans
+
+    @property
+    def tag_errors(self) -> Mapping[str, DeviceError]:
+        """Tags the server refuses (no such node or browse path, a monitored item it will not
+        create) while the others are read; they arrive as BAD samples when polled."""
+        return self._tag_errors
+
+    async def connect(self) -> None:
+        cfg = self._config
+        # asyncua probes the server's state every `watchdog_intervall` with that timeout: a
+        # slow link (a VPN over a mobile network) needs the device's timeout, not asyncua's 1 s.
+        client = Client(cfg.endpoint, timeout=cfg.timeout_s, watchdog_intervall=cfg.timeout_s)
+        client.application_uri = pki.APPLICATION_URI
+        client.name = client.description = f"edge-agent {cfg.name}"
+        client._stale_check_margin = math.inf  # our watchdog owns stalls (see module docstring)
+        self._lost = asyncio.Event()
+        client.connection_lost_callback = self._on_connection_lost
+        self._client = client
+        try:
+            await secure(client, cfg, self._pki)
+            await client.connect()
+            self._tag_errors = {}
+            self._nodes = {}
+            for tag in cfg.tags:
+                node = await self._resolve(client, tag)
+                if node is not None:
+                    self._nodes[tag.name] = node
+            if self._subscribed:
+                await self._subscribe(client)
+        except DeviceError:
+            raise
+        except Exception as exc:
+            raise self._classify(exc, "connect") from exc
+        log.info("opcua_connected", device=cfg.name, endpoint=cfg.endpoint,
+                 policy=cfg.security.policy, mode=cfg.security.mode)
+
+    async def close(self) -> None:
+        client, self._client, self._subscription = self._client, None, None
+        if client is None:
+            return
+        try:
+            await asyncio.wait_for(client.disconnect(), self._config.timeout_s)
+        except (TimeoutError, OSError, UaError) as exc:
+            log.info("opcua_disconnect_unclean", device=self.device, error=str(exc))
+            client.disconnect_socket()
+
+    async def read(self, plan: ReadPlan) -> SampleBatch:
+        client = self._connected()
+        params = ua.ReadParameters()
+        params.TimestampsToReturn = ua.TimestampsToReturn.Source
+        names = [name for name in plan.tags if name in self._nodes]
+        for name in names:
+            item = ua.ReadValueId()
+            item.NodeId = self._nodes[name]
+            item.AttributeId = AttributeIds.Value
+            params.NodesToRead.append(item)
+        mono_ns, receive_ns = time.monotonic_ns(), time.time_ns()
+        try:
+            results = await client.uaclient.read(params) if names else []
+        except Exception as exc:
+            raise self._classify(exc, f"read {plan.name}") from exc
+        builder = BatchBuilder(self.device)
+        newest = 0
+        for name, result in zip(names, results, strict=True):
+            self._note_unknown_node(name, result.StatusCode)
+            newest = max(newest, self._add(builder, name, result, receive_ns))
+        for name in plan.tags:
+            if name not in self._nodes:  # its browse path did not resolve
+                builder.add(name, None, quality_of(StatusCodes.BadNoMatch), 1)
+        # A Read is one instant: the newest plausible source time of its values stands for all.
+        return builder.build(newest or receive_ns, mono_ns)
+
+    async def stream(self) -> AsyncIterator[SampleBatch | DeviceNotice]:
+        """Batches of the subscription as they arrive (one per notification time), and the
+        watchdog's notices; ends with a DeviceError when the connection is lost."""
+        if self._subscription is None:
+            await self._lost.wait()
+            raise DeviceUnreachable(self.device, self._lost_reason or "connection lost")
+        cfg = self._config
+        check_s = min(0.5, cfg.stall_after_s / 4)
+        since = time.monotonic()
+        stalled = False
+        while True:
+            if self._lost.is_set():
+                raise DeviceUnreachable(self.device, self._lost_reason or "connection lost")
+            sub = self._subscription
+            events, ended = await self._next_events(sub, check_s)
+            if events:
+                for batch in self._batches(events):
+                    stalled = False
+                    yield batch
+                continue
+            if self._lost.is_set():
+                continue
+            last = sub.last_publish_at or since
+            silent_s = time.monotonic() - last
+            if ended is None and silent_s < cfg.stall_after_s:
+                continue
+            detail = (f"the server ended the subscription ({ended})" if ended else
+                      f"nothing from the server for {cfg.stall_after_s:g} s, not even a "
+                      "keep-alive")
+            if not stalled:
+                stalled = True
+                yield DeviceNotice("degraded", "subscription_stalled",
+                                   detail + "; recreating the subscription")
+            log.warning("opcua_subscription_stalled", device=self.device, detail=detail,
+                        silent_s=round(silent_s, 1))
+            await self._resubscribe()
+            since = time.monotonic()
+
+    # -- connection ------------------------------------------------------------------------
+
+    async def _on_connection_lost(self, exc: Exception) -> None:
+        self._lost_reason = f"connection lost: {type(exc).__name__}: {exc}".rstrip(": ")
+        self._lost.set()
+
+    def _connected(self) -> Client:
+        if self._client is None or self._lost.is_set():
+            raise DeviceUnreachable(self.device, self._lost_reason or "not connected")
+        return self._client
+
+    async def _resolve(self, client: Client, tag: OpcUaTag) -> ua.NodeId | None:
+        """The tag's NodeId; None (and a tag error) for a browse path the server lacks."""
+        if tag.node is not None:
+            return ua.NodeId.from_string(tag.node)
+        assert tag.browse_path is not None  # the config requires one of the two
+        root = client.get_node(tag.browse_root)
+        try:
+            node: Node = await root.get_child(tag.browse_path.strip("/").split("/"))
+        except UaStatusCodeError as exc:
+            if exc.code not in _UNKNOWN_NODE:
+                raise
+            self._refuse(tag, "no such browse path", exc.code)
+            return None
+        return node.nodeid
+
+    def _refuse(self, tag: OpcUaTag, what: str, code: int) -> None:
+        name = ua.StatusCode(ua.UInt32(code)).name
+        detail = f"tag {tag.name}: {what} {tag.address} ({name})"
+        self._tag_errors[tag.name] = IllegalAddress(self.device, detail, code=code,
+                                                    address=tag.address)
+        log.warning("opcua_tag_refused", device=self.device, tag=tag.name, node=tag.address,
+                    status=name)
+
+    def _note_unknown_node(self, name: str, status: ua.StatusCode | None) -> None:
+        """A polled node the server says does not exist is a refused tag until it exists."""
+        code = status.value if status is not None else 0
+        if code in _UNKNOWN_NODE:
+            self._refuse(self._tags[name], "no such node", code)
+        else:
+            self._tag_errors.pop(name, None)
+
+    # -- subscription ----------------------------------------------------------------------
+
+    async def _subscribe(self, client: Client) -> None:
+        cfg = self._config
+        params = ua.CreateSubscriptionParameters()
+        params.RequestedPublishingInterval = cfg.publishing_interval_s * 1000
+        params.RequestedMaxKeepAliveCount = cfg.keepalive_count
+        params.RequestedLifetimeCount = cfg.keepalive_count * 3
+        params.MaxNotificationsPerPublish = 0
+        params.PublishingEnabled = True
+        sub = await client.create_subscription(params, None, queue_maxsize=100_000)
+        tags = [tag for tag in self._subscribed if tag.name in self._nodes]
+        requests, self._handles = [], {}
+        for handle, tag in enumerate(tags, start=1):
+            requests.append(self._monitored_item(handle, tag))
+            self._handles[handle] = tag
+        results = await sub.create_monitored_items(requests) if requests else []
+        for tag, result in zip(tags, results, strict=True):
+            if isinstance(result, ua.StatusCode):
+                # One bad node must not cost the others their data: report, keep the rest.
+                self._refuse(tag, "monitored item refused for", result.value)
+        self._subscription = sub
+
+    def _monitored_item(self, handle: int, tag: OpcUaTag) -> ua.MonitoredItemCreateRequest:
+        item = ua.ReadValueId()
+        item.NodeId = self._nodes[tag.name]
+        item.AttributeId = AttributeIds.Value
+        mparams = ua.MonitoringParameters()
+        mparams.ClientHandle = handle
+        mparams.SamplingInterval = tag.sampling_interval_s * 1000
+        mparams.QueueSize = tag.queue_size
+        mparams.DiscardOldest = True
+        if tag.deadband is not None:
+            dfilter = ua.DataChangeFilter()
+            dfilter.Trigger = ua.DataChangeTrigger.StatusValue
+            dfilter.DeadbandType = (ua.DeadbandType.Absolute if tag.deadband.type == "absolute"
+                                    else ua.DeadbandType.Percent)
+            dfilter.DeadbandValue = tag.deadband.value
+            mparams.Filter = dfilter
+        request = ua.MonitoredItemCreateRequest()
+        request.ItemToMonitor = item
+        request.MonitoringMode = ua.MonitoringMode.Reporting
+        request.RequestedParameters = mparams
+        return request
+
+    async def _resubscribe(self) -> None:
+        """Drop the stalled subscription (best effort: the server may not answer) and make a
+        new one; failing that, the connection is treated as lost."""
+        client = self._connected()
+        old, self._subscription = self._subscription, None
+        if old is not None:
+            try:
+                await asyncio.wait_for(old.delete(), self._config.timeout_s)
+            except (TimeoutError, OSError, UaError) as exc:
+                log.info("opcua_stalled_subscription_not_deleted", device=self.device,
+                         error=str(exc))
+        try:
+            await self._subscribe(client)
+        except Exception as exc:
+            raise self._classify(exc, "recreate subscription") from exc
+        log.info("opcua_subscription_recreated", device=self.device)
+
+    async def _next_events(
+        self, sub: Subscription, timeout_s: float
+    ) -> tuple[list[DataChangeEvent], str | None]:
+        """What the subscription delivered: waits up to `timeout_s` for the first, then takes
+        every one already queued, so that a burst becomes few batches. Second: why the
+        server ended the subscription, when it said so (None: it did not)."""
+        try:
+            first = await sub.next_event(timeout_s)
+        except StopAsyncIteration:  # asyncua closed it (deleted, or its session lost)
+            return [], "closed"
+        if first is None:
+            return [], None
+        raw = [first]
+        queue = sub._event_queue  # asyncua has no public non-blocking get
+        while queue is not None and not queue.empty():
+            item = queue.get_nowait()
+            if item is not None:
+                raw.append(item)
+        events, ended = [], None
+        for event in raw:
+            if isinstance(event, DataChangeEvent):
+                events.append(event)
+            elif isinstance(event, StatusChangeEvent):
+                status = ua.StatusCode(event.notification.Status.value)
+                if status.value in _SESSION_LOST:
+                    self._lost_reason = f"the server ended the session: {status.name}"
+                    self._lost.set()
+                elif not status.is_good():  # e.g. BadTimeout: its lifetime ran out
+                    ended = status.name
+        return events, ended
+
+    def _batches(self, events: list[DataChangeEvent]) -> list[SampleBatch]:
+        """One batch per run of notifications that share a time (the server sampled them
+        together), in arrival order."""
+        receive_ns, mono_ns = time.time_ns(), time.monotonic_ns()
+        batches: list[SampleBatch] = []
+        builder: BatchBuilder | None = None
+        current = -1
+        for event in events:
+            handle = event.data.subscription_data.client_handle
+            tag = self._handles.get(handle) if handle is not None else None
+            if tag is None:
+                continue
+            value = event.data.monitored_item.Value
+            time_ns = plausible_time_ns(value.SourceTimestamp if value else None, receive_ns)
+            if builder is None or time_ns != current:
+                if builder is not None and len(builder):
+                    batches.append(builder.build(current, mono_ns))
+                builder, current = BatchBuilder(self.device), time_ns
+            self._add(builder, tag.name, value, receive_ns)
+        if builder is not None and len(builder):
+            batches.append(builder.build(current, mono_ns))
+        return batches
+
+    def _add(self, builder: BatchBuilder, name: str, value: ua.DataValue | None,
+             receive_ns: int) -> int:
+        """Add one DataValue to the batch; its plausible source time (0 when it has none)."""
+        tag = self._tags[name]
+        if value is None:
+            builder.add(name, None, quality_of(StatusCodes.BadNoData), tag.max_array_length)
+            return 0
+        code = value.StatusCode.value if value.StatusCode is not None else 0
+        payload = value.Value.Value if value.Value is not None else None
+        builder.add(name, payload, quality_of(code), tag.max_array_length)
+        if value.SourceTimestamp is None:
+            return 0
+        time_ns = plausible_time_ns(value.SourceTimestamp, receive_ns)
+        return 0 if time_ns == receive_ns else time_ns
+
+    def _classify(self, exc: Exception, doing: str) -> DeviceError:
+        """asyncua's exceptions as the supervisor's DeviceErrors."""
+        name = self.device
+        if isinstance(exc, DeviceError):
+            return exc
+        if isinstance(exc, TimeoutError):
+            return DeviceTimeout(name, f"{doing}: no answer within {self._config.timeout_s} s")
+        if isinstance(exc, OSError | ConnectionError):
+            return DeviceUnreachable(name, f"{doing}: {self._config.endpoint}: {exc}")
+        if isinstance(exc, UaStatusCodeError):
+            code = exc.code
+            text = f"{doing}: {ua.StatusCode(code).name}"
+            if code in _SESSION_LOST:
+                return DeviceUnreachable(name, text)
+            if code in _UNKNOWN_NODE:
+                return IllegalAddress(name, text, code=code)
+            if code in (StatusCodes.BadTimeout, StatusCodes.BadRequestTimeout):
+                return DeviceTimeout(name, text)
+            if code in (StatusCodes.BadIdentityTokenInvalid,
+                        StatusCodes.BadIdentityTokenRejected,
+                        StatusCodes.BadUserAccessDenied,
+                        StatusCodes.BadCertificateUntrusted,
+                        StatusCodes.BadSecurityChecksFailed,
+                        StatusCodes.BadSecurityPolicyRejected):
+                return SecurityRejected(name, f"{text}: the server refuses these credentials")
+            return DeviceException(name, text, code=code)
+        if isinstance(exc, UaError):
+            return DeviceException(name, f"{doing}: {exc}", code=0)
+        return DeviceError(name, f"{doing}: {type(exc).__name__}: {exc}")

@@ -1,0 +1,117 @@
+"""The gateway's OPC UA certificates: its own, made on first start, and the servers it trusts.
+
+Layout under `<state_dir>/pki/`: `client-cert.der` and `client-key.pem` (the gateway's
+application instance certificate, made once and kept: servers pin it), and `trusted/`, one
+DER file per server certificate a technician pinned with `edge-agent opcua trust URL`.
+Nothing is trusted implicitly: a server certificate not in `trusted/` is refused, with its
+fingerprint and the command that pins it.
+"""
+
+from __future__ import annotations
+
+import socket
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+from asyncua.crypto.cert_gen import generate_private_key, generate_self_signed_app_certificate
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.x509.oid import ExtendedKeyUsageOID
+
+APPLICATION_URI = "urn:edge-agent:client"
+"""The client's ApplicationUri; servers check that the certificate's SAN holds it."""
+CERT_FILE = "client-cert.der"
+KEY_FILE = "client-key.pem"
+TRUSTED_DIR = "trusted"
+CERT_VALID_DAYS = 3650
+"""Ten years: a gateway in a cabinet should not stop talking when a certificate expires."""
+_MAKING = threading.Lock()
+"""Two OPC UA devices starting at once must not each write half of a certificate/key pair."""
+
+
+@dataclass(frozen=True, slots=True)
+class ClientIdentity:
+    cert_path: Path
+    key_path: Path
+
+
+def pki_dir(state_dir: Path) -> Path:
+    return state_dir / "pki"
+
+
+def ensure_client_identity(pki: Path) -> ClientIdentity:
+    """The gateway's certificate and key, made now if absent (slow: an RSA key; call it in a
+    thread). The key file is readable by its owner only."""
+    with _MAKING:
+        return _ensure_client_identity(pki)
+
+
+def _ensure_client_identity(pki: Path) -> ClientIdentity:
+    cert_path, key_path = pki / CERT_FILE, pki / KEY_FILE
+    if cert_path.exists() and key_path.exists():
+        return ClientIdentity(cert_path, key_path)
+    pki.mkdir(parents=True, exist_ok=True, mode=0o700)
+    key = generate_private_key()
+    hostname = socket.gethostname()
+    cert = generate_self_signed_app_certificate(
+        key,
+        f"edge-agent@{hostname}",
+        {},
+        [x509.UniformResourceIdentifier(APPLICATION_URI), x509.DNSName(hostname)],
+        extended=[ExtendedKeyUsageOID.CLIENT_AUTH],
+        days=CERT_VALID_DAYS,
+    )
+    pem = key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+    tmp = key_path.with_suffix(".tmp")
+    tmp.touch(mode=0o600)
+    tmp.write_bytes(pem)
+    tmp.replace(key_path)
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.DER))
+    return ClientIdentity(cert_path, key_path)
+
+
+def fingerprint(cert: x509.Certificate) -> str:
+    """SHA-256 of the DER certificate, as colon-separated hex (what server UIs show)."""
+    return cert.fingerprint(hashes.SHA256()).hex(":").upper()
+
+
+def load_certificate(data: bytes) -> x509.Certificate:
+    """A certificate from DER or PEM bytes."""
+    if data.lstrip().startswith(b"-----BEGIN"):
+        return x509.load_pem_x509_certificate(data)
+    return x509.load_der_x509_certificate(data)
+
+
+def trusted_certificates(pki: Path) -> list[x509.Certificate]:
+    """Every certificate in `trusted/`; a file that is no certificate is skipped."""
+    folder = pki / TRUSTED_DIR
+    if not folder.is_dir():
+        return []
+    certs = []
+    for path in sorted(folder.iterdir()):
+        if path.is_file():
+            try:
+                certs.append(load_certificate(path.read_bytes()))
+            except ValueError:
+                continue
+    return certs
+
+
+def is_trusted(cert: x509.Certificate, pki: Path) -> bool:
+    """Pinned exactly: the same certificate, not merely the same subject or issuer."""
+    wanted = fingerprint(cert)
+    return any(fingerprint(known) == wanted for known in trusted_certificates(pki))
+
+
+def pin(cert: x509.Certificate, pki: Path) -> Path:
+    """Store `cert` in `trusted/` (named after its fingerprint); the file's path."""
+    folder = pki / TRUSTED_DIR
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / (fingerprint(cert).replace(":", "").lower()[:32] + ".der")
+    path.write_bytes(cert.public_bytes(serialization.Encoding.DER))
+    return path

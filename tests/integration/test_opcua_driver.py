@@ -1,0 +1,224 @@
+"""The OPC UA driver under the real supervisor, against firmware-sim's asyncua server over sockets.
+
+One server is shared by the module (it starts in about a second); the faults each test
+provokes (a stall, bad status codes, a restart) are the failures peers are known for:
+no reconnect after a server restart, subscriptions that silently stop delivering.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import time
+from collections.abc import AsyncIterator, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+import pytest_asyncio
+
+from agent.backoff import Backoff
+from agent.detect import DetectorChain, QualityChanges
+from agent.device_task import DeviceStatus, supervise_device
+from agent.events import DEVICE_HEALTH, QUALITY, Event
+from agent.testing import wait_until_async
+from drivers.opcua import OpcUaDevice, OpcUaDriver
+from drivers.samples import Quality, SampleBatch
+from plc_sim.opcua_server import OpcUaSimServer
+from plc_sim.scenarios import SCENARIOS, ScenarioOptions
+
+pytestmark = pytest.mark.asyncio(loop_scope="module")
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def sim() -> AsyncIterator[OpcUaSimServer]:
+    machine = SCENARIOS["compressor"].factory(ScenarioOptions(seed=3))
+    server = OpcUaSimServer("compressor", machine.trace_record, advance=machine.advance,
+                            tick_s=0.05)
+    await server.start()
+    yield server
+    await server.stop()
+
+
+@dataclass
+class Run:
+    """A device under `supervise_device`, with what reached its detector and its sink."""
+
+    batches: list[SampleBatch] = field(default_factory=list)
+    events: list[Event] = field(default_factory=list)
+
+    def on_batch(self, batch: SampleBatch) -> list[Event]:
+        self.batches.append(batch)
+        return []
+
+    def on_tick(self, mono_ns: int, time_ns: int) -> list[Event]:
+        return []
+
+    def flush(self, time_ns: int) -> list[Event]:
+        return []
+
+    def sink(self, events: Iterable[Event]) -> None:
+        self.events.extend(events)
+
+    def health(self) -> list[tuple[str, str]]:
+        return [(e.data["status"], e.data["reason"]) for e in self.events
+                if e.kind == DEVICE_HEALTH]
+
+    def values(self, tag: str) -> list[tuple[float, int]]:
+        return [(float(v), int(q)) for b in self.batches
+                for t, v, q in zip(b.tags, b.values, b.quality, strict=True) if t == tag]
+
+
+def device(endpoint: str, tags: list[dict[str, Any]], **extra: Any) -> OpcUaDevice:
+    return OpcUaDevice.model_validate({
+        "name": "comp", "protocol": "opcua", "endpoint": endpoint, "timeout_s": 2,
+        "publishing_interval_s": 0.1, "keepalive_count": 3, "stall_intervals": 5,
+        "poll_interval_s": 0.2, "tags": tags, **extra})
+
+
+@pytest.fixture
+def start(tmp_path: Path) -> Any:
+    tasks: list[asyncio.Task[None]] = []
+
+    def start(config: OpcUaDevice) -> Run:
+        run = Run()
+        detector = DetectorChain([run, QualityChanges(config.name, [t.name for t in config.tags])])
+        tasks.append(asyncio.create_task(supervise_device(
+            OpcUaDriver(config, tmp_path), detector, run.sink,
+            Backoff(initial_s=0.2, max_s=0.5), DeviceStatus(config.name))))
+        return run
+
+    yield start
+    for task in tasks:
+        task.cancel()
+
+
+async def test_subscribed_and_polled_tags_arrive_as_numbers_texts_and_arrays(
+        sim: OpcUaSimServer, start: Any) -> None:
+    run = start(device(sim.endpoint, [
+        {"name": "power", "node": sim.node_id("active_power_w"), "sampling_interval_s": 0.05},
+        {"name": "running", "node": sim.node_id("running")},
+        {"name": "firmware", "node": sim.node_id("firmware"), "mode": "poll"},
+        {"name": "history", "browse_path": "2:compressor/2:power_history_w", "mode": "poll",
+         "max_array_length": 4},
+    ]))
+    await wait_until_async(lambda: len(run.values("power")) >= 5 and run.values("history"),
+                           timeout_s=10, what="subscribed and polled values")
+    assert run.health() == [("up", "")]
+    assert all(q == Quality.GOOD and 0 < v < 20_000 for v, q in run.values("power"))
+    assert run.values("running")[0][0] in (0.0, 1.0)
+    polled = next(b for b in run.batches if "firmware" in b.texts)
+    assert polled.texts["firmware"] == "1.2"
+    assert 1 <= polled.tags.count("history") <= 4  # the array as a window of samples
+    # Source timestamps are the server's, and plausible: close to now, never ahead of it.
+    now = time.time_ns()
+    assert all(now - 10e9 < b.time_ns <= now for b in run.batches)
+
+
+async def test_bad_status_code_becomes_bad_quality_and_one_quality_event_each_way(
+        sim: OpcUaSimServer, start: Any) -> None:
+    run = start(device(sim.endpoint, [
+        {"name": "temp", "node": sim.node_id("discharge_temp_c"), "sampling_interval_s": 0.05},
+        {"name": "current", "node": sim.node_id("motor_current_a"), "mode": "poll"},
+    ]))
+    await wait_until_async(lambda: run.values("temp"), timeout_s=10, what="first value")
+    sim.set_bad("discharge_temp_c")
+    sim.set_bad("motor_current_a", 0x40900000)  # UncertainLastUsableValue
+    await wait_until_async(lambda: [e for e in run.events if e.kind == QUALITY],
+                           timeout_s=10, what="a quality event")
+    await wait_until_async(lambda: (Quality.BAD in {q for _, q in run.values("temp")}
+                                    and Quality.UNCERTAIN in {q for _, q in run.values("current")}),
+                           timeout_s=10, what="bad and uncertain samples")
+    sim.set_bad("discharge_temp_c", None)
+    sim.set_bad("motor_current_a", None)
+    await wait_until_async(lambda: run.values("temp")[-1][1] == Quality.GOOD
+                           and run.values("current")[-1][1] == Quality.GOOD,
+                           timeout_s=10, what="good samples again")
+    changes = [(tag, c["previous"], c["quality"]) for e in run.events if e.kind == QUALITY
+               for tag, c in e.data["tags"].items()]
+    assert sorted(changes) == sorted([("temp", "good", "bad"), ("temp", "bad", "good"),
+                                      ("current", "good", "uncertain"),
+                                      ("current", "uncertain", "good")])
+    assert run.health() == [("up", "")]  # bad values are not a device fault
+
+
+async def test_stalled_subscription_is_reported_recreated_and_delivers_again(
+        sim: OpcUaSimServer, start: Any) -> None:
+    """ThingsBoard gateway #2093 / Telegraf #15074: a subscription stops delivering while the
+    session stays up; nothing noticed it."""
+    run = start(device(sim.endpoint, [
+        {"name": "power", "node": sim.node_id("active_power_w"), "sampling_interval_s": 0.05},
+        {"name": "state", "node": sim.node_id("state"), "mode": "poll"},
+    ]))
+    await wait_until_async(lambda: run.values("power"), timeout_s=10, what="first value")
+    assert await sim.stall_subscriptions() >= 1
+    await wait_until_async(lambda: ("degraded", "subscription_stalled") in run.health(),
+                           timeout_s=10, what="the stall reported")
+    count = len(run.values("power"))
+    await wait_until_async(lambda: len(run.values("power")) > count + 3, timeout_s=10,
+                           what="values from the recreated subscription")
+    # One event per change: up, stalled, up again; the polls meanwhile did not hide it.
+    assert run.health() == [("up", ""), ("degraded", "subscription_stalled"), ("up", "")]
+
+
+async def test_subscription_expired_on_the_server_is_recreated(
+        sim: OpcUaSimServer, start: Any) -> None:
+    """ThingsBoard gateway #2028: a subscription the server dropped is never created again."""
+    run = start(device(sim.endpoint, [
+        {"name": "power", "node": sim.node_id("active_power_w"), "sampling_interval_s": 0.05}]))
+    await wait_until_async(lambda: run.values("power"), timeout_s=10, what="first value")
+    assert await sim.expire_subscriptions() >= 1
+    await wait_until_async(lambda: len(run.health()) >= 3, timeout_s=15,
+                           what="the loss reported and recovered")
+    count = len(run.values("power"))
+    await wait_until_async(lambda: len(run.values("power")) > count + 3, timeout_s=10,
+                           what="values from a new subscription")
+    # Nothing told the client: its watchdog noticed the silence.
+    assert run.health() == [("up", ""), ("degraded", "subscription_stalled"), ("up", "")]
+
+
+async def test_server_restart_reconnects_and_resubscribes(
+        sim: OpcUaSimServer, start: Any) -> None:
+    """ThingsBoard gateway #1641 / Telegraf #14066: no reconnect after a server restart."""
+    run = start(device(sim.endpoint, [
+        {"name": "power", "node": sim.node_id("active_power_w"), "sampling_interval_s": 0.05},
+        {"name": "energy", "node": sim.node_id("energy_wh"), "mode": "poll"},
+    ]))
+    await wait_until_async(lambda: run.values("power"), timeout_s=10, what="first value")
+    await sim.restart(down_s=0.3)
+    await wait_until_async(lambda: len(run.health()) >= 3, timeout_s=15,
+                           what="down and up again")
+    count = len(run.values("power"))
+    await wait_until_async(lambda: len(run.values("power")) > count + 3, timeout_s=10,
+                           what="subscribed values after the restart")
+    health = run.health()
+    assert health[0] == ("up", "") and health[-1] == ("up", "")
+    assert health[1][0] == "down" and health[1][1] in ("unreachable", "timeout")
+    assert all(a != b for a, b in itertools.pairwise(health))  # no repeats
+
+
+async def test_unknown_nodes_make_the_device_degraded_and_the_other_tags_go_on(
+        sim: OpcUaSimServer, start: Any) -> None:
+    run = start(device(sim.endpoint, [
+        {"name": "power", "node": sim.node_id("active_power_w"), "sampling_interval_s": 0.05},
+        {"name": "ghost", "browse_path": "2:compressor/2:no_such_value", "mode": "poll"},
+        {"name": "phantom", "node": "ns=2;s=compressor.no_such_node"},
+    ]))
+    await wait_until_async(lambda: len(run.values("power")) > 3 and run.values("ghost"),
+                           timeout_s=10, what="the good tag's values")
+    [(status, reason)] = run.health()
+    assert (status, reason) == ("degraded", "illegal_address")
+    detail = next(e for e in run.events if e.kind == DEVICE_HEALTH).data["detail"]
+    assert "tag ghost: no such browse path i=85/2:compressor/2:no_such_value" in detail
+    assert "tag phantom: monitored item refused for ns=2;s=compressor.no_such_node" in detail
+    assert all(q == Quality.BAD for _, q in run.values("ghost"))  # sent as bad samples
+
+
+async def test_unreachable_endpoint_is_reported_not_fatal(start: Any) -> None:
+    from agent.testing import free_tcp_port
+
+    run = start(device(f"opc.tcp://127.0.0.1:{free_tcp_port()}/", [
+        {"name": "x", "node": "ns=2;s=x"}]))
+    await wait_until_async(run.health, timeout_s=10, what="a health event")
+    assert run.health()[0] == ("down", "unreachable")

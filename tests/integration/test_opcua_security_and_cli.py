@@ -1,0 +1,189 @@
+"""OPC UA security (SignAndEncrypt with a pinned server certificate, refusal of an unpinned one)
+and the technician's commands `edge-agent browse` and `edge-agent opcua trust`, run as
+processes against firmware-sim's server with security switched on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+import pytest_asyncio
+
+from agent.backoff import Backoff
+from agent.device_task import DeviceStatus, supervise_device
+from agent.events import DEVICE_HEALTH, Event
+from agent.testing import console_script, wait_until_async
+from drivers.opcua import OpcUaDevice, OpcUaDriver, pki
+from drivers.opcua.trust import fetch_server_certificate
+from drivers.samples import SampleBatch
+from plc_sim.opcua_server import OpcUaSimServer
+from plc_sim.scenarios import SCENARIOS, ScenarioOptions
+
+pytestmark = pytest.mark.asyncio(loop_scope="module")
+
+PASSWORD = "pw-never-in-an-event"
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def secure_sim(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[OpcUaSimServer]:
+    machine = SCENARIOS["compressor"].factory(ScenarioOptions())
+    server = OpcUaSimServer("compressor", machine.trace_record, advance=machine.advance,
+                            tick_s=0.05, security=True, users={"edge": PASSWORD},
+                            pki_dir=tmp_path_factory.mktemp("server-pki"))
+    await server.start()
+    yield server
+    await server.stop()
+
+
+async def edge_agent(*args: str, stdin: str = "") -> tuple[int, str, str]:
+    """`edge-agent ARGS` as a process (never blocking the loop the server runs on)."""
+    process = await asyncio.create_subprocess_exec(
+        console_script("edge-agent"), *args, stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    out, err = await asyncio.wait_for(process.communicate(stdin.encode()), 60)
+    assert process.returncode is not None
+    return process.returncode, out.decode(), err.decode()
+
+
+def secure_device(endpoint: str, node: str, password_file: Path) -> OpcUaDevice:
+    return OpcUaDevice.model_validate({
+        "name": "comp", "protocol": "opcua", "endpoint": endpoint, "timeout_s": 2,
+        "publishing_interval_s": 0.1,
+        "security": {"policy": "Basic256Sha256", "mode": "SignAndEncrypt", "username": "edge",
+                     "password_file": str(password_file)},
+        "tags": [{"name": "power", "node": node, "sampling_interval_s": 0.05}]})
+
+
+class Keep:
+    """A detector that keeps the batches."""
+
+    def __init__(self) -> None:
+        self.batches: list[SampleBatch] = []
+
+    def on_batch(self, batch: SampleBatch) -> list[Event]:
+        self.batches.append(batch)
+        return []
+
+    def on_tick(self, mono_ns: int, time_ns: int) -> list[Event]:
+        return []
+
+    def flush(self, time_ns: int) -> list[Event]:
+        return []
+
+
+async def test_unpinned_server_is_refused_then_pinned_server_delivers_encrypted(
+        secure_sim: OpcUaSimServer, tmp_path: Path) -> None:
+    events: list[Event] = []
+    keep = Keep()
+    password_file = tmp_path / "password"
+    password_file.write_text(PASSWORD + "\n")
+    config = secure_device(secure_sim.endpoint, secure_sim.node_id("active_power_w"),
+                           password_file)
+    task = asyncio.create_task(supervise_device(
+        OpcUaDriver(config, tmp_path), keep, events.extend, Backoff(0.2, 0.5),
+        DeviceStatus("comp")))
+    try:
+        await wait_until_async(lambda: events, timeout_s=15, what="a health event")
+        refused = events[0].data
+        assert (refused["status"], refused["reason"]) == ("down", "security")
+        assert "not trusted" in refused["detail"]
+        assert f"edge-agent opcua trust -c CONFIG {secure_sim.endpoint}" in refused["detail"]
+        # The client identity was made on first start, its key private to the agent.
+        key = tmp_path / "pki" / pki.KEY_FILE
+        assert (tmp_path / "pki" / pki.CERT_FILE).exists() and key.stat().st_mode & 0o077 == 0
+
+        code, out, err = await edge_agent("opcua", "trust", "--state-dir", str(tmp_path),
+                                          secure_sim.endpoint, stdin="y\n")
+        assert code == 0, err
+        fingerprint = refused["detail"].split("SHA-256 ")[1].split(")")[0]
+        assert f"SHA-256     {fingerprint}" in out
+        assert "Basic256Sha256/SignAndEncrypt" in out
+
+        await wait_until_async(lambda: len(keep.batches) >= 3, timeout_s=15,
+                               what="values over the encrypted channel")
+        health = [(e.data["status"], e.data["reason"]) for e in events if e.kind == DEVICE_HEALTH]
+        assert health == [("down", "security"), ("up", "")]
+    finally:
+        task.cancel()
+
+
+async def test_wrong_password_is_a_security_event_that_never_shows_the_password(
+        secure_sim: OpcUaSimServer, tmp_path: Path) -> None:
+    server_cert = (await fetch_server_certificate(secure_sim.endpoint)).cert
+    pki.pin(server_cert, tmp_path / "pki")
+    password_file = tmp_path / "password"
+    password_file.write_text("not-" + PASSWORD)
+    events: list[Event] = []
+    config = secure_device(secure_sim.endpoint, secure_sim.node_id("active_power_w"),
+                           password_file)
+    task = asyncio.create_task(supervise_device(
+        OpcUaDriver(config, tmp_path), Keep(), events.extend, Backoff(0.2, 0.5),
+        DeviceStatus("comp")))
+    try:
+        await wait_until_async(lambda: events, timeout_s=15, what="a health event")
+    finally:
+        task.cancel()
+    refused = events[0].data
+    assert (refused["status"], refused["reason"]) == ("down", "security")
+    assert "BadUserAccessDenied" in refused["detail"]
+    assert PASSWORD not in str(refused)
+
+
+async def test_trust_asks_and_pins_nothing_when_the_answer_is_no(
+        secure_sim: OpcUaSimServer, tmp_path: Path) -> None:
+    code, out, err = await edge_agent("opcua", "trust", "--state-dir", str(tmp_path),
+                                      secure_sim.endpoint, stdin="\n")
+    assert code == 1
+    assert "Trust this certificate? [y/N]" in out and "nothing changed" in err
+    assert not (tmp_path / "pki" / "trusted").exists()
+
+
+async def test_browse_of_a_secure_only_server_says_how_to_give_it_security(
+        secure_sim: OpcUaSimServer) -> None:
+    code, _, err = await edge_agent("browse", secure_sim.endpoint)
+    assert code == 1
+    assert "the server requires security: add -c CONFIG --device NAME" in err
+
+
+async def test_browse_prints_the_tree_and_a_ready_tag_list(tmp_path: Path) -> None:
+    process = await asyncio.create_subprocess_exec(
+        console_script("plc-sim"), "--modbus-port", "0", "--opcua-port", "0",
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL)
+    try:
+        assert process.stdout is not None
+        info: dict[str, str] = {}
+        while info.get("protocol") != "opcua":
+            info = json.loads(await asyncio.wait_for(process.stdout.readline(), 30))
+        endpoint = info["endpoint"]
+        code, out, err = await edge_agent("browse", endpoint, "--depth", "2")
+        assert code == 0, err
+        assert "└─ 2:compressor  [ns=2;s=compressor]  Object" in out
+        assert "2:active_power_w  [ns=2;s=compressor.active_power_w]  Double = " in out
+        assert "2:firmware  [ns=2;s=compressor.firmware]  String = '1.2'" in out
+        assert "not shown (browse it with --node i=2253)" in out
+
+        code, out, err = await edge_agent("browse", endpoint, "--yaml",
+                                          "--select", "ns=2;s=compressor.active_power_w",
+                                          "--select", "ns=2;s=compressor.running")
+        assert code == 0, err
+        assert out.startswith("tags:\n  - name: active_power_w\n"
+                              '    node: "ns=2;s=compressor.active_power_w"\n'
+                              "    mode: subscribe\n")
+        # The list drops into a device's configuration as it is.
+        tags = [line for line in out.splitlines() if not line.lstrip().startswith("#")]
+        config = tmp_path / "c.yaml"
+        config.write_text(
+            "gateway: {id: gw, state_dir: " + str(tmp_path) + "}\n"
+            "mqtt: {host: 127.0.0.1, tls: {enabled: false}}\n"
+            "devices:\n  - name: comp\n    protocol: opcua\n    endpoint: " + endpoint + "\n"
+            + "\n".join("    " + line for line in tags) + "\n")
+        code, out, err = await edge_agent("check", "-c", str(config))
+        assert code == 0, err
+        assert "  running: ns=2;s=compressor.running (subscribe" in out
+    finally:
+        process.terminate()
+        await process.wait()

@@ -103,9 +103,11 @@ def explain(config: AgentConfig) -> list[str]:
         watched = [t.name for t in device.tags if getattr(t, "report_on_change", False)
                    or getattr(t, "type", "") == "string"]
         watched = [t for t in watched if policy.share_of(device.name, t) != "none"]
-        if watched:
+        texts_any = device.protocol == "opcua" and device.share != "none"
+        if watched or texts_any:
             lines.append(f"  {topic(device.name, CHANGE)}")
-            lines.append("      when the value changes (beyond its deadband): " + ", ".join(watched))
+            lines.append("      when the value changes (beyond its deadband): "
+                         + ", ".join([*watched, *(["any tag whose value is text"] if texts_any else [])]))
         with_events = policy.tags_with(device.name, ("raw", "aggregates", "events"))
         if with_events:
             lines.append(f"  {topic(device.name, 'quality')}")

@@ -103,3 +103,10 @@ def test_example_config_builds_every_detector_it_asks_for() -> None:
     assert isinstance(detector, DetectorChain)
     names = {key.split(":")[0] for key in detector.scores()}
     assert names == {"discharge-spec", "zscore-2", "drift-3", "stuck-4", "compressor-health"}
+
+
+def test_compressor_monitoring_profile_loads() -> None:
+    """The technicians' example for the compressor model (the e2e fault test runs it)."""
+    config = load_config(ROOT / "config" / "compressor-monitoring.yaml", environ={}).config
+    assert {rule.kind for rule in config.detectors} == {"limits", "pca", "stuck"}
+    assert [machine.device for machine in config.machines] == ["compressor-1"]

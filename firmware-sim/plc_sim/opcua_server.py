@@ -18,9 +18,11 @@ Faults, for tests that provoke what peers fail at:
 * `set_bad(reading, code)`: that variable is served with a bad (or uncertain) StatusCode
   until `set_bad(reading, None)`.
 
-Security: `users` refuses anonymous sessions and every unknown name or wrong password;
-`security=True` offers only Basic256Sha256 Sign and SignAndEncrypt endpoints with a
-certificate made at start in `pki_dir` (its fingerprint is what a client must pin).
+Security: `users` and `user_certificates` refuse anonymous sessions, every unknown name or
+wrong password and every user certificate not registered (asyncua checks that the client
+holds the certificate's key: the token is signed); `security=True` offers only Basic256Sha256
+Sign and SignAndEncrypt endpoints with a certificate made at start in `pki_dir` (its
+fingerprint is what a client must pin).
 """
 
 from __future__ import annotations
@@ -89,17 +91,29 @@ def make_server_certificate(pki_dir: Path, host: str) -> tuple[Path, Path]:
     return cert_path, key_path
 
 
-class _PasswordUsers(UserManager):
-    """Users by name and password; anyone else (anonymous too) is refused."""
+class _KnownUsers(UserManager):
+    """Users by name and password or by user certificate (DER, compared exactly, as a PLC's
+    list of registered user certificates); anyone else (anonymous too) is refused."""
 
-    def __init__(self, users: Mapping[str, str]) -> None:
-        self._users = dict(users)
+    def __init__(self, passwords: Mapping[str, str], certificates: Mapping[bytes, str]) -> None:
+        self._passwords = dict(passwords)
+        self._certificates = dict(certificates)
 
     def get_user(self, iserver: InternalServer, username: str | None = None,
                  password: str | None = None, certificate: Any = None) -> User | None:
-        if username is not None and self._users.get(username) == password:
+        if username is not None and self._passwords.get(username) == password:
             return User(role=UserRole.User, name=username)
+        if isinstance(certificate, bytes) and certificate in self._certificates:
+            return User(role=UserRole.User, name=self._certificates[certificate])
         return None
+
+
+def _certificate_der(path: Path) -> bytes:
+    """The DER bytes of a certificate file in PEM or DER."""
+    data = path.read_bytes()
+    if data.lstrip().startswith(b"-----BEGIN"):
+        data = x509.load_pem_x509_certificate(data).public_bytes(serialization.Encoding.DER)
+    return data
 
 
 def _free_port(host: str) -> int:
@@ -116,10 +130,13 @@ class OpcUaSimServer:
                  port: int = 0, tick_s: float = 0.1, security: bool = False,
                  pki_dir: Path | None = None, firmware: str = "1.2",
                  advance: Callable[[float], None] | None = None,
-                 users: Mapping[str, str] | None = None) -> None:
+                 users: Mapping[str, str] | None = None,
+                 user_certificates: Mapping[str, Path] | None = None) -> None:
         """`advance`, when given, moves the model by `tick_s` each tick (in-process use; the
-        `plc-sim` command's own clock moves it otherwise). `users` (name -> password), when
-        given, is the only way in: anonymous sessions are refused."""
+        `plc-sim` command's own clock moves it otherwise). `users` (name -> password) and
+        `user_certificates` (name -> certificate file, PEM or DER), when given, are the only
+        ways in: anonymous sessions are refused. A user certificate needs `security=True`:
+        asyncua offers the certificate token only with a signing policy."""
         self._scenario = scenario
         self._readings = readings
         self._host = host
@@ -130,6 +147,7 @@ class OpcUaSimServer:
         self._firmware = firmware
         self._advance = advance
         self._users = users
+        self._user_certificates = user_certificates
         self._server: Server | None = None
         self._ns = 2
         self._nodes: dict[str, ua.NodeId] = {}
@@ -155,7 +173,7 @@ class OpcUaSimServer:
         if self._port == 0:
             # Chosen before binding so that the advertised endpoint URLs carry the real port.
             self._port = _free_port(self._host)
-        server = Server(user_manager=_PasswordUsers(self._users) if self._users else None)
+        server = Server(user_manager=await self._user_manager())
         await server.init()
         server.set_endpoint(self.endpoint)
         server.set_server_name(f"plc-sim {self._scenario}")
@@ -179,6 +197,13 @@ class OpcUaSimServer:
         self._updater = asyncio.create_task(self._update_loop(server))
         log.info("opcua_listening", endpoint=self.endpoint, security=self._security)
         return self._port
+
+    async def _user_manager(self) -> UserManager | None:
+        if not self._users and not self._user_certificates:
+            return None  # asyncua's default: anyone, anonymous too
+        certificates = {await asyncio.to_thread(_certificate_der, path): name
+                        for name, path in (self._user_certificates or {}).items()}
+        return _KnownUsers(self._users or {}, certificates)
 
     async def stop(self) -> None:
         updater, self._updater = self._updater, None

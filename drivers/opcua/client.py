@@ -411,6 +411,12 @@ class OpcUaDriver:
                         StatusCodes.BadCertificateUntrusted,
                         StatusCodes.BadSecurityChecksFailed,
                         StatusCodes.BadSecurityPolicyRejected):
+                sec = self._config.security
+                if sec.user_certificate is not None and code in (
+                        StatusCodes.BadUserAccessDenied, StatusCodes.BadIdentityTokenRejected):
+                    return SecurityRejected(
+                        name, f"{text}: the server does not accept the user certificate "
+                        f"{sec.user_certificate}: have it registered as a user on the server")
                 return SecurityRejected(name, f"{text}: the server refuses these credentials")
             return DeviceException(name, text, code=code)
         if isinstance(exc, UaError):

@@ -159,6 +159,52 @@ def agent_stamps(arrival: Arrival) -> list[StampSeen]:
     return [StampSeen(event["dev"], int(tag["value"]), event["t"], arrival.t_ns)]
 
 
+def agent_device(arrival: Arrival) -> str | None:
+    """The device a `window` or `change` event of the agent is about, else None."""
+    if not arrival.topic.endswith(("/window", "/change")):
+        return None
+    device = msgpack.unpackb(arrival.payload).get("dev")
+    return None if device is None else str(device)
+
+
+@dataclass(frozen=True)
+class WindowSeen:
+    """A `window` event of the agent: its device, its samples (good and bad, every tag) and
+    the time the window closed."""
+
+    device: str
+    samples: int
+    end_ns: int
+    arrival_ns: int
+
+
+def agent_windows(arrival: Arrival) -> list[WindowSeen]:
+    if not arrival.topic.endswith("/window"):
+        return []
+    event = msgpack.unpackb(arrival.payload)
+    samples = sum(int(tag.get("n", 0)) + int(tag.get("bad", 0))
+                  for tag in event["data"]["tags"].values())
+    return [WindowSeen(event["dev"], samples, int(event["data"]["end_ns"]), arrival.t_ns)]
+
+
+def ingested_per_s(windows: list[WindowSeen], devices: list[str], start_ns: int,
+                   end_ns: int) -> float | None:
+    """Samples per second the agent aggregated for `devices`, from its `window` events that
+    arrived in [start, end): per device, the samples of every window but its first there,
+    over the time between the first window's close and the last's (each window holds the
+    samples since the previous one closed, so this neither counts a window twice nor
+    needs its opening time). None when a device sent fewer than two windows in the span."""
+    total = 0.0
+    for device in devices:
+        mine = sorted((w for w in windows
+                       if w.device == device and start_ns <= w.arrival_ns < end_ns),
+                      key=lambda w: w.end_ns)
+        if len(mine) < 2:
+            return None
+        total += sum(w.samples for w in mine[1:]) / ((mine[-1].end_ns - mine[0].end_ns) / 1e9)
+    return total
+
+
 def thingsboard_stamps(arrival: Arrival) -> list[StampSeen]:
     """`stamp_ms` in a ThingsBoard gateway telemetry message
     (`{"device": [{"ts": ms, "values": {...}}]}` on `v1/gateway/telemetry`)."""

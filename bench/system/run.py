@@ -2,11 +2,11 @@
 memory, messages, disk writes and change latency, beside ThingsBoard IoT Gateway reading
 the same Modbus devices in the same run.
 
-    python bench/system/run.py                      # both workloads, both systems (~7 min)
+    python bench/system/run.py                      # both workloads, both systems (~8 min)
     python bench/system/run.py --output FILE        # also write the markdown report there
     python bench/system/run.py --workloads reference --duration 30
     python bench/system/run.py --no-thingsboard     # the agent only
-    python bench/system/run.py --quick              # a smoke run: tiny workload, agent only
+    python bench/system/run.py --quick              # a smoke run: tiny workload, agent only (~25 s)
 
 Each system runs alone, one after the other, against the same simulators and the same
 Mosquitto, for `--duration` seconds after it is warm; only its own process (and its
@@ -35,7 +35,7 @@ from pathlib import Path
 
 import measure
 import thingsboard
-from measure import Arrival, BrokerRecorder, StampSeen
+from measure import Arrival, BrokerRecorder, StampSeen, WindowSeen
 from report import (
     PlainBroker,
     SystemResult,
@@ -47,7 +47,7 @@ from report import (
     plain_broker_section,
     workload_section,
 )
-from workload import WORKLOADS, ServerKind, Workload
+from workload import WORKLOADS, OpcUaFleet, ServerKind, Workload
 
 from agent.testing import Mosquitto, console_script, stop_process, wait_until
 
@@ -56,6 +56,9 @@ ROOT = HERE.parents[1]
 TB_VENV = ROOT / "bench" / ".cache" / "tb-venv"
 GATEWAY, SITE = "bench-gw", "bench"
 WINDOW_S = 10.0
+QUICK_WINDOW_S = 1.0
+"""`aggregate.window_s` of a quick run: its span is shorter than 10 s, and the OPC UA samples
+the agent ingested are counted from its `window` events."""
 
 
 def progress(message: str) -> None:
@@ -78,7 +81,8 @@ class Simulator:
         self.server = server
         self._lines: queue.Queue[dict[str, object]] = queue.Queue()
         threading.Thread(target=self._read, daemon=True).start()
-        listening = self._next("listening", timeout_s=60)
+        # 20 asyncua servers take tens of seconds to start (each its own address space).
+        listening = self._next("listening", timeout_s=180)
         self.ports = [int(port) for port in listening["ports"]]  # type: ignore[attr-defined]
 
     def _read(self) -> None:
@@ -98,6 +102,7 @@ class Simulator:
                 return line
 
     def samples_served(self) -> float:
+        """Modbus: tag values read by any client; OPC UA: value changes made, so far."""
         self.process.send_signal(signal.SIGUSR1)
         return float(self._next("served", timeout_s=10)["samples"])  # type: ignore[arg-type]
 
@@ -121,47 +126,59 @@ def simulators(workload: Workload, work: Path) -> Iterator[list[Simulator]]:
 
 @dataclass(frozen=True)
 class System:
-    """How to recognise what a system publishes, and the stamps in it."""
+    """How to recognise what a system publishes, the devices and the stamps in it, and the
+    protocols it reads."""
 
     name: str
     publishes: Callable[[str], bool]
     stamps: Callable[[Arrival], list[StampSeen]]
+    devices_in: Callable[[Arrival], list[str]]
+    reads: frozenset[str]
 
 
 AGENT = System("edge-agent", lambda topic: topic.startswith(f"{SITE}/{GATEWAY}/"),
-               measure.agent_stamps)
+               measure.agent_stamps,
+               lambda a: [device] if (device := measure.agent_device(a)) else [],
+               frozenset({"Modbus TCP", "OPC UA"}))
 THINGSBOARD = System(
     "ThingsBoard IoT Gateway",
     lambda topic: topic.startswith("v1/") and not topic.startswith("v1/devices/me/rpc/response"),
     measure.thingsboard_stamps,
+    lambda a: [s.device for s in measure.thingsboard_stamps(a)],
+    frozenset({"Modbus TCP"}),
 )
 
 
 def measure_span(system: System, process: subprocess.Popen[bytes], recorder: BrokerRecorder,
                  sims: list[Simulator], devices: list[str], duration_s: float,
                  warmup_s: float) -> SystemResult:
-    """Waits until every device was read and published once, then `warmup_s`, then measures
-    `duration_s`; the process is left running."""
+    """Waits until every device in `devices` was read and published once, then `warmup_s`,
+    then measures `duration_s`; the process is left running. Every simulator in `sims` is
+    counted (what it served), whether or not the system reads it."""
 
     def all_devices_seen() -> bool:
         if process.poll() is not None:
             raise RuntimeError(f"{system.name} exited with {process.returncode} before its "
                                "first values")
-        seen = {s.device for a in recorder.matching(system.publishes) for s in system.stamps(a)}
+        seen = {d for a in recorder.matching(system.publishes) for d in system.devices_in(a)}
         return seen >= set(devices)
 
     wait_until(all_devices_seen, timeout_s=180, what=f"a value of every device from {system.name}")
     time.sleep(warmup_s)
-    result = SystemResult(system.name)
-    served_before = sum(sim.samples_served() for sim in sims)
+    result = SystemResult(system.name, reads=system.reads)
+    served_before = [sim.samples_served() for sim in sims]
     result.before = measure.sample_process(process.pid)
     start_ns, started = time.time_ns(), time.monotonic()
     time.sleep(duration_s)
     result.after = measure.sample_process(process.pid)
     end_ns, result.seconds = time.time_ns(), time.monotonic() - started
-    result.samples = sum(sim.samples_served() for sim in sims) - served_before
+    for sim, before in zip(sims, served_before, strict=True):
+        protocol = sim.server.protocol
+        result.served[protocol] = (result.served.get(protocol, 0.0)
+                                   + sim.samples_served() - before)
     if process.poll() is not None:
         raise RuntimeError(f"{system.name} exited with {process.returncode} during the span")
+    result.start_ns, result.end_ns = start_ns, end_ns
     result.messages = recorder.between(start_ns, end_ns, system.publishes)
     # Every message since the start, so that a value's first arrival is known for sure.
     stamps = [s for a in recorder.matching(system.publishes) for s in system.stamps(a)]
@@ -172,29 +189,31 @@ def measure_span(system: System, process: subprocess.Popen[bytes], recorder: Bro
 # --- the two systems ----------------------------------------------------------------------------
 
 
-def agent_config(sims: list[Simulator], broker: Mosquitto, work: Path) -> Path:
+def agent_config(sims: list[Simulator], broker: Mosquitto, work: Path, window_s: float) -> Path:
     devices = "".join(sim.server.agent_devices(sim.ports) for sim in sims)
     config = work / "agent.yaml"
     config.write_text(
         f"gateway: {{id: {GATEWAY}, site: {SITE}, state_dir: {work / 'agent-state'}, clock: rtc}}\n"
         f"mqtt: {{host: {broker.host}, port: {broker.port}, tls: {{enabled: false}}}}\n"
-        f"aggregate: {{window_s: {WINDOW_S}}}\n"
+        f"aggregate: {{window_s: {window_s}}}\n"
         f"devices:\n{devices}"
     )
     return config
 
 
-def warm_numba_cache(numba_cache: Path) -> None:
-    """Compile the agent's kernels into `numba_cache`, as the first start after installation
-    does: every measured start is then a later start, loading them from the cache."""
-    subprocess.run([sys.executable, "-c", "from agent.detect.kernels import warm_up; warm_up()"],
-                   env={**os.environ, "NUMBA_CACHE_DIR": str(numba_cache)}, check=True)
+def warm_numba_cache(numba_cache: Path) -> subprocess.Popen[bytes]:
+    """Start compiling the agent's kernels into `numba_cache`, as the first start after
+    installation does: every measured start is then a later start, loading them from the
+    cache. Returns the compiling process: wait for it before starting the agent."""
+    return subprocess.Popen(
+        [sys.executable, "-c", "from agent.detect.kernels import warm_up; warm_up()"],
+        env={**os.environ, "NUMBA_CACHE_DIR": str(numba_cache)})
 
 
 def run_agent(sims: list[Simulator], broker: Mosquitto,
               recorder: BrokerRecorder, work: Path, numba_cache: Path, duration_s: float,
-              warmup_s: float) -> SystemResult:
-    config = agent_config(sims, broker, work)
+              warmup_s: float, window_s: float) -> SystemResult:
+    config = agent_config(sims, broker, work, window_s)
     with open(work / "agent.log", "w") as log:
         process = subprocess.Popen(
             [console_script("edge-agent"), "run", "-c", str(config)],
@@ -203,10 +222,18 @@ def run_agent(sims: list[Simulator], broker: Mosquitto,
                  "NUMBA_CACHE_DIR": str(numba_cache)},
         )
     try:
-        return measure_span(AGENT, process, recorder, sims, device_names(sims), duration_s,
-                            warmup_s)
+        result = measure_span(AGENT, process, recorder, sims, device_names(sims), duration_s,
+                              warmup_s)
     finally:
         stop_process(process, timeout_s=20)
+    opcua = [name for sim in sims if isinstance(sim.server, OpcUaFleet)
+             for name in sim.server.names()]
+    if opcua:
+        windows: list[WindowSeen] = [w for a in recorder.matching(AGENT.publishes)
+                                     for w in measure.agent_windows(a)]
+        result.opcua_ingested_per_s = measure.ingested_per_s(windows, opcua, result.start_ns,
+                                                             result.end_ns)
+    return result
 
 
 def device_names(sims: list[Simulator]) -> list[str]:
@@ -214,11 +241,19 @@ def device_names(sims: list[Simulator]) -> list[str]:
 
 
 def thingsboard_config(sims: list[Simulator], broker: Mosquitto, directory: Path) -> Path:
-    if len(sims) != 1:
-        raise ValueError("ThingsBoard is compared on the Modbus part of a workload only")
-    connector_type, connector = sims[0].server.thingsboard_connector(sims[0].ports)
+    """ThingsBoard reads the Modbus part of a workload only: its OPC UA connector is not
+    configured (the agent alone reads the OPC UA servers)."""
+    connectors = [c for sim in sims if (c := sim.server.thingsboard_connector(sim.ports))]
+    if len(connectors) != 1:
+        raise ValueError("ThingsBoard is compared on one Modbus fleet of a workload only")
+    connector_type, connector = connectors[0]
     return thingsboard.write_config(directory, broker.host, broker.port, connector_type,
                                     connector)
+
+
+def thingsboard_devices(sims: list[Simulator]) -> list[str]:
+    return [name for sim in sims if sim.server.thingsboard_connector(sim.ports) is not None
+            for name in sim.server.names()]
 
 
 def run_thingsboard(sims: list[Simulator], broker: Mosquitto, recorder: BrokerRecorder,
@@ -228,8 +263,8 @@ def run_thingsboard(sims: list[Simulator], broker: Mosquitto, recorder: BrokerRe
     with thingsboard.SessionLimitsResponder(broker.host, broker.port):
         process = thingsboard.start(script, config_dir, work / "tb.out")
         try:
-            return measure_span(THINGSBOARD, process, recorder, sims, device_names(sims),
-                                duration_s, warmup_s)
+            return measure_span(THINGSBOARD, process, recorder, sims,
+                                thingsboard_devices(sims), duration_s, warmup_s)
         finally:
             stop_process(process, timeout_s=20)
 
@@ -269,9 +304,10 @@ def main() -> int:
                         help="smoke run: the smoke workload, 5 s, agent only")
     parser.add_argument("--output", type=Path, help="also write the report to this file")
     args = parser.parse_args()
+    window_s = WINDOW_S
     if args.quick:
         args.workloads, args.duration, args.warmup = "smoke", 5.0, 1.0
-        args.no_thingsboard = True
+        args.no_thingsboard, window_s = True, QUICK_WINDOW_S
     chosen = [WORKLOADS[name] for name in args.workloads.split(",")]
     with_tb = not args.no_thingsboard
 
@@ -287,7 +323,9 @@ def main() -> int:
     work = Path(tempfile.mkdtemp(prefix="system-bench-"))
     numba_cache = work / "numba-cache"
     try:
-        warm_numba_cache(numba_cache)
+        # Compiling takes about 13 s: the baselines, the broker and the simulators start
+        # meanwhile (nothing of them is measured before the agent runs).
+        compiling = warm_numba_cache(numba_cache)
         memory = memory_baselines()
         with ExitStack() as stack:
             broker = stack.enter_context(Mosquitto())
@@ -296,9 +334,12 @@ def main() -> int:
                 directory = work / workload.name
                 directory.mkdir()
                 with simulators(workload, directory) as sims:
+                    if compiling.wait() != 0:
+                        raise RuntimeError("compiling the agent's kernels failed "
+                                           f"({compiling.returncode})")
                     progress(f"{workload.name}: edge-agent, {args.duration:g} s")
                     agent = run_agent(sims, broker, recorder, directory,
-                                      numba_cache, args.duration, args.warmup)
+                                      numba_cache, args.duration, args.warmup, window_s)
                     other = None
                     if with_tb:
                         progress(f"{workload.name}: ThingsBoard IoT Gateway, {args.duration:g} s")
@@ -326,7 +367,7 @@ def main() -> int:
         (f"Load average (1, 5, 15 min) before the run: {load_before}; after: {load_average()} "
         "(the simulators and the broker run on the same cores)."),
         (f"Each system runs alone for {args.duration:g} s, measured after its first value from "
-        f"every device and {args.warmup:g} s more; agent: `aggregate.window_s` {WINDOW_S:g}, "
+        f"every device and {args.warmup:g} s more; agent: `aggregate.window_s` {window_s:g}, "
         "the rest defaults, TLS off."),
         "",
         *sections,

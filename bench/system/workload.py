@@ -5,9 +5,13 @@ Each kind knows how to start its simulator (`simulator`, a script beside this fi
 (`agent_devices(ports)`), and, when ThingsBoard IoT Gateway can read the same thing, that
 gateway's connector configuration. A simulator script prints one JSON line
 `{"event": "listening", "ports": [...]}` (one port per device) and, on each SIGUSR1,
-`{"event": "served", "samples": S}` (values read by any client so far); every device has a
-tag `stamp_ms` (below) read with `report_on_change`. Modbus TCP is the only kind today; a
-kind for OPC UA servers is one more class with the same members, listed in the workloads.
+`{"event": "served", "samples": S}` (values read by any client so far, for Modbus; value
+changes made, for OPC UA). Two kinds: `ModbusFleet` and `OpcUaFleet`. Every Modbus device
+has a tag `stamp_ms` (below) read with `report_on_change`, for the change latency; OPC UA
+tags have no `report_on_change` (the agent aggregates them into `window` events only), so
+the latency is measured on the Modbus devices only. ThingsBoard IoT Gateway reads the
+Modbus devices only (`thingsboard_connector` is None for OPC UA: its OPC UA connector is
+not configured).
 
 The register map of one Modbus device (50 tags, the same for every device):
 - `stamp_ms`, holding 0-1, uint32, `report_on_change`: the simulator's wall-clock time in
@@ -22,6 +26,7 @@ connector sends one request per tag.
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -65,6 +70,7 @@ class ModbusFleet:
     change_period_s: float = 2.0
 
     simulator = "modbus_farm.py"
+    protocol = "Modbus TCP"
 
     def names(self) -> list[str]:
         return [f"plc-{index + 1:03d}" for index in range(self.devices)]
@@ -77,6 +83,11 @@ class ModbusFleet:
     @property
     def samples_per_s(self) -> float:
         return self.devices * self.tags / self.poll_interval_s
+
+    @property
+    def stamp_changes_per_s(self) -> float:
+        """Changes of `stamp_ms` made per second, over every device."""
+        return self.devices / self.change_period_s
 
     def simulator_args(self) -> list[str]:
         """Arguments of `bench/system/modbus_farm.py` for this fleet."""
@@ -103,7 +114,7 @@ class ModbusFleet:
             )
         return "".join(entries)
 
-    def thingsboard_connector(self, ports: list[int]) -> tuple[str, dict[str, Any]]:
+    def thingsboard_connector(self, ports: list[int]) -> tuple[str, dict[str, Any]] | None:
         """ThingsBoard's connector type and its configuration (the `modbus.json` file): the same
         tags as timeseries, the same poll period, each value sent as it is read (the
         gateway's default report strategy, ON_RECEIVED)."""
@@ -132,8 +143,79 @@ class ModbusFleet:
         return "modbus", {"master": {"slaves": slaves}}
 
 
-ServerKind = ModbusFleet
-"""Every kind of simulated server a workload may list (a Union once there are several)."""
+@dataclass(frozen=True)
+class OpcUaFleet:
+    """`servers` OPC UA servers of `items` Double variables each, every variable changing every
+    `period_s`, each subscribed to by the agent with that sampling interval.
+
+    The agent's subscription publishes every `publishing_interval_s` with a queue of
+    `queue_size` per item, enough to keep every change sampled in between (10 at 100 ms
+    sampling and 1 s publishing)."""
+
+    servers: int
+    items: int
+    period_s: float = 0.1
+    publishing_interval_s: float = 1.0
+
+    simulator = "opcua_farm.py"
+    protocol = "OPC UA"
+
+    def names(self) -> list[str]:
+        return [f"opc-{index + 1:03d}" for index in range(self.servers)]
+
+    def describe(self) -> str:
+        return (f"{self.servers} OPC UA server{'s' if self.servers > 1 else ''} x {self.items} monitored items changing and "
+                f"sampled every {self.period_s * 1000:g} ms (published every "
+                f"{self.publishing_interval_s:g} s)")
+
+    @property
+    def samples_per_s(self) -> float:
+        return self.servers * self.items / self.period_s
+
+    @property
+    def stamp_changes_per_s(self) -> float:
+        return 0.0
+
+    @property
+    def queue_size(self) -> int:
+        return max(1, math.ceil(self.publishing_interval_s / self.period_s))
+
+    def simulator_args(self) -> list[str]:
+        """Arguments of `bench/system/opcua_farm.py` for this fleet."""
+        return ["--names", ",".join(self.names()), "--items", str(self.items),
+                "--period-s", str(self.period_s)]
+
+    def agent_devices(self, ports: list[int]) -> str:
+        """The `devices:` entries (YAML) of the agent's configuration: every variable by
+        NodeId (plc-sim's `ns=2;s=<server>.<item>`), subscribed."""
+        entries = []
+        for name, port in zip(self.names(), ports, strict=True):
+            tags = "\n".join(
+                f"      - {{name: {item_name(number)}, node: 'ns=2;s={name}.{item_name(number)}', "
+                f"sampling_interval_s: {self.period_s}, queue_size: {self.queue_size}}}"
+                for number in range(self.items)
+            )
+            entries.append(
+                f"  - name: {name}\n"
+                f"    protocol: opcua\n"
+                f"    endpoint: opc.tcp://127.0.0.1:{port}/plc-sim/\n"
+                f"    publishing_interval_s: {self.publishing_interval_s}\n"
+                f"    tags:\n{tags}\n"
+            )
+        return "".join(entries)
+
+    def thingsboard_connector(self, ports: list[int]) -> tuple[str, dict[str, Any]] | None:
+        """None: ThingsBoard is compared on the Modbus part of a workload only."""
+        return None
+
+
+def item_name(number: int) -> str:
+    """The name of an OPC UA server's variable `number` (from 0), and of the agent's tag."""
+    return f"v{number + 1:03d}"
+
+
+ServerKind = ModbusFleet | OpcUaFleet
+"""Every kind of simulated server a workload may list."""
 
 
 @dataclass(frozen=True)
@@ -150,9 +232,12 @@ class Workload:
 
 
 WORKLOADS = {
-    "reference": Workload("reference", (ModbusFleet(devices=20, tags=50),)),
-    "heavy": Workload("heavy", (ModbusFleet(devices=200, tags=50),)),
-    "smoke": Workload("smoke", (ModbusFleet(devices=2, tags=10, change_period_s=0.5),)),
+    "reference": Workload("reference", (ModbusFleet(devices=20, tags=50),
+                                        OpcUaFleet(servers=2, items=200))),
+    "heavy": Workload("heavy", (ModbusFleet(devices=200, tags=50),
+                                OpcUaFleet(servers=20, items=200))),
+    "smoke": Workload("smoke", (ModbusFleet(devices=2, tags=10, change_period_s=0.5),
+                                OpcUaFleet(servers=1, items=10))),
 }
 
 

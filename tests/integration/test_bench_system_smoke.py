@@ -1,5 +1,5 @@
-"""The system benchmark runs to its end on a tiny workload (agent only), so that it cannot rot
-unnoticed as the agent changes.
+"""The system benchmark runs to its end on a tiny workload (agent only: two Modbus devices and
+one OPC UA server), so that it cannot rot unnoticed as the agent changes.
 
 A smoke run only: nothing here looks at a speed or a budget.
 """
@@ -14,7 +14,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def test_system_benchmark_quick_run_measures_the_agent_and_its_change_latency(
+def test_system_benchmark_quick_run_measures_the_agent_on_modbus_and_opcua_and_its_latency(
     tmp_path: Path,
 ) -> None:
     report = tmp_path / "system.md"
@@ -27,10 +27,13 @@ def test_system_benchmark_quick_run_measures_the_agent_and_its_change_latency(
     text = report.read_text()
     assert text in run.stdout, "the report is printed as well as written"
     assert "## smoke: 2 Modbus TCP devices x 10 tags polled every 1 s" in text, text
-    assert "ThingsBoard" not in text, "a quick run never installs nor runs ThingsBoard"
-    # The agent read the simulators, and each measure has a number, not n/a.
-    samples = re.search(r"\| samples read/s \(workload: 20\) \| (\d+) \|", text)
-    assert samples is not None and int(samples[1]) > 0, text
+    assert "1 OPC UA server x 10 monitored items" in text, text
+    assert "ThingsBoard IoT Gateway |" not in text, "a quick run never installs nor runs it"
+    # The agent read both simulators, and each measure has a number, not n/a.
+    for read in (r"Modbus TCP samples read/s \(workload: 20\)",
+                 r"OPC UA samples ingested/s \(`window` events' `n`\)"):
+        samples = re.search(rf"\| {read} \| (\d+) \|", text)
+        assert samples is not None and int(samples[1]) > 0, text
     for measure in ("CPU s per 1,000 samples", "peak RSS, MiB (VmHWM)",
                     "value change -> broker, p50 / p99 ms",
                     "message's own timestamp -> broker, p50 / p99 ms"):

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from typing import Protocol, TypeVar
+
+_TAG_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_.\-]*$")
 
 
 class _Named(Protocol):
@@ -22,3 +25,14 @@ def require_unique_names(items: Sequence[N], what: str) -> Sequence[N]:
             raise ValueError(f"{what} name {item.name!r} is used twice")
         seen.add(item.name)
     return items
+
+
+def check_tag_name(name: str) -> str:
+    """`name`, or ValueError: a tag name starts with a letter and holds only letters, digits,
+    '_', '.' or '-' (it ends up in events, logs and `check --explain`)."""
+    if not _TAG_NAME.match(name):
+        raise ValueError(
+            f"tag name {name!r} must start with a letter and hold only letters, "
+            "digits, '_', '.' or '-'"
+        )
+    return name

@@ -8,7 +8,6 @@ so that `edge-agent check` can say how it was read.
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -23,7 +22,7 @@ from pydantic import (
 )
 
 from drivers.modbus.profiles import find_profile, read_profile
-from drivers.naming import require_unique_names
+from drivers.naming import check_tag_name, require_unique_names
 from drivers.sharing import Share
 
 ByteOrder = Literal["ABCD", "CDAB", "BADC", "DCBA"]
@@ -56,7 +55,6 @@ MAX_REGISTERS_PER_REQUEST = 125
 MAX_BITS_PER_REQUEST = 2000
 """Protocol limit of function codes 1 and 2."""
 
-_TAG_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_.\-]*$")
 
 # Datasheet register notation: the leading digit names the table, the rest is one-based.
 # Five digits (40001 = holding 0) up to x9999; six digits (400001) reach the whole 65536.
@@ -155,12 +153,7 @@ class ModbusTag(_Strict):
     @field_validator("name")
     @classmethod
     def _name_is_an_identifier(cls, name: str) -> str:
-        if not _TAG_NAME.match(name):
-            raise ValueError(
-                f"tag name {name!r} must start with a letter and hold only letters, "
-                "digits, '_', '.' or '-'"
-            )
-        return name
+        return check_tag_name(name)
 
     @model_validator(mode="after")
     def _consistent(self) -> ModbusTag:

@@ -13,10 +13,9 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 
-from drivers.naming import require_unique_names
+from drivers.naming import check_tag_name, require_unique_names
 from drivers.sharing import Share
 
-_TAG_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_.\-]*$")
 _NODE_ID = re.compile(r"^(ns=\d+;)?(i=\d+|s=.+|g=[0-9A-Fa-f\-]{36}|b=[A-Za-z0-9+/=]+)$")
 
 SecurityPolicy = Literal["None", "Basic256Sha256", "Aes128Sha256RsaOaep", "Aes256Sha256RsaPss"]
@@ -75,12 +74,7 @@ class OpcUaTag(_Strict):
     @field_validator("name")
     @classmethod
     def _name_is_an_identifier(cls, name: str) -> str:
-        if not _TAG_NAME.match(name):
-            raise ValueError(
-                f"tag name {name!r} must start with a letter and hold only letters, "
-                "digits, '_', '.' or '-'"
-            )
-        return name
+        return check_tag_name(name)
 
     @field_validator("node", "browse_root")
     @classmethod

@@ -17,6 +17,7 @@ import pytest
 from agent.backoff import Backoff
 from agent.device_task import DeviceStatus, supervise_device
 from agent.events import DEVICE_HEALTH, Event
+from agent.testing import wait_until_async
 from drivers.errors import (
     DeviceError,
     DeviceException,
@@ -146,14 +147,6 @@ async def test_a_missing_serial_port_is_named() -> None:
         await read_once(config)
 
 
-async def until(condition: Any, poll_s: float = 0.02) -> None:
-    """Return once `condition()` holds; the caller's `asyncio.timeout` is the deadline."""
-    while True:
-        if condition():
-            return
-        await asyncio.sleep(poll_s)
-
-
 class Counting:
     """A detector that counts the batches of its device."""
 
@@ -192,12 +185,14 @@ async def test_a_dead_slave_does_not_stall_the_other_on_the_same_bus(tmp_path: P
     ]
     try:
         async with asyncio.timeout(20):
-            await until(lambda: any(e.device == "meter" for e in health))
+            await wait_until_async(lambda: any(e.device == "meter" for e in health),
+                                   timeout_s=10, what="the dead slave reported")
             start = counts["comp"].batches
             await asyncio.sleep(2.0)  # a measured interval, not a wait for a condition
             during = counts["comp"].batches - start
             await server.clear_fault()
-            await until(lambda: counts["meter"].batches > 0)
+            await wait_until_async(lambda: counts["meter"].batches > 0, timeout_s=10,
+                                   what="the slave read again once the fault is gone")
     finally:
         for task in tasks:
             task.cancel()

@@ -21,7 +21,6 @@ import io
 import json
 import math
 import os
-import platform
 import pstats
 import shlex
 import statistics
@@ -37,7 +36,7 @@ import pymodbus
 from pymodbus.client import AsyncModbusTcpClient
 from tagmap import SyntheticTag, synthetic_tags
 
-from agent.testing import stop_process
+from agent.testing import describe_machine, stop_process
 from drivers.modbus.config import ModbusTag, ModbusTcpDevice
 from drivers.modbus.driver import ModbusDriver
 from drivers.modbus.plan import Request
@@ -269,12 +268,8 @@ async def profile(poll: Poll, polls: int, top: int) -> None:
 
 
 def machine() -> str:
-    cpu = next((line.split(":", 1)[1].strip() for line in
-                Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("model name")),
-               platform.processor() or "unknown CPU")
     load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
-    return (f"{len(os.sched_getaffinity(0))} CPUs ({cpu}), Linux {platform.release()}, "
-            f"Python {platform.python_version()}, pymodbus {pymodbus.__version__}; "
+    return (f"{describe_machine()}, pymodbus {pymodbus.__version__}; "
             f"load average at the start {load}")
 
 

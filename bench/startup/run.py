@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import shutil
 import socket
 import statistics
@@ -26,7 +25,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from agent.testing import Mosquitto, console_script, free_tcp_port
+from agent.testing import Mosquitto, console_script, describe_machine, free_tcp_port
 
 CONFIG = """
 gateway: {{id: bench-gw, site: bench, state_dir: {state}, clock: rtc}}
@@ -105,14 +104,11 @@ def main() -> int:
          statistics.median(imports), max(imports)),
         ("baseline: `python -c pass`", statistics.median(bare), max(bare)),
     ]
-    cpu = next((line.split(":", 1)[1].strip() for line in
-                Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("model name")),
-               platform.processor())
     lines = [
         "# Start-up benchmark",
         "",
         (
-            f"Machine: {os.cpu_count()} CPUs ({cpu}), Python {platform.python_version()}; "
+            f"Machine: {describe_machine()}; "
             f"{args.runs} warm starts, medians; every ratio is to the warm start of the same run."
         ),
         "",

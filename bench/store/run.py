@@ -17,8 +17,6 @@ import contextlib
 import datetime as dt
 import itertools
 import json
-import os
-import platform
 import shlex
 import shutil
 import sqlite3
@@ -36,7 +34,7 @@ from workload import GATEWAY, event_pool, events, fill_store, io_counters
 import agent.events
 from agent.config.models import StoreConfig
 from agent.store import EventStore
-from agent.testing import Mosquitto
+from agent.testing import Mosquitto, describe_machine
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
@@ -283,14 +281,7 @@ def bench_backlog(work: Path, sizes: Sizes, broker: Mosquitto) -> BacklogBench:
 
 
 def machine() -> str:
-    cpu = next((line.split(":", 1)[1].strip() for line in
-                Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("model name")),
-               platform.processor() or "unknown CPU")
-    ram_kb = next(int(line.split()[1]) for line in Path("/proc/meminfo").read_text().splitlines()
-                  if line.startswith("MemTotal:"))
-    return (f"{len(os.sched_getaffinity(0))} CPUs ({cpu}), {ram_kb / 2**20:.1f} GiB RAM, "
-            f"Linux {platform.release()}, Python {platform.python_version()}, "
-            f"SQLite {sqlite3.sqlite_version}")
+    return f"{describe_machine()}, SQLite {sqlite3.sqlite_version}"
 
 
 def filesystem(path: Path) -> str:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import platform
 import subprocess
 import sys
 from collections import Counter
@@ -19,6 +18,8 @@ import measure
 import thingsboard
 from measure import Arrival, Latencies, ProcessSample
 from workload import Workload
+
+from agent.testing import describe_machine
 
 ROOT = Path(__file__).resolve().parents[2]
 BUDGET_CPU_PERCENT, BUDGET_RSS_MB = 5.0, 150.0
@@ -232,13 +233,7 @@ def memory_section(memory: list[tuple[str, int]]) -> list[str]:
 
 
 def machine_line() -> str:
-    cpu = next((line.split(":", 1)[1].strip() for line in
-                Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("model name")),
-               platform.processor())
-    mem_kb = next(int(line.split()[1]) for line in Path("/proc/meminfo").read_text().splitlines()
-                  if line.startswith("MemTotal"))
-    return (f"Machine: {os.cpu_count()} CPUs ({cpu}), {mem_kb / 2**20:.1f} GiB RAM, "
-            f"Linux {platform.release()}, Python {platform.python_version()}.")
+    return f"Machine: {describe_machine()}."
 
 
 def git_head() -> str:

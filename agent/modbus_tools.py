@@ -33,6 +33,7 @@ from drivers.modbus.config import (
 from drivers.modbus.describe import describe_device
 from drivers.modbus.driver import ModbusDriver, TagReading
 from drivers.modbus.line import EXCEPTION_NAMES
+from drivers.modbus.plan import plan_device
 
 ORDERS: tuple[ByteOrder, ...] = ("ABCD", "CDAB", "BADC", "DCBA")
 _MODBUS = (ModbusTcpDevice, ModbusRtuTcpDevice, ModbusRtuDevice)
@@ -53,11 +54,11 @@ def modbus_devices(config: AgentConfig, name: str | None) -> list[ModbusDevice]:
 def print_plan(devices: Sequence[ModbusDevice], out: TextIO) -> None:
     total = 0
     for device in devices:
-        for line in describe_device(device):
+        plans = plan_device(device)
+        for line in describe_device(device, plans):
             print(line, file=out)
-        driver = ModbusDriver(device)
-        per_second = sum(len(p.requests) / p.interval_s for p in driver.plans)
-        total += sum(len(p.requests) for p in driver.plans)
+        per_second = sum(len(p.requests) / p.interval_s for p in plans)
+        total += sum(len(p.requests) for p in plans)
         print(f"  {per_second:.3g} requests/s", file=out)
     print(f"{total} request(s) per cycle of every poll group, {len(devices)} device(s)", file=out)
 

@@ -152,9 +152,9 @@ class ModbusDriver:
                 out.append((request, await self._request(request)))
             except IllegalAddress as exc:
                 if len(request.tags) == 1:
-                    self._refuse(group, state, request.tags[0], exc)
+                    self._refuse(state, request.tags[0], exc)
                 else:
-                    out.extend(await self._split(group, state, request))
+                    out.extend(await self._split(state, request))
         return out
 
     def _decoder(self, request: Request) -> RequestDecoder:
@@ -177,19 +177,17 @@ class ModbusDriver:
             drop_connection(line)
             raise
 
-    async def _split(
-        self, group: str, state: _GroupState, request: Request
-    ) -> list[tuple[Request, list[int]]]:
+    async def _split(self, state: _GroupState, request: Request) -> list[tuple[Request, list[int]]]:
         """Read a refused request tag by tag, then plan it again without what the device refused
         and without reading over holes (the hole may be what it refused)."""
         readings: list[tuple[Request, list[int]]] = []
         good: list[ModbusTag] = []
         for tag in request.tags:
-            single = Request(request.table, tag.address, tag.register_count, (tag,))
+            single = Request.for_tag(tag)
             try:
                 words = await self._request(single)
             except IllegalAddress as refused:
-                self._refuse(group, state, tag, refused)
+                self._refuse(state, tag, refused)
                 continue
             good.append(tag)
             readings.append((single, words))
@@ -201,7 +199,7 @@ class ModbusDriver:
                  requests=[r.describe() for r in replanned], refused=sorted(state.bad))
         return readings
 
-    def _refuse(self, group: str, state: _GroupState, tag: ModbusTag, exc: IllegalAddress) -> None:
+    def _refuse(self, state: _GroupState, tag: ModbusTag, exc: IllegalAddress) -> None:
         if tag.name in state.bad:
             return
         state.bad[tag.name] = IllegalAddress(
@@ -221,7 +219,7 @@ class ModbusDriver:
         for name in list(state.bad):
             tag = self._tags[name]
             try:
-                await self._request(Request(tag.table, tag.address, tag.register_count, (tag,)))
+                await self._request(Request.for_tag(tag))
             except IllegalAddress:
                 continue
             back.append(name)

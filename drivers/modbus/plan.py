@@ -37,6 +37,11 @@ class Request:
     count: int
     tags: tuple[ModbusTag, ...]
 
+    @classmethod
+    def for_tag(cls, tag: ModbusTag) -> Request:
+        """A request for this tag alone (reading refused requests tag by tag)."""
+        return cls(tag.table, tag.address, tag.register_count, (tag,))
+
     @property
     def function_code(self) -> int:
         return FUNCTION_CODE[self.table]

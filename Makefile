@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 SUDO := $(shell [ "$$(id -u)" -eq 0 ] || echo sudo)
 
-.PHONY: venv mosquitto mbpoll lint test unit integration e2e demo bench clean
+.PHONY: venv kernels mosquitto mbpoll lint test unit integration e2e demo bench clean
 
 # The venv is rebuilt when the dependencies change; constraints.txt pins what the suite was run with.
 $(STAMP): pyproject.toml constraints.txt
@@ -16,6 +16,11 @@ $(STAMP): pyproject.toml constraints.txt
 	touch $(STAMP)
 
 venv: $(STAMP)
+
+# The kernels compiled ahead of time (agent/detect/jit.py): without them the agent imports
+# numba, about 120 MiB more. Does nothing when they are built for the current source.
+kernels: venv
+	$(BIN)/python -m agent.detect.build_kernels
 
 # The tests and the demo start Mosquitto brokers of their own; only the binary is needed.
 mosquitto:
@@ -36,25 +41,25 @@ lint: venv
 	$(BIN)/ruff check .
 	$(BIN)/mypy
 
-test: venv mosquitto mbpoll lint
+test: venv kernels mosquitto mbpoll lint
 	$(BIN)/pytest
 
-unit: venv
+unit: venv kernels
 	$(BIN)/pytest tests/unit
 
-integration: venv mosquitto mbpoll
+integration: venv kernels mosquitto mbpoll
 	$(BIN)/pytest tests/integration
 
-e2e: venv mosquitto
+e2e: venv kernels mosquitto
 	$(BIN)/pytest tests/e2e
 
-demo: venv mosquitto
+demo: venv kernels mosquitto
 	$(BIN)/python tools/demo.py
 
 # The benchmarks (about 10 minutes): bench/results/*.md, explained in bench/README.md; the
 # system one installs ThingsBoard IoT Gateway once into bench/.cache/tb-venv.
 # mosquitto_pub (Debian's mosquitto-clients) is the store benchmark's replay baseline.
-bench: venv mosquitto
+bench: venv kernels mosquitto
 	@if ! command -v mosquitto_pub >/dev/null 2>&1; then \
 	  echo "installing mosquitto-clients from Debian's packages"; \
 	  $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq mosquitto-clients; \
@@ -67,7 +72,7 @@ bench: venv mosquitto
 	$(BIN)/python bench/opcua/run.py --output bench/results/opcua.md
 
 clean:
-	rm -rf $(VENV) .demo .pytest_cache .mypy_cache .ruff_cache .hypothesis
+	rm -rf $(VENV) agent/detect/_aot_*.so .demo .pytest_cache .mypy_cache .ruff_cache .hypothesis
 
 # The Debian package dist/edge-agent_<version>_<arch>.deb, for the build machine's
 # architecture (packaging/README.md). DEB_DIR=... puts it elsewhere; DEB_COMPRESSION=gzip

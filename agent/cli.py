@@ -244,6 +244,10 @@ def cmd_version(_args: argparse.Namespace) -> int:
         except metadata.PackageNotFoundError:
             print(f"  {dist} missing")
     print(f"  python {sys.version.split()[0]}")
+    from agent.detect import jit
+
+    why = f" ({jit.why_not_aot()})" if jit.why_not_aot() else ""
+    print(f"  kernels {jit.mode()}{why}")
     return EXIT_OK
 
 

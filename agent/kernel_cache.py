@@ -15,9 +15,15 @@ from pathlib import Path
 _DETECT = Path(__file__).resolve().parent / "detect"
 
 
-def kernel_cache_dir(base: Path) -> Path:
+def kernels_digest() -> str:
+    """A hash of every kernel module's source: names the JIT cache folder and the
+    ahead-of-time build (agent/detect/jit.py)."""
     digest = hashlib.sha256()
     for source in sorted(_DETECT.glob("kernels*.py")):
         digest.update(source.name.encode())
         digest.update(source.read_bytes())
-    return base / digest.hexdigest()[:16]
+    return digest.hexdigest()[:16]
+
+
+def kernel_cache_dir(base: Path) -> Path:
+    return base / kernels_digest()

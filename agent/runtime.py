@@ -23,6 +23,8 @@ from agent.config import AgentConfig, ConfigError, LoadedConfig, load_config
 from agent.config.models import DeviceConfig
 from agent.credentials import CredentialError
 from agent.detect import Detector
+from agent.detect.jit import mode as kernels_form
+from agent.detect.jit import why_not_aot
 from agent.detect.kernels import warm_up
 from agent.device_task import (
     DeviceStatus,
@@ -312,9 +314,11 @@ async def run_agent(
             await status_server.start()
             await agent.start_metrics()
             started = time.monotonic()
-            # From NUMBA_CACHE_DIR, or compiled once; only the detector kinds configured.
+            # Compiled ahead of time; else from NUMBA_CACHE_DIR, or compiled once; only the
+            # detector kinds configured.
             await asyncio.to_thread(warm_up, {rule.kind for rule in cfg.detectors})
-            log.info("kernels_ready", seconds=round(time.monotonic() - started, 3))
+            log.info("kernels_ready", seconds=round(time.monotonic() - started, 3),
+                     form=kernels_form(), why_not_aot=why_not_aot() or None)
             notifier.ready(agent.running_summary())
             while True:
                 await _wait_any(stop, reload)

@@ -57,7 +57,7 @@ echo "build-deb.sh: edge-agent $debversion for $arch, Python $pyver ($interprete
 # pyproject.toml packages (agent*, drivers*, plc_sim* in firmware-sim/) and its readme.
 source=$(mktemp -d "${TMPDIR:-/tmp}/edge-agent-src.XXXXXX")
 trap 'rm -rf "$stage" "$source"' EXIT
-(cd "$project" && tar --exclude=__pycache__ -cf - pyproject.toml README.md agent drivers firmware-sim) \
+(cd "$project" && tar --exclude=__pycache__ --exclude='_aot_*' -cf - pyproject.toml README.md agent drivers firmware-sim) \
     | tar -C "$source" -xf -
 "$interpreter" -m venv --without-pip "$venv"
 # pip runs from the project's venv against the new one: the target venv carries no pip.
@@ -65,6 +65,9 @@ trap 'rm -rf "$stage" "$source"' EXIT
 # at the version constraints.txt pins.
 PIP_DISABLE_PIP_VERSION_CHECK=1 "$pip" --python "$venv/bin/python" install --quiet \
     --no-compile --constraint "$project/constraints.txt" "$source"
+# The kernels compiled ahead of time, with the venv's own numba and numpy, so that the agent
+# never loads numba (agent/detect/jit.py). No bytecode here: compileall writes it below.
+PYTHONDONTWRITEBYTECODE=1 "$venv/bin/python" -m agent.detect.build_kernels
 
 # Make the tree belong at $prefix/venv.
 { grep -rlF --binary-files=without-match "$stage" "$venv" || true; } | while IFS= read -r file; do

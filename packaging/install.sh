@@ -54,7 +54,7 @@ if [ -d "$source" ]; then
     # pyproject.toml packages, so that the source tree is left as it was.
     copy=$(mktemp -d "${TMPDIR:-/tmp}/edge-agent-src.XXXXXX")
     trap 'rm -rf "$copy"' EXIT
-    (cd "$source" && tar --exclude=__pycache__ -cf - pyproject.toml README.md agent drivers firmware-sim) \
+    (cd "$source" && tar --exclude=__pycache__ --exclude='_aot_*' -cf - pyproject.toml README.md agent drivers firmware-sim) \
         | tar -C "$copy" -xf -
     source=$copy
 fi
@@ -62,6 +62,8 @@ export PIP_DISABLE_PIP_VERSION_CHECK=1
 "$venv/bin/pip" install --quiet --upgrade --constraint "$project/constraints.txt" "$source"
 # The same version number from a changed source tree is still a new agent: reinstall it.
 "$venv/bin/pip" install --quiet --force-reinstall --no-deps "$source"
+# The kernels compiled ahead of time: the agent then never loads numba (agent/detect/jit.py).
+"$venv/bin/python" -m agent.detect.build_kernels
 
 install -D -m 0644 "$here/edge-agent.service" "$root/etc/systemd/system/$unit"
 install -D -m 0644 "$project/config/example.yaml" "$root/etc/edge-agent/config.yaml.example"

@@ -11,8 +11,8 @@ from collections.abc import Collection
 
 import numpy as np
 import numpy.typing as npt
-from numba import njit
 
+from agent.detect.jit import njit
 from agent.detect.kernels_counter import COUNTER_FIELDS, counter_step
 
 F64 = npt.NDArray[np.float64]

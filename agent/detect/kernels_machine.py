@@ -20,8 +20,8 @@ from __future__ import annotations
 
 import numpy as np
 import numpy.typing as npt
-from numba import njit
 
+from agent.detect.jit import njit
 from agent.detect.kernels_counter import COUNTER_FIELDS, counter_step
 from agent.detect.kernels_state import OFF, UNKNOWN, desired_level
 

@@ -13,8 +13,8 @@ import math
 
 import numpy as np
 import numpy.typing as npt
-from numba import njit
 
+from agent.detect.jit import njit
 from agent.detect.kernels_episode import (
     EP_SCORE,
     EP_STATE,

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import numpy as np
 import numpy.typing as npt
-from numba import njit
+
+from agent.detect.jit import njit
 
 F64 = npt.NDArray[np.float64]
 

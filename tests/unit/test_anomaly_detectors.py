@@ -1,6 +1,6 @@
 """The anomaly detectors: what each catches, when its episode starts and ends, and what the
-events say. Pure and fast; tests/integration/test_kernels_without_jit.py runs this file
-again with NUMBA_DISABLE_JIT=1, so the kernels' Python form is tested too.
+events say. Pure and fast; tests/integration/test_kernel_forms.py runs this file again with
+numba's JIT and as plain Python, so every form of the kernels is tested.
 """
 
 from __future__ import annotations

@@ -1,12 +1,7 @@
 """The counter, state and machine kernels on hand-made batches: rollover, reset, hysteresis,
-dwell, exact integration and gaps. Also run with NUMBA_DISABLE_JIT=1 (see the last test)."""
+dwell, exact integration and gaps. tests/integration/test_kernel_forms.py runs them in every form."""
 
 from __future__ import annotations
-
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -191,19 +186,3 @@ def test_peak_demand_is_the_highest_window_mean() -> None:
     expected_w = (0.5 * (1000 + 6000) + 9 * 6000) / 10
     assert m.acc[0, INTERVAL, A_PEAK_W] == pytest.approx(expected_w)
     assert m.mt[0, 5 + INTERVAL] == T0 + 20 * S
-
-
-def test_kernels_also_run_without_jit() -> None:
-    """Everything must work with NUMBA_DISABLE_JIT=1 (e.g. a platform numba cannot compile for)."""
-    if os.environ.get("NUMBA_DISABLE_JIT") == "1":
-        pytest.skip("already running without JIT")
-    env = {**os.environ, "NUMBA_DISABLE_JIT": "1"}
-    result = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-p", "no:randomly", "-p", "no:cacheprovider",
-         "-k", "not without_jit", __file__, "tests/unit/test_machine_detector.py",
-         "tests/unit/test_window.py"],
-        check=False, env=env, capture_output=True, text=True, timeout=120,
-        cwd=Path(__file__).resolve().parents[2],
-    )
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-2000:]
-    assert " passed" in result.stdout and "skipped" not in result.stdout

@@ -1,0 +1,123 @@
+"""Compiles the kernels ahead of time into one extension module (agent/detect/jit.py says why).
+
+    python -m agent.detect.build_kernels [--out DIR] [--force]
+
+Run by `make` (target `kernels`), packaging/build-deb.sh and packaging/install.sh, with the
+interpreter and numpy the agent will run with. The signatures are the ones numba compiles
+when `warm_up()` runs every kernel on the arrays the detectors use, so the extension takes
+exactly what the agent passes. Generic code for the machine's architecture (no host CPU
+features): a package built on one arm64 board runs on a Pi 4 and a Pi 5 alike. Nothing to do
+when the extension for the current source is already there (unless --force); extensions
+built from older source are removed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+
+_KERNEL_MODULES = ("kernels", "kernels_counter", "kernels_episode", "kernels_state",
+                   "kernels_machine", "kernels_univariate", "kernels_pca")
+
+
+def _built(out: Path, name: str) -> list[Path]:
+    return sorted(out.glob(f"{name}.*.so")) + sorted(out.glob(f"{name}.so"))
+
+
+def _signature(dispatcher: Any, qualified: str) -> Any:
+    """The one signature the agent calls `dispatcher` with; literal-typed ones (a constant
+    argument numba specialised inside a caller) are left out, those callers carry them."""
+    from numba import types
+
+    sigs = [s for s in dispatcher.signatures
+            if not any(isinstance(a, types.Literal) for a in s)]
+    if not sigs:
+        return None
+    if len(sigs) > 1:
+        raise SystemExit(f"build_kernels: {qualified} is called with {len(sigs)} signatures "
+                         f"({', '.join(map(str, sigs))}); an extension exports one per kernel")
+    return dispatcher.overloads[sigs[0]].signature
+
+
+def kernels(modules: list[ModuleType]) -> list[tuple[str, Callable[..., Any], Any]]:
+    """(exported name, Python function, signature) of every kernel warm_up compiled."""
+    from numba.core.registry import CPUDispatcher
+
+    from agent.detect.jit import exported_name
+
+    out = []
+    for module in modules:
+        for attr, value in vars(module).items():
+            if not isinstance(value, CPUDispatcher) or value.py_func.__module__ != module.__name__:
+                continue
+            name = exported_name(module.__name__, attr)
+            sig = _signature(value, name)
+            if sig is not None:
+                out.append((name, value.py_func, sig))
+    return out
+
+
+def build(out: Path, force: bool = False) -> Path:
+    os.environ["EDGE_AGENT_KERNELS"] = "jit"  # before the kernels are imported
+    # numba would otherwise cache warm_up's kernels in __pycache__ beside the sources (in a
+    # package's staging tree, naming its path); the extension is what is kept.
+    scratch = tempfile.TemporaryDirectory(prefix="edge-agent-kernels-")
+    os.environ.setdefault("NUMBA_CACHE_DIR", scratch.name)
+    with scratch:
+        return _build(out, force)
+
+
+def _build(out: Path, force: bool) -> Path:
+    from agent.detect.jit import aot_module_name, mode
+
+    name = aot_module_name()
+    existing = _built(out, name)
+    if existing and not force:
+        return existing[0]
+    if mode() != "jit":
+        raise SystemExit("build_kernels: numba is disabled (NUMBA_DISABLE_JIT=1): nothing "
+                         "to compile with")
+    from numba.pycc import CC  # type: ignore[attr-defined]
+
+    modules = [importlib.import_module(f"agent.detect.{m}") for m in _KERNEL_MODULES]
+    modules[0].warm_up()
+    cc = CC(name)  # type: ignore[no-untyped-call]
+    cc.output_dir = str(out)
+    cc.verbose = False
+    for exported, function, sig in kernels(modules):
+        cc.export(exported, sig)(function)  # type: ignore[no-untyped-call]
+    cc.compile()
+    for old in out.glob("_aot_*.so"):
+        if not old.name.startswith(f"{name}."):
+            old.unlink()
+    built = _built(out, name)
+    if not built:
+        raise SystemExit(f"build_kernels: numba.pycc wrote no {name} into {out}")
+    return built[0]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m agent.detect.build_kernels",
+                                     description=__doc__.split("\n")[0])
+    parser.add_argument("--out", type=Path, default=HERE,
+                        help="where the extension goes (default: beside the kernels)")
+    parser.add_argument("--force", action="store_true", help="build even if it is there")
+    args = parser.parse_args(argv)
+    started = time.monotonic()
+    path = build(args.out, args.force)
+    print(f"kernels: {path} ({time.monotonic() - started:.1f} s)", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,66 @@
+"""The kernels in each of their forms (agent/detect/jit.py): compiled ahead of time (what the
+agent runs; the suite itself runs them so), compiled by numba at start (the fallback when
+the extension is missing or stale), and as plain Python (NUMBA_DISABLE_JIT=1: a gateway
+where numba cannot compile, a debugger stepping through a kernel). The same detector unit
+tests, with their exact expected numbers, must pass in every form.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from agent.detect import jit
+
+ROOT = Path(__file__).resolve().parents[2]
+UNIT_TESTS = ("tests/unit/test_anomaly_detectors.py", "tests/unit/test_window.py",
+              "tests/unit/test_machine_kernels.py", "tests/unit/test_machine_detector.py")
+
+
+def _python(code: str, **env: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-c", code], cwd=ROOT, env={**os.environ, **env},
+                          capture_output=True, text=True, timeout=300, check=False)
+
+
+@pytest.mark.parametrize("env", [{"NUMBA_DISABLE_JIT": "1"}, {jit.FORCE_VARIABLE: "jit"}],
+                         ids=["python", "jit"])
+def test_detector_unit_tests_pass_in_the_other_forms(env: dict[str, str]) -> None:
+    run = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:randomly", "-p", "no:cacheprovider",
+         *UNIT_TESTS],
+        cwd=ROOT, env={**os.environ, **env}, capture_output=True, text=True, timeout=300,
+        check=False,
+    )
+    assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-2000:]
+    assert " passed" in run.stdout and "skipped" not in run.stdout
+
+
+def test_the_agent_runs_the_ahead_of_time_kernels_without_numba() -> None:
+    """What `make` builds is what the agent loads, and then numba (~120 MiB) stays out."""
+    code = ("import sys; import agent.runtime; from agent.detect import jit, kernels; "
+            "kernels.warm_up(); print(jit.mode(), 'numba' in sys.modules, jit.why_not_aot())")
+    run = _python(code)
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.split()[:2] == ["aot", "False"], (
+        f"{run.stdout} -- build them: make kernels (python -m agent.detect.build_kernels)")
+
+
+def test_a_missing_build_falls_back_to_numba_and_says_why() -> None:
+    code = ("import agent.kernel_cache as k; k.kernels_digest = lambda: 'not-built'; "
+            "import sys; from agent.detect import jit, kernels; kernels.warm_up(); "
+            "print(jit.mode(), 'numba' in sys.modules); print(jit.why_not_aot())")
+    run = _python(code)
+    assert run.returncode == 0, run.stderr
+    first, why = run.stdout.splitlines()[:2]
+    assert first == "jit True"
+    assert why.startswith("no ahead-of-time build _aot_not-built")
+
+
+def test_numba_disabled_wins_over_the_ahead_of_time_build() -> None:
+    run = _python("from agent.detect import jit; print(jit.mode(), jit.why_not_aot())",
+                  NUMBA_DISABLE_JIT="1")
+    assert run.stdout.split() == ["python", "NUMBA_DISABLE_JIT=1"], run.stdout + run.stderr

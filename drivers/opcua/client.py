@@ -23,6 +23,7 @@ from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import structlog
 from asyncua import ua
 from asyncua.client.client import Client
@@ -43,8 +44,10 @@ from drivers.errors import (
 )
 from drivers.opcua import pki
 from drivers.opcua.config import OpcUaDevice, OpcUaTag
+from drivers.opcua.publish_decode import DataChanges
+from drivers.opcua.publish_hook import PublishHook
 from drivers.opcua.security import secure
-from drivers.opcua.values import BatchBuilder, plausible_time_ns, quality_of
+from drivers.opcua.values import BatchBuilder, batches_of_changes, plausible_time_ns, quality_of
 from drivers.samples import SampleBatch
 
 log = structlog.get_logger(__name__)
@@ -94,6 +97,10 @@ class OpcUaDriver:
         self._tag_errors: dict[str, DeviceError] = {}
         self._subscription: Subscription | None = None
         self._handles: dict[int, OpcUaTag] = {}
+        self._tag_of_handle = np.zeros(0, dtype=np.int64)
+        """Client handle -> index of its tag in `_names` (-1: none), for publish_decode.py."""
+        self._names = [tag.name for tag in config.tags]
+        self._hook: PublishHook | None = None
         self._lost: asyncio.Event = asyncio.Event()
         self._lost_reason = ""
 
@@ -125,6 +132,7 @@ class OpcUaDriver:
         try:
             await secure(client, cfg, self._pki)
             await client.connect()
+            self._hook = PublishHook(client)  # before the subscription starts the publish loop
             self._tag_errors = {}
             self._nodes = {}
             for tag in cfg.tags:
@@ -267,11 +275,16 @@ class OpcUaDriver:
         params.MaxNotificationsPerPublish = 0
         params.PublishingEnabled = True
         sub = await client.create_subscription(params, None, queue_maxsize=100_000)
+        if self._hook is not None:
+            self._hook.hook(sub)
         tags = [tag for tag in self._subscribed if tag.name in self._nodes]
         requests, self._handles = [], {}
+        index = {name: i for i, name in enumerate(self._names)}
+        self._tag_of_handle = np.full(len(tags) + 1, -1, dtype=np.int64)
         for handle, tag in enumerate(tags, start=1):
             requests.append(self._monitored_item(handle, tag))
             self._handles[handle] = tag
+            self._tag_of_handle[handle] = index[tag.name]
         results = await sub.create_monitored_items(requests) if requests else []
         for tag, result in zip(tags, results, strict=True):
             if isinstance(result, ua.StatusCode):
@@ -306,6 +319,8 @@ class OpcUaDriver:
         new one; failing that, the connection is treated as lost."""
         client = self._connected()
         old, self._subscription = self._subscription, None
+        if old is not None and self._hook is not None:
+            self._hook.unhook(old)
         if old is not None:
             try:
                 await asyncio.wait_for(old.delete(), self._config.timeout_s)
@@ -320,7 +335,7 @@ class OpcUaDriver:
 
     async def _next_events(
         self, sub: Subscription, timeout_s: float
-    ) -> tuple[list[DataChangeEvent], str | None]:
+    ) -> tuple[list[DataChangeEvent | DataChanges], str | None]:
         """What the subscription delivered: waits up to `timeout_s` for the first, then takes
         every one already queued, so that a burst becomes few batches. Second: why the
         server ended the subscription, when it said so (None: it did not)."""
@@ -336,9 +351,10 @@ class OpcUaDriver:
             item = queue.get_nowait()
             if item is not None:
                 raw.append(item)
-        events, ended = [], None
+        events: list[DataChangeEvent | DataChanges] = []
+        ended = None
         for event in raw:
-            if isinstance(event, DataChangeEvent):
+            if isinstance(event, DataChangeEvent | DataChanges):
                 events.append(event)
             elif isinstance(event, StatusChangeEvent):
                 status = ua.StatusCode(event.notification.Status.value)
@@ -349,14 +365,22 @@ class OpcUaDriver:
                     ended = status.name
         return events, ended
 
-    def _batches(self, events: list[DataChangeEvent]) -> list[SampleBatch]:
+    def _batches(self, events: list[DataChangeEvent | DataChanges]) -> list[SampleBatch]:
         """One batch per run of notifications that share a time (the server sampled them
-        together), in arrival order."""
+        together), in arrival order; a publish decoded into arrays (publish_hook.py) makes
+        its batches in a few array operations."""
         receive_ns, mono_ns = time.time_ns(), time.monotonic_ns()
         batches: list[SampleBatch] = []
         builder: BatchBuilder | None = None
         current = -1
         for event in events:
+            if isinstance(event, DataChanges):
+                if builder is not None and len(builder):
+                    batches.append(builder.build(current, mono_ns))
+                builder = None
+                batches += batches_of_changes(self.device, event, self._tag_of_handle,
+                                              self._names, receive_ns, mono_ns)
+                continue
             handle = event.data.subscription_data.client_handle
             tag = self._handles.get(handle) if handle is not None else None
             if tag is None:

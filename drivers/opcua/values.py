@@ -1,18 +1,21 @@
 """From OPC UA DataValues to samples: the value, its quality, its time.
 
-Pure functions over plain Python values (asyncua's Variant payloads), so they are unit-tested
-without a server.
+Pure functions over plain Python values (asyncua's Variant payloads) or over the arrays of
+publish_decode.py, so they are unit-tested without a server.
 """
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 import numpy as np
+import numpy.typing as npt
 
+from drivers.opcua.publish_decode import DataChanges
 from drivers.samples import Quality, SampleBatch
 
 FUTURE_TOLERANCE_NS = 2_000_000_000
@@ -110,3 +113,42 @@ def _as_float(value: object, quality: Quality) -> tuple[float, Quality]:
         # NaN or infinity from a float variable is a garbage reading, not a value.
         return number, quality if math.isfinite(number) else Quality.BAD
     return math.nan, Quality.BAD
+
+
+def batches_of_changes(device: str, changes: DataChanges, tag_of_handle: npt.NDArray[np.int64],
+                       names: Sequence[str], receive_ns: int, mono_ns: int) -> list[SampleBatch]:
+    """A publish's data changes (publish_decode.py) as batches, by the rules of
+    `BatchBuilder` and `plausible_time_ns`, over arrays: one batch per run of changes that
+    share a time, in arrival order. `tag_of_handle[h]` is the index in `names` of client
+    handle h's tag, -1 for a handle not (or no longer) ours."""
+    handles = changes.handles.astype(np.int64)
+    known = handles < len(tag_of_handle)
+    tags = np.where(known, tag_of_handle[np.where(known, handles, 0)], -1)
+    keep = tags >= 0
+    if not keep.all():
+        tags = tags[keep]
+        changes = DataChanges(changes.subscription_id, changes.sequence_number,
+                              changes.handles[keep], changes.values[keep],
+                              changes.has_value[keep], changes.status[keep],
+                              changes.source_ns[keep])
+    if len(tags) == 0:
+        return []
+    severity = changes.status >> 30
+    quality = np.where(severity == 0, Quality.GOOD,
+                       np.where(severity == 1, Quality.UNCERTAIN, Quality.BAD)).astype(np.uint8)
+    # No value, or NaN or infinity from a float variable: a BAD sample, never a reading.
+    quality[~(changes.has_value & np.isfinite(changes.values))] = Quality.BAD
+    source = changes.source_ns
+    plausible = ((source != 0) & (source >= receive_ns - MAX_AGE_NS)
+                 & (source <= receive_ns + FUTURE_TOLERANCE_NS))
+    times = np.where(plausible, source, receive_ns)
+    starts = [0, *(np.flatnonzero(times[1:] != times[:-1]) + 1).tolist(), len(times)]
+    tag_list = tags.tolist()
+    batches = []
+    for a, b in itertools.pairwise(starts):
+        batches.append(SampleBatch(device=device,
+                                   tags=tuple(names[t] for t in tag_list[a:b]),
+                                   values=changes.values[a:b].copy(),
+                                   quality=quality[a:b].copy(),
+                                   time_ns=int(times[a]), mono_ns=mono_ns))
+    return batches

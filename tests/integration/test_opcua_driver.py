@@ -222,3 +222,50 @@ async def test_unreachable_endpoint_is_reported_not_fatal(start: Any) -> None:
         {"name": "x", "node": "ns=2;s=x"}]))
     await wait_until_async(run.health, timeout_s=10, what="a health event")
     assert run.health()[0] == ("down", "unreachable")
+
+
+async def test_subscribed_numbers_and_booleans_take_the_array_decoder_and_read_as_asyncua_does(
+        sim: OpcUaSimServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The real server's publish responses (doubles and a boolean: mixed layouts) go through
+    publish_decode.py, and every value in them is the one asyncua's decoder reads."""
+    from asyncua import ua
+    from asyncua.common.utils import Buffer
+    from asyncua.ua.ua_binary import struct_from_binary
+
+    from drivers.opcua import publish_hook
+
+    seen: list[tuple[bytes, Any]] = []
+
+    def recording(raw: bytes) -> Any:
+        changes = decode(raw)
+        seen.append((raw, changes))
+        return changes
+
+    decode = publish_hook.decode_data_changes
+    monkeypatch.setattr(publish_hook, "decode_data_changes", recording)
+    driver = OpcUaDriver(device(sim.endpoint, [
+        {"name": "power", "node": sim.node_id("active_power_w"), "sampling_interval_s": 0.05},
+        {"name": "temp", "node": sim.node_id("discharge_temp_c"), "sampling_interval_s": 0.05},
+        {"name": "running", "node": sim.node_id("running")}]), tmp_path)
+    await driver.connect()
+    try:
+        batches: list[SampleBatch] = []
+        async with asyncio.timeout(10):
+            async for item in driver.stream():
+                if isinstance(item, SampleBatch):
+                    batches.append(item)
+                if sum("temp" in b.tags for b in batches) >= 10:
+                    break
+        assert driver._hook is not None and driver._hook.fast >= 3
+    finally:
+        await driver.close()
+    assert {"power", "temp", "running"} <= {t for b in batches for t in b.tags}
+    decoded = [(raw, c) for raw, c in seen if c is not None]
+    assert decoded
+    for raw, changes in decoded:
+        response = struct_from_binary(ua.PublishResponse, Buffer(raw))
+        items = [i for part in response.Parameters.NotificationMessage.NotificationData
+                 for i in part.MonitoredItems]
+        assert changes.handles.tolist() == [i.ClientHandle for i in items]
+        assert changes.values.tolist() == [float(i.Value.Value.Value) for i in items]
+        assert changes.status.tolist() == [i.Value.StatusCode.value for i in items]

@@ -96,9 +96,6 @@ def test_what_it_decodes_is_what_asyncua_decodes(items: list[list[tuple[int, ua.
     raw = publish_response(items)
     changes = decode_data_changes(raw)
     expected = _read_by_asyncua(raw)
-    if any(v.SourcePicoseconds or v.ServerPicoseconds for _, v in sum(items, [])):
-        assert changes is None
-        return
     assert changes is not None, "numbers and booleans only: the array path must take it"
     assert (changes.subscription_id, changes.sequence_number) == (42, 7)
     assert len(changes) == len(expected)
@@ -138,7 +135,10 @@ def test_one_layout_for_every_item_goes_through_one_array_view(
     assert changes.handles.tolist() == list(range(1, n + 1))
 
 
-def test_declines_strings_arrays_and_status_changes() -> None:
+def test_declines_strings_arrays_picoseconds_and_status_changes() -> None:
+    fine = ua.DataValue(Value=ua.Variant(1.5, ua.VariantType.Double), SourceTimestamp=NOW)
+    fine.SourcePicoseconds = 500  # asyncua's field order differs from Part 6 here: leave it
+    assert decode_data_changes(publish_response([[(1, fine)]])) is None
     text = ua.DataValue(Value=ua.Variant("v1.2", ua.VariantType.String))
     assert decode_data_changes(publish_response([[(1, text)]])) is None
     array = ua.DataValue(Value=ua.Variant([1.0, 2.0], ua.VariantType.Double))
@@ -177,10 +177,7 @@ def test_truncated_or_corrupted_bytes_never_raise(
                 min_size=1, max_size=3))
 def test_batches_equal_the_object_path(items: list[list[tuple[int, ua.DataValue]]]) -> None:
     """The arrays make the batches BatchBuilder makes from asyncua's objects."""
-    flat = sum(items, [])
-    if any(v.SourcePicoseconds or v.ServerPicoseconds for _, v in flat):
-        return
-    handles = sorted({h for h, _ in flat})[:3]  # the others are not ours
+    handles = sorted({h for part in items for h, _ in part})[:3]  # the others are not ours
     names = ["a", "b", "c"]
     tag_of_handle = np.full(max(handles) + 1, -1, dtype=np.int64)
     for i, h in enumerate(handles):

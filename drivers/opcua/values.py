@@ -118,8 +118,8 @@ def _as_float(value: object, quality: Quality) -> tuple[float, Quality]:
 def batches_of_changes(device: str, changes: DataChanges, tag_of_handle: npt.NDArray[np.int64],
                        names: Sequence[str], receive_ns: int, mono_ns: int) -> list[SampleBatch]:
     """A publish's data changes (publish_decode.py) as batches, by the rules of
-    `BatchBuilder` and `plausible_time_ns`, over arrays: one batch per run of changes that
-    share a time, in arrival order. `tag_of_handle[h]` is the index in `names` of client
+    `BatchBuilder` and `plausible_time_ns`, over arrays: one batch per time, in time order
+    (the same tag's values keep their order). `tag_of_handle[h]` is the index in `names` of client
     handle h's tag, -1 for a handle not (or no longer) ours."""
     handles = changes.handles.astype(np.int64)
     known = handles < len(tag_of_handle)
@@ -142,13 +142,13 @@ def batches_of_changes(device: str, changes: DataChanges, tag_of_handle: npt.NDA
     plausible = ((source != 0) & (source >= receive_ns - MAX_AGE_NS)
                  & (source <= receive_ns + FUTURE_TOLERANCE_NS))
     times = np.where(plausible, source, receive_ns)
+    # A server sends each item's queued values together (item 1's ten, then item 2's...):
+    # in time order, the items sampled at one instant make one batch, not one each.
+    order = np.argsort(times, kind="stable")
+    times, values, quality = times[order], changes.values[order], quality[order]
+    tag_list = tags[order].tolist()
     starts = [0, *(np.flatnonzero(times[1:] != times[:-1]) + 1).tolist(), len(times)]
-    tag_list = tags.tolist()
-    batches = []
-    for a, b in itertools.pairwise(starts):
-        batches.append(SampleBatch(device=device,
-                                   tags=tuple(names[t] for t in tag_list[a:b]),
-                                   values=changes.values[a:b].copy(),
-                                   quality=quality[a:b].copy(),
-                                   time_ns=int(times[a]), mono_ns=mono_ns))
-    return batches
+    return [SampleBatch(device=device, tags=tuple(names[t] for t in tag_list[a:b]),
+                        values=values[a:b], quality=quality[a:b], time_ns=int(times[a]),
+                        mono_ns=mono_ns)
+            for a, b in itertools.pairwise(starts)]

@@ -176,7 +176,8 @@ def test_truncated_or_corrupted_bytes_never_raise(
 @given(st.lists(st.lists(st.tuples(st.integers(0, 5), data_values()), min_size=1, max_size=6),
                 min_size=1, max_size=3))
 def test_batches_equal_the_object_path(items: list[list[tuple[int, ua.DataValue]]]) -> None:
-    """The arrays make the batches BatchBuilder makes from asyncua's objects."""
+    """The arrays make the batches BatchBuilder makes from asyncua's objects, grouped by
+    time (asyncua's times are whole microseconds, the wire's 100 ns)."""
     handles = sorted({h for part in items for h, _ in part})[:3]  # the others are not ours
     names = ["a", "b", "c"]
     tag_of_handle = np.full(max(handles) + 1, -1, dtype=np.int64)
@@ -188,11 +189,11 @@ def test_batches_equal_the_object_path(items: list[list[tuple[int, ua.DataValue]
     got = batches_of_changes("dev", changes, tag_of_handle, names, RECEIVE_NS, 5)
 
     expected, builder, current = [], None, -1
-    for item in _read_by_asyncua(raw):
-        if item.ClientHandle not in handles:
-            continue
+    ours = [i for i in _read_by_asyncua(raw) if i.ClientHandle in handles]
+    at = [plausible_time_ns(i.Value.SourceTimestamp, RECEIVE_NS) // 1000 for i in ours]
+    for t, item in sorted(zip(at, ours, strict=True), key=lambda pair: pair[0]):
         value = item.Value
-        t = plausible_time_ns(value.SourceTimestamp, RECEIVE_NS)
+        t *= 1000
         if builder is None or t // 1000 != current // 1000:
             if builder is not None:
                 expected.append(builder.build(current, 5))

@@ -56,7 +56,8 @@ e2e: venv kernels mosquitto
 demo: venv kernels mosquitto
 	$(BIN)/python tools/demo.py
 
-# The benchmarks (about 10 minutes): bench/results/*.md, explained in bench/README.md; the
+# The benchmarks (about 10 minutes): bench/results/*.md, explained in bench/README.md, and
+# their headline numbers in one table, bench/results/latest.md (bench/summary.py); the
 # system one installs ThingsBoard IoT Gateway once into bench/.cache/tb-venv.
 # mosquitto_pub (Debian's mosquitto-clients) is the store benchmark's replay baseline.
 bench: venv kernels mosquitto
@@ -64,12 +65,13 @@ bench: venv kernels mosquitto
 	  echo "installing mosquitto-clients from Debian's packages"; \
 	  $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq mosquitto-clients; \
 	fi
-	$(BIN)/python bench/store/run.py --output bench/results/latest.md
+	$(BIN)/python bench/store/run.py --output bench/results/store.md
 	$(BIN)/python bench/startup/run.py --output bench/results/startup.md
 	$(BIN)/python bench/modbus/run.py --output bench/results/modbus.md
 	$(BIN)/python bench/system/run.py --output bench/results/system.md
 	$(BIN)/python bench/detect/run.py --output bench/results/detect.md
 	$(BIN)/python bench/opcua/run.py --output bench/results/opcua.md
+	$(BIN)/python bench/summary.py --output bench/results/latest.md
 
 clean:
 	rm -rf $(VENV) agent/detect/_aot_*.so .demo .pytest_cache .mypy_cache .ruff_cache .hypothesis

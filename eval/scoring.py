@@ -17,7 +17,14 @@ import numpy.typing as npt
 
 STANDARD = {"tp": 1.0, "fp": 0.11, "fn": 1.0}
 PROBATION = 0.15
-"""NAB's probationary period: the first 15% of a file, where detections are not scored."""
+PROBATION_CAP_ROWS = 5000
+"""NAB's probationary period: the first 15 % of a file, but at most 15 % of 5,000 rows (750),
+where detections are not scored (NAB's `getProbationPeriod`: min(floor(0.15 n), 0.15 x 5000)).
+Its detectors learn there; a long file's anomalies after row 750 are scored."""
+
+
+def probation_rows(rows: int) -> int:
+    return int(min(math.floor(PROBATION * rows), PROBATION * PROBATION_CAP_ROWS))
 
 
 def scaled_sigmoid(y: float) -> float:
@@ -45,7 +52,7 @@ def nab_score(rows: int, windows: Sequence[tuple[int, int]], detections: Sequenc
     Detections in the probationary period are not false positives here, but one inside a
     window there counts (the task asks for every window to be detected).
     """
-    probation = int(PROBATION * rows)
+    probation = probation_rows(rows)
     top = scaled_sigmoid(-1.0)
     hit: set[int] = set()
     score, false_positives = 0.0, 0

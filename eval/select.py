@@ -15,6 +15,12 @@ variant A's, see below); `python -m eval` runs them, then scores what they chose
      factor whose false-alarm rate on normal operation is at most 1 %;
   3. the smoothing whose factor is the smallest (the threshold closest to the largest
      score seen while learning); a tie goes to the shorter smoothing (reacts sooner).
+  C (`skab_rule_steady`, written after A's and B's scores were seen: say so): B with
+  another step 1. Judging 100 rows cannot see a drift that takes hours; a trend inside
+  the learning rows can. A tag is left out when, over the leading 400 rows of the valve1
+  files (median over the files), its least-squares trend moves it by more than
+  SKAB_TREND_SD standard deviations of its residual: a model of normal learned on rows
+  that are still moving takes the rest of the run for an anomaly.
 - NAB: only the probationary period (first 15 %) of each file. Durations fixed in advance
   from the 5-minute sampling of most files (NAB_*_SAMPLES); the threshold is the smallest of
   NAB_THRESHOLDS with which at most ONE of the files raises an alarm in its probationary
@@ -29,11 +35,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import numpy.typing as npt
 
 from agent.config.detection import PcaRule, ZScoreRule
 from eval.datasets import SKAB_COLUMNS, Series, load_nab, load_skab, nab_files, skab_valve1
 from eval.harness import DEVICE, detections, replay, score_trace
-from eval.scoring import PROBATION
+from eval.scoring import probation_rows
 
 SKAB_LEARN_ROWS = 400
 """The leading anomaly-free rows of each SKAB file (the benchmark's convention)."""
@@ -42,6 +49,8 @@ SKAB_SMOOTHINGS = (0.0, 2.0, 4.0, 6.6, 10.0, 16.0)
 SKAB_MAX_FALSE_ALARMS = 0.01
 SKAB_DRIFT_SIGMA = 3.0
 SKAB_DRIFT_SHARE = 0.5
+SKAB_TREND_SD = 1.0
+"""C's step 1: more than one residual standard deviation of trend over the learning rows."""
 
 NAB_SMOOTHING_SAMPLES = 12.0
 NAB_BASELINE_SAMPLES = 2016.0
@@ -57,7 +66,8 @@ NAB_ALARMING_FILES = 1
 class SkabChoice:
     rule: PcaRule
     dropped: dict[str, float]
-    """Tags left out, with the share of normal rows over 3 sigma."""
+    """Tags left out, with what left them out: the share of normal rows over 3 sigma (A and
+    B), or the trend over the learning rows in residual standard deviations (C)."""
     factors: dict[float, float]
     """The 1 %-false-alarm factor of each smoothing half-life."""
 
@@ -107,13 +117,40 @@ def skab_rule_leading(folder: Path) -> SkabChoice:
     convention; their labels are not read): learn on the first 300, judge on the next 100,
     pooled over the 16 files. A factor calibrated over 300 learning rows is slightly
     conservative for the 400 the scored rule learns on (a maximum over more rows is larger)."""
-    heads = [Series(s.name, s.time_ns[:SKAB_LEARN_ROWS], s.values[:SKAB_LEARN_ROWS], s.columns)
-             for s in skab_valve1(folder)]
-    return _skab_choice(heads, SKAB_LEADING_LEARN_ROWS, None)
+    return _skab_choice(_leading(folder), SKAB_LEADING_LEARN_ROWS, None)
+
+
+def trend_sd(values: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
+    """Per column: how far its least-squares line moves over the rows, in standard
+    deviations of what the line leaves (0 for a constant column)."""
+    t = np.arange(len(values), dtype=np.float64)
+    t -= t.mean()
+    centred = values - values.mean(axis=0)
+    slope = (t @ centred) / (t @ t)
+    residual = centred - np.outer(t, slope)
+    sd = residual.std(axis=0)
+    return np.where(sd > 0, np.abs(slope) * len(values) / np.where(sd > 0, sd, 1.0), 0.0)
+
+
+def _leading(folder: Path) -> list[Series]:
+    return [Series(s.name, s.time_ns[:SKAB_LEARN_ROWS], s.values[:SKAB_LEARN_ROWS], s.columns)
+            for s in skab_valve1(folder)]
+
+
+def skab_rule_steady(folder: Path) -> SkabChoice:
+    """Source C: the leading 400 rows of each valve1 file, as B; a tag whose learning rows
+    trend (module docstring) is left out, then B's steps 2 and 3."""
+    heads = _leading(folder)
+    trend = np.median([trend_sd(h.values) for h in heads], axis=0)
+    dropped = {c: float(t) for c, t in zip(SKAB_COLUMNS, trend, strict=True)
+               if t > SKAB_TREND_SD}
+    kept = tuple(c for c in SKAB_COLUMNS if c not in dropped)
+    choice = _skab_choice(heads, SKAB_LEADING_LEARN_ROWS, kept)
+    return SkabChoice(choice.rule, dropped, choice.factors)
 
 
 def _probation(series: Series) -> Series:
-    rows = int(PROBATION * len(series.time_ns))
+    rows = probation_rows(len(series.time_ns))
     return Series(series.name, series.time_ns[:rows], series.values[:rows], series.columns)
 
 

@@ -3,7 +3,7 @@ backlog drains, each beside a baseline measured in the same run on the same mach
 
     python bench/store/run.py                  # the full run (a few minutes on 2 cores)
     python bench/store/run.py --quick          # a smoke run with tiny sizes
-    make bench                                 # the full run, written to bench/results/latest.md
+    make bench                                 # the full run, written to bench/results/store.md
 
 Prints a markdown report (bench/README.md says what each number means). A benchmark, not
 a test: nothing here asserts a speed.

@@ -20,7 +20,7 @@ venv: $(STAMP)
 # The kernels compiled ahead of time (agent/detect/jit.py): without them the agent imports
 # numba, about 120 MiB more. Does nothing when they are built for the current source.
 kernels: venv
-	$(BIN)/python -m agent.detect.build_kernels
+	$(BIN)/python -m agent.build_kernels
 
 # The tests and the demo start Mosquitto brokers of their own; only the binary is needed.
 mosquitto:

@@ -2,7 +2,7 @@
 
 `import numba` alone costs about 120 MiB of RSS (LLVM and numba's type registry): more than
 the rest of the agent together, on a Raspberry Pi shared with other work. So the kernels
-are also compiled ahead of time (numba.pycc, `python -m agent.detect.build_kernels`, run by
+are also compiled ahead of time (numba.pycc, `python -m agent.build_kernels`, run by
 `make` and by the packaging) into one extension module beside this one that needs only
 numpy. The kernel modules decorate with this module's `njit`: it hands out each kernel's
 compiled twin when that extension was built from the kernels' current source (its name

@@ -232,6 +232,12 @@ def test_installed_agent_checks_the_example_configuration(
         [str(venv / "bin/python"), "-c", "import agent, numba; print(agent.__file__)"],
         cwd=root, capture_output=True, text=True, check=True).stdout
     assert imported.startswith(f"{venv}/lib/python3.11/site-packages/agent/")
+    # The package carries the kernels compiled ahead of time: its agent never loads numba.
+    code = ("import sys; from agent.detect import jit, kernels; kernels.warm_up(); "
+            "print(jit.mode(), 'numba' in sys.modules, jit.why_not_aot())")
+    kernels = subprocess.run([str(venv / "bin/python"), "-c", code], cwd=root,
+                             capture_output=True, text=True, check=True).stdout
+    assert kernels.split()[:2] == ["aot", "False"], kernels
 
 
 def private_opt_works() -> bool:
@@ -289,3 +295,6 @@ def test_install_script_builds_the_tree_under_a_prefix_twice(tmp_path: Path) -> 
     checked = subprocess.run([str(link), "check", "-c", str(EXAMPLE)], cwd=tmp_path,
                              check=False, capture_output=True, text=True, timeout=60)
     assert checked.returncode == 0, checked.stdout + checked.stderr
+    version = subprocess.run([str(link), "version"], cwd=tmp_path, check=True,
+                             capture_output=True, text=True, timeout=60).stdout
+    assert "  kernels aot\n" in version, version

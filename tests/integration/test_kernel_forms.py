@@ -46,7 +46,7 @@ def test_the_agent_runs_the_ahead_of_time_kernels_without_numba() -> None:
     run = _python(code)
     assert run.returncode == 0, run.stderr
     assert run.stdout.split()[:2] == ["aot", "False"], (
-        f"{run.stdout} -- build them: make kernels (python -m agent.detect.build_kernels)")
+        f"{run.stdout} -- build them: make kernels (python -m agent.build_kernels)")
 
 
 def test_a_missing_build_falls_back_to_numba_and_says_why() -> None:

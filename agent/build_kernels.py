@@ -1,6 +1,6 @@
 """Compiles the kernels ahead of time into one extension module (agent/detect/jit.py says why).
 
-    python -m agent.detect.build_kernels [--out DIR] [--force]
+    python -m agent.build_kernels [--out DIR] [--force]
 
 Run by `make` (target `kernels`), packaging/build-deb.sh and packaging/install.sh, with the
 interpreter and numpy the agent will run with. The signatures are the ones numba compiles
@@ -9,6 +9,10 @@ exactly what the agent passes. Generic code for the machine's architecture (no h
 features): a package built on one arm64 board runs on a Pi 4 and a Pi 5 alike. Nothing to do
 when the extension for the current source is already there (unless --force); extensions
 built from older source are removed.
+
+Outside `agent.detect` on purpose: importing that package imports the kernels, and this
+module must first tell them to be numba's (EDGE_AGENT_KERNELS=jit) and where numba may
+cache (a scratch folder, never the package's own __pycache__).
 """
 
 from __future__ import annotations
@@ -24,7 +28,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-HERE = Path(__file__).resolve().parent
+DETECT = Path(__file__).resolve().parent / "detect"
 
 _KERNEL_MODULES = ("kernels", "kernels_counter", "kernels_episode", "kernels_state",
                    "kernels_machine", "kernels_univariate", "kernels_pca")
@@ -107,9 +111,9 @@ def _build(out: Path, force: bool) -> Path:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m agent.detect.build_kernels",
+    parser = argparse.ArgumentParser(prog="python -m agent.build_kernels",
                                      description=__doc__.split("\n")[0])
-    parser.add_argument("--out", type=Path, default=HERE,
+    parser.add_argument("--out", type=Path, default=DETECT,
                         help="where the extension goes (default: beside the kernels)")
     parser.add_argument("--force", action="store_true", help="build even if it is there")
     args = parser.parse_args(argv)

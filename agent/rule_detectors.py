@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
+from statistics import NormalDist
 from typing import Any
 
 import numpy as np
@@ -137,6 +138,8 @@ def _pca(device: str, rules: Sequence[tuple[str, PcaRule]]) -> Detector:
         row[kp.X_ALPHA] = halflife_alpha(rule.smoothing_halflife_samples)
         row[kp.X_FACTOR] = rule.threshold_factor
         row[kp.X_CLEAR] = rule.clear_ratio
+        if rule.confidence is not None:
+            row[kp.X_CONFIDENCE_Z] = NormalDist().inv_cdf(rule.confidence)
         infos.append(RowInfo(name, "pca", tuple(rule.tags)))
         params.append(row)
     return PcaDetector(device, infos, np.array(params))

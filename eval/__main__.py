@@ -19,6 +19,7 @@ from eval.select import (
     nab_rule,
     skab_rule,
     skab_rule_leading,
+    skab_rule_limits,
     skab_rule_steady,
 )
 from eval.suite import ORACLE_NAB_RULE, ORACLE_SKAB_RULE, nab, skab
@@ -44,24 +45,30 @@ def tables(folder: str | None) -> str:
     leading = "the leading 400 rows of each valve1 file"
     variants = (("A", "`anomaly-free.csv`", skab_rule(path)),
                 ("B", leading, skab_rule_leading(path)),
-                ("C", leading, skab_rule_steady(path)))
+                ("C", leading, skab_rule_steady(path)),
+                ("D", leading, skab_rule_limits(path)))
     for letter, source, chosen in variants:
         rule = chosen.rule
-        why, unit = (("trend over the learning rows", " sd") if letter == "C"
+        why, unit = (("trend over the learning rows", " sd") if letter in "CD"
                      else ("share of normal rows over 3 sigma", ""))
         lines += [f"{letter}: selected by `eval/select.py` from {source} only (no label): "
                   "tags " + ", ".join(f"`{t}`" for t in rule.tags) + f"; dropped ({why}): "
                   + (", ".join(f"`{t}` {s:.0%}" if not unit else f"`{t}` {s:.1f}{unit}"
                                for t, s in chosen.dropped.items()) or "none")
                   + f"; smoothing half-life {rule.smoothing_halflife_samples:g} rows, "
-                  f"threshold factor {rule.threshold_factor:g} (1 % false alarms on those "
-                  "normal rows; factor per smoothing: " + ", ".join(
-                      f"{h:g}: {f:.2f}" for h, f in chosen.factors.items()) + ").", ""]
+                  + (f"threshold factor {rule.threshold_factor:g} (1 % false alarms on those "
+                     "normal rows; factor per smoothing: " + ", ".join(
+                         f"{h:g}: {f:.2f}" for h, f in chosen.factors.items()) + ")."
+                     if rule.confidence is None else
+                     f"control limits at confidence {rule.confidence:g}, explained variance "
+                     f"{rule.explained_variance:g} (SKAB's T² + Q reference settings, not "
+                     "calibrated here)."), ""]
     lines += ["| detector | files | F1 | false-alarm rate | missed-alarm rate |",
               "|---|---|---|---|---|"]
     scored = [(letter, skab(path, chosen.rule)) for letter, _, chosen in variants]
     notes = {"A": "rule written first", "B": "rule written after A's score",
-             "C": "rule written after A's and B's scores"}
+             "C": "rule written after A's and B's scores",
+             "D": "rule written after A's, B's and C's scores"}
     for letter, result in scored:
         lines.append(_skab_line(f"**ours, {letter}: `pca` selected without labels "
                                 f"({notes[letter]})**", result.total))

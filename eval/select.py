@@ -21,11 +21,17 @@ variant A's, see below); `python -m eval` runs them, then scores what they chose
   files (median over the files), its least-squares trend moves it by more than
   SKAB_TREND_SD standard deviations of its residual: a model of normal learned on rows
   that are still moving takes the rest of the run for an anomaly.
-- NAB: only the probationary period (first 15 %) of each file. Durations fixed in advance
-  from the 5-minute sampling of most files (NAB_*_SAMPLES); the threshold is the smallest of
-  NAB_THRESHOLDS with which at most ONE of the files raises an alarm in its probationary
-  period. "At most one", not "none": a leading part may hold an anomaly (the first
-  machine_temperature window lies in it) and should not lift the threshold for all files.
+  D (`skab_rule_limits`, written after A's, B's and C's scores were seen: say so): C's
+  tags, and no calibration at all: the control limits of T² and Q at 99.9 % confidence,
+  explained variance 0.85, no smoothing: the settings of the T² + Q reference
+  implementation published with SKAB (Katser's ControlCharts), fixed by it, not here.
+- NAB: only the probationary period of each file (NAB's: the first 15 %, at most 750
+  rows). Durations fixed in advance from the 5-minute sampling of most files
+  (NAB_*_SAMPLES); the threshold is the smallest of NAB_THRESHOLDS with which at most ONE
+  of the files raises an alarm in its probationary period. "At most one", not "none": a
+  leading part may hold an anomaly and should not lift the threshold for all files (written
+  when the probationary period was taken as 15 % uncapped, which put the first
+  machine_temperature window inside it; kept, so as not to choose the rule again).
   Durations in samples, one set for all files, as NAB runs one configuration per detector.
 """
 
@@ -147,6 +153,21 @@ def skab_rule_steady(folder: Path) -> SkabChoice:
     kept = tuple(c for c in SKAB_COLUMNS if c not in dropped)
     choice = _skab_choice(heads, SKAB_LEADING_LEARN_ROWS, kept)
     return SkabChoice(choice.rule, dropped, choice.factors)
+
+
+SKAB_REFERENCE_CONFIDENCE = 0.999
+SKAB_REFERENCE_VARIANCE = 0.85
+"""D's settings: those of SKAB's published T² + Q pipeline (p_value 0.999,
+explained_variance 0.85, a window of one row)."""
+
+
+def skab_rule_limits(folder: Path) -> SkabChoice:
+    """Source D: C's tags; the limits at the reference implementation's confidence."""
+    steady = skab_rule_steady(folder)
+    rule = PcaRule(kind="pca", device=DEVICE, tags=steady.rule.tags,
+                   warmup_samples=SKAB_LEARN_ROWS, explained_variance=SKAB_REFERENCE_VARIANCE,
+                   smoothing_halflife_samples=0.0, confidence=SKAB_REFERENCE_CONFIDENCE)
+    return SkabChoice(rule, steady.dropped, {})
 
 
 def _probation(series: Series) -> Series:

@@ -113,7 +113,12 @@ class PcaRule(_Rule):
     explained_variance: float = Field(default=0.9, gt=0, le=1)
     smoothing_halflife_samples: float = Field(default=6.6, ge=0)
     threshold_factor: float = Field(default=1.0, gt=0)
-    """Times the largest smoothed T² and Q seen while learning."""
+    """Times the thresholds: the largest smoothed T² and Q seen while learning, or the
+    control limits at `confidence`."""
+    confidence: float | None = Field(default=None, ge=0.5, lt=1)
+    """Control limits of T² and Q at this confidence (e.g. 0.999: one row in 1,000 of normal
+    operation over a limit) instead of the largest values seen while learning; meant for
+    unsmoothed statistics (smoothing_halflife_samples 0)."""
     clear_ratio: float = Field(default=1.0, gt=0, le=1)
     """The episode ends once the score (1.0 = at the threshold) is under this."""
 

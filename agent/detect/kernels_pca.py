@@ -31,8 +31,10 @@ I64 = npt.NDArray[np.int64]
 U8 = npt.NDArray[np.uint8]
 
 __all__ = ["P_AFTER", "P_CLEAR_NS", "P_MIN_NS"]
-X_DIM, X_WARMUP, X_VARIANCE, X_ALPHA, X_FACTOR, X_CLEAR = range(3, 9)
-PCA_PARAMS = 9
+X_DIM, X_WARMUP, X_VARIANCE, X_ALPHA, X_FACTOR, X_CLEAR, X_CONFIDENCE_Z = range(3, 10)
+PCA_PARAMS = 10
+"""X_CONFIDENCE_Z: the standard normal quantile of the control limits' confidence (0: the
+limits are the largest smoothed T² and Q seen while learning instead)."""
 XS_N, XS_FITTED, XS_K, XS_THR_T2, XS_THR_Q, XS_T2, XS_Q = range(7)
 PCA_STATE = 7
 CUR_VALUE, CUR_FRESH, CUR_SEEN = range(3)
@@ -118,9 +120,55 @@ def _statistics(model: F64, g: int, d: int, k: int, x: F64) -> tuple[float, floa
 
 
 @njit(cache=True)
+def _f_quantile(df1: float, df2: float, z: float) -> float:
+    """The F(df1, df2) quantile whose normal quantile is z: Paulson (1942), solving
+    ((1 - c2) u - (1 - c1)) / sqrt(c1 + c2 u²) = z for u = F^(1/3), c = 2 / (9 df)."""
+    c1, c2 = 2.0 / (9.0 * df1), 2.0 / (9.0 * df2)
+    a, b = 1.0 - c2, 1.0 - c1
+    lead = a * a - z * z * c2
+    disc = a * a * b * b - lead * (b * b - z * z * c1)
+    if lead <= 0.0 or disc < 0.0:
+        return math.nan
+    u = (a * b + math.sqrt(disc)) / lead
+    return u * u * u
+
+
+@njit(cache=True)
+def control_limits(values: F64, d: int, k: int, n: int, z: float) -> tuple[float, float]:
+    """The textbook control limits of T² and Q at the confidence whose normal quantile is z,
+    from the eigenvalues of the n learning rows (k kept of d); NaN where undefined.
+
+    T²: k(n-1)(n+1)/(n(n-k)) F(k, n-k), the limit of Tracy, Young and Mason (1992) for a
+    future observation, the F quantile by Paulson's cube-root normal approximation.
+    Q: Jackson and Mudholkar (Technometrics 21(3), 1979) from the sums of the residual
+    eigenvalues' first three powers.
+    """
+    t2 = math.nan
+    if n > k + 1:
+        t2 = k * (n - 1.0) * (n + 1.0) / (n * (n - k)) * _f_quantile(k, n - k, z)
+    theta1 = theta2 = theta3 = 0.0
+    for i in range(k, d):
+        lam = max(values[i], 0.0)
+        theta1 += lam
+        theta2 += lam * lam
+        theta3 += lam * lam * lam
+    q = math.nan
+    if theta1 > 1e-12 and theta2 > 0.0:
+        h0 = 1.0 - 2.0 * theta1 * theta3 / (3.0 * theta2 * theta2)
+        if h0 > 1e-6:
+            base = (z * math.sqrt(2.0 * theta2 * h0 * h0) / theta1 + 1.0
+                    + theta2 * h0 * (h0 - 1.0) / (theta1 * theta1))
+            if base > 0.0:
+                q = theta1 * base ** (1.0 / h0)
+    return t2, q
+
+
+@njit(cache=True)
 def _fit(params: F64, state: F64, buf: F64, model: F64, g: int) -> None:
     """Mean, scale and principal components of the warm-up rows; the thresholds are the
-    largest smoothed T² and Q over those rows times FACTOR."""
+    control limits at the configured confidence (`control_limits`), or the largest smoothed
+    T² and Q over those rows, times FACTOR. A limit that is undefined (no residual space
+    left, too few rows) falls back to the largest value seen."""
     d = int(params[g, X_DIM])
     n = int(state[g, XS_N])
     for i in range(d):
@@ -172,6 +220,13 @@ def _fit(params: F64, state: F64, buf: F64, model: F64, g: int) -> None:
         qs = q if r == 0 else qs + a * (q - qs)
         top_t2 = max(top_t2, t2s)
         top_q = max(top_q, qs)
+    z = params[g, X_CONFIDENCE_Z]
+    if z > 0.0:
+        limit_t2, limit_q = control_limits(values, d, k, n, z)
+        if not math.isnan(limit_t2):
+            top_t2 = limit_t2
+        if not math.isnan(limit_q):
+            top_q = limit_q
     state[g, XS_THR_T2] = max(top_t2 * params[g, X_FACTOR], 1e-12)
     state[g, XS_THR_Q] = max(top_q * params[g, X_FACTOR], 1e-12)
     state[g, XS_T2] = t2s

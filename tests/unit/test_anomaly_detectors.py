@@ -203,6 +203,45 @@ def test_pca_catches_tags_that_no_longer_agree_while_each_stays_in_range() -> No
     assert len(start.data["tags"]["flow"]["before"]) == 10
 
 
+def test_pca_control_limits_keep_their_confidence_on_normal_operation() -> None:
+    """With `confidence`, the thresholds are the textbook limits of T² and Q: on rows drawn
+    like the learning rows, the share over either limit is about 1 - confidence for each."""
+    rng = np.random.default_rng(11)
+    mixing = rng.normal(size=(6, 6))
+    tags = [f"t{i}" for i in range(6)]
+    rule = PcaRule(kind="pca", device="m1", name="g", tags=tags, warmup_samples=2000,
+                   smoothing_halflife_samples=0, explained_variance=0.7, confidence=0.99)
+    det = chain(rule)
+    over = 0
+    rows = 20_000
+    for i in range(2000 + rows):
+        det.on_batch(batch(tags, list(rng.normal(size=6) @ mixing), i))
+        if i >= 2000:
+            over += det.scores()["g"] > 1.0
+    # Two limits at 1 % each: between one and two in a hundred rows, give or take noise.
+    assert 0.008 <= over / rows <= 0.025, over / rows
+
+
+@pytest.mark.parametrize(("n", "k"), [(400, 5), (2000, 3), (60, 1)])
+def test_pca_t2_limit_is_the_f_distribution_limit(n: int, k: int) -> None:
+    from scipy import stats
+
+    from agent.detect.kernels_pca import control_limits
+
+    z = stats.norm.ppf(0.999)
+    t2, _ = control_limits(np.ones(k + 1), k + 1, k, n, z)
+    exact = k * (n - 1) * (n + 1) / (n * (n - k)) * stats.f.ppf(0.999, k, n - k)
+    # Paulson's approximation: worst with one degree of freedom and few rows (2.4 % here).
+    assert t2 == pytest.approx(exact, rel=0.03)
+
+
+def test_pca_without_residual_space_falls_back_to_the_largest_value_seen() -> None:
+    from agent.detect.kernels_pca import control_limits
+
+    t2, q = control_limits(np.array([2.0, 1.0]), 2, 2, 400, 3.09)
+    assert math.isfinite(t2) and math.isnan(q)
+
+
 def test_pca_learns_only_on_complete_rows_and_skips_bad_samples() -> None:
     rule = PcaRule(kind="pca", device="m1", tags=["a", "b"], warmup_samples=10)
     det = chain(rule)

@@ -13,7 +13,7 @@ from agent.rule_detectors import rule_detectors
 from agent.sharing import effective_share
 from drivers.base import Driver
 from drivers.modbus import ModbusDriver
-from drivers.opcua import OpcUaDevice, OpcUaDriver
+from drivers.opcua import OpcUaDevice
 
 MACHINE_MAX_GAP_POLLS = 5
 """Default `max_gap_s` of a machine: this many poll intervals of its device."""
@@ -22,6 +22,8 @@ MACHINE_MAX_GAP_POLLS = 5
 def make_driver(config: DeviceConfig, state_dir: Path) -> Driver:
     # One branch per protocol; `config` is a discriminated union on `protocol`.
     if isinstance(config, OpcUaDevice):
+        from drivers.opcua import OpcUaDriver  # asyncua only where a device speaks OPC UA
+
         return OpcUaDriver(config, state_dir)  # its certificates live in the state directory
     return ModbusDriver(config)
 

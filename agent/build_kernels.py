@@ -30,9 +30,6 @@ from typing import Any
 
 DETECT = Path(__file__).resolve().parent / "detect"
 
-_KERNEL_MODULES = ("kernels", "kernels_counter", "kernels_episode", "kernels_state",
-                   "kernels_machine", "kernels_univariate", "kernels_pca")
-
 
 def _built(out: Path, name: str) -> list[Path]:
     return sorted(out.glob(f"{name}.*.so")) + sorted(out.glob(f"{name}.so"))
@@ -93,8 +90,12 @@ def _build(out: Path, force: bool) -> Path:
                          "to compile with")
     from numba.pycc import CC  # type: ignore[attr-defined]
 
-    modules = [importlib.import_module(f"agent.detect.{m}") for m in _KERNEL_MODULES]
-    modules[0].warm_up()
+    from agent.detect.kernels import warm_up
+    from agent.kernel_cache import kernel_sources
+
+    # The very modules the hash in the extension's name covers: none can be left out.
+    modules = [importlib.import_module(f"agent.detect.{p.stem}") for p in kernel_sources()]
+    warm_up()
     cc = CC(name)  # type: ignore[no-untyped-call]
     cc.output_dir = str(out)
     cc.verbose = False

@@ -15,11 +15,17 @@ from pathlib import Path
 _DETECT = Path(__file__).resolve().parent / "detect"
 
 
+def kernel_sources() -> list[Path]:
+    """Every kernel module of agent/detect (`kernels*.py`): what the hash covers and what the
+    ahead-of-time build compiles."""
+    return sorted(_DETECT.glob("kernels*.py"))
+
+
 def kernels_digest() -> str:
     """A hash of every kernel module's source: names the JIT cache folder and the
     ahead-of-time build (agent/detect/jit.py)."""
     digest = hashlib.sha256()
-    for source in sorted(_DETECT.glob("kernels*.py")):
+    for source in kernel_sources():
         digest.update(source.name.encode())
         digest.update(source.read_bytes())
     return digest.hexdigest()[:16]

@@ -49,12 +49,12 @@ def tables(folder: str | None) -> str:
                 ("D", leading, skab_rule_limits(path)))
     for letter, source, chosen in variants:
         rule = chosen.rule
-        why, unit = (("trend over the learning rows", " sd") if letter in "CD"
-                     else ("share of normal rows over 3 sigma", ""))
+        why, how = (("trend over the learning rows", "{:.1f} sd") if chosen.by_trend
+                    else ("share of normal rows over 3 sigma", "{:.0%}"))
         lines += [f"{letter}: selected by `eval/select.py` from {source} only (no label): "
                   "tags " + ", ".join(f"`{t}`" for t in rule.tags) + f"; dropped ({why}): "
-                  + (", ".join(f"`{t}` {s:.0%}" if not unit else f"`{t}` {s:.1f}{unit}"
-                               for t, s in chosen.dropped.items()) or "none")
+                  + (", ".join(f"`{t}` " + how.format(s) for t, s in chosen.dropped.items())
+                     or "none")
                   + f"; smoothing half-life {rule.smoothing_halflife_samples:g} rows, "
                   + (f"threshold factor {rule.threshold_factor:g} (1 % false alarms on those "
                      "normal rows; factor per smoothing: " + ", ".join(

@@ -73,9 +73,11 @@ class SkabChoice:
     rule: PcaRule
     dropped: dict[str, float]
     """Tags left out, with what left them out: the share of normal rows over 3 sigma (A and
-    B), or the trend over the learning rows in residual standard deviations (C)."""
+    B), or the trend over the learning rows in residual standard deviations (C, D)."""
     factors: dict[float, float]
     """The 1 %-false-alarm factor of each smoothing half-life."""
+    by_trend: bool = False
+    """`dropped` holds trends (C, D), not shares (A, B)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -152,7 +154,7 @@ def skab_rule_steady(folder: Path) -> SkabChoice:
                if t > SKAB_TREND_SD}
     kept = tuple(c for c in SKAB_COLUMNS if c not in dropped)
     choice = _skab_choice(heads, SKAB_LEADING_LEARN_ROWS, kept)
-    return SkabChoice(choice.rule, dropped, choice.factors)
+    return SkabChoice(choice.rule, dropped, choice.factors, by_trend=True)
 
 
 SKAB_REFERENCE_CONFIDENCE = 0.999
@@ -167,7 +169,7 @@ def skab_rule_limits(folder: Path) -> SkabChoice:
     rule = PcaRule(kind="pca", device=DEVICE, tags=steady.rule.tags,
                    warmup_samples=SKAB_LEARN_ROWS, explained_variance=SKAB_REFERENCE_VARIANCE,
                    smoothing_halflife_samples=0.0, confidence=SKAB_REFERENCE_CONFIDENCE)
-    return SkabChoice(rule, steady.dropped, {})
+    return SkabChoice(rule, steady.dropped, {}, by_trend=True)
 
 
 def _probation(series: Series) -> Series:

@@ -219,8 +219,7 @@ def _item_by_item(body: memoryview, items: int) -> tuple[_Columns, int]:
     values = np.full(items, np.nan)
     has_value = np.zeros(items, dtype=bool)
     status = np.zeros(items, dtype=np.uint32)
-    ticks = np.zeros(items, dtype=np.int64)
-    has_source = np.zeros(items, dtype=bool)
+    ticks = np.zeros(items, dtype=np.int64)  # 0: no source time (_ticks_to_ns keeps it 0)
     pos = 4
     for i in range(items):
         handles[i] = _U32.unpack_from(body, pos)[0]
@@ -244,12 +243,10 @@ def _item_by_item(body: memoryview, items: int) -> tuple[_Columns, int]:
             pos += 4
         if mask & HAS_SOURCE_TIME:
             ticks[i] = _I64.unpack_from(body, pos)[0]
-            has_source[i] = True
             pos += 8
         if mask & HAS_SERVER_TIME:
             pos += 8
-    source = np.where(has_source, _ticks_to_ns(ticks), 0)
-    return (handles, values, has_value, status, source), pos
+    return (handles, values, has_value, status, _ticks_to_ns(ticks)), pos
 
 
 def _ticks_to_ns(ticks: npt.NDArray[np.int64]) -> npt.NDArray[np.int64]:

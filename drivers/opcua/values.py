@@ -11,6 +11,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import Any, overload
 
 import numpy as np
 import numpy.typing as npt
@@ -27,13 +28,28 @@ never set says 1970 or 2000; a queued sample is seconds old, not hours)."""
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
+_SEVERITY_QUALITY = (Quality.GOOD, Quality.UNCERTAIN, Quality.BAD, Quality.BAD)
+"""A StatusCode's severity (its top two bits, OPC UA Part 4 7.39) -> quality: 00 good,
+01 uncertain, 10 and 11 bad."""
+_QUALITY_OF_SEVERITY = np.array(_SEVERITY_QUALITY, dtype=np.uint8)
+"""The same table, for arrays of status codes."""
+
+
 def quality_of(status_code: int) -> Quality:
-    """The quality class from a StatusCode's severity (its top two bits, OPC UA Part 4 7.39):
-    00 good, 01 uncertain, 10 and 11 bad."""
-    severity = (status_code >> 30) & 0b11
-    if severity == 0:
-        return Quality.GOOD
-    return Quality.UNCERTAIN if severity == 1 else Quality.BAD
+    """The quality class from a StatusCode's severity."""
+    return _SEVERITY_QUALITY[(status_code >> 30) & 0b11]
+
+
+@overload
+def _believable(source_ns: int, receive_ns: int) -> bool: ...
+@overload
+def _believable(source_ns: npt.NDArray[np.int64], receive_ns: int) -> npt.NDArray[np.bool_]: ...
+
+
+def _believable(source_ns: Any, receive_ns: int) -> Any:
+    """Whether a source time (ns, a number or an array) lies between MAX_AGE_NS before and
+    FUTURE_TOLERANCE_NS after the receive time."""
+    return (source_ns >= receive_ns - MAX_AGE_NS) & (source_ns <= receive_ns + FUTURE_TOLERANCE_NS)
 
 
 def plausible_time_ns(source: datetime | None, receive_ns: int) -> int:
@@ -49,9 +65,7 @@ def plausible_time_ns(source: datetime | None, receive_ns: int) -> int:
         source = source.replace(tzinfo=UTC)
     delta = source - _EPOCH
     source_ns = (delta.days * 86_400 + delta.seconds) * 1_000_000_000 + delta.microseconds * 1000
-    if receive_ns - MAX_AGE_NS <= source_ns <= receive_ns + FUTURE_TOLERANCE_NS:
-        return source_ns
-    return receive_ns
+    return source_ns if _believable(source_ns, receive_ns) else receive_ns
 
 
 @dataclass
@@ -124,28 +138,18 @@ def batches_of_changes(device: str, changes: DataChanges, tag_of_handle: npt.NDA
     handles = changes.handles.astype(np.int64)
     known = handles < len(tag_of_handle)
     tags = np.where(known, tag_of_handle[np.where(known, handles, 0)], -1)
-    keep = tags >= 0
-    if not keep.all():
-        tags = tags[keep]
-        changes = DataChanges(changes.subscription_id, changes.sequence_number,
-                              changes.handles[keep], changes.values[keep],
-                              changes.has_value[keep], changes.status[keep],
-                              changes.source_ns[keep])
-    if len(tags) == 0:
+    keep = np.flatnonzero(tags >= 0)
+    if len(keep) == 0:
         return []
-    severity = changes.status >> 30
-    quality = np.where(severity == 0, Quality.GOOD,
-                       np.where(severity == 1, Quality.UNCERTAIN, Quality.BAD)).astype(np.uint8)
+    tags, values, source = tags[keep], changes.values[keep], changes.source_ns[keep]
+    quality = _QUALITY_OF_SEVERITY[(changes.status[keep] >> 30) & 0b11]
     # No value, or NaN or infinity from a float variable: a BAD sample, never a reading.
-    quality[~(changes.has_value & np.isfinite(changes.values))] = Quality.BAD
-    source = changes.source_ns
-    plausible = ((source != 0) & (source >= receive_ns - MAX_AGE_NS)
-                 & (source <= receive_ns + FUTURE_TOLERANCE_NS))
-    times = np.where(plausible, source, receive_ns)
+    quality[~(changes.has_value[keep] & np.isfinite(values))] = Quality.BAD
+    times = np.where((source != 0) & _believable(source, receive_ns), source, receive_ns)
     # A server sends each item's queued values together (item 1's ten, then item 2's...):
     # in time order, the items sampled at one instant make one batch, not one each.
     order = np.argsort(times, kind="stable")
-    times, values, quality = times[order], changes.values[order], quality[order]
+    times, values, quality = times[order], values[order], quality[order]
     tag_list = tags[order].tolist()
     starts = [0, *(np.flatnonzero(times[1:] != times[:-1]) + 1).tolist(), len(times)]
     return [SampleBatch(device=device, tags=tuple(names[t] for t in tag_list[a:b]),

@@ -136,6 +136,7 @@ def _pca(device: str, rules: Sequence[tuple[str, PcaRule]]) -> Detector:
         row[kp.X_WARMUP] = rule.warmup_samples
         row[kp.X_VARIANCE] = rule.explained_variance
         row[kp.X_ALPHA] = halflife_alpha(rule.smoothing_halflife_samples)
+        row[kp.X_INPUT_ALPHA] = halflife_alpha(rule.input_smoothing_halflife_samples)
         row[kp.X_FACTOR] = rule.threshold_factor
         row[kp.X_CLEAR] = rule.clear_ratio
         if rule.confidence is not None:

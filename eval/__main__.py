@@ -20,6 +20,7 @@ from eval.select import (
     skab_rule,
     skab_rule_leading,
     skab_rule_limits,
+    skab_rule_mewma,
     skab_rule_steady,
 )
 from eval.suite import ORACLE_NAB_RULE, ORACLE_SKAB_RULE, nab, skab
@@ -36,6 +37,10 @@ PUBLISHED_NAB = [("ARTime", 74.9), ("HTM (Numenta)", 70.1), ("KNN-CAD", 58.0),
 def _skab_line(label: str, result: PointResult) -> str:
     return (f"| {label} | valve1 (16) | {result.f1:.3f} | {result.false_alarm_rate:.3f} | "
             f"{result.missed_alarm_rate:.3f} |")
+
+
+def _weight(halflife: float) -> float:
+    return round(1.0 - 0.5 ** (1.0 / halflife), 3) if halflife > 0 else 1.0
 
 
 def tables(folder: str | None) -> str:
@@ -63,12 +68,23 @@ def tables(folder: str | None) -> str:
                      f"control limits at confidence {rule.confidence:g}, explained variance "
                      f"{rule.explained_variance:g} (SKAB's T² + Q reference settings, not "
                      "calibrated here)."), ""]
+    mewma = skab_rule_mewma(path)
+    lines += ["E: selected by `eval/select.py` from " + leading + " only (no label): D's tags "
+              "and limits, the rows smoothed by an EWMA of weight "
+              f"{_weight(mewma.rule.input_smoothing_halflife_samples):g} (half-life "
+              f"{mewma.rule.input_smoothing_halflife_samples:.1f} rows) before T² and Q, the "
+              "weight with the best F1 on 1-sd steps added to the judged leading rows (weight: "
+              "F1, stepped rows flagged, normal rows flagged: " + "; ".join(
+                  f"{w:g}: {f:.2f}, {hit:.2f}, {false:.2f}"
+                  for w, (f, hit, false) in mewma.f1.items()) + ").", ""]
+    variants += (("E", leading, mewma),)
     lines += ["| detector | files | F1 | false-alarm rate | missed-alarm rate |",
               "|---|---|---|---|---|"]
     scored = [(letter, skab(path, chosen.rule)) for letter, _, chosen in variants]
     notes = {"A": "rule written first", "B": "rule written after A's score",
              "C": "rule written after A's and B's scores",
-             "D": "rule written after A's, B's and C's scores"}
+             "D": "rule written after A's, B's and C's scores",
+             "E": "rule written after A's to D's scores and E's own F1 at each weight"}
     for letter, result in scored:
         lines.append(_skab_line(f"**ours, {letter}: `pca` selected without labels "
                                 f"({notes[letter]})**", result.total))

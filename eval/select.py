@@ -25,6 +25,16 @@ variant A's, see below); `python -m eval` runs them, then scores what they chose
   tags, and no calibration at all: the control limits of T² and Q at 99.9 % confidence,
   explained variance 0.85, no smoothing: the settings of the T² + Q reference
   implementation published with SKAB (Katser's ControlCharts), fixed by it, not here.
+  E (`skab_rule_mewma`, written after A's to D's scores were seen, and after the F1 of the
+  input smoothing at each candidate weight had been computed on the scored files: say so):
+  D with the rows smoothed by an EWMA before T² and Q (the multivariate EWMA). The weight
+  is chosen the way an EWMA chart is designed, from the run length against a shift of
+  given size: on the leading 400 rows of each valve1 file (learn 300, judge 100), a step
+  of SKAB_DESIGN_SHIFT_SD standard deviations is added to one tag at a time, each sign,
+  from the first judged row; the weight of SKAB_INPUT_LAMBDAS with the best F1 between
+  the stepped rows (to be flagged) and the untouched ones (not to be), at equal numbers
+  of each, wins (ties: the larger weight, which reacts sooner). The step size was fixed
+  before this selection ran: 1 sd, the small shift EWMA charts are meant for.
 - NAB: only the probationary period of each file (NAB's: the first 15 %, at most 750
   rows). Durations fixed in advance from the 5-minute sampling of most files
   (NAB_*_SAMPLES); the threshold is the smallest of NAB_THRESHOLDS with which at most ONE
@@ -37,6 +47,7 @@ variant A's, see below); `python -m eval` runs them, then scores what they chose
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -170,6 +181,60 @@ def skab_rule_limits(folder: Path) -> SkabChoice:
                    warmup_samples=SKAB_LEARN_ROWS, explained_variance=SKAB_REFERENCE_VARIANCE,
                    smoothing_halflife_samples=0.0, confidence=SKAB_REFERENCE_CONFIDENCE)
     return SkabChoice(rule, steady.dropped, {}, by_trend=True)
+
+
+SKAB_INPUT_LAMBDAS = (0.05, 0.1, 0.2, 0.3, 0.5, 1.0)
+"""E's candidate EWMA weights: the textbook ones (Montgomery, Introduction to Statistical
+Quality Control: 0.05, 0.1 and 0.2 are the popular choices), then weaker smoothing, up to
+none (1: D itself)."""
+SKAB_DESIGN_SHIFT_SD = 1.0
+
+
+@dataclass(frozen=True, slots=True)
+class MewmaChoice:
+    rule: PcaRule
+    dropped: dict[str, float]
+    """As C's: the trend of each left-out tag over the learning rows, in residual sd."""
+    f1: dict[float, tuple[float, float, float]]
+    """For each candidate weight: F1, share of stepped rows flagged, share of normal rows
+    flagged."""
+
+
+def halflife_of(weight: float) -> float:
+    """The EWMA half-life in rows of a weight (0 for a weight of 1: no smoothing)."""
+    return 0.0 if weight >= 1.0 else math.log(0.5) / math.log(1.0 - weight)
+
+
+def skab_rule_mewma(folder: Path) -> MewmaChoice:
+    """Source E: D with input smoothing, its weight designed on synthetic 1-sd steps added
+    to the leading rows (module docstring)."""
+    limits = skab_rule_limits(folder)
+    tags = tuple(limits.rule.tags)
+    heads = _leading(folder)
+    learn = SKAB_LEADING_LEARN_ROWS
+    f1: dict[float, tuple[float, float, float]] = {}
+    for weight in SKAB_INPUT_LAMBDAS:
+        rule = limits.rule.model_copy(update={
+            "warmup_samples": learn, "input_smoothing_halflife_samples": halflife_of(weight)})
+        normal, stepped = [], []
+        for head in heads:
+            normal.append(score_trace(head, rule, tags)[learn:] > 1.0)
+            sd = head.values[:learn].std(axis=0)
+            for tag in tags:
+                column = head.columns.index(tag)
+                for sign in (1.0, -1.0):
+                    values = head.values.copy()
+                    values[learn:, column] += sign * SKAB_DESIGN_SHIFT_SD * sd[column]
+                    shifted = Series(head.name, head.time_ns, values, head.columns)
+                    stepped.append(score_trace(shifted, rule, tags)[learn:] > 1.0)
+        hit = float(np.concatenate(stepped).mean())
+        false = float(np.concatenate(normal).mean())
+        precision = hit / (hit + false) if hit + false > 0 else 0.0
+        f1[weight] = (2 * hit * precision / (hit + precision) if hit + precision > 0 else 0.0,
+                      hit, false)
+    best = max(SKAB_INPUT_LAMBDAS, key=lambda w: (round(f1[w][0], 6), w))
+    rule = limits.rule.model_copy(update={"input_smoothing_halflife_samples": halflife_of(best)})
+    return MewmaChoice(rule, limits.dropped, f1)
 
 
 def _probation(series: Series) -> Series:

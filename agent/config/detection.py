@@ -112,6 +112,11 @@ class PcaRule(_Rule):
     """Rows of normal operation the model is learned on, from the start."""
     explained_variance: float = Field(default=0.9, gt=0, le=1)
     smoothing_halflife_samples: float = Field(default=6.6, ge=0)
+    """EWMA smoothing of T² and Q (0: none)."""
+    input_smoothing_halflife_samples: float = Field(default=0.0, ge=0)
+    """EWMA smoothing of the rows themselves before T² and Q (0: none): the multivariate
+    EWMA, for small lasting shifts that one row's noise hides; T² and Q are rescaled so that
+    the limits stay those of single rows."""
     threshold_factor: float = Field(default=1.0, gt=0)
     """Times the thresholds: the largest smoothed T² and Q seen while learning, or the
     control limits at `confidence`."""

@@ -14,7 +14,7 @@ import numpy.typing as npt
 
 from agent.detect.episodes import EpisodeEvents, RowInfo
 from agent.detect.kernels_episode import EP_SCORE, new_episodes
-from agent.detect.kernels_pca import PCA_STATE, X_WARMUP, pca_batch
+from agent.detect.kernels_pca import CUR_PLANES, PCA_STATE, X_WARMUP, pca_batch
 from agent.detect.kernels_univariate import P_AFTER
 from agent.events import Event
 from drivers.samples import SampleBatch
@@ -116,7 +116,7 @@ class PcaDetector:
         self._rows = _Rows(device, rows, context)
         self._params = np.ascontiguousarray(params, dtype=np.float64)
         self._state = np.zeros((groups, PCA_STATE))
-        self._cur = np.zeros((groups, 3, dim))
+        self._cur = np.zeros((groups, CUR_PLANES, dim))
         self._buf = np.zeros((groups, max(warmup, 1), dim))
         self._model = np.zeros((groups, dim + 3, dim))
         self._ctx = np.full((groups, max(context_samples, 1), dim), np.nan)

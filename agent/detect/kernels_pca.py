@@ -3,8 +3,9 @@
 One row of a group is the latest good value of each of its tags; a batch closes a row when
 a tag comes again or the batch ends (tags of a burst arrive interleaved, in time order).
 Arrays, G groups of at most D tags (smaller groups use the first `dim` columns):
-`cur` (G, 3, D): value, fresh since the last row, ever seen; `buf` (G, W, D): the warm-up
-rows; `model` (G, D + 3, D): eigenvectors as columns, then mean, scale, eigenvalues.
+`cur` (G, 4, D): value, fresh since the last row, ever seen, and the EWMA of the rows (input
+smoothing); `buf` (G, W, D): the warm-up rows; `model` (G, D + 3, D): eigenvectors as
+columns, then mean, scale, eigenvalues.
 """
 
 from __future__ import annotations
@@ -31,13 +32,16 @@ I64 = npt.NDArray[np.int64]
 U8 = npt.NDArray[np.uint8]
 
 __all__ = ["P_AFTER", "P_CLEAR_NS", "P_MIN_NS"]
-X_DIM, X_WARMUP, X_VARIANCE, X_ALPHA, X_FACTOR, X_CLEAR, X_CONFIDENCE_Z = range(3, 10)
-PCA_PARAMS = 10
+X_DIM, X_WARMUP, X_VARIANCE, X_ALPHA, X_FACTOR, X_CLEAR, X_CONFIDENCE_Z, X_INPUT_ALPHA = (
+    range(3, 11))
+PCA_PARAMS = 11
 """X_CONFIDENCE_Z: the standard normal quantile of the control limits' confidence (0: the
-limits are the largest smoothed T² and Q seen while learning instead)."""
+limits are the largest smoothed T² and Q seen while learning instead). X_INPUT_ALPHA: the
+EWMA weight of a new row before T² and Q (1: none; the multivariate EWMA)."""
 XS_N, XS_FITTED, XS_K, XS_THR_T2, XS_THR_Q, XS_T2, XS_Q = range(7)
 PCA_STATE = 7
-CUR_VALUE, CUR_FRESH, CUR_SEEN = range(3)
+CUR_VALUE, CUR_FRESH, CUR_SEEN, CUR_EWMA = range(4)
+CUR_PLANES = 4
 
 
 @njit(cache=True)
@@ -164,11 +168,18 @@ def control_limits(values: F64, d: int, k: int, n: int, z: float) -> tuple[float
 
 
 @njit(cache=True)
-def _fit(params: F64, state: F64, buf: F64, model: F64, g: int) -> None:
+def _fit(params: F64, state: F64, cur: F64, buf: F64, model: F64, g: int) -> None:
     """Mean, scale and principal components of the warm-up rows; the thresholds are the
     control limits at the configured confidence (`control_limits`), or the largest smoothed
     T² and Q over those rows, times FACTOR. A limit that is undefined (no residual space
-    left, too few rows) falls back to the largest value seen."""
+    left, too few rows) falls back to the largest value seen.
+
+    With input smoothing (weight lam < 1) T² and Q are taken of the EWMA of the rows and
+    multiplied by (2 - lam) / lam: the EWMA of independent rows has lam / (2 - lam) times
+    their covariance, so the scaled statistics keep the limits of unsmoothed rows (the
+    asymptotic MEWMA of Lowry, Woodall, Champ and Rigdon, Technometrics 34(1), 1992). The
+    EWMA starts at the learned mean and runs over the warm-up rows, so it is settled when
+    scoring begins."""
     d = int(params[g, X_DIM])
     n = int(state[g, XS_N])
     for i in range(d):
@@ -210,12 +221,24 @@ def _fit(params: F64, state: F64, buf: F64, model: F64, g: int) -> None:
         model[g, d + 2, i] = values[i]
     state[g, XS_K] = k
     a = params[g, X_ALPHA]
+    lam = params[g, X_INPUT_ALPHA]
+    gain = (2.0 - lam) / lam
+    row = np.empty(d)
+    for i in range(d):
+        row[i] = model[g, d, i]
     t2s = 0.0
     qs = 0.0
     top_t2 = 0.0
     top_q = 0.0
     for r in range(n):
-        t2, q = _statistics(model, g, d, k, buf[g, r])
+        if lam < 1.0:
+            for i in range(d):
+                row[i] += lam * (buf[g, r, i] - row[i])
+            t2, q = _statistics(model, g, d, k, row)
+            t2 *= gain
+            q *= gain
+        else:
+            t2, q = _statistics(model, g, d, k, buf[g, r])
         t2s = t2 if r == 0 else t2s + a * (t2 - t2s)
         qs = q if r == 0 else qs + a * (q - qs)
         top_t2 = max(top_t2, t2s)
@@ -232,6 +255,8 @@ def _fit(params: F64, state: F64, buf: F64, model: F64, g: int) -> None:
     state[g, XS_T2] = t2s
     state[g, XS_Q] = qs
     state[g, XS_FITTED] = 1.0
+    for i in range(d):
+        cur[g, CUR_EWMA, i] = row[i]
 
 
 @njit(cache=True)
@@ -255,9 +280,19 @@ def _close_row(params: F64, state: F64, cur: F64, buf: F64, model: F64, ep: F64,
             buf[g, r, i] = x[i]
         state[g, XS_N] = r + 1
         if r + 1 >= params[g, X_WARMUP]:
-            _fit(params, state, buf, model, g)
+            _fit(params, state, cur, buf, model, g)
         return
-    t2, q = _statistics(model, g, d, int(state[g, XS_K]), x)
+    lam = params[g, X_INPUT_ALPHA]
+    if lam < 1.0:
+        e = cur[g, CUR_EWMA]
+        for i in range(d):
+            e[i] += lam * (x[i] - e[i])
+        t2, q = _statistics(model, g, d, int(state[g, XS_K]), e)
+        gain = (2.0 - lam) / lam
+        t2 *= gain
+        q *= gain
+    else:
+        t2, q = _statistics(model, g, d, int(state[g, XS_K]), x)
     a = params[g, X_ALPHA]
     state[g, XS_T2] += a * (t2 - state[g, XS_T2])
     state[g, XS_Q] += a * (q - state[g, XS_Q])
@@ -306,8 +341,9 @@ def warm_up() -> None:
     params = np.zeros((1, PCA_PARAMS))
     params[0, X_DIM], params[0, X_WARMUP], params[0, X_VARIANCE] = 2, 2, 0.9
     params[0, X_ALPHA], params[0, X_FACTOR], params[0, X_CLEAR] = 1.0, 1.0, 1.0
+    params[0, X_INPUT_ALPHA] = 1.0
     state = np.zeros((1, PCA_STATE))
-    cur, buf, model = np.zeros((1, 3, 2)), np.zeros((1, 2, 2)), np.zeros((1, 5, 2))
+    cur, buf, model = np.zeros((1, CUR_PLANES, 2)), np.zeros((1, 2, 2)), np.zeros((1, 5, 2))
     ep, times = new_episodes(1)
     ctx = np.zeros((1, 1, 2))
     sel, rows, cols = np.arange(2), np.zeros(2, dtype=np.int64), np.arange(2)

@@ -288,3 +288,48 @@ def test_chain_merges_scores_of_every_scoring_member() -> None:
 def test_tags_of_a_batch_that_no_rule_names_are_ignored() -> None:
     det = chain(limits(high=80.0))
     assert det.on_batch(batch(["x", "y"], [1e9, 1e9], 0)) == []
+
+
+def _share_over(rule: PcaRule, rows: np.ndarray, learn: int) -> float:
+    det = chain(rule)
+    tags = rule.tags
+    over = 0
+    for i, row in enumerate(rows):
+        det.on_batch(batch(tags, list(row), i))
+        if i >= learn:
+            over += det.scores()[rule.name or ""] > 1.0
+    return over / (len(rows) - learn)
+
+
+def test_pca_input_smoothing_keeps_the_confidence_of_its_limits_on_independent_rows() -> None:
+    """The EWMA of the rows is rescaled by (2 - lam) / lam: on independent rows drawn like
+    the learning rows, the limits still hold about 1 - confidence of the rows each."""
+    rng = np.random.default_rng(5)
+    mixing = rng.normal(size=(6, 6))
+    tags = [f"t{i}" for i in range(6)]
+    rule = PcaRule(kind="pca", device="m1", name="g", tags=tags, warmup_samples=2000,
+                   smoothing_halflife_samples=0, explained_variance=0.7, confidence=0.99,
+                   input_smoothing_halflife_samples=3.1)
+    share = _share_over(rule, rng.normal(size=(22_000, 6)) @ mixing, 2000)
+    assert 0.005 <= share <= 0.03, share
+
+
+def test_pca_input_smoothing_catches_a_small_lasting_shift_that_single_rows_hide() -> None:
+    """A step of one standard deviation in one tag: single rows stay inside the limits most
+    of the time, their EWMA leaves them for good (the reason for the multivariate EWMA)."""
+    rng = np.random.default_rng(8)
+    tags = [f"t{i}" for i in range(4)]
+    rows = rng.normal(size=(3000, 4))
+    rows[:, 1] += 0.8 * rows[:, 0]
+    rows[2000:, 3] += 1.0
+    plain = PcaRule(kind="pca", device="m1", name="g", tags=tags, warmup_samples=1000,
+                    smoothing_halflife_samples=0, explained_variance=0.75, confidence=0.999)
+    smoothed = plain.model_copy(update={"input_smoothing_halflife_samples": 6.6})
+    before_plain = _share_over(plain, rows[:2000], 1000)
+    before_smoothed = _share_over(smoothed, rows[:2000], 1000)
+    after_plain = _share_over(plain, rows, 1000) * 2 - before_plain
+    after_smoothed = _share_over(smoothed, rows, 1000) * 2 - before_smoothed
+    assert before_plain < 0.01 and before_smoothed < 0.01, (before_plain, before_smoothed)
+    assert after_plain < 0.2, after_plain
+    assert after_smoothed > 0.6 and after_smoothed > 3 * after_plain, (after_smoothed,
+                                                                      after_plain)

@@ -62,7 +62,9 @@ class RowInfo:
     high: float | None = None
     max_rate_per_s: float | None = None
     part: str = ""
-    """Which check of the rule, when a tag has several (`rate`, `silent`)."""
+    """Which check of the rule, when a tag has several (`rate`, `silent`, a band's name)."""
+    band_hz: tuple[float, float] | None = None
+    """`band_rms` rows only: the band's edges; `part` is its name."""
 
     @property
     def score_key(self) -> str:
@@ -192,6 +194,8 @@ class EpisodeEvents:
             del data["score"]
         elif len(info.tags) == 1:
             data["peak_value"] = _number(peak_value)
+        if info.band_hz is not None:  # which band of the tag's spectrum
+            data.update(band=info.part, band_hz=list(info.band_hz))
         return data
 
     def _event(self, info: RowInfo, time_ns: int, data: dict[str, Any]) -> Event:

@@ -201,8 +201,9 @@ class BandRmsRule(_Rule):
     gives back what the window's tapered ends take from each block)."""
     continuous: bool = False
     """True: consecutive batches continue one stream (a fast poll, a subscription, a device
-    that hands out its buffer in pieces) and a block may span them. False: each batch is
-    its own capture (an array value), and a block never spans two."""
+    that hands out its buffer in pieces) and a block may span them. False: each read is its
+    own capture (an array value): a batch of another time starts a new one, and a block
+    never spans two (batches of the same time, e.g. a replayed capture row by row, are one)."""
     bands: list[Band] = Field(min_length=1, max_length=16)
     average_blocks: float = Field(default=4.0, ge=1)
     """Time constant, in blocks, of the exponential average of each band's mean square

@@ -224,7 +224,8 @@ def band_rms_batch(gp: F64, gs: F64, ring: F64, bp: F64, bs: F64, ep: F64, times
         p = sel[j]
         g = rows[j]
         if gp[g, G_CONTINUOUS] == 0.0 and gs[g, GS_BATCH_MONO] != mono_ns:
-            gs[g, GS_FILL] = 0.0  # a new capture: the last one's tail is not its past
+            # A batch of another time is a new capture: the last one's tail is not its past.
+            gs[g, GS_FILL] = 0.0
             gs[g, GS_SINCE] = 0.0
         gs[g, GS_BATCH_MONO] = mono_ns
         x = values[p]

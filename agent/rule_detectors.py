@@ -1,7 +1,8 @@
 """From the `detectors:` rules of one device to its anomaly detectors: one per kind.
 
 Rules of the same kind share one detector (and so one kernel call per batch); each tag of
-a univariate rule is a row, each multivariate rule a group. Parameters become the kernels'
+a univariate rule is a row, each multivariate rule a group, each band of each tag of a
+`band_rms` rule a row (its tag's samples feed one ring shared by the tag's bands). Parameters become the kernels'
 units here: nanoseconds, EWMA weights, +-inf for an absent limit.
 """
 
@@ -15,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from agent.config.detection import (
+    BandRmsRule,
     DetectorRule,
     DriftRule,
     LimitsRule,
@@ -24,9 +26,11 @@ from agent.config.detection import (
     ZScoreRule,
     halflife_alpha,
 )
+from agent.detect import kernels_band as kb
 from agent.detect import kernels_pca as kp
 from agent.detect import kernels_univariate as ku
 from agent.detect.anomaly import PcaDetector, UnivariateDetector
+from agent.detect.band import BandRmsDetector
 from agent.detect.base import Detector
 from agent.detect.episodes import RowInfo
 
@@ -128,6 +132,41 @@ def _rms(device: str, rules: Sequence[tuple[str, RmsRule]]) -> Detector:
     return UnivariateDetector(device, infos, np.array(params), ku.RMS_STATE, ku.rms_batch)
 
 
+def _band_rms(device: str, rules: Sequence[tuple[str, BandRmsRule]]) -> Detector:
+    tags: list[str] = []
+    signals: list[list[float]] = []
+    infos: list[RowInfo] = []
+    bands: list[list[float]] = []
+    windows = []
+    for t, (name, rule) in enumerate(rules):
+        n = rule.fft_samples
+        window = kb.window(rule.window, n)
+        windows.append(window)
+        for tag in rule.tags:
+            signal = [0.0] * kb.SIGNAL_PARAMS
+            signal[kb.G_N] = n
+            signal[kb.G_HOP] = n if rule.overlap == 0 else n // 2
+            signal[kb.G_TABLE] = t
+            signal[kb.G_FIRST_BAND] = len(infos)
+            signal[kb.G_BANDS] = len(rule.bands)
+            signal[kb.G_CONTINUOUS] = 1.0 if rule.continuous else 0.0
+            signal[kb.G_NORM] = 1.0 / (n * float(np.sum(window * window)))
+            tags.append(tag)
+            signals.append(signal)
+            for band in rule.bands:
+                row = _common(rule, kb.BAND_PARAMS)
+                row[kb.B_FIRST_BIN], row[kb.B_LAST_BIN] = rule.bins(band)
+                row[kb.B_MAX_RMS] = _or(band.max_rms, math.inf)
+                row[kb.B_MAX_RATIO] = _or(band.max_ratio, math.inf)
+                row[kb.B_WARMUP] = rule.warmup_blocks
+                row[kb.B_ALPHA] = 1.0 / rule.average_blocks
+                row[kb.B_CLEAR_FRACTION] = rule.clear_fraction
+                infos.append(RowInfo(name, "band_rms", (tag,), part=band.name,
+                                     band_hz=(band.low_hz, band.high_hz)))
+                bands.append(row)
+    return BandRmsDetector(device, tags, np.array(signals), infos, np.array(bands), windows)
+
+
 def _pca(device: str, rules: Sequence[tuple[str, PcaRule]]) -> Detector:
     infos, params = [], []
     for name, rule in rules:
@@ -147,7 +186,7 @@ def _pca(device: str, rules: Sequence[tuple[str, PcaRule]]) -> Detector:
 
 
 _BUILDERS: dict[str, Callable[[str, Any], Detector]] = {"limits": _limits, "zscore": _zscore, "drift": _drift, "stuck": _stuck,
-             "rms": _rms, "pca": _pca}
+             "rms": _rms, "pca": _pca, "band_rms": _band_rms}
 
 
 def rule_detectors(device: str, rules: Sequence[NamedRule]) -> list[Detector]:

@@ -10,9 +10,10 @@ Whether the device and tags exist is checked by `AgentConfig` (it knows the devi
 from __future__ import annotations
 
 import math
+import re
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 
 class _Rule(BaseModel):
@@ -149,8 +150,127 @@ class RmsRule(_Rule):
         return self
 
 
+_BAND_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_.\-]*$")
+
+
+class Band(BaseModel):
+    """A frequency band of a `band_rms` rule and its limits (in the tag's unit)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str
+    """In events (`band`) and scores (`rule:tag:band`): say what it watches (`bearing`)."""
+    low_hz: float = Field(ge=0)
+    high_hz: float = Field(gt=0)
+    """The band holds the bins whose centre frequency f is low_hz <= f < high_hz (and the
+    Nyquist bin when high_hz is the Nyquist frequency)."""
+    max_rms: float | None = Field(default=None, gt=0)
+    """Absolute limit of the band's RMS, in the tag's unit."""
+    max_ratio: float | None = Field(default=3.0, gt=1)
+    """Limit relative to the band's RMS learned over the rule's warmup_blocks."""
+
+    @field_validator("name")
+    @classmethod
+    def _name_is_an_identifier(cls, name: str) -> str:
+        if not _BAND_NAME.match(name):
+            raise ValueError(f"band name {name!r} must start with a letter and hold only "
+                             "letters, digits, '_', '.' or '-'")
+        return name
+
+    @model_validator(mode="after")
+    def _a_band_with_a_limit(self) -> Band:
+        if self.low_hz >= self.high_hz:
+            raise ValueError(f"band {self.name!r}: low_hz ({self.low_hz:g}) must be below "
+                             f"high_hz ({self.high_hz:g})")
+        if self.max_rms is None and self.max_ratio is None:
+            raise ValueError(f"band {self.name!r} needs max_rms or max_ratio")
+        return self
+
+
+class BandRmsRule(_Rule):
+    """The vibration level of a fast signal in frequency bands, from a short FFT.
+
+    `sample_rate_hz` is required: a batch has one time for all of its samples (an array
+    value's samples have no time of their own), and the time between batches says nothing
+    about the spacing inside one (a capture of 2,048 samples at 25.6 kHz read once a
+    second), so the rate cannot come from the data: it is the sensor's or the device's.
+    """
+
+    kind: Literal["band_rms"]
+    sample_rate_hz: float = Field(gt=0, le=10_000_000)
+    fft_samples: int = 1024
+    """Block length N, a power of two: the resolution is sample_rate_hz / N."""
+    window: Literal["hann", "hamming", "rectangular"] = "hann"
+    overlap: float = 0.5
+    """Share of a block the next one repeats: 0 or 0.5 (a block every N/2 samples, which
+    gives back what the window's tapered ends take from each block)."""
+    continuous: bool = False
+    """True: consecutive batches continue one stream (a fast poll, a subscription, a device
+    that hands out its buffer in pieces) and a block may span them. False: each read is its
+    own capture (an array value): a batch of another time starts a new one, and a block
+    never spans two (batches of the same time, e.g. a replayed capture row by row, are one)."""
+    bands: list[Band] = Field(min_length=1, max_length=16)
+    average_blocks: float = Field(default=4.0, ge=1)
+    """Time constant, in blocks, of the exponential average of each band's mean square
+    (1: none); averaging narrows the estimate's scatter on noise."""
+    warmup_blocks: int = Field(default=20, ge=1, le=100_000)
+    """Blocks the band levels are learned on (for max_ratio), from the start."""
+    clear_fraction: float = Field(default=0.9, gt=0, le=1)
+
+    @field_validator("fft_samples")
+    @classmethod
+    def _power_of_two(cls, n: int) -> int:
+        if not 16 <= n <= 16384 or n & (n - 1):
+            nearest = min((1 << b for b in range(4, 15)), key=lambda p: (abs(p - n), p))
+            raise ValueError(f"must be a power of two, 16 to 16384; the nearest is {nearest}")
+        return n
+
+    @field_validator("overlap")
+    @classmethod
+    def _half_or_none(cls, overlap: float) -> float:
+        if overlap not in (0.0, 0.5):
+            raise ValueError("must be 0 (blocks side by side) or 0.5 (half overlapping)")
+        return overlap
+
+    @property
+    def resolution_hz(self) -> float:
+        """The width of one bin: sample_rate_hz / fft_samples."""
+        return self.sample_rate_hz / self.fft_samples
+
+    def bins(self, band: Band) -> tuple[int, int]:
+        """The band's first and last one-sided DFT bin (inclusive)."""
+        df = self.resolution_hz
+        first = math.ceil(band.low_hz / df - 1e-9)
+        last = math.ceil(band.high_hz / df - 1e-9) - 1
+        if band.high_hz >= self.sample_rate_hz / 2:
+            last = self.fft_samples // 2
+        return first, last
+
+    @model_validator(mode="after")
+    def _bands_fit_the_spectrum(self) -> BandRmsRule:
+        nyquist = self.sample_rate_hz / 2
+        df = self.resolution_hz
+        seen: set[str] = set()
+        for i, band in enumerate(self.bands):
+            # "at .bands[i].key: ..." lets the loader point at the band's own line.
+            if band.name in seen:
+                raise ValueError(f"at .bands[{i}].name: band name {band.name!r} is used twice")
+            seen.add(band.name)
+            if band.high_hz > nyquist * (1 + 1e-9):
+                raise ValueError(
+                    f"at .bands[{i}].high_hz: band {band.name!r} reaches {band.high_hz:g} Hz, "
+                    f"above the Nyquist frequency {nyquist:g} Hz (half of sample_rate_hz)")
+            if band.high_hz - band.low_hz < df * (1 - 1e-9):
+                raise ValueError(
+                    f"at .bands[{i}]: band {band.name!r} ({band.low_hz:g}-{band.high_hz:g} Hz) "
+                    f"is narrower than one bin: the resolution is {df:g} Hz (sample_rate_hz "
+                    f"{self.sample_rate_hz:g} / fft_samples {self.fft_samples}); widen the "
+                    "band or raise fft_samples")
+        return self
+
+
 DetectorRule = Annotated[
-    LimitsRule | ZScoreRule | DriftRule | StuckRule | PcaRule | RmsRule,
+    LimitsRule | ZScoreRule | DriftRule | StuckRule | PcaRule | RmsRule | BandRmsRule,
     Field(discriminator="kind"),
 ]
 

@@ -188,11 +188,17 @@ def _describe(err: Any, data: Any, lines: dict[Loc, int]) -> tuple[int, str]:
         hint = _did_you_mean(str(value), options)
         return _line_of(loc, lines), f"{where}: {value!r} is not one of {', '.join(options)}{hint}"
     if kind in ("union_tag_invalid", "union_tag_not_found"):
-        expected = err["ctx"].get("expected_tags", "")
-        got = f"{value.get('protocol')!r} is not one of" if kind == "union_tag_invalid" \
-            else "required key 'protocol' is missing; use one of"
-        return (_line_of((*loc, "protocol"), lines),
-                f"{where}.protocol: {got} {expected.replace(chr(39), '')}")
+        # The key that picks the model: `protocol` for a device, `kind` for a detector rule.
+        key = str(err["ctx"].get("discriminator", "protocol")).strip("'")
+        expected = err["ctx"].get("expected_tags", "").replace("'", "")
+        if kind == "union_tag_invalid":
+            tag = str(value.get(key))
+            got = f"{value.get(key)!r} is not one of {expected}" + _did_you_mean(
+                tag, [t.strip() for t in expected.split(",")])
+        else:
+            got = f"required key {key!r} is missing" + (f"; use one of {expected}"
+                                                         if expected else "")
+        return _line_of((*loc, key), lines), f"{where}.{key}: {got}"
     message = str(err["msg"]).removeprefix("Value error, ")
     if narrowed := _AT.match(message):  # "at [2].tags: ..." names a place inside `loc`
         inner = tuple(int(p[1:-1]) if p.startswith("[") else p

@@ -22,7 +22,7 @@ from pydantic import (
     model_validator,
 )
 
-from agent.config.detection import DetectorRule, rule_names
+from agent.config.detection import BandRmsRule, DetectorRule, rule_names
 from agent.config.machines import MachineConfig
 from drivers.modbus.config import ModbusRtuDevice, ModbusRtuTcpDevice, ModbusTcpDevice, line_key
 from drivers.naming import require_unique_names
@@ -244,6 +244,36 @@ def _lines_consistent(devices: list[DeviceConfig]) -> None:
                 )
 
 
+def _band_rule_misfit(rule: BandRmsRule, device: DeviceConfig) -> str:
+    """`key: why` when the device cannot deliver what the band_rms rule needs, else ''.
+
+    A Modbus tag brings one sample per poll: its blocks must span polls, at the poll rate.
+    An OPC UA array is cut to max_array_length samples: a capture must hold a block.
+    """
+    if isinstance(device, OpcUaDevice):
+        if rule.continuous:
+            return ""
+        for node in device.tags:
+            if node.name in rule.tags and node.max_array_length < rule.fft_samples:
+                return (f"fft_samples: tag {node.name!r} keeps at most {node.max_array_length} "
+                        f"samples of an array (max_array_length), fewer than fft_samples "
+                        f"{rule.fft_samples}: a capture never fills a block; raise its "
+                        f"max_array_length to {rule.fft_samples} or more (or set `continuous: "
+                        "true` if the server hands out one stream in pieces)")
+        return ""
+    if not rule.continuous:
+        return ("continuous: a Modbus tag brings one sample per poll, so a block of "
+                f"fft_samples {rule.fft_samples} spans {rule.fft_samples} polls: set "
+                "`continuous: true` (and sample_rate_hz to the poll rate)")
+    for tag in device.tags:
+        if tag.name in rule.tags:
+            rate = 1.0 / device.interval_of(tag.poll_group)
+            if abs(rate - rule.sample_rate_hz) > 0.01 * rate:
+                return (f"sample_rate_hz: tag {tag.name!r} is polled at {rate:g} Hz, not at "
+                        f"sample_rate_hz {rule.sample_rate_hz:g} Hz (a sample per poll)")
+    return ""
+
+
 class AgentConfig(_Section):
     gateway: GatewayConfig
     mqtt: MqttConfig
@@ -317,6 +347,11 @@ class AgentConfig(_Section):
                 if tag not in devices[rule.device]:
                     raise ValueError(f"at [{i}].tags: device {rule.device!r} has no tag {tag!r}"
                                      + _did_you_mean(tag, devices[rule.device]))
+            if isinstance(rule, BandRmsRule):
+                device = next(d for d in info.data["devices"] if d.name == rule.device)
+                problem = _band_rule_misfit(rule, device)
+                if problem:
+                    raise ValueError(f"at [{i}].{problem}")
         seen: set[tuple[str, str]] = set()
         for i, (rule, name) in enumerate(zip(rules, rule_names(rules), strict=True)):
             if (rule.device, name) in seen:

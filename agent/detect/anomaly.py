@@ -12,7 +12,7 @@ from collections.abc import Callable, Mapping, Sequence
 import numpy as np
 import numpy.typing as npt
 
-from agent.detect.episodes import EpisodeEvents, RowInfo
+from agent.detect.episodes import EpisodeEvents, RowInfo, context_ring
 from agent.detect.kernels_episode import EP_SCORE, new_episodes
 from agent.detect.kernels_pca import CUR_PLANES, PCA_STATE, X_WARMUP, pca_batch
 from agent.detect.kernels_univariate import P_AFTER
@@ -40,6 +40,9 @@ class _Rows:
                 self._tag_rows.setdefault(tag, []).append((r, c))
         self.last_mono_ns = 0
         self._last: tuple[tuple[str, ...], Route] | None = None
+        self._most: dict[tuple[str, ...], int] = {}
+        self.most_per_row = 1
+        """Most samples one row got from the batch last routed (a burst brings many)."""
 
     def route(self, tags: tuple[str, ...]) -> Route:
         """Batch positions, rows and columns of every sample this detector folds."""
@@ -52,7 +55,9 @@ class _Rows:
             route = (np.ascontiguousarray(arr[:, 0]), np.ascontiguousarray(arr[:, 1]),
                      np.ascontiguousarray(arr[:, 2]))
             self._routes[tags] = route
+            self._most[tags] = int(np.bincount(route[1]).max()) if len(route[1]) else 0
         self._last = (tags, route)
+        self.most_per_row = self._most[tags]
         return route
 
     def scores(self) -> dict[str, float]:
@@ -74,7 +79,8 @@ class UnivariateDetector:
         self._rows = _Rows(device, rows, context)
         self._params = np.ascontiguousarray(params, dtype=np.float64)
         self._state = np.zeros((len(rows), state_fields), dtype=np.float64)
-        self._ctx = np.full((len(rows), max(context, default=0) or 1), np.nan)
+        self._context = max(context, default=0)
+        self._ctx = np.full((len(rows), self._context or 1), np.nan)
         self._kernel = kernel
         self._tick_kernel = tick_kernel
 
@@ -82,6 +88,8 @@ class UnivariateDetector:
         sel, rows, _ = self._rows.route(batch.tags)
         r = self._rows
         r.last_mono_ns = batch.mono_ns
+        if self._context + r.most_per_row - 1 > self._ctx.shape[1]:  # a longer burst
+            self._ctx = context_ring(r.ep, self._ctx, self._context + r.most_per_row - 1)
         self._kernel(self._params, self._state, r.ep, r.times, self._ctx, sel, rows,
                      batch.values, batch.quality, batch.mono_ns, batch.time_ns)
         return r.events.collect(r.ep, r.times, self._ctx)

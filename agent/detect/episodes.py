@@ -22,12 +22,15 @@ from agent.detect.kernels_episode import (
     CLEARING,
     EP_AFTER_DONE,
     EP_AFTER_LEFT,
+    EP_END_RING,
     EP_ENDED,
     EP_ENDED_PEAK,
     EP_ENDED_PEAK_VALUE,
     EP_PEAK,
     EP_PEAK_VALUE,
     EP_RING_N,
+    EP_RING_POS,
+    EP_START_RING,
     EP_STARTED,
     EP_STATE,
     EP_THRESHOLD,
@@ -59,7 +62,9 @@ class RowInfo:
     high: float | None = None
     max_rate_per_s: float | None = None
     part: str = ""
-    """Which check of the rule, when a tag has several (`rate`, `silent`)."""
+    """Which check of the rule, when a tag has several (`rate`, `silent`, a band's name)."""
+    band_hz: tuple[float, float] | None = None
+    """`band_rms` rows only: the band's edges; `part` is its name."""
 
     @property
     def score_key(self) -> str:
@@ -134,7 +139,8 @@ class EpisodeEvents:
     def _start_event(self, row: int, ep: F64, times: I64, ctx: F64, *, ended: bool) -> Event:
         info = self._rows[row]
         episode = uuid.uuid4().hex
-        before = self._last(ep, ctx, row, self._context[row])
+        count = self._context[row]
+        before = self._span(ep, ctx, row, int(ep[row, EP_START_RING]) - count, count)
         if ended:
             peak, value, start = ep[row, EP_ENDED_PEAK], ep[row, EP_ENDED_PEAK_VALUE], \
                 int(times[row, T_ENDED_START_TIME])
@@ -160,15 +166,16 @@ class EpisodeEvents:
                     peak_ns=int(times[row, T_ENDED_PEAK_TIME]),
                     end_ns=int(times[row, T_ENDED_END_TIME]),
                     duration_s=(int(times[row, T_ENDED_END_MONO]) - start_mono) / 1e9,
-                    before=before, ring_at_end=int(ep[row, EP_RING_N]))
+                    before=before, ring_at_end=int(ep[row, EP_END_RING]))
         return data
 
     def _end_event(self, row: int, ep: F64, ctx: F64, *, complete: bool) -> Event:
         info = self._rows[row]
         data = self._ending.pop(row)
         before = data.pop("before")
-        taken = int(ep[row, EP_RING_N]) - data.pop("ring_at_end")
-        after = self._last(ep, ctx, row, min(taken, self._context[row]))
+        end = data.pop("ring_at_end")
+        taken = int(ep[row, EP_RING_N]) - end
+        after = self._span(ep, ctx, row, end, min(taken, self._context[row]))
         data["tags"] = {t: {"before": before.get(t, []), "after": after[t]} for t in info.tags}
         if not complete:
             data["context_complete"] = False
@@ -187,18 +194,39 @@ class EpisodeEvents:
             del data["score"]
         elif len(info.tags) == 1:
             data["peak_value"] = _number(peak_value)
+        if info.band_hz is not None:  # which band of the tag's spectrum
+            data.update(band=info.part, band_hz=list(info.band_hz))
         return data
 
     def _event(self, info: RowInfo, time_ns: int, data: dict[str, Any]) -> Event:
         return Event(LIMIT if info.bound is not None else ANOMALY, self._device, time_ns, data)
 
-    def _last(self, ep: F64, ctx: F64, row: int, count: int) -> dict[str, list[float | None]]:
-        """The row's last `count` good samples, oldest first, per tag."""
+    def _span(self, ep: F64, ctx: F64, row: int, first: int,
+              count: int) -> dict[str, list[float | None]]:
+        """The row's good samples number `first` to `first + count - 1` (counting from the
+        row's first), oldest first, per tag: those the ring still holds."""
         info = self._rows[row]
         size = ctx.shape[1]
         n = int(ep[row, EP_RING_N])
-        m = max(0, min(count, n, size))
-        slots = (n - m + np.arange(m)) % size if size else np.zeros(0, dtype=np.int64)
+        slots = np.arange(max(first, n - size, 0), min(first + count, n)) % size
         if ctx.ndim == 2:
             return {info.tags[0]: [_number(v) for v in ctx[row, slots]]}
         return {tag: [_number(v) for v in ctx[row, slots, i]] for i, tag in enumerate(info.tags)}
+
+
+def context_ring(ep: F64, ctx: F64, size: int) -> F64:
+    """`ctx` with at least `size` slots per row, its samples kept.
+
+    A row's sample k lives in slot k mod size (`ring_slot`). When a batch brings up to b
+    samples of a row, the context of c samples around an episode's start or end needs
+    c + b - 1 slots to survive until the events are made after the batch."""
+    old = ctx.shape[1]
+    if size <= old:
+        return ctx
+    grown = np.full((ctx.shape[0], size, *ctx.shape[2:]), np.nan)
+    for row in range(ctx.shape[0]):
+        n = int(ep[row, EP_RING_N])
+        kept = np.arange(max(n - old, 0), n)
+        grown[row, kept % size] = ctx[row, kept % old]
+        ep[row, EP_RING_POS] = n % size
+    return grown

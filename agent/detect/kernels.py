@@ -71,7 +71,7 @@ def warm_up(kinds: Collection[str] | None = None) -> None:
     the start, not the first sample. Only the kinds configured: loading a kernel from the
     cache costs ~0.2 s of CPU (and of the GIL) that the polling event loop shares.
     """
-    from agent.detect import kernels_pca, kernels_univariate
+    from agent.detect import kernels_band, kernels_pca, kernels_univariate
 
     state = np.zeros((1, WINDOW_FIELDS), dtype=np.float64)
     window_accumulate(state, np.zeros(1, dtype=np.int64), np.zeros(1, dtype=np.float64),
@@ -84,7 +84,9 @@ def warm_up(kinds: Collection[str] | None = None) -> None:
     kernels_univariate.warm_up(wanted)
     if "pca" in wanted:
         kernels_pca.warm_up()
+    if "band_rms" in wanted:
+        kernels_band.warm_up()
 
 
-KINDS = ("limits", "zscore", "drift", "stuck", "rms", "pca")
+KINDS = ("limits", "zscore", "drift", "stuck", "rms", "pca", "band_rms")
 """Every detector kind that has kernels."""

@@ -22,10 +22,14 @@ IDLE, PENDING, ACTIVE, CLEARING = 0.0, 1.0, 2.0, 3.0
 # Parameter columns every kernel's params array starts with.
 P_MIN_NS, P_CLEAR_NS, P_AFTER = range(3)
 
-# Columns of the float64 episode array, shape (rows, EP_FIELDS).
+# Columns of the float64 episode array, shape (rows, EP_FIELDS). EP_START_RING and
+# EP_END_RING are EP_RING_N when the episode was recognised and when it ended: the context
+# before and after is taken from there, not from the newest samples, which in a burst (many
+# samples of a tag in one batch) may have come after the moment.
 (EP_STATE, EP_SCORE, EP_PEAK, EP_PEAK_VALUE, EP_STARTED, EP_ENDED, EP_ENDED_PEAK,
- EP_ENDED_PEAK_VALUE, EP_RING_N, EP_AFTER_LEFT, EP_AFTER_DONE, EP_THRESHOLD, EP_RING_POS) = range(13)
-EP_FIELDS = 13
+ EP_ENDED_PEAK_VALUE, EP_RING_N, EP_AFTER_LEFT, EP_AFTER_DONE, EP_THRESHOLD, EP_RING_POS,
+ EP_START_RING, EP_END_RING) = range(15)
+EP_FIELDS = 15
 
 # Columns of the int64 time array, shape (rows, T_FIELDS): UTC (`_TIME`) and monotonic (`_MONO`).
 (T_PEND_TIME, T_PEND_MONO, T_PEAK_TIME, T_CLEAR_TIME, T_CLEAR_MONO, T_ENDED_START_TIME,
@@ -48,7 +52,8 @@ def episode_step(ep: F64, times: I64, params: F64, row: int, score: float, thres
     Hysteresis with dwell times (a Schmitt trigger with minimum on/off durations): an
     episode starts once `over` held for `min_ns` and ends once `under` held for `clear_ns`;
     its start is the first sample over, its end the first sample under. The peak is the
-    highest score in between, with the value and time it was seen at.
+    highest score in between, with the value and time it was seen at. The sample is already
+    in the row's context ring (`ring_slot` first): the context before ends with it.
     """
     ep[row, EP_SCORE] = score
     ep[row, EP_THRESHOLD] = threshold
@@ -75,6 +80,7 @@ def episode_step(ep: F64, times: I64, params: F64, row: int, score: float, thres
         if mono_ns - times[row, T_PEND_MONO] >= params[row, P_MIN_NS]:
             ep[row, EP_STATE] = ACTIVE
             ep[row, EP_STARTED] += 1.0
+            ep[row, EP_START_RING] = ep[row, EP_RING_N]
             state = ACTIVE
         else:
             return
@@ -91,6 +97,7 @@ def episode_step(ep: F64, times: I64, params: F64, row: int, score: float, thres
     elif mono_ns - times[row, T_CLEAR_MONO] >= params[row, P_CLEAR_NS]:
         ep[row, EP_STATE] = IDLE
         ep[row, EP_ENDED] += 1.0
+        ep[row, EP_END_RING] = ep[row, EP_RING_N]
         ep[row, EP_ENDED_PEAK] = ep[row, EP_PEAK]
         ep[row, EP_ENDED_PEAK_VALUE] = ep[row, EP_PEAK_VALUE]
         times[row, T_ENDED_START_TIME] = times[row, T_PEND_TIME]

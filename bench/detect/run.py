@@ -29,6 +29,7 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
 from agent.config.detection import (
+    BandRmsRule,
     DetectorRule,
     DriftRule,
     LimitsRule,
@@ -99,6 +100,15 @@ def signal(tags: int, per_tag: int, batches: int, seed: int = 1) -> np.ndarray:
     return x.reshape(batches, per_tag * tags)
 
 
+BAND_RMS = {"sample_rate_hz": 10240.0, "fft_samples": 1024, "overlap": 0.5,
+            "bands": [{"name": "low", "low_hz": 10, "high_hz": 500},
+                      {"name": "bearing", "low_hz": 500, "high_hz": 2000},
+                      {"name": "high", "low_hz": 2000, "high_hz": 5000}]}
+"""A typical vibration rule: 1,024-sample blocks every 512 samples, three bands. A tag's
+samples of successive batches continue one stream, so blocks come at the same rate however
+the batches cut it."""
+
+
 def rules(kind: str, tags: list[str]) -> list[DetectorRule]:
     common = {"device": DEVICE, "context_samples": 10}
     if kind == "limits":
@@ -112,6 +122,8 @@ def rules(kind: str, tags: list[str]) -> list[DetectorRule]:
         return [StuckRule(kind="stuck", tags=tags, **common)]
     if kind == "rms":
         return [RmsRule(kind="rms", tags=tags, max_rms=20, **common)]
+    if kind == "band_rms":
+        return [BandRmsRule(kind="band_rms", tags=tags, continuous=True, **BAND_RMS, **common)]
     groups = [tags[i:i + 8] for i in range(0, len(tags) - 7, 8)]
     return [PcaRule(kind="pca", name=f"machine-{i}", tags=g, warmup_samples=200,
                     threshold_factor=1.5, **common)
@@ -205,7 +217,7 @@ def river_rate(samples: int) -> float | None:
 
 # --- the report ------------------------------------------------------------------------------
 
-KINDS = ("limits", "zscore", "drift", "stuck", "rms", "pca")
+KINDS = ("limits", "zscore", "drift", "stuck", "rms", "pca", "band_rms")
 
 
 def report(sizes: Sizes) -> str:
@@ -230,6 +242,10 @@ def report(sizes: Sizes) -> str:
         if kind == "pca":
             label = f"`pca` detector, {sizes.tags // 8} groups of 8 tags (rows/s = samples/s / 8: " \
                     f"{rate / 8:,.0f})"
+        if kind == "band_rms":
+            label = (f"`band_rms` detector, {sizes.tags:,} tags in one call (blocks of "
+                     f"{BAND_RMS['fft_samples']} every 512 samples, 3 bands: "
+                     f"{rate / 512:,.0f} FFTs/s)")
         lines.append(f"| {label} | {rate:,.0f} | {rate / bare:.2f} | {events} |")
     xt = signal(sizes.tags, sizes.per_tag, 1).reshape(sizes.per_tag, sizes.tags)
     xt = np.tile(xt, (max(1, sizes.batches), 1))

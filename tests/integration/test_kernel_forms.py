@@ -17,8 +17,11 @@ import pytest
 from agent.detect import jit
 
 ROOT = Path(__file__).resolve().parents[2]
-UNIT_TESTS = ("tests/unit/test_anomaly_detectors.py", "tests/unit/test_window.py",
-              "tests/unit/test_machine_kernels.py", "tests/unit/test_machine_detector.py")
+UNIT_TESTS = ("tests/unit/test_anomaly_detectors.py", "tests/unit/test_band_rms.py",
+              "tests/unit/test_window.py", "tests/unit/test_machine_kernels.py",
+              "tests/unit/test_machine_detector.py")
+BAND_KERNELS = ["kernels_band___block", "kernels_band__band_rms_batch",
+                "kernels_band__fft_radix2", "kernels_band__rfft_power"]
 
 
 def _python(code: str, **env: str) -> subprocess.CompletedProcess[str]:
@@ -54,3 +57,31 @@ def test_numba_disabled_wins_over_the_ahead_of_time_build() -> None:
     run = _python("from agent.detect import jit; print(jit.mode(), jit.why_not_aot())",
                   NUMBA_DISABLE_JIT="1")
     assert run.stdout.split() == ["python", "NUMBA_DISABLE_JIT=1"], run.stdout + run.stderr
+
+
+def test_the_build_compiles_the_band_kernels_with_the_signatures_warm_up_records(
+        tmp_path: Path) -> None:
+    """What `python -m agent.build_kernels` exports: every kernel warm_up() compiled, one
+    signature each (it stops otherwise), among them the band kernel and the FFT it calls.
+    With `rms` beside it: both call episode_step, which must keep one signature. A fresh
+    numba cache, as the build's: a kernel loaded from a cache compiles none of its callees."""
+    code = ("import importlib; from agent.build_kernels import kernels; "
+            "from agent.kernel_cache import kernel_sources; from agent.detect import kernels as k; "
+            "k.warm_up({'rms', 'band_rms'}); mods = [importlib.import_module("
+            "f'agent.detect.{p.stem}') for p in kernel_sources()]; "
+            "print(' '.join(sorted(n for n, _, _ in kernels(mods))))")
+    run = _python(code, NUMBA_CACHE_DIR=str(tmp_path), **{jit.FORCE_VARIABLE: "jit"})
+    assert run.returncode == 0, run.stderr[-2000:]
+    exported = run.stdout.split()
+    assert [n for n in exported if n.startswith("kernels_band__")] == BAND_KERNELS
+    assert "kernels_episode__episode_step" in exported
+
+
+def test_the_band_kernels_run_ahead_of_time_compiled_as_built() -> None:
+    """The suite runs the kernels as the agent does: from the extension (`make kernels`)."""
+    names = ["band_rms_batch", "rfft_power", "fft_radix2"]
+    code = ("from agent.detect import jit, kernels_band as b; print(jit.mode(), "
+            f"*[type(getattr(b, n)).__name__ for n in {names!r}])")
+    run = _python(code)
+    assert run.stdout.split() == ["aot"] + ["builtin_function_or_method"] * 3, (
+        run.stdout + run.stderr + "(run `make kernels`)")

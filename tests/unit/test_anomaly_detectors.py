@@ -176,6 +176,25 @@ def test_rms_of_a_burst_catches_vibration_growing() -> None:
     assert events[0].data["threshold"] == pytest.approx(2 / math.sqrt(2), rel=0.1)
 
 
+def test_an_episode_inside_a_burst_gets_the_samples_around_its_start_and_end() -> None:
+    """A burst that starts and ends an episode and goes on: the context is the samples just
+    before the start and just after the end, not the burst's last ones (nor none)."""
+    rule = RmsRule(kind="rms", device="m1", tags=["vib"], window_samples=4,
+                   warmup_samples=64, max_ratio=2.0, context_samples=3)
+    det = chain(rule)
+    quiet = np.sin(2 * np.pi * np.arange(256) / 16)
+    det.on_batch(batch(["vib"] * 256, quiet, 0))
+    loud = np.concatenate([3 * quiet[:64], quiet[64:]])
+    start, end = det.on_batch(batch(["vib"] * 256, loud, 1))
+    assert (start.data["phase"], end.data["phase"]) == ("start", "end")
+    before = start.data["tags"]["vib"]["before"]
+    after = end.data["tags"]["vib"]["after"]
+    first = next(i for i in range(256) if list(loud[i - 2:i + 1]) == before)
+    assert 0 < first < 64, "the samples up to the start, inside the loud part"
+    last = next(i for i in range(64, 256) if list(loud[i:i + 3]) == after)
+    assert 64 <= last < 250, "the samples right after the end, not the burst's last ones"
+
+
 def test_pca_catches_tags_that_no_longer_agree_while_each_stays_in_range() -> None:
     rng = np.random.default_rng(3)
     rule = PcaRule(kind="pca", device="m1", name="pump", tags=["current", "flow", "vib"],

@@ -134,3 +134,56 @@ def test_scores_file_has_a_column_per_score(tmp_path: Path) -> None:
     rows = list(csv.reader(path.open()))
     assert rows == [["time", "a.z", "b.z"], ["1970-01-01T00:00:00+00:00", "1.0", ""],
                     ["1970-01-01T00:00:01+00:00", "2.0", "3.0"]]
+
+
+BAND_CONFIG = """
+gateway: {{id: gw-replay, state_dir: {state}}}
+mqtt: {{host: 127.0.0.1, tls: {{enabled: false}}}}
+devices:
+  - name: pump-1
+    protocol: opcua
+    endpoint: opc.tcp://127.0.0.1:4840
+    tags:
+      - {{name: vib, node: "ns=2;s=Pump.Vibration", max_array_length: 1024, unit: mm/s}}
+detectors:
+  - device: pump-1
+    kind: band_rms
+    name: pump-bearing
+    tags: [vib]
+    sample_rate_hz: 10240
+    fft_samples: 512
+    bands:
+      - {{name: bearing, low_hz: 500, high_hz: 2000}}
+"""
+
+
+def test_a_recording_of_vibration_captures_replays_with_band_rms(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """One row per sample; the 1,024 samples of a capture share its time, so they continue
+    one capture (a rule on captures starts a new one at a batch of another time). Without a
+    time column the rows are a poll apart: every sample its own capture, never a block."""
+    config = tmp_path / "config.yaml"
+    config.write_text(BAND_CONFIG.format(state=tmp_path / "state"))
+    rng = np.random.default_rng(1)
+    lines = []
+    t = np.arange(1024) / 10240
+    for k in range(14):  # 3 blocks each: learned after 7
+        x = 1.5 * np.sin(2 * np.pi * 24.8 * t) + rng.normal(0, 0.05, 1024)
+        if k >= 10:
+            x += 0.3 * np.sin(2 * np.pi * 1370.0 * t)  # a bearing defect's tone
+        lines += [f"2026-03-02T08:00:{k:02d}Z,{v:.6f}" for v in x]
+    data = tmp_path / "vib.csv"
+    data.write_text("\n".join(["time,vib", *lines]) + "\n")
+    scores = tmp_path / "scores.csv"
+    assert main(["replay", "-c", str(config), "--csv", str(data), "--time-column", "time",
+                 "--scores", str(scores)]) == 0
+    out = capsys.readouterr().out.splitlines()
+    [start] = [line for line in out if " anomaly " in line and "phase=start" in line]
+    assert start.startswith("2026-03-02T08:00:10.000Z gw-replay")
+    assert "rule=pump-bearing" in start and "band=bearing" in start
+    header, *score_rows = list(csv.reader(scores.open()))
+    assert header == ["time", "pump-bearing:vib:bearing"] and len(score_rows) == 14 * 1024
+    untimed = tmp_path / "untimed.csv"
+    untimed.write_text("\n".join(["vib", *(line.split(",")[1] for line in lines[:2048])]) + "\n")
+    assert main(["replay", "-c", str(config), "--csv", str(untimed), "--scores", str(scores)]) == 0
+    assert {row[1] for row in list(csv.reader(scores.open()))[1:]} == {"nan"}

@@ -1,0 +1,109 @@
+"""The `band_rms` detector: every band_rms rule of one device, one kernel call per batch.
+
+A batch's samples go to *signal rows* (one per tag of a rule: the ring of its last
+samples), whose blocks score *band rows* (one per band of that tag: the episode rows, which
+events and scores are about). See `kernels_band` for the arrays.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+import numpy.typing as npt
+
+from agent.detect.episodes import EpisodeEvents, RowInfo, context_ring
+from agent.detect.kernels_band import (
+    BAND_STATE,
+    SIGNAL_STATE,
+    band_rms_batch,
+    fft_tables,
+)
+from agent.detect.kernels_episode import EP_SCORE, P_AFTER, new_episodes
+from agent.events import Event
+from drivers.samples import SampleBatch
+
+F64 = npt.NDArray[np.float64]
+I64 = npt.NDArray[np.int64]
+Route = tuple[I64, I64]
+
+
+class BandRmsDetector:
+    """Band RMS rows of one device (a Detector, ScoringDetector).
+
+    `signal_tags[g]` is the tag of signal row g, `signal_params` its row of kernel
+    parameters; `bands`/`band_params` the band rows; `windows[t]` the window of rule t
+    (its length is the rule's fft_samples). Memory: a ring of fft_samples float64 per
+    signal row.
+    """
+
+    def __init__(self, device: str, signal_tags: Sequence[str], signal_params: F64,
+                 bands: Sequence[RowInfo], band_params: F64, windows: Sequence[F64]) -> None:
+        self.device = device
+        self._rows = tuple(bands)
+        self._gp = np.ascontiguousarray(signal_params, dtype=np.float64)
+        self._gs = np.zeros((len(signal_tags), SIGNAL_STATE))
+        longest = max(len(w) for w in windows)
+        self._ring = np.zeros((len(signal_tags), longest))
+        self._bp = np.ascontiguousarray(band_params, dtype=np.float64)
+        self._bs = np.zeros((len(self._rows), BAND_STATE))
+        context = [int(c) for c in self._bp[:, P_AFTER]]
+        self._ep, self._times = new_episodes(len(self._rows))
+        self._context = max(context, default=0)
+        self._ctx = np.full((len(self._rows), self._context or 1), np.nan)
+        self._events = EpisodeEvents(device, self._rows, context)
+        # Tables padded to the longest block: a rule reads only its first N (or N/2).
+        self._windows = np.zeros((len(windows), longest))
+        self._tw_re = np.zeros((len(windows), longest // 2))
+        self._tw_im = np.zeros((len(windows), longest // 2))
+        self._bitrev = np.zeros((len(windows), longest // 2), dtype=np.int64)
+        for t, w in enumerate(windows):
+            n = len(w)
+            self._windows[t, :n] = w
+            self._tw_re[t, :n // 2], self._tw_im[t, :n // 2], self._bitrev[t, :n // 2] = \
+                fft_tables(n)
+        self._work = np.zeros((3, longest // 2 + 1))
+        self._tag_rows: dict[str, list[int]] = {}
+        for g, tag in enumerate(signal_tags):
+            self._tag_rows.setdefault(tag, []).append(g)
+        self._routes: dict[tuple[str, ...], tuple[Route, int]] = {}
+        self._last: tuple[tuple[str, ...], Route, int] | None = None
+        self._last_mono_ns = 0
+
+    def _route(self, tags: tuple[str, ...]) -> tuple[Route, int]:
+        """Batch positions and signal rows of every sample this detector folds, and the most
+        samples one signal row gets (a capture's length)."""
+        if self._last is not None and self._last[0] is tags:
+            return self._last[1], self._last[2]  # a driver reuses its plan's tuple
+        known = self._routes.get(tags)
+        if known is None:
+            pairs = [(j, g) for j, tag in enumerate(tags) for g in self._tag_rows.get(tag, ())]
+            arr = np.array(pairs, dtype=np.int64).reshape(-1, 2)
+            route = (np.ascontiguousarray(arr[:, 0]), np.ascontiguousarray(arr[:, 1]))
+            known = route, int(np.bincount(route[1]).max()) if len(route[1]) else 0
+            self._routes[tags] = known
+        self._last = (tags, *known)
+        return known
+
+    def on_batch(self, batch: SampleBatch) -> list[Event]:
+        (sel, rows), most = self._route(batch.tags)
+        self._last_mono_ns = batch.mono_ns
+        if self._context + most - 1 > self._ctx.shape[1]:  # the context around a block's
+            self._ctx = context_ring(self._ep, self._ctx, self._context + most - 1)  # episode
+        band_rms_batch(self._gp, self._gs, self._ring, self._bp, self._bs, self._ep,
+                       self._times, self._ctx, self._windows, self._tw_re, self._tw_im,
+                       self._bitrev, self._work, sel, rows, batch.values, batch.quality,
+                       batch.mono_ns, batch.time_ns)
+        return self._events.collect(self._ep, self._times, self._ctx)
+
+    def on_tick(self, mono_ns: int, time_ns: int) -> list[Event]:
+        return []
+
+    def flush(self, time_ns: int) -> list[Event]:
+        return self._events.flush(self._ep, self._times, self._ctx, time_ns,
+                                  self._last_mono_ns)
+
+    def scores(self) -> Mapping[str, float]:
+        """`rule:tag:band` -> the band's RMS (tag unit) at its last block."""
+        return {info.score_key: float(s)
+                for info, s in zip(self._rows, self._ep[:, EP_SCORE], strict=True)}

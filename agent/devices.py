@@ -7,6 +7,7 @@ from pathlib import Path
 from agent.config.models import AgentConfig, DeviceConfig
 from agent.detect import Detector, DetectorChain, QualityChanges, RawSamples, WindowAggregator
 from agent.detect.change import ChangeReporter
+from agent.detect.learned_state import KeepLearned
 from agent.detect.machine import MachineDetector, MachineSetup
 from agent.detect.state_file import StateFile
 from agent.rule_detectors import rule_detectors
@@ -60,5 +61,8 @@ def make_detector(agent: AgentConfig, config: DeviceConfig) -> Detector:
         ]
         store = StateFile(state_dir / "machines" / f"{config.name}.json")
         detectors.append(MachineDetector(config.name, setups, store))
-    detectors += rule_detectors(config.name, agent.rules_of(config.name))
+    rules = rule_detectors(config.name, agent.rules_of(config.name))
+    if rules:
+        detectors.append(KeepLearned(config.name, rules, StateFile(
+            state_dir / "detectors" / f"{config.name}.json")))
     return DetectorChain(detectors)

@@ -81,7 +81,8 @@ def _zscore(device: str, rules: Sequence[tuple[str, ZScoreRule]]) -> Detector:
         for tag in rule.tags:
             infos.append(RowInfo(name, "zscore", (tag,)))
             params.append(row)
-    return UnivariateDetector(device, infos, np.array(params), ku.ZSCORE_STATE, ku.zscore_batch)
+    return UnivariateDetector(device, infos, np.array(params), ku.ZSCORE_STATE, ku.zscore_batch,
+                              learns=True)
 
 
 def _drift(device: str, rules: Sequence[tuple[str, DriftRule]]) -> Detector:
@@ -95,7 +96,8 @@ def _drift(device: str, rules: Sequence[tuple[str, DriftRule]]) -> Detector:
         for tag in rule.tags:
             infos.append(RowInfo(name, "drift", (tag,)))
             params.append(row)
-    return UnivariateDetector(device, infos, np.array(params), ku.DRIFT_STATE, ku.drift_batch)
+    return UnivariateDetector(device, infos, np.array(params), ku.DRIFT_STATE, ku.drift_batch,
+                              learns=True)
 
 
 def _stuck(device: str, rules: Sequence[tuple[str, StuckRule]]) -> Detector:
@@ -129,7 +131,8 @@ def _rms(device: str, rules: Sequence[tuple[str, RmsRule]]) -> Detector:
         for tag in rule.tags:
             infos.append(RowInfo(name, "rms", (tag,)))
             params.append(row)
-    return UnivariateDetector(device, infos, np.array(params), ku.RMS_STATE, ku.rms_batch)
+    return UnivariateDetector(device, infos, np.array(params), ku.RMS_STATE, ku.rms_batch,
+                              learns=True)
 
 
 def _band_rms(device: str, rules: Sequence[tuple[str, BandRmsRule]]) -> Detector:

@@ -8,19 +8,33 @@ routing from a batch's tag tuple to rows (cached: a device's batches repeat thei
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
 from agent.detect.episodes import EpisodeEvents, RowInfo, context_ring
 from agent.detect.kernels_episode import EP_SCORE, new_episodes
-from agent.detect.kernels_pca import CUR_PLANES, PCA_STATE, X_WARMUP, pca_batch
-from agent.detect.kernels_univariate import P_AFTER
+from agent.detect.kernels_pca import (
+    CUR_EWMA,
+    CUR_PLANES,
+    PCA_STATE,
+    X_DIM,
+    X_WARMUP,
+    XS_FITTED,
+    XS_N,
+    pca_batch,
+)
+from agent.detect.kernels_univariate import COMMON_PARAMS, P_AFTER
+from agent.detect.learned_state import as_list, row_key
 from agent.events import Event
 from drivers.samples import SampleBatch
 
 F64 = npt.NDArray[np.float64]
 I64 = npt.NDArray[np.int64]
+PCA_KEEP_ROWS = 50_000
+"""Values of learning rows a `pca` group keeps across a restart before its fit (400 rows of
+32 tags is 12,800); a longer warm-up starts over after a restart."""
 Kernel = Callable[..., None]
 Route = tuple[I64, I64, I64]
 
@@ -74,7 +88,7 @@ class UnivariateDetector:
     """
 
     def __init__(self, device: str, rows: Sequence[RowInfo], params: F64, state_fields: int,
-                 kernel: Kernel, tick_kernel: Kernel | None = None) -> None:
+                 kernel: Kernel, tick_kernel: Kernel | None = None, learns: bool = False) -> None:
         context = [int(c) for c in params[:, P_AFTER]]
         self._rows = _Rows(device, rows, context)
         self._params = np.ascontiguousarray(params, dtype=np.float64)
@@ -83,6 +97,10 @@ class UnivariateDetector:
         self._ctx = np.full((len(rows), self._context or 1), np.nan)
         self._kernel = kernel
         self._tick_kernel = tick_kernel
+        self._keys = [row_key(info, self._params[r, COMMON_PARAMS:])
+                      for r, info in enumerate(rows)] if learns else []
+        """`learns`: the state rows are statistics learned from the samples, with no time of
+        the monotonic clock in them (z-score, drift, rms), kept across restarts."""
 
     def on_batch(self, batch: SampleBatch) -> list[Event]:
         sel, rows, _ = self._rows.route(batch.tags)
@@ -108,6 +126,21 @@ class UnivariateDetector:
     def scores(self) -> Mapping[str, float]:
         return self._rows.scores()
 
+    def learned(self) -> dict[str, Any]:
+        return {key: as_list(self._state[r]) for r, key in enumerate(self._keys)}
+
+    def restore(self, saved: Mapping[str, Any]) -> int:
+        restored = 0
+        for r, key in enumerate(self._keys):
+            values = saved.get(key)
+            if isinstance(values, list) and len(values) == self._state.shape[1]:
+                self._state[r] = values
+                restored += 1
+        return restored
+
+    def milestones(self) -> int:
+        return 0
+
 
 class PcaDetector:
     """Multivariate groups of one device: streaming PCA, T² and Q (a Detector, ScoringDetector).
@@ -128,6 +161,8 @@ class PcaDetector:
         self._buf = np.zeros((groups, max(warmup, 1), dim))
         self._model = np.zeros((groups, dim + 3, dim))
         self._ctx = np.full((groups, max(context_samples, 1), dim), np.nan)
+        self._keys = [row_key(info, self._params[g, COMMON_PARAMS:])
+                      for g, info in enumerate(rows)]
 
     def on_batch(self, batch: SampleBatch) -> list[Event]:
         sel, rows, cols = self._rows.route(batch.tags)
@@ -147,3 +182,49 @@ class PcaDetector:
 
     def scores(self) -> Mapping[str, float]:
         return self._rows.scores()
+
+    def learned(self) -> dict[str, Any]:
+        """Per group: its state row, its model (once fitted), the EWMA of its rows, and the
+        rows learned so far (before the fit, unless there are more than PCA_KEEP_ROWS)."""
+        out: dict[str, Any] = {}
+        for g, key in enumerate(self._keys):
+            d = int(self._params[g, X_DIM])
+            n = int(self._state[g, XS_N])
+            fitted = self._state[g, XS_FITTED] != 0.0
+            if not fitted and n * d > PCA_KEEP_ROWS:
+                continue
+            out[key] = {"state": as_list(self._state[g]),
+                        "model": as_list(self._model[g, :d + 3, :d]) if fitted else [],
+                        "ewma": as_list(self._cur[g, CUR_EWMA, :d]),
+                        "rows": [] if fitted else as_list(self._buf[g, :n, :d])}
+        return out
+
+    def restore(self, saved: Mapping[str, Any]) -> int:
+        restored = 0
+        for g, key in enumerate(self._keys):
+            entry = saved.get(key)
+            d = int(self._params[g, X_DIM])
+            try:
+                state = np.asarray(entry["state"], dtype=np.float64)  # type: ignore[index]
+                model = np.asarray(entry["model"], dtype=np.float64)  # type: ignore[index]
+                ewma = np.asarray(entry["ewma"], dtype=np.float64)  # type: ignore[index]
+                rows = np.asarray(entry["rows"], dtype=np.float64)  # type: ignore[index]
+            except (TypeError, KeyError, ValueError):
+                continue
+            fitted = state.shape == (PCA_STATE,) and state[XS_FITTED] != 0.0
+            n = int(state[XS_N]) if state.shape == (PCA_STATE,) else -1
+            if (state.shape != (PCA_STATE,) or ewma.shape != (d,)
+                    or (fitted and model.shape != ((d + 3) * d,))
+                    or (not fitted and rows.shape != (n * d,))):
+                continue
+            self._state[g] = state
+            self._cur[g, CUR_EWMA, :d] = ewma
+            if fitted:
+                self._model[g, :d + 3, :d] = model.reshape(d + 3, d)
+            else:
+                self._buf[g, :n, :d] = rows.reshape(n, d)
+            restored += 1
+        return restored
+
+    def milestones(self) -> int:
+        return int(np.count_nonzero(self._state[:, XS_FITTED]))

@@ -8,6 +8,7 @@ events and scores are about). See `kernels_band` for the arrays.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -15,11 +16,14 @@ import numpy.typing as npt
 from agent.detect.episodes import EpisodeEvents, RowInfo, context_ring
 from agent.detect.kernels_band import (
     BAND_STATE,
+    G_BANDS,
+    G_FIRST_BAND,
     SIGNAL_STATE,
     band_rms_batch,
     fft_tables,
 )
 from agent.detect.kernels_episode import EP_SCORE, P_AFTER, new_episodes
+from agent.detect.learned_state import as_list, row_key
 from agent.events import Event
 from drivers.samples import SampleBatch
 
@@ -69,6 +73,12 @@ class BandRmsDetector:
         self._routes: dict[tuple[str, ...], tuple[Route, int]] = {}
         self._last: tuple[tuple[str, ...], Route, int] | None = None
         self._last_mono_ns = 0
+        owner = {int(self._gp[g, G_FIRST_BAND]) + b: g for g in range(len(signal_tags))
+                 for b in range(int(self._gp[g, G_BANDS]))}
+        self._keys = [row_key(info, self._bp[r, P_AFTER + 1:], self._gp[owner[r]])
+                      for r, info in enumerate(self._rows)]
+        """A band's learned level is kept across restarts, keyed also by its signal's block
+        settings (rate, length, window: another block, another level)."""
 
     def _route(self, tags: tuple[str, ...]) -> tuple[Route, int]:
         """Batch positions and signal rows of every sample this detector folds, and the most
@@ -107,3 +117,18 @@ class BandRmsDetector:
         """`rule:tag:band` -> the band's RMS (tag unit) at its last block."""
         return {info.score_key: float(s)
                 for info, s in zip(self._rows, self._ep[:, EP_SCORE], strict=True)}
+
+    def learned(self) -> dict[str, Any]:
+        return {key: as_list(self._bs[r]) for r, key in enumerate(self._keys)}
+
+    def restore(self, saved: Mapping[str, Any]) -> int:
+        restored = 0
+        for r, key in enumerate(self._keys):
+            values = saved.get(key)
+            if isinstance(values, list) and len(values) == self._bs.shape[1]:
+                self._bs[r] = values
+                restored += 1
+        return restored
+
+    def milestones(self) -> int:
+        return 0

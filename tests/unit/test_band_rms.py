@@ -302,3 +302,24 @@ def test_an_opcua_stream_in_short_arrays_is_accepted_when_continuous(tmp_path: P
                                  "    fft_samples: 1024\n    continuous: true\n"))
     [rule] = load_config(path, environ={}).config.detectors
     assert isinstance(rule, BandRmsRule) and rule.continuous
+
+
+def test_a_bands_learned_level_is_kept_across_a_restart_and_another_block_learns_again() -> None:
+    """`learned()`/`restore()` (agent.detect.learned_state): the level learned over the
+    warm-up blocks comes back for the same rule; another block length is another level."""
+    from agent.detect.band import BandRmsDetector
+
+    rule = band_rule(warmup_blocks=4, name="b")
+    rng = np.random.default_rng(2)
+    (first,) = rule_detectors("m1", [("b", rule)])
+    assert isinstance(first, BandRmsDetector)
+    for i in range(6):
+        first.on_batch(SampleBatch("m1", ("vib",) * CAPTURE, rng.normal(0, 1, CAPTURE),
+                                   np.zeros(CAPTURE, dtype=np.uint8), T0 + i * S, i * S))
+    saved = first.learned()
+    (again,) = rule_detectors("m1", [("b", rule)])
+    assert isinstance(again, BandRmsDetector) and again.restore(saved) == 1
+    assert again.learned() == saved
+    (other,) = rule_detectors("m1", [("b", band_rule(warmup_blocks=4, name="b",
+                                                      fft_samples=512))])
+    assert isinstance(other, BandRmsDetector) and other.restore(saved) == 0

@@ -21,15 +21,31 @@ from drivers.samples import SampleBatch
 
 F64 = npt.NDArray[np.float64]
 I64 = npt.NDArray[np.int64]
-Kernel = Callable[..., None]
+Kernel = Callable[..., int]
+"""A batch kernel: returns how many rows it raised an episode counter on (`kernels_univariate`)."""
+TickKernel = Callable[..., None]
 Route = tuple[I64, I64, I64]
+
+
+def _by_row(sel: I64, rows: I64) -> Route:
+    """`run_rows`, `run_starts` and `sel` of the univariate kernels (`kernels_univariate`):
+    the samples grouped by the row they feed, in batch order within a row (a stable sort)."""
+    order = np.argsort(rows, kind="stable")
+    grouped = rows[order]
+    starts = np.concatenate(([0], np.flatnonzero(np.diff(grouped)) + 1, [grouped.shape[0]]))
+    run_starts = np.ascontiguousarray(starts[:1] if grouped.shape[0] == 0 else starts,
+                                      dtype=np.int64)
+    return (np.ascontiguousarray(grouped[run_starts[:-1]], dtype=np.int64), run_starts,
+            np.ascontiguousarray(sel[order], dtype=np.int64))
 
 
 class _Rows:
     """Rows, their episodes, context ring and events: what both detector shapes share."""
 
-    def __init__(self, device: str, rows: Sequence[RowInfo], context: Sequence[int]) -> None:
+    def __init__(self, device: str, rows: Sequence[RowInfo], context: Sequence[int],
+                 *, runs: bool = False) -> None:
         self.device = device
+        self._runs = runs
         self.rows = tuple(rows)
         self.ep, self.times = new_episodes(len(self.rows))
         self.events = EpisodeEvents(device, self.rows, context)
@@ -42,15 +58,17 @@ class _Rows:
         self._last: tuple[tuple[str, ...], Route] | None = None
 
     def route(self, tags: tuple[str, ...]) -> Route:
-        """Batch positions, rows and columns of every sample this detector folds."""
+        """Batch positions, rows and columns of every sample this detector folds, in batch
+        order; or, for `runs`, the same samples as runs of one row each (`_by_row`)."""
         if self._last is not None and self._last[0] is tags:
             return self._last[1]  # a driver reuses its plan's tuple: no hashing of it
         route = self._routes.get(tags)
         if route is None:
             pairs = [(j, r, c) for j, tag in enumerate(tags) for r, c in self._tag_rows.get(tag, ())]
             arr = np.array(pairs, dtype=np.int64).reshape(-1, 3)
-            route = (np.ascontiguousarray(arr[:, 0]), np.ascontiguousarray(arr[:, 1]),
-                     np.ascontiguousarray(arr[:, 2]))
+            sel, rows = np.ascontiguousarray(arr[:, 0]), np.ascontiguousarray(arr[:, 1])
+            route = _by_row(sel, rows) if self._runs else (sel, rows,
+                                                           np.ascontiguousarray(arr[:, 2]))
             self._routes[tags] = route
         self._last = (tags, route)
         return route
@@ -69,22 +87,27 @@ class UnivariateDetector:
     """
 
     def __init__(self, device: str, rows: Sequence[RowInfo], params: F64, state_fields: int,
-                 kernel: Kernel, tick_kernel: Kernel | None = None) -> None:
+                 kernel: Kernel, tick_kernel: TickKernel | None = None) -> None:
         context = [int(c) for c in params[:, P_AFTER]]
-        self._rows = _Rows(device, rows, context)
+        self._rows = _Rows(device, rows, context, runs=True)
         self._params = np.ascontiguousarray(params, dtype=np.float64)
         self._state = np.zeros((len(rows), state_fields), dtype=np.float64)
         self._ctx = np.full((len(rows), max(context, default=0) or 1), np.nan)
+        self._raised = np.zeros(len(rows), dtype=np.int64)
+        """The rows a batch left with an episode counter raised (the kernel fills it)."""
         self._kernel = kernel
         self._tick_kernel = tick_kernel
 
     def on_batch(self, batch: SampleBatch) -> list[Event]:
-        sel, rows, _ = self._rows.route(batch.tags)
+        run_rows, run_starts, sel = self._rows.route(batch.tags)
         r = self._rows
         r.last_mono_ns = batch.mono_ns
-        self._kernel(self._params, self._state, r.ep, r.times, self._ctx, sel, rows,
-                     batch.values, batch.quality, batch.mono_ns, batch.time_ns)
-        return r.events.collect(r.ep, r.times, self._ctx)
+        count = self._kernel(self._params, self._state, r.ep, r.times, self._ctx, run_rows,
+                             run_starts, sel, batch.values, batch.quality, batch.mono_ns,
+                             batch.time_ns, self._raised)
+        if count == 0:
+            return []
+        return r.events.collect(r.ep, r.times, self._ctx, self._raised[:count])
 
     def on_tick(self, mono_ns: int, time_ns: int) -> list[Event]:
         if self._tick_kernel is None:

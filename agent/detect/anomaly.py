@@ -8,6 +8,7 @@ routing from a batch's tag tuple to rows (cached: a device's batches repeat thei
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
+from typing import Generic, TypeVar
 
 import numpy as np
 import numpy.typing as npt
@@ -15,6 +16,7 @@ import numpy.typing as npt
 from agent.detect.episodes import EpisodeEvents, RowInfo
 from agent.detect.kernels_episode import EP_SCORE, new_episodes
 from agent.detect.kernels_pca import PCA_STATE, X_WARMUP, pca_batch
+from agent.detect.kernels_runs import RUN_COUNT, RUN_FIELDS, RUN_FIRST, RUN_ROW, RUN_STRIDE
 from agent.detect.kernels_univariate import P_AFTER
 from agent.events import Event
 from drivers.samples import SampleBatch
@@ -24,51 +26,73 @@ I64 = npt.NDArray[np.int64]
 Kernel = Callable[..., int]
 """A batch kernel: returns how many rows it raised an episode counter on (`kernels_univariate`)."""
 TickKernel = Callable[..., None]
-Route = tuple[I64, I64, I64]
+Pairs = tuple[I64, I64, I64]
+R = TypeVar("R")
 
 
-def _by_row(sel: I64, rows: I64) -> Route:
-    """`run_rows`, `run_starts` and `sel` of the univariate kernels (`kernels_univariate`):
-    the samples grouped by the row they feed, in batch order within a row (a stable sort)."""
+def _pairs(sel: I64, rows: I64, cols: I64) -> Pairs:
+    return sel, rows, cols
+
+
+def _runs(sel: I64, rows: I64, cols: I64) -> I64:
+    """The runs of the univariate kernels (`kernels_runs`): the samples grouped by the row
+    they feed, in batch order within a row (a stable sort); a row whose positions are an
+    arithmetic progression (the usual batch: each tag once, or a burst of the same tuple
+    repeated) is one run, any other row one run per sample."""
+    n = rows.shape[0]
+    if n == 0:
+        return np.zeros((0, RUN_FIELDS), dtype=np.int64)
     order = np.argsort(rows, kind="stable")
-    grouped = rows[order]
-    starts = np.concatenate(([0], np.flatnonzero(np.diff(grouped)) + 1, [grouped.shape[0]]))
-    run_starts = np.ascontiguousarray(starts[:1] if grouped.shape[0] == 0 else starts,
-                                      dtype=np.int64)
-    return (np.ascontiguousarray(grouped[run_starts[:-1]], dtype=np.int64), run_starts,
-            np.ascontiguousarray(sel[order], dtype=np.int64))
+    row, pos = rows[order], sel[order]
+    same = row[1:] == row[:-1]  # sample i + 1 feeds the row of sample i
+    group = np.concatenate(([0], np.cumsum(~same)))  # each sample's row, numbered 0, 1, ...
+    step = np.diff(pos)
+    bent = np.zeros(n, dtype=bool)  # i's row steps into i + 1 otherwise than into i
+    bent[1:-1] = same[1:] & same[:-1] & (step[1:] != step[:-1])
+    irregular = np.zeros(int(group[-1]) + 1, dtype=bool)
+    irregular[group[bent]] = True
+    starts = np.flatnonzero(np.concatenate(([True], ~same)) | irregular[group])
+    runs = np.zeros((starts.shape[0], RUN_FIELDS), dtype=np.int64)
+    runs[:, RUN_ROW] = row[starts]
+    runs[:, RUN_FIRST] = pos[starts]
+    runs[:, RUN_COUNT] = np.diff(np.append(starts, n))
+    runs[:, RUN_STRIDE] = 1
+    longer = runs[:, RUN_COUNT] > 1
+    runs[longer, RUN_STRIDE] = pos[starts[longer] + 1] - pos[starts[longer]]
+    return runs
 
 
-class _Rows:
-    """Rows, their episodes, context ring and events: what both detector shapes share."""
+class _Rows(Generic[R]):
+    """Rows, their episodes, context ring and events: what both detector shapes share.
+    `arrange` turns the batch positions, rows and columns of a tag tuple's samples into
+    what the detector's kernel takes (cached per tuple)."""
 
     def __init__(self, device: str, rows: Sequence[RowInfo], context: Sequence[int],
-                 *, runs: bool = False) -> None:
+                 arrange: Callable[[I64, I64, I64], R]) -> None:
         self.device = device
-        self._runs = runs
+        self._arrange = arrange
         self.rows = tuple(rows)
         self.ep, self.times = new_episodes(len(self.rows))
         self.events = EpisodeEvents(device, self.rows, context)
-        self._routes: dict[tuple[str, ...], Route] = {}
+        self._routes: dict[tuple[str, ...], R] = {}
         self._tag_rows: dict[str, list[tuple[int, int]]] = {}
         for r, info in enumerate(self.rows):
             for c, tag in enumerate(info.tags):
                 self._tag_rows.setdefault(tag, []).append((r, c))
         self.last_mono_ns = 0
-        self._last: tuple[tuple[str, ...], Route] | None = None
+        self._last: tuple[tuple[str, ...], R] | None = None
 
-    def route(self, tags: tuple[str, ...]) -> Route:
-        """Batch positions, rows and columns of every sample this detector folds, in batch
-        order; or, for `runs`, the same samples as runs of one row each (`_by_row`)."""
+    def route(self, tags: tuple[str, ...]) -> R:
+        """Every sample of the batch this detector folds, as `arrange` puts it."""
         if self._last is not None and self._last[0] is tags:
             return self._last[1]  # a driver reuses its plan's tuple: no hashing of it
         route = self._routes.get(tags)
         if route is None:
             pairs = [(j, r, c) for j, tag in enumerate(tags) for r, c in self._tag_rows.get(tag, ())]
             arr = np.array(pairs, dtype=np.int64).reshape(-1, 3)
-            sel, rows = np.ascontiguousarray(arr[:, 0]), np.ascontiguousarray(arr[:, 1])
-            route = _by_row(sel, rows) if self._runs else (sel, rows,
-                                                           np.ascontiguousarray(arr[:, 2]))
+            route = self._arrange(np.ascontiguousarray(arr[:, 0]),
+                                  np.ascontiguousarray(arr[:, 1]),
+                                  np.ascontiguousarray(arr[:, 2]))
             self._routes[tags] = route
         self._last = (tags, route)
         return route
@@ -89,7 +113,7 @@ class UnivariateDetector:
     def __init__(self, device: str, rows: Sequence[RowInfo], params: F64, state_fields: int,
                  kernel: Kernel, tick_kernel: TickKernel | None = None) -> None:
         context = [int(c) for c in params[:, P_AFTER]]
-        self._rows = _Rows(device, rows, context, runs=True)
+        self._rows = _Rows(device, rows, context, _runs)
         self._params = np.ascontiguousarray(params, dtype=np.float64)
         self._state = np.zeros((len(rows), state_fields), dtype=np.float64)
         self._ctx = np.full((len(rows), max(context, default=0) or 1), np.nan)
@@ -99,12 +123,12 @@ class UnivariateDetector:
         self._tick_kernel = tick_kernel
 
     def on_batch(self, batch: SampleBatch) -> list[Event]:
-        run_rows, run_starts, sel = self._rows.route(batch.tags)
+        runs = self._rows.route(batch.tags)
         r = self._rows
         r.last_mono_ns = batch.mono_ns
-        count = self._kernel(self._params, self._state, r.ep, r.times, self._ctx, run_rows,
-                             run_starts, sel, batch.values, batch.quality, batch.mono_ns,
-                             batch.time_ns, self._raised)
+        count = self._kernel(self._params, self._state, r.ep, r.times, self._ctx, runs,
+                             batch.values, batch.quality, batch.mono_ns, batch.time_ns,
+                             self._raised)
         if count == 0:
             return []
         return r.events.collect(r.ep, r.times, self._ctx, self._raised[:count])
@@ -136,7 +160,7 @@ class PcaDetector:
         context = [int(c) for c in params[:, P_AFTER]]
         warmup = int(params[:, X_WARMUP].max())
         context_samples = max(context, default=0)
-        self._rows = _Rows(device, rows, context)
+        self._rows = _Rows(device, rows, context, _pairs)
         self._params = np.ascontiguousarray(params, dtype=np.float64)
         self._state = np.zeros((groups, PCA_STATE))
         self._cur = np.zeros((groups, 3, dim))

@@ -40,7 +40,7 @@ def new_episodes(rows: int) -> tuple[F64, I64]:
     return ep, np.zeros((rows, T_FIELDS), dtype=np.int64)
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def episode_step(ep: F64, times: I64, params: F64, row: int, score: float, threshold: float,
                  value: float, over: bool, under: bool, mono_ns: int, time_ns: int) -> None:
     """One sample of a row through IDLE -> PENDING -> ACTIVE -> CLEARING -> IDLE.
@@ -48,7 +48,9 @@ def episode_step(ep: F64, times: I64, params: F64, row: int, score: float, thres
     Hysteresis with dwell times (a Schmitt trigger with minimum on/off durations): an
     episode starts once `over` held for `min_ns` and ends once `under` held for `clear_ns`;
     its start is the first sample over, its end the first sample under. The peak is the
-    highest score in between, with the value and time it was seen at.
+    highest score in between, with the value and time it was seen at. Inlined into each
+    kernel: as a call, its three arrays' reference counts would cost more than the step on
+    every sample of an episode.
     """
     ep[row, EP_SCORE] = score
     ep[row, EP_THRESHOLD] = threshold
@@ -102,58 +104,6 @@ def episode_step(ep: F64, times: I64, params: F64, row: int, score: float, thres
         ep[row, EP_AFTER_LEFT] = params[row, P_AFTER]
         if params[row, P_AFTER] == 0.0:
             ep[row, EP_AFTER_DONE] += 1.0
-
-
-# A kernel that folds a row's run of samples at once keeps the row's episode fields in locals
-# over the run: `run_open` takes them, `ring_next` advances the context ring per sample,
-# `run_step` hands them to `episode_step` and back, `run_close` writes them back. Only
-# `run_step`, off the quiet path, is a call with arrays per sample: a call that takes an
-# array and branches increments and decrements the array's reference count (two atomic
-# operations) on every sample, which costs more than the whole rest of a quiet sample.
-
-
-@njit(cache=True)
-def run_open(ep: F64, row: int) -> tuple[float, float, float, int, float]:
-    """The row's state, score, ring count, ring position and context samples still wanted."""
-    return (ep[row, EP_STATE], ep[row, EP_SCORE], ep[row, EP_RING_N], int(ep[row, EP_RING_POS]),
-            ep[row, EP_AFTER_LEFT])
-
-
-@njit(cache=True)
-def ring_next(pos: int, left: float, size: int) -> tuple[int, float, float]:
-    """`ring_slot` on locals, after the caller stored a good sample at `pos`: the next
-    position, the samples still wanted after an ended episode, and 1.0 when this sample
-    was the last of them (to add to EP_AFTER_DONE at `run_close`), else 0.0."""
-    pos = 0 if pos + 1 >= size else pos + 1
-    if left > 0.0:
-        left -= 1.0
-        return pos, left, 1.0 if left == 0.0 else 0.0
-    return pos, left, 0.0
-
-
-@njit(cache=True)
-def run_step(ep: F64, times: I64, params: F64, row: int, left: float, score: float,
-             threshold: float, value: float, over: bool, under: bool, mono_ns: int,
-             time_ns: int) -> tuple[float, float]:
-    """`episode_step` with the ring's AFTER_LEFT (an end sets it): returns the row's state
-    and AFTER_LEFT after the step."""
-    ep[row, EP_AFTER_LEFT] = left
-    episode_step(ep, times, params, row, score, threshold, value, over, under, mono_ns, time_ns)
-    return ep[row, EP_STATE], ep[row, EP_AFTER_LEFT]
-
-
-@njit(cache=True)
-def run_close(ep: F64, row: int, score: float, ring_n: float, pos: int, left: float,
-              done: float) -> float:
-    """Writes back what `run_open` took (EP_STATE is only ever written by `episode_step`)
-    and the AFTER_DONE `ring_next` counted; returns the row's raised STARTED, ENDED and
-    AFTER_DONE counters (0: nothing for Python to look at)."""
-    ep[row, EP_SCORE] = score
-    ep[row, EP_RING_N] = ring_n
-    ep[row, EP_RING_POS] = float(pos)
-    ep[row, EP_AFTER_LEFT] = left
-    ep[row, EP_AFTER_DONE] += done
-    return float(ep[row, EP_STARTED] + ep[row, EP_ENDED] + ep[row, EP_AFTER_DONE])
 
 
 @njit(cache=True, inline="always")

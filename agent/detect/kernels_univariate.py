@@ -2,19 +2,12 @@
 
 Every kernel has the same shape: `params` (rows, P) holds each row's configuration, `state`
 (rows, S) its statistics, `ep`/`times` its episode (`kernels_episode`), `ctx` (rows, C) the
-ring of its last good samples for the events' context. A batch comes as runs, one per row
-it feeds (a tag in two rules feeds two rows): run k feeds row `run_rows[k]` with the batch
-positions `sel[run_starts[k]:run_starts[k + 1]]`, in batch order. Samples whose quality is
-not GOOD (0) never enter the statistics. Each kernel writes the rows it left with a STARTED,
-ENDED or AFTER_DONE counter raised into `raised` (ascending) and returns how many: the rows
-Python makes events for, found without scanning a column of every row.
-
-Why runs and not the batch's order: rows never read each other's state, so folding a row's
-samples together computes exactly what folding them in batch order does, but lets a kernel
-hold the row's parameters, statistics and episode fields in locals (registers) over the
-run instead of re-reading and re-writing them through 2-D arrays for every sample, and take
-each branch on the row's parameters once per run (a burst of 100 samples per tag: twice as
-fast as the batch order on the development machine).
+ring of its last good samples for the events' context. A batch comes as `runs` of samples
+for one row each (`kernels_runs` says what they are and why; a tag in two rules feeds two
+rows), folded run by run with the row held in locals. Samples whose quality is not GOOD (0)
+never enter the statistics. Each kernel writes the rows it left with a STARTED, ENDED or
+AFTER_DONE counter raised into `raised` (ascending) and returns how many: the rows Python
+makes events for, found without scanning a column of every row.
 """
 
 from __future__ import annotations
@@ -34,8 +27,16 @@ from agent.detect.kernels_episode import (
     P_CLEAR_NS,
     P_MIN_NS,
     episode_step,
-    ring_next,
+)
+from agent.detect.kernels_runs import (
+    RUN_COUNT,
+    RUN_FIRST,
+    RUN_ROW,
+    RUN_STRIDE,
+    ring_fill,
+    run_buffer,
     run_close,
+    run_gather,
     run_open,
     run_step,
 )
@@ -58,9 +59,8 @@ LIMIT_STATE = 3
 
 
 @njit(cache=True)
-def limits_batch(params: F64, state: F64, ep: F64, times: I64, ctx: F64, run_rows: I64,
-                 run_starts: I64, sel: I64, values: F64, quality: U8, mono_ns: int,
-                 time_ns: int, raised: I64) -> int:
+def limits_batch(params: F64, state: F64, ep: F64, times: I64, ctx: F64, runs: I64,
+                 values: F64, quality: U8, mono_ns: int, time_ns: int, raised: I64) -> int:
     """Level limits with hysteresis and a rate-of-change limit; the score is the excess over
     the limit in the tag's unit (per second for a rate), so the peak is the max excess.
 
@@ -68,23 +68,22 @@ def limits_batch(params: F64, state: F64, ep: F64, times: I64, ctx: F64, run_row
     """
     size = ctx.shape[1]
     count = 0
-    for k in range(run_rows.shape[0]):
-        row = run_rows[k]
-        st, score, ring_n, pos, left = run_open(ep, row)
+    buf = run_buffer(runs)
+    for k in range(runs.shape[0]):
+        row = runs[k, RUN_ROW]
+        st, score, left = run_open(ep, row)
         done = 0.0
         n, last, last_mono = state[row, LS_N], state[row, LS_LAST], state[row, LS_LAST_MONO]
         high, low, hyst = params[row, L_HIGH], params[row, L_LOW], params[row, L_HYST]
         max_rate = params[row, L_MAX_RATE]
         level = params[row, L_MODE] == L_LEVEL
-        for j in range(run_starts[k], run_starts[k + 1]):
-            p = sel[j]
-            if quality[p] != 0:
-                continue
-            x = values[p]
-            ring_n += 1.0
-            ctx[row, pos] = x
-            pos, left, got = ring_next(pos, left, size)
-            done += got
+        good = run_gather(runs, k, values, quality, buf)
+        for i in range(good):
+            x = buf[i]
+            if left > 0.0:  # context wanted after an ended episode: this sample is part of it
+                left -= 1.0
+                if left == 0.0:
+                    done += 1.0
             if level:
                 excess = max(x - high, low - x)
                 if st == IDLE and not (excess > 0.0):
@@ -107,9 +106,11 @@ def limits_batch(params: F64, state: F64, ep: F64, times: I64, ctx: F64, run_row
             n += 1.0
             last = x
         state[row, LS_N], state[row, LS_LAST], state[row, LS_LAST_MONO] = n, last, last_mono
-        if run_close(ep, row, score, ring_n, pos, left, done) != 0.0:
+        if run_close(ep, row, size, score, left, done, good) != 0.0 and (
+                k + 1 == runs.shape[0] or runs[k + 1, RUN_ROW] != row):  # its last run
             raised[count] = row
             count += 1
+    ring_fill(ep, ctx, runs, values, quality)
     return count
 
 
@@ -121,9 +122,8 @@ ZSCORE_STATE = 4
 
 
 @njit(cache=True)
-def zscore_batch(params: F64, state: F64, ep: F64, times: I64, ctx: F64, run_rows: I64,
-                 run_starts: I64, sel: I64, values: F64, quality: U8, mono_ns: int,
-                 time_ns: int, raised: I64) -> int:
+def zscore_batch(params: F64, state: F64, ep: F64, times: I64, ctx: F64, runs: I64,
+                 values: F64, quality: U8, mono_ns: int, time_ns: int, raised: I64) -> int:
     """Streaming z-score of an EWMA-smoothed value against an EWMA mean and variance.
 
     Reference: J. M. Lucas and M. S. Saccucci, "Exponentially weighted moving average
@@ -133,24 +133,23 @@ def zscore_batch(params: F64, state: F64, ep: F64, times: I64, ctx: F64, run_row
     """
     size = ctx.shape[1]
     count = 0
-    for k in range(run_rows.shape[0]):
-        row = run_rows[k]
-        st, score, ring_n, pos, left = run_open(ep, row)
+    buf = run_buffer(runs)
+    for k in range(runs.shape[0]):
+        row = runs[k, RUN_ROW]
+        st, score, left = run_open(ep, row)
         done = 0.0
         n, smooth = state[row, ZS_N], state[row, ZS_SMOOTH]
         mean, var = state[row, ZS_MEAN], state[row, ZS_VAR]
         alpha_smooth, alpha_base = params[row, Z_ALPHA_SMOOTH], params[row, Z_ALPHA_BASE]
         warmup, direction = params[row, Z_WARMUP], params[row, Z_DIRECTION]
         threshold, clear = params[row, Z_THRESHOLD], params[row, Z_CLEAR]
-        for j in range(run_starts[k], run_starts[k + 1]):
-            p = sel[j]
-            if quality[p] != 0:
-                continue
-            x = values[p]
-            ring_n += 1.0
-            ctx[row, pos] = x
-            pos, left, got = ring_next(pos, left, size)
-            done += got
+        good = run_gather(runs, k, values, quality, buf)
+        for i in range(good):
+            x = buf[i]
+            if left > 0.0:  # context wanted after an ended episode: this sample is part of it
+                left -= 1.0
+                if left == 0.0:
+                    done += 1.0
             n += 1.0
             if n == 1.0:
                 smooth = x
@@ -178,9 +177,11 @@ def zscore_batch(params: F64, state: F64, ep: F64, times: I64, ctx: F64, run_row
                 var = (1.0 - a) * (var + a * d * d)
         state[row, ZS_N], state[row, ZS_SMOOTH] = n, smooth
         state[row, ZS_MEAN], state[row, ZS_VAR] = mean, var
-        if run_close(ep, row, score, ring_n, pos, left, done) != 0.0:
+        if run_close(ep, row, size, score, left, done, good) != 0.0 and (
+                k + 1 == runs.shape[0] or runs[k + 1, RUN_ROW] != row):  # its last run
             raised[count] = row
             count += 1
+    ring_fill(ep, ctx, runs, values, quality)
     return count
 
 
@@ -192,9 +193,8 @@ DRIFT_STATE = 5
 
 
 @njit(cache=True)
-def drift_batch(params: F64, state: F64, ep: F64, times: I64, ctx: F64, run_rows: I64,
-                run_starts: I64, sel: I64, values: F64, quality: U8, mono_ns: int,
-                time_ns: int, raised: I64) -> int:
+def drift_batch(params: F64, state: F64, ep: F64, times: I64, ctx: F64, runs: I64,
+                values: F64, quality: U8, mono_ns: int, time_ns: int, raised: I64) -> int:
     """Two-sided CUSUM in units of the warm-up's standard deviation; score = max(S+, S-).
 
     Reference: E. S. Page, "Continuous inspection schemes", Biometrika 41(1/2), 1954.
@@ -202,25 +202,24 @@ def drift_batch(params: F64, state: F64, ep: F64, times: I64, ctx: F64, run_rows
     """
     size = ctx.shape[1]
     count = 0
-    for k in range(run_rows.shape[0]):
-        row = run_rows[k]
-        st, score, ring_n, pos, left = run_open(ep, row)
+    buf = run_buffer(runs)
+    for k in range(runs.shape[0]):
+        row = runs[k, RUN_ROW]
+        st, score, left = run_open(ep, row)
         done = 0.0
         n, mean, m2 = state[row, DS_N], state[row, DS_MEAN], state[row, DS_M2]
         s_pos, s_neg = state[row, DS_POS], state[row, DS_NEG]
         warmup, slack = params[row, D_WARMUP], params[row, D_SLACK]
         threshold, clear = params[row, D_THRESHOLD], params[row, D_CLEAR]
-        j, end = run_starts[k], run_starts[k + 1]
-        while j < end and n < warmup:  # learning: mean and deviation change every sample
-            p = sel[j]
-            j += 1
-            if quality[p] != 0:
-                continue
-            x = values[p]
-            ring_n += 1.0
-            ctx[row, pos] = x
-            pos, left, got = ring_next(pos, left, size)
-            done += got
+        good = run_gather(runs, k, values, quality, buf)
+        i = 0
+        while i < good and n < warmup:  # learning: mean and deviation change every sample
+            x = buf[i]
+            i += 1
+            if left > 0.0:  # context wanted after an ended episode: this sample is part of it
+                left -= 1.0
+                if left == 0.0:
+                    done += 1.0
             n += 1.0
             delta = x - mean
             mean += delta / n
@@ -229,15 +228,12 @@ def drift_batch(params: F64, state: F64, ep: F64, times: I64, ctx: F64, run_rows
         sd = math.sqrt(m2 / n) if n > 0.0 else 0.0
         if sd <= 0.0:
             sd = 1e-12 * max(1.0, abs(mean))
-        for i in range(j, end):
-            p = sel[i]
-            if quality[p] != 0:
-                continue
-            x = values[p]
-            ring_n += 1.0
-            ctx[row, pos] = x
-            pos, left, got = ring_next(pos, left, size)
-            done += got
+        for j in range(i, good):
+            x = buf[j]
+            if left > 0.0:  # context wanted after an ended episode: this sample is part of it
+                left -= 1.0
+                if left == 0.0:
+                    done += 1.0
             z = (x - mean) / sd
             s_pos = max(0.0, s_pos + z - slack)
             s_neg = max(0.0, s_neg - z - slack)
@@ -247,9 +243,11 @@ def drift_batch(params: F64, state: F64, ep: F64, times: I64, ctx: F64, run_rows
                                     score > threshold, score < clear, mono_ns, time_ns)
         state[row, DS_N], state[row, DS_MEAN], state[row, DS_M2] = n, mean, m2
         state[row, DS_POS], state[row, DS_NEG] = s_pos, s_neg
-        if run_close(ep, row, score, ring_n, pos, left, done) != 0.0:
+        if run_close(ep, row, size, score, left, done, good) != 0.0 and (
+                k + 1 == runs.shape[0] or runs[k + 1, RUN_ROW] != row):  # its last run
             raised[count] = row
             count += 1
+    ring_fill(ep, ctx, runs, values, quality)
     return count
 
 
@@ -262,9 +260,8 @@ STUCK_STATE = 4
 
 
 @njit(cache=True)
-def stuck_batch(params: F64, state: F64, ep: F64, times: I64, ctx: F64, run_rows: I64,
-                run_starts: I64, sel: I64, values: F64, quality: U8, mono_ns: int,
-                time_ns: int, raised: I64) -> int:
+def stuck_batch(params: F64, state: F64, ep: F64, times: I64, ctx: F64, runs: I64,
+                values: F64, quality: U8, mono_ns: int, time_ns: int, raised: I64) -> int:
     """Seconds since the value last moved by more than `min_change` (FLAT rows), or since
     the last good sample (SILENT rows: a bad sample is no delivery). Score in seconds.
 
@@ -273,29 +270,30 @@ def stuck_batch(params: F64, state: F64, ep: F64, times: I64, ctx: F64, run_rows
     """
     size = ctx.shape[1]
     count = 0
-    for k in range(run_rows.shape[0]):
-        row = run_rows[k]
-        st, score, ring_n, pos, left = run_open(ep, row)
-        done = 0.0
+    for k in range(runs.shape[0]):
+        row, first, stride = runs[k, RUN_ROW], runs[k, RUN_FIRST], runs[k, RUN_STRIDE]
+        st, score, left = run_open(ep, row)
+        done, good = 0.0, 0
         n, ref = state[row, SS_N], state[row, SS_REF]
         change_mono, good_mono = state[row, SS_CHANGE_MONO], state[row, SS_GOOD_MONO]
         flat, after_ns = params[row, S_MODE] == S_FLAT, params[row, S_AFTER_NS]
         min_change = params[row, S_MIN_CHANGE]
-        for j in range(run_starts[k], run_starts[k + 1]):
-            p = sel[j]
+        for i in range(runs[k, RUN_COUNT]):
+            p = first + i * stride
             if n == 0.0:
                 good_mono = float(mono_ns)
                 change_mono = float(mono_ns)
-            good = quality[p] == 0
+            ok = quality[p] == 0
             x = values[p]
-            if good:
-                ring_n += 1.0
-                ctx[row, pos] = x
-                pos, left, got = ring_next(pos, left, size)
-                done += got
+            if ok:
+                good += 1
+                if left > 0.0:  # context wanted after an ended episode
+                    left -= 1.0
+                    if left == 0.0:
+                        done += 1.0
                 good_mono = float(mono_ns)
             if flat:
-                if not good:
+                if not ok:
                     continue
                 if n == 0.0 or abs(x - ref) > min_change:
                     ref = x
@@ -312,9 +310,11 @@ def stuck_batch(params: F64, state: F64, ep: F64, times: I64, ctx: F64, run_rows
                                     over, not over, mono_ns, time_ns)
         state[row, SS_N], state[row, SS_REF] = n, ref
         state[row, SS_CHANGE_MONO], state[row, SS_GOOD_MONO] = change_mono, good_mono
-        if run_close(ep, row, score, ring_n, pos, left, done) != 0.0:
+        if run_close(ep, row, size, score, left, done, good) != 0.0 and (
+                k + 1 == runs.shape[0] or runs[k + 1, RUN_ROW] != row):  # its last run
             raised[count] = row
             count += 1
+    ring_fill(ep, ctx, runs, values, quality)
     return count
 
 
@@ -346,9 +346,8 @@ RMS_STATE = 4
 
 
 @njit(cache=True)
-def rms_batch(params: F64, state: F64, ep: F64, times: I64, ctx: F64, run_rows: I64,
-              run_starts: I64, sel: I64, values: F64, quality: U8, mono_ns: int,
-              time_ns: int, raised: I64) -> int:
+def rms_batch(params: F64, state: F64, ep: F64, times: I64, ctx: F64, runs: I64,
+              values: F64, quality: U8, mono_ns: int, time_ns: int, raised: I64) -> int:
     """Exponentially weighted running RMS (of the deviation from a slower running mean when
     REMOVE_MEAN); the limit is min(MAX_RMS, MAX_RATIO x the RMS at the end of warm-up).
 
@@ -357,9 +356,10 @@ def rms_batch(params: F64, state: F64, ep: F64, times: I64, ctx: F64, run_rows: 
     """
     size = ctx.shape[1]
     count = 0
-    for k in range(run_rows.shape[0]):
-        row = run_rows[k]
-        st, score, ring_n, pos, left = run_open(ep, row)
+    buf = run_buffer(runs)
+    for k in range(runs.shape[0]):
+        row = runs[k, RUN_ROW]
+        st, score, left = run_open(ep, row)
         done = 0.0
         n, mean, ms, base = state[row, RS_N], state[row, RS_MEAN], state[row, RS_MS], \
             state[row, RS_BASE]
@@ -367,15 +367,13 @@ def rms_batch(params: F64, state: F64, ep: F64, times: I64, ctx: F64, run_rows: 
             params[row, R_WARMUP]
         max_rms, max_ratio = params[row, R_MAX_RMS], params[row, R_MAX_RATIO]
         clear_fraction = params[row, R_CLEAR_FRACTION]
-        for j in range(run_starts[k], run_starts[k + 1]):
-            p = sel[j]
-            if quality[p] != 0:
-                continue
-            x = values[p]
-            ring_n += 1.0
-            ctx[row, pos] = x
-            pos, left, got = ring_next(pos, left, size)
-            done += got
+        good = run_gather(runs, k, values, quality, buf)
+        for i in range(good):
+            x = buf[i]
+            if left > 0.0:  # context wanted after an ended episode: this sample is part of it
+                left -= 1.0
+                if left == 0.0:
+                    done += 1.0
             n += 1.0
             if remove_mean:
                 if n == 1.0:
@@ -399,16 +397,17 @@ def rms_batch(params: F64, state: F64, ep: F64, times: I64, ctx: F64, run_rows: 
                                     rms < limit * clear_fraction, mono_ns, time_ns)
         state[row, RS_N], state[row, RS_MEAN], state[row, RS_MS], state[row, RS_BASE] = \
             n, mean, ms, base
-        if run_close(ep, row, score, ring_n, pos, left, done) != 0.0:
+        if run_close(ep, row, size, score, left, done, good) != 0.0 and (
+                k + 1 == runs.shape[0] or runs[k + 1, RUN_ROW] != row):  # its last run
             raised[count] = row
             count += 1
+    ring_fill(ep, ctx, runs, values, quality)
     return count
 
 
 def warm_up(kinds: Collection[str]) -> None:
     """Compile (or load from the cache) the kernels of these kinds, on one tiny row each."""
-    one = np.zeros(1, dtype=np.int64)
-    starts = np.array([0, 1], dtype=np.int64)
+    runs = np.array([[0, 0, 1, 1]], dtype=np.int64)
     values = np.zeros(1)
     quality = np.zeros(1, dtype=np.uint8)
     from agent.detect.kernels_episode import new_episodes
@@ -423,7 +422,7 @@ def warm_up(kinds: Collection[str]) -> None:
         ep, times = new_episodes(1)
         params = np.zeros((1, width))
         state = np.zeros((1, fields))
-        kernel(params, state, ep, times, np.zeros((1, 1)), one, starts, one, values, quality, 1, 1,
+        kernel(params, state, ep, times, np.zeros((1, 1)), runs, values, quality, 1, 1,
                np.zeros(1, dtype=np.int64))
         if kernel is stuck_batch:
             stuck_tick(params, state, ep, times, 2, 2)

@@ -9,13 +9,13 @@ other's state. What it saves on a burst (100 samples per tag in the benchmark): 
 parameters, statistics and episode fields stay in registers over its run instead of going
 through 2-D arrays on every sample, each branch on the row's parameters is taken once per
 run, and no index array is read per sample. A kernel first copies a run's GOOD samples
-into a buffer (`run_gather`), then folds them; the context ring is written once per batch
-(`ring_fill`).
+into a buffer (`run_gather`), then folds them; the context ring is written once per run,
+with the last of them (`run_close`).
 
 numba counts references to the arrays a compiled function takes: a call with arrays that
 branches costs atomic increments and decrements on every call, more than a whole quiet
-sample. So what runs per sample is inlined (`run_gather`, `run_step`); `run_open` and
-`run_close` run once per run, `run_buffer` and `ring_fill` once per batch.
+sample. So the helpers a kernel calls per sample or per run are inlined (`run_gather`,
+`run_step`, `run_close`); `run_open` only reads, `run_buffer` runs once per batch.
 """
 
 from __future__ import annotations
@@ -86,44 +86,24 @@ def run_step(ep: F64, times: I64, params: F64, row: int, left: float, score: flo
     return ep[row, EP_STATE], ep[row, EP_AFTER_LEFT]
 
 
-@njit(cache=True)
-def run_close(ep: F64, row: int, size: int, score: float, left: float, done: float,
+@njit(cache=True, inline="always")
+def run_close(ep: F64, ctx: F64, buf: F64, row: int, score: float, left: float, done: float,
               good: int) -> float:
-    """Writes back a run's locals: its score, AFTER_LEFT, the AFTER_DONE it counted, and the
-    ring count and position advanced by its `good` samples (`ring_fill` writes them once the
-    batch is folded). Returns the row's STARTED + ENDED + AFTER_DONE: 0 when there is no
-    event to make."""
+    """Writes back a run's locals: its score, AFTER_LEFT and the AFTER_DONE it counted, and
+    pushes its `good` samples (`buf[:good]`) into the row's context ring (rows, C) at once:
+    only the last C of them are written, where pushing each in turn would leave them.
+    Returns the row's STARTED + ENDED + AFTER_DONE: 0 when there is no event to make."""
     ep[row, EP_SCORE] = score
     ep[row, EP_AFTER_LEFT] = left
     ep[row, EP_AFTER_DONE] += done
     ep[row, EP_RING_N] += good
-    pos = int(ep[row, EP_RING_POS]) + good
-    if pos >= size:
-        pos %= size
-    ep[row, EP_RING_POS] = float(pos)
-    return float(ep[row, EP_STARTED] + ep[row, EP_ENDED] + ep[row, EP_AFTER_DONE])
-
-
-@njit(cache=True)
-def ring_fill(ep: F64, ctx: F64, runs: I64, values: F64, quality: U8) -> None:
-    """The context rings (rows, C) after a batch: each row's last C good samples, written
-    backwards from its ring position, once per batch instead of every sample as it comes
-    (only the last C of a row's samples in a batch survive in its ring anyway)."""
     size = ctx.shape[1]
-    row = -1
-    slot = 0
-    written = 0
-    for k in range(runs.shape[0] - 1, -1, -1):
-        if runs[k, RUN_ROW] != row:  # the row's last run: start from its ring position
-            row = runs[k, RUN_ROW]
-            slot = int(ep[row, EP_RING_POS])
-            written = 0
-        first, stride = runs[k, RUN_FIRST], runs[k, RUN_STRIDE]
-        i = runs[k, RUN_COUNT] - 1
-        while i >= 0 and written < size:
-            p = first + i * stride
-            if quality[p] == 0:
-                slot = slot - 1 if slot > 0 else size - 1
-                ctx[row, slot] = values[p]
-                written += 1
-            i -= 1
+    end = int(ep[row, EP_RING_POS]) + good
+    if end >= size:
+        end %= size
+    ep[row, EP_RING_POS] = float(end)
+    slot = end
+    for i in range(good - 1, good - 1 - min(good, size), -1):
+        slot = slot - 1 if slot > 0 else size - 1
+        ctx[row, slot] = buf[i]
+    return float(ep[row, EP_STARTED] + ep[row, EP_ENDED] + ep[row, EP_AFTER_DONE])

@@ -33,7 +33,6 @@ from agent.detect.kernels_runs import (
     RUN_FIRST,
     RUN_ROW,
     RUN_STRIDE,
-    ring_fill,
     run_buffer,
     run_close,
     run_gather,
@@ -66,7 +65,6 @@ def limits_batch(params: F64, state: F64, ep: F64, times: I64, ctx: F64, runs: I
 
     Reference: a two-threshold comparator (Schmitt trigger), as in IEC 62682 alarm deadbands.
     """
-    size = ctx.shape[1]
     count = 0
     buf = run_buffer(runs)
     for k in range(runs.shape[0]):
@@ -106,11 +104,10 @@ def limits_batch(params: F64, state: F64, ep: F64, times: I64, ctx: F64, runs: I
             n += 1.0
             last = x
         state[row, LS_N], state[row, LS_LAST], state[row, LS_LAST_MONO] = n, last, last_mono
-        if run_close(ep, row, size, score, left, done, good) != 0.0 and (
+        if run_close(ep, ctx, buf, row, score, left, done, good) != 0.0 and (
                 k + 1 == runs.shape[0] or runs[k + 1, RUN_ROW] != row):  # its last run
             raised[count] = row
             count += 1
-    ring_fill(ep, ctx, runs, values, quality)
     return count
 
 
@@ -131,7 +128,6 @@ def zscore_batch(params: F64, state: F64, ep: F64, times: I64, ctx: F64, runs: I
     threshold (or inside an episode) never updates the baseline, so an anomaly does not
     become the new normal. No score (NaN) during the first `warmup` samples.
     """
-    size = ctx.shape[1]
     count = 0
     buf = run_buffer(runs)
     for k in range(runs.shape[0]):
@@ -177,11 +173,10 @@ def zscore_batch(params: F64, state: F64, ep: F64, times: I64, ctx: F64, runs: I
                 var = (1.0 - a) * (var + a * d * d)
         state[row, ZS_N], state[row, ZS_SMOOTH] = n, smooth
         state[row, ZS_MEAN], state[row, ZS_VAR] = mean, var
-        if run_close(ep, row, size, score, left, done, good) != 0.0 and (
+        if run_close(ep, ctx, buf, row, score, left, done, good) != 0.0 and (
                 k + 1 == runs.shape[0] or runs[k + 1, RUN_ROW] != row):  # its last run
             raised[count] = row
             count += 1
-    ring_fill(ep, ctx, runs, values, quality)
     return count
 
 
@@ -200,7 +195,6 @@ def drift_batch(params: F64, state: F64, ep: F64, times: I64, ctx: F64, runs: I6
     Reference: E. S. Page, "Continuous inspection schemes", Biometrika 41(1/2), 1954.
     The mean and deviation are learned (Welford) over the first `warmup` good samples.
     """
-    size = ctx.shape[1]
     count = 0
     buf = run_buffer(runs)
     for k in range(runs.shape[0]):
@@ -243,11 +237,10 @@ def drift_batch(params: F64, state: F64, ep: F64, times: I64, ctx: F64, runs: I6
                                     score > threshold, score < clear, mono_ns, time_ns)
         state[row, DS_N], state[row, DS_MEAN], state[row, DS_M2] = n, mean, m2
         state[row, DS_POS], state[row, DS_NEG] = s_pos, s_neg
-        if run_close(ep, row, size, score, left, done, good) != 0.0 and (
+        if run_close(ep, ctx, buf, row, score, left, done, good) != 0.0 and (
                 k + 1 == runs.shape[0] or runs[k + 1, RUN_ROW] != row):  # its last run
             raised[count] = row
             count += 1
-    ring_fill(ep, ctx, runs, values, quality)
     return count
 
 
@@ -268,8 +261,8 @@ def stuck_batch(params: F64, state: F64, ep: F64, times: I64, ctx: F64, runs: I6
     Reference: flat-line and timeout checks of sensor validation, e.g. ISO 13374-2's
     data-acquisition quality checks.
     """
-    size = ctx.shape[1]
     count = 0
+    buf = run_buffer(runs)
     for k in range(runs.shape[0]):
         row, first, stride = runs[k, RUN_ROW], runs[k, RUN_FIRST], runs[k, RUN_STRIDE]
         st, score, left = run_open(ep, row)
@@ -286,6 +279,7 @@ def stuck_batch(params: F64, state: F64, ep: F64, times: I64, ctx: F64, runs: I6
             ok = quality[p] == 0
             x = values[p]
             if ok:
+                buf[good] = x
                 good += 1
                 if left > 0.0:  # context wanted after an ended episode
                     left -= 1.0
@@ -310,11 +304,10 @@ def stuck_batch(params: F64, state: F64, ep: F64, times: I64, ctx: F64, runs: I6
                                     over, not over, mono_ns, time_ns)
         state[row, SS_N], state[row, SS_REF] = n, ref
         state[row, SS_CHANGE_MONO], state[row, SS_GOOD_MONO] = change_mono, good_mono
-        if run_close(ep, row, size, score, left, done, good) != 0.0 and (
+        if run_close(ep, ctx, buf, row, score, left, done, good) != 0.0 and (
                 k + 1 == runs.shape[0] or runs[k + 1, RUN_ROW] != row):  # its last run
             raised[count] = row
             count += 1
-    ring_fill(ep, ctx, runs, values, quality)
     return count
 
 
@@ -354,7 +347,6 @@ def rms_batch(params: F64, state: F64, ep: F64, times: I64, ctx: F64, runs: I64,
     Reference: ISO 20816-1 (vibration severity as broadband RMS); EWMA as in Lucas and
     Saccucci 1990.
     """
-    size = ctx.shape[1]
     count = 0
     buf = run_buffer(runs)
     for k in range(runs.shape[0]):
@@ -397,11 +389,10 @@ def rms_batch(params: F64, state: F64, ep: F64, times: I64, ctx: F64, runs: I64,
                                     rms < limit * clear_fraction, mono_ns, time_ns)
         state[row, RS_N], state[row, RS_MEAN], state[row, RS_MS], state[row, RS_BASE] = \
             n, mean, ms, base
-        if run_close(ep, row, size, score, left, done, good) != 0.0 and (
+        if run_close(ep, ctx, buf, row, score, left, done, good) != 0.0 and (
                 k + 1 == runs.shape[0] or runs[k + 1, RUN_ROW] != row):  # its last run
             raised[count] = row
             count += 1
-    ring_fill(ep, ctx, runs, values, quality)
     return count
 
 

@@ -62,6 +62,11 @@ class RowInfo:
     """Which check of the rule, when a tag has several (`rate`, `silent`)."""
 
     @property
+    def kind(self) -> str:
+        """The kind of its events: `limit` for a limit row, else `anomaly`."""
+        return LIMIT if self.bound is not None else ANOMALY
+
+    @property
     def score_key(self) -> str:
         """The row's name in `scores()`: `rule:tag` (`rule:tag:part`), or the rule for a group."""
         if len(self.tags) > 1:
@@ -109,9 +114,10 @@ class EpisodeEvents:
             rows = np.flatnonzero(ep[:, EP_STARTED] + ep[:, EP_ENDED] + ep[:, EP_AFTER_DONE])
         else:
             rows = raised
-        # Each row's episode fields, times and ring as Python lists, read once: an event
+        # The rows' episode fields, times and rings as Python lists, read at once: an event
         # reads a dozen of them, and a numpy scalar read costs what a whole list does.
-        got = [(r, ep[r].tolist(), times[r].tolist(), ctx[r].tolist()) for r in rows.tolist()]
+        got = list(zip(rows.tolist(), ep[rows].tolist(), times[rows].tolist(),
+                       ctx[rows].tolist(), strict=True))
         events: list[Event] = []
         for r, e, t, ring in got:
             if not e[EP_ENDED]:
@@ -149,7 +155,7 @@ class EpisodeEvents:
                         start_ns=t[T_PEND_TIME], peak_ns=t[T_PEAK_TIME], end_ns=time_ns,
                         duration_s=(mono_ns - t[T_PEND_MONO]) / 1e9)
             data["tags"] = {tag: {"before": before.get(tag, [])} for tag in info.tags}
-            events.append(self._event(info, time_ns, data))
+            events.append(Event(info.kind, self._device, time_ns, data))
         return events
 
     # --- building the events, from a row's episode fields `e`, times `t` and ring -------
@@ -158,7 +164,7 @@ class EpisodeEvents:
                      ended: bool) -> Event:
         info = self._rows[row]
         episode = _episode_id()
-        before = self._last(row, e, ring, self._context[row])
+        before = self._last(info, e, ring, self._context[row])
         if ended:
             peak, value, start = e[EP_ENDED_PEAK], e[EP_ENDED_PEAK_VALUE], t[T_ENDED_START_TIME]
             peak_ns = t[T_ENDED_PEAK_TIME]
@@ -167,18 +173,25 @@ class EpisodeEvents:
             peak_ns = t[T_PEAK_TIME]
         self._open[row] = (episode, before)
         data = self._common(info, peak, value, e[EP_THRESHOLD])
-        data.update(phase="start", episode=episode, start_ns=start, peak_ns=peak_ns)
-        data["tags"] = {tag: {"before": before[tag]} for tag in info.tags}
-        return self._event(info, start, data)
+        data["phase"] = "start"
+        data["episode"] = episode
+        data["start_ns"] = start
+        data["peak_ns"] = peak_ns
+        data["tags"] = {tag: {"before": values} for tag, values in before.items()}
+        return Event(info.kind, self._device, start, data)
 
     def _end_data(self, row: int, e: list[float], t: list[int]) -> dict[str, Any]:
-        info = self._rows[row]
         episode, before = self._open.pop(row, ("", {}))
-        data = self._common(info, e[EP_ENDED_PEAK], e[EP_ENDED_PEAK_VALUE], e[EP_THRESHOLD])
-        data.update(phase="end", episode=episode, start_ns=t[T_ENDED_START_TIME],
-                    peak_ns=t[T_ENDED_PEAK_TIME], end_ns=t[T_ENDED_END_TIME],
-                    duration_s=(t[T_ENDED_END_MONO] - t[T_ENDED_START_MONO]) / 1e9,
-                    before=before, ring_at_end=int(e[EP_RING_N]))
+        data = self._common(self._rows[row], e[EP_ENDED_PEAK], e[EP_ENDED_PEAK_VALUE],
+                            e[EP_THRESHOLD])
+        data["phase"] = "end"
+        data["episode"] = episode
+        data["start_ns"] = t[T_ENDED_START_TIME]
+        data["peak_ns"] = t[T_ENDED_PEAK_TIME]
+        data["end_ns"] = t[T_ENDED_END_TIME]
+        data["duration_s"] = (t[T_ENDED_END_MONO] - t[T_ENDED_START_MONO]) / 1e9
+        data["before"] = before
+        data["ring_at_end"] = int(e[EP_RING_N])
         return data
 
     def _end_event(self, row: int, e: list[float], ring: list[Any], *, complete: bool) -> Event:
@@ -186,12 +199,12 @@ class EpisodeEvents:
         data = self._ending.pop(row)
         before = data.pop("before")
         taken = int(e[EP_RING_N]) - data.pop("ring_at_end")
-        after = self._last(row, e, ring, min(taken, self._context[row]))
-        data["tags"] = {tag: {"before": before.get(tag, []), "after": after[tag]}
-                        for tag in info.tags}
+        after = self._last(info, e, ring, min(taken, self._context[row]))
+        data["tags"] = {tag: {"before": before.get(tag, []), "after": values}
+                        for tag, values in after.items()}
         if not complete:
             data["context_complete"] = False
-        return self._event(info, data["end_ns"], data)
+        return Event(info.kind, self._device, data["end_ns"], data)
 
     def _common(self, info: RowInfo, peak: float, peak_value: float,
                 threshold: float) -> dict[str, Any]:
@@ -208,21 +221,18 @@ class EpisodeEvents:
             data["peak_value"] = _number(peak_value)
         return data
 
-    def _event(self, info: RowInfo, time_ns: int, data: dict[str, Any]) -> Event:
-        return Event(LIMIT if info.bound is not None else ANOMALY, self._device, time_ns, data)
-
-    def _last(self, row: int, e: list[float], ring: list[Any],
+    def _last(self, info: RowInfo, e: list[float], ring: list[Any],
               count: int) -> dict[str, list[float | None]]:
         """The row's last `count` good samples, oldest first, per tag, from its ring (one
         value per slot, or one list of the group's values per slot)."""
-        info = self._rows[row]
         size = len(ring)
         n = int(e[EP_RING_N])
         m = max(0, min(count, n, size))
         first = (n - m) % size
         taken = ring[first:first + m] if first + m <= size else \
             ring[first:] + ring[:first + m - size]
+        isnan = math.isnan
         if not isinstance(ring[0], list):
-            return {info.tags[0]: [None if math.isnan(v) else v for v in taken]}
-        return {tag: [None if math.isnan(s[i]) else s[i] for s in taken]
+            return {info.tags[0]: [None if isnan(v) else v for v in taken]}
+        return {tag: [None if isnan(s[i]) else s[i] for s in taken]
                 for i, tag in enumerate(info.tags)}

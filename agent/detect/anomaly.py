@@ -27,6 +27,7 @@ Kernel = Callable[..., int]
 """A batch kernel: returns how many rows it raised an episode counter on (`kernels_univariate`)."""
 TickKernel = Callable[..., None]
 Pairs = tuple[I64, I64, I64]
+Runs = tuple[I64, int]
 R = TypeVar("R")
 
 
@@ -34,14 +35,14 @@ def _pairs(sel: I64, rows: I64, cols: I64) -> Pairs:
     return sel, rows, cols
 
 
-def _runs(sel: I64, rows: I64, cols: I64) -> I64:
-    """The runs of the univariate kernels (`kernels_runs`): the samples grouped by the row
-    they feed, in batch order within a row (a stable sort); a row whose positions are an
-    arithmetic progression (the usual batch: each tag once, or a burst of the same tuple
-    repeated) is one run, any other row one run per sample."""
+def _runs(sel: I64, rows: I64, cols: I64) -> Runs:
+    """The runs of the univariate kernels (`kernels_runs`) and the longest run's length: the
+    samples grouped by the row they feed, in batch order within a row (a stable sort); a row
+    whose positions are an arithmetic progression (the usual batch: each tag once, or a
+    burst of the same tuple repeated) is one run, any other row one run per sample."""
     n = rows.shape[0]
     if n == 0:
-        return np.zeros((0, RUN_FIELDS), dtype=np.int64)
+        return np.zeros((0, RUN_FIELDS), dtype=np.int64), 0
     order = np.argsort(rows, kind="stable")
     row, pos = rows[order], sel[order]
     same = row[1:] == row[:-1]  # sample i + 1 feeds the row of sample i
@@ -59,7 +60,7 @@ def _runs(sel: I64, rows: I64, cols: I64) -> I64:
     runs[:, RUN_STRIDE] = 1
     longer = runs[:, RUN_COUNT] > 1
     runs[longer, RUN_STRIDE] = pos[starts[longer] + 1] - pos[starts[longer]]
-    return runs
+    return runs, int(runs[:, RUN_COUNT].max())
 
 
 class _Rows(Generic[R]):
@@ -119,16 +120,20 @@ class UnivariateDetector:
         self._ctx = np.full((len(rows), max(context, default=0) or 1), np.nan)
         self._raised = np.zeros(len(rows), dtype=np.int64)
         """The rows a batch left with an episode counter raised (the kernel fills it)."""
+        self._buf = np.zeros(1)
+        """Room for a run's samples (the kernel's scratch): as long as the longest run yet."""
         self._kernel = kernel
         self._tick_kernel = tick_kernel
 
     def on_batch(self, batch: SampleBatch) -> list[Event]:
-        runs = self._rows.route(batch.tags)
+        runs, longest = self._rows.route(batch.tags)
+        if longest > self._buf.shape[0]:
+            self._buf = np.zeros(longest)
         r = self._rows
         r.last_mono_ns = batch.mono_ns
         count = self._kernel(self._params, self._state, r.ep, r.times, self._ctx, runs,
                              batch.values, batch.quality, batch.mono_ns, batch.time_ns,
-                             self._raised)
+                             self._raised, self._buf)
         if count == 0:
             return []
         return r.events.collect(r.ep, r.times, self._ctx, self._raised[:count])

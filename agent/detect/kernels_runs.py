@@ -15,7 +15,7 @@ with the last of them (`run_close`).
 numba counts references to the arrays a compiled function takes: a call with arrays that
 branches costs atomic increments and decrements on every call, more than a whole quiet
 sample. So the helpers a kernel calls per sample or per run are inlined (`run_gather`,
-`run_step`, `run_close`); `run_open` only reads, `run_buffer` runs once per batch.
+`run_step`, `run_close`); `run_open` only reads.
 """
 
 from __future__ import annotations
@@ -43,15 +43,6 @@ U8 = npt.NDArray[np.uint8]
 # Columns of a runs array, shape (runs, RUN_FIELDS), int64.
 RUN_ROW, RUN_FIRST, RUN_STRIDE, RUN_COUNT = range(4)
 RUN_FIELDS = 4
-
-
-@njit(cache=True)
-def run_buffer(runs: I64) -> F64:
-    """Room for the longest run's samples (`run_gather`): one allocation per batch."""
-    longest = 0
-    for k in range(runs.shape[0]):
-        longest = max(longest, runs[k, RUN_COUNT])
-    return np.empty(longest)
 
 
 @njit(cache=True, inline="always")

@@ -7,7 +7,8 @@ for one row each (`kernels_runs` says what they are and why; a tag in two rules 
 rows), folded run by run with the row held in locals. Samples whose quality is not GOOD (0)
 never enter the statistics. Each kernel writes the rows it left with a STARTED, ENDED or
 AFTER_DONE counter raised into `raised` (ascending) and returns how many: the rows Python
-makes events for, found without scanning a column of every row.
+makes events for, found without scanning a column of every row. `buf` is scratch room for
+the longest run's samples.
 """
 
 from __future__ import annotations
@@ -33,7 +34,6 @@ from agent.detect.kernels_runs import (
     RUN_FIRST,
     RUN_ROW,
     RUN_STRIDE,
-    run_buffer,
     run_close,
     run_gather,
     run_open,
@@ -59,14 +59,14 @@ LIMIT_STATE = 3
 
 @njit(cache=True)
 def limits_batch(params: F64, state: F64, ep: F64, times: I64, ctx: F64, runs: I64,
-                 values: F64, quality: U8, mono_ns: int, time_ns: int, raised: I64) -> int:
+                 values: F64, quality: U8, mono_ns: int, time_ns: int, raised: I64,
+                 buf: F64) -> int:
     """Level limits with hysteresis and a rate-of-change limit; the score is the excess over
     the limit in the tag's unit (per second for a rate), so the peak is the max excess.
 
     Reference: a two-threshold comparator (Schmitt trigger), as in IEC 62682 alarm deadbands.
     """
     count = 0
-    buf = run_buffer(runs)
     for k in range(runs.shape[0]):
         row = runs[k, RUN_ROW]
         st, score, left = run_open(ep, row)
@@ -120,7 +120,8 @@ ZSCORE_STATE = 4
 
 @njit(cache=True)
 def zscore_batch(params: F64, state: F64, ep: F64, times: I64, ctx: F64, runs: I64,
-                 values: F64, quality: U8, mono_ns: int, time_ns: int, raised: I64) -> int:
+                 values: F64, quality: U8, mono_ns: int, time_ns: int, raised: I64,
+                 buf: F64) -> int:
     """Streaming z-score of an EWMA-smoothed value against an EWMA mean and variance.
 
     Reference: J. M. Lucas and M. S. Saccucci, "Exponentially weighted moving average
@@ -129,7 +130,6 @@ def zscore_batch(params: F64, state: F64, ep: F64, times: I64, ctx: F64, runs: I
     become the new normal. No score (NaN) during the first `warmup` samples.
     """
     count = 0
-    buf = run_buffer(runs)
     for k in range(runs.shape[0]):
         row = runs[k, RUN_ROW]
         st, score, left = run_open(ep, row)
@@ -189,14 +189,14 @@ DRIFT_STATE = 5
 
 @njit(cache=True)
 def drift_batch(params: F64, state: F64, ep: F64, times: I64, ctx: F64, runs: I64,
-                values: F64, quality: U8, mono_ns: int, time_ns: int, raised: I64) -> int:
+                values: F64, quality: U8, mono_ns: int, time_ns: int, raised: I64,
+                buf: F64) -> int:
     """Two-sided CUSUM in units of the warm-up's standard deviation; score = max(S+, S-).
 
     Reference: E. S. Page, "Continuous inspection schemes", Biometrika 41(1/2), 1954.
     The mean and deviation are learned (Welford) over the first `warmup` good samples.
     """
     count = 0
-    buf = run_buffer(runs)
     for k in range(runs.shape[0]):
         row = runs[k, RUN_ROW]
         st, score, left = run_open(ep, row)
@@ -254,7 +254,8 @@ STUCK_STATE = 4
 
 @njit(cache=True)
 def stuck_batch(params: F64, state: F64, ep: F64, times: I64, ctx: F64, runs: I64,
-                values: F64, quality: U8, mono_ns: int, time_ns: int, raised: I64) -> int:
+                values: F64, quality: U8, mono_ns: int, time_ns: int, raised: I64,
+                buf: F64) -> int:
     """Seconds since the value last moved by more than `min_change` (FLAT rows), or since
     the last good sample (SILENT rows: a bad sample is no delivery). Score in seconds.
 
@@ -262,7 +263,6 @@ def stuck_batch(params: F64, state: F64, ep: F64, times: I64, ctx: F64, runs: I6
     data-acquisition quality checks.
     """
     count = 0
-    buf = run_buffer(runs)
     for k in range(runs.shape[0]):
         row, first, stride = runs[k, RUN_ROW], runs[k, RUN_FIRST], runs[k, RUN_STRIDE]
         st, score, left = run_open(ep, row)
@@ -340,7 +340,8 @@ RMS_STATE = 4
 
 @njit(cache=True)
 def rms_batch(params: F64, state: F64, ep: F64, times: I64, ctx: F64, runs: I64,
-              values: F64, quality: U8, mono_ns: int, time_ns: int, raised: I64) -> int:
+              values: F64, quality: U8, mono_ns: int, time_ns: int, raised: I64,
+              buf: F64) -> int:
     """Exponentially weighted running RMS (of the deviation from a slower running mean when
     REMOVE_MEAN); the limit is min(MAX_RMS, MAX_RATIO x the RMS at the end of warm-up).
 
@@ -348,7 +349,6 @@ def rms_batch(params: F64, state: F64, ep: F64, times: I64, ctx: F64, runs: I64,
     Saccucci 1990.
     """
     count = 0
-    buf = run_buffer(runs)
     for k in range(runs.shape[0]):
         row = runs[k, RUN_ROW]
         st, score, left = run_open(ep, row)
@@ -414,6 +414,6 @@ def warm_up(kinds: Collection[str]) -> None:
         params = np.zeros((1, width))
         state = np.zeros((1, fields))
         kernel(params, state, ep, times, np.zeros((1, 1)), runs, values, quality, 1, 1,
-               np.zeros(1, dtype=np.int64))
+               np.zeros(1, dtype=np.int64), np.zeros(1))
         if kernel is stuck_batch:
             stuck_tick(params, state, ep, times, 2, 2)

@@ -89,12 +89,12 @@ def run_close(ep: F64, ctx: F64, buf: F64, row: int, score: float, left: float, 
     ep[row, EP_AFTER_DONE] += done
     ep[row, EP_RING_N] += good
     size = ctx.shape[1]
-    end = int(ep[row, EP_RING_POS]) + good
-    if end >= size:
-        end %= size
-    ep[row, EP_RING_POS] = float(end)
-    slot = end
-    for i in range(good - 1, good - 1 - min(good, size), -1):
-        slot = slot - 1 if slot > 0 else size - 1
+    kept = min(good, size)
+    slot = int(ep[row, EP_RING_POS]) + good - kept  # where the first sample kept goes
+    if slot >= size:  # a run longer than the ring
+        slot %= size
+    for i in range(good - kept, good):
         ctx[row, slot] = buf[i]
+        slot = slot + 1 if slot + 1 < size else 0
+    ep[row, EP_RING_POS] = float(slot)
     return float(ep[row, EP_STARTED] + ep[row, EP_ENDED] + ep[row, EP_AFTER_DONE])

@@ -45,6 +45,9 @@ from agent.events import ANOMALY, LIMIT, Event
 F64 = npt.NDArray[np.float64]
 I64 = npt.NDArray[np.int64]
 
+_COUNTERS = np.array([EP_STARTED, EP_ENDED, EP_AFTER_DONE])
+"""The episode columns `collect` reads and resets."""
+
 
 @dataclass(frozen=True, slots=True)
 class RowInfo:
@@ -133,9 +136,7 @@ class EpisodeEvents:
         for r, e, t, ring in got:
             if e[EP_STARTED] and e[EP_STATE] in (ACTIVE, CLEARING) and r not in self._open:
                 events.append(self._start_event(r, e, t, ring, ended=False))
-        ep[rows, EP_STARTED] = 0.0
-        ep[rows, EP_ENDED] = 0.0
-        ep[rows, EP_AFTER_DONE] = 0.0
+        ep[rows[:, np.newaxis], _COUNTERS] = 0.0
         return events
 
     def flush(self, ep: F64, times: I64, ctx: F64, time_ns: int, mono_ns: int) -> list[Event]:
@@ -232,7 +233,8 @@ class EpisodeEvents:
         taken = ring[first:first + m] if first + m <= size else \
             ring[first:] + ring[:first + m - size]
         isnan = math.isnan
-        if not isinstance(ring[0], list):
-            return {info.tags[0]: [None if isnan(v) else v for v in taken]}
+        if not isinstance(ring[0], list):  # NaN only from a device that sent one as GOOD
+            return {info.tags[0]: [None if isnan(v) else v for v in taken]
+                    if any(map(isnan, taken)) else taken}
         return {tag: [None if isnan(s[i]) else s[i] for s in taken]
                 for i, tag in enumerate(info.tags)}

@@ -2,8 +2,9 @@
 
 The univariate kernels (`kernels_univariate`) take a batch as runs rather than sample by
 sample: row `runs[k, RUN_ROW]` is fed the batch positions `RUN_FIRST + i * RUN_STRIDE` for
-i < `RUN_COUNT`, in batch order. A row's runs are consecutive and in batch order (a row
-whose positions are no arithmetic progression gets one run per sample), so folding runs
+i < `RUN_COUNT`, in batch order. Runs come in ascending row order, a row's runs one after
+the other in batch order (a row whose positions are no arithmetic progression gets one run
+per sample: `anomaly._runs` makes them once per tag tuple), so folding runs
 computes exactly what folding the batch sample by sample does: rows never read each
 other's state. What it saves on a burst (100 samples per tag in the benchmark): the row's
 parameters, statistics and episode fields stay in registers over its run instead of going

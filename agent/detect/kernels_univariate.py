@@ -266,42 +266,53 @@ def stuck_batch(params: F64, state: F64, ep: F64, times: I64, ctx: F64, runs: I6
     for k in range(runs.shape[0]):
         row, first, stride = runs[k, RUN_ROW], runs[k, RUN_FIRST], runs[k, RUN_STRIDE]
         st, score, left = run_open(ep, row)
-        done, good = 0.0, 0
+        done = 0.0
         n, ref = state[row, SS_N], state[row, SS_REF]
         change_mono, good_mono = state[row, SS_CHANGE_MONO], state[row, SS_GOOD_MONO]
-        flat, after_ns = params[row, S_MODE] == S_FLAT, params[row, S_AFTER_NS]
-        min_change = params[row, S_MIN_CHANGE]
-        for i in range(runs[k, RUN_COUNT]):
-            p = first + i * stride
-            if n == 0.0:
+        after_ns, min_change = params[row, S_AFTER_NS], params[row, S_MIN_CHANGE]
+        if n == 0.0 and runs[k, RUN_COUNT] > 0:  # the row's first samples: count from now
+            good_mono = float(mono_ns)
+            change_mono = float(mono_ns)
+        if params[row, S_MODE] == S_FLAT:  # GOOD samples only
+            good = run_gather(runs, k, values, quality, buf)
+            if good > 0:
                 good_mono = float(mono_ns)
-                change_mono = float(mono_ns)
-            ok = quality[p] == 0
-            x = values[p]
-            if ok:
-                buf[good] = x
-                good += 1
-                if left > 0.0:  # context wanted after an ended episode
+            for i in range(good):
+                x = buf[i]
+                if left > 0.0:  # context wanted after an ended episode: this sample is part of it
                     left -= 1.0
                     if left == 0.0:
                         done += 1.0
-                good_mono = float(mono_ns)
-            if flat:
-                if not ok:
-                    continue
                 if n == 0.0 or abs(x - ref) > min_change:
                     ref = x
                     change_mono = float(mono_ns)
                 n += 1.0
                 flat_ns = mono_ns - change_mono
-            else:
+                over = flat_ns >= after_ns
+                score = flat_ns * 1e-9
+                if not (st == IDLE and not over):
+                    st, left = run_step(ep, times, params, row, left, score, after_ns * 1e-9,
+                                        x, over, not over, mono_ns, time_ns)
+        else:  # SILENT: every sample, a bad one is no delivery
+            good = 0
+            for i in range(runs[k, RUN_COUNT]):
+                p = first + i * stride
+                x = values[p]
+                if quality[p] == 0:
+                    buf[good] = x
+                    good += 1
+                    if left > 0.0:  # context wanted after an ended episode
+                        left -= 1.0
+                        if left == 0.0:
+                            done += 1.0
+                    good_mono = float(mono_ns)
                 n += 1.0
-                flat_ns = mono_ns - good_mono
-            over = flat_ns >= after_ns
-            score = flat_ns * 1e-9
-            if not (st == IDLE and not over):
-                st, left = run_step(ep, times, params, row, left, score, after_ns * 1e-9, x,
-                                    over, not over, mono_ns, time_ns)
+                silent_ns = mono_ns - good_mono
+                over = silent_ns >= after_ns
+                score = silent_ns * 1e-9
+                if not (st == IDLE and not over):
+                    st, left = run_step(ep, times, params, row, left, score, after_ns * 1e-9,
+                                        x, over, not over, mono_ns, time_ns)
         state[row, SS_N], state[row, SS_REF] = n, ref
         state[row, SS_CHANGE_MONO], state[row, SS_GOOD_MONO] = change_mono, good_mono
         if run_close(ep, ctx, buf, row, score, left, done, good) != 0.0 and (

@@ -47,11 +47,16 @@ RUN_FIELDS = 4
 
 
 @njit(cache=True, inline="always")
-def run_gather(runs: I64, k: int, values: F64, quality: U8, buf: F64) -> int:
+def run_gather(runs: I64, k: int, values: F64, quality: U8, buf: F64, good: int) -> int:
     """Copies run k's GOOD samples into `buf`, in order; returns how many. A loop of loads
     only, no arithmetic chained from one sample to the next: the processor fetches many of
-    a run's strided samples at once, where the statistics that follow wait for each."""
+    a run's strided samples at once, where the statistics that follow wait for each. When
+    run k reads the very samples run k - 1 did (a tag's two rows of one rule: a limit's
+    level and rate), `buf` already holds them: `good`, the count gathered then, is returned."""
     first, stride = runs[k, RUN_FIRST], runs[k, RUN_STRIDE]
+    if k > 0 and first == runs[k - 1, RUN_FIRST] and stride == runs[k - 1, RUN_STRIDE] \
+            and runs[k, RUN_COUNT] == runs[k - 1, RUN_COUNT]:
+        return good
     good = 0
     for i in range(runs[k, RUN_COUNT]):
         p = first + i * stride

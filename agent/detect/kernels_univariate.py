@@ -66,7 +66,7 @@ def limits_batch(params: F64, state: F64, ep: F64, times: I64, ctx: F64, runs: I
 
     Reference: a two-threshold comparator (Schmitt trigger), as in IEC 62682 alarm deadbands.
     """
-    count = 0
+    count, good = 0, 0
     for k in range(runs.shape[0]):
         row = runs[k, RUN_ROW]
         st, score, left = run_open(ep, row)
@@ -75,7 +75,7 @@ def limits_batch(params: F64, state: F64, ep: F64, times: I64, ctx: F64, runs: I
         high, low, hyst = params[row, L_HIGH], params[row, L_LOW], params[row, L_HYST]
         max_rate = params[row, L_MAX_RATE]
         level = params[row, L_MODE] == L_LEVEL
-        good = run_gather(runs, k, values, quality, buf)
+        good = run_gather(runs, k, values, quality, buf, good)
         for i in range(good):
             x = buf[i]
             if left > 0.0:  # context wanted after an ended episode: this sample is part of it
@@ -129,7 +129,7 @@ def zscore_batch(params: F64, state: F64, ep: F64, times: I64, ctx: F64, runs: I
     threshold (or inside an episode) never updates the baseline, so an anomaly does not
     become the new normal. No score (NaN) during the first `warmup` samples.
     """
-    count = 0
+    count, good = 0, 0
     for k in range(runs.shape[0]):
         row = runs[k, RUN_ROW]
         st, score, left = run_open(ep, row)
@@ -139,7 +139,7 @@ def zscore_batch(params: F64, state: F64, ep: F64, times: I64, ctx: F64, runs: I
         alpha_smooth, alpha_base = params[row, Z_ALPHA_SMOOTH], params[row, Z_ALPHA_BASE]
         warmup, direction = params[row, Z_WARMUP], params[row, Z_DIRECTION]
         threshold, clear = params[row, Z_THRESHOLD], params[row, Z_CLEAR]
-        good = run_gather(runs, k, values, quality, buf)
+        good = run_gather(runs, k, values, quality, buf, good)
         for i in range(good):
             x = buf[i]
             if left > 0.0:  # context wanted after an ended episode: this sample is part of it
@@ -196,7 +196,7 @@ def drift_batch(params: F64, state: F64, ep: F64, times: I64, ctx: F64, runs: I6
     Reference: E. S. Page, "Continuous inspection schemes", Biometrika 41(1/2), 1954.
     The mean and deviation are learned (Welford) over the first `warmup` good samples.
     """
-    count = 0
+    count, good = 0, 0
     for k in range(runs.shape[0]):
         row = runs[k, RUN_ROW]
         st, score, left = run_open(ep, row)
@@ -205,7 +205,7 @@ def drift_batch(params: F64, state: F64, ep: F64, times: I64, ctx: F64, runs: I6
         s_pos, s_neg = state[row, DS_POS], state[row, DS_NEG]
         warmup, slack = params[row, D_WARMUP], params[row, D_SLACK]
         threshold, clear = params[row, D_THRESHOLD], params[row, D_CLEAR]
-        good = run_gather(runs, k, values, quality, buf)
+        good = run_gather(runs, k, values, quality, buf, good)
         i = 0
         while i < good and n < warmup:  # learning: mean and deviation change every sample
             x = buf[i]
@@ -262,7 +262,7 @@ def stuck_batch(params: F64, state: F64, ep: F64, times: I64, ctx: F64, runs: I6
     Reference: flat-line and timeout checks of sensor validation, e.g. ISO 13374-2's
     data-acquisition quality checks.
     """
-    count = 0
+    count, good = 0, 0
     for k in range(runs.shape[0]):
         row, first, stride = runs[k, RUN_ROW], runs[k, RUN_FIRST], runs[k, RUN_STRIDE]
         st, score, left = run_open(ep, row)
@@ -274,7 +274,7 @@ def stuck_batch(params: F64, state: F64, ep: F64, times: I64, ctx: F64, runs: I6
             good_mono = float(mono_ns)
             change_mono = float(mono_ns)
         if params[row, S_MODE] == S_FLAT:  # GOOD samples only
-            good = run_gather(runs, k, values, quality, buf)
+            good = run_gather(runs, k, values, quality, buf, good)
             if good > 0:
                 good_mono = float(mono_ns)
             for i in range(good):
@@ -359,7 +359,7 @@ def rms_batch(params: F64, state: F64, ep: F64, times: I64, ctx: F64, runs: I64,
     Reference: ISO 20816-1 (vibration severity as broadband RMS); EWMA as in Lucas and
     Saccucci 1990.
     """
-    count = 0
+    count, good = 0, 0
     for k in range(runs.shape[0]):
         row = runs[k, RUN_ROW]
         st, score, left = run_open(ep, row)
@@ -370,7 +370,7 @@ def rms_batch(params: F64, state: F64, ep: F64, times: I64, ctx: F64, runs: I64,
             params[row, R_WARMUP]
         max_rms, max_ratio = params[row, R_MAX_RMS], params[row, R_MAX_RATIO]
         clear_fraction = params[row, R_CLEAR_FRACTION]
-        good = run_gather(runs, k, values, quality, buf)
+        good = run_gather(runs, k, values, quality, buf, good)
         for i in range(good):
             x = buf[i]
             if left > 0.0:  # context wanted after an ended episode: this sample is part of it

@@ -140,8 +140,10 @@ def zscore_batch(params: F64, state: F64, ep: F64, times: I64, ctx: F64, runs: I
         warmup, direction = params[row, Z_WARMUP], params[row, Z_DIRECTION]
         threshold, clear = params[row, Z_THRESHOLD], params[row, Z_CLEAR]
         good = run_gather(runs, k, values, quality, buf, good)
-        for i in range(good):
+        i = 0
+        while i < good and (n < warmup or n == 0.0):  # the first sample, the warm-up
             x = buf[i]
+            i += 1
             if left > 0.0:  # context wanted after an ended episode: this sample is part of it
                 left -= 1.0
                 if left == 0.0:
@@ -171,6 +173,29 @@ def zscore_batch(params: F64, state: F64, ep: F64, times: I64, ctx: F64, runs: I
                 d = smooth - mean
                 mean += a * d
                 var = (1.0 - a) * (var + a * d * d)
+        # Warmed up: every sample is scored once the deviation is > 0, the baseline weight
+        # is alpha: the loop above without its tests of n.
+        for j in range(i, good):
+            x = buf[j]
+            if left > 0.0:
+                left -= 1.0
+                if left == 0.0:
+                    done += 1.0
+            n += 1.0
+            smooth += alpha_smooth * (x - smooth)
+            sd = math.sqrt(var)
+            over = False
+            if sd > 0.0:
+                z = (smooth - mean) / sd
+                score = abs(z) if direction == 0.0 else z * direction
+                over = score > threshold
+                if not (st == IDLE and not over):
+                    st, left = run_step(ep, times, params, row, left, score, threshold, x,
+                                        over, score < clear, mono_ns, time_ns)
+            if st == IDLE and not over:
+                d = smooth - mean
+                mean += alpha_base * d
+                var = (1.0 - alpha_base) * (var + alpha_base * d * d)
         state[row, ZS_N], state[row, ZS_SMOOTH] = n, smooth
         state[row, ZS_MEAN], state[row, ZS_VAR] = mean, var
         if run_close(ep, ctx, buf, row, score, left, done, good) != 0.0 and (

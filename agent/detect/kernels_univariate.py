@@ -396,8 +396,10 @@ def rms_batch(params: F64, state: F64, ep: F64, times: I64, ctx: F64, runs: I64,
         max_rms, max_ratio = params[row, R_MAX_RMS], params[row, R_MAX_RATIO]
         clear_fraction = params[row, R_CLEAR_FRACTION]
         good = run_gather(runs, k, values, quality, buf, good)
-        for i in range(good):
+        i = 0
+        while i < good and (n < warmup or n == 0.0):  # the first sample, the warm-up
             x = buf[i]
+            i += 1
             if left > 0.0:  # context wanted after an ended episode: this sample is part of it
                 left -= 1.0
                 if left == 0.0:
@@ -423,6 +425,33 @@ def rms_batch(params: F64, state: F64, ep: F64, times: I64, ctx: F64, runs: I64,
             if not (st == IDLE and not (rms > limit)):
                 st, left = run_step(ep, times, params, row, left, rms, limit, x, rms > limit,
                                     rms < limit * clear_fraction, mono_ns, time_ns)
+        # Warmed up: the limit no longer changes (its base is the RMS at the end of warm-up).
+        limit = max_rms
+        scored = True
+        if base > 0.0:
+            limit = min(limit, max_ratio * base)
+        elif math.isinf(limit):
+            scored = False
+        for j in range(i, good):
+            x = buf[j]
+            if left > 0.0:
+                left -= 1.0
+                if left == 0.0:
+                    done += 1.0
+            n += 1.0
+            if remove_mean:
+                mean += 0.1 * a * (x - mean)
+                d = x - mean
+            else:
+                d = x
+            ms += a * (d * d - ms)
+            rms = math.sqrt(ms)
+            if scored:
+                score = rms
+                if not (st == IDLE and not (rms > limit)):
+                    st, left = run_step(ep, times, params, row, left, rms, limit, x,
+                                        rms > limit, rms < limit * clear_fraction, mono_ns,
+                                        time_ns)
         state[row, RS_N], state[row, RS_MEAN], state[row, RS_MS], state[row, RS_BASE] = \
             n, mean, ms, base
         if run_close(ep, ctx, buf, row, score, left, done, good) != 0.0 and (

@@ -53,16 +53,18 @@ def run_gather(runs: I64, k: int, values: F64, quality: U8, buf: F64, good: int)
     a run's strided samples at once, where the statistics that follow wait for each. When
     run k reads the very samples run k - 1 did (a tag's two rows of one rule: a limit's
     level and rate), `buf` already holds them: `good`, the count gathered then, is returned."""
-    first, stride = runs[k, RUN_FIRST], runs[k, RUN_STRIDE]
-    if k > 0 and first == runs[k - 1, RUN_FIRST] and stride == runs[k - 1, RUN_STRIDE] \
-            and runs[k, RUN_COUNT] == runs[k - 1, RUN_COUNT]:
-        return good
-    good = 0
-    for i in range(runs[k, RUN_COUNT]):
-        p = first + i * stride
-        if quality[p] == 0:
-            buf[good] = values[p]
-            good += 1
+    first, stride, count = runs[k, RUN_FIRST], runs[k, RUN_STRIDE], runs[k, RUN_COUNT]
+    # Without short-circuits (runs[-1] is a row like any when k == 0): an inlined helper
+    # that branches on an array it was given counts that array's references.
+    fresh = (k == 0) | (first != runs[k - 1, RUN_FIRST]) | (stride != runs[k - 1, RUN_STRIDE]) \
+        | (count != runs[k - 1, RUN_COUNT])
+    if fresh:
+        good = 0
+        for i in range(count):
+            p = first + i * stride
+            if quality[p] == 0:
+                buf[good] = values[p]
+                good += 1
     return good
 
 

@@ -8,7 +8,7 @@ routing from a batch's tag tuple to rows (cached: a device's batches repeat thei
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import numpy as np
 import numpy.typing as npt
@@ -25,6 +25,7 @@ from agent.detect.kernels_pca import (
     XS_N,
     pca_batch,
 )
+from agent.detect.kernels_runs import RUN_COUNT, RUN_FIELDS, RUN_FIRST, RUN_ROW, RUN_STRIDE
 from agent.detect.kernels_univariate import COMMON_PARAMS, P_AFTER
 from agent.detect.learned_state import as_list, row_key
 from agent.events import Event
@@ -35,41 +36,82 @@ I64 = npt.NDArray[np.int64]
 PCA_KEEP_ROWS = 50_000
 """Values of learning rows a `pca` group keeps across a restart before its fit (400 rows of
 32 tags is 12,800); a longer warm-up starts over after a restart."""
-Kernel = Callable[..., None]
-Route = tuple[I64, I64, I64]
+Kernel = Callable[..., int]
+"""A batch kernel: returns how many rows it raised an episode counter on (`kernels_univariate`)."""
+TickKernel = Callable[..., None]
+Pairs = tuple[I64, I64, I64]
+Runs = tuple[I64, int]
+R = TypeVar("R")
 
 
-class _Rows:
-    """Rows, their episodes, context ring and events: what both detector shapes share."""
+def _pairs(sel: I64, rows: I64, cols: I64) -> Pairs:
+    return sel, rows, cols
 
-    def __init__(self, device: str, rows: Sequence[RowInfo], context: Sequence[int]) -> None:
+
+def _runs(sel: I64, rows: I64, cols: I64) -> Runs:
+    """The runs of the univariate kernels (`kernels_runs`) and the longest run's length: the
+    samples grouped by the row they feed, in batch order within a row (a stable sort); a row
+    whose positions are an arithmetic progression (the usual batch: each tag once, or a
+    burst of the same tuple repeated) is one run, any other row one run per sample."""
+    n = rows.shape[0]
+    if n == 0:
+        return np.zeros((0, RUN_FIELDS), dtype=np.int64), 0
+    order = np.argsort(rows, kind="stable")
+    row, pos = rows[order], sel[order]
+    same = row[1:] == row[:-1]  # sample i + 1 feeds the row of sample i
+    group = np.concatenate(([0], np.cumsum(~same)))  # each sample's row, numbered 0, 1, ...
+    step = np.diff(pos)
+    bent = np.zeros(n, dtype=bool)  # i's row steps into i + 1 otherwise than into i
+    bent[1:-1] = same[1:] & same[:-1] & (step[1:] != step[:-1])
+    irregular = np.zeros(int(group[-1]) + 1, dtype=bool)
+    irregular[group[bent]] = True
+    starts = np.flatnonzero(np.concatenate(([True], ~same)) | irregular[group])
+    runs = np.zeros((starts.shape[0], RUN_FIELDS), dtype=np.int64)
+    runs[:, RUN_ROW] = row[starts]
+    runs[:, RUN_FIRST] = pos[starts]
+    runs[:, RUN_COUNT] = np.diff(np.append(starts, n))
+    runs[:, RUN_STRIDE] = 1
+    longer = runs[:, RUN_COUNT] > 1
+    runs[longer, RUN_STRIDE] = pos[starts[longer] + 1] - pos[starts[longer]]
+    return runs, int(runs[:, RUN_COUNT].max())
+
+
+class _Rows(Generic[R]):
+    """Rows, their episodes, context ring and events: what both detector shapes share.
+    `arrange` turns the batch positions, rows and columns of a tag tuple's samples into
+    what the detector's kernel takes (cached per tuple)."""
+
+    def __init__(self, device: str, rows: Sequence[RowInfo], context: Sequence[int],
+                 arrange: Callable[[I64, I64, I64], R]) -> None:
         self.device = device
+        self._arrange = arrange
         self.rows = tuple(rows)
         self.ep, self.times = new_episodes(len(self.rows))
         self.events = EpisodeEvents(device, self.rows, context)
-        self._routes: dict[tuple[str, ...], Route] = {}
+        self._routes: dict[tuple[str, ...], R] = {}
         self._tag_rows: dict[str, list[tuple[int, int]]] = {}
         for r, info in enumerate(self.rows):
             for c, tag in enumerate(info.tags):
                 self._tag_rows.setdefault(tag, []).append((r, c))
         self.last_mono_ns = 0
-        self._last: tuple[tuple[str, ...], Route] | None = None
+        self._last: tuple[tuple[str, ...], R] | None = None
         self._most: dict[tuple[str, ...], int] = {}
         self.most_per_row = 1
         """Most samples one row got from the batch last routed (a burst brings many)."""
 
-    def route(self, tags: tuple[str, ...]) -> Route:
-        """Batch positions, rows and columns of every sample this detector folds."""
+    def route(self, tags: tuple[str, ...]) -> R:
+        """Every sample of the batch this detector folds, as `arrange` puts it."""
         if self._last is not None and self._last[0] is tags:
             return self._last[1]  # a driver reuses its plan's tuple: no hashing of it
         route = self._routes.get(tags)
         if route is None:
             pairs = [(j, r, c) for j, tag in enumerate(tags) for r, c in self._tag_rows.get(tag, ())]
             arr = np.array(pairs, dtype=np.int64).reshape(-1, 3)
-            route = (np.ascontiguousarray(arr[:, 0]), np.ascontiguousarray(arr[:, 1]),
-                     np.ascontiguousarray(arr[:, 2]))
+            route = self._arrange(np.ascontiguousarray(arr[:, 0]),
+                                  np.ascontiguousarray(arr[:, 1]),
+                                  np.ascontiguousarray(arr[:, 2]))
             self._routes[tags] = route
-            self._most[tags] = int(np.bincount(route[1]).max()) if len(route[1]) else 0
+            self._most[tags] = int(np.bincount(arr[:, 1]).max()) if len(arr) else 0
         self._last = (tags, route)
         self.most_per_row = self._most[tags]
         return route
@@ -88,13 +130,18 @@ class UnivariateDetector:
     """
 
     def __init__(self, device: str, rows: Sequence[RowInfo], params: F64, state_fields: int,
-                 kernel: Kernel, tick_kernel: Kernel | None = None, learns: bool = False) -> None:
+                 kernel: Kernel, tick_kernel: TickKernel | None = None,
+                 learns: bool = False) -> None:
         context = [int(c) for c in params[:, P_AFTER]]
-        self._rows = _Rows(device, rows, context)
+        self._rows = _Rows(device, rows, context, _runs)
         self._params = np.ascontiguousarray(params, dtype=np.float64)
         self._state = np.zeros((len(rows), state_fields), dtype=np.float64)
         self._context = max(context, default=0)
         self._ctx = np.full((len(rows), self._context or 1), np.nan)
+        self._raised = np.zeros(len(rows), dtype=np.int64)
+        """The rows a batch left with an episode counter raised (the kernel fills it)."""
+        self._buf = np.zeros(1)
+        """Room for a run's samples (the kernel's scratch): as long as the longest run yet."""
         self._kernel = kernel
         self._tick_kernel = tick_kernel
         self._keys = [row_key(info, self._params[r, COMMON_PARAMS:])
@@ -103,14 +150,19 @@ class UnivariateDetector:
         the monotonic clock in them (z-score, drift, rms), kept across restarts."""
 
     def on_batch(self, batch: SampleBatch) -> list[Event]:
-        sel, rows, _ = self._rows.route(batch.tags)
+        runs, longest = self._rows.route(batch.tags)
+        if longest > self._buf.shape[0]:
+            self._buf = np.zeros(longest)
         r = self._rows
         r.last_mono_ns = batch.mono_ns
         if self._context + r.most_per_row - 1 > self._ctx.shape[1]:  # a longer burst
             self._ctx = context_ring(r.ep, self._ctx, self._context + r.most_per_row - 1)
-        self._kernel(self._params, self._state, r.ep, r.times, self._ctx, sel, rows,
-                     batch.values, batch.quality, batch.mono_ns, batch.time_ns)
-        return r.events.collect(r.ep, r.times, self._ctx)
+        count = self._kernel(self._params, self._state, r.ep, r.times, self._ctx, runs,
+                             batch.values, batch.quality, batch.mono_ns, batch.time_ns,
+                             self._raised, self._buf)
+        if count == 0:
+            return []
+        return r.events.collect(r.ep, r.times, self._ctx, self._raised[:count])
 
     def on_tick(self, mono_ns: int, time_ns: int) -> list[Event]:
         if self._tick_kernel is None:
@@ -154,7 +206,7 @@ class PcaDetector:
         context = [int(c) for c in params[:, P_AFTER]]
         warmup = int(params[:, X_WARMUP].max())
         context_samples = max(context, default=0)
-        self._rows = _Rows(device, rows, context)
+        self._rows = _Rows(device, rows, context, _pairs)
         self._params = np.ascontiguousarray(params, dtype=np.float64)
         self._state = np.zeros((groups, PCA_STATE))
         self._cur = np.zeros((groups, CUR_PLANES, dim))

@@ -44,7 +44,7 @@ def new_episodes(rows: int) -> tuple[F64, I64]:
     return ep, np.zeros((rows, T_FIELDS), dtype=np.int64)
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def episode_step(ep: F64, times: I64, params: F64, row: int, score: float, threshold: float,
                  value: float, over: bool, under: bool, mono_ns: int, time_ns: int) -> None:
     """One sample of a row through IDLE -> PENDING -> ACTIVE -> CLEARING -> IDLE.
@@ -53,7 +53,10 @@ def episode_step(ep: F64, times: I64, params: F64, row: int, score: float, thres
     episode starts once `over` held for `min_ns` and ends once `under` held for `clear_ns`;
     its start is the first sample over, its end the first sample under. The peak is the
     highest score in between, with the value and time it was seen at. The sample is already
-    in the row's context ring (`ring_slot` first): the context before ends with it.
+    counted in the row's context ring (EP_RING_N; `ring_slot` first, or `run_step` for a
+    run's sample not yet pushed): the context before ends with it. Inlined into the
+    univariate kernels: as a call, its three arrays' reference counts would cost more than
+    the step on every sample of an episode.
     """
     ep[row, EP_SCORE] = score
     ep[row, EP_THRESHOLD] = threshold

@@ -38,6 +38,7 @@ from agent.config.detection import (
     StuckRule,
     ZScoreRule,
 )
+from agent.detect import jit
 from agent.detect.base import Detector
 from agent.rule_detectors import rule_detectors
 from drivers.samples import SampleBatch
@@ -220,6 +221,13 @@ def river_rate(samples: int) -> float | None:
 KINDS = ("limits", "zscore", "drift", "stuck", "rms", "pca", "band_rms")
 
 
+def kernel_form() -> str:
+    """How the detectors' kernels ran (agent/detect/jit.py): `aot` (the extension built by
+    `python -m agent.build_kernels`, what the agent runs), else `jit` and why."""
+    form = jit.mode()
+    return form if form == "aot" else f"{form} ({jit.why_not_aot()})"
+
+
 def report(sizes: Sizes) -> str:
     n = sizes.tags * sizes.per_tag * sizes.batches
     x = np.random.default_rng(3).normal(size=max(n, 1000))
@@ -229,7 +237,8 @@ def report(sizes: Sizes) -> str:
         "# Detection benchmark", "",
         (f"{platform.machine()}, Python {platform.python_version()}, "
          f"numpy {np.__version__}; {sizes.tags:,} tags, {sizes.per_tag} samples per tag "
-         f"per batch, {sizes.batches} batches, best of {sizes.repeat}; one core."), "",
+         f"per batch, {sizes.batches} batches, best of {sizes.repeat}; one core; "
+         f"detector kernels: {kernel_form()}."), "",
         "## Throughput", "",
         "| what | samples/s | vs the bare loop | events |",
         "|---|---:|---:|---:|",

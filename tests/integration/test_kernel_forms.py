@@ -63,8 +63,9 @@ def test_the_build_compiles_the_band_kernels_with_the_signatures_warm_up_records
         tmp_path: Path) -> None:
     """What `python -m agent.build_kernels` exports: every kernel warm_up() compiled, one
     signature each (it stops otherwise), among them the band kernel and the FFT it calls.
-    With `rms` beside it: both call episode_step, which must keep one signature. A fresh
-    numba cache, as the build's: a kernel loaded from a cache compiles none of its callees."""
+    With `rms` beside it: both use episode_step, inlined into each caller (numba's
+    `inline="always"`), so it is no kernel of its own. A fresh numba cache, as the build's:
+    a kernel loaded from a cache compiles none of its callees."""
     code = ("import importlib; from agent.build_kernels import kernels; "
             "from agent.kernel_cache import kernel_sources; from agent.detect import kernels as k; "
             "k.warm_up({'rms', 'band_rms'}); mods = [importlib.import_module("
@@ -74,7 +75,8 @@ def test_the_build_compiles_the_band_kernels_with_the_signatures_warm_up_records
     assert run.returncode == 0, run.stderr[-2000:]
     exported = run.stdout.split()
     assert [n for n in exported if n.startswith("kernels_band__")] == BAND_KERNELS
-    assert "kernels_episode__episode_step" in exported
+    assert "kernels_episode__episode_step" not in exported
+    assert "kernels_univariate__rms_batch" in exported
 
 
 def test_the_band_kernels_run_ahead_of_time_compiled_as_built() -> None:

@@ -27,7 +27,7 @@ from agent.detect.kernels_pca import (
 )
 from agent.detect.kernels_runs import RUN_COUNT, RUN_FIELDS, RUN_FIRST, RUN_ROW, RUN_STRIDE
 from agent.detect.kernels_univariate import COMMON_PARAMS, P_AFTER
-from agent.detect.learned_state import as_list, row_key
+from agent.detect.learned_state import as_list, restore_rows, row_key, rows_learned
 from agent.events import Event
 from drivers.samples import SampleBatch
 
@@ -179,16 +179,10 @@ class UnivariateDetector:
         return self._rows.scores()
 
     def learned(self) -> dict[str, Any]:
-        return {key: as_list(self._state[r]) for r, key in enumerate(self._keys)}
+        return rows_learned(self._keys, self._state)
 
     def restore(self, saved: Mapping[str, Any]) -> int:
-        restored = 0
-        for r, key in enumerate(self._keys):
-            values = saved.get(key)
-            if isinstance(values, list) and len(values) == self._state.shape[1]:
-                self._state[r] = values
-                restored += 1
-        return restored
+        return restore_rows(self._keys, self._state, saved)
 
     def milestones(self) -> int:
         return 0

@@ -23,7 +23,7 @@ from agent.detect.kernels_band import (
     fft_tables,
 )
 from agent.detect.kernels_episode import EP_SCORE, P_AFTER, new_episodes
-from agent.detect.learned_state import as_list, row_key
+from agent.detect.learned_state import restore_rows, row_key, rows_learned
 from agent.events import Event
 from drivers.samples import SampleBatch
 
@@ -119,16 +119,10 @@ class BandRmsDetector:
                 for info, s in zip(self._rows, self._ep[:, EP_SCORE], strict=True)}
 
     def learned(self) -> dict[str, Any]:
-        return {key: as_list(self._bs[r]) for r, key in enumerate(self._keys)}
+        return rows_learned(self._keys, self._bs)
 
     def restore(self, saved: Mapping[str, Any]) -> int:
-        restored = 0
-        for r, key in enumerate(self._keys):
-            values = saved.get(key)
-            if isinstance(values, list) and len(values) == self._bs.shape[1]:
-                self._bs[r] = values
-                restored += 1
-        return restored
+        return restore_rows(self._keys, self._bs, saved)
 
     def milestones(self) -> int:
         return 0

@@ -59,6 +59,24 @@ def as_list(values: F64) -> list[float]:
     return [float(v) for v in np.ravel(values)]
 
 
+def rows_learned(keys: Sequence[str], state: F64) -> dict[str, list[float]]:
+    """`learned()` of a detector whose whole state row is learned statistics: row r's state
+    under keys[r] (an empty `keys`: nothing is kept)."""
+    return {key: as_list(state[r]) for r, key in enumerate(keys)}
+
+
+def restore_rows(keys: Sequence[str], state: F64, saved: Mapping[str, Any]) -> int:
+    """`restore()` of such a detector: the rows whose key `saved` holds, with a state row of
+    the same width (another layout is another version's: learned again)."""
+    restored = 0
+    for r, key in enumerate(keys):
+        values = saved.get(key)
+        if isinstance(values, list) and len(values) == state.shape[1]:
+            state[r] = values
+            restored += 1
+    return restored
+
+
 @runtime_checkable
 class Learner(Protocol):
     def learned(self) -> dict[str, Any]:

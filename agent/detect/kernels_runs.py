@@ -93,17 +93,26 @@ def run_step(ep: F64, times: I64, params: F64, row: int, left: float, score: flo
 
 @njit(cache=True, inline="always")
 def run_close(ep: F64, ctx: F64, buf: F64, row: int, score: float, left: float, done: float,
-              good: int) -> float:
+              good: int, context: float) -> float:
     """Writes back a run's locals: its score, AFTER_LEFT and the AFTER_DONE it counted, and
     pushes its `good` samples (`buf[:good]`) into the row's context ring (rows, C) at once:
     only the last C of them are written, where pushing each in turn would leave them.
-    Returns the row's STARTED + ENDED + AFTER_DONE: 0 when there is no event to make."""
+    Returns the row's STARTED + ENDED + AFTER_DONE: 0 when there is no event to make.
+
+    A ring grown for bursts (C = `context` + the burst's length - 1, `context_ring`) holds
+    the samples around an episode's start or end inside the run; a run in which no episode
+    started or ended and no context after an end was wanted writes only its last `context`
+    samples, all a later event can read (the samples before a later start)."""
+    opened_left = ep[row, EP_AFTER_LEFT]
     ep[row, EP_SCORE] = score
     ep[row, EP_AFTER_LEFT] = left
     ep[row, EP_AFTER_DONE] += done
     ep[row, EP_RING_N] += good
+    raised = ep[row, EP_STARTED] + ep[row, EP_ENDED] + ep[row, EP_AFTER_DONE]
     size = ctx.shape[1]
     kept = min(good, size)
+    if raised == 0.0 and opened_left == 0.0 and left == 0.0 and kept > context:
+        kept = int(context)
     slot = int(ep[row, EP_RING_POS]) + good - kept  # where the first sample kept goes
     if slot >= size:  # a run longer than the ring
         slot %= size
@@ -111,4 +120,4 @@ def run_close(ep: F64, ctx: F64, buf: F64, row: int, score: float, left: float, 
         ctx[row, slot] = buf[i]
         slot = slot + 1 if slot + 1 < size else 0
     ep[row, EP_RING_POS] = float(slot)
-    return float(ep[row, EP_STARTED] + ep[row, EP_ENDED] + ep[row, EP_AFTER_DONE])
+    return float(raised)

@@ -104,7 +104,8 @@ def limits_batch(params: F64, state: F64, ep: F64, times: I64, ctx: F64, runs: I
             n += 1.0
             last = x
         state[row, LS_N], state[row, LS_LAST], state[row, LS_LAST_MONO] = n, last, last_mono
-        if run_close(ep, ctx, buf, row, score, left, done, good) != 0.0 and (
+        if run_close(ep, ctx, buf, row, score, left, done, good,
+                     params[row, P_AFTER]) != 0.0 and (
                 k + 1 == runs.shape[0] or runs[k + 1, RUN_ROW] != row):  # its last run
             raised[count] = row
             count += 1
@@ -198,7 +199,8 @@ def zscore_batch(params: F64, state: F64, ep: F64, times: I64, ctx: F64, runs: I
                 var = (1.0 - alpha_base) * (var + alpha_base * d * d)
         state[row, ZS_N], state[row, ZS_SMOOTH] = n, smooth
         state[row, ZS_MEAN], state[row, ZS_VAR] = mean, var
-        if run_close(ep, ctx, buf, row, score, left, done, good) != 0.0 and (
+        if run_close(ep, ctx, buf, row, score, left, done, good,
+                     params[row, P_AFTER]) != 0.0 and (
                 k + 1 == runs.shape[0] or runs[k + 1, RUN_ROW] != row):  # its last run
             raised[count] = row
             count += 1
@@ -262,7 +264,8 @@ def drift_batch(params: F64, state: F64, ep: F64, times: I64, ctx: F64, runs: I6
                                     score > threshold, score < clear, mono_ns, time_ns, j + 1)
         state[row, DS_N], state[row, DS_MEAN], state[row, DS_M2] = n, mean, m2
         state[row, DS_POS], state[row, DS_NEG] = s_pos, s_neg
-        if run_close(ep, ctx, buf, row, score, left, done, good) != 0.0 and (
+        if run_close(ep, ctx, buf, row, score, left, done, good,
+                     params[row, P_AFTER]) != 0.0 and (
                 k + 1 == runs.shape[0] or runs[k + 1, RUN_ROW] != row):  # its last run
             raised[count] = row
             count += 1
@@ -340,7 +343,8 @@ def stuck_batch(params: F64, state: F64, ep: F64, times: I64, ctx: F64, runs: I6
                                         x, over, not over, mono_ns, time_ns, good)
         state[row, SS_N], state[row, SS_REF] = n, ref
         state[row, SS_CHANGE_MONO], state[row, SS_GOOD_MONO] = change_mono, good_mono
-        if run_close(ep, ctx, buf, row, score, left, done, good) != 0.0 and (
+        if run_close(ep, ctx, buf, row, score, left, done, good,
+                     params[row, P_AFTER]) != 0.0 and (
                 k + 1 == runs.shape[0] or runs[k + 1, RUN_ROW] != row):  # its last run
             raised[count] = row
             count += 1
@@ -454,7 +458,8 @@ def rms_batch(params: F64, state: F64, ep: F64, times: I64, ctx: F64, runs: I64,
                                         time_ns, j + 1)
         state[row, RS_N], state[row, RS_MEAN], state[row, RS_MS], state[row, RS_BASE] = \
             n, mean, ms, base
-        if run_close(ep, ctx, buf, row, score, left, done, good) != 0.0 and (
+        if run_close(ep, ctx, buf, row, score, left, done, good,
+                     params[row, P_AFTER]) != 0.0 and (
                 k + 1 == runs.shape[0] or runs[k + 1, RUN_ROW] != row):  # its last run
             raised[count] = row
             count += 1

@@ -240,7 +240,12 @@ class EpisodeEvents:
         size = len(ring)
         n = int(e[EP_RING_N])
         lo, hi = max(first, n - size, 0), min(first + count, n)
-        taken = [ring[k % size] for k in range(lo, hi)]
+        if hi <= lo:
+            taken: list[Any] = []
+        else:
+            a = lo % size
+            b = a + hi - lo  # one slice, or two where the span wraps round the ring's end
+            taken = ring[a:b] if b <= size else ring[a:] + ring[:b - size]
         isnan = math.isnan
         if not isinstance(ring[0], list):  # NaN only from a device that sent one as GOOD
             return {info.tags[0]: [None if isnan(v) else v for v in taken]

@@ -29,7 +29,7 @@ import numpy as np
 import numpy.typing as npt
 import structlog
 
-from agent.detect.base import Detector
+from agent.detect.base import Detector, DetectorChain
 from agent.detect.episodes import RowInfo
 from agent.detect.state_file import StateFile
 from agent.events import Event
@@ -94,19 +94,18 @@ class Learner(Protocol):
 
 
 class KeepLearned:
-    """A device's detectors, with what their learners learned saved and restored (a
-    Detector, and a ScoringDetector when its members are)."""
+    """A device's detectors as one `DetectorChain`, with what their learners learned saved
+    and restored (a Detector and ScoringDetector)."""
 
     def __init__(self, device: str, detectors: Sequence[Detector], store: StateFile,
                  interval_s: float = SAVE_INTERVAL_S) -> None:
-        self._device = device
-        self._detectors = tuple(detectors)
-        self._learners = [d for d in self._detectors if isinstance(d, Learner)]
+        self._chain = DetectorChain(detectors)
+        self._learners = [d for d in detectors if isinstance(d, Learner)]
         self._store = store
         self._interval_ns = int(interval_s * 1e9)
         self._saved_mono_ns: int | None = None
-        saved = store.load()
-        if saved and self._learners:
+        saved = store.load() if self._learners else {}
+        if saved:
             rows = sum(learner.restore(saved) for learner in self._learners)
             log.info("detector_state_restored", device=device, rows=rows,
                      saved_rows=len(saved), path=str(store.path))
@@ -127,7 +126,7 @@ class KeepLearned:
             self._saved_mono_ns = mono_ns
 
     def on_batch(self, batch: SampleBatch) -> list[Event]:
-        events = [e for d in self._detectors for e in d.on_batch(batch)]
+        events = self._chain.on_batch(batch)
         milestones = self._count()
         if milestones != self._milestones:
             self._milestones = milestones
@@ -135,7 +134,7 @@ class KeepLearned:
         return events
 
     def on_tick(self, mono_ns: int, time_ns: int) -> list[Event]:
-        events = [e for d in self._detectors for e in d.on_tick(mono_ns, time_ns)]
+        events = self._chain.on_tick(mono_ns, time_ns)
         if self._saved_mono_ns is None:
             self._saved_mono_ns = mono_ns
         elif mono_ns - self._saved_mono_ns >= self._interval_ns:
@@ -143,18 +142,9 @@ class KeepLearned:
         return events
 
     def flush(self, time_ns: int) -> list[Event]:
-        events = [e for d in self._detectors for e in d.flush(time_ns)]
+        events = self._chain.flush(time_ns)
         self.save()
         return events
 
     def scores(self) -> Mapping[str, float]:
-        merged: dict[str, float] = {}
-        for d in self._detectors:
-            scores = getattr(d, "scores", None)
-            if scores is not None:
-                merged.update(scores())
-        return merged
-
-    def wait_saved(self) -> None:
-        """Block until the last snapshot is on disk (tests)."""
-        self._store.wait_saved()
+        return self._chain.scores()

@@ -68,7 +68,7 @@ def tables(folder: str | None) -> str:
                      f"control limits at confidence {rule.confidence:g}, explained variance "
                      f"{rule.explained_variance:g} (SKAB's T² + Q reference settings, not "
                      "calibrated here)."), ""]
-    mewma = skab_rule_mewma(path)
+    mewma = skab_rule_mewma(path, variants[-1][2])  # D's choice, not made again
     lines += ["E: selected by `eval/select.py` from " + leading + " only (no label): D's tags "
               "and limits, the rows smoothed by an EWMA of weight "
               f"{_weight(mewma.rule.input_smoothing_halflife_samples):g} (half-life "

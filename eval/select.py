@@ -205,10 +205,10 @@ def halflife_of(weight: float) -> float:
     return 0.0 if weight >= 1.0 else math.log(0.5) / math.log(1.0 - weight)
 
 
-def skab_rule_mewma(folder: Path) -> MewmaChoice:
+def skab_rule_mewma(folder: Path, limits: SkabChoice | None = None) -> MewmaChoice:
     """Source E: D with input smoothing, its weight designed on synthetic 1-sd steps added
-    to the leading rows (module docstring)."""
-    limits = skab_rule_limits(folder)
+    to the leading rows (module docstring). `limits`: D's choice, when already made."""
+    limits = limits or skab_rule_limits(folder)
     tags = tuple(limits.rule.tags)
     heads = _leading(folder)
     learn = SKAB_LEADING_LEARN_ROWS

@@ -2,8 +2,9 @@
 
 Rules of the same kind share one detector (and so one kernel call per batch); each tag of
 a univariate rule is a row, each multivariate rule a group, each band of each tag of a
-`band_rms` rule a row (its tag's samples feed one ring shared by the tag's bands). Parameters become the kernels'
-units here: nanoseconds, EWMA weights, +-inf for an absent limit.
+`band_rms` rule a row (its tag's samples feed one ring shared by the tag's bands).
+Parameters become the kernels' units here: nanoseconds, EWMA weights, +-inf for an absent
+limit.
 """
 
 from __future__ import annotations

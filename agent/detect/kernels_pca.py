@@ -124,6 +124,20 @@ def _statistics(model: F64, g: int, d: int, k: int, x: F64) -> tuple[float, floa
 
 
 @njit(cache=True)
+def _smoothed_statistics(model: F64, g: int, d: int, k: int, ewma: F64, x: F64,
+                         lam: float) -> tuple[float, float]:
+    """T² and Q of the EWMA of the rows (`ewma` moved by the row `x`, weight lam), times
+    (2 - lam) / lam: the EWMA of independent rows has lam / (2 - lam) times their
+    covariance, so the scaled statistics keep the limits of single rows (the asymptotic
+    MEWMA of Lowry, Woodall, Champ and Rigdon, Technometrics 34(1), 1992)."""
+    for i in range(d):
+        ewma[i] += lam * (x[i] - ewma[i])
+    t2, q = _statistics(model, g, d, k, ewma)
+    gain = (2.0 - lam) / lam
+    return t2 * gain, q * gain
+
+
+@njit(cache=True)
 def _f_quantile(df1: float, df2: float, z: float) -> float:
     """The F(df1, df2) quantile whose normal quantile is z: Paulson (1942), solving
     ((1 - c2) u - (1 - c1)) / sqrt(c1 + c2 u²) = z for u = F^(1/3), c = 2 / (9 df)."""
@@ -174,10 +188,7 @@ def _fit(params: F64, state: F64, cur: F64, buf: F64, model: F64, g: int) -> Non
     T² and Q over those rows, times FACTOR. A limit that is undefined (no residual space
     left, too few rows) falls back to the largest value seen.
 
-    With input smoothing (weight lam < 1) T² and Q are taken of the EWMA of the rows and
-    multiplied by (2 - lam) / lam: the EWMA of independent rows has lam / (2 - lam) times
-    their covariance, so the scaled statistics keep the limits of unsmoothed rows (the
-    asymptotic MEWMA of Lowry, Woodall, Champ and Rigdon, Technometrics 34(1), 1992). The
+    With input smoothing (weight lam < 1) the statistics are `_smoothed_statistics`; the
     EWMA starts at the learned mean and runs over the warm-up rows, so it is settled when
     scoring begins."""
     d = int(params[g, X_DIM])
@@ -222,21 +233,16 @@ def _fit(params: F64, state: F64, cur: F64, buf: F64, model: F64, g: int) -> Non
     state[g, XS_K] = k
     a = params[g, X_ALPHA]
     lam = params[g, X_INPUT_ALPHA]
-    gain = (2.0 - lam) / lam
-    row = np.empty(d)
+    ewma = cur[g, CUR_EWMA]
     for i in range(d):
-        row[i] = model[g, d, i]
+        ewma[i] = model[g, d, i]
     t2s = 0.0
     qs = 0.0
     top_t2 = 0.0
     top_q = 0.0
     for r in range(n):
         if lam < 1.0:
-            for i in range(d):
-                row[i] += lam * (buf[g, r, i] - row[i])
-            t2, q = _statistics(model, g, d, k, row)
-            t2 *= gain
-            q *= gain
+            t2, q = _smoothed_statistics(model, g, d, k, ewma, buf[g, r], lam)
         else:
             t2, q = _statistics(model, g, d, k, buf[g, r])
         t2s = t2 if r == 0 else t2s + a * (t2 - t2s)
@@ -255,8 +261,6 @@ def _fit(params: F64, state: F64, cur: F64, buf: F64, model: F64, g: int) -> Non
     state[g, XS_T2] = t2s
     state[g, XS_Q] = qs
     state[g, XS_FITTED] = 1.0
-    for i in range(d):
-        cur[g, CUR_EWMA, i] = row[i]
 
 
 @njit(cache=True)
@@ -284,13 +288,7 @@ def _close_row(params: F64, state: F64, cur: F64, buf: F64, model: F64, ep: F64,
         return
     lam = params[g, X_INPUT_ALPHA]
     if lam < 1.0:
-        e = cur[g, CUR_EWMA]
-        for i in range(d):
-            e[i] += lam * (x[i] - e[i])
-        t2, q = _statistics(model, g, d, int(state[g, XS_K]), e)
-        gain = (2.0 - lam) / lam
-        t2 *= gain
-        q *= gain
+        t2, q = _smoothed_statistics(model, g, d, int(state[g, XS_K]), cur[g, CUR_EWMA], x, lam)
     else:
         t2, q = _statistics(model, g, d, int(state[g, XS_K]), x)
     a = params[g, X_ALPHA]

@@ -199,14 +199,14 @@ class PcaDetector:
         groups = len(rows)
         context = [int(c) for c in params[:, P_AFTER]]
         warmup = int(params[:, X_WARMUP].max())
-        context_samples = max(context, default=0)
+        self._context = max(context, default=0)
         self._rows = _Rows(device, rows, context, _pairs)
         self._params = np.ascontiguousarray(params, dtype=np.float64)
         self._state = np.zeros((groups, PCA_STATE))
         self._cur = np.zeros((groups, CUR_PLANES, dim))
         self._buf = np.zeros((groups, max(warmup, 1), dim))
         self._model = np.zeros((groups, dim + 3, dim))
-        self._ctx = np.full((groups, max(context_samples, 1), dim), np.nan)
+        self._ctx = np.full((groups, max(self._context, 1), dim), np.nan)
         self._keys = [row_key(info, self._params[g, COMMON_PARAMS:])
                       for g, info in enumerate(rows)]
 
@@ -214,6 +214,10 @@ class PcaDetector:
         sel, rows, cols = self._rows.route(batch.tags)
         r = self._rows
         r.last_mono_ns = batch.mono_ns
+        # A burst closes up to one row per sample of a tag: the ring keeps the context
+        # around an episode that starts or ends inside it until the events are made.
+        if self._context + r.most_per_row - 1 > self._ctx.shape[1]:
+            self._ctx = context_ring(r.ep, self._ctx, self._context + r.most_per_row - 1)
         pca_batch(self._params, self._state, self._cur, self._buf, self._model, r.ep, r.times,
                   self._ctx, sel, rows, cols, batch.values, batch.quality, batch.mono_ns,
                   batch.time_ns)

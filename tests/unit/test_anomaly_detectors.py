@@ -222,6 +222,32 @@ def test_pca_catches_tags_that_no_longer_agree_while_each_stays_in_range() -> No
     assert len(start.data["tags"]["flow"]["before"]) == 10
 
 
+
+def test_a_pca_episode_inside_a_burst_gets_the_rows_before_its_start() -> None:
+    """Arrays of a group's tags (OPC UA) bring many rows in one batch: the context of an
+    episode that starts inside the burst is the rows just before its start, as many as
+    `context_samples`, not those the rest of the burst left in a ring of that size."""
+    rng = np.random.default_rng(5)
+    rule = PcaRule(kind="pca", device="m1", name="pump", tags=["current", "flow"],
+                   warmup_samples=200, threshold_factor=1.5, context_samples=4)
+    det = chain(rule)
+    load = rng.uniform(0.5, 1.0, 400)
+    current = 10 * load + rng.normal(0, 0.1, 400)
+    flow = 50 * load + rng.normal(0, 0.5, 400)
+    flow[300:] -= 10.0  # from row 300 on, the flow falls short of what the current says
+
+    def burst(first: int, last: int, t_s: float) -> SampleBatch:
+        n = last - first  # interleaved rows: current, flow, current, flow ...
+        values = np.column_stack([current[first:last], flow[first:last]]).ravel()
+        return batch(["current", "flow"] * n, values, t_s)
+
+    assert det.on_batch(burst(0, 250, 0)) == []
+    (start,) = det.on_batch(burst(250, 400, 1))
+    before = start.data["tags"]["flow"]["before"]
+    assert len(before) == 4, "the full context, not what the burst's end left of it"
+    first = next(i for i in range(250, 400) if np.allclose(flow[i - 3:i + 1], before))
+    assert 296 <= first <= 310, "the rows up to the start, not the burst's last ones"
+
 def test_pca_control_limits_keep_their_confidence_on_normal_operation() -> None:
     """With `confidence`, the thresholds are the textbook limits of T² and Q: on rows drawn
     like the learning rows, the share over either limit is about 1 - confidence for each."""

@@ -28,6 +28,7 @@ from agent.detect.kernels_pca import (
 from agent.detect.kernels_runs import RUN_COUNT, RUN_FIELDS, RUN_FIRST, RUN_ROW, RUN_STRIDE
 from agent.detect.kernels_univariate import COMMON_PARAMS, P_AFTER
 from agent.detect.learned_state import as_list, restore_rows, row_key, rows_learned
+from agent.detect.tag_layouts import TagLayouts
 from agent.events import Event
 from drivers.samples import SampleBatch
 
@@ -88,14 +89,14 @@ class _Rows(Generic[R]):
         self.rows = tuple(rows)
         self.ep, self.times = new_episodes(len(self.rows))
         self.events = EpisodeEvents(device, self.rows, context)
-        self._routes: dict[tuple[str, ...], R] = {}
+        self._routes: TagLayouts[tuple[R, int]] = TagLayouts()
+        """Per tag tuple: the route, and the most samples one row gets from such a batch."""
         self._tag_rows: dict[str, list[tuple[int, int]]] = {}
         for r, info in enumerate(self.rows):
             for c, tag in enumerate(info.tags):
                 self._tag_rows.setdefault(tag, []).append((r, c))
         self.last_mono_ns = 0
         self._last: tuple[tuple[str, ...], R] | None = None
-        self._most: dict[tuple[str, ...], int] = {}
         self.most_per_row = 1
         """Most samples one row got from the batch last routed (a burst brings many)."""
 
@@ -103,17 +104,17 @@ class _Rows(Generic[R]):
         """Every sample of the batch this detector folds, as `arrange` puts it."""
         if self._last is not None and self._last[0] is tags:
             return self._last[1]  # a driver reuses its plan's tuple: no hashing of it
-        route = self._routes.get(tags)
-        if route is None:
+        known = self._routes.get(tags)
+        if known is None:
             pairs = [(j, r, c) for j, tag in enumerate(tags) for r, c in self._tag_rows.get(tag, ())]
             arr = np.array(pairs, dtype=np.int64).reshape(-1, 3)
-            route = self._arrange(np.ascontiguousarray(arr[:, 0]),
-                                  np.ascontiguousarray(arr[:, 1]),
-                                  np.ascontiguousarray(arr[:, 2]))
-            self._routes[tags] = route
-            self._most[tags] = int(np.bincount(arr[:, 1]).max()) if len(arr) else 0
+            known = (self._arrange(np.ascontiguousarray(arr[:, 0]),
+                                   np.ascontiguousarray(arr[:, 1]),
+                                   np.ascontiguousarray(arr[:, 2])),
+                     int(np.bincount(arr[:, 1]).max()) if len(arr) else 0)
+            self._routes[tags] = known
+        route, self.most_per_row = known
         self._last = (tags, route)
-        self.most_per_row = self._most[tags]
         return route
 
     def scores(self) -> dict[str, float]:

@@ -24,6 +24,7 @@ from agent.detect.kernels_band import (
 )
 from agent.detect.kernels_episode import EP_SCORE, P_AFTER, new_episodes
 from agent.detect.learned_state import restore_rows, row_key, rows_learned
+from agent.detect.tag_layouts import TagLayouts
 from agent.events import Event
 from drivers.samples import SampleBatch
 
@@ -70,7 +71,7 @@ class BandRmsDetector:
         self._tag_rows: dict[str, list[int]] = {}
         for g, tag in enumerate(signal_tags):
             self._tag_rows.setdefault(tag, []).append(g)
-        self._routes: dict[tuple[str, ...], tuple[Route, int]] = {}
+        self._routes: TagLayouts[tuple[Route, int]] = TagLayouts()
         self._last: tuple[tuple[str, ...], Route, int] | None = None
         self._last_mono_ns = 0
         owner = {int(self._gp[g, G_FIRST_BAND]) + b: g for g in range(len(signal_tags))

@@ -14,6 +14,7 @@ from collections.abc import Mapping
 import numpy as np
 import numpy.typing as npt
 
+from agent.detect.tag_layouts import TagLayouts
 from agent.events import CHANGE, Event
 from drivers.samples import Quality, SampleBatch
 
@@ -29,7 +30,8 @@ class ChangeReporter:
         self._last = np.full(len(self._tags), np.nan)
         self._units = dict(units)
         self._texts: dict[str, str] = {}
-        self._index_cache: dict[tuple[str, ...], tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]]] = {}
+        self._index_cache: TagLayouts[tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]]] = \
+            TagLayouts()
 
     def on_batch(self, batch: SampleBatch) -> list[Event]:
         changes: dict[str, dict[str, object]] = {}

@@ -54,6 +54,7 @@ from agent.detect.kernels_machine import (
 )
 from agent.detect.kernels_state import STATE_NAMES, UNKNOWN
 from agent.detect.state_file import StateFile
+from agent.detect.tag_layouts import TagLayouts
 from agent.events import ENERGY, STATE, Event
 from drivers.samples import SampleBatch
 
@@ -124,7 +125,7 @@ class MachineDetector:
         for m, setup in enumerate(self._setups):
             for role, tag in setup.config.tags().items():
                 self._roles[tag] = (_ROLES[role], m)
-        self._index_cache: dict[tuple[str, ...], tuple[np.ndarray, np.ndarray]] = {}
+        self._index_cache: TagLayouts[tuple[np.ndarray, np.ndarray]] = TagLayouts()
         self._zones = [zoneinfo.ZoneInfo(s.config.timezone) for s in self._setups]
         self._started = False
         self._report_due_mono = [0] * n

@@ -13,6 +13,7 @@ from collections.abc import Sequence
 import numpy as np
 import numpy.typing as npt
 
+from agent.detect.tag_layouts import TagLayouts
 from agent.events import QUALITY, Event
 from drivers.samples import Quality, SampleBatch
 
@@ -33,7 +34,7 @@ class QualityChanges:
         self._tags = tuple(tags)
         self._row = {tag: i for i, tag in enumerate(self._tags)}
         self._last: npt.NDArray[np.uint8] = np.full(len(self._tags), _UNSEEN, dtype=np.uint8)
-        self._index_cache: dict[tuple[str, ...], npt.NDArray[np.int64]] = {}
+        self._index_cache: TagLayouts[npt.NDArray[np.int64]] = TagLayouts()
 
     def on_batch(self, batch: SampleBatch) -> list[Event]:
         now = self._last.copy()

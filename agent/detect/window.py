@@ -26,6 +26,7 @@ from agent.detect.kernels import (
 )
 from agent.detect.kernels_counter import C_HAS, C_LAST, COUNTER_FIELDS
 from agent.detect.state_file import StateFile
+from agent.detect.tag_layouts import TagLayouts
 from agent.events import WINDOW, Event
 from drivers.samples import SampleBatch
 
@@ -60,7 +61,7 @@ class WindowAggregator:
                 if row is not None and not math.isnan(self._modulus[row]) and \
                         isinstance(last, float | int):
                     self._counters[row, C_HAS], self._counters[row, C_LAST] = 1.0, float(last)
-        self._index_cache: dict[tuple[str, ...], np.ndarray] = {}
+        self._index_cache: TagLayouts[np.ndarray] = TagLayouts()
         self._open_mono_ns: int | None = None
         self._open_time_ns = 0
 

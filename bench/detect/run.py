@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import platform
 import sys
 import time
@@ -23,10 +24,18 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from numba import njit
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
+
+from agent.kernel_cache import kernel_cache_dir
+
+# Before numba is imported: as the agent and the tests do, one kernel cache per version of
+# the kernels' source. Without it numba caches beside each kernel module, keyed by that
+# module alone, and the JIT form could time a kernel compiled against an older episode_step.
+os.environ.setdefault("NUMBA_CACHE_DIR", str(kernel_cache_dir(ROOT / ".numba-cache")))
+
+from numba import njit
 
 from agent.config.detection import (
     BandRmsRule,

@@ -245,19 +245,22 @@ def drift_batch(params: F64, state: F64, ep: F64, times: I64, ctx: F64, runs: I6
             delta = x - mean
             mean += delta / n
             m2 += delta * (x - mean)
-        # Learned: the deviation is fixed from here on, computed once per run.
+        # Learned: the deviation is fixed from here on, its inverse computed once per run.
         sd = math.sqrt(m2 / n) if n > 0.0 else 0.0
         if sd <= 0.0:
             sd = 1e-12 * max(1.0, abs(mean))
+        inv_sd = 1.0 / sd
         for j in range(i, good):
             x = buf[j]
             if left > 0.0:  # context wanted after an ended episode: this sample is part of it
                 left -= 1.0
                 if left == 0.0:
                     done += 1.0
-            z = (x - mean) / sd
-            s_pos = max(0.0, s_pos + z - slack)
-            s_neg = max(0.0, s_neg - z - slack)
+            z = (x - mean) * inv_sd
+            # One addition on each sum's chain from sample to sample, not two: the
+            # slack is applied to z first (what the processor waits for is the chain).
+            s_pos = max(0.0, s_pos + (z - slack))
+            s_neg = max(0.0, s_neg - (z + slack))
             score = max(s_pos, s_neg)
             if not (st == IDLE and not (score > threshold)):
                 st, left = run_step(ep, times, params, row, left, score, threshold, x,

@@ -138,3 +138,23 @@ def test_a_seed_fixes_the_waveform_and_reading_it_changes_nothing() -> None:
         unread.advance(STEP_S)
     assert unread.state == one[-1][0]
     assert np.array_equal(vibration_waveform_mm_s(unread.state, unread.params, 7), one[-1][1])
+
+
+def test_the_example_configs_bands_hold_the_simulators_lines_with_a_margin() -> None:
+    """config/compressor-vibration.yaml watches this waveform: its bands must hold the 1x and
+    BPFO lines of both motor-on states, three bins or more inside an edge (the Hann window's
+    leakage stays in), at the simulator's rate and block length."""
+    from pathlib import Path
+
+    from agent.config import load_config
+    from agent.config.detection import BandRmsRule
+
+    root = Path(__file__).resolve().parents[2]
+    [rule] = load_config(root / "config" / "compressor-vibration.yaml", environ={}).config.detectors
+    assert isinstance(rule, BandRmsRule)
+    assert (rule.sample_rate_hz, rule.fft_samples) == (SAMPLE_RATE_HZ, BLOCK_SAMPLES)
+    bands = {band.name: band for band in rule.bands}
+    margin = 3 * RESOLUTION_HZ
+    for state in (MachineState.IDLE, MachineState.RUNNING):
+        for name, line in (("running-speed", shaft_hz(state)), ("bearing-bpfo", bpfo_hz(state))):
+            assert bands[name].low_hz + margin <= line <= bands[name].high_hz - margin, (name, state)

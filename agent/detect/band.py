@@ -17,7 +17,10 @@ from agent.detect.episodes import EpisodeEvents, RowInfo, context_ring
 from agent.detect.kernels_band import (
     BAND_STATE,
     G_BANDS,
+    G_CONTINUOUS,
     G_FIRST_BAND,
+    GS_FILL,
+    GS_SINCE,
     SIGNAL_STATE,
     band_rms_batch,
     fft_tables,
@@ -74,6 +77,9 @@ class BandRmsDetector:
         self._routes: TagLayouts[tuple[Route, int]] = TagLayouts()
         self._last: tuple[tuple[str, ...], Route, int] | None = None
         self._last_mono_ns = 0
+        self._last_time_ns = 0
+        self._captures = np.flatnonzero(self._gp[:, G_CONTINUOUS] == 0.0)
+        """Signal rows of rules whose batches are captures of their own (not `continuous`)."""
         owner = {int(self._gp[g, G_FIRST_BAND]) + b: g for g in range(len(signal_tags))
                  for b in range(int(self._gp[g, G_BANDS]))}
         self._keys = [row_key(info, self._bp[r, P_AFTER + 1:], self._gp[owner[r]])
@@ -98,7 +104,13 @@ class BandRmsDetector:
 
     def on_batch(self, batch: SampleBatch) -> list[Event]:
         (sel, rows), most = self._route(batch.tags)
-        self._last_mono_ns = batch.mono_ns
+        if batch.mono_ns == self._last_mono_ns and batch.time_ns != self._last_time_ns:
+            # The kernel tells captures apart by the batch's monotonic time, but batches of
+            # one reception share it (a subscription's publish with two captures of a tag):
+            # a batch of another time is another capture all the same.
+            self._gs[self._captures, GS_FILL] = 0.0
+            self._gs[self._captures, GS_SINCE] = 0.0
+        self._last_mono_ns, self._last_time_ns = batch.mono_ns, batch.time_ns
         if self._context + most - 1 > self._ctx.shape[1]:  # the context around a block's
             self._ctx = context_ring(self._ep, self._ctx, self._context + most - 1)  # episode
         band_rms_batch(self._gp, self._gs, self._ring, self._bp, self._bs, self._ep,

@@ -271,7 +271,8 @@ async def _start_opcua(config: SimConfig, machine: ServedMachine) -> OpcUaSimSer
     pki = config.opcua_pki or Path("plc-sim-pki")
     opcua = OpcUaSimServer(machine.scenario, machine.trace_record, host=config.host,
                            port=config.opcua_port, tick_s=config.tick_s,
-                           security=config.opcua_security, pki_dir=pki)
+                           security=config.opcua_security, pki_dir=pki,
+                           arrays=machine.arrays)
     await opcua.start()
     line = {"event": "listening", "scenario": config.scenario, "protocol": "opcua",
             "host": config.host, "port": opcua.port, "endpoint": opcua.endpoint,

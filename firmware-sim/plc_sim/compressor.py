@@ -4,7 +4,9 @@ This is the machine the edge agent watches in the demo and in end-to-end tests.
 It is a pure model: no I/O, no clock, no protocol. Time only moves when the
 caller says so (`step` / `Compressor.advance`), and every random draw comes
 from a caller-supplied, seeded `random.Random`, so a run is reproducible from
-its seed and the tests can drive hours of machine time in milliseconds.
+its seed and the tests can drive hours of machine time in milliseconds. The vibration
+waveform of a state (`plc_sim.vibration`) is computed from the state and the seed only
+when it is asked for, with a generator of its own.
 
 The behaviour is the classic load/unload control of a fixed-speed compressor:
 
@@ -116,6 +118,10 @@ class CompressorState:
     motor_on_s: float
     """Accumulated time with the motor on (IDLE or RUNNING)."""
     vibration_mm_s: float = 0.0
+    bearing_defect_mm_s: float = 0.0
+    """What the bearing defect adds to the vibration RMS (the bearing-wear fault's
+    `vibration_add_mm_s`; 0 with the motor off): sizes the defect tone of the waveform
+    (`plc_sim.vibration`)."""
     air_flow_m3_min: float = 0.0
     pressure_reading_bar: float = 0.0
     """What the pressure sensor reports: the pressure, unless the sensor is stuck."""
@@ -197,7 +203,8 @@ def _nominal_power_w(machine_state: MachineState, params: CompressorParams) -> t
     return params.off_power_w, params.off_power_noise_w
 
 
-def _vibration_mm_s(machine_state: MachineState, params: CompressorParams) -> float:
+def vibration_level_mm_s(machine_state: MachineState, params: CompressorParams) -> float:
+    """The vibration RMS of a healthy machine in a state, before the reading's noise."""
     if machine_state is MachineState.RUNNING:
         return params.vibration_running_mm_s
     if machine_state is MachineState.IDLE:
@@ -244,9 +251,8 @@ def _single_step(
     mean_w, noise_w = _nominal_power_w(machine_state, params)
     power = max(0.0, rng.gauss(mean_w * fx.power_factor, noise_w))
     current = max(0.0, line_current_a(power, params) + rng.gauss(0.0, params.current_noise_a))
-    vibration = _vibration_mm_s(machine_state, params)
-    if machine_state is not MachineState.OFF:
-        vibration += fx.vibration_add_mm_s
+    bearing = fx.vibration_add_mm_s if machine_state is not MachineState.OFF else 0.0
+    vibration = vibration_level_mm_s(machine_state, params) + bearing
     vibration = max(0.0, vibration + rng.gauss(0.0, params.vibration_noise_mm_s))
     flow = 0.0
     if machine_state is MachineState.RUNNING:
@@ -268,6 +274,7 @@ def _single_step(
         energy_wh=state.energy_wh + power * dt_s / 3600.0,
         motor_on_s=motor_on,
         vibration_mm_s=vibration,
+        bearing_defect_mm_s=bearing,
         air_flow_m3_min=flow,
         pressure_reading_bar=state.pressure_reading_bar if fx.pressure_sensor_stuck else pressure,
         load_cycles=state.load_cycles + (1 if loaded else 0),
@@ -317,6 +324,8 @@ class Compressor:
         fault: Fault | None = None,
     ) -> None:
         self.params = params or CompressorParams()
+        self.seed = seed
+        """Also seeds the vibration waveform (`plc_sim.vibration`)."""
         self.fault = fault
         self.state = state or initial_state(self.params)
         self._rng = random.Random(seed)

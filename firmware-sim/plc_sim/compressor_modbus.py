@@ -11,8 +11,9 @@ import time
 from dataclasses import asdict, dataclass
 
 from plc_sim.compressor import Compressor, CompressorState
-from plc_sim.modbus_server import RawValues, ServedMachine, TraceRecord
+from plc_sim.modbus_server import Arrays, RawValues, ServedMachine, TraceRecord
 from plc_sim.registers import RegisterSpec, float32, saturate
+from plc_sim.vibration import LiveWaveform
 
 FIRMWARE_VERSION = 0x0102
 """Served at holding 102: major in the high byte, minor in the low byte (1.2)."""
@@ -107,8 +108,13 @@ def trace_record(state: CompressorState) -> TraceRecord:
             "fault": state.fault, "fault_severity": round(state.fault_severity, 4)}
 
 
+WAVEFORM = "vibration_waveform_mm_s"
+"""The array reading of the vibration capture (`plc_sim.vibration`), served over OPC UA."""
+
+
 def served_compressor(compressor: Compressor, scenario: str = "compressor") -> ServedMachine:
-    """Serve `compressor` with the contract register map."""
+    """Serve `compressor` with the contract register map (and its vibration waveform)."""
+    waveform = LiveWaveform(compressor)
 
     def advance(dt_s: float) -> None:
         compressor.advance(dt_s)
@@ -119,10 +125,14 @@ def served_compressor(compressor: Compressor, scenario: str = "compressor") -> S
     def current_trace() -> TraceRecord:
         return trace_record(compressor.state)
 
+    def current_arrays() -> Arrays:
+        return {WAVEFORM: waveform().tolist()}
+
     return ServedMachine(
         scenario=scenario,
         register_map=REGISTER_MAP,
         advance=advance,
         raw_values=current_raw,
         trace_record=current_trace,
+        arrays=current_arrays,
     )

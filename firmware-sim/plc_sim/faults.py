@@ -10,7 +10,7 @@ What each fault shows in (the signals a detector can see):
 
 | fault | signals |
 |---|---|
-| bearing-wear | vibration RMS rises (up to +6 mm/s), current and power rise (up to +8 %) |
+| bearing-wear | vibration RMS rises (up to +6 mm/s), current and power rise (up to +8 %); the vibration waveform gains a tone at the bearing's outer-race defect frequency (`plc_sim.vibration`) |
 | overheating | discharge temperature target rises (up to +25 °C): a fouled cooler |
 | clogged-filter | air flow falls (up to -50 %) while the pressure rises as before: they disagree |
 | stuck-sensor | the pressure reading freezes at its value at the onset; the machine goes on |

@@ -67,6 +67,12 @@ log = structlog.get_logger(__name__)
 RawValues = Mapping[str, float]
 """Raw number per register spec name (ints for integer types)."""
 TraceRecord = dict[str, object]
+Arrays = Mapping[str, Sequence[float]]
+"""Array readings by name (a waveform): served over OPC UA only, never in the trace."""
+
+
+def no_arrays() -> Arrays:
+    return {}
 
 READ_FUNCTION_TABLES: dict[int, Table] = {3: "holding", 4: "input"}
 """Read function codes served from the register map, and the table each reads."""
@@ -101,6 +107,9 @@ class ServedMachine:
     fill_gaps: bool = False
     """Answer zeros for unmapped registers between two mapped ones (a meter's reserved
     addresses, readable in a block read) instead of ILLEGAL DATA ADDRESS."""
+    arrays: Callable[[], Arrays] = no_arrays
+    """Array readings of the present state (the compressor's vibration waveform): a
+    register map has no room for them and a trace line no use, OPC UA serves them."""
     runs: tuple[WordRun, ...] = field(init=False)
 
     def __post_init__(self) -> None:

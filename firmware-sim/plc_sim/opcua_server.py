@@ -4,8 +4,10 @@ The same model object the Modbus server reads is exposed as variables under
 `Objects/<ns>:<scenario>` with string NodeIds `ns=<ns>;s=<scenario>.<reading>` (the keys of
 the machine's trace record, e.g. `ns=2;s=compressor.active_power_w`), plus a text
 (`firmware`), a boolean (`running`) and an array (`power_history_w`, the last samples), so
-every value kind the agent handles is served. Values carry the model tick's time as their
-source timestamp.
+every value kind the agent handles is served; and the machine's array readings (`arrays`,
+e.g. the compressor's `vibration_waveform_mm_s`: a capture of 1,024 samples at 2,048 Hz,
+`plc_sim.vibration`), each a Double array refreshed every tick. Values carry the model
+tick's time as their source timestamp.
 
 Faults, for tests that provoke what peers fail at:
 
@@ -31,7 +33,7 @@ import asyncio
 import socket
 import time
 from collections import deque
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, cast
@@ -55,6 +57,7 @@ APPLICATION_URI = "urn:edge-agent:plc-sim:server"
 HISTORY_LENGTH = 8
 """Samples in the `power_history_w` array."""
 ReadingsSource = Callable[[], Mapping[str, object]]
+ArraysSource = Callable[[], Mapping[str, Sequence[float]]]
 NOT_SERVED = frozenset({"time_ns", "fault", "fault_severity"})
 """Trace keys that are the simulator's ground truth (and its clock), not what a PLC serves."""
 
@@ -131,8 +134,10 @@ class OpcUaSimServer:
                  pki_dir: Path | None = None, firmware: str = "1.2",
                  advance: Callable[[float], None] | None = None,
                  users: Mapping[str, str] | None = None,
-                 user_certificates: Mapping[str, Path] | None = None) -> None:
-        """`advance`, when given, moves the model by `tick_s` each tick (in-process use; the
+                 user_certificates: Mapping[str, Path] | None = None,
+                 arrays: ArraysSource | None = None) -> None:
+        """`arrays`, when given, adds array variables (name -> samples, read every tick).
+        `advance`, when given, moves the model by `tick_s` each tick (in-process use; the
         `plc-sim` command's own clock moves it otherwise). `users` (name -> password) and
         `user_certificates` (name -> certificate file, PEM or DER), when given, are the only
         ways in: anonymous sessions are refused. A user certificate needs `security=True`:
@@ -148,6 +153,7 @@ class OpcUaSimServer:
         self._advance = advance
         self._users = users
         self._user_certificates = user_certificates
+        self._arrays = arrays
         self._server: Server | None = None
         self._ns = 2
         self._nodes: dict[str, ua.NodeId] = {}
@@ -255,6 +261,8 @@ class OpcUaSimServer:
         if isinstance(power, float):
             self._history.append(power)
         values["power_history_w"] = list(self._history)
+        if self._arrays is not None:
+            values.update((name, list(samples)) for name, samples in self._arrays().items())
         values["running"] = values.get("state") == 2
         values["firmware"] = self._firmware
         return values

@@ -84,6 +84,29 @@ devices:
     return path
 
 
+def warm_kernel_cache(numba_cache: Path) -> None:
+    """Compile the detector kernels into the session's cache first, so the agent's start
+    takes seconds and the simulators' onsets, fixed at their start, come after its warm-up."""
+    import sys
+
+    subprocess.run([sys.executable, "-c",
+                    "from agent.detect.kernels import warm_up; warm_up()"],
+                   env={"NUMBA_CACHE_DIR": str(numba_cache), "PATH": "/usr/bin:/bin"},
+                   check=True, timeout=600, cwd=ROOT)
+
+
+def scaled(node: Any, factor: float) -> Any:
+    """`node` with every `..._s` number divided by `factor` (but the devices' timeout): a
+    configuration of machine times for a simulator that runs `factor` times faster."""
+    if isinstance(node, dict):
+        return {k: (v / factor if k.endswith("_s") and k != "timeout_s"
+                    and isinstance(v, int | float) else scaled(v, factor))
+                for k, v in node.items()}
+    if isinstance(node, list):
+        return [scaled(v, factor) for v in node]
+    return node
+
+
 def modbus_device(name: str, port: int, poll_interval_s: float = 0.2) -> str:
     return f"""  - name: {name}
     protocol: modbus-tcp
@@ -95,8 +118,14 @@ TAGS"""
 
 
 def agent_env(numba_cache: Path) -> dict[str, str]:
-    return {"NUMBA_CACHE_DIR": str(numba_cache), "PATH": "/usr/bin:/bin",
-            "E2E_MQTT_PASSWORD": SECRET}
+    """The agent's whole environment; PYTHONPATH passed on when the tests run with one, so
+    that the agent runs the checkout under test even where the venv's editable install
+    points at another checkout (a venv shared between git worktrees)."""
+    env = {"NUMBA_CACHE_DIR": str(numba_cache), "PATH": "/usr/bin:/bin",
+           "E2E_MQTT_PASSWORD": SECRET}
+    if "PYTHONPATH" in os.environ:
+        env["PYTHONPATH"] = os.environ["PYTHONPATH"]
+    return env
 
 
 def log_time_ns(line: dict[str, Any]) -> int:

@@ -14,7 +14,6 @@ import contextlib
 import copy
 import json
 import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -23,7 +22,17 @@ from typing import Any
 
 import pytest
 from ruamel.yaml import YAML
-from support import ROOT, AgentProcess, RawCollector, Received, Sim, is_sentinel, publish_sentinel
+from support import (
+    ROOT,
+    AgentProcess,
+    RawCollector,
+    Received,
+    Sim,
+    is_sentinel,
+    publish_sentinel,
+    scaled,
+    warm_kernel_cache,
+)
 
 from agent.testing import Mosquitto, start_plc_sim, stop_process, wait_until
 
@@ -43,17 +52,6 @@ slowest, the overheating, takes about 110 machine seconds: 5.5 s)."""
 HEALTHY = "compressor"
 FAULTS = ("bearing-wear", "overheating", "clogged-filter", "stuck-sensor", "left-idling")
 ALARMS = ("anomaly", "limit")
-
-
-def scaled(node: Any, factor: float) -> Any:
-    """`node` with every `..._s` number divided by `factor` (but the Modbus timeout)."""
-    if isinstance(node, dict):
-        return {k: (v / factor if k.endswith("_s") and k != "timeout_s"
-                    and isinstance(v, int | float) else scaled(v, factor))
-                for k, v in node.items()}
-    if isinstance(node, list):
-        return [scaled(v, factor) for v in node]
-    return node
 
 
 def fleet_config(tmp_path: Path, broker: Mosquitto, ports: dict[str, int]) -> Path:
@@ -107,15 +105,6 @@ def running_sims(directory: Path, scenarios: tuple[str, ...]) -> Iterator[dict[s
         for log in logs.values():
             log.close()
         assert codes == [0] * len(started)
-
-
-def warm_kernel_cache(numba_cache: Path) -> None:
-    """Compile the detector kernels into the session's cache first, so the agent's start
-    takes seconds and the simulators' onsets, fixed at their start, come after its warm-up."""
-    subprocess.run([sys.executable, "-c",
-                    "from agent.detect.kernels import warm_up; warm_up()"],
-                   env={"NUMBA_CACHE_DIR": str(numba_cache), "PATH": "/usr/bin:/bin"},
-                   check=True, timeout=600, cwd=ROOT)
 
 
 def tags_of(message: Received) -> set[str]:

@@ -248,6 +248,20 @@ def test_a_block_spans_batches_only_when_they_continue_one_stream() -> None:
         whole.scores()["band_rms-1:vib:bearing"], rel=1e-12)
 
 
+def test_captures_that_arrive_together_are_still_captures_of_their_own() -> None:
+    """A subscription's publish can bring two captures of an array tag (a queue of 2, or two
+    publishes read at once): two batches of two source times with one monotonic time of
+    reception. No block may span them: here each is 768 samples, short of a block, and a
+    block across the phase jump between them would leak into a band the tones are far from."""
+    limit = [{"name": "bearing", "low_hz": 500, "high_hz": 2000, "max_rms": 100}]
+    first, second = tone(24.8, 1.0, 0.0, 768), tone(24.8, 1.0, 0.3, 768)
+    together = chain(band_rule(bands=limit, average_blocks=1))
+    for k, x in enumerate((first, second)):
+        together.on_batch(SampleBatch("m1", ("vib",) * 768, x, np.zeros(768, dtype=np.uint8),
+                                      T0 + k * S, 5 * S))
+    assert math.isnan(together.scores()["band_rms-1:vib:bearing"]), "a block spanned both"
+
+
 def test_rules_of_several_block_lengths_and_tags_share_one_detector() -> None:
     rng = np.random.default_rng(6)
     bands = [{"name": "bearing", "low_hz": 500, "high_hz": 2000, "max_rms": 100}]

@@ -110,3 +110,25 @@ def test_compressor_monitoring_profile_loads() -> None:
     config = load_config(ROOT / "config" / "compressor-monitoring.yaml", environ={}).config
     assert {rule.kind for rule in config.detectors} == {"limits", "pca", "stuck"}
     assert [machine.device for machine in config.machines] == ["compressor-1"]
+
+
+def test_compressor_vibration_profile_is_accepted_and_builds_its_band_rule(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """The OPC UA vibration example (the e2e band test runs it against the simulator)."""
+    from agent.config.detection import BandRmsRule
+    from agent.devices import make_detector
+
+    path = ROOT / "config" / "compressor-vibration.yaml"
+    assert main(["check", "-c", str(path)]) == 0
+    assert "vibration_waveform_mm_s: ns=2;s=compressor.vibration_waveform_mm_s" in \
+        capsys.readouterr().out
+    config = load_config(path, environ={}).config
+    [rule] = config.detectors
+    assert isinstance(rule, BandRmsRule)
+    assert (rule.sample_rate_hz, rule.fft_samples) == (2048.0, 1024)
+    assert [(b.name, b.low_hz, b.high_hz) for b in rule.bands] == [
+        ("running-speed", 40.0, 60.0), ("bearing-bpfo", 160.0, 200.0)]
+    [device] = config.devices
+    assert set(make_detector(config, device).scores()) == {
+        "motor-bearing-spectrum:vibration_waveform_mm_s:running-speed",
+        "motor-bearing-spectrum:vibration_waveform_mm_s:bearing-bpfo"}

@@ -129,6 +129,7 @@ def _rms(device: str, rules: Sequence[tuple[str, RmsRule]]) -> Detector:
         row[ku.R_MAX_RATIO] = _or(rule.max_ratio, math.inf)
         row[ku.R_WARMUP] = rule.warmup_samples
         row[ku.R_CLEAR_FRACTION] = rule.clear_fraction
+        row[ku.R_MIN_LIMIT] = _or(rule.min_limit_rms, 0.0)
         for tag in rule.tags:
             infos.append(RowInfo(name, "rms", (tag,)))
             params.append(row)
@@ -165,6 +166,7 @@ def _band_rms(device: str, rules: Sequence[tuple[str, BandRmsRule]]) -> Detector
                 row[kb.B_WARMUP] = rule.warmup_blocks
                 row[kb.B_ALPHA] = 1.0 / rule.average_blocks
                 row[kb.B_CLEAR_FRACTION] = rule.clear_fraction
+                row[kb.B_MIN_LIMIT] = _or(band.min_limit_rms, 0.0)
                 infos.append(RowInfo(name, "band_rms", (tag,), part=band.name,
                                      band_hz=(band.low_hz, band.high_hz)))
                 bands.append(row)

@@ -140,6 +140,10 @@ class RmsRule(_Rule):
     """Absolute limit in the tag's unit (e.g. an ISO 20816 zone boundary)."""
     max_ratio: float | None = Field(default=3.0, gt=1)
     """Limit relative to the RMS learned over warmup_samples."""
+    min_limit_rms: float | None = Field(default=None, gt=0)
+    """The learned limit (max_ratio x the learned RMS) is never below this, in the tag's
+    unit: a level learned near the sensor's noise (a machine off while it learned) would
+    otherwise alarm on any normal vibration."""
     warmup_samples: int = Field(default=1000, ge=2)
     clear_fraction: float = Field(default=0.9, gt=0, le=1)
 
@@ -147,7 +151,21 @@ class RmsRule(_Rule):
     def _something_to_check(self) -> RmsRule:
         if self.max_rms is None and self.max_ratio is None:
             raise ValueError("an rms rule needs max_rms or max_ratio")
+        _check_min_limit("the rule", self.max_rms, self.max_ratio, self.min_limit_rms)
         return self
+
+
+def _check_min_limit(what: str, max_rms: float | None, max_ratio: float | None,
+                     min_limit_rms: float | None) -> None:
+    """min_limit_rms bounds the learned limit from below: it needs one, under max_rms."""
+    if min_limit_rms is None:
+        return
+    if max_ratio is None:
+        raise ValueError(f"{what}: min_limit_rms bounds the learned limit, and max_ratio is "
+                         "null (no learned limit): set max_ratio or drop min_limit_rms")
+    if max_rms is not None and min_limit_rms >= max_rms:
+        raise ValueError(f"{what}: min_limit_rms ({min_limit_rms:g}) must be below max_rms "
+                         f"({max_rms:g}), the limit never exceeds max_rms")
 
 
 _BAND_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_.\-]*$")
@@ -168,6 +186,8 @@ class Band(BaseModel):
     """Absolute limit of the band's RMS, in the tag's unit."""
     max_ratio: float | None = Field(default=3.0, gt=1)
     """Limit relative to the band's RMS learned over the rule's warmup_blocks."""
+    min_limit_rms: float | None = Field(default=None, gt=0)
+    """The learned limit is never below this, in the tag's unit (as `rms`'s)."""
 
     @field_validator("name")
     @classmethod
@@ -184,6 +204,8 @@ class Band(BaseModel):
                              f"high_hz ({self.high_hz:g})")
         if self.max_rms is None and self.max_ratio is None:
             raise ValueError(f"band {self.name!r} needs max_rms or max_ratio")
+        _check_min_limit(f"band {self.name!r}", self.max_rms, self.max_ratio,
+                         self.min_limit_rms)
         return self
 
 

@@ -39,8 +39,9 @@ SIGNAL_STATE = 4
 
 # Band rows start with the episode columns (P_MIN_NS, P_CLEAR_NS, P_AFTER); bins are
 # one-sided DFT indices, first and last inclusive.
-B_FIRST_BIN, B_LAST_BIN, B_MAX_RMS, B_MAX_RATIO, B_WARMUP, B_ALPHA, B_CLEAR_FRACTION = range(3, 10)
-BAND_PARAMS = 10
+B_FIRST_BIN, B_LAST_BIN, B_MAX_RMS, B_MAX_RATIO, B_WARMUP, B_ALPHA, B_CLEAR_FRACTION, \
+    B_MIN_LIMIT = range(3, 11)
+BAND_PARAMS = 11
 BS_BLOCKS, BS_MS, BS_LEARN_SUM, BS_BASE = range(4)
 BAND_STATE = 4
 
@@ -187,7 +188,7 @@ def _block(gp: F64, ring: F64, bp: F64, bs: F64, ep: F64, times: I64, windows: F
         rms = math.sqrt(bs[row, BS_MS])
         limit = bp[row, B_MAX_RMS]
         if blocks >= warmup and bs[row, BS_BASE] > 0.0:
-            limit = min(limit, bp[row, B_MAX_RATIO] * bs[row, BS_BASE])
+            limit = min(limit, max(bp[row, B_MIN_LIMIT], bp[row, B_MAX_RATIO] * bs[row, BS_BASE]))
         elif math.isinf(limit):
             continue
         if ep[row, EP_STATE] == IDLE and not (rms > limit):
@@ -215,7 +216,8 @@ def band_rms_batch(gp: F64, gs: F64, ring: F64, bp: F64, bs: F64, ep: F64, times
     A. Rüdiger and R. Schilling, "Spectrum and spectral density estimation by the Discrete
     Fourier transform (DFT)", Max-Planck-Institut für Gravitationsphysik, 2002, sec. 9-11.
     The level is an exponential average over blocks (weight B_ALPHA); the limit is
-    min(MAX_RMS, MAX_RATIO x the band RMS learned over the first WARMUP blocks), as `rms`.
+    min(MAX_RMS, max(MIN_LIMIT, MAX_RATIO x the band RMS learned over the first WARMUP
+    blocks)), as `rms`.
     Episode times are those of the batch a block completed in; an event's value is the
     block's broadband RMS (mean removed, no window).
     """

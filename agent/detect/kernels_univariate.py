@@ -375,8 +375,9 @@ def stuck_tick(params: F64, state: F64, ep: F64, times: I64, mono_ns: int, time_
 
 
 # rms: running RMS of a fast signal (vibration) against an absolute and a learned limit.
-R_ALPHA, R_REMOVE_MEAN, R_MAX_RMS, R_MAX_RATIO, R_WARMUP, R_CLEAR_FRACTION = range(3, 9)
-RMS_PARAMS = 9
+R_ALPHA, R_REMOVE_MEAN, R_MAX_RMS, R_MAX_RATIO, R_WARMUP, R_CLEAR_FRACTION, R_MIN_LIMIT = \
+    range(3, 10)
+RMS_PARAMS = 10
 RS_N, RS_MEAN, RS_MS, RS_BASE = range(4)
 RMS_STATE = 4
 
@@ -386,7 +387,9 @@ def rms_batch(params: F64, state: F64, ep: F64, times: I64, ctx: F64, runs: I64,
               values: F64, quality: U8, mono_ns: int, time_ns: int, raised: I64,
               buf: F64) -> int:
     """Exponentially weighted running RMS (of the deviation from a slower running mean when
-    REMOVE_MEAN); the limit is min(MAX_RMS, MAX_RATIO x the RMS at the end of warm-up).
+    REMOVE_MEAN); the limit is min(MAX_RMS, max(MIN_LIMIT, MAX_RATIO x the RMS at the end of
+    warm-up)): MIN_LIMIT keeps a level learned near the sensor's noise from making the
+    learned limit a hair trigger.
 
     Reference: ISO 20816-1 (vibration severity as broadband RMS); EWMA as in Lucas and
     Saccucci 1990.
@@ -401,6 +404,7 @@ def rms_batch(params: F64, state: F64, ep: F64, times: I64, ctx: F64, runs: I64,
         a, remove_mean, warmup = params[row, R_ALPHA], params[row, R_REMOVE_MEAN] != 0.0, \
             params[row, R_WARMUP]
         max_rms, max_ratio = params[row, R_MAX_RMS], params[row, R_MAX_RATIO]
+        min_limit = params[row, R_MIN_LIMIT]
         clear_fraction = params[row, R_CLEAR_FRACTION]
         good = run_gather(runs, k, values, quality, buf, good)
         i = 0
@@ -425,7 +429,7 @@ def rms_batch(params: F64, state: F64, ep: F64, times: I64, ctx: F64, runs: I64,
                 base = rms
             limit = max_rms
             if n >= warmup and base > 0.0:
-                limit = min(limit, max_ratio * base)
+                limit = min(limit, max(min_limit, max_ratio * base))
             elif math.isinf(limit):
                 continue
             score = rms
@@ -436,7 +440,7 @@ def rms_batch(params: F64, state: F64, ep: F64, times: I64, ctx: F64, runs: I64,
         limit = max_rms
         scored = True
         if base > 0.0:
-            limit = min(limit, max_ratio * base)
+            limit = min(limit, max(min_limit, max_ratio * base))
         elif math.isinf(limit):
             scored = False
         for j in range(i, good):

@@ -176,6 +176,27 @@ def test_rms_of_a_burst_catches_vibration_growing() -> None:
     assert events[0].data["threshold"] == pytest.approx(2 / math.sqrt(2), rel=0.1)
 
 
+@pytest.mark.parametrize("min_limit_rms", [None, 1.0])
+def test_rms_learned_at_rest_alarms_on_normal_running_unless_its_limit_has_a_floor(
+        min_limit_rms: float | None) -> None:
+    """Learned on a sensor's noise (the machine off), max_ratio x that level is under the
+    running machine's normal vibration: `min_limit_rms` is the least the learned limit is."""
+    rule = RmsRule(kind="rms", device="m1", tags=["vib"], window_samples=32,
+                   warmup_samples=256, max_ratio=3.0, min_limit_rms=min_limit_rms)
+    det = chain(rule)
+    rest = 0.01 * np.random.default_rng(2).normal(size=512)
+    running = 0.9 * np.sin(2 * np.pi * np.arange(256) / 16)  # RMS 0.64
+    events = det.on_batch(batch(["vib"] * 512, rest, 0))
+    events += det.on_batch(batch(["vib"] * 256, running, 1))
+    if min_limit_rms is None:
+        assert [e.data["phase"] for e in events] == ["start"]
+        return
+    assert events == []
+    events = det.on_batch(batch(["vib"] * 256, 3 * running, 2))  # RMS 1.9: over the floor
+    assert [e.data["phase"] for e in events] == ["start"]
+    assert events[0].data["threshold"] == 1.0
+
+
 def test_an_episode_inside_a_burst_gets_the_samples_around_its_start_and_end() -> None:
     """A burst that starts and ends an episode and goes on: the context is the samples just
     before the start and just after the end, not the burst's last ones (nor none)."""

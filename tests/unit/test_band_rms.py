@@ -161,6 +161,32 @@ def test_a_bearing_tone_is_caught_by_band_rms_while_the_broadband_rms_at_its_def
     assert math.isfinite(det.scores()["rms-1:vib"])
 
 
+@pytest.mark.parametrize("min_limit_rms", [None, 0.5])
+def test_a_band_learned_on_a_machine_at_rest_alarms_on_running_unless_its_limit_has_a_floor(
+        min_limit_rms: float | None) -> None:
+    """Learned while the motor stood (the sensor's noise alone), 3 x the band's level is a
+    hair trigger for the running machine's normal vibration; `min_limit_rms` keeps the
+    learned limit above it and still catches a defect."""
+    rng = np.random.default_rng(5)
+    det = chain(band_rule(bands=[{"name": "bearing", "low_hz": 500, "high_hz": 2000,
+                                  "min_limit_rms": min_limit_rms}]))
+    events = []
+    for k in range(12):  # at rest: 24 blocks of noise (learned on the first 20)
+        events += capture(det, rng.normal(0.0, 0.005, CAPTURE), k)
+    assert events == []
+    for k in range(12, 20):  # running, healthy: some of the noise falls in the band
+        events += capture(det, machine(k, rng), k)
+    if min_limit_rms is None:
+        assert [e.data["phase"] for e in events] == ["start"]
+        assert events[0].data["threshold"] < 0.01
+        return
+    assert events == []
+    for k in range(20, 25):  # a bearing defect: over the floor
+        events += capture(det, machine(k, rng, bearing=1.0), k)
+    assert [e.data["phase"] for e in events] == ["start"]
+    assert events[0].data["threshold"] == 0.5
+
+
 def test_stationary_noise_raises_no_alarm_even_in_a_one_bin_band() -> None:
     rng = np.random.default_rng(11)
     bands = [{"name": "one-bin", "low_hz": 1000, "high_hz": 1040},

@@ -95,8 +95,11 @@ TAGS"""
 
 
 def agent_env(numba_cache: Path) -> dict[str, str]:
+    """A bare environment; a PYTHONPATH the tests run with is passed on, so that the agent
+    runs the code under test (a git worktree sharing another checkout's editable venv)."""
+    passed = {"PYTHONPATH": os.environ["PYTHONPATH"]} if "PYTHONPATH" in os.environ else {}
     return {"NUMBA_CACHE_DIR": str(numba_cache), "PATH": "/usr/bin:/bin",
-            "E2E_MQTT_PASSWORD": SECRET}
+            "E2E_MQTT_PASSWORD": SECRET, **passed}
 
 
 def log_time_ns(line: dict[str, Any]) -> int:

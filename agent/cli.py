@@ -178,6 +178,18 @@ def cmd_status(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_relearn(args: argparse.Namespace) -> int:
+    from agent.relearn import run
+
+    if bool(args.all) == bool(args.device):
+        print("relearn: name a DEVICE (and, if not all of its rules, the RULEs), or give --all",
+              file=sys.stderr)
+        return EXIT_CONFIG
+    _quiet_logs()
+    config = _load_or_exit(args.config, _env_for_status(args.config)).config
+    return run(config, None if args.all else args.device, args.rules, sys.stdout, sys.stderr)
+
+
 def _quiet_logs() -> None:
     """The technician's commands print their own findings; only warnings go to the log."""
     from agent.logs import configure_logging
@@ -293,6 +305,18 @@ def build_parser() -> argparse.ArgumentParser:
     status.add_argument("-c", "--config", required=True, help="configuration file (YAML)")
     status.add_argument("--json", action="store_true", help="the raw status document")
     status.set_defaults(func=cmd_status)
+
+    relearn = sub.add_parser(
+        "relearn", help="make a device's anomaly rules learn again (after a repair, a new "
+        "normal)", description="Forgets what the rules learned (a pca model, the baselines "
+        "of zscore, drift and rms, band_rms levels), so that they learn again from the next "
+        "samples: done by the running agent at once, or in the state file when it is stopped.")
+    relearn.add_argument("-c", "--config", required=True, help="configuration file (YAML)")
+    relearn.add_argument("device", nargs="?", metavar="DEVICE", help="the device")
+    relearn.add_argument("rules", nargs="*", metavar="RULE",
+                         help="only these rules of the device (default: all that learn)")
+    relearn.add_argument("--all", action="store_true", help="every rule of every device")
+    relearn.set_defaults(func=cmd_relearn)
 
     plan = sub.add_parser("plan", help="print each Modbus poll group's read requests")
     plan.add_argument("-c", "--config", required=True, help="configuration file (YAML)")

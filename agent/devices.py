@@ -7,7 +7,7 @@ from pathlib import Path
 from agent.config.models import AgentConfig, DeviceConfig
 from agent.detect import Detector, DetectorChain, QualityChanges, RawSamples, WindowAggregator
 from agent.detect.change import ChangeReporter
-from agent.detect.learned_state import KeepLearned
+from agent.detect.learned_state import KeepLearned, state_path
 from agent.detect.machine import MachineDetector, MachineSetup
 from agent.detect.state_file import StateFile
 from agent.rule_detectors import rule_detectors
@@ -61,8 +61,16 @@ def make_detector(agent: AgentConfig, config: DeviceConfig) -> Detector:
         ]
         store = StateFile(state_dir / "machines" / f"{config.name}.json")
         detectors.append(MachineDetector(config.name, setups, store))
-    rules = rule_detectors(config.name, agent.rules_of(config.name))
+    rules = agent.rules_of(config.name)
     if rules:
-        detectors.append(KeepLearned(config.name, rules, StateFile(
-            state_dir / "detectors" / f"{config.name}.json")))
+        detectors.append(KeepLearned(
+            config.name, [name for name, _ in rules], lambda: rule_detectors(config.name, rules),
+            StateFile(state_path(state_dir, config.name))))
     return DetectorChain(detectors)
+
+
+def learned_of(detector: Detector) -> KeepLearned | None:
+    """What a device's rule detectors learned, in a detector `make_detector` made (None:
+    the device has no rules): `edge-agent relearn` and `status` reach it there."""
+    members = detector.members if isinstance(detector, DetectorChain) else (detector,)
+    return next((d for d in members if isinstance(d, KeepLearned)), None)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime as dt
 import json
 import os
 import time
@@ -24,6 +25,7 @@ from typing import Any
 import structlog
 
 from agent import __version__
+from agent.control import listen_private
 from agent.store import StoreStats
 
 log = structlog.get_logger(__name__)
@@ -101,14 +103,7 @@ class StatusServer:
     async def start(self) -> bool:
         """Listen; False (logged) when the socket cannot be made: the agent runs on without it."""
         try:
-            # A socket file left by a killed agent would make bind fail.
-            with contextlib.suppress(FileNotFoundError):
-                await asyncio.to_thread(self.path.unlink)
-            old_umask = os.umask(0o177)  # created 0600, with no window in which it is wider
-            try:
-                self._server = await asyncio.start_unix_server(self._serve, path=str(self.path))
-            finally:
-                os.umask(old_umask)
+            self._server = await listen_private(self.path, self._serve)
         except OSError as exc:
             log.error("status_socket_failed", path=str(self.path), error=str(exc),
                       detail="edge-agent status will not work; the agent runs on")
@@ -174,10 +169,25 @@ def format_status(doc: Mapping[str, Any]) -> list[str]:
         f"process      {proc['cpu_s']:.1f} s CPU, {proc['rss_bytes'] / 2**20:.1f} MiB resident",
         "devices",
     ]
+    learning = doc.get("detectors", {})
     for name, device in doc["devices"].items():
         why = f" ({device['reason']})" if device["reason"] else ""
-        lines.append(f"  {name:<20} {device['status']}{why}")
+        lines.append(f"  {name:<20} {device['status']}{why}{_learning(learning.get(name))}")
     return lines
+
+
+def _learning(progress: Mapping[str, Any] | None) -> str:
+    """`; rules learned since ... (age)` for a device whose rules learn (`KeepLearned.progress`)."""
+    if not progress:
+        return ""
+    since = progress["since"]
+    if since is None:  # learned, by an agent that did not record when
+        return f"; rules {progress['state']} (since when: not recorded, saved by an earlier version)"
+    age = time.time() - dt.datetime.fromisoformat(since).timestamp()
+    text = f"; rules {progress['state']} since {since} ({_duration(max(0.0, age))} ago)"
+    if progress["state"] == "learning":
+        text += f", {progress['learned_rows']} of {progress['rows']} rows learned"
+    return text
 
 
 def _duration(seconds: float) -> str:

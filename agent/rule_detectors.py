@@ -83,7 +83,7 @@ def _zscore(device: str, rules: Sequence[tuple[str, ZScoreRule]]) -> Detector:
             infos.append(RowInfo(name, "zscore", (tag,)))
             params.append(row)
     return UnivariateDetector(device, infos, np.array(params), ku.ZSCORE_STATE, ku.zscore_batch,
-                              learns=True)
+                              learns=ku.Z_WARMUP)
 
 
 def _drift(device: str, rules: Sequence[tuple[str, DriftRule]]) -> Detector:
@@ -98,7 +98,7 @@ def _drift(device: str, rules: Sequence[tuple[str, DriftRule]]) -> Detector:
             infos.append(RowInfo(name, "drift", (tag,)))
             params.append(row)
     return UnivariateDetector(device, infos, np.array(params), ku.DRIFT_STATE, ku.drift_batch,
-                              learns=True)
+                              learns=ku.D_WARMUP)
 
 
 def _stuck(device: str, rules: Sequence[tuple[str, StuckRule]]) -> Detector:
@@ -134,7 +134,7 @@ def _rms(device: str, rules: Sequence[tuple[str, RmsRule]]) -> Detector:
             infos.append(RowInfo(name, "rms", (tag,)))
             params.append(row)
     return UnivariateDetector(device, infos, np.array(params), ku.RMS_STATE, ku.rms_batch,
-                              learns=True)
+                              learns=ku.R_WARMUP)
 
 
 def _band_rms(device: str, rules: Sequence[tuple[str, BandRmsRule]]) -> Detector:

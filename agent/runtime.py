@@ -3,8 +3,8 @@
 Data flows one way: driver -> SampleBatch -> detector -> Event -> store -> uplink.
 Every long-lived task lives in one TaskGroup owned by `run_agent`; the `Supervisor`
 starts and stops the device tasks (`agent/device_task.py`) and the uplink in it, at start
-and on a reload (SIGHUP), sends heartbeats, serves `edge-agent status`, and tells systemd
-how it is doing (`agent/systemd.py`).
+and on a reload (SIGHUP), sends heartbeats, serves `edge-agent status` and the control
+socket (`edge-agent relearn`), and tells systemd how it is doing (`agent/systemd.py`).
 """
 
 from __future__ import annotations
@@ -21,11 +21,14 @@ import structlog
 from agent.clock import BOOT_ID, ClockWatch
 from agent.config import AgentConfig, ConfigError, LoadedConfig, load_config
 from agent.config.models import DeviceConfig
+from agent.control import CONTROL_SOCKET, ControlServer, refusal
 from agent.credentials import CredentialError
 from agent.detect import Detector
 from agent.detect.jit import mode as kernels_form
 from agent.detect.jit import why_not_aot
 from agent.detect.kernels import warm_up
+from agent.detect.learned_state import KeepLearned
+from agent.detect.state_file import wait_all_saved
 from agent.device_task import (
     DeviceStatus,
     EventSink,
@@ -33,10 +36,12 @@ from agent.device_task import (
     supervise_device,
     tick_detectors,
 )
-from agent.devices import make_detector, make_driver
+from agent.devices import learned_of, make_detector, make_driver
 from agent.events import GATEWAY_DEVICE, HEARTBEAT, Event
 from agent.health import STATUS_SOCKET, StatusServer, heartbeat_data, process_usage
 from agent.prometheus import MetricsServer
+from agent.relearn import COMMAND as RELEARN
+from agent.relearn import RelearnError, forget_running
 from agent.reload import plan_reload
 from agent.sharing import SharingPolicy
 from agent.store import EventStore
@@ -62,6 +67,8 @@ class RunningDevice:
     detector: Detector
     status: DeviceStatus
     task: asyncio.Task[None]
+    learned: KeepLearned | None
+    """What its rule detectors learned (None: it has no rules), inside `detector`."""
 
 
 class Supervisor:
@@ -84,7 +91,13 @@ class Supervisor:
         self.uplink_closed = False
         self._started_mono = time.monotonic()
         self.status_socket = loaded.config.gateway.state_dir / STATUS_SOCKET
+        self.control_socket = loaded.config.gateway.state_dir / CONTROL_SOCKET
         self._metrics: MetricsServer | None = None
+        self.started = asyncio.Event()
+        """Every configured device started: a control request waits for it."""
+        self.stopping = False
+        self._changing = asyncio.Lock()
+        """Held by a reload and by a control request: neither sees the other half done."""
 
     @property
     def config(self) -> AgentConfig:
@@ -113,7 +126,8 @@ class Supervisor:
         task = self._tasks.create_task(
             supervise_device(driver, detector, self.share, status=status), name=config.name
         )
-        self._devices[config.name] = RunningDevice(config, detector, status, task)
+        self._devices[config.name] = RunningDevice(config, detector, status, task,
+                                                   learned_of(detector))
 
     async def stop_devices(self, names: Iterable[str]) -> None:
         """Stop polling them, then close their open windows into events (nothing is lost)."""
@@ -165,9 +179,39 @@ class Supervisor:
         return data
 
     async def status_document(self) -> dict[str, Any]:
-        """The snapshot with what a person on site also wants: which process, which file."""
+        """The snapshot with what a person on site also wants: which process, which file,
+        and whether each device's rules are learning or have learned, since when (not in
+        the heartbeat: a local question, asked after a repair or a restart)."""
+        learning = {name: progress for name, d in self._devices.items()
+                    if d.learned is not None and (progress := d.learned.progress()) is not None}
         return {"gateway": self.config.gateway.id, "pid": os.getpid(),
-                "config": str(self.loaded.path), **await self.snapshot()}
+                "config": str(self.loaded.path), **await self.snapshot(),
+                "detectors": learning}
+
+    # --- control ----------------------------------------------------------------------
+
+    async def control(self, request: dict[str, Any]) -> dict[str, Any]:
+        """A request on the control socket (agent/control.py): `relearn` (agent/relearn.py).
+
+        Answered once the forgetting is on disk: a power cut after the command returned
+        does not bring back what it forgot.
+        """
+        if request.get("command") != RELEARN:
+            return refusal(f"unknown command {request.get('command')!r}", 2)
+        await self.started.wait()
+        async with self._changing:
+            if self.stopping:
+                return refusal("the agent is stopping; run the command again once it has "
+                               "stopped")
+            learned = {name: d.learned for name, d in self._devices.items()
+                       if d.learned is not None}
+            try:
+                answer, events = forget_running(self.config, learned, request, time.time_ns())
+            except RelearnError as exc:
+                return refusal(str(exc), 2)
+            self.share(events)
+            await asyncio.to_thread(wait_all_saved)
+            return answer
 
     async def heartbeat(self) -> None:
         """A `heartbeat` event every `health.heartbeat_s`, and at once when a device's status
@@ -212,6 +256,10 @@ class Supervisor:
 
         An invalid file changes nothing: its problems are logged and the agent runs on.
         """
+        async with self._changing:
+            await self._reload()
+
+    async def _reload(self) -> None:
         self.notifier.reloading()
         try:
             loaded = await asyncio.to_thread(load_config, self.loaded.path)
@@ -296,14 +344,20 @@ async def run_agent(
     log.info("agent_started", gateway=cfg.gateway.id, devices=len(cfg.devices),
              config=str(loaded.path), config_sha256=loaded.sha256[:12], store=str(store.path))
     status_server: StatusServer | None = None
+    control: ControlServer | None = None
     agent: Supervisor | None = None
     try:
         async with asyncio.TaskGroup() as tasks:
             agent = Supervisor(loaded, store, uplink, clock, tasks, notifier)
+            # Listening before any device reads its learned state, closed only after the
+            # last save: `edge-agent relearn` relies on it (agent/relearn.py).
+            control = ControlServer(agent.control_socket, agent.control)
+            await control.start()
             writer = tasks.create_task(store.writer(), name="store-writer")
             agent.start_uplink()
             for device in cfg.devices:
                 agent.start_device(device)
+            agent.started.set()
             helpers = [
                 tasks.create_task(tick_detectors(agent.detectors, agent.share,
                                                  agent.tick_period_s, clock), name="ticker"),
@@ -328,11 +382,17 @@ async def run_agent(
                 log.info("config_reloading", config=str(agent.loaded.path))
                 await agent.reload()
             log.info("agent_stopping")
+            agent.stopping = True
             notifier.stopping()
             await status_server.close()
             await agent.stop_metrics()
             await cancel_and_wait(helpers[:2])
             await agent.stop_devices(list(agent.device_statuses()))
+            try:  # the learned state on disk before relearn may rewrite it (agent/relearn.py)
+                await asyncio.to_thread(wait_all_saved)
+            except TimeoutError:
+                log.warning("detector_state_save_slow", detail="still writing at shutdown")
+            await control.close()
             await store.flush()
             await agent.uplink.drain(SHUTDOWN_DRAIN_S)
             await agent.stop_uplink(0.0)
@@ -340,6 +400,8 @@ async def run_agent(
     finally:
         if status_server is not None:
             await status_server.close()
+        if control is not None:
+            await control.close()
         if agent is not None:
             await agent.stop_metrics()
             if not agent.uplink_closed:

@@ -297,6 +297,12 @@ DetectorRule = Annotated[
 ]
 
 
+LEARNING_KINDS = ("zscore", "drift", "rms", "pca", "band_rms")
+"""The kinds whose rules learn what normal is from the samples (a baseline, a model, a band's
+level): what they learned is kept across restarts, and `edge-agent relearn` makes them learn
+it again."""
+
+
 def halflife_alpha(halflife_samples: float) -> float:
     """EWMA weight of a new sample for a half-life in samples (0: no smoothing, weight 1)."""
     return 1.0 if halflife_samples <= 0 else 1.0 - math.pow(0.5, 1.0 / halflife_samples)

@@ -27,7 +27,13 @@ from agent.detect.kernels_pca import (
 )
 from agent.detect.kernels_runs import RUN_COUNT, RUN_FIELDS, RUN_FIRST, RUN_ROW, RUN_STRIDE
 from agent.detect.kernels_univariate import COMMON_PARAMS, P_AFTER
-from agent.detect.learned_state import as_list, restore_rows, row_key, rows_learned
+from agent.detect.learned_state import (
+    as_list,
+    restore_rows,
+    row_key,
+    rows_finished,
+    rows_learned,
+)
 from agent.detect.tag_layouts import TagLayouts
 from agent.events import Event
 from drivers.samples import SampleBatch
@@ -132,7 +138,7 @@ class UnivariateDetector:
 
     def __init__(self, device: str, rows: Sequence[RowInfo], params: F64, state_fields: int,
                  kernel: Kernel, tick_kernel: TickKernel | None = None,
-                 learns: bool = False) -> None:
+                 learns: int | None = None) -> None:
         context = [int(c) for c in params[:, P_AFTER]]
         self._rows = _Rows(device, rows, context, _runs)
         self._params = np.ascontiguousarray(params, dtype=np.float64)
@@ -146,9 +152,12 @@ class UnivariateDetector:
         self._kernel = kernel
         self._tick_kernel = tick_kernel
         self._keys = [row_key(info, self._params[r, COMMON_PARAMS:])
-                      for r, info in enumerate(rows)] if learns else []
+                      for r, info in enumerate(rows)] if learns is not None else []
         """`learns`: the state rows are statistics learned from the samples, with no time of
-        the monotonic clock in them (z-score, drift, rms), kept across restarts."""
+        the monotonic clock in them (z-score, drift, rms), kept across restarts; it is the
+        column of `params` holding the warm-up length, which the count of samples learned
+        on (column 0 of the state) reaches when the row has learned."""
+        self._warmup = self._params[:, learns] if learns is not None else np.zeros(0)
 
     def on_batch(self, batch: SampleBatch) -> list[Event]:
         runs, longest = self._rows.route(batch.tags)
@@ -187,6 +196,9 @@ class UnivariateDetector:
 
     def milestones(self) -> int:
         return 0
+
+    def finished(self) -> dict[str, bool]:
+        return rows_finished(self._keys, self._state[:, 0], self._warmup)
 
 
 class PcaDetector:
@@ -279,3 +291,6 @@ class PcaDetector:
 
     def milestones(self) -> int:
         return int(np.count_nonzero(self._state[:, XS_FITTED]))
+
+    def finished(self) -> dict[str, bool]:
+        return {key: bool(self._state[g, XS_FITTED] != 0.0) for g, key in enumerate(self._keys)}

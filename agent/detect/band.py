@@ -15,7 +15,9 @@ import numpy.typing as npt
 
 from agent.detect.episodes import EpisodeEvents, RowInfo, context_ring
 from agent.detect.kernels_band import (
+    B_WARMUP,
     BAND_STATE,
+    BS_BLOCKS,
     G_BANDS,
     G_CONTINUOUS,
     G_FIRST_BAND,
@@ -26,7 +28,7 @@ from agent.detect.kernels_band import (
     fft_tables,
 )
 from agent.detect.kernels_episode import EP_SCORE, P_AFTER, new_episodes
-from agent.detect.learned_state import restore_rows, row_key, rows_learned
+from agent.detect.learned_state import restore_rows, row_key, rows_finished, rows_learned
 from agent.detect.tag_layouts import TagLayouts
 from agent.events import Event
 from drivers.samples import SampleBatch
@@ -139,3 +141,6 @@ class BandRmsDetector:
 
     def milestones(self) -> int:
         return 0
+
+    def finished(self) -> dict[str, bool]:
+        return rows_finished(self._keys, self._bs[:, BS_BLOCKS], self._bp[:, B_WARMUP])

@@ -39,6 +39,10 @@ class DetectorChain:
     def __init__(self, detectors: Sequence[Detector]) -> None:
         self._detectors = tuple(detectors)
 
+    @property
+    def members(self) -> tuple[Detector, ...]:
+        return self._detectors
+
     def on_batch(self, batch: SampleBatch) -> list[Event]:
         return [e for d in self._detectors for e in d.on_batch(batch)]
 

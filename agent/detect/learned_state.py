@@ -14,6 +14,13 @@ atomically off the event loop) when a member finished learning something (a `pca
 fitted), every `SAVE_INTERVAL_S` on the monotonic clock, and at shutdown. A power cut
 loses at most that interval of slow baseline updates, never a fitted model.
 
+Beside the rows, the file keeps when each row finished learning (`learned_at`, UTC, by row
+key) and when it was saved (`saved_at`): a model learned two years ago on a machine repaired
+since is stale, and the restore says how old it is (`learned_age_s`). A file of an earlier
+version has neither: its models are restored, their age is unknown (null) until they learn
+again. `forget` (`edge-agent relearn`, agent/relearn.py) makes named rules learn again
+while the agent runs.
+
 Not kept: episodes (one in progress at shutdown ends as `ongoing`); what is timed on the
 monotonic clock (a stuck rule's last change, a rate limit's last sample), since that clock
 restarts with the machine; the samples of an FFT block not yet complete.
@@ -21,8 +28,11 @@ restarts with the machine; the samples of an FFT block not yet complete.
 
 from __future__ import annotations
 
+import datetime as dt
 import hashlib
-from collections.abc import Mapping, Sequence
+import time
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
+from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
@@ -44,6 +54,11 @@ ten minutes of their updates."""
 F64 = npt.NDArray[np.float64]
 
 
+def state_path(state_dir: Path, device: str) -> Path:
+    """Where a device's learned state is kept."""
+    return state_dir / "detectors" / f"{device}.json"
+
+
 def row_key(info: RowInfo, *params: F64) -> str:
     """A row's identity across restarts: its rule, kind and tag(s), and a digest of the
     parameter rows that shape what it learns (the episode columns, timing and context of
@@ -52,6 +67,46 @@ def row_key(info: RowInfo, *params: F64) -> str:
     for p in params:
         digest.update(np.ascontiguousarray(p, dtype=np.float64).tobytes())
     return f"{info.detector}|{info.score_key}|{digest.hexdigest()[:16]}"
+
+
+def rule_of(key: str, rules: Iterable[str]) -> str | None:
+    """Which of a device's rules (their names) a row belongs to: the `score_key` part of its
+    `row_key` is the rule's name (a `pca` group) or starts with it and a colon (`rule:tag`,
+    `rule:tag:band`). A name may hold a colon itself: the longest name that fits wins."""
+    score_key = key.partition("|")[2].rpartition("|")[0]
+    fits = [rule for rule in rules if score_key == rule or score_key.startswith(rule + ":")]
+    return max(fits, key=len, default=None)
+
+
+def in_rule_order(keys: Iterable[str], rules: Sequence[str]) -> list[str]:
+    """Row keys ordered as their rules are in the configuration (a person reads them so)."""
+    order = {rule: i for i, rule in enumerate(rules)}
+    return sorted(keys, key=lambda key: (order.get(rule_of(key, rules) or "", len(order)), key))
+
+
+def describe_row(key: str) -> str:
+    """A row for a person: `level:current_a (zscore)`, `agree (pca)`."""
+    kind, _, rest = key.partition("|")
+    return f"{rest.rpartition('|')[0]} ({kind})"
+
+
+def utc_text(time_ns: int) -> str:
+    """UTC wall-clock time as the state file and the logs write it: `2026-01-05T10:00:00Z`."""
+    moment = dt.datetime.fromtimestamp(time_ns / 1e9, tz=dt.UTC)
+    return moment.isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+def utc_ns(text: object) -> int | None:
+    """A `utc_text` back in nanoseconds; None for anything else (absent, damaged)."""
+    if not isinstance(text, str):
+        return None
+    try:
+        moment = dt.datetime.fromisoformat(text)
+    except ValueError:
+        return None
+    if moment.tzinfo is None:
+        return None
+    return round(moment.timestamp()) * 1_000_000_000
 
 
 def as_list(values: F64) -> list[float]:
@@ -77,6 +132,12 @@ def restore_rows(keys: Sequence[str], state: F64, saved: Mapping[str, Any]) -> i
     return restored
 
 
+def rows_finished(keys: Sequence[str], learned_on: F64, warmup: F64) -> dict[str, bool]:
+    """`finished()` of a detector whose row r learned on `learned_on[r]` samples (or blocks)
+    of the `warmup[r]` it learns on."""
+    return {key: bool(learned_on[r] >= warmup[r] > 0) for r, key in enumerate(keys)}
+
+
 @runtime_checkable
 class Learner(Protocol):
     def learned(self) -> dict[str, Any]:
@@ -92,38 +153,166 @@ class Learner(Protocol):
         """How many rows have finished learning (a fitted model): a change is saved at once."""
         ...
 
+    def finished(self) -> dict[str, bool]:
+        """Every learning row's key, and whether it has learned (its warm-up is over, its
+        model fitted)."""
+        ...
+
+
+Build = Callable[[], Sequence[Detector]]
+"""Makes a device's rule detectors, the same ones each time (`rule_detectors`)."""
+
 
 class KeepLearned:
     """A device's detectors as one `DetectorChain`, with what their learners learned saved
-    and restored (a Detector and ScoringDetector)."""
+    and restored (a Detector and ScoringDetector).
 
-    def __init__(self, device: str, detectors: Sequence[Detector], store: StateFile,
+    `rules`: the names of the device's rules (a row's rule is found by name, `rule_of`);
+    `build`: makes the detectors, at start and again for those a `forget` restarts.
+    """
+
+    def __init__(self, device: str, rules: Sequence[str], build: Build, store: StateFile,
                  interval_s: float = SAVE_INTERVAL_S) -> None:
-        self._chain = DetectorChain(detectors)
-        self._learners = [d for d in detectors if isinstance(d, Learner)]
+        self.device = device
+        self.rules = tuple(rules)
+        self._build = build
+        self._detectors = list(build())
+        self._chain = DetectorChain(self._detectors)
+        self._learners = [d for d in self._detectors if isinstance(d, Learner)]
         self._store = store
         self._interval_ns = int(interval_s * 1e9)
         self._saved_mono_ns: int | None = None
-        saved = store.load() if self._learners else {}
-        if saved:
-            rows = sum(learner.restore(saved) for learner in self._learners)
-            log.info("detector_state_restored", device=device, rows=rows,
-                     saved_rows=len(saved), path=str(store.path))
+        self._started_ns = time.time_ns()
+        self._started: dict[str, int] = {}
+        """When a row began learning again (`forget`); the others since the start."""
+        self._learned_at: dict[str, int | None] = {}
+        """UTC ns at which each row that has learned finished learning; None: restored from a
+        file of an earlier version, which did not keep it."""
+        self._learning = True
+        """Some row may still be learning: `on_tick` looks for the ones that finished."""
+        document = store.load_document() if self._learners else {}
+        saved = document.get("data")
+        if isinstance(saved, dict) and saved:
+            self._restore(saved, document)
         self._milestones = self._count()
+
+    def _restore(self, saved: Mapping[str, Any], document: Mapping[str, Any]) -> None:
+        rows = sum(learner.restore(saved) for learner in self._learners)
+        times = document.get("learned_at")
+        times = times if isinstance(times, dict) else {}
+        for key, done in self._finished().items():
+            if done:
+                self._learned_at[key] = utc_ns(times.get(key))
+        known = [t for t in self._learned_at.values() if t is not None]
+        # The oldest model is the one that may be stale; unknown if any age is unknown.
+        oldest = min(known) if known and len(known) == len(self._learned_at) else None
+        log.info("detector_state_restored", device=self.device, rows=rows,
+                 saved_rows=len(saved), path=str(self._store.path),
+                 saved_at=document.get("saved_at"),
+                 learned_at=None if oldest is None else utc_text(oldest),
+                 learned_age_s=None if oldest is None
+                 else round((time.time_ns() - oldest) / 1e9, 1))
 
     def _count(self) -> int:
         return sum(learner.milestones() for learner in self._learners)
+
+    def _finished(self) -> dict[str, bool]:
+        finished: dict[str, bool] = {}
+        for learner in self._learners:
+            finished.update(learner.finished())
+        return finished
+
+    def _stamp(self) -> None:
+        """Note when rows finished learning (a model fitted, a warm-up over)."""
+        now = time.time_ns()
+        finished = self._finished()
+        for key, done in finished.items():
+            if done and key not in self._learned_at:
+                self._learned_at[key] = now
+        self._learning = not all(finished.values())
 
     def save(self, mono_ns: int | None = None) -> None:
         """Hand what every learner learned to the writer thread (returns at once)."""
         if not self._learners:
             return
+        self._stamp()
+        data = self._learned()
+        learned_at = {key: utc_text(t) for key, t in self._learned_at.items() if t is not None}
+        self._store.save(data, {"saved_at": utc_text(time.time_ns()), "learned_at": learned_at})
+        if mono_ns is not None:
+            self._saved_mono_ns = mono_ns
+
+    def forget(self, rules: Collection[str], time_ns: int) -> tuple[list[Event], list[str]]:
+        """Make the named rules learn again from their next sample: what their rows learned
+        (or began to learn) is dropped, in memory and in the file (saved at once); `time_ns`
+        is now, UTC. The events of the episodes this ended, and the keys of the rows
+        forgotten (none: the rules learn nothing).
+
+        A detector holding such a row is made again (`build`) and takes back what its other
+        rows learned, as after a restart: its episodes in progress end now (`ongoing`),
+        since a row that learns again scores nothing that could end one. Its rows of other
+        rules keep what they learned; the device's other detectors do not notice.
+        """
+        gone = {key for key in self._finished() if rule_of(key, self.rules) in rules}
+        if not gone:
+            return [], []
+        kept = {key: v for key, v in self._learned().items() if key not in gone}
+        fresh = self._build()
+        events: list[Event] = []
+        for i, old in enumerate(self._detectors):
+            new = fresh[i]
+            if isinstance(old, Learner) and isinstance(new, Learner) \
+                    and not gone.isdisjoint(old.finished()):
+                events += old.flush(time_ns)
+                new.restore(kept)
+                self._detectors[i] = new
+        self._chain = DetectorChain(self._detectors)
+        self._learners = [d for d in self._detectors if isinstance(d, Learner)]
+        for key in gone:
+            self._learned_at.pop(key, None)
+            self._started[key] = time_ns
+        self._learning = True
+        self._milestones = self._count()
+        self.save()
+        named = {rule_of(key, self.rules) for key in gone}
+        log.info("detector_state_forgotten", device=self.device,
+                 rules=[rule for rule in self.rules if rule in named], rows=len(gone),
+                 path=str(self._store.path))
+        return events, in_rule_order(gone, self.rules)
+
+    def _learned(self) -> dict[str, Any]:
         data: dict[str, Any] = {}
         for learner in self._learners:
             data.update(learner.learned())
-        self._store.save(data)
-        if mono_ns is not None:
-            self._saved_mono_ns = mono_ns
+        return data
+
+    def progress(self) -> dict[str, Any] | None:
+        """Whether the device's rules still learn or have learned, and since when, as a
+        whole and per rule (`edge-agent status`); None when none of its rules learns.
+
+        `since`: learning since the agent started or the rule was told to learn again;
+        learned since the oldest of its rows finished learning (null: not known, the file
+        was saved by an earlier version).
+        """
+        self._stamp()
+        finished = self._finished()
+        if not finished:
+            return None
+        by_rule: dict[str, list[str]] = {}
+        for key in finished:
+            by_rule.setdefault(rule_of(key, self.rules) or "", []).append(key)
+        return {**self._state_of(list(finished), finished), "rows": len(finished),
+                "learned_rows": sum(finished.values()),
+                "rules": {rule: self._state_of(keys, finished) for rule, keys in by_rule.items()}}
+
+    def _state_of(self, keys: Sequence[str], finished: Mapping[str, bool]) -> dict[str, Any]:
+        learning = [self._started.get(key, self._started_ns) for key in keys if not finished[key]]
+        if learning:
+            return {"state": "learning", "since": utc_text(min(learning))}
+        times = [self._learned_at.get(key) for key in keys]
+        known = [t for t in times if t is not None]
+        return {"state": "learned",
+                "since": utc_text(min(known)) if len(known) == len(times) else None}
 
     def on_batch(self, batch: SampleBatch) -> list[Event]:
         events = self._chain.on_batch(batch)
@@ -135,6 +324,8 @@ class KeepLearned:
 
     def on_tick(self, mono_ns: int, time_ns: int) -> list[Event]:
         events = self._chain.on_tick(mono_ns, time_ns)
+        if self._learning:
+            self._stamp()
         if self._saved_mono_ns is None:
             self._saved_mono_ns = mono_ns
         elif mono_ns - self._saved_mono_ns >= self._interval_ns:

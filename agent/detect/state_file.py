@@ -10,13 +10,18 @@ called on the event loop, and an fsync on an SD card can take long); the worker 
 at interpreter exit, so a snapshot handed over at shutdown is on disk before the process
 ends. The last snapshot handed over for a path is also kept in memory and read first, so
 that a detector restarted by a reload sees it even before the worker has written it.
+
+A document is `{"schema": 1, "data": {...}}` and whatever else its owner adds beside `data`
+(`meta`: the learned state's times); a reader of an earlier version ignores those keys.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import stat
 import threading
+from collections.abc import Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -32,10 +37,16 @@ _latest: dict[Path, dict[str, Any]] = {}
 _latest_lock = threading.Lock()
 
 
-def _write_atomically(path: Path, document: dict[str, Any]) -> None:
+def _write_atomically(path: Path, document: Mapping[str, Any],
+                      like: os.stat_result | None = None) -> None:
+    """`like`: the owner and mode the new file takes (those of the file it replaces)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
     with open(tmp, "w", encoding="utf-8") as out:
+        if like is not None:
+            os.fchmod(out.fileno(), stat.S_IMODE(like.st_mode))
+            if (like.st_uid, like.st_gid) != (os.geteuid(), os.getegid()):
+                os.fchown(out.fileno(), like.st_uid, like.st_gid)
         json.dump(document, out, separators=(",", ":"))
         out.flush()
         os.fsync(out.fileno())
@@ -60,12 +71,17 @@ class StateFile:
         self._pending: Future[None] | None = None
 
     def load(self) -> dict[str, Any]:
-        """The last saved document, or {} (a missing or unreadable file is a fresh start:
+        """The last saved data, or {} (a missing or unreadable file is a fresh start:
         logged, never fatal: the counters then restart from zero)."""
+        data = self.load_document().get("data")
+        return dict(data) if isinstance(data, dict) else {}
+
+    def load_document(self) -> dict[str, Any]:
+        """The last saved document, `data` and what was saved beside it, or {}."""
         with _latest_lock:
             latest = _latest.get(self.path)
         if latest is not None:
-            return dict(latest["data"])
+            return dict(latest)
         try:
             document = json.loads(self.path.read_text(encoding="utf-8"))
         except FileNotFoundError:
@@ -77,12 +93,12 @@ class StateFile:
             log.warning("detector_state_unreadable", path=str(self.path),
                         error="unknown schema")
             return {}
-        data = document.get("data")
-        return dict(data) if isinstance(data, dict) else {}
+        return document
 
-    def save(self, data: dict[str, Any]) -> None:
-        """Hand a snapshot to the writer thread; returns at once."""
-        document = {"schema": SCHEMA, "data": data}
+    def save(self, data: dict[str, Any], meta: Mapping[str, Any] | None = None) -> None:
+        """Hand a snapshot to the writer thread; returns at once. `meta`: more keys of the
+        document, beside `data`."""
+        document = {"schema": SCHEMA, **(meta or {}), "data": data}
         with _latest_lock:
             _latest[self.path] = document
         self._pending = _writer.submit(self._write, document)
@@ -92,6 +108,16 @@ class StateFile:
             _write_atomically(self.path, document)
         except OSError as exc:
             log.error("detector_state_not_saved", path=str(self.path), error=str(exc))
+
+    def replace_now(self, document: Mapping[str, Any]) -> None:
+        """Write `document` at once, on the calling thread (a command, not the agent: the
+        agent's writes go through `save`), keeping the owner and mode of the file it
+        replaces, so that a command run as root leaves a file the agent can read."""
+        try:
+            like: os.stat_result | None = self.path.stat()
+        except FileNotFoundError:
+            like = None
+        _write_atomically(self.path, {**document, "schema": SCHEMA}, like)
 
     def wait_saved(self, timeout_s: float = 10.0) -> None:
         """Block until the last snapshot is on disk (tests and the replay tool)."""

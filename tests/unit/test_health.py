@@ -71,6 +71,33 @@ def test_status_is_printed_one_fact_per_line() -> None:
     assert "meter" in text and "down (unreachable)" in text
 
 
+def test_status_says_whether_each_device_learns_or_has_learned_and_since_when() -> None:
+    import datetime as dt
+    import time
+
+    def ago(seconds: float) -> str:
+        moment = dt.datetime.fromtimestamp(time.time() - seconds, tz=dt.UTC)
+        return moment.isoformat(timespec="seconds").replace("+00:00", "Z")
+
+    doc = {"gateway": "gw-1", "pid": 1, "config": "c.yaml", **beat(devices={
+        "compressor-1": ("up", ""), "meter": ("down", "unreachable"), "pump": ("up", ""),
+        "fan": ("up", "")}), "detectors": {
+        "compressor-1": {"state": "learning", "since": ago(185), "rows": 3, "learned_rows": 1},
+        "meter": {"state": "learned", "since": ago(2 * 86400 + 3600), "rows": 1,
+                  "learned_rows": 1},
+        "pump": {"state": "learned", "since": None, "rows": 1, "learned_rows": 1}}}
+    lines = format_status(doc)
+    compressor = next(line for line in lines if "compressor-1" in line)
+    assert compressor.endswith(f"up; rules learning since {ago(185)} (3m 5s ago), "
+                               "1 of 3 rows learned") or "(3m 6s ago)" in compressor
+    meter = next(line for line in lines if "meter" in line)
+    assert "down (unreachable); rules learned since" in meter and "(2d 1h 0m ago)" in meter
+    pump = next(line for line in lines if "pump" in line)
+    assert pump.endswith("up; rules learned (since when: not recorded, saved by an earlier "
+                         "version)")
+    assert next(line for line in lines if "fan" in line).endswith("up")  # no rule learns
+
+
 def test_prometheus_text_has_the_same_numbers() -> None:
     from agent.prometheus import render
 

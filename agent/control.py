@@ -1,0 +1,129 @@
+"""Asking the running agent to do something: one JSON request, one JSON answer, over a unix
+socket in the state directory (`<state_dir>/control.sock`).
+
+`edge-agent status` only reads (its socket writes the status to whoever connects); a
+command that changes what the agent holds in memory, such as `edge-agent relearn`, has to
+reach the process itself: a file changed under a running agent is overwritten by the
+agent's next save. A signal carries no arguments and no answer; this socket carries both,
+so the technician sees at once what was done, or why not.
+
+The socket is made mode 0600 (only the agent's user and root may connect), and answers
+one request per connection: a JSON object on one line, at most `MAX_REQUEST_BYTES`, read
+within `REQUEST_TIMEOUT_S`. The answer is a JSON object with `ok` (and `error`, `exit` when
+not ok). A request the handler fails on is answered, logged, and never stops the agent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import socket
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import structlog
+
+log = structlog.get_logger(__name__)
+
+CONTROL_SOCKET = "control.sock"
+"""Its name in `gateway.state_dir`."""
+
+MAX_REQUEST_BYTES = 64 * 1024
+REQUEST_TIMEOUT_S = 5.0
+
+Handler = Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]
+Serve = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
+
+
+async def listen_private(path: Path, serve: Serve) -> asyncio.Server:
+    """A unix socket server only the agent's user (and root) can reach: created mode 0600,
+    with no moment at which it is wider; a socket file left by a killed agent is replaced.
+    Raises OSError."""
+    with contextlib.suppress(FileNotFoundError):
+        await asyncio.to_thread(path.unlink)
+    old_umask = os.umask(0o177)
+    try:
+        return await asyncio.start_unix_server(serve, path=str(path), limit=MAX_REQUEST_BYTES)
+    finally:
+        os.umask(old_umask)
+
+
+def refusal(error: str, exit_code: int = 1) -> dict[str, Any]:
+    """An answer saying no: `error` for a person, `exit` the command's exit status."""
+    return {"ok": False, "error": error, "exit": exit_code}
+
+
+class ControlServer:
+    """Answers each request on `path` with `handler(request)`."""
+
+    def __init__(self, path: Path, handler: Handler) -> None:
+        self.path = path
+        self._handler = handler
+        self._server: asyncio.Server | None = None
+
+    async def start(self) -> bool:
+        """Listen; False (logged) when the socket cannot be made: the agent runs on without."""
+        try:
+            self._server = await listen_private(self.path, self._serve)
+        except OSError as exc:
+            log.error("control_socket_failed", path=str(self.path), error=str(exc),
+                      detail="edge-agent relearn will refuse to run; the agent runs on")
+            return False
+        return True
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            answer = await self._answer(reader)
+            writer.write(json.dumps(answer).encode() + b"\n")
+            await writer.drain()
+        except (ConnectionError, OSError) as exc:  # the asker went away: its loss
+            log.debug("control_client_gone", error=str(exc))
+        finally:
+            writer.close()
+            with contextlib.suppress(ConnectionError, OSError):
+                await writer.wait_closed()
+
+    async def _answer(self, reader: asyncio.StreamReader) -> dict[str, Any]:
+        try:
+            async with asyncio.timeout(REQUEST_TIMEOUT_S):
+                line = await reader.readline()
+            request = json.loads(line)
+        except TimeoutError:
+            return refusal("no request within the time allowed", 2)
+        except ValueError as exc:  # not JSON, or longer than the limit
+            return refusal(f"not a request: {exc}", 2)
+        if not isinstance(request, dict):
+            return refusal("not a request: a JSON object is expected", 2)
+        try:
+            return await self._handler(request)
+        except Exception as exc:  # a bug: answered and logged, the agent runs on
+            log.exception("control_request_failed", command=request.get("command"))
+            return refusal(f"the agent failed on it: {type(exc).__name__}: {exc}")
+
+    async def close(self) -> None:
+        if self._server is None:
+            return
+        self._server.close()
+        await self._server.wait_closed()
+        self._server = None
+        with contextlib.suppress(FileNotFoundError):
+            await asyncio.to_thread(self.path.unlink)
+
+
+def ask(path: Path, request: dict[str, Any], timeout_s: float = 30.0) -> dict[str, Any]:
+    """Send a request to the running agent and wait for its answer (blocking: for the
+    command line). Raises FileNotFoundError or ConnectionRefusedError when no agent listens,
+    PermissionError, another OSError, or ValueError for an answer that is not JSON (an
+    agent that closed the connection without answering: it was stopping)."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.settimeout(timeout_s)
+        sock.connect(str(path))
+        sock.sendall(json.dumps(request).encode() + b"\n")
+        chunks = []
+        while chunk := sock.recv(65536):
+            chunks.append(chunk)
+    answer: dict[str, Any] = json.loads(b"".join(chunks))
+    return answer

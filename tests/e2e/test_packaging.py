@@ -221,21 +221,23 @@ def test_installed_agent_checks_the_example_configuration(
     # so that the source tree cannot be imported instead of the installed agent.
     _, root, _ = installed_deb
     venv = root / VENV.lstrip("/")
+    # Nor through a PYTHONPATH the tests run with (a git worktree's checkout).
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     result = subprocess.run(
         [str(venv / "bin/python"), str(venv / "bin/edge-agent"), "check",
          "-c", str(root / "etc/edge-agent/config.yaml.example")],
-        cwd=root, check=False, capture_output=True, text=True, timeout=60,
+        cwd=root, env=env, check=False, capture_output=True, text=True, timeout=60,
     )
     assert result.returncode == 0, result.stdout + result.stderr
     assert "OK" in result.stdout
     imported = subprocess.run(
         [str(venv / "bin/python"), "-c", "import agent, numba; print(agent.__file__)"],
-        cwd=root, capture_output=True, text=True, check=True).stdout
+        cwd=root, env=env, capture_output=True, text=True, check=True).stdout
     assert imported.startswith(f"{venv}/lib/python3.11/site-packages/agent/")
     # The package carries the kernels compiled ahead of time: its agent never loads numba.
     code = ("import sys; from agent.detect import jit, kernels; kernels.warm_up(); "
             "print(jit.mode(), 'numba' in sys.modules, jit.why_not_aot())")
-    kernels = subprocess.run([str(venv / "bin/python"), "-c", code], cwd=root,
+    kernels = subprocess.run([str(venv / "bin/python"), "-c", code], cwd=root, env=env,
                              capture_output=True, text=True, check=True).stdout
     assert kernels.split()[:2] == ["aot", "False"], kernels
 

@@ -12,6 +12,9 @@
 #
 # usage: packaging/build-deb.sh [--out DIR] [--python /usr/bin/python3.11] [--pip PIP]
 set -euo pipefail
+# The venv's Python imports the agent it installs, never one a PYTHONPATH names (a source
+# checkout's: the kernels would be compiled there, and the package shipped without them).
+unset PYTHONPATH
 
 here=$(cd "$(dirname "$0")" && pwd)
 project=$(dirname "$here")

@@ -15,6 +15,9 @@
 #   --python       the interpreter the venv is made from (default: python3)
 #   --source       the project directory (default: this script's) or a built wheel
 set -euo pipefail
+# The venv's Python imports the agent it installs, never one a PYTHONPATH names (a source
+# checkout's: the kernels would be compiled there, and the package shipped without them).
+unset PYTHONPATH
 
 here=$(cd "$(dirname "$0")" && pwd)
 project=$(dirname "$here")

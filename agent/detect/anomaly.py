@@ -104,7 +104,9 @@ class _Rows(Generic[R]):
         self.last_mono_ns = 0
         self._last: tuple[tuple[str, ...], R] | None = None
         self.most_per_row = 1
-        """Most samples one row got from the batch last routed (a burst brings many)."""
+        """Most samples of one of its tags a row got from the batch last routed (a burst
+        brings many): the samples pushed into its context ring by the batch, a group's
+        rows closed by it."""
 
     def route(self, tags: tuple[str, ...]) -> R:
         """Every sample of the batch this detector folds, as `arrange` puts it."""
@@ -117,7 +119,7 @@ class _Rows(Generic[R]):
             known = (self._arrange(np.ascontiguousarray(arr[:, 0]),
                                    np.ascontiguousarray(arr[:, 1]),
                                    np.ascontiguousarray(arr[:, 2])),
-                     int(np.bincount(arr[:, 1]).max()) if len(arr) else 0)
+                     _most_per_row(arr[:, 1], arr[:, 2]))
             self._routes[tags] = known
         route, self.most_per_row = known
         self._last = (tags, route)
@@ -126,6 +128,13 @@ class _Rows(Generic[R]):
     def scores(self) -> dict[str, float]:
         return {info.score_key: float(s) for info, s in zip(self.rows, self.ep[:, EP_SCORE],
                                                              strict=True)}
+
+
+def _most_per_row(rows: I64, cols: I64) -> int:
+    """The most samples any (row, tag of the row) pair gets from a batch."""
+    if len(rows) == 0:
+        return 0
+    return int(np.bincount(rows * (int(cols.max()) + 1) + cols).max())
 
 
 class UnivariateDetector:

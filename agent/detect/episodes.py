@@ -123,10 +123,13 @@ class EpisodeEvents:
             rows = np.flatnonzero(ep[:, EP_STARTED] + ep[:, EP_ENDED] + ep[:, EP_AFTER_DONE])
         else:
             rows = raised
-        # The rows' episode fields, times and rings as Python lists, read at once: an event
-        # reads a dozen of them, and a numpy scalar read costs what a whole list does.
-        got = list(zip(rows.tolist(), ep[rows].tolist(), times[rows].tolist(),
-                       ctx[rows].tolist(), strict=True))
+        # The rows' episode fields and times as Python lists, read at once: an event reads a
+        # dozen of them, and a numpy scalar read costs what a whole list does. Of a row's
+        # ring only the spans an event takes become lists (`_span`): a ring grown for
+        # bursts holds hundreds of samples (of every tag of a group).
+        listed = rows.tolist()
+        got = list(zip(listed, ep[rows].tolist(), times[rows].tolist(),
+                       [ctx[r] for r in listed], strict=True))
         events: list[Event] = []
         for r, e, t, ring in got:
             if not e[EP_ENDED]:
@@ -150,7 +153,7 @@ class EpisodeEvents:
         an episode still running gets an end event marked `ongoing`."""
         events = self.collect(ep, times, ctx)
         for row in list(self._ending):
-            events.append(self._end_event(row, ep[row].tolist(), ctx[row].tolist(),
+            events.append(self._end_event(row, ep[row].tolist(), ctx[row],
                                           complete=False))
             ep[row, EP_AFTER_LEFT] = 0.0
         for row in list(self._open):
@@ -167,7 +170,7 @@ class EpisodeEvents:
 
     # --- building the events, from a row's episode fields `e`, times `t` and ring -------
 
-    def _start_event(self, row: int, e: list[float], t: list[int], ring: list[Any], *,
+    def _start_event(self, row: int, e: list[float], t: list[int], ring: F64, *,
                      ended: bool) -> Event:
         info = self._rows[row]
         episode = _episode_id()
@@ -202,7 +205,7 @@ class EpisodeEvents:
         data["ring_at_end"] = int(e[EP_END_RING])
         return data
 
-    def _end_event(self, row: int, e: list[float], ring: list[Any], *, complete: bool) -> Event:
+    def _end_event(self, row: int, e: list[float], ring: F64, *, complete: bool) -> Event:
         info = self._rows[row]
         data = self._ending.pop(row)
         before = data.pop("before")
@@ -232,12 +235,12 @@ class EpisodeEvents:
             data.update(band=info.part, band_hz=list(info.band_hz))
         return data
 
-    def _span(self, info: RowInfo, e: list[float], ring: list[Any], first: int,
+    def _span(self, info: RowInfo, e: list[float], ring: F64, first: int,
               count: int) -> dict[str, list[float | None]]:
         """The row's good samples number `first` to `first + count - 1` (counting from the
-        row's first), oldest first, per tag: those the ring (one value per slot, or one list
-        of the group's values per slot) still holds. Sample k lives in slot k mod size."""
-        size = len(ring)
+        row's first), oldest first, per tag: those the ring (slots, or slots x the group's
+        tags) still holds. Sample k lives in slot k mod size."""
+        size = ring.shape[0]
         n = int(e[EP_RING_N])
         lo, hi = max(first, n - size, 0), min(first + count, n)
         if hi <= lo:
@@ -245,9 +248,10 @@ class EpisodeEvents:
         else:
             a = lo % size
             b = a + hi - lo  # one slice, or two where the span wraps round the ring's end
-            taken = ring[a:b] if b <= size else ring[a:] + ring[:b - size]
+            taken = ring[a:b].tolist() if b <= size else \
+                ring[a:].tolist() + ring[:b - size].tolist()
         isnan = math.isnan
-        if not isinstance(ring[0], list):  # NaN only from a device that sent one as GOOD
+        if ring.ndim == 1:  # NaN only from a device that sent one as GOOD
             return {info.tags[0]: [None if isnan(v) else v for v in taken]
                     if any(map(isnan, taken)) else taken}
         return {tag: [None if isnan(s[i]) else s[i] for s in taken]

@@ -56,12 +56,15 @@ def refusal(error: str, exit_code: int = 1) -> dict[str, Any]:
     return {"ok": False, "error": error, "exit": exit_code}
 
 
-class ControlServer:
-    """Answers each request on `path` with `handler(request)`."""
+class PrivateServer:
+    """A server on a unix socket made by `listen_private`, started and closed with the agent;
+    a subclass says what it answers (`_serve`) and what is lost without it."""
 
-    def __init__(self, path: Path, handler: Handler) -> None:
+    failure_event = "socket_failed"
+    failure_detail = "the agent runs on"
+
+    def __init__(self, path: Path) -> None:
         self.path = path
-        self._handler = handler
         self._server: asyncio.Server | None = None
 
     async def start(self) -> bool:
@@ -69,10 +72,33 @@ class ControlServer:
         try:
             self._server = await listen_private(self.path, self._serve)
         except OSError as exc:
-            log.error("control_socket_failed", path=str(self.path), error=str(exc),
-                      detail="edge-agent relearn will refuse to run; the agent runs on")
+            log.error(self.failure_event, path=str(self.path), error=str(exc),
+                      detail=self.failure_detail)
             return False
         return True
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        raise NotImplementedError
+
+    async def close(self) -> None:
+        if self._server is None:
+            return
+        self._server.close()
+        await self._server.wait_closed()
+        self._server = None
+        with contextlib.suppress(FileNotFoundError):
+            await asyncio.to_thread(self.path.unlink)
+
+
+class ControlServer(PrivateServer):
+    """Answers each request on `path` with `handler(request)`."""
+
+    failure_event = "control_socket_failed"
+    failure_detail = "edge-agent relearn will refuse to run; the agent runs on"
+
+    def __init__(self, path: Path, handler: Handler) -> None:
+        super().__init__(path)
+        self._handler = handler
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
@@ -102,16 +128,6 @@ class ControlServer:
         except Exception as exc:  # a bug: answered and logged, the agent runs on
             log.exception("control_request_failed", command=request.get("command"))
             return refusal(f"the agent failed on it: {type(exc).__name__}: {exc}")
-
-    async def close(self) -> None:
-        if self._server is None:
-            return
-        self._server.close()
-        await self._server.wait_closed()
-        self._server = None
-        with contextlib.suppress(FileNotFoundError):
-            await asyncio.to_thread(self.path.unlink)
-
 
 def ask(path: Path, request: dict[str, Any], timeout_s: float = 30.0) -> dict[str, Any]:
     """Send a request to the running agent and wait for its answer (blocking: for the

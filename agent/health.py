@@ -25,7 +25,7 @@ from typing import Any
 import structlog
 
 from agent import __version__
-from agent.control import listen_private
+from agent.control import PrivateServer
 from agent.store import StoreStats
 
 log = structlog.get_logger(__name__)
@@ -92,23 +92,15 @@ def heartbeat_data(
 Snapshot = Callable[[], Awaitable[dict[str, Any]]]
 
 
-class StatusServer:
+class StatusServer(PrivateServer):
     """Serves `snapshot()` as one JSON document per connection on `<state_dir>/status.sock`."""
 
-    def __init__(self, path: Path, snapshot: Snapshot) -> None:
-        self.path = path
-        self._snapshot = snapshot
-        self._server: asyncio.Server | None = None
+    failure_event = "status_socket_failed"
+    failure_detail = "edge-agent status will not work; the agent runs on"
 
-    async def start(self) -> bool:
-        """Listen; False (logged) when the socket cannot be made: the agent runs on without it."""
-        try:
-            self._server = await listen_private(self.path, self._serve)
-        except OSError as exc:
-            log.error("status_socket_failed", path=str(self.path), error=str(exc),
-                      detail="edge-agent status will not work; the agent runs on")
-            return False
-        return True
+    def __init__(self, path: Path, snapshot: Snapshot) -> None:
+        super().__init__(path)
+        self._snapshot = snapshot
 
     async def _serve(self, _reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
@@ -123,16 +115,6 @@ class StatusServer:
             writer.close()
             with contextlib.suppress(ConnectionError, OSError):
                 await writer.wait_closed()
-
-    async def close(self) -> None:
-        if self._server is None:
-            return
-        self._server.close()
-        await self._server.wait_closed()
-        self._server = None
-        with contextlib.suppress(FileNotFoundError):
-            await asyncio.to_thread(self.path.unlink)
-
 
 def read_status(path: Path, timeout_s: float = 5.0) -> dict[str, Any]:
     """Ask a running agent (blocking: for the command line). Raises OSError when none answers."""

@@ -175,7 +175,15 @@ def zscore_batch(params: F64, state: F64, ep: F64, times: I64, ctx: F64, runs: I
                 mean += a * d
                 var = (1.0 - a) * (var + a * d * d)
         # Warmed up: every sample is scored once the deviation is > 0, the baseline weight
-        # is alpha: the loop above without its tests of n.
+        # is alpha: the loop above without its tests of n, and quicker for the common
+        # sample, in the baseline and not over. Over the threshold is tested as
+        # d^2 > threshold^2 var (|z| > threshold without a square root and a division);
+        # z itself is computed only for a sample the episode looks at, and for the run's
+        # last one (its score). The EWMAs are written (1 - a) m + a x: one multiplication
+        # and one addition on each one's chain from sample to sample, not three operations.
+        keep_smooth, keep_base = 1.0 - alpha_smooth, 1.0 - alpha_base
+        threshold2 = threshold * threshold
+        last_d, last_var = 0.0, 0.0  # of the run's last scored sample (var > 0)
         for j in range(i, good):
             x = buf[j]
             if left > 0.0:
@@ -183,20 +191,22 @@ def zscore_batch(params: F64, state: F64, ep: F64, times: I64, ctx: F64, runs: I
                 if left == 0.0:
                     done += 1.0
             n += 1.0
-            smooth += alpha_smooth * (x - smooth)
-            sd = math.sqrt(var)
-            over = False
-            if sd > 0.0:
-                z = (smooth - mean) / sd
-                score = abs(z) if direction == 0.0 else z * direction
-                over = score > threshold
+            smooth = keep_smooth * smooth + alpha_smooth * x
+            d = smooth - mean
+            over = var > 0.0 and d * d > threshold2 * var and d * direction >= 0.0
+            if var > 0.0:
+                last_d, last_var = d, var
                 if not (st == IDLE and not over):
+                    z = d / math.sqrt(var)
+                    score = abs(z) if direction == 0.0 else z * direction
                     st, left = run_step(ep, times, params, row, left, score, threshold, x,
                                         over, score < clear, mono_ns, time_ns, j + 1)
             if st == IDLE and not over:
-                d = smooth - mean
-                mean += alpha_base * d
-                var = (1.0 - alpha_base) * (var + alpha_base * d * d)
+                mean = keep_base * mean + alpha_base * smooth
+                var = keep_base * (var + alpha_base * d * d)
+        if last_var > 0.0:
+            z = last_d / math.sqrt(last_var)
+            score = abs(z) if direction == 0.0 else z * direction
         state[row, ZS_N], state[row, ZS_SMOOTH] = n, smooth
         state[row, ZS_MEAN], state[row, ZS_VAR] = mean, var
         if run_close(ep, ctx, buf, row, score, left, done, good,

@@ -198,16 +198,20 @@ class KeepLearned:
 
     def _restore(self, saved: Mapping[str, Any], document: Mapping[str, Any]) -> None:
         rows = sum(learner.restore(saved) for learner in self._learners)
+        current = self._finished()
+        # Rows of a rule whose tags or parameters changed since (or of a version that kept
+        # other parameters): what they learned no longer applies, they learn again.
+        stale = [describe_row(key) for key in saved if key not in current]
         times = document.get("learned_at")
         times = times if isinstance(times, dict) else {}
-        for key, done in self._finished().items():
+        for key, done in current.items():
             if done:
                 self._learned_at[key] = utc_ns(times.get(key))
         known = [t for t in self._learned_at.values() if t is not None]
         # The oldest model is the one that may be stale; unknown if any age is unknown.
         oldest = min(known) if known and len(known) == len(self._learned_at) else None
         log.info("detector_state_restored", device=self.device, rows=rows,
-                 saved_rows=len(saved), path=str(self._store.path),
+                 saved_rows=len(saved), learning_again=stale, path=str(self._store.path),
                  saved_at=document.get("saved_at"),
                  learned_at=None if oldest is None else utc_text(oldest),
                  learned_age_s=None if oldest is None

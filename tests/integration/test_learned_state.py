@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import structlog
 
 from agent.config import load_config
 from agent.detect import Detector
@@ -137,10 +138,13 @@ def test_a_changed_rule_learns_again_and_the_unchanged_ones_keep_theirs(
     feed(first, data[:400], 0)
     first.flush(T0 + 400 * S)
     wait_all_saved()
-    restarted = detector(config(tmp_path, ", explained_variance: 0.8"))
+    with structlog.testing.capture_logs() as logs:
+        restarted = detector(config(tmp_path, ", explained_variance: 0.8"))
     scores = feed(restarted, data[400:], 400)
     assert math.isnan(scores[0]["agree"])  # another model asked for: learning from row 0
     assert not math.isnan(scores[0]["level:current_a"])
+    (restored,) = [e for e in logs if e["event"] == "detector_state_restored"]
+    assert restored["learning_again"] == ["agree (pca)"], "the log says which, for a person"
 
 
 @pytest.mark.parametrize("content", ["{not json", json.dumps({"schema": 1, "data": {

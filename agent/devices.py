@@ -10,6 +10,7 @@ from agent.detect.change import ChangeReporter
 from agent.detect.learned_state import KeepLearned, state_path
 from agent.detect.machine import MachineDetector, MachineSetup
 from agent.detect.state_file import StateFile
+from agent.detect.valid_range import RangeScreenedChain
 from agent.rule_detectors import rule_detectors
 from agent.sharing import effective_share
 from drivers.base import Driver
@@ -66,6 +67,9 @@ def make_detector(agent: AgentConfig, config: DeviceConfig) -> Detector:
         detectors.append(KeepLearned(
             config.name, [name for name, _ in rules], lambda: rule_detectors(config.name, rules),
             StateFile(state_path(state_dir, config.name))))
+    ranges = {tag.name: tag.valid_range for tag in config.tags if tag.valid_range is not None}
+    if ranges:
+        return RangeScreenedChain(config.name, detectors, ranges)
     return DetectorChain(detectors)
 
 

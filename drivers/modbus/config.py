@@ -24,6 +24,7 @@ from pydantic import (
 from drivers.modbus.profiles import find_profile, read_profile
 from drivers.naming import check_tag_name, require_unique_names
 from drivers.sharing import Share
+from drivers.valid_range import ValidRange
 
 ByteOrder = Literal["ABCD", "CDAB", "BADC", "DCBA"]
 """Order of the bytes of a multi-byte value as they arrive, A being the most significant.
@@ -130,6 +131,9 @@ class ModbusTag(_Strict):
     """Send a `change` event whenever the value moves by more than `deadband`."""
     deadband: float = Field(default=0.0, ge=0)
     """In the tag's unit: smaller moves are not reported as changes."""
+    valid_range: ValidRange | None = None
+    """What the sensor can deliver, `[low, high]` in the tag's unit: a value outside is a
+    sensor or wiring fault, a BAD sample for every detector (drivers/valid_range.py)."""
 
     @model_validator(mode="before")
     @classmethod

@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, m
 
 from drivers.naming import check_tag_name, require_unique_names
 from drivers.sharing import Share
+from drivers.valid_range import ValidRange
 
 _NODE_ID = re.compile(r"^(ns=\d+;)?(i=\d+|s=.+|g=[0-9A-Fa-f\-]{36}|b=[A-Za-z0-9+/=]+)$")
 
@@ -70,6 +71,9 @@ class OpcUaTag(_Strict):
     """What of this tag leaves the site; the device's `share` when absent."""
     counter: bool = False
     """A cumulative value: the agent reports its increase (no rollover for OPC UA values)."""
+    valid_range: ValidRange | None = None
+    """What the sensor can deliver, `[low, high]` in the tag's unit: a value outside is a
+    sensor or wiring fault, a BAD sample for every detector (drivers/valid_range.py)."""
 
     @field_validator("name")
     @classmethod

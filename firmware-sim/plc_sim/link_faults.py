@@ -13,6 +13,7 @@ Where each kind acts (`ModbusSimServer` wires them in):
 | `delay` | the answer leaves after `seconds` (a slow device) |
 | `no_answer` | the request is swallowed (a dead slave, a broken RS-485 pair) |
 | `exception` | exception response `code` (1..11) instead of the data |
+| `words` | the registers from `first` on are served as the raw `words` given, in a valid answer: what a sensor fault looks like to the client (a Siemens analog input serves 32767, 7FFFh, on a broken wire or an overflow) |
 | `drop` | TCP: every open connection is reset (RST) when a request arrives; serial: no answer |
 | `refuse` | TCP: the listener closes, connections are refused until the fault is cleared |
 | `bad_crc` | RTU framing: the answer's CRC is wrong |
@@ -21,7 +22,7 @@ Where each kind acts (`ModbusSimServer` wires them in):
 | `wrong_tid` | TCP: the answer carries another transaction id |
 | `wrong_unit` | the answer comes from another unit id (RTU: with a valid CRC) |
 
-`delay` and `exception` act on register accesses, so they apply to mapped
+`delay`, `exception` and `words` act on register accesses, so they apply to mapped
 addresses only (unmapped ones already answer exception 2); the others act on
 whole frames and ignore the address range.
 """
@@ -43,6 +44,7 @@ FaultKind = Literal[
     "delay",
     "no_answer",
     "exception",
+    "words",
     "drop",
     "refuse",
     "bad_crc",
@@ -52,7 +54,7 @@ FaultKind = Literal[
     "wrong_unit",
 ]
 FAULT_KINDS: tuple[str, ...] = get_args(FaultKind)
-REGISTER_FAULTS = frozenset({"delay", "exception"})
+REGISTER_FAULTS = frozenset({"delay", "exception", "words"})
 """Kinds applied where a register access is answered (they know the address)."""
 FRAME_FAULTS = frozenset(
     {"no_answer", "drop", "bad_crc", "garbage", "wrong_length", "wrong_tid", "wrong_unit"}
@@ -68,6 +70,8 @@ class Fault:
     """`delay` only."""
     code: int = ExcCodes.DEVICE_FAILURE
     """`exception` only: a Modbus exception code pymodbus can send (1..8, 10, 11)."""
+    words: tuple[int, ...] = ()
+    """`words` only: the raw register values served from `first` on (0..65535 each)."""
     unit: int | None = None
     table: Table | None = None
     first: int = 0
@@ -89,6 +93,11 @@ class Fault:
             raise ValueError("need 0 <= first <= last <= 65535")
         if self.times is not None and self.times < 1:
             raise ValueError("times must be >= 1 (or absent: until cleared)")
+        object.__setattr__(self, "words", tuple(self.words))  # a JSON list
+        if self.kind == "words" and not self.words:
+            raise ValueError("a words fault needs the register values: words: [32767]")
+        if not all(isinstance(w, int) and 0 <= w <= 0xFFFF for w in self.words):
+            raise ValueError("words must be register values, 0..65535 each")
 
     @classmethod
     def from_json(cls, message: Mapping[str, object]) -> Fault:

@@ -158,11 +158,16 @@ class RegisterAccess:
         fault = self.faults.take(REGISTER_FAULTS, self.unit, table, address, count)
         if fault is not None and fault.kind == "delay":
             await asyncio.sleep(fault.seconds)
-        elif fault is not None:
+        elif fault is not None and fault.kind == "exception":
             return ExcCodes(fault.code)
         for run, words in self.machine.current_words(table):
             offset = run.address - start_address
             current_registers[offset : offset + len(words)] = words
+        if fault is not None and fault.kind == "words":  # a faulty sensor behind the PLC
+            for i, word in enumerate(fault.words):
+                offset = fault.first + i - start_address
+                if 0 <= offset < len(current_registers):
+                    current_registers[offset] = word
         return None
 
 

@@ -149,6 +149,23 @@ async def test_exception_fault_answers_its_code_in_its_address_range_only(
     assert outside[7] == 4 and other_unit[7] == 4
 
 
+async def test_words_fault_serves_its_raw_values_in_a_valid_answer(tcp: ModbusSimServer) -> None:
+    """A sensor fault behind the PLC: the answer is well formed, the register holds 7FFFh."""
+    peer = await TcpPeer.connect(tcp.port)
+    await tcp.set_fault(Fault.from_json({"fault": "words", "words": [0x7FFF], "unit": 1,
+                                         "table": "input", "first": 7}))
+    faulty = await peer.ask(mbap_request(2, 1, 4, 6, 3))
+    await tcp.clear_fault()
+    healthy = await peer.ask(mbap_request(3, 1, 4, 6, 3))
+    peer.close()
+
+    assert faulty[7:9] == bytes([4, 6]), "a normal answer of 3 registers"
+    served = struct.unpack(">3H", faulty[9:15])
+    assert served[1] == 0x7FFF
+    assert 0x7FFF not in (served[0], served[2]), "the others as the machine has them"
+    assert struct.unpack(">3H", healthy[9:15])[1] != 0x7FFF, "cleared: the machine's value"
+
+
 async def test_an_unmapped_register_answers_illegal_data_address(tcp: ModbusSimServer) -> None:
     peer = await TcpPeer.connect(tcp.port)
     answer = await peer.ask(mbap_request(1, 2, 4, 400, 2))  # beyond the SDM630's map

@@ -45,6 +45,8 @@ def test_a_control_message_becomes_a_fault() -> None:
         ({"fault": "exception", "table": "coil"}, "table must be"),
         ({"fault": "exception", "first": 5, "last": 4}, "first <= last"),
         ({"fault": "no_answer", "times": 0}, "times must be >= 1"),
+        ({"fault": "words"}, "a words fault needs the register values"),
+        ({"fault": "words", "words": [65536]}, "words must be register values"),
     ],
 )
 def test_a_bad_control_message_names_its_problem(message: dict[str, object], error: str) -> None:

@@ -9,6 +9,7 @@ from agent.config.models import MqttConfig
 from drivers.modbus.config import ModbusTag, parse_register
 from drivers.modbus.describe import describe_device
 from drivers.opcua.config import OpcUaDevice
+from drivers.valid_range import describe_range
 
 
 def _is_local(host: str) -> bool:
@@ -140,5 +141,5 @@ def _opcua_summary(device: OpcUaDevice) -> list[str]:
                    + f", published every {device.publishing_interval_s:g} s")
         else:
             how = f"poll every {tag.poll_interval_s or device.poll_interval_s:g} s"
-        lines.append(f"  {tag.name}: {tag.address} ({how})")
+        lines.append(f"  {tag.name}: {tag.address} ({how}{describe_range(tag.valid_range, tag.unit)})")
     return lines

@@ -26,3 +26,10 @@ def _ordered(bounds: tuple[float, float]) -> tuple[float, float]:
 
 ValidRange = Annotated[tuple[float, float], AfterValidator(_ordered)]
 """`[low, high]`, in the tag's unit (after `scale` and `offset`), both ends valid."""
+
+
+def describe_range(bounds: tuple[float, float] | None, unit: str) -> str:
+    """For `check`: `, valid -20..150 °C`, or nothing without a range."""
+    if bounds is None:
+        return ""
+    return f", valid {bounds[0]:g}..{bounds[1]:g}" + (f" {unit}" if unit else "")

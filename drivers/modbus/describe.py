@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from drivers.modbus.config import ModbusDevice
 from drivers.modbus.line import describe_line
 from drivers.modbus.plan import ModbusReadPlan, plan_device
+from drivers.valid_range import describe_range
 
 
 def describe_device(device: ModbusDevice, plans: Sequence[ModbusReadPlan] | None = None) -> list[str]:
@@ -40,5 +41,6 @@ def describe_plan(plan: ModbusReadPlan) -> list[str]:
         for tag in request.tags:
             kind = tag.type if tag.type != "string" else f"string[{tag.length_registers}]"
             unit_text = f" {tag.unit}" if tag.unit else ""
-            lines.append(f"      {tag.name}: {kind}{unit_text}, {tag.describe_address()}")
+            lines.append(f"      {tag.name}: {kind}{unit_text}, {tag.describe_address()}"
+                         f"{describe_range(tag.valid_range, tag.unit)}")
     return lines

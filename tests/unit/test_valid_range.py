@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import structlog
 
+from agent.check import summary
 from agent.config import ConfigError, load_config
 from agent.detect import Detector
 from agent.devices import make_detector
@@ -103,3 +104,11 @@ def test_a_range_upside_down_is_refused_with_its_line(tmp_path: Path) -> None:
     assert caught.value.lines == [(
         f"{path}:10: devices[0].tags[0].valid_range: the low end (150) must be below the high "
         "end (-40): [low, high] in the tag's unit")]
+
+
+@pytest.mark.parametrize("protocol", ["modbus", "opcua"])
+def test_check_shows_each_tags_range(tmp_path: Path, protocol: str) -> None:
+    loaded = load_config(config(tmp_path, "[-40, 150]", protocol), environ={})
+    [line] = [s for s in summary(loaded) if "temp_c" in s]
+    assert line.endswith("valid -40..150 °C") or "valid -40..150 °C)" in line
+    assert not [s for s in summary(loaded) if "other" in s and "valid" in s]

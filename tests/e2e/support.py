@@ -33,7 +33,10 @@ SECRET = "s3cret-never-logged"
 @dataclass
 class Sim:
     port: int
+    """Its Modbus TCP port (0 for a simulator started for its OPC UA side only)."""
     trace: Path
+    endpoint: str = ""
+    """Its OPC UA endpoint, when it serves OPC UA."""
 
     def rows(self) -> list[dict[str, Any]]:
         return [json.loads(line) for line in self.trace.read_text().splitlines() if line.strip()]

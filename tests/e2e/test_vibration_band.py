@@ -21,7 +21,6 @@ import contextlib
 import copy
 import json
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +31,7 @@ from support import (
     AgentProcess,
     RawCollector,
     Received,
+    Sim,
     is_sentinel,
     publish_sentinel,
     scaled,
@@ -59,17 +59,8 @@ BEARING_BAND = "bearing-bpfo"
 WAVEFORM = "vibration_waveform_mm_s"
 
 
-@dataclass
-class OpcUaSim:
-    endpoint: str
-    trace: Path
-
-    def rows(self) -> list[dict[str, Any]]:
-        return [json.loads(line) for line in self.trace.read_text().splitlines() if line.strip()]
-
-
 @contextlib.contextmanager
-def running_sims(directory: Path) -> Iterator[dict[str, OpcUaSim]]:
+def running_sims(directory: Path) -> Iterator[dict[str, Sim]]:
     """The healthy and the worn compressor, each serving OPC UA on a free port."""
     with contextlib.ExitStack() as stack:
         sims = {}
@@ -81,7 +72,7 @@ def running_sims(directory: Path) -> Iterator[dict[str, OpcUaSim]]:
                 "--fault-onset-s", str(ONSET_S), "--trace", str(trace), "--opcua-port", "0",
                 stderr=log, protocol="opcua")
             stack.callback(assert_stopped, process)
-            sims[name] = OpcUaSim(info["endpoint"], trace)
+            sims[name] = Sim(port=0, trace=trace, endpoint=info["endpoint"])
         yield sims
 
 
@@ -89,7 +80,7 @@ def assert_stopped(process: Any) -> None:
     assert stop_process(process) == 0
 
 
-def vibration_config(tmp_path: Path, broker: Mosquitto, sims: dict[str, OpcUaSim]) -> Path:
+def vibration_config(tmp_path: Path, broker: Mosquitto, sims: dict[str, Sim]) -> Path:
     """The profile's device and rule once per simulator, the device named after its scenario,
     times compressed by `SPEED`. The captures' windows are shared (the profile keeps them
     on the gateway) so that the test can count the samples each device delivered."""

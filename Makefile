@@ -71,6 +71,7 @@ bench: venv kernels mosquitto
 	$(BIN)/python bench/system/run.py --output bench/results/system.md
 	$(BIN)/python bench/detect/run.py --output bench/results/detect.md
 	$(BIN)/python bench/opcua/run.py --output bench/results/opcua.md
+	$(BIN)/python bench/condense/run.py --output bench/results/condense.md
 	$(BIN)/python bench/summary.py --output bench/results/latest.md
 
 clean:

@@ -226,14 +226,16 @@ class KeepLearned:
             finished.update(learner.finished())
         return finished
 
-    def _stamp(self) -> None:
-        """Note when rows finished learning (a model fitted, a warm-up over)."""
+    def _stamp(self) -> dict[str, bool]:
+        """Note when rows finished learning (a model fitted, a warm-up over); returns
+        `_finished()`."""
         now = time.time_ns()
         finished = self._finished()
         for key, done in finished.items():
             if done and key not in self._learned_at:
                 self._learned_at[key] = now
         self._learning = not all(finished.values())
+        return finished
 
     def save(self, mono_ns: int | None = None) -> None:
         """Hand what every learner learned to the writer thread (returns at once)."""
@@ -298,8 +300,7 @@ class KeepLearned:
         learned since the oldest of its rows finished learning (null: not known, the file
         was saved by an earlier version).
         """
-        self._stamp()
-        finished = self._finished()
+        finished = self._stamp()
         if not finished:
             return None
         by_rule: dict[str, list[str]] = {}

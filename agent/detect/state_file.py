@@ -12,7 +12,8 @@ ends. The last snapshot handed over for a path is also kept in memory and read f
 that a detector restarted by a reload sees it even before the worker has written it.
 
 A document is `{"schema": 1, "data": {...}}` and whatever else its owner adds beside `data`
-(`meta`: the learned state's times); a reader of an earlier version ignores those keys.
+(`save`'s `meta`: the learned state's `saved_at` and `learned_at`); a reader of an earlier
+version ignores those keys.
 """
 
 from __future__ import annotations

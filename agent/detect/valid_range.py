@@ -45,9 +45,10 @@ class RangeScreenedChain(DetectorChain):
         if outside.any() or self._outside:
             good = batch.quality == Quality.GOOD
             self._log_changes(batch, outside, good & ranged)
-            if (outside & good).any():
+            made_bad = outside & good
+            if made_bad.any():
                 quality = batch.quality.copy()
-                quality[outside & good] = Quality.BAD
+                quality[made_bad] = Quality.BAD
                 batch = replace(batch, quality=quality)
         return super().on_batch(batch)
 

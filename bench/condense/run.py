@@ -31,7 +31,7 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path[:0] = [str(ROOT), str(ROOT / "firmware-sim"), str(ROOT / "tests" / "e2e")]
 
 from ruamel.yaml import YAML
-from support import AgentProcess, RawCollector, Received, scaled
+from support import AgentProcess, RawCollector, Received, scaled_config
 
 from agent.events import SAMPLES, Event, encode
 from agent.kernel_cache import kernel_cache_dir
@@ -47,19 +47,9 @@ def agent_config(directory: Path, broker: Mosquitto, modbus_port: int) -> Path:
     [device], rules, [machine] = profile["devices"], profile["detectors"], profile["machines"]
     device = {**copy.deepcopy(device), "host": "127.0.0.1", "port": modbus_port,
               "timeout_s": 0.5}
-    config = {
-        "gateway": {"id": "gw-bench", "site": "lab", "state_dir": str(directory / "state"),
-                    "clock": "rtc"},
-        "mqtt": {"host": "127.0.0.1", "port": broker.port, "tls": {"enabled": False}},
-        "store": {"commit_interval_s": 0.1},
-        "aggregate": scaled(profile["aggregate"], SPEED),
-        "devices": scaled([device], SPEED),
-        "detectors": scaled(rules, SPEED),
-        "machines": scaled([machine], SPEED),
-    }
-    path = directory / "config.yaml"
-    path.write_text(json.dumps(config, ensure_ascii=False))
-    return path
+    return scaled_config(directory, broker, SPEED, gateway="gw-bench",
+                         aggregate=profile["aggregate"], devices=[device], detectors=rules,
+                         machines=[machine])
 
 
 def poll_bytes(row: dict[str, Any], tags: list[str], seq: int) -> int:

@@ -110,6 +110,24 @@ def scaled(node: Any, factor: float) -> Any:
     return node
 
 
+def scaled_config(directory: Path, broker: Any, speed: float, gateway: str = "gw-e2e",
+                  **sections: Any) -> Path:
+    """`directory/config.yaml` for simulators `speed` times faster than their machines: the
+    `sections` (aggregate, devices, detectors, machines) in machine times, every `_s` of
+    them divided by `speed` (`scaled`), beside the broker and a state directory in
+    `directory`."""
+    config = {
+        "gateway": {"id": gateway, "site": "lab", "state_dir": str(directory / "state"),
+                    "clock": "rtc"},
+        "mqtt": {"host": "127.0.0.1", "port": broker.port, "tls": {"enabled": False}},
+        "store": {"commit_interval_s": 0.1},
+        **{name: scaled(section, speed) for name, section in sections.items()},
+    }
+    path = directory / "config.yaml"
+    path.write_text(json.dumps(config, indent=1, ensure_ascii=False))
+    return path
+
+
 def modbus_device(name: str, port: int, poll_interval_s: float = 0.2) -> str:
     return f"""  - name: {name}
     protocol: modbus-tcp

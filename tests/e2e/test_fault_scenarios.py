@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import json
 import subprocess
 import time
 from collections.abc import Callable, Iterator
@@ -30,7 +29,7 @@ from support import (
     Sim,
     is_sentinel,
     publish_sentinel,
-    scaled,
+    scaled_config,
     warm_kernel_cache,
 )
 
@@ -66,19 +65,8 @@ def fleet_config(tmp_path: Path, broker: Mosquitto, ports: dict[str, int]) -> Pa
                         "port": port, "timeout_s": 0.5})
         detectors += [{**copy.deepcopy(rule), "device": name} for rule in rules]
         machines.append({**machine, "name": name, "device": name})
-    config = {
-        "gateway": {"id": "gw-e2e", "site": "lab", "state_dir": str(tmp_path / "state"),
-                    "clock": "rtc"},
-        "mqtt": {"host": "127.0.0.1", "port": broker.port, "tls": {"enabled": False}},
-        "store": {"commit_interval_s": 0.1},
-        "aggregate": scaled(profile["aggregate"], SPEED),
-        "devices": scaled(devices, SPEED),
-        "detectors": scaled(detectors, SPEED),
-        "machines": scaled(machines, SPEED),
-    }
-    path = tmp_path / "config.yaml"
-    path.write_text(json.dumps(config, indent=1, ensure_ascii=False))
-    return path
+    return scaled_config(tmp_path, broker, SPEED, aggregate=profile["aggregate"],
+                         devices=devices, detectors=detectors, machines=machines)
 
 
 @contextlib.contextmanager

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import json
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -34,7 +33,7 @@ from support import (
     Sim,
     is_sentinel,
     publish_sentinel,
-    scaled,
+    scaled_config,
     warm_kernel_cache,
 )
 
@@ -93,18 +92,8 @@ def vibration_config(tmp_path: Path, broker: Mosquitto, sims: dict[str, Sim]) ->
         devices.append({**copy.deepcopy(device), "name": name, "endpoint": sim.endpoint,
                         "share": "aggregates", "tags": tags})
         detectors.append({**copy.deepcopy(rule), "device": name})
-    config = {
-        "gateway": {"id": "gw-e2e", "site": "lab", "state_dir": str(tmp_path / "state"),
-                    "clock": "rtc"},
-        "mqtt": {"host": "127.0.0.1", "port": broker.port, "tls": {"enabled": False}},
-        "store": {"commit_interval_s": 0.1},
-        "aggregate": {"window_s": 0.5},
-        "devices": scaled(devices, SPEED),
-        "detectors": scaled(detectors, SPEED),
-    }
-    path = tmp_path / "config.yaml"
-    path.write_text(json.dumps(config, indent=1, ensure_ascii=False))
-    return path
+    return scaled_config(tmp_path, broker, SPEED, aggregate={"window_s": 10.0},
+                         devices=devices, detectors=detectors)
 
 
 def band_alarms(messages: list[Received], device: str) -> list[Received]:

@@ -98,6 +98,21 @@ def warm_kernel_cache(numba_cache: Path) -> None:
                    check=True, timeout=600, cwd=ROOT)
 
 
+def saved_rows(state_file: Path) -> dict[str, Any]:
+    """The rows of a device's learned-state file (`<state_dir>/detectors/<device>.json`), by
+    row key; {} while it is missing or half written."""
+    try:
+        data: dict[str, Any] = json.loads(state_file.read_text())["data"]
+    except (FileNotFoundError, ValueError):
+        return {}
+    return data
+
+
+def saved_row(state_file: Path, prefix: str) -> Any:
+    """The first saved row whose key starts with `prefix` (`pca|load|`), or None."""
+    return next((v for k, v in saved_rows(state_file).items() if k.startswith(prefix)), None)
+
+
 def scaled(node: Any, factor: float) -> Any:
     """`node` with every `..._s` number divided by `factor` (but the devices' timeout): a
     configuration of machine times for a simulator that runs `factor` times faster."""

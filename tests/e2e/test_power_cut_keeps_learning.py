@@ -4,12 +4,11 @@ the same state directory."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 import pytest
-from support import AgentProcess, Sim, agent_config, modbus_device
+from support import AgentProcess, Sim, agent_config, modbus_device, saved_row
 
 from agent.testing import Mosquitto, wait_until
 
@@ -27,12 +26,8 @@ detectors:
 
 def fitted_model(state_file: Path) -> dict[str, Any] | None:
     """The `pca` rule's saved entry once it holds a model (None before)."""
-    try:
-        saved = json.loads(state_file.read_text())["data"]
-    except (FileNotFoundError, ValueError):
-        return None
-    return next((entry for key, entry in saved.items()
-                 if key.startswith("pca|load|") and entry["model"]), None)
+    load: dict[str, Any] | None = saved_row(state_file, "pca|load|")
+    return load if load and load["model"] else None
 
 
 def test_a_power_cut_after_learning_restarts_with_the_same_model(

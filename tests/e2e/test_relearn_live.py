@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from support import AgentProcess, Sim, agent_config, modbus_device
+from support import AgentProcess, Sim, agent_config, modbus_device, saved_row
 
 from agent.detect.kernels_pca import XS_FITTED, XS_N
 from agent.detect.learned_state import utc_ns
@@ -39,20 +39,8 @@ def edge_agent(*args: str) -> subprocess.CompletedProcess[str]:
                           text=True, timeout=60, check=False)
 
 
-def saved(state_file: Path) -> dict[str, Any]:
-    try:
-        data: dict[str, Any] = json.loads(state_file.read_text())["data"]
-    except (FileNotFoundError, ValueError):
-        return {}
-    return data
-
-
-def entry(state_file: Path, prefix: str) -> Any:
-    return next((v for k, v in saved(state_file).items() if k.startswith(prefix)), None)
-
-
 def fitted_model(state_file: Path) -> list[float] | None:
-    load = entry(state_file, "pca|load|")
+    load = saved_row(state_file, "pca|load|")
     return load["model"] if load and load["model"] else None
 
 
@@ -88,10 +76,10 @@ def test_relearn_while_the_agent_runs_and_after_it_stopped(
         assert done.returncode == 0, done.stderr
         assert done.stdout == "compressor-1: forgot load (pca); learning again from the next samples\n"
         # Answered once saved: the model is gone from the file, the other rule's baseline kept.
-        load = entry(state_file, "pca|load|")
+        load = saved_row(state_file, "pca|load|")
         assert load["model"] == [] and load["state"][XS_FITTED] == 0.0
         assert load["state"][XS_N] < WARMUP
-        assert entry(state_file, "zscore|current:motor_current_a|")[0] >= 20
+        assert saved_row(state_file, "zscore|current:motor_current_a|")[0] >= 20
         forgotten = agent.wait_logged("detector_state_forgotten")
         assert (forgotten["device"], forgotten["rules"], forgotten["rows"]) == (
             "compressor-1", ["load"], 1)
@@ -118,7 +106,7 @@ def test_relearn_while_the_agent_runs_and_after_it_stopped(
     assert done.returncode == 0, done.stderr
     assert done.stdout.startswith(f"compressor-1: forgot current:motor_current_a (zscore) in "
                                   f"{state_file}; learning again from the first samples once")
-    assert entry(state_file, "zscore|") is None and fitted_model(state_file) == second
+    assert saved_row(state_file, "zscore|") is None and fitted_model(state_file) == second
 
     with AgentProcess(config, tmp_path / "second.log", numba_cache) as agent:
         restored = agent.wait_logged("detector_state_restored")

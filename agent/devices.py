@@ -50,6 +50,7 @@ def make_detector(agent: AgentConfig, config: DeviceConfig) -> Detector:
         tag.name: tag.deadband for tag in config.tags if getattr(tag, "report_on_change", False)}
     detectors.append(ChangeReporter(config.name, watched, units))
     machines = agent.machines_of(config.name)
+    states: MachineDetector | None = None
     if machines:
         setups = [
             MachineSetup(
@@ -61,11 +62,14 @@ def make_detector(agent: AgentConfig, config: DeviceConfig) -> Detector:
             for m in machines
         ]
         store = StateFile(state_dir / "machines" / f"{config.name}.json")
-        detectors.append(MachineDetector(config.name, setups, store))
+        states = MachineDetector(config.name, setups, store)
+        detectors.append(states)  # before the rules: their gates read the state it found
     rules = agent.rules_of(config.name)
     if rules:
+        sole = machines[0].name if len(machines) == 1 else None
         detectors.append(KeepLearned(
-            config.name, [name for name, _ in rules], lambda: rule_detectors(config.name, rules),
+            config.name, [name for name, _ in rules],
+            lambda: rule_detectors(config.name, rules, states, sole),
             StateFile(state_path(state_dir, config.name))))
     ranges = {tag.name: tag.valid_range for tag in config.tags if tag.valid_range is not None}
     if ranges:

@@ -34,6 +34,7 @@ from agent.detect.anomaly import PcaDetector, UnivariateDetector
 from agent.detect.band import BandRmsDetector
 from agent.detect.base import Detector
 from agent.detect.episodes import RowInfo
+from agent.detect.gate import Gate, GatedDetector, MachineStates, StateGated
 
 NamedRule = tuple[str, DetectorRule]
 
@@ -195,11 +196,29 @@ _BUILDERS: dict[str, Callable[[str, Any], Detector]] = {"limits": _limits, "zsco
              "rms": _rms, "pca": _pca, "band_rms": _band_rms}
 
 
-def rule_detectors(device: str, rules: Sequence[NamedRule]) -> list[Detector]:
-    """One detector per kind of rule the device has, in a fixed order."""
+def rule_detectors(device: str, rules: Sequence[NamedRule], machines: MachineStates | None = None,
+                   sole_machine: str | None = None) -> list[Detector]:
+    """One detector per kind of rule the device has, in a fixed order; the rules with
+    `while_states` after the others, one detector per kind and gate, behind their gate
+    (`agent/detect/gate.py`). `machines` tells the gates the machines' states, and
+    `sole_machine` is the device's one machine, for a rule that does not name its own."""
     detectors = []
-    for kind, build in _BUILDERS.items():
-        of_kind = [(name, rule) for name, rule in rules if rule.kind == kind]
-        if of_kind:
-            detectors.append(build(device, of_kind))
+    gates: dict[Gate | None, list[NamedRule]] = {}
+    for name, rule in rules:
+        spec = rule.gate()
+        gate = None if spec is None else Gate(spec[0] or sole_machine or "", spec[1], spec[2])
+        gates.setdefault(gate, []).append((name, rule))
+    for gate, own in sorted(gates.items(), key=lambda item: item[0] is not None):
+        for kind, build in _BUILDERS.items():
+            of_kind = [(name, rule) for name, rule in own if rule.kind == kind]
+            if not of_kind:
+                continue
+            detector = build(device, of_kind)
+            if gate is not None:
+                if machines is None or not gate.machine:
+                    raise ValueError(f"rules of device {device!r} run while {gate.describe()}, "
+                                     "and no machine state is known to the detectors")
+                assert isinstance(detector, GatedDetector)
+                detector = StateGated(detector, gate, machines)
+            detectors.append(detector)
     return detectors

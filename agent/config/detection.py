@@ -15,6 +15,10 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+MachineStateName = Literal["off", "idle", "running", "overload"]
+MACHINE_STATES: tuple[str, ...] = ("off", "idle", "running", "overload")
+"""The states of `machines:` (agent/detect/kernels_state.py), in their order."""
+
 
 class _Rule(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -29,6 +33,15 @@ class _Rule(BaseModel):
     """An episode ends only once the condition was clear this long."""
     context_samples: int = Field(default=10, ge=0, le=1000)
     """Good samples sent before the start and after the end of an episode, per tag."""
+    while_states: list[MachineStateName] | None = Field(default=None, min_length=1)
+    """Only while the machine is in one of these states does the rule learn and score
+    (`agent/detect/gate.py`): a pump's vibration means nothing while it stands. Null: always."""
+    machine: str | None = None
+    """The machine (of `machines:`, on the rule's device) whose state `while_states` reads;
+    may be left out when the device has one machine."""
+    settle_s: float = Field(default=0.0, ge=0, le=86400)
+    """With `while_states`: samples count only once the machine has been in those states
+    this long (a start-up's transients, a temperature still rising)."""
 
     @model_validator(mode="after")
     def _tags_unique(self) -> _Rule:
@@ -38,6 +51,26 @@ class _Rule(BaseModel):
                 raise ValueError(f"tag {tag!r} is listed twice")
             seen.add(tag)
         return self
+
+    @model_validator(mode="after")
+    def _gate_complete(self) -> _Rule:
+        if self.while_states is None:
+            for key, unset in (("machine", self.machine is None),
+                               ("settle_s", self.settle_s == 0.0)):
+                if not unset:
+                    raise ValueError(f"{key} applies with while_states only: add while_states "
+                                     "(e.g. [running]) or drop it")
+        elif len(set(self.while_states)) != len(self.while_states):
+            raise ValueError("while_states lists a state twice")
+        return self
+
+    def gate(self) -> tuple[str | None, tuple[str, ...], float] | None:
+        """(machine, states in the order off, idle, running, overload, settle_s) when the
+        rule runs only in some machine states; rules of one gate share their detectors."""
+        if self.while_states is None:
+            return None
+        states = tuple(s for s in MACHINE_STATES if s in self.while_states)
+        return self.machine, states, self.settle_s
 
 
 class LimitsRule(_Rule):
@@ -101,6 +134,12 @@ class StuckRule(_Rule):
     def _something_to_check(self) -> StuckRule:
         if self.stuck_after_s is None and self.silent_after_s is None:
             raise ValueError("a stuck rule needs stuck_after_s or silent_after_s")
+        if self.while_states is not None and self.silent_after_s is not None:
+            raise ValueError(
+                "silent_after_s watches whether the sensor delivers, whatever the machine "
+                "does, and a rule with while_states sees no sample outside those states: set "
+                "silent_after_s: null here and watch the delivery in a rule without "
+                "while_states")
         return self
 
 

@@ -244,6 +244,30 @@ def _lines_consistent(devices: list[DeviceConfig]) -> None:
                 )
 
 
+def _gate_misfit(rule: DetectorRule, machines: list[MachineConfig] | None) -> str:
+    """Why a rule's `while_states` cannot be watched ("" when it can, or when the machines
+    are wrong already: their own error says so)."""
+    if rule.while_states is None or machines is None:
+        return ""
+    own = [m.name for m in machines if m.device == rule.device]
+    if rule.machine is not None and rule.machine in own:
+        return ""
+    if rule.machine is None and len(own) == 1:
+        return ""
+    elsewhere = next((m.device for m in machines if m.name == rule.machine), None)
+    if elsewhere is not None:
+        return (f"machine: machine {rule.machine!r} is on device {elsewhere!r}, not on the "
+                f"rule's device {rule.device!r}")
+    if not own:
+        return (f"while_states: device {rule.device!r} has no machine to take the state "
+                "from: add one under `machines:` (its power or current tag tells the state)")
+    if rule.machine is None:
+        return (f"machine: device {rule.device!r} has machines {', '.join(own)}: name the one "
+                "whose state while_states reads")
+    return (f"machine: device {rule.device!r} has no machine named {rule.machine!r}"
+            + _did_you_mean(rule.machine, own))
+
+
 def _band_rule_misfit(rule: BandRmsRule, device: DeviceConfig) -> str:
     """`key: why` when the device cannot deliver what the band_rms rule needs, else ''.
 
@@ -352,6 +376,9 @@ class AgentConfig(_Section):
                 problem = _band_rule_misfit(rule, device)
                 if problem:
                     raise ValueError(f"at [{i}].{problem}")
+            problem = _gate_misfit(rule, info.data.get("machines"))
+            if problem:
+                raise ValueError(f"at [{i}].{problem}")
         seen: set[tuple[str, str]] = set()
         for i, (rule, name) in enumerate(zip(rules, rule_names(rules), strict=True)):
             if (rule.device, name) in seen:

@@ -194,6 +194,17 @@ class UnivariateDetector:
         r = self._rows
         return r.events.flush(r.ep, r.times, self._ctx, time_ns, r.last_mono_ns)
 
+    def interrupt(self, time_ns: int, mono_ns: int, why: str) -> list[Event]:
+        """The rows stop being fed for a while (`why`, e.g. `machine_state`): episodes in
+        progress end now (`ongoing`), and a kind whose state is times and last values
+        (`limits`, `stuck`) starts afresh when fed again: a value flat or a change made
+        across the pause says nothing about the sensor. What the others learned stays."""
+        r = self._rows
+        events = r.events.flush(r.ep, r.times, self._ctx, time_ns, mono_ns, why)
+        if not self._keys:
+            self._state[:] = 0.0
+        return events
+
     def scores(self) -> Mapping[str, float]:
         return self._rows.scores()
 
@@ -251,6 +262,12 @@ class PcaDetector:
     def flush(self, time_ns: int) -> list[Event]:
         r = self._rows
         return r.events.flush(r.ep, r.times, self._ctx, time_ns, r.last_mono_ns)
+
+    def interrupt(self, time_ns: int, mono_ns: int, why: str) -> list[Event]:
+        """The groups stop being fed for a while: episodes in progress end now (`ongoing`);
+        the model and the smoothed statistics stay."""
+        r = self._rows
+        return r.events.flush(r.ep, r.times, self._ctx, time_ns, mono_ns, why)
 
     def scores(self) -> Mapping[str, float]:
         return self._rows.scores()

@@ -128,6 +128,14 @@ class BandRmsDetector:
         return self._events.flush(self._ep, self._times, self._ctx, time_ns,
                                   self._last_mono_ns)
 
+    def interrupt(self, time_ns: int, mono_ns: int, why: str) -> list[Event]:
+        """The signals stop being fed for a while: episodes in progress end now (`ongoing`),
+        and the next block starts with the next sample (none spans the pause, even of a
+        `continuous` stream); the learned band levels stay."""
+        self._gs[:, GS_FILL] = 0.0
+        self._gs[:, GS_SINCE] = 0.0
+        return self._events.flush(self._ep, self._times, self._ctx, time_ns, mono_ns, why)
+
     def scores(self) -> Mapping[str, float]:
         """`rule:tag:band` -> the band's RMS (tag unit) at its last block."""
         return {info.score_key: float(s)

@@ -35,6 +35,7 @@ from agent.detect.kernels_episode import (
     EP_STARTED,
     EP_STATE,
     EP_THRESHOLD,
+    IDLE,
     T_ENDED_END_MONO,
     T_ENDED_END_TIME,
     T_ENDED_PEAK_TIME,
@@ -148,9 +149,12 @@ class EpisodeEvents:
         ep[rows[:, np.newaxis], _COUNTERS] = 0.0
         return events
 
-    def flush(self, ep: F64, times: I64, ctx: F64, time_ns: int, mono_ns: int) -> list[Event]:
-        """At shutdown: every end still waiting for its context goes out with what there is;
-        an episode still running gets an end event marked `ongoing`."""
+    def flush(self, ep: F64, times: I64, ctx: F64, time_ns: int, mono_ns: int,
+              ended_by: str | None = None) -> list[Event]:
+        """At shutdown, or when the rows stop being watched (`ended_by` says why, in the
+        events: `machine_state`): every end still waiting for its context goes out with what
+        there is; an episode still running gets an end event marked `ongoing`. The rows are
+        left idle, so that the kernel starts afresh should they be fed again."""
         events = self.collect(ep, times, ctx)
         for row in list(self._ending):
             events.append(self._end_event(row, ep[row].tolist(), ctx[row],
@@ -164,8 +168,11 @@ class EpisodeEvents:
             data.update(phase="end", episode=episode, ongoing=True,
                         start_ns=t[T_PEND_TIME], peak_ns=t[T_PEAK_TIME], end_ns=time_ns,
                         duration_s=(mono_ns - t[T_PEND_MONO]) / 1e9)
+            if ended_by is not None:
+                data["ended_by"] = ended_by
             data["tags"] = {tag: {"before": before.get(tag, [])} for tag in info.tags}
             events.append(Event(info.kind, self._device, time_ns, data))
+        ep[:, EP_STATE] = IDLE
         return events
 
     # --- building the events, from a row's episode fields `e`, times `t` and ring -------

@@ -30,6 +30,9 @@ from agent.detect.kernels_machine import (
     A_UNMEASURED_S,
     INTERVAL,
     LIFETIME,
+    MS_CANDIDATE,
+    MS_STATE,
+    MT_LAST_MONO,
     MT_PEAK_NS,
     P_CYCLE_MODULUS,
     P_DEMAND_NS,
@@ -125,6 +128,7 @@ class MachineDetector:
         for m, setup in enumerate(self._setups):
             for role, tag in setup.config.tags().items():
                 self._roles[tag] = (_ROLES[role], m)
+        self._names = {s.config.name: m for m, s in enumerate(self._setups)}
         self._index_cache: TagLayouts[tuple[np.ndarray, np.ndarray]] = TagLayouts()
         self._zones = [zoneinfo.ZoneInfo(s.config.timezone) for s in self._setups]
         self._started = False
@@ -181,6 +185,20 @@ class MachineDetector:
                                                              self._zones[m])[1]))
         self._save()
         return events
+
+    def settled_state(self, machine: str, mono_ns: int) -> int:
+        """The state a machine is settled in (`kernels_state`: OFF ... OVERLOAD), as of the
+        batches seen so far (`agent/detect/gate.py` reads it). UNKNOWN when it is not
+        settled: before its first signal sample; while the signal asks for another state
+        that its dwell time has not confirmed yet (its samples belong to neither); once the
+        last signal sample is older than the machine's gap bound (a meter that stopped
+        answering tells nothing more)."""
+        m = self._names[machine]
+        state = int(self._ms[m, MS_STATE])
+        if (state == UNKNOWN or int(self._ms[m, MS_CANDIDATE]) != state
+                or mono_ns - int(self._mt[m, MT_LAST_MONO]) > self._params[m, P_MAX_GAP_NS]):
+            return UNKNOWN
+        return state
 
     def wait_saved(self) -> None:
         if self._store is not None:

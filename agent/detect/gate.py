@@ -1,0 +1,163 @@
+"""Rules that learn and score only while their machine is in given states (`while_states`).
+
+A pump's vibration while it stands, a compressor's discharge temperature while it cools
+down after a stop, the current of a machine starting up: outside its operating state a
+signal is not abnormal, just something else. A rule that watches it through every state
+alarms at each stop and start (a z-score on a value that drops to nothing), and a rule
+that learns through a stop learns the stop as normal (a `pca` model fitted on a standing
+machine, an `rms` level of the sensor's noise). The vibration standards judge a machine in
+steady operation, not while it runs up or coasts down (ISO 20816-1), and condition-
+monitoring systems gate their alarms on the operating state for the same reason.
+
+`StateGated` wraps the detector of one kind that holds a device's rules of one gate (the
+same machine, states and `settle_s`; `rule_detectors` groups them). The machine's state
+comes from the device's `MachineDetector`, which sees each batch before the rules do (the
+chain's order), so a batch is judged by the state as of its own samples. The gate is open
+while the machine is settled in one of the states (`MachineDetector.settled_state`: not
+while a change of state waits for its dwell time, nor while the state signal is stale)
+and has been for `settle_s`; while it is closed the rules get no samples at all: nothing
+is learned, nothing scored (scores NaN), no episode starts. When it closes, episodes in
+progress end at once, marked `ongoing` and `ended_by: machine_state` (a warranty report
+must not count a standstill as time outside specification), and each kind starts afresh
+where a pause would fool it (`interrupt`: a `stuck` rule's flat time, a rate's last value,
+an FFT block).
+
+What the rules learned is kept under keys that also name the gate, so that changing a
+rule's gate makes it learn again: what it learned through other states does not apply.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Protocol, runtime_checkable
+
+from agent.config.detection import MACHINE_STATES
+from agent.detect.learned_state import Learner
+from agent.events import Event
+from drivers.samples import SampleBatch
+
+ENDED_BY = "machine_state"
+"""`ended_by` of an episode ended because its machine left the rule's states."""
+
+
+class MachineStates(Protocol):
+    """Where a gate reads a machine's state (`MachineDetector`)."""
+
+    def settled_state(self, machine: str, mono_ns: int) -> int: ...
+
+
+@runtime_checkable
+class Interruptible(Protocol):
+    """A detector whose rows can stop being fed for a while (the anomaly detectors)."""
+
+    def interrupt(self, time_ns: int, mono_ns: int, why: str) -> list[Event]: ...
+
+
+@runtime_checkable
+class GatedDetector(Learner, Interruptible, Protocol):
+    """What a gate wraps: the detector of one kind of rules (a Detector too)."""
+
+    def on_batch(self, batch: SampleBatch) -> list[Event]: ...
+
+    def on_tick(self, mono_ns: int, time_ns: int) -> list[Event]: ...
+
+    def flush(self, time_ns: int) -> list[Event]: ...
+
+    def scores(self) -> Mapping[str, float]: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Gate:
+    """A machine (of the rules' device), the states its rules run in, and how long the
+    machine must have been in them before a sample counts."""
+
+    machine: str
+    states: tuple[str, ...]
+    settle_s: float = 0.0
+
+    @property
+    def codes(self) -> frozenset[int]:
+        """The states as `kernels_state` numbers them (OFF = 0 ... OVERLOAD = 3)."""
+        return frozenset(MACHINE_STATES.index(s) for s in self.states)
+
+    def describe(self) -> str:
+        """`compressor in running, overload (settled 30 s)`: for logs, status and keys."""
+        settle = f" (settled {self.settle_s:g} s)" if self.settle_s else ""
+        return f"{self.machine} in {', '.join(self.states)}{settle}"
+
+
+def gated_key(key: str, gate: Gate) -> str:
+    """A learned row's key (`learned_state.row_key`: kind|score key|digest) with the gate
+    folded into its digest: the same row under another gate learned something else."""
+    head, _, digest = key.rpartition("|")
+    mixed = hashlib.sha256(f"{digest}|{gate.describe()}".encode()).hexdigest()[:16]
+    return f"{head}|{mixed}"
+
+
+class StateGated:
+    """A detector of rules that run only while a machine is in some states (a Detector,
+    ScoringDetector and Learner, as the detector it wraps)."""
+
+    def __init__(self, inner: GatedDetector, gate: Gate, machines: MachineStates) -> None:
+        self._inner = inner
+        self._gate = gate
+        self._codes = gate.codes
+        self._settle_ns = int(gate.settle_s * 1e9)
+        self._machines = machines
+        self._in_since: int | None = None
+        """Monotonic ns since which the machine has been in the states (None: it is not)."""
+        self.open = False
+        """The rules were fed the last batch."""
+
+    @property
+    def gate(self) -> Gate:
+        return self._gate
+
+    def on_batch(self, batch: SampleBatch) -> list[Event]:
+        if self._machines.settled_state(self._gate.machine, batch.mono_ns) in self._codes:
+            if self._in_since is None:
+                self._in_since = batch.mono_ns
+            now_open = batch.mono_ns - self._in_since >= self._settle_ns
+        else:
+            self._in_since = None
+            now_open = False
+        events: list[Event] = []
+        if self.open and not now_open:
+            events = self._inner.interrupt(batch.time_ns, batch.mono_ns, ENDED_BY)
+        self.open = now_open
+        if now_open:
+            events += self._inner.on_batch(batch)
+        return events
+
+    def on_tick(self, mono_ns: int, time_ns: int) -> list[Event]:
+        return self._inner.on_tick(mono_ns, time_ns) if self.open else []
+
+    def flush(self, time_ns: int) -> list[Event]:
+        return self._inner.flush(time_ns)
+
+    def scores(self) -> Mapping[str, float]:
+        """The rules' scores while the gate is open; NaN while it is closed (not scored)."""
+        scores = self._inner.scores()
+        return scores if self.open else dict.fromkeys(scores, math.nan)
+
+    # --- Learner: the inner detector's rows, under keys that name the gate ---------------
+
+    def learned(self) -> dict[str, Any]:
+        return {gated_key(key, self._gate): v for key, v in self._inner.learned().items()}
+
+    def restore(self, saved: Mapping[str, Any]) -> int:
+        mine = {}
+        for key in self._inner.finished():
+            outer = gated_key(key, self._gate)
+            if outer in saved:
+                mine[key] = saved[outer]
+        return self._inner.restore(mine)
+
+    def milestones(self) -> int:
+        return self._inner.milestones()
+
+    def finished(self) -> dict[str, bool]:
+        return {gated_key(key, self._gate): done for key, done in self._inner.finished().items()}

@@ -152,10 +152,22 @@ def format_status(doc: Mapping[str, Any]) -> list[str]:
         "devices",
     ]
     learning = doc.get("detectors", {})
+    paused = doc.get("paused", {})
     for name, device in doc["devices"].items():
         why = f" ({device['reason']})" if device["reason"] else ""
-        lines.append(f"  {name:<20} {device['status']}{why}{_learning(learning.get(name))}")
+        lines.append(f"  {name:<20} {device['status']}{why}{_learning(learning.get(name))}"
+                     f"{_paused(paused.get(name))}")
     return lines
+
+
+def _paused(waiting: Mapping[str, str] | None) -> str:
+    """`; waiting for pump in running: vib, agree` (rules with `while_states` not running)."""
+    if not waiting:
+        return ""
+    by_gate: dict[str, list[str]] = {}
+    for rule, gate in waiting.items():
+        by_gate.setdefault(gate, []).append(rule)
+    return "".join(f"; waiting for {gate}: {', '.join(rules)}" for gate, rules in by_gate.items())
 
 
 def _learning(progress: Mapping[str, Any] | None) -> str:

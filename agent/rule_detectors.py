@@ -219,6 +219,7 @@ def rule_detectors(device: str, rules: Sequence[NamedRule], machines: MachineSta
                     raise ValueError(f"rules of device {device!r} run while {gate.describe()}, "
                                      "and no machine state is known to the detectors")
                 assert isinstance(detector, GatedDetector)
-                detector = StateGated(detector, gate, machines)
+                detector = StateGated(detector, gate, machines,
+                                      tuple(name for name, _ in of_kind))
             detectors.append(detector)
     return detectors

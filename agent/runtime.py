@@ -180,13 +180,16 @@ class Supervisor:
 
     async def status_document(self) -> dict[str, Any]:
         """The snapshot with what a person on site also wants: which process, which file,
-        and whether each device's rules are learning or have learned, since when (not in
-        the heartbeat: a local question, asked after a repair or a restart)."""
+        whether each device's rules are learning or have learned, since when, and which
+        wait for their machine's state (not in the heartbeat: a local question, asked after
+        a repair or a restart, or when a rule seems silent)."""
         learning = {name: progress for name, d in self._devices.items()
                     if d.learned is not None and (progress := d.learned.progress()) is not None}
+        paused = {name: waiting for name, d in self._devices.items()
+                  if d.learned is not None and (waiting := d.learned.paused())}
         return {"gateway": self.config.gateway.id, "pid": os.getpid(),
                 "config": str(self.loaded.path), **await self.snapshot(),
-                "detectors": learning}
+                "detectors": learning, "paused": paused}
 
     # --- control ----------------------------------------------------------------------
 

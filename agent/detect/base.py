@@ -33,6 +33,15 @@ class ScoringDetector(Protocol):
         ...
 
 
+@runtime_checkable
+class Pausable(Protocol):
+    """A detector whose rules may be waiting for their machine's state (`gate.StateGated`)."""
+
+    def paused(self) -> Mapping[str, str]:
+        """Rule name -> the condition it waits for (empty while its rules run)."""
+        ...
+
+
 class DetectorChain:
     """Several detectors of one device behind one Detector: each sees every batch."""
 

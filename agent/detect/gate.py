@@ -13,10 +13,11 @@ monitoring systems gate their alarms on the operating state for the same reason.
 same machine, states and `settle_s`; `rule_detectors` groups them). The machine's state
 comes from the device's `MachineDetector`, which sees each batch before the rules do (the
 chain's order), so a batch is judged by the state as of its own samples. The gate is open
-while the machine is settled in one of the states (`MachineDetector.settled_state`: not
-while a change of state waits for its dwell time, nor while the state signal is stale)
-and has been for `settle_s`; while it is closed the rules get no samples at all: nothing
-is learned, nothing scored (scores NaN), no episode starts. When it closes, episodes in
+while the machine's signal says it is in one of the states (`MachineDetector.level_of`: the
+signal's level at once, not after the dwell time that `state` events wait for, so that a
+short run is watched from its start; not while the signal is stale) and has been for
+`settle_s` (a start-up's transients); while it is closed the rules get no samples at all:
+nothing is learned, nothing scored (scores NaN), no episode starts. When it closes, episodes in
 progress end at once, marked `ongoing` and `ended_by: machine_state` (a warranty report
 must not count a standstill as time outside specification), and each kind starts afresh
 where a pause would fool it (`interrupt`: a `stuck` rule's flat time, a rate's last value,
@@ -46,7 +47,7 @@ ENDED_BY = "machine_state"
 class MachineStates(Protocol):
     """Where a gate reads a machine's state (`MachineDetector`)."""
 
-    def settled_state(self, machine: str, mono_ns: int) -> int: ...
+    def level_of(self, machine: str, mono_ns: int) -> int: ...
 
 
 @runtime_checkable
@@ -101,8 +102,11 @@ class StateGated:
     """A detector of rules that run only while a machine is in some states (a Detector,
     ScoringDetector and Learner, as the detector it wraps)."""
 
-    def __init__(self, inner: GatedDetector, gate: Gate, machines: MachineStates) -> None:
+    def __init__(self, inner: GatedDetector, gate: Gate, machines: MachineStates,
+                 rules: tuple[str, ...] = ()) -> None:
         self._inner = inner
+        self._rules = rules
+        """The names of the rules it holds (`paused`)."""
         self._gate = gate
         self._codes = gate.codes
         self._settle_ns = int(gate.settle_s * 1e9)
@@ -117,7 +121,7 @@ class StateGated:
         return self._gate
 
     def on_batch(self, batch: SampleBatch) -> list[Event]:
-        if self._machines.settled_state(self._gate.machine, batch.mono_ns) in self._codes:
+        if self._machines.level_of(self._gate.machine, batch.mono_ns) in self._codes:
             if self._in_since is None:
                 self._in_since = batch.mono_ns
             now_open = batch.mono_ns - self._in_since >= self._settle_ns
@@ -137,6 +141,10 @@ class StateGated:
 
     def flush(self, time_ns: int) -> list[Event]:
         return self._inner.flush(time_ns)
+
+    def paused(self) -> Mapping[str, str]:
+        """Its rules and the gate they wait for, while it is closed (`edge-agent status`)."""
+        return {} if self.open else dict.fromkeys(self._rules, self._gate.describe())
 
     def scores(self) -> Mapping[str, float]:
         """The rules' scores while the gate is open; NaN while it is closed (not scored)."""

@@ -39,7 +39,7 @@ import numpy as np
 import numpy.typing as npt
 import structlog
 
-from agent.detect.base import Detector, DetectorChain
+from agent.detect.base import Detector, DetectorChain, Pausable
 from agent.detect.episodes import RowInfo
 from agent.detect.state_file import StateFile
 from agent.events import Event
@@ -309,6 +309,15 @@ class KeepLearned:
         return {**self._state_of(list(finished), finished), "rows": len(finished),
                 "learned_rows": sum(finished.values()),
                 "rules": {rule: self._state_of(keys, finished) for rule, keys in by_rule.items()}}
+
+    def paused(self) -> dict[str, str]:
+        """The rules waiting for their machine's state (`while_states`), in the order of the
+        configuration: rule -> the gate they wait for."""
+        waiting: dict[str, str] = {}
+        for d in self._detectors:
+            if isinstance(d, Pausable):
+                waiting.update(d.paused())
+        return {rule: waiting[rule] for rule in self.rules if rule in waiting}
 
     def _state_of(self, keys: Sequence[str], finished: Mapping[str, bool]) -> dict[str, Any]:
         learning = [self._started.get(key, self._started_ns) for key in keys if not finished[key]]

@@ -186,19 +186,17 @@ class MachineDetector:
         self._save()
         return events
 
-    def settled_state(self, machine: str, mono_ns: int) -> int:
-        """The state a machine is settled in (`kernels_state`: OFF ... OVERLOAD), as of the
-        batches seen so far (`agent/detect/gate.py` reads it). UNKNOWN when it is not
-        settled: before its first signal sample; while the signal asks for another state
-        that its dwell time has not confirmed yet (its samples belong to neither); once the
-        last signal sample is older than the machine's gap bound (a meter that stopped
-        answering tells nothing more)."""
+    def level_of(self, machine: str, mono_ns: int) -> int:
+        """The state a machine's signal says it is in (`kernels_state`: OFF ... OVERLOAD)
+        at its last sample, before the dwell time confirms it as the machine's state, which
+        `state` events report (`agent/detect/gate.py` reads it). UNKNOWN before the first
+        signal sample, and once the last one is older than the machine's gap bound (a
+        meter that stopped answering tells nothing more)."""
         m = self._names[machine]
-        state = int(self._ms[m, MS_STATE])
-        if (state == UNKNOWN or int(self._ms[m, MS_CANDIDATE]) != state
+        if (int(self._ms[m, MS_STATE]) == UNKNOWN
                 or mono_ns - int(self._mt[m, MT_LAST_MONO]) > self._params[m, P_MAX_GAP_NS]):
             return UNKNOWN
-        return state
+        return int(self._ms[m, MS_CANDIDATE])
 
     def wait_saved(self) -> None:
         if self._store is not None:

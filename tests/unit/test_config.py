@@ -108,7 +108,8 @@ def test_example_config_builds_every_detector_it_asks_for() -> None:
 def test_compressor_monitoring_profile_loads() -> None:
     """The technicians' example for the compressor model (the e2e fault test runs it)."""
     config = load_config(ROOT / "config" / "compressor-monitoring.yaml", environ={}).config
-    assert {rule.kind for rule in config.detectors} == {"limits", "pca", "stuck"}
+    assert {rule.kind for rule in config.detectors} == {"limits", "zscore", "pca", "stuck"}
+    assert [rule.name for rule in config.detectors if rule.while_states] == ["bearing-trend"]
     assert [machine.device for machine in config.machines] == ["compressor-1"]
 
 

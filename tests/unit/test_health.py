@@ -117,3 +117,15 @@ def test_prometheus_text_has_the_same_numbers() -> None:
     assert "# TYPE edge_agent_store_compacted_total counter" in lines
     samples = [line for line in lines if not line.startswith("#")]
     assert all(len(line.rsplit(" ", 1)) == 2 for line in samples)
+
+
+def test_status_names_the_rules_waiting_for_their_machine_state() -> None:
+    doc = {"gateway": "gw-1", "pid": 1, "config": "c.yaml",
+           **beat(devices={"pump": ("up", ""), "fan": ("up", "")}),
+           "paused": {"pump": {"vib": "pump in running", "agree": "pump in running",
+                               "idle-power": "pump in idle (settled 30 s)"}}}
+    lines = format_status(doc)
+    pump = next(line for line in lines if "pump" in line)
+    assert pump.endswith("up; waiting for pump in running: vib, agree; waiting for pump in "
+                         "idle (settled 30 s): idle-power")
+    assert next(line for line in lines if "fan" in line).endswith("up")

@@ -113,12 +113,11 @@ def test_a_gated_zscore_learns_and_scores_only_while_running(tmp_path: Path) -> 
     scores: list[float] = []
     events = feed(det, stops_and_starts(Pump()), scores, "vib:vibration_mm_s")
     assert episodes(events, "start") == []
-    # Not scored while standing (and while a stop waits for its dwell time), nor in the
-    # first 5 s of each run (the machine is not settled in `running` before its dwell).
+    # Not scored while standing, from the first sample the power says so (not after the
+    # dwell time that the `state` events wait for), and scored from a run's first sample.
     standing = [scores[i] for i in range(300, 420)] + [scores[i] for i in range(600, 660)]
     assert all(math.isnan(s) for s in standing)
-    assert all(math.isnan(s) for s in scores[420:425])
-    assert not any(math.isnan(s) for s in scores[440:600])
+    assert not any(math.isnan(s) for s in scores[420:600])
     # The warm-up of 100 samples counted running samples only: the baseline is the
     # running level (a baseline through the stops would score the running pump high).
     assert max(abs(s) for s in scores[440:600]) < 5
@@ -147,7 +146,7 @@ def test_an_episode_running_when_the_machine_stops_ends_there(tmp_path: Path) ->
                   + pump.batches(100, running=False, vibration=0.0)
                   + pump.batches(30, running=True, vibration=4.0))
     starts, ends = episodes(events, "start"), episodes(events, "end")
-    assert [e.data["start_ns"] for e in starts] == [T0 + 60 * S, T0 + 195 * S]
+    assert [e.data["start_ns"] for e in starts] == [T0 + 60 * S, T0 + 190 * S]
     first = ends[0]
     assert first.data["episode"] == starts[0].data["episode"]
     assert first.data["ongoing"] is True and first.data["ended_by"] == "machine_state"
@@ -172,13 +171,13 @@ def test_a_gated_stuck_rule_ignores_a_standstill_and_still_finds_a_frozen_sensor
     assert episodes(events, "start") == []
     events = feed(det, pump.batches(30, running=True, pressure=6.0))
     [start] = episodes(events, "start")
-    # Flat since the machine was settled in `running` again, 5 s after its start at 630.
-    assert start.data["start_ns"] == T0 + (635 + 60) * S
+    # Flat since the machine runs again, from 630.
+    assert start.data["start_ns"] == T0 + (630 + 60) * S
 
 
 def test_settle_s_keeps_a_start_up_transient_out(tmp_path: Path) -> None:
     """A start-up shakes the pump for 20 s; a rule that waits 30 s after each start sees none
-    of it, one that waits for the dwell alone reports it."""
+    of it, one without settle_s reports it."""
     def run(settle: str) -> list[Event]:
         rule = LIMIT_RULE.replace("while_states: [running]",
                                   f"while_states: [running]{settle}")
@@ -268,3 +267,19 @@ def test_a_gated_pca_model_of_the_running_pump_leaves_its_stops_alone(tmp_path: 
     assert episodes(feed(det, stops_and_starts(pump)), "start") == []
     [start] = episodes(feed(det, pump.batches(30, running=True, vibration=3.5)), "start")
     assert start.data["detector"] == "pca"
+
+
+def test_the_rules_waiting_for_their_state_are_named_for_status(tmp_path: Path) -> None:
+    rules = (ZSCORE.format(gate=", while_states: [running]") + "\n" + LIMIT_RULE + "\n"
+             + STUCK_RULE.replace("[running]", "[running], settle_s: 30"))
+    det = detector(config(tmp_path, rules))
+    holder = learned_of(det)
+    assert holder is not None
+    pump = Pump()
+    feed(det, pump.batches(10, running=False))
+    assert holder.paused() == {"vib": "pump in running", "vib-limit": "pump in running",
+                               "frozen": "pump in running (settled 30 s)"}
+    feed(det, pump.batches(10, running=True))
+    assert holder.paused() == {"frozen": "pump in running (settled 30 s)"}
+    feed(det, pump.batches(30, running=True))
+    assert holder.paused() == {}

@@ -69,8 +69,9 @@ def parse_time(text: str) -> int:
 
 
 def read_rows(source: TextIO, name: str, device: DeviceConfig, time_column: str | None,
-              ) -> Iterator[Row]:
-    """The CSV's rows, checked against the device's tags."""
+              required: Mapping[str, str] | None = None) -> Iterator[Row]:
+    """The CSV's rows, checked against the device's tags; `required`: tag -> why the
+    replay cannot do without its column."""
     reader = csv.reader(source)
     try:
         header = [h.strip() for h in next(reader)]
@@ -88,6 +89,9 @@ def read_rows(source: TextIO, name: str, device: DeviceConfig, time_column: str 
                           + ("" if time_column else "; give --time-column for a time column"))
     if not columns:
         raise ReplayError(f"{name}: no tag columns (the tags of {device.name!r}: {', '.join(tags)})")
+    for tag, why in (required or {}).items():
+        if tag not in columns:
+            raise ReplayError(f"{name}: no column {tag!r}: {why}")
     step_ns = round(device.poll_interval_s * 1e9)
     last_ns: int | None = None
     for number, cells in enumerate(reader, start=2):
@@ -145,6 +149,24 @@ def replay(detector: Detector, device: str, rows: Iterator[Row], emit: Callable[
     return count
 
 
+def state_signals(config: AgentConfig, device: str) -> dict[str, str]:
+    """The signal tags of the machines the device's `while_states` rules read: without
+    them in the recording those rules would see nothing (tag -> why, for the message)."""
+    machines = config.machines_of(device)
+    needed: dict[str, str] = {}
+    for name, rule in config.rules_of(device):
+        gate = rule.gate()
+        if gate is None:
+            continue
+        machine = next(m for m in machines if m.name == (gate[0] or machines[0].name))
+        needed.setdefault(machine.signal_tag, (
+            f"rule {name!r} runs only while machine {machine.name!r} is in "
+            f"{', '.join(gate[1])} (while_states), which its tag {machine.signal_tag!r} tells; "
+            "record that tag too, or remove while_states from a copy of the configuration "
+            "to replay the rule through every state"))
+    return needed
+
+
 def choose_device(config: AgentConfig, name: str | None) -> DeviceConfig:
     if name is None:
         return config.devices[0]
@@ -172,7 +194,8 @@ def run_replay(config: AgentConfig, csv_path: Path, *, device_name: str | None,
             "gateway": config.gateway.model_copy(update={"state_dir": Path(state_dir)})})
         detector = make_detector(offline, device)
         with open(csv_path, newline="", encoding="utf-8") as source:
-            rows = read_rows(source, str(csv_path), device, time_column)
+            rows = read_rows(source, str(csv_path), device, time_column,
+                             state_signals(config, device.name))
             replay(detector, device.name, rows, emit,
                    (lambda t, s: score_rows.append((t, dict(s)))) if scores_path else None)
         wait_all_saved()  # before the temporary directory goes

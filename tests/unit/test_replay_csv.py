@@ -187,3 +187,32 @@ def test_a_recording_of_vibration_captures_replays_with_band_rms(
     untimed.write_text("\n".join(["vib", *(line.split(",")[1] for line in lines[:2048])]) + "\n")
     assert main(["replay", "-c", str(config), "--csv", str(untimed), "--scores", str(scores)]) == 0
     assert {row[1] for row in list(csv.reader(scores.open()))[1:]} == {"nan"}
+
+
+GATED_RULE = """detectors:
+  - {device: press-1, kind: limits, name: hot, tags: [energy_wh], high: 1e9,
+     while_states: [running]}
+"""
+
+
+def test_a_gated_rule_needs_the_machines_signal_in_the_recording(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Without the power column the rule would run never, silently: refused, saying why."""
+    config, data = write(tmp_path, "energy_wh", ["1", "2"])
+    config.write_text(config.read_text() + GATED_RULE)
+    assert main(["replay", "-c", str(config), "--csv", str(data)]) == EXIT_CONFIG
+    err = capsys.readouterr().err
+    assert "no column 'power_w': rule 'hot' runs only while machine 'press' is in running" in err
+
+
+def test_a_gated_rule_replays_with_nan_scores_outside_its_states(tmp_path: Path) -> None:
+    lines = [f"{3000.0 if s < 10 else 20.0},{1000 + s}" for s in range(20)]
+    config, data = write(tmp_path, "power_w,energy_wh", lines)
+    config.write_text(config.read_text() + GATED_RULE)
+    scores = tmp_path / "scores.csv"
+    assert main(["replay", "-c", str(config), "--csv", str(data), "--scores", str(scores)]) == 0
+    with open(scores, newline="") as f:
+        rows = list(csv.DictReader(f))
+    values = [row["hot:energy_wh"] for row in rows]
+    assert all(v not in ("", "nan") for v in values[:10])
+    assert all(v == "nan" for v in values[10:])

@@ -12,11 +12,10 @@ import numpy as np
 import pytest
 import structlog
 
-from agent.config import load_config
 from agent.detect import Detector
 from agent.detect.learned_state import KeepLearned
 from agent.detect.state_file import wait_all_saved
-from agent.devices import make_detector
+from agent.testing import device_detector, offline_config
 from drivers.samples import SampleBatch
 
 S = 1_000_000_000
@@ -33,10 +32,7 @@ RULES = """
 
 
 def config(tmp_path: Path, extra: str = "") -> Path:
-    path = tmp_path / "config.yaml"
-    path.write_text(f"""
-gateway: {{id: gw, state_dir: {tmp_path / "state"}, clock: rtc}}
-mqtt: {{host: 127.0.0.1, tls: {{enabled: false}}}}
+    return offline_config(tmp_path, f"""
 devices:
   - name: pump
     protocol: modbus-tcp
@@ -46,12 +42,9 @@ devices:
       - {{name: flow_m3h, address: 2, type: float32}}
       - {{name: vibration_mm_s, address: 4, type: float32}}
 detectors:{RULES % extra}""")
-    return path
 
 
-def detector(path: Path) -> Detector:
-    loaded = load_config(path, environ={}).config
-    return make_detector(loaded, loaded.devices[0])
+detector = device_detector
 
 
 def rows(count: int, seed: int = 1) -> np.ndarray:

@@ -19,13 +19,12 @@ import pytest
 import structlog
 from structlog.testing import LogCapture
 
-from agent.config import load_config
 from agent.detect import Detector, state_file
 from agent.detect import learned_state as learned_state_module
 from agent.detect.learned_state import utc_ns
 from agent.detect.state_file import wait_all_saved
-from agent.devices import learned_of, make_detector
-from agent.testing import console_script
+from agent.devices import learned_of
+from agent.testing import console_script, device_detector, offline_config
 from drivers.samples import SampleBatch
 
 S = 1_000_000_000
@@ -44,7 +43,6 @@ LEARNING = ["agree", "level:current_a", "slow:flow_m3h"]
 
 @pytest.fixture
 def config(tmp_path: Path) -> Path:
-    path = tmp_path / "config.yaml"
     device = """
   - name: {name}
     protocol: modbus-tcp
@@ -53,12 +51,9 @@ def config(tmp_path: Path) -> Path:
       - {{name: current_a, address: 0, type: float32}}
       - {{name: flow_m3h, address: 2, type: float32}}
       - {{name: vibration_mm_s, address: 4, type: float32}}"""
-    path.write_text(f"""
-gateway: {{id: gw, state_dir: {tmp_path / "state"}, clock: rtc}}
-mqtt: {{host: 127.0.0.1, tls: {{enabled: false}}}}
+    return offline_config(tmp_path, f"""
 devices:{device.format(name="pump")}{device.format(name="fan")}
 detectors:{RULES}""")
-    return path
 
 
 @pytest.fixture
@@ -80,8 +75,7 @@ def new_process(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def detector(config: Path, device: str = "pump") -> Detector:
-    loaded = load_config(config, environ={}).config
-    return make_detector(loaded, next(d for d in loaded.devices if d.name == device))
+    return device_detector(config, device)
 
 
 def feed(det: Detector, count: int, device: str = "pump") -> dict[str, float]:

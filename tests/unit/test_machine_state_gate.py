@@ -10,11 +10,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from agent.config import load_config
 from agent.detect import Detector
 from agent.detect.base import ScoringDetector
-from agent.devices import learned_of, make_detector
+from agent.devices import learned_of
 from agent.events import ANOMALY, LIMIT, Event
+from agent.testing import device_detector, offline_config
 from drivers.samples import Quality, SampleBatch
 
 S = 1_000_000_000
@@ -24,11 +24,7 @@ TAGS = ("power_w", "vibration_mm_s", "pressure_bar")
 
 
 def config(tmp_path: Path, rules: str) -> Path:
-    tmp_path.mkdir(parents=True, exist_ok=True)
-    path = tmp_path / "config.yaml"
-    path.write_text(f"""
-gateway: {{id: gw, state_dir: {tmp_path / "state"}, clock: rtc}}
-mqtt: {{host: 127.0.0.1, tls: {{enabled: false}}}}
+    return offline_config(tmp_path, f"""
 devices:
   - name: pump
     protocol: modbus-tcp
@@ -43,12 +39,9 @@ machines:
 detectors:
 {rules}
 """)
-    return path
 
 
-def detector(path: Path) -> Detector:
-    loaded = load_config(path, environ={}).config
-    return make_detector(loaded, loaded.devices[0])
+detector = device_detector
 
 
 class Pump:

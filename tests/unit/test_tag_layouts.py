@@ -12,11 +12,10 @@ from typing import Any
 import numpy as np
 import pytest
 
-from agent.config import load_config
 from agent.detect import Detector, tag_layouts
 from agent.detect.tag_layouts import TagLayouts
-from agent.devices import make_detector
 from agent.events import Event
+from agent.testing import device_detector, offline_config
 from drivers.samples import SampleBatch
 
 S = 1_000_000_000
@@ -35,16 +34,12 @@ def test_the_oldest_layout_goes_first_and_lookups_are_plain() -> None:
     assert layouts.get(("a",)) is None
 
 
-def device_detector(tmp_path: Path) -> Detector:
+def every_kind_detector(tmp_path: Path) -> Detector:
     """Every kind of detector `make_detector` builds for a device: window aggregates,
     quality, changes, a machine, univariate and pca rules."""
     tags = "\n".join(f"      - {{name: {t}, address: {2 * i}, type: float32}}"
                      for i, t in enumerate(TAGS))
-    tmp_path.mkdir(exist_ok=True)
-    path = tmp_path / "config.yaml"
-    path.write_text(f"""
-gateway: {{id: gw, state_dir: {tmp_path / "state"}, clock: rtc}}
-mqtt: {{host: 127.0.0.1, tls: {{enabled: false}}}}
+    return device_detector(offline_config(tmp_path, f"""
 devices:
   - name: m
     protocol: modbus-tcp
@@ -57,9 +52,7 @@ detectors:
   - {{device: m, kind: zscore, tags: [t1, t2, t3], warmup_samples: 20}}
   - {{device: m, kind: limits, tags: [t4, t5], high: 100}}
   - {{device: m, kind: pca, tags: [t6, t7, t8], warmup_samples: 50}}
-""")
-    loaded = load_config(path, environ={}).config
-    return make_detector(loaded, loaded.devices[0])
+"""))
 
 
 def subset_batches(count: int, seed: int, start_s: float) -> list[SampleBatch]:
@@ -76,7 +69,7 @@ def subset_batches(count: int, seed: int, start_s: float) -> list[SampleBatch]:
 
 
 def test_changing_tag_tuples_do_not_grow_the_detectors(tmp_path: Path) -> None:
-    detector = device_detector(tmp_path)
+    detector = every_kind_detector(tmp_path)
     first = subset_batches(3000, seed=1, start_s=0)  # beyond every cache's capacity
     later = subset_batches(3000, seed=2, start_s=3000)  # and 3,000 other tuples
     tracemalloc.start()  # from before the first: what the caches hold then is traced too
@@ -101,8 +94,8 @@ def test_a_layout_derived_again_computes_the_same(tmp_path: Path,
     every batch) and one that keeps them all: the same events."""
     with monkeypatch.context() as patch:
         patch.setattr(tag_layouts, "LAYOUTS_KEPT", 1)
-        forgetful = device_detector(tmp_path / "a")
-    keeping = device_detector(tmp_path / "b")
+        forgetful = every_kind_detector(tmp_path / "a")
+    keeping = every_kind_detector(tmp_path / "b")
     batches = subset_batches(600, seed=3, start_s=0)
     batches[400:450] = [replace(b, values=b.values + 50.0) for b in batches[400:450]]
 

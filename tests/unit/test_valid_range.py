@@ -13,8 +13,8 @@ import structlog
 from agent.check import summary
 from agent.config import ConfigError, load_config
 from agent.detect import Detector
-from agent.devices import make_detector
 from agent.events import ANOMALY, QUALITY, WINDOW, Event
+from agent.testing import device_detector, offline_config
 from drivers.samples import SampleBatch
 
 S = 1_000_000_000
@@ -23,7 +23,6 @@ GARBAGE = 3.4e38  # a float32 register read in the wrong word order decodes as a
 
 
 def config(tmp_path: Path, valid_range: str = "", protocol: str = "modbus") -> Path:
-    tmp_path.mkdir(parents=True, exist_ok=True)
     extra = f", valid_range: {valid_range}" if valid_range else ""
     device = ("    protocol: modbus-tcp\n    host: 127.0.0.1\n    tags:\n"
               f"      - {{name: temp_c, address: 0, type: float32, unit: °C{extra}}}\n"
@@ -32,10 +31,7 @@ def config(tmp_path: Path, valid_range: str = "", protocol: str = "modbus") -> P
               "    protocol: opcua\n    endpoint: opc.tcp://127.0.0.1:4840\n    tags:\n"
               f"      - {{name: temp_c, node: \"ns=2;s=T\", unit: °C{extra}}}\n"
               "      - {name: other, node: \"ns=2;s=O\"}")
-    path = tmp_path / "config.yaml"
-    path.write_text(f"""
-gateway: {{id: gw, state_dir: {tmp_path / "state"}, clock: rtc}}
-mqtt: {{host: 127.0.0.1, tls: {{enabled: false}}}}
+    return offline_config(tmp_path, f"""
 aggregate: {{window_s: 10}}
 devices:
   - name: m
@@ -44,12 +40,9 @@ detectors:
   - {{device: m, kind: zscore, name: level, tags: [temp_c], warmup_samples: 50,
      baseline_halflife_samples: 200}}
 """)
-    return path
 
 
-def detector(path: Path) -> Detector:
-    loaded = load_config(path, environ={}).config
-    return make_detector(loaded, loaded.devices[0])
+detector = device_detector
 
 
 def run(det: Detector, temps: list[float]) -> list[tuple[int, Event]]:
@@ -99,10 +92,12 @@ def test_a_value_outside_its_range_is_bad_for_every_detector_and_said_once(
 
 def test_a_range_upside_down_is_refused_with_its_line(tmp_path: Path) -> None:
     path = config(tmp_path, "[150, -40]")
+    line = next(n for n, text in enumerate(path.read_text().splitlines(), 1)
+                if "valid_range" in text)
     with pytest.raises(ConfigError) as caught:
         load_config(path, environ={})
     assert caught.value.lines == [(
-        f"{path}:10: devices[0].tags[0].valid_range: the low end (150) must be below the high "
+        f"{path}:{line}: devices[0].tags[0].valid_range: the low end (150) must be below the high "
         "end (-40): [low, high] in the tag's unit")]
 
 

@@ -109,7 +109,8 @@ def test_compressor_monitoring_profile_loads() -> None:
     """The technicians' example for the compressor model (the e2e fault test runs it)."""
     config = load_config(ROOT / "config" / "compressor-monitoring.yaml", environ={}).config
     assert {rule.kind for rule in config.detectors} == {"limits", "zscore", "pca", "stuck"}
-    assert [rule.name for rule in config.detectors if rule.while_states] == ["bearing-trend"]
+    assert [rule.name for rule in config.detectors if rule.while_states] == [
+        "bearing-trend-loaded", "bearing-trend-idle"]
     assert [machine.device for machine in config.machines] == ["compressor-1"]
 
 

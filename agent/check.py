@@ -117,6 +117,11 @@ def summary(loaded: LoadedConfig) -> list[str]:
             + (f" and at shifts {', '.join(machine.shifts)} ({machine.timezone})"
                if machine.shifts else "")
         )
+    for device in cfg.devices:
+        for name, rule in cfg.rules_of(device.name):
+            gate = rule.gate(cfg.sole_machine_of(device.name))
+            lines.append(f"rule {name} on {device.name}: {rule.kind} of {', '.join(rule.tags)}"
+                         + (f", only while {gate.describe()}" if gate else ""))
     return lines
 
 

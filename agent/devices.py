@@ -66,7 +66,7 @@ def make_detector(agent: AgentConfig, config: DeviceConfig) -> Detector:
         detectors.append(states)  # before the rules: their gates read the state it found
     rules = agent.rules_of(config.name)
     if rules:
-        sole = machines[0].name if len(machines) == 1 else None
+        sole = agent.sole_machine_of(config.name)
         detectors.append(KeepLearned(
             config.name, [name for name, _ in rules],
             lambda: rule_detectors(config.name, rules, states, sole),

@@ -155,13 +155,13 @@ def state_signals(config: AgentConfig, device: str) -> dict[str, str]:
     machines = config.machines_of(device)
     needed: dict[str, str] = {}
     for name, rule in config.rules_of(device):
-        gate = rule.gate()
+        gate = rule.gate(config.sole_machine_of(device))
         if gate is None:
             continue
-        machine = next(m for m in machines if m.name == (gate[0] or machines[0].name))
+        machine = next(m for m in machines if m.name == gate.machine)
         needed.setdefault(machine.signal_tag, (
             f"rule {name!r} runs only while machine {machine.name!r} is in "
-            f"{', '.join(gate[1])} (while_states), which its tag {machine.signal_tag!r} tells; "
+            f"{', '.join(gate.states)} (while_states), which its tag {machine.signal_tag!r} tells; "
             "record that tag too, or remove while_states from a copy of the configuration "
             "to replay the rule through every state"))
     return needed

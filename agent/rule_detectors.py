@@ -20,6 +20,7 @@ from agent.config.detection import (
     BandRmsRule,
     DetectorRule,
     DriftRule,
+    Gate,
     LimitsRule,
     PcaRule,
     RmsRule,
@@ -34,7 +35,7 @@ from agent.detect.anomaly import PcaDetector, UnivariateDetector
 from agent.detect.band import BandRmsDetector
 from agent.detect.base import Detector
 from agent.detect.episodes import RowInfo
-from agent.detect.gate import Gate, GatedDetector, MachineStates, StateGated
+from agent.detect.gate import GatedDetector, MachineStates, StateGated
 
 NamedRule = tuple[str, DetectorRule]
 
@@ -205,9 +206,7 @@ def rule_detectors(device: str, rules: Sequence[NamedRule], machines: MachineSta
     detectors = []
     gates: dict[Gate | None, list[NamedRule]] = {}
     for name, rule in rules:
-        spec = rule.gate()
-        gate = None if spec is None else Gate(spec[0] or sole_machine or "", spec[1], spec[2])
-        gates.setdefault(gate, []).append((name, rule))
+        gates.setdefault(rule.gate(sole_machine), []).append((name, rule))
     for gate, own in sorted(gates.items(), key=lambda item: item[0] is not None):
         for kind, build in _BUILDERS.items():
             of_kind = [(name, rule) for name, rule in own if rule.kind == kind]
@@ -215,7 +214,7 @@ def rule_detectors(device: str, rules: Sequence[NamedRule], machines: MachineSta
                 continue
             detector = build(device, of_kind)
             if gate is not None:
-                if machines is None or not gate.machine:
+                if machines is None:
                     raise ValueError(f"rules of device {device!r} run while {gate.describe()}, "
                                      "and no machine state is known to the detectors")
                 assert isinstance(detector, GatedDetector)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import re
+from dataclasses import dataclass
 from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -18,6 +19,26 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 MachineStateName = Literal["off", "idle", "running", "overload"]
 MACHINE_STATES: tuple[str, ...] = ("off", "idle", "running", "overload")
 """The states of `machines:` (agent/detect/kernels_state.py), in their order."""
+
+
+@dataclass(frozen=True, slots=True)
+class Gate:
+    """A machine (of the rule's device), the states a rule runs in, in their order, and how
+    long the machine must have been in them before a sample counts (`agent/detect/gate.py`)."""
+
+    machine: str
+    states: tuple[str, ...]
+    settle_s: float = 0.0
+
+    @property
+    def codes(self) -> frozenset[int]:
+        """The states as `kernels_state` numbers them (OFF = 0 ... OVERLOAD = 3)."""
+        return frozenset(MACHINE_STATES.index(s) for s in self.states)
+
+    def describe(self) -> str:
+        """`compressor in running, overload (settled 30 s)`: for logs, status, check, keys."""
+        settle = f" (settled {self.settle_s:g} s)" if self.settle_s else ""
+        return f"{self.machine} in {', '.join(self.states)}{settle}"
 
 
 class _Rule(BaseModel):
@@ -64,13 +85,17 @@ class _Rule(BaseModel):
             raise ValueError("while_states lists a state twice")
         return self
 
-    def gate(self) -> tuple[str | None, tuple[str, ...], float] | None:
-        """(machine, states in the order off, idle, running, overload, settle_s) when the
-        rule runs only in some machine states; rules of one gate share their detectors."""
+    def gate(self, sole_machine: str | None) -> Gate | None:
+        """The machine states the rule runs in (None: always); `sole_machine`: the device's
+        one machine, which a rule that names none reads. Rules of one gate share their
+        detectors."""
         if self.while_states is None:
             return None
-        states = tuple(s for s in MACHINE_STATES if s in self.while_states)
-        return self.machine, states, self.settle_s
+        machine = self.machine or sole_machine
+        if machine is None:  # AgentConfig refuses it: the device has no machine or several
+            raise ValueError(f"the rule on {self.device!r} names no machine for while_states")
+        return Gate(machine, tuple(s for s in MACHINE_STATES if s in self.while_states),
+                    self.settle_s)
 
 
 class LimitsRule(_Rule):

@@ -355,6 +355,12 @@ class AgentConfig(_Section):
     def machines_of(self, device: str) -> list[MachineConfig]:
         return [m for m in self.machines if m.device == device]
 
+    def sole_machine_of(self, device: str) -> str | None:
+        """The device's machine when it has exactly one: the one a rule's `while_states`
+        reads when the rule names none."""
+        machines = self.machines_of(device)
+        return machines[0].name if len(machines) == 1 else None
+
     @field_validator("detectors")
     @classmethod
     def _rules_name_known_tags(cls, rules: list[DetectorRule],

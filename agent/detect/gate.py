@@ -32,10 +32,9 @@ from __future__ import annotations
 import hashlib
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
-from agent.config.detection import MACHINE_STATES
+from agent.config.detection import Gate
 from agent.detect.learned_state import Learner
 from agent.events import Event
 from drivers.samples import SampleBatch
@@ -68,26 +67,6 @@ class GatedDetector(Learner, Interruptible, Protocol):
     def flush(self, time_ns: int) -> list[Event]: ...
 
     def scores(self) -> Mapping[str, float]: ...
-
-
-@dataclass(frozen=True, slots=True)
-class Gate:
-    """A machine (of the rules' device), the states its rules run in, and how long the
-    machine must have been in them before a sample counts."""
-
-    machine: str
-    states: tuple[str, ...]
-    settle_s: float = 0.0
-
-    @property
-    def codes(self) -> frozenset[int]:
-        """The states as `kernels_state` numbers them (OFF = 0 ... OVERLOAD = 3)."""
-        return frozenset(MACHINE_STATES.index(s) for s in self.states)
-
-    def describe(self) -> str:
-        """`compressor in running, overload (settled 30 s)`: for logs, status and keys."""
-        settle = f" (settled {self.settle_s:g} s)" if self.settle_s else ""
-        return f"{self.machine} in {', '.join(self.states)}{settle}"
 
 
 def gated_key(key: str, gate: Gate) -> str:

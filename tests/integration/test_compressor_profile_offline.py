@@ -13,13 +13,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from plc_sim.compressor import Compressor, CompressorState
-from plc_sim.faults import Fault, FaultKind
 from ruamel.yaml import YAML
 
 from agent.events import ANOMALY, LIMIT, Event
 from agent.testing import device_detector, offline_config
 from drivers.samples import SampleBatch
+from plc_sim.compressor import Compressor, CompressorState
+from plc_sim.faults import Fault, FaultKind
 
 ROOT = Path(__file__).resolve().parents[2]
 POLL_S = 2.0

@@ -34,3 +34,17 @@ def test_summary_and_warning(tmp_path: Path) -> None:
                     "report every 900 s and at shifts 06:00, 18:00 (Europe/Vienna)")
     assert warnings(loaded) == [("machine press: its signal current_a is shared `events`, so its "
                                 "energy reports stay on site")]
+
+
+def test_summary_says_which_rules_run_only_in_some_states(tmp_path: Path) -> None:
+    path = tmp_path / "config.yaml"
+    path.write_text(CONFIG + """
+detectors:
+  - {device: press-1, kind: zscore, name: load, tags: [current_a],
+     while_states: [running, overload], settle_s: 30}
+  - {device: press-1, kind: limits, tags: [current_a], high: 40}
+""")
+    rules = [s for s in summary(load_config(path, environ={})) if s.startswith("rule")]
+    assert rules == [("rule load on press-1: zscore of current_a, only while press in running, "
+                     "overload (settled 30 s)"),
+                     "rule limits-2 on press-1: limits of current_a"]

@@ -47,8 +47,16 @@ def run_and_check(tmp_path: Path, mosquitto: Mosquitto, numba_cache: Path, sim: 
                + modbus_device("dead-meter", free_tcp_port()))
     config = agent_config(tmp_path, mosquitto, devices)
     metrics_port = free_tcp_port()
+    # A rule that runs only while the compressor is overloaded, which it never is: the
+    # status names it as waiting.
     config.write_text(config.read_text()
-                      + f"\nhealth: {{heartbeat_s: 0.5, prometheus_port: {metrics_port}}}\n")
+                      + f"\nhealth: {{heartbeat_s: 0.5, prometheus_port: {metrics_port}}}\n"
+                      + "machines:\n  - {name: compressor, device: compressor-1, "
+                        "power_tag: active_power_w, idle_above_w: 500, running_above_w: 5000, "
+                        "overload_above_w: 50000}\n"
+                      + "detectors:\n  - {device: compressor-1, kind: zscore, "
+                        "name: overload-temp, tags: [discharge_temp_c], "
+                        "while_states: [overload]}\n")
     sha = hashlib.sha256(config.read_bytes()).hexdigest()
 
     with RawCollector(mosquitto.host, mosquitto.port, "lab/gw-e2e/_gateway/#") as collector, \
@@ -78,6 +86,8 @@ def run_and_check(tmp_path: Path, mosquitto: Mosquitto, numba_cache: Path, sim: 
         assert shown.returncode == 0, shown.stderr
         assert "gw-e2e" in shown.stdout and "connected" in shown.stdout
         assert "compressor-1" in shown.stdout and "down (unreachable)" in shown.stdout
+        [line] = [x for x in shown.stdout.splitlines() if "compressor-1" in x]
+        assert line.endswith("; waiting for compressor in overload: overload-temp")
 
         raw = status(config, "--json")
         assert raw.returncode == 0, raw.stderr
@@ -85,6 +95,7 @@ def run_and_check(tmp_path: Path, mosquitto: Mosquitto, numba_cache: Path, sim: 
         assert document["pid"] == agent.process.pid
         assert document["config_sha256"] == sha
         assert document["devices"]["compressor-1"]["status"] == "up"
+        assert document["paused"] == {"compressor-1": {"overload-temp": "compressor in overload"}}
 
         with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10) as r:
             assert r.headers["Content-Type"].startswith("text/plain; version=0.0.4")

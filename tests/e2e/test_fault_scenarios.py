@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import json
 import subprocess
 import time
 from collections.abc import Callable, Iterator
@@ -33,6 +34,7 @@ from support import (
     warm_kernel_cache,
 )
 
+from agent.detect.learned_state import utc_ns
 from agent.testing import Mosquitto, start_plc_sim, stop_process, wait_until
 
 pytestmark = pytest.mark.e2e
@@ -40,9 +42,10 @@ pytestmark = pytest.mark.e2e
 PROFILE = ROOT / "config" / "compressor-monitoring.yaml"
 SPEED = 20.0
 """Machine seconds per wall second: a poll every 2 machine seconds is one every 0.1 s."""
-ONSET_S = 440.0
+ONSET_S = 600.0
 """Machine seconds of healthy operation before each fault: after the agent has started
-(1-3 wall seconds) and the `flow-vs-load` rule has learned on its 150 polls (15 s)."""
+(1-3 wall seconds) and its rules have learned (`flow-vs-load`, the slowest, on 50 loaded
+polls: 250 to 450 machine seconds, by the machine's spells of idling and standing)."""
 REPORT_INTERVAL_S = 60.0
 """Machine seconds between energy reports (the profile's 15 min would not fit the test)."""
 DEADLINE_AFTER_ONSET_S = 40.0
@@ -114,13 +117,16 @@ def onset_reports(fault: str) -> Callable[[Received], bool]:
 
 
 def idled_through(message: Received) -> bool:
-    """An energy report of a period the machine spent idling: never off, mostly idle."""
+    """An energy report of a period the machine spent idling: never off, at least 95 % idle.
+    (Over 50 healthy machine-hours of the model, reports of 60 s: never off in 650, at most
+    83 % idle; with the fault, 100 % from the third on. At 80 % one healthy report of some
+    3,000 passed: an e2e run of 13 healthy reports met one.)"""
     if message.kind != "energy":
         return False
     hours = message.data["hours"]
     total = sum(hours.values())
     return (message.data["complete"] and total > 0
-            and hours["off"] == 0 and hours["idle"] >= 0.8 * total
+            and hours["off"] == 0 and hours["idle"] >= 0.95 * total
             and message.data["idle_kwh"] > 0)
 
 
@@ -163,7 +169,7 @@ def test_every_injected_fault_is_reported_and_the_healthy_machine_raises_no_alar
                                   what="the end marker")
     wall_s = time.monotonic() - began
 
-    check_warm_up_before_onsets(messages, onsets)
+    check_learned_before_onsets(tmp_path / "state", onsets)
     for fault in FAULTS:
         first = reported(messages, fault)
         assert first is not None
@@ -215,16 +221,22 @@ def check_bearing_trend(messages: list[Received], onset_ns: int) -> None:
           f"the limit from {(limit.data['start_ns'] - onset_ns) / 1e9 * SPEED:.0f}")
 
 
-def check_warm_up_before_onsets(messages: list[Received], onsets: dict[str, int]) -> None:
-    """The precondition of the test: each device's `flow-vs-load` rule had its 150 polls of
-    healthy machine before the fault (else it would learn the fault as normal). The polls
-    are counted in the power tag's windows (`n` good samples, `bad` others)."""
+def check_learned_before_onsets(state_dir: Path, onsets: dict[str, int]) -> None:
+    """The precondition of the test: each device's learning rules had learned before its
+    fault (else they would learn the fault as normal); the latest is `flow-vs-load`, on its
+    50 loaded polls. Their `learned_at` in the learned-state file is UTC in whole seconds:
+    learned at most one second after it."""
     for fault, onset in onsets.items():
-        polls = sum(w.data["tags"]["active_power_w"]["n"] for w in messages
-                    if w.device == fault and w.kind == "window" and w.data["end_ns"] <= onset)
-        print(f"{fault}: {polls} polls before the onset")
-        assert polls >= 150, (f"{fault}: only {polls} polls before the onset: the machine is "
-                              f"too slow for ONSET_S={ONSET_S}")
+        document = json.loads((state_dir / "detectors" / f"{fault}.json").read_text())
+        learned = {key.split("|")[1]: utc_ns(text)
+                   for key, text in document["learned_at"].items()}
+        assert set(learned) >= {"flow-vs-load", "bearing-trend-loaded:vibration_mm_s",
+                                "bearing-trend-idle:vibration_mm_s"}, (fault, learned)
+        last_rule, latest = max(learned.items(), key=lambda item: item[1] or 0)
+        assert latest is not None
+        print(f"{fault}: rules learned {(onset - latest) / 1e9 * SPEED:.0f} machine-s before "
+              f"the onset (the last: {last_rule})")
+        assert latest + 1_000_000_000 <= onset, f"{fault}: a rule learned after the onset"
 
 
 def summary(messages: list[Received], onsets: dict[str, int]) -> str:

@@ -2,7 +2,7 @@
 machines, offline: firmware-sim's compressor model stepped every 2 s (the profile's poll),
 its readings at the resolution of their registers, fed to the detectors the agent builds
 from the profile. The e2e fault test runs the real path (simulators over Modbus TCP, the
-agent, Mosquitto) once per scenario; this runs the same rules over 40 healthy machine-hours
+agent, Mosquitto) once per scenario; this runs the same rules over 50 healthy machine-hours
 and over ten seeds of every fault, which no run over sockets could afford."""
 
 from __future__ import annotations
@@ -54,7 +54,8 @@ def readings(state: CompressorState) -> np.ndarray:
 
 
 def alarms(directory: Path, machine: Compressor, seconds: float) -> list[Event]:
-    """The episode starts of the profile's rules over `seconds` of the machine."""
+    """The episode starts of the profile's rules over `seconds` of the machine, from where
+    it is (a gateway installed on a machine that runs already)."""
     detector = device_detector(profile_config(directory))
     quality = np.zeros(len(TAGS), dtype=np.uint8)
     out = []
@@ -67,12 +68,19 @@ def alarms(directory: Path, machine: Compressor, seconds: float) -> list[Event]:
     return out
 
 
-def test_forty_machine_hours_of_healthy_compressors_raise_no_alarm(tmp_path: Path) -> None:
-    """Ten machines, four hours each, loading, idling and stopping some 200 times an hour."""
-    raised = {seed: [(e.data["rule"], e.data["start_ns"] / S)
-                     for e in alarms(tmp_path / str(seed), Compressor(seed=seed), 4 * 3600)]
-              for seed in range(10)}
-    assert raised == {seed: [] for seed in range(10)}
+def test_fifty_machine_hours_of_healthy_compressors_raise_no_alarm(tmp_path: Path) -> None:
+    """Five machines, each watched for an hour from ten points of its cycle (the agent
+    starts whenever the technician starts it), loading, idling and stopping some 200 times
+    an hour. What the rules learn depends on the start: a `pca` model learned through every
+    state raised an alarm at every stop on 2 of 100 starts, where its warm-up saw no stop."""
+    raised = {}
+    for seed in range(5):
+        for start_s in range(0, 600, 60):
+            machine = Compressor(seed=seed)
+            machine.advance(start_s)
+            raised[seed, start_s] = [(e.data["rule"], e.data["start_ns"] / S) for e in
+                                     alarms(tmp_path / f"{seed}-{start_s}", machine, 3600)]
+    assert {key: found for key, found in raised.items() if found} == {}
 
 
 @pytest.mark.parametrize("fault", list(FAULT_RULES))

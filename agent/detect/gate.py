@@ -95,10 +95,6 @@ class StateGated:
         self.open = False
         """The rules were fed the last batch."""
 
-    @property
-    def gate(self) -> Gate:
-        return self._gate
-
     def on_batch(self, batch: SampleBatch) -> list[Event]:
         if self._machines.level_of(self._gate.machine, batch.mono_ns) in self._codes:
             if self._in_since is None:

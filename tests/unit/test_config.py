@@ -110,7 +110,7 @@ def test_compressor_monitoring_profile_loads() -> None:
     config = load_config(ROOT / "config" / "compressor-monitoring.yaml", environ={}).config
     assert {rule.kind for rule in config.detectors} == {"limits", "zscore", "pca", "stuck"}
     assert [rule.name for rule in config.detectors if rule.while_states] == [
-        "bearing-trend-loaded", "bearing-trend-idle"]
+        "bearing-trend-loaded", "bearing-trend-idle", "flow-vs-load"]
     assert [machine.device for machine in config.machines] == ["compressor-1"]
 
 

@@ -50,15 +50,11 @@ class MachineStates(Protocol):
 
 
 @runtime_checkable
-class Interruptible(Protocol):
-    """A detector whose rows can stop being fed for a while (the anomaly detectors)."""
+class GatedDetector(Learner, Protocol):
+    """What a gate wraps: the detector of one kind of rules (a Detector too), whose rows
+    can stop being fed for a while (`interrupt`)."""
 
     def interrupt(self, time_ns: int, mono_ns: int, why: str) -> list[Event]: ...
-
-
-@runtime_checkable
-class GatedDetector(Learner, Interruptible, Protocol):
-    """What a gate wraps: the detector of one kind of rules (a Detector too)."""
 
     def on_batch(self, batch: SampleBatch) -> list[Event]: ...
 

@@ -210,8 +210,8 @@ def check_bearing_trend(messages: list[Received], onset_ns: int) -> None:
     """The profile's `bearing-trend-*` rules (a z-score of the vibration per state the motor
     runs in, `while_states`) report the wear too; through the healthy machine's stops and
     starts they raised nothing (the assertion on the healthy machine's alarms). Whether
-    before the ISO limit depends on the states the machine passes through after the onset
-    (in a simulation of 40 seeds, in 36): printed, not asserted."""
+    before the ISO limit depends on the states the machine passes through after the onset:
+    printed here, asserted over 40 seeds offline (test_compressor_profile_offline.py)."""
     trend = next(m for m in messages if trend_reported(m, onset_ns))
     limit = next(m for m in messages if m.device == "bearing-wear" and m.kind == "limit"
                  and m.data["rule"] == "bearing-vibration" and m.data["phase"] == "start"

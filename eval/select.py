@@ -35,6 +35,20 @@ variant A's, see below); `python -m eval` runs them, then scores what they chose
   the stepped rows (to be flagged) and the untouched ones (not to be), at equal numbers
   of each, wins (ties: the larger weight, which reacts sooner). The step size was fixed
   before this selection ran: 1 sd, the small shift EWMA charts are meant for.
+  F (`skab_rule_mewma_calibrated`, written after A's to E's scores were seen, and after E's
+  labelled F1 at each weight under D's uncalibrated limits: say so): E compared the weights
+  at different false-alarm rates. D's limits hold for independent rows; a smoothed row of
+  this rig is not one (E's weight 0.05 flagged 56 % of the untouched judged rows), so its
+  design rewarded the weight whose limits were the most broken. F designs the chart the
+  textbook way (Lowry, Woodall, Champ and Rigdon, Technometrics 34(1), 1992; Montgomery,
+  ch. 11): first fix the in-control false-alarm rate, then take the weight that detects
+  the design shift best. For each weight of SKAB_INPUT_LAMBDAS, on the leading 400 rows
+  of each valve1 file (learn 300, judge 100, pooled over the 16 files): the threshold
+  factor is the (1 - SKAB_MAX_FALSE_ALARMS) quantile of the score at factor 1 over the
+  untouched judged rows (A-C's 1 %); at that factor, its detection is the share of judged
+  rows flagged with E's 1-sd step added (one tag at a time, each sign). The weight with the
+  highest detection wins (ties: the larger weight). Scored: D's tags and limits, that
+  weight and that factor. Nothing else was tried before its score was computed.
 - NAB: only the probationary period of each file (NAB's: the first 15 %, at most 750
   rows). Durations fixed in advance from the 5-minute sampling of most files
   (NAB_*_SAMPLES); the threshold is the smallest of NAB_THRESHOLDS with which at most ONE
@@ -261,3 +275,45 @@ def _zscore(threshold: float) -> ZScoreRule:
                       smoothing_halflife_samples=NAB_SMOOTHING_SAMPLES,
                       baseline_halflife_samples=NAB_BASELINE_SAMPLES,
                       warmup_samples=NAB_WARMUP_SAMPLES)
+
+
+@dataclass(frozen=True, slots=True)
+class CalibratedMewmaChoice:
+    rule: PcaRule
+    dropped: dict[str, float]
+    """As C's: the trend of each left-out tag over the learning rows, in residual sd."""
+    design: dict[float, tuple[float, float]]
+    """For each candidate weight: the factor with 1 % of the untouched judged rows over it,
+    and the share of the stepped rows over that factor."""
+
+
+def skab_rule_mewma_calibrated(folder: Path,
+                               limits: SkabChoice | None = None) -> CalibratedMewmaChoice:
+    """Source F: E's candidates compared at one false-alarm rate (module docstring).
+    `limits`: D's choice, when already made."""
+    limits = limits or skab_rule_limits(folder)
+    tags = tuple(limits.rule.tags)
+    heads = _leading(folder)
+    learn = SKAB_LEADING_LEARN_ROWS
+    design: dict[float, tuple[float, float]] = {}
+    for weight in SKAB_INPUT_LAMBDAS:
+        rule = limits.rule.model_copy(update={
+            "warmup_samples": learn, "input_smoothing_halflife_samples": halflife_of(weight)})
+        normal, stepped = [], []
+        for head in heads:
+            normal.append(score_trace(head, rule, tags)[learn:])
+            sd = head.values[:learn].std(axis=0)
+            for tag in tags:
+                column = head.columns.index(tag)
+                for sign in (1.0, -1.0):
+                    values = head.values.copy()
+                    values[learn:, column] += sign * SKAB_DESIGN_SHIFT_SD * sd[column]
+                    shifted = Series(head.name, head.time_ns, values, head.columns)
+                    stepped.append(score_trace(shifted, rule, tags)[learn:])
+        factor = float(np.nanquantile(np.concatenate(normal), 1.0 - SKAB_MAX_FALSE_ALARMS))
+        design[weight] = (factor, float((np.concatenate(stepped) > factor).mean()))
+    best = max(SKAB_INPUT_LAMBDAS, key=lambda w: (round(design[w][1], 6), w))
+    rule = limits.rule.model_copy(update={
+        "input_smoothing_halflife_samples": halflife_of(best),
+        "threshold_factor": round(design[best][0], 3)})
+    return CalibratedMewmaChoice(rule, limits.dropped, design)

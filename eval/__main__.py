@@ -21,7 +21,9 @@ from eval.select import (
     skab_rule_leading,
     skab_rule_limits,
     skab_rule_mewma,
+    skab_rule_mewma_calibrated,
     skab_rule_steady,
+    step_design,
 )
 from eval.suite import ORACLE_NAB_RULE, ORACLE_SKAB_RULE, nab, skab
 
@@ -68,7 +70,8 @@ def tables(folder: str | None) -> str:
                      f"control limits at confidence {rule.confidence:g}, explained variance "
                      f"{rule.explained_variance:g} (SKAB's T² + Q reference settings, not "
                      "calibrated here)."), ""]
-    mewma = skab_rule_mewma(path, variants[-1][2])  # D's choice, not made again
+    design = step_design(path, variants[-1][2])  # D's choice, not made again
+    mewma = skab_rule_mewma(path, design)
     lines += ["E: selected by `eval/select.py` from " + leading + " only (no label): D's tags "
               "and limits, the rows smoothed by an EWMA of weight "
               f"{_weight(mewma.rule.input_smoothing_halflife_samples):g} (half-life "
@@ -77,14 +80,25 @@ def tables(folder: str | None) -> str:
               "F1, stepped rows flagged, normal rows flagged: " + "; ".join(
                   f"{w:g}: {f:.2f}, {hit:.2f}, {false:.2f}"
                   for w, (f, hit, false) in mewma.f1.items()) + ").", ""]
-    variants += (("E", leading, mewma),)
+    calibrated = skab_rule_mewma_calibrated(path, design)  # E's traces, not made again
+    lines += ["F: selected by `eval/select.py` from " + leading + " only (no label): D's tags "
+              "and limits, E's weights compared at one false-alarm rate: for each, the factor "
+              "with 1 % of the untouched judged rows over it, then the share of the 1-sd "
+              "stepped rows over that factor; the best is weight "
+              f"{_weight(calibrated.rule.input_smoothing_halflife_samples):g} at factor "
+              f"{calibrated.rule.threshold_factor:g} (weight: factor, stepped rows flagged: "
+              + "; ".join(f"{w:g}: {f:.2f}, {hit:.3f}"
+                          for w, (f, hit) in calibrated.design.items()) + ").", ""]
+    rules = [(letter, chosen.rule) for letter, _, chosen in variants]
+    rules += [("E", mewma.rule), ("F", calibrated.rule)]
     lines += ["| detector | files | F1 | false-alarm rate | missed-alarm rate |",
               "|---|---|---|---|---|"]
-    scored = [(letter, skab(path, chosen.rule)) for letter, _, chosen in variants]
+    scored = [(letter, skab(path, rule)) for letter, rule in rules]
     notes = {"A": "rule written first", "B": "rule written after A's score",
              "C": "rule written after A's and B's scores",
              "D": "rule written after A's, B's and C's scores",
-             "E": "rule written after A's to D's scores and E's own F1 at each weight"}
+             "E": "rule written after A's to D's scores and E's own F1 at each weight",
+             "F": "rule written after A's to E's scores"}
     for letter, result in scored:
         lines.append(_skab_line(f"**ours, {letter}: `pca` selected without labels "
                                 f"({notes[letter]})**", result.total))

@@ -219,36 +219,58 @@ def halflife_of(weight: float) -> float:
     return 0.0 if weight >= 1.0 else math.log(0.5) / math.log(1.0 - weight)
 
 
-def skab_rule_mewma(folder: Path, limits: SkabChoice | None = None) -> MewmaChoice:
-    """Source E: D with input smoothing, its weight designed on synthetic 1-sd steps added
-    to the leading rows (module docstring). `limits`: D's choice, when already made."""
+@dataclass(frozen=True, slots=True)
+class StepDesign:
+    """The score traces E and F design their weight on: for each candidate weight, the
+    scores of the judged leading rows untouched and with the design step added (every tag,
+    each sign), pooled over the 16 files, learning on the rows before them."""
+    limits: SkabChoice
+    """D's choice, whose tags and limits the candidates keep."""
+    normal: dict[float, npt.NDArray[np.float64]]
+    stepped: dict[float, npt.NDArray[np.float64]]
+
+
+def step_design(folder: Path, limits: SkabChoice | None = None) -> StepDesign:
+    """The traces of E's and F's design (module docstring). `limits`: D's choice, when
+    already made."""
     limits = limits or skab_rule_limits(folder)
     tags = tuple(limits.rule.tags)
     heads = _leading(folder)
     learn = SKAB_LEADING_LEARN_ROWS
-    f1: dict[float, tuple[float, float, float]] = {}
+    normal, stepped = {}, {}
     for weight in SKAB_INPUT_LAMBDAS:
         rule = limits.rule.model_copy(update={
             "warmup_samples": learn, "input_smoothing_halflife_samples": halflife_of(weight)})
-        normal, stepped = [], []
+        untouched, shifted = [], []
         for head in heads:
-            normal.append(score_trace(head, rule, tags)[learn:] > 1.0)
+            untouched.append(score_trace(head, rule, tags)[learn:])
             sd = head.values[:learn].std(axis=0)
             for tag in tags:
                 column = head.columns.index(tag)
                 for sign in (1.0, -1.0):
                     values = head.values.copy()
                     values[learn:, column] += sign * SKAB_DESIGN_SHIFT_SD * sd[column]
-                    shifted = Series(head.name, head.time_ns, values, head.columns)
-                    stepped.append(score_trace(shifted, rule, tags)[learn:] > 1.0)
-        hit = float(np.concatenate(stepped).mean())
-        false = float(np.concatenate(normal).mean())
+                    step = Series(head.name, head.time_ns, values, head.columns)
+                    shifted.append(score_trace(step, rule, tags)[learn:])
+        normal[weight], stepped[weight] = np.concatenate(untouched), np.concatenate(shifted)
+    return StepDesign(limits, normal, stepped)
+
+
+def skab_rule_mewma(folder: Path, design: StepDesign | None = None) -> MewmaChoice:
+    """Source E: D with input smoothing, its weight designed on synthetic 1-sd steps added
+    to the leading rows (module docstring). `design`: its traces, when already made."""
+    design = design or step_design(folder)
+    f1: dict[float, tuple[float, float, float]] = {}
+    for weight in SKAB_INPUT_LAMBDAS:
+        hit = float((design.stepped[weight] > 1.0).mean())
+        false = float((design.normal[weight] > 1.0).mean())
         precision = hit / (hit + false) if hit + false > 0 else 0.0
         f1[weight] = (2 * hit * precision / (hit + precision) if hit + precision > 0 else 0.0,
                       hit, false)
     best = max(SKAB_INPUT_LAMBDAS, key=lambda w: (round(f1[w][0], 6), w))
-    rule = limits.rule.model_copy(update={"input_smoothing_halflife_samples": halflife_of(best)})
-    return MewmaChoice(rule, limits.dropped, f1)
+    rule = design.limits.rule.model_copy(
+        update={"input_smoothing_halflife_samples": halflife_of(best)})
+    return MewmaChoice(rule, design.limits.dropped, f1)
 
 
 def _probation(series: Series) -> Series:
@@ -288,32 +310,16 @@ class CalibratedMewmaChoice:
 
 
 def skab_rule_mewma_calibrated(folder: Path,
-                               limits: SkabChoice | None = None) -> CalibratedMewmaChoice:
+                               design: StepDesign | None = None) -> CalibratedMewmaChoice:
     """Source F: E's candidates compared at one false-alarm rate (module docstring).
-    `limits`: D's choice, when already made."""
-    limits = limits or skab_rule_limits(folder)
-    tags = tuple(limits.rule.tags)
-    heads = _leading(folder)
-    learn = SKAB_LEADING_LEARN_ROWS
-    design: dict[float, tuple[float, float]] = {}
+    `design`: E's traces, when already made."""
+    design = design or step_design(folder)
+    chosen: dict[float, tuple[float, float]] = {}
     for weight in SKAB_INPUT_LAMBDAS:
-        rule = limits.rule.model_copy(update={
-            "warmup_samples": learn, "input_smoothing_halflife_samples": halflife_of(weight)})
-        normal, stepped = [], []
-        for head in heads:
-            normal.append(score_trace(head, rule, tags)[learn:])
-            sd = head.values[:learn].std(axis=0)
-            for tag in tags:
-                column = head.columns.index(tag)
-                for sign in (1.0, -1.0):
-                    values = head.values.copy()
-                    values[learn:, column] += sign * SKAB_DESIGN_SHIFT_SD * sd[column]
-                    shifted = Series(head.name, head.time_ns, values, head.columns)
-                    stepped.append(score_trace(shifted, rule, tags)[learn:])
-        factor = float(np.nanquantile(np.concatenate(normal), 1.0 - SKAB_MAX_FALSE_ALARMS))
-        design[weight] = (factor, float((np.concatenate(stepped) > factor).mean()))
-    best = max(SKAB_INPUT_LAMBDAS, key=lambda w: (round(design[w][1], 6), w))
-    rule = limits.rule.model_copy(update={
+        factor = float(np.nanquantile(design.normal[weight], 1.0 - SKAB_MAX_FALSE_ALARMS))
+        chosen[weight] = (factor, float((design.stepped[weight] > factor).mean()))
+    best = max(SKAB_INPUT_LAMBDAS, key=lambda w: (round(chosen[w][1], 6), w))
+    rule = design.limits.rule.model_copy(update={
         "input_smoothing_halflife_samples": halflife_of(best),
-        "threshold_factor": round(design[best][0], 3)})
-    return CalibratedMewmaChoice(rule, limits.dropped, design)
+        "threshold_factor": round(chosen[best][0], 3)})
+    return CalibratedMewmaChoice(rule, design.limits.dropped, chosen)

@@ -17,12 +17,17 @@ from agent.detect.episodes import EpisodeEvents, RowInfo, context_ring
 from agent.detect.kernels_episode import EP_SCORE, new_episodes
 from agent.detect.kernels_pca import (
     CUR_EWMA,
+    CUR_FRESH,
     CUR_PLANES,
+    CUR_SEEN,
     PCA_STATE,
     X_DIM,
     X_WARMUP,
     XS_FITTED,
+    XS_K,
     XS_N,
+    XS_Q,
+    XS_T2,
     pca_batch,
 )
 from agent.detect.kernels_runs import RUN_COUNT, RUN_FIELDS, RUN_FIRST, RUN_ROW, RUN_STRIDE
@@ -265,9 +270,26 @@ class PcaDetector:
 
     def interrupt(self, time_ns: int, mono_ns: int, why: str) -> list[Event]:
         """The groups stop being fed for a while: episodes in progress end now (`ongoing`);
-        the model and the smoothed statistics stay."""
+        the model stays, and the chart starts afresh when fed again, as after the fit. A tag
+        of a slower poll group would otherwise pair its reading from before the pause
+        (taken as the machine was stopping) with the first fresh values after it, so the
+        next row waits for a new value of every tag, and nothing is scored until then
+        (NaN); and the smoothed rows and statistics would carry the stop's last rows into
+        the run after it, so they restart where normal operation keeps them: the rows at
+        the model's mean, T² and Q at their expected values (an EWMA chart restarted at its
+        target)."""
         r = self._rows
-        return r.events.flush(r.ep, r.times, self._ctx, time_ns, mono_ns, why)
+        events = r.events.flush(r.ep, r.times, self._ctx, time_ns, mono_ns, why)
+        self._cur[:, CUR_SEEN] = 0.0
+        self._cur[:, CUR_FRESH] = 0.0
+        for g in np.flatnonzero(self._state[:, XS_FITTED] != 0.0):
+            d, k = int(self._params[g, X_DIM]), int(self._state[g, XS_K])
+            self._cur[g, CUR_EWMA, :d] = self._model[g, d, :d]
+            # What T² and Q average to in normal operation: k, and the eigenvalues left out.
+            self._state[g, XS_T2] = k
+            self._state[g, XS_Q] = max(float(self._model[g, d + 2, k:d].sum()), 0.0)
+        r.ep[:, EP_SCORE] = np.nan
+        return events
 
     def scores(self) -> Mapping[str, float]:
         return self._rows.scores()

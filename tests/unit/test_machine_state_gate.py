@@ -276,3 +276,43 @@ def test_the_rules_waiting_for_their_state_are_named_for_status(tmp_path: Path) 
     assert holder.paused() == {"frozen": "pump in running (settled 30 s)"}
     feed(det, pump.batches(30, running=True))
     assert holder.paused() == {}
+
+
+def two_poll_groups(pump: Pump, batches: list[SampleBatch], *,
+                    last_pressure: float | None = None) -> list[SampleBatch]:
+    """The pump's tags read in two poll groups: power and vibration every second, the
+    pressure every 10 s (at the seconds ending in 0); `last_pressure`: the value of the
+    group's last reading (the pressure falling as the pump stops)."""
+    out = []
+    last = max((b for b in batches if (b.mono_ns // S) % 10 == 0), key=lambda b: b.mono_ns,
+               default=None)
+    for b in batches:
+        good = np.zeros(2, dtype=np.uint8)
+        out.append(SampleBatch("pump", TAGS[:2], b.values[:2].copy(), good, b.time_ns, b.mono_ns))
+        if (b.mono_ns // S) % 10 == 0:
+            bar = last_pressure if b is last and last_pressure is not None else b.values[2]
+            out.append(SampleBatch("pump", TAGS[2:], np.array([bar]), good[:1], b.time_ns,
+                                   b.mono_ns + 1))
+    return out
+
+
+@pytest.mark.parametrize("smoothing", ["", ", input_smoothing_halflife_samples: 5"])
+def test_a_gated_pca_chart_restarts_after_a_stop(tmp_path: Path, smoothing: str) -> None:
+    """A tag of a slower poll group keeps the value it last had before the stop (here read
+    as the pressure was already falling): a row that paired it with the restarted pump's
+    vibration would be a disagreement the sensors never showed, so the first row waits for
+    a fresh value of every tag. And that last reading, scored while the pump still ran,
+    must not reach into the next run through the smoothed statistics or rows."""
+    gate = ", while_states: [running]" + smoothing
+    det = detector(config(tmp_path, PCA_RULE.format(gate=gate)))
+    pump = Pump()
+    running = pump.batches(301, running=True)
+    events = feed(det, two_poll_groups(pump, running, last_pressure=2.0))
+    events += feed(det, two_poll_groups(pump, pump.batches(120, running=False)))
+    assert isinstance(det, ScoringDetector)
+    events += feed(det, two_poll_groups(pump, pump.batches(9, running=True)))
+    # Running again, the pressure not read since the stop: no row yet, nothing scored.
+    assert math.isnan(det.scores()["agree"])
+    events += feed(det, two_poll_groups(pump, pump.batches(60, running=True)))
+    assert episodes(events, "start") == []
+    assert det.scores()["agree"] < 1.0

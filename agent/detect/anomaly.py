@@ -270,7 +270,7 @@ class PcaDetector:
 
     def interrupt(self, time_ns: int, mono_ns: int, why: str) -> list[Event]:
         """The groups stop being fed for a while: episodes in progress end now (`ongoing`);
-        the model stays, and the chart starts afresh when fed again, as after the fit. A tag
+        the model stays, and the chart starts afresh when fed again. A tag
         of a slower poll group would otherwise pair its reading from before the pause
         (taken as the machine was stopping) with the first fresh values after it, so the
         next row waits for a new value of every tag, and nothing is scored until then

@@ -278,7 +278,7 @@ def test_the_rules_waiting_for_their_state_are_named_for_status(tmp_path: Path) 
     assert holder.paused() == {}
 
 
-def two_poll_groups(pump: Pump, batches: list[SampleBatch], *,
+def two_poll_groups(batches: list[SampleBatch], *,
                     last_pressure: float | None = None) -> list[SampleBatch]:
     """The pump's tags read in two poll groups: power and vibration every second, the
     pressure every 10 s (at the seconds ending in 0); `last_pressure`: the value of the
@@ -307,12 +307,12 @@ def test_a_gated_pca_chart_restarts_after_a_stop(tmp_path: Path, smoothing: str)
     det = detector(config(tmp_path, PCA_RULE.format(gate=gate)))
     pump = Pump()
     running = pump.batches(301, running=True)
-    events = feed(det, two_poll_groups(pump, running, last_pressure=2.0))
-    events += feed(det, two_poll_groups(pump, pump.batches(120, running=False)))
+    events = feed(det, two_poll_groups(running, last_pressure=2.0))
+    events += feed(det, two_poll_groups(pump.batches(120, running=False)))
     assert isinstance(det, ScoringDetector)
-    events += feed(det, two_poll_groups(pump, pump.batches(9, running=True)))
+    events += feed(det, two_poll_groups(pump.batches(9, running=True)))
     # Running again, the pressure not read since the stop: no row yet, nothing scored.
     assert math.isnan(det.scores()["agree"])
-    events += feed(det, two_poll_groups(pump, pump.batches(60, running=True)))
+    events += feed(det, two_poll_groups(pump.batches(60, running=True)))
     assert episodes(events, "start") == []
     assert det.scores()["agree"] < 1.0

@@ -17,10 +17,10 @@ $(STAMP): pyproject.toml constraints.txt
 
 venv: $(STAMP)
 
-# The kernels compiled ahead of time (agent/detect/jit.py): without them the agent imports
+# The kernels compiled ahead of time (agent/detect/kernels/jit.py): without them the agent imports
 # numba, about 120 MiB more. Does nothing when they are built for the current source.
 kernels: venv
-	$(BIN)/python -m agent.build_kernels
+	$(BIN)/python -m agent.detect.kernels.build
 
 # The tests and the demo start Mosquitto brokers of their own; only the binary is needed.
 mosquitto:
@@ -75,7 +75,7 @@ bench: venv kernels mosquitto
 	$(BIN)/python bench/summary.py --output bench/results/latest.md
 
 clean:
-	rm -rf $(VENV) agent/detect/_aot_*.so .demo .pytest_cache .mypy_cache .ruff_cache .hypothesis
+	rm -rf $(VENV) agent/detect/kernels/_aot_*.so .demo .pytest_cache .mypy_cache .ruff_cache .hypothesis
 
 # The Debian package dist/edge-agent_<version>_<arch>.deb, for the build machine's
 # architecture (packaging/README.md). DEB_DIR=... puts it elsewhere; DEB_COMPRESSION=gzip

@@ -52,7 +52,7 @@ HEADLINES = (
              "`mosquitto_pub", 1, "mosquitto_pub -q 1"),
     Headline("startup", "`edge-agent run` to READY=1, s", "startup.md",
              "`edge-agent run` to READY=1, kernels compiled", 1, "baseline: `python -c 'import agent", 1,
-             "import agent.runtime"),
+             "import agent.supervisor.runtime"),
     Headline("modbus", "CPU ms per poll of 1,000 tags", "modbus.md", "agent: `ModbusDriver.read",
              1, "baseline: bare", 1, "bare pymodbus loop"),
     Headline("opcua", "CPU (cores) per 1,000 items", "opcua.md", "agent (`OpcUaDriver.stream`)",

@@ -1,6 +1,6 @@
 """Runs the agent's own detectors over a labelled series, one row per SampleBatch.
 
-The detectors are built by `agent.rule_detectors` from the same rule models as the agent's
+The detectors are built by `agent.detect.rules` from the same rule models as the agent's
 `detectors:` section; the monotonic clock of a replay is the series' own time.
 """
 
@@ -13,8 +13,8 @@ import numpy.typing as npt
 
 from agent.config.detection import DetectorRule
 from agent.detect.base import DetectorChain
+from agent.detect.rules import rule_detectors
 from agent.events import Event
-from agent.rule_detectors import rule_detectors
 from drivers.samples import SampleBatch
 from eval.datasets import Series
 

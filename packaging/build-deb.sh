@@ -69,7 +69,7 @@ trap 'rm -rf "$stage" "$source"' EXIT
 PIP_DISABLE_PIP_VERSION_CHECK=1 "$pip" --python "$venv/bin/python" install --quiet \
     --no-compile --constraint "$project/constraints.txt" "$source"
 # The kernels compiled ahead of time, with the venv's own numba and numpy, so that the agent
-# never loads numba (agent/detect/jit.py). numba.pycc needs setuptools while it compiles:
+# never loads numba (agent/detect/kernels/jit.py). numba.pycc needs setuptools while it compiles:
 # the project venv's version, installed for the build and removed after it. No bytecode
 # here: compileall writes it below; -P: the installed agent, not a source tree in the
 # working directory.
@@ -79,7 +79,7 @@ PIP_DISABLE_PIP_VERSION_CHECK=1 "$pip" --python "$venv/bin/python" install --qui
 # The C compiler writes source paths into the extension (__FILE__, debug info): they are
 # made to name the installed venv, not the staging tree.
 CFLAGS="${CFLAGS:-} -ffile-prefix-map=$stage$prefix=$prefix" PYTHONDONTWRITEBYTECODE=1 \
-    "$venv/bin/python" -P -m agent.build_kernels
+    "$venv/bin/python" -P -m agent.detect.kernels.build
 PIP_DISABLE_PIP_VERSION_CHECK=1 "$pip" --python "$venv/bin/python" uninstall --quiet --yes \
     setuptools
 

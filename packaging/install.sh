@@ -65,11 +65,11 @@ export PIP_DISABLE_PIP_VERSION_CHECK=1
 "$venv/bin/pip" install --quiet --upgrade --constraint "$project/constraints.txt" "$source"
 # The same version number from a changed source tree is still a new agent: reinstall it.
 "$venv/bin/pip" install --quiet --force-reinstall --no-deps "$source"
-# The kernels compiled ahead of time: the agent then never loads numba (agent/detect/jit.py).
+# The kernels compiled ahead of time: the agent then never loads numba (agent/detect/kernels/jit.py).
 # numba.pycc needs setuptools to compile (a venv of Python >= 3.12 has none); -P: the
 # installed agent, not a source tree in the working directory.
 "$venv/bin/python" -c 'import setuptools' 2>/dev/null || "$venv/bin/pip" install --quiet setuptools
-"$venv/bin/python" -P -m agent.build_kernels
+"$venv/bin/python" -P -m agent.detect.kernels.build
 
 install -D -m 0644 "$here/edge-agent.service" "$root/etc/systemd/system/$unit"
 install -D -m 0644 "$project/config/example.yaml" "$root/etc/edge-agent/config.yaml.example"

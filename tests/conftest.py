@@ -8,11 +8,11 @@ from pathlib import Path
 
 import pytest
 
-from agent.kernel_cache import kernel_cache_dir
+from agent.detect.kernels.source import kernel_cache_dir
 from agent.testing import Mosquitto
 
 # Before numba is imported: like the agent, one kernel cache per version of the kernels'
-# source, so that a change in kernels_episode.py alone never runs stale callers.
+# source, so that a change in kernels/episode.py alone never runs stale callers.
 os.environ.setdefault("NUMBA_CACHE_DIR",
                       str(kernel_cache_dir(Path(__file__).resolve().parents[1] / ".numba-cache")))
 

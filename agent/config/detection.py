@@ -18,7 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 MachineStateName = Literal["off", "idle", "running", "overload"]
 MACHINE_STATES: tuple[str, ...] = ("off", "idle", "running", "overload")
-"""The states of `machines:` (agent/detect/kernels_state.py), in their order."""
+"""The states of `machines:` (agent/detect/kernels/state.py), in their order."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -32,7 +32,7 @@ class Gate:
 
     @property
     def codes(self) -> frozenset[int]:
-        """The states as `kernels_state` numbers them (OFF = 0 ... OVERLOAD = 3)."""
+        """The states as `kernels.state` numbers them (OFF = 0 ... OVERLOAD = 3)."""
         return frozenset(MACHINE_STATES.index(s) for s in self.states)
 
     def describe(self) -> str:

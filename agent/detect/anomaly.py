@@ -14,8 +14,8 @@ import numpy as np
 import numpy.typing as npt
 
 from agent.detect.episodes import EpisodeEvents, RowInfo, context_ring
-from agent.detect.kernels_episode import EP_SCORE, new_episodes
-from agent.detect.kernels_pca import (
+from agent.detect.kernels.episode import EP_SCORE, new_episodes
+from agent.detect.kernels.pca import (
     CUR_EWMA,
     CUR_FRESH,
     CUR_PLANES,
@@ -30,8 +30,8 @@ from agent.detect.kernels_pca import (
     XS_T2,
     pca_batch,
 )
-from agent.detect.kernels_runs import RUN_COUNT, RUN_FIELDS, RUN_FIRST, RUN_ROW, RUN_STRIDE
-from agent.detect.kernels_univariate import COMMON_PARAMS, P_AFTER
+from agent.detect.kernels.runs import RUN_COUNT, RUN_FIELDS, RUN_FIRST, RUN_ROW, RUN_STRIDE
+from agent.detect.kernels.univariate import COMMON_PARAMS, P_AFTER
 from agent.detect.learned_state import (
     as_list,
     restore_rows,
@@ -49,7 +49,7 @@ PCA_KEEP_ROWS = 50_000
 """Values of learning rows a `pca` group keeps across a restart before its fit (400 rows of
 32 tags is 12,800); a longer warm-up starts over after a restart."""
 Kernel = Callable[..., int]
-"""A batch kernel: returns how many rows it raised an episode counter on (`kernels_univariate`)."""
+"""A batch kernel: returns how many rows it raised an episode counter on (`kernels.univariate`)."""
 TickKernel = Callable[..., None]
 Pairs = tuple[I64, I64, I64]
 Runs = tuple[I64, int]
@@ -61,7 +61,7 @@ def _pairs(sel: I64, rows: I64, cols: I64) -> Pairs:
 
 
 def _runs(sel: I64, rows: I64, cols: I64) -> Runs:
-    """The runs of the univariate kernels (`kernels_runs`) and the longest run's length: the
+    """The runs of the univariate kernels (`kernels.runs`) and the longest run's length: the
     samples grouped by the row they feed, in batch order within a row (a stable sort); a row
     whose positions are an arithmetic progression (the usual batch: each tag once, or a
     burst of the same tuple repeated) is one run, any other row one run per sample."""
@@ -145,7 +145,7 @@ def _most_per_row(rows: I64, cols: I64) -> int:
 class UnivariateDetector:
     """Limits, z-score, drift, stuck or RMS rows of one device (a Detector, ScoringDetector).
 
-    `params` holds one row of kernel parameters per row (see `kernels_univariate`), whose
+    `params` holds one row of kernel parameters per row (see `kernels.univariate`), whose
     P_AFTER column is the row's context size; `tick_kernel`, when given, also runs on the
     clock (a tag that stopped arriving).
     """
@@ -229,7 +229,7 @@ class UnivariateDetector:
 class PcaDetector:
     """Multivariate groups of one device: streaming PCA, T² and Q (a Detector, ScoringDetector).
 
-    `params` has one row per group (see `kernels_pca`).
+    `params` has one row per group (see `kernels.pca`).
     """
 
     def __init__(self, device: str, rows: Sequence[RowInfo], params: F64) -> None:

@@ -2,7 +2,7 @@
 
 A batch's samples go to *signal rows* (one per tag of a rule: the ring of its last
 samples), whose blocks score *band rows* (one per band of that tag: the episode rows, which
-events and scores are about). See `kernels_band` for the arrays.
+events and scores are about). See `kernels.band` for the arrays.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import numpy as np
 import numpy.typing as npt
 
 from agent.detect.episodes import EpisodeEvents, RowInfo, context_ring
-from agent.detect.kernels_band import (
+from agent.detect.kernels.band import (
     B_WARMUP,
     BAND_STATE,
     BS_BLOCKS,
@@ -27,7 +27,7 @@ from agent.detect.kernels_band import (
     band_rms_batch,
     fft_tables,
 )
-from agent.detect.kernels_episode import EP_SCORE, P_AFTER, new_episodes
+from agent.detect.kernels.episode import EP_SCORE, P_AFTER, new_episodes
 from agent.detect.learned_state import restore_rows, row_key, rows_finished, rows_learned
 from agent.detect.tag_layouts import TagLayouts
 from agent.events import Event

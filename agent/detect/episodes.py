@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from agent.detect.kernels_episode import (
+from agent.detect.kernels.episode import (
     ACTIVE,
     CLEARING,
     EP_AFTER_DONE,

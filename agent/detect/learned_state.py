@@ -18,7 +18,7 @@ Beside the rows, the file keeps when each row finished learning (`learned_at`, U
 key) and when it was saved (`saved_at`): a model learned two years ago on a machine repaired
 since is stale, and the restore says how old it is (`learned_age_s`). A file of an earlier
 version has neither: its models are restored, their age is unknown (null) until they learn
-again. `forget` (`edge-agent relearn`, agent/relearn.py) makes named rules learn again
+again. `forget` (`edge-agent relearn`, agent/service/relearn.py) makes named rules learn again
 while the agent runs.
 
 Not kept: episodes (one in progress at shutdown ends as `ongoing`); what is timed on the

@@ -1,7 +1,7 @@
 """Machine states, energy and usage: `state` events on each change, `energy` reports per
 interval and per shift (a Detector over one device's machines).
 
-The arithmetic is in `kernels_machine` (one call per batch for all machines of the device);
+The arithmetic is in `kernels.machine` (one call per batch for all machines of the device);
 this class maps tags to roles, schedules the reports, turns the kernel's arrays into events
 and hands the lifetime counters to `StateFile` so that they survive a restart.
 """
@@ -18,8 +18,8 @@ from typing import Any
 import numpy as np
 
 from agent.config.machines import ENERGY_COUNTER_KWH, MachineConfig
-from agent.detect.kernels_counter import C_HAS, C_LAST
-from agent.detect.kernels_machine import (
+from agent.detect.kernels.counter import C_HAS, C_LAST
+from agent.detect.kernels.machine import (
     A_CYCLES,
     A_FIELDS,
     A_KWH,
@@ -55,7 +55,7 @@ from agent.detect.kernels_machine import (
     machine_accumulate,
     new_machine_state,
 )
-from agent.detect.kernels_state import STATE_NAMES, UNKNOWN
+from agent.detect.kernels.state import STATE_NAMES, UNKNOWN
 from agent.detect.state_file import StateFile
 from agent.detect.tag_layouts import TagLayouts
 from agent.events import ENERGY, STATE, Event
@@ -187,7 +187,7 @@ class MachineDetector:
         return events
 
     def level_of(self, machine: str, mono_ns: int) -> int:
-        """The state a machine's signal says it is in (`kernels_state`: OFF ... OVERLOAD)
+        """The state a machine's signal says it is in (`kernels.state`: OFF ... OVERLOAD)
         at its last sample, before the dwell time confirms it as the machine's state, which
         `state` events report (`agent/detect/gate.py` reads it). UNKNOWN before the first
         signal sample, and once the last one is older than the machine's gap bound (a

@@ -11,7 +11,8 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-from agent.detect.kernels import (
+from agent.detect.kernels.counter import C_HAS, C_LAST, COUNTER_FIELDS
+from agent.detect.kernels.window import (
     W_BAD,
     W_COUNT,
     W_INCREASE,
@@ -24,7 +25,6 @@ from agent.detect.kernels import (
     WINDOW_FIELDS,
     window_accumulate,
 )
-from agent.detect.kernels_counter import C_HAS, C_LAST, COUNTER_FIELDS
 from agent.detect.state_file import StateFile
 from agent.detect.tag_layouts import TagLayouts
 from agent.events import WINDOW, Event

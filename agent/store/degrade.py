@@ -12,8 +12,8 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field, replace
 
-from agent.compaction import merge_windows
 from agent.events import WINDOW, decode, encode_envelope
+from agent.store.compaction import merge_windows
 from agent.store.schema import set_meta
 
 _COMPACT_SCAN_ROWS = 256

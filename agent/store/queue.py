@@ -18,10 +18,12 @@ import contextlib
 import sqlite3
 import threading
 import time
+import weakref
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import TypeVar
+from types import TracebackType
+from typing import Self, TypedDict, TypeVar, Unpack
 
 import structlog
 
@@ -41,32 +43,42 @@ _DISK_FULL_SHRINK = 0.8
 """On SQLITE_FULL, shrink the stored bytes to this share to make room inside the file."""
 
 
-class EventStore:
-    """Open with `await EventStore.open(...)`; run `writer()` as a task; `close()` at the end."""
+def _always() -> bool:
+    return True
 
-    def __init__(
-        self,
-        path: Path,
-        gateway: str,
-        *,
-        commit_interval_s: float,
-        commit_max_events: int,
-        max_bytes: int | None,
-        max_age_s: float | None,
-        max_pending_events: int,
-        report_interval_s: float,
-        reserve_bytes: int,
-        clock_synchronized: Callable[[], bool],
-    ) -> None:
+
+class StoreOptions(TypedDict, total=False):
+    """How an EventStore commits and bounds itself; the defaults are in brackets."""
+
+    commit_interval_s: float  # (0.5) a batch is committed at least this often
+    commit_max_events: int  # (200) ... or once this many events wait
+    max_bytes: int | None  # (None) stored bytes over which old events are merged, then dropped
+    max_age_s: float | None  # (None) events older than this are dropped
+    max_pending_events: int  # (10,000) events held in memory while commits fail
+    report_interval_s: float  # (60) at most one store_health event this often
+    reserve_bytes: int  # (RESERVE_BYTES) disk space held back for the store's own needs
+    clock_synchronized: Callable[[], bool]  # (always) whether events' times are trusted
+
+
+class EventStore:
+    """`async with await EventStore.open(...) as store`; run `writer()` as a task.
+
+    Leaving the context (or `close()`) commits what is pending and closes the database.
+    """
+
+    def __init__(self, path: Path, gateway: str, **options: Unpack[StoreOptions]) -> None:
+        """Use `open`: it also opens the database. Defaults of `options`: StoreOptions."""
         self.path = path
         self._gateway = gateway
-        self._interval_s = commit_interval_s
-        self._max_events = commit_max_events
-        self._max_bytes = max_bytes
+        self._interval_s = options.get("commit_interval_s", 0.5)
+        self._max_events = options.get("commit_max_events", 200)
+        self._max_bytes = options.get("max_bytes")
+        max_age_s = options.get("max_age_s")
         self._max_age_ns = int(max_age_s * 1e9) if max_age_s else None
-        self._max_pending = max_pending_events
-        self._report_interval_s = report_interval_s
-        self._clock_synchronized = clock_synchronized
+        self._max_pending = options.get("max_pending_events", 10_000)
+        self._report_interval_s = options.get("report_interval_s", 60.0)
+        self._clock_synchronized = options.get("clock_synchronized", _always)
+        reserve_bytes = options.get("reserve_bytes", RESERVE_BYTES)
         self._disk = DiskSpace(path, reserve_bytes)
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="store")
         self._db: sqlite3.Connection | None = None
@@ -79,30 +91,12 @@ class EventStore:
         self._reserved: set[int] = set()
         self._reserved_lock = threading.Lock()
         self._wake = asyncio.Event()
-        self.committed = asyncio.Event()
-        """Set after each commit that added events; the uplink clears it before reading."""
+        self._commit_signals: weakref.WeakSet[asyncio.Event] = weakref.WeakSet()
 
     @classmethod
-    async def open(
-        cls,
-        path: Path,
-        gateway: str,
-        *,
-        commit_interval_s: float = 0.5,
-        commit_max_events: int = 200,
-        max_bytes: int | None = None,
-        max_age_s: float | None = None,
-        max_pending_events: int = 10_000,
-        report_interval_s: float = 60.0,
-        reserve_bytes: int = RESERVE_BYTES,
-        clock_synchronized: Callable[[], bool] = lambda: True,
-    ) -> EventStore:
-        store = cls(
-            path, gateway, commit_interval_s=commit_interval_s,
-            commit_max_events=commit_max_events, max_bytes=max_bytes, max_age_s=max_age_s,
-            max_pending_events=max_pending_events, report_interval_s=report_interval_s,
-            reserve_bytes=reserve_bytes, clock_synchronized=clock_synchronized,
-        )
+    async def open(cls, path: Path, gateway: str, **options: Unpack[StoreOptions]) -> EventStore:
+        """The store at `path`, its database open (StoreError when it cannot be)."""
+        store = cls(path, gateway, **options)
         try:
             await store._call(store._open_db)
         except (OSError, sqlite3.Error) as exc:
@@ -257,6 +251,13 @@ class EventStore:
         """Events accepted but not yet on disk."""
         return len(self._pending)
 
+    def commit_signal(self) -> asyncio.Event:
+        """An event of the caller's own, set after each commit that added events: a reader
+        clears it before it reads `last_seq`, then waits on it for more."""
+        signal = asyncio.Event()
+        self._commit_signals.add(signal)
+        return signal
+
     @property
     def last_seq(self) -> int:
         """The highest sequence number committed."""
@@ -293,7 +294,8 @@ class EventStore:
                     log.error("store_cannot_make_room", path=str(self.path), error=str(room_exc))
             return
         if events:
-            self.committed.set()
+            for signal in self._commit_signals:
+                signal.set()
 
     def _report_losses(self) -> None:
         losses = self._ledger.losses()
@@ -344,6 +346,13 @@ class EventStore:
 
     async def stats(self) -> StoreStats:
         return await self._call(lambda: read_stats_from(self._require_db(), self.path))
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(self, exc_type: type[BaseException] | None,
+                        exc: BaseException | None, tb: TracebackType | None) -> None:
+        await self.close()
 
     async def close(self) -> None:
         await self.flush()

@@ -33,8 +33,8 @@ sys.path[:0] = [str(ROOT), str(ROOT / "firmware-sim"), str(ROOT / "tests" / "e2e
 from ruamel.yaml import YAML
 from support import AgentProcess, RawCollector, Received, scaled_config
 
+from agent.detect.kernels.source import kernel_cache_dir
 from agent.events import SAMPLES, Event, encode
-from agent.kernel_cache import kernel_cache_dir
 from agent.testing import Mosquitto, start_plc_sim, stop_process
 
 SPEED = 20.0

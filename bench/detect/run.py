@@ -28,7 +28,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
-from agent.kernel_cache import kernel_cache_dir
+from agent.detect.kernels.source import kernel_cache_dir
 
 # Before numba is imported: as the agent and the tests do, one kernel cache per version of
 # the kernels' source. Without it numba caches beside each kernel module, keyed by that
@@ -47,9 +47,9 @@ from agent.config.detection import (
     StuckRule,
     ZScoreRule,
 )
-from agent.detect import jit
 from agent.detect.base import Detector
-from agent.rule_detectors import rule_detectors
+from agent.detect.kernels import jit
+from agent.detect.rules import rule_detectors
 from drivers.samples import SampleBatch
 
 DEVICE = "bench"
@@ -231,8 +231,8 @@ KINDS = ("limits", "zscore", "drift", "stuck", "rms", "pca", "band_rms")
 
 
 def kernel_form() -> str:
-    """How the detectors' kernels ran (agent/detect/jit.py): `aot` (the extension built by
-    `python -m agent.build_kernels`, what the agent runs), else `jit` and why."""
+    """How the detectors' kernels ran (agent/detect/kernels/jit.py): `aot` (the extension built by
+    `python -m agent.detect.kernels.build`, what the agent runs), else `jit` and why."""
     form = jit.mode()
     return form if form == "aot" else f"{form} ({jit.why_not_aot()})"
 

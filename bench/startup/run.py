@@ -93,7 +93,7 @@ def main() -> int:
             warm = [time_to_ready(config, jit) for _ in range(args.runs)]
             aot = [time_to_ready(config, env) for _ in range(args.runs)]
             bare = [time_command([python, "-c", "pass"]) for _ in range(args.runs)]
-            imports = [time_command([python, "-c", "import agent.runtime, agent.detect"])
+            imports = [time_command([python, "-c", "import agent.supervisor.runtime, agent.detect"])
                        for _ in range(args.runs)]
     finally:
         shutil.rmtree(work, ignore_errors=True)
@@ -105,7 +105,7 @@ def main() -> int:
         ("`edge-agent run` to READY=1, numba JIT fallback, warm kernel cache",
          statistics.median(warm), max(warm)),
         ("`edge-agent run` to READY=1, numba JIT fallback, empty kernel cache", cold, cold),
-        ("baseline: `python -c 'import agent.runtime, agent.detect'`",
+        ("baseline: `python -c 'import agent.supervisor.runtime, agent.detect'`",
          statistics.median(imports), max(imports)),
         ("baseline: `python -c pass`", statistics.median(bare), max(bare)),
     ]

@@ -17,9 +17,9 @@ from pathlib import Path
 from workload import GATEWAY, status_kb
 
 from agent.config.models import GatewayConfig, MqttConfig
-from agent.logs import configure_logging
+from agent.service.logs import configure_logging
 from agent.store import EventStore
-from agent.uplink import MqttUplink
+from agent.uplink.client import MqttUplink
 
 MILESTONES = (0.25, 0.5, 0.75)
 

@@ -91,13 +91,14 @@ async def write_through_store(path: Path, count: int) -> tuple[Written, list[byt
     defaults = StoreConfig()
     store = await EventStore.open(path, GATEWAY, commit_interval_s=defaults.commit_interval_s,
                                   commit_max_events=defaults.commit_max_events)
+    committed = store.commit_signal()
     writer = asyncio.create_task(store.writer())
     stream = events(count, event_pool())
     before, started = io_counters(), time.perf_counter()
     while batch := list(itertools.islice(stream, defaults.commit_max_events)):
-        store.committed.clear()
+        committed.clear()
         store.put(batch)
-        await store.committed.wait()
+        await committed.wait()
     seconds = time.perf_counter() - started
     writer.cancel()
     with contextlib.suppress(asyncio.CancelledError):

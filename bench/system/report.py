@@ -213,8 +213,8 @@ MEMORY_BASELINES = (
     ("`python -c pass`", "pass"),
     ("`import numpy`", "import numpy"),
     ("`import numba`", "import numba"),
-    ("`import agent.runtime, agent.detect` (what `edge-agent run` imports)",
-     "import agent.runtime, agent.detect"),
+    ("`import agent.supervisor.runtime, agent.detect` (what `edge-agent run` imports)",
+     "import agent.supervisor.runtime, agent.detect"),
 )
 
 

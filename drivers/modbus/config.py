@@ -207,6 +207,11 @@ class ModbusTag(_Strict):
         return REGISTERS_PER_TYPE[self.type]
 
     @property
+    def change_deadband(self) -> float | None:
+        """The move that makes a `change` event (None: the tag does not report changes)."""
+        return self.deadband if self.report_on_change else None
+
+    @property
     def counter_modulus(self) -> float | None:
         """Where a counter tag's value wraps to zero, in engineering units (`2**bits * scale`);
         None for a float register, which does not wrap (a drop there is a meter reset)."""

@@ -94,6 +94,11 @@ class OpcUaTag(_Strict):
         return self
 
     @property
+    def change_deadband(self) -> float | None:
+        """None: a subscription's own `deadband` filters changes at the server."""
+        return None
+
+    @property
     def address(self) -> str:
         """How the tag names its node, for messages and `check`."""
         if self.node is not None:

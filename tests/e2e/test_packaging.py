@@ -1,7 +1,7 @@
 """Packaging: the systemd unit, the .deb and install.sh, checked as an operator would meet them.
 
 - The unit passes `systemd-analyze verify` (warnings count as failures) and keeps the
-  contract agent/runtime.py implements (Type=notify, watchdog, reload, credentials).
+  contract agent/supervisor/runtime.py implements (Type=notify, watchdog, reload, credentials).
 - `make deb` builds a package that `dpkg --root` installs into a scratch root; the files land
   where the unit expects them and the installed agent runs `edge-agent check` on the example
   configuration. Where the kernel allows a private mount namespace, the scratch root's
@@ -235,7 +235,8 @@ def test_installed_agent_checks_the_example_configuration(
         cwd=root, env=env, capture_output=True, text=True, check=True).stdout
     assert imported.startswith(f"{venv}/lib/python3.11/site-packages/agent/")
     # The package carries the kernels compiled ahead of time: its agent never loads numba.
-    code = ("import sys; from agent.detect import jit, kernels; kernels.warm_up(); "
+    code = ("import sys; from agent.detect import kernels; from agent.detect.kernels import jit; "
+            "kernels.warm_up(); "
             "print(jit.mode(), 'numba' in sys.modules, jit.why_not_aot())")
     kernels = subprocess.run([str(venv / "bin/python"), "-c", code], cwd=root, env=env,
                              capture_output=True, text=True, check=True).stdout

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 from support import AgentProcess, Sim, agent_config, modbus_device, saved_row
 
-from agent.detect.kernels_pca import XS_FITTED, XS_N
+from agent.detect.kernels.pca import XS_FITTED, XS_N
 from agent.detect.learned_state import utc_ns
 from agent.testing import Mosquitto, console_script, wait_until
 

@@ -9,8 +9,8 @@ from pathlib import Path
 
 from agent.clock import BOOT_ID, ClockWatch
 from agent.events import CLOCK, WINDOW, Event, correct_clock, decode, encode
-from agent.runtime import tick_detectors
 from agent.store import EventStore
+from agent.supervisor.runtime import tick_detectors
 
 HOUR_NS = 3600 * 10**9
 

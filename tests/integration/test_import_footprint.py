@@ -16,9 +16,11 @@ START = """
 import sys
 from pathlib import Path
 from agent.config.loader import load_config
-from agent.devices import make_detector, make_driver
-from agent.detect import jit, kernels
-import agent.runtime
+from agent.acquire.driver import make_driver
+from agent.detect.device import make_detector
+from agent.detect import kernels
+from agent.detect.kernels import jit
+import agent.supervisor.runtime
 loaded = load_config(Path(sys.argv[1]))
 for device in loaded.config.devices:
     make_driver(device, Path(sys.argv[2]))
@@ -40,7 +42,7 @@ def test_a_modbus_gateway_loads_neither_numba_nor_asyncua(tmp_path: Path) -> Non
     mode, numba, asyncua, *why = _start(ROOT / "config" / "compressor-monitoring.yaml",
                                         tmp_path)
     assert (mode, numba) == ("aot", "False"), (
-        f"{' '.join(why)} -- build them: make kernels (python -m agent.build_kernels)")
+        f"{' '.join(why)} -- build them: make kernels (python -m agent.detect.kernels.build)")
     assert asyncua == "False"
 
 

@@ -1,4 +1,4 @@
-"""The kernels in each of their forms (agent/detect/jit.py): compiled ahead of time (what the
+"""The kernels in each of their forms (agent/detect/kernels/jit.py): compiled ahead of time (what the
 agent runs; the suite itself runs them so), compiled by numba at start (the fallback when
 the extension is missing or stale), and as plain Python (NUMBA_DISABLE_JIT=1: a gateway
 where numba cannot compile, a debugger stepping through a kernel). The same detector unit
@@ -14,14 +14,14 @@ from pathlib import Path
 
 import pytest
 
-from agent.detect import jit
+from agent.detect.kernels import jit
 
 ROOT = Path(__file__).resolve().parents[2]
 UNIT_TESTS = ("tests/unit/test_anomaly_detectors.py", "tests/unit/test_band_rms.py",
               "tests/unit/test_window.py", "tests/unit/test_machine_kernels.py",
               "tests/unit/test_machine_detector.py")
-BAND_KERNELS = ["kernels_band___block", "kernels_band__band_rms_batch",
-                "kernels_band__fft_radix2", "kernels_band__rfft_power"]
+BAND_KERNELS = ["band___block", "band__band_rms_batch", "band__fft_radix2",
+                "band__rfft_power"]
 
 
 def _python(code: str, **env: str) -> subprocess.CompletedProcess[str]:
@@ -43,8 +43,9 @@ def test_detector_unit_tests_pass_in_the_other_forms(env: dict[str, str]) -> Non
 
 
 def test_a_missing_build_falls_back_to_numba_and_says_why() -> None:
-    code = ("import agent.kernel_cache as k; k.kernels_digest = lambda: 'not-built'; "
-            "import sys; from agent.detect import jit, kernels; kernels.warm_up(); "
+    code = ("import agent.detect.kernels.source as k; k.kernels_digest = lambda: 'not-built'; "
+            "import sys; from agent.detect import kernels; from agent.detect.kernels import jit; "
+            "kernels.warm_up(); "
             "print(jit.mode(), 'numba' in sys.modules); print(jit.why_not_aot())")
     run = _python(code)
     assert run.returncode == 0, run.stderr
@@ -54,35 +55,35 @@ def test_a_missing_build_falls_back_to_numba_and_says_why() -> None:
 
 
 def test_numba_disabled_wins_over_the_ahead_of_time_build() -> None:
-    run = _python("from agent.detect import jit; print(jit.mode(), jit.why_not_aot())",
+    run = _python("from agent.detect.kernels import jit; print(jit.mode(), jit.why_not_aot())",
                   NUMBA_DISABLE_JIT="1")
     assert run.stdout.split() == ["python", "NUMBA_DISABLE_JIT=1"], run.stdout + run.stderr
 
 
 def test_the_build_compiles_the_band_kernels_with_the_signatures_warm_up_records(
         tmp_path: Path) -> None:
-    """What `python -m agent.build_kernels` exports: every kernel warm_up() compiled, one
+    """What `python -m agent.detect.kernels.build` exports: every kernel warm_up() compiled, one
     signature each (it stops otherwise), among them the band kernel and the FFT it calls.
     With `rms` beside it: both use episode_step, inlined into each caller (numba's
     `inline="always"`), so it is no kernel of its own. A fresh numba cache, as the build's:
     a kernel loaded from a cache compiles none of its callees."""
-    code = ("import importlib; from agent.build_kernels import kernels; "
-            "from agent.kernel_cache import kernel_sources; from agent.detect import kernels as k; "
+    code = ("import importlib; from agent.detect.kernels.build import kernels; "
+            "from agent.detect import kernels as k; "
             "k.warm_up({'rms', 'band_rms'}); mods = [importlib.import_module("
-            "f'agent.detect.{p.stem}') for p in kernel_sources()]; "
+            "f'agent.detect.kernels.{m}') for m in k.MODULES]; "
             "print(' '.join(sorted(n for n, _, _ in kernels(mods))))")
     run = _python(code, NUMBA_CACHE_DIR=str(tmp_path), **{jit.FORCE_VARIABLE: "jit"})
     assert run.returncode == 0, run.stderr[-2000:]
     exported = run.stdout.split()
-    assert [n for n in exported if n.startswith("kernels_band__")] == BAND_KERNELS
-    assert "kernels_episode__episode_step" not in exported
-    assert "kernels_univariate__rms_batch" in exported
+    assert [n for n in exported if n.startswith("band__")] == BAND_KERNELS
+    assert "episode__episode_step" not in exported
+    assert "univariate__rms_batch" in exported
 
 
 def test_the_band_kernels_run_ahead_of_time_compiled_as_built() -> None:
     """The suite runs the kernels as the agent does: from the extension (`make kernels`)."""
     names = ["band_rms_batch", "rfft_power", "fft_radix2"]
-    code = ("from agent.detect import jit, kernels_band as b; print(jit.mode(), "
+    code = ("from agent.detect.kernels import band as b, jit; print(jit.mode(), "
             f"*[type(getattr(b, n)).__name__ for n in {names!r}])")
     run = _python(code)
     assert run.stdout.split() == ["aot"] + ["builtin_function_or_method"] * 3, (

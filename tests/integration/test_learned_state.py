@@ -1,5 +1,5 @@
 """What the detectors learned survives a restart: the device's detector is built as the agent
-builds it (`agent.devices.make_detector`, from a configuration file), with a real state file
+builds it (`agent.detect.device.make_detector`, from a configuration file), with a real state file
 in a temporary state directory."""
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import structlog
 
-from agent.detect import Detector
+from agent.detect.base import Detector
 from agent.detect.learned_state import KeepLearned
 from agent.detect.state_file import wait_all_saved
 from agent.testing import device_detector, offline_config

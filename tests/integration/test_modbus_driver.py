@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from agent.device_task import DeviceStatus, supervise_device
+from agent.acquire.task import DeviceHealth, supervise_device
 from agent.events import DEVICE_HEALTH, Event
 from drivers.errors import IllegalAddress
 from drivers.modbus import ModbusDriver, ModbusTcpDevice
@@ -150,7 +150,7 @@ async def test_a_refused_tag_is_reported_once_as_degraded(
         def flush(self, time_ns: int) -> list[Event]:
             return []
 
-    status = DeviceStatus("comp")
+    status = DeviceHealth("comp")
     task = asyncio.create_task(
         supervise_device(ModbusDriver(config), Counting(), events.extend, status=status)
     )

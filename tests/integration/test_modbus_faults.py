@@ -14,8 +14,8 @@ from typing import Any
 
 import pytest
 
-from agent.backoff import Backoff
-from agent.device_task import DeviceStatus, supervise_device
+from agent.acquire.backoff import Backoff
+from agent.acquire.task import DeviceHealth, supervise_device
 from agent.events import DEVICE_HEALTH, Event
 from agent.testing import wait_until_async
 from drivers.errors import (
@@ -180,7 +180,7 @@ async def test_a_dead_slave_does_not_stall_the_other_on_the_same_bus(tmp_path: P
     tasks = [
         asyncio.create_task(supervise_device(
             ModbusDriver(config), counts[config.name], sink,
-            Backoff(initial_s=0.5, max_s=2.0), DeviceStatus(config.name)))
+            Backoff(initial_s=0.5, max_s=2.0), DeviceHealth(config.name)))
         for config in (comp, meter)
     ]
     try:

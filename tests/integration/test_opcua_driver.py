@@ -18,9 +18,10 @@ from typing import Any
 import pytest
 import pytest_asyncio
 
-from agent.backoff import Backoff
-from agent.detect import DetectorChain, QualityChanges
-from agent.device_task import DeviceStatus, supervise_device
+from agent.acquire.backoff import Backoff
+from agent.acquire.task import DeviceHealth, supervise_device
+from agent.detect.base import DetectorChain
+from agent.detect.quality import QualityChanges
 from agent.events import DEVICE_HEALTH, QUALITY, Event
 from agent.testing import wait_until_async
 from drivers.opcua import OpcUaDevice, OpcUaDriver
@@ -86,7 +87,7 @@ def start(tmp_path: Path) -> Any:
         detector = DetectorChain([run, QualityChanges(config.name, [t.name for t in config.tags])])
         tasks.append(asyncio.create_task(supervise_device(
             OpcUaDriver(config, tmp_path), detector, run.sink,
-            Backoff(initial_s=0.2, max_s=0.5), DeviceStatus(config.name))))
+            Backoff(initial_s=0.2, max_s=0.5), DeviceHealth(config.name))))
         return run
 
     yield start

@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 import pytest_asyncio
 
-from agent.backoff import Backoff
-from agent.device_task import DeviceStatus, supervise_device
+from agent.acquire.backoff import Backoff
+from agent.acquire.task import DeviceHealth, supervise_device
 from agent.events import DEVICE_HEALTH, Event
 from agent.testing import console_script, wait_until_async
 from drivers.opcua import OpcUaDevice, OpcUaDriver, pki
@@ -85,7 +85,7 @@ async def test_unpinned_server_is_refused_then_pinned_server_delivers_encrypted(
                            password_file)
     task = asyncio.create_task(supervise_device(
         OpcUaDriver(config, tmp_path), keep, events.extend, Backoff(0.2, 0.5),
-        DeviceStatus("comp")))
+        DeviceHealth("comp")))
     try:
         await wait_until_async(lambda: events, timeout_s=15, what="a health event")
         refused = events[0].data
@@ -122,7 +122,7 @@ async def test_wrong_password_is_a_security_event_that_never_shows_the_password(
                            password_file)
     task = asyncio.create_task(supervise_device(
         OpcUaDriver(config, tmp_path), Keep(), events.extend, Backoff(0.2, 0.5),
-        DeviceStatus("comp")))
+        DeviceHealth("comp")))
     try:
         await wait_until_async(lambda: events, timeout_s=15, what="a health event")
     finally:

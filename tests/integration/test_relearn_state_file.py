@@ -19,11 +19,12 @@ import pytest
 import structlog
 from structlog.testing import LogCapture
 
-from agent.detect import Detector, state_file
 from agent.detect import learned_state as learned_state_module
+from agent.detect import state_file
+from agent.detect.base import Detector
+from agent.detect.device import learned_of
 from agent.detect.learned_state import utc_ns
 from agent.detect.state_file import wait_all_saved
-from agent.devices import learned_of
 from agent.testing import console_script, device_detector, offline_config
 from drivers.samples import SampleBatch
 

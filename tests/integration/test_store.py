@@ -50,9 +50,10 @@ async def test_writer_commits_when_the_batch_is_full(tmp_path: Path) -> None:
     import asyncio
 
     store = await EventStore.open(tmp_path / "e.sqlite", "gw", commit_interval_s=60, commit_max_events=3)
+    committed = store.commit_signal()
     writer = asyncio.create_task(store.writer())
     store.put([ev(1), ev(2), ev(3)])
-    await asyncio.wait_for(store.committed.wait(), timeout=5)
+    await asyncio.wait_for(committed.wait(), timeout=5)
     assert await store.depth() == 3
     writer.cancel()
     await store.close()

@@ -1,4 +1,4 @@
-"""`agent.systemd.Notifier` against real AF_UNIX datagram sockets, as systemd binds them."""
+"""`agent.service.systemd.Notifier` against real AF_UNIX datagram sockets, as systemd binds them."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import socket
 import time
 from pathlib import Path
 
-from agent.systemd import Notifier
+from agent.service.systemd import Notifier
 
 
 def test_abstract_socket_name_starting_with_at() -> None:

@@ -10,7 +10,7 @@ from agent.config.models import GatewayConfig, MqttConfig
 from agent.events import Event
 from agent.store import EventStore
 from agent.testing import Mosquitto, MqttCollector
-from agent.uplink import MqttUplink
+from agent.uplink.client import MqttUplink
 
 
 def mqtt_config(broker: Mosquitto, **extra: object) -> MqttConfig:

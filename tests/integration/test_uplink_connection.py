@@ -16,7 +16,6 @@ from structlog.testing import capture_logs
 
 import agent
 from agent.config.models import GatewayConfig, MqttConfig
-from agent.credentials import CredentialError
 from agent.events import Event
 from agent.store import EventStore
 from agent.testing import (
@@ -28,8 +27,9 @@ from agent.testing import (
     stop_process,
     wait_until,
 )
-from agent.testing_tls import CertificateSet, KeyPair, make_test_certificates
-from agent.uplink import MqttUplink
+from agent.testing.tls import CertificateSet, KeyPair, make_test_certificates
+from agent.uplink.client import MqttUplink
+from agent.uplink.credentials import CredentialError
 
 GATEWAY = GatewayConfig(id="gw-1", site="plant7")
 STATUS_TOPIC = "plant7/gw-1/_gateway/status"

@@ -21,10 +21,10 @@ from agent.config.detection import (
     StuckRule,
     ZScoreRule,
 )
-from agent.detect import DetectorChain, ScoringDetector
-from agent.detect.kernels_pca import jacobi_eigh
+from agent.detect.base import DetectorChain, ScoringDetector
+from agent.detect.kernels.pca import jacobi_eigh
+from agent.detect.rules import rule_detectors
 from agent.events import ANOMALY, LIMIT, Event
-from agent.rule_detectors import rule_detectors
 from drivers.samples import Quality, SampleBatch
 
 S = 1_000_000_000
@@ -292,7 +292,7 @@ def test_pca_control_limits_keep_their_confidence_on_normal_operation() -> None:
 def test_pca_t2_limit_is_the_f_distribution_limit(n: int, k: int) -> None:
     from scipy import stats
 
-    from agent.detect.kernels_pca import control_limits
+    from agent.detect.kernels.pca import control_limits
 
     z = stats.norm.ppf(0.999)
     t2, _ = control_limits(np.ones(k + 1), k + 1, k, n, z)
@@ -302,7 +302,7 @@ def test_pca_t2_limit_is_the_f_distribution_limit(n: int, k: int) -> None:
 
 
 def test_pca_without_residual_space_falls_back_to_the_largest_value_seen() -> None:
-    from agent.detect.kernels_pca import control_limits
+    from agent.detect.kernels.pca import control_limits
 
     t2, q = control_limits(np.array([2.0, 1.0]), 2, 2, 400, 3.09)
     assert math.isfinite(t2) and math.isnan(q)

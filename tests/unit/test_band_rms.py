@@ -18,10 +18,10 @@ from hypothesis.extra import numpy as hnp
 
 from agent.config import ConfigError, load_config
 from agent.config.detection import BandRmsRule, DetectorRule, RmsRule
-from agent.detect import DetectorChain
-from agent.detect import kernels_band as kb
+from agent.detect.base import DetectorChain
+from agent.detect.kernels import band as kb
+from agent.detect.rules import rule_detectors
 from agent.events import ANOMALY, Event
-from agent.rule_detectors import rule_detectors
 from drivers.samples import Quality, SampleBatch
 
 S = 1_000_000_000

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from agent.check import summary, warnings
+from agent.cli.check import summary, warnings
 from agent.config import load_config
 
 CONFIG = """

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from agent.compaction import merge_windows
+from agent.store.compaction import merge_windows
 
 
 def window(samples: np.ndarray, start: int, end: int) -> dict[str, object]:

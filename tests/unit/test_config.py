@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from agent.cli import main
+from agent.cli.main import main
 from agent.config import ConfigError, load_config
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -94,8 +94,8 @@ def test_check_warns_about_datasheet_addresses(tmp_path: Path,
 
 
 def test_example_config_builds_every_detector_it_asks_for() -> None:
-    from agent.detect import DetectorChain
-    from agent.devices import make_detector
+    from agent.detect.base import DetectorChain
+    from agent.detect.device import make_detector
 
     config = load_config(ROOT / "config" / "example.yaml", environ={}).config
     [device] = config.devices
@@ -118,7 +118,7 @@ def test_compressor_vibration_profile_is_accepted_and_builds_its_band_rule(
         capsys: pytest.CaptureFixture[str]) -> None:
     """The OPC UA vibration example (the e2e band test runs it against the simulator)."""
     from agent.config.detection import BandRmsRule
-    from agent.devices import make_detector
+    from agent.detect.device import make_detector
 
     path = ROOT / "config" / "compressor-vibration.yaml"
     assert main(["check", "-c", str(path)]) == 0

@@ -8,8 +8,8 @@ import msgpack
 import pytest
 
 from agent.config.models import MqttConfig
-from agent.credentials import CredentialError, mqtt_password
-from agent.status import GatewayStatus, StatusDecodeError, decode_status, encode_status
+from agent.uplink.credentials import CredentialError, mqtt_password
+from agent.uplink.presence import Presence, PresenceDecodeError, decode_presence, encode_presence
 
 SECRET = "s3cret never-logged"
 
@@ -58,13 +58,13 @@ def test_plain_password_is_used_as_given() -> None:
 
 
 def test_status_message_round_trips_with_the_documented_keys() -> None:
-    status = GatewayStatus(gateway="gw-1", status="online", agent_version="1.2.3",
+    status = Presence(gateway="gw-1", status="online", agent_version="1.2.3",
                            config_sha256="ab" * 32, time_ns=1_763_900_000_000_000_000)
-    payload = encode_status(status)
+    payload = encode_presence(status)
     assert msgpack.unpackb(payload) == {
         "v": 1, "gw": "gw-1", "kind": "status", "status": "online", "version": "1.2.3",
         "config_sha256": "ab" * 32, "t": 1_763_900_000_000_000_000,
     }
-    assert decode_status(payload) == status
-    with pytest.raises(StatusDecodeError):
-        decode_status(msgpack.packb({"v": 1, "kind": "window"}))
+    assert decode_presence(payload) == status
+    with pytest.raises(PresenceDecodeError):
+        decode_presence(msgpack.packb({"v": 1, "kind": "window"}))

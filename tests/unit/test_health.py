@@ -1,4 +1,4 @@
-"""The heartbeat's content and how `edge-agent status` prints it (`agent.health`)."""
+"""The heartbeat's content and how `edge-agent status` prints it (`agent.service.status`)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from dataclasses import replace
 from typing import Any
 
 from agent import __version__
-from agent.health import format_status, heartbeat_data, process_usage
+from agent.service.status import format_status, heartbeat_data, process_usage
 from agent.store import StoreStats
 
 NS = 1_000_000_000
@@ -99,7 +99,7 @@ def test_status_says_whether_each_device_learns_or_has_learned_and_since_when() 
 
 
 def test_prometheus_text_has_the_same_numbers() -> None:
-    from agent.prometheus import render
+    from agent.service.prometheus import render
 
     text = render(beat(), 'gw-"1"')
     lines = text.splitlines()

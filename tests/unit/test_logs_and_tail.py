@@ -7,9 +7,9 @@ import json
 
 import structlog
 
+from agent.cli.tail import format_line, topic_filter
 from agent.events import Event, decode, encode
-from agent.logs import configure_logging
-from agent.tail import format_line, topic_filter
+from agent.service.logs import configure_logging
 
 
 class _Tty(io.StringIO):

@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 
 from agent.config.machines import MachineConfig
-from agent.detect import WindowAggregator
 from agent.detect.machine import MachineDetector, MachineSetup
 from agent.detect.state_file import StateFile
+from agent.detect.window import WindowAggregator
 from agent.events import ENERGY, STATE, Event
 from drivers.samples import SampleBatch
 

@@ -6,8 +6,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from agent.detect.kernels_counter import COUNTER_FIELDS, counter_step
-from agent.detect.kernels_machine import (
+from agent.detect.kernels.counter import COUNTER_FIELDS, counter_step
+from agent.detect.kernels.machine import (
     A_KWH,
     A_PEAK_W,
     A_RESETS,
@@ -32,7 +32,7 @@ from agent.detect.kernels_machine import (
     machine_accumulate,
     new_machine_state,
 )
-from agent.detect.kernels_state import IDLE, OFF, OVERLOAD, RUNNING, UNKNOWN, desired_level
+from agent.detect.kernels.state import IDLE, OFF, OVERLOAD, RUNNING, UNKNOWN, desired_level
 
 S = 1_000_000_000
 T0 = 1_700_000_000 * S

@@ -10,9 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from agent.detect import Detector
-from agent.detect.base import ScoringDetector
-from agent.devices import learned_of
+from agent.detect.base import Detector, ScoringDetector
+from agent.detect.device import learned_of
 from agent.events import ANOMALY, LIMIT, Event
 from agent.testing import device_detector, offline_config
 from drivers.samples import Quality, SampleBatch

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
-from agent.cli import main
+from agent.cli.main import main
 from agent.config import load_config
 from drivers.opcua.client import poll_plans
 from drivers.opcua.config import OpcUaDevice

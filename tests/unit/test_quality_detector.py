@@ -57,7 +57,7 @@ def test_quality_events_rank_with_health_when_the_store_is_full() -> None:
 
 def test_quality_of_a_tag_shared_none_never_leaves_and_explain_names_the_topic() -> None:
     from agent.config.models import AgentConfig
-    from agent.sharing import SharingPolicy, explain
+    from agent.store.sharing import SharingPolicy, explain
 
     config = AgentConfig.model_validate({
         "gateway": {"id": "gw", "site": "s"}, "mqtt": {"host": "h"},

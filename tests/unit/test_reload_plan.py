@@ -1,11 +1,11 @@
-"""What a SIGHUP reload keeps, starts, stops and refuses (`agent.reload.plan_reload`)."""
+"""What a SIGHUP reload keeps, starts, stops and refuses (`agent.supervisor.reload.plan_reload`)."""
 
 from __future__ import annotations
 
 from typing import Any
 
 from agent.config import AgentConfig
-from agent.reload import plan_reload
+from agent.supervisor.reload import plan_reload
 
 
 def device(name: str, port: int = 502, **extra: Any) -> dict[str, Any]:

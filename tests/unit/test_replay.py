@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from agent.replay import SendOrder
+from agent.uplink.send_order import SendOrder
 
 
 def test_events_from_before_a_restart_are_backlog() -> None:

@@ -9,9 +9,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from agent.cli import EXIT_CONFIG, main
+from agent.cli.main import EXIT_CONFIG, main
+from agent.cli.replay import Row, parse_time, replay
 from agent.events import Event
-from agent.replay_csv import Row, parse_time, replay
 from drivers.samples import SampleBatch
 
 CONFIG = """
@@ -127,7 +127,7 @@ def test_scores_are_written_per_row(tmp_path: Path) -> None:
 
 
 def test_scores_file_has_a_column_per_score(tmp_path: Path) -> None:
-    from agent.replay_csv import write_scores
+    from agent.cli.replay import write_scores
 
     path = tmp_path / "scores.csv"
     write_scores(path, [(0, {"a.z": 1.0}), (10**9, {"a.z": 2.0, "b.z": 3.0})])

@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 
 from agent.config.models import AgentConfig
-from agent.detect import RawSamples
+from agent.detect.raw import RawSamples
 from agent.events import DEVICE_HEALTH, GATEWAY_DEVICE, SAMPLES, STORE_HEALTH, WINDOW, Event
-from agent.sharing import SharingPolicy, explain
+from agent.store.sharing import SharingPolicy, explain
 from drivers.samples import SampleBatch
 
 CONFIG = {
@@ -106,7 +106,7 @@ def test_explain_lists_machine_topics() -> None:
 def _multivariate_anomaly(tags: list[str]) -> Event:
     """A real `pca` anomaly over `tags` of the press, from its detector (context included)."""
     from agent.config.detection import PcaRule
-    from agent.rule_detectors import rule_detectors
+    from agent.detect.rules import rule_detectors
 
     rule = PcaRule(kind="pca", device="press", tags=tags, warmup_samples=20, context_samples=3,
                    smoothing_halflife_samples=0, threshold_factor=3.0)

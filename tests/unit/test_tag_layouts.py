@@ -12,7 +12,8 @@ from typing import Any
 import numpy as np
 import pytest
 
-from agent.detect import Detector, tag_layouts
+from agent.detect import tag_layouts
+from agent.detect.base import Detector
 from agent.detect.tag_layouts import TagLayouts
 from agent.events import Event
 from agent.testing import device_detector, offline_config

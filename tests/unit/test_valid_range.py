@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 import structlog
 
-from agent.check import summary
+from agent.cli.check import summary
 from agent.config import ConfigError, load_config
-from agent.detect import Detector
+from agent.detect.base import Detector
 from agent.events import ANOMALY, QUALITY, WINDOW, Event
 from agent.testing import device_detector, offline_config
 from drivers.samples import SampleBatch

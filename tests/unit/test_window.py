@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from agent.detect import WindowAggregator
+from agent.detect.window import WindowAggregator
 from agent.events import WINDOW
 from drivers.samples import Quality, SampleBatch
 

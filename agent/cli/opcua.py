@@ -1,0 +1,172 @@
+"""`edge-agent browse` and `edge-agent opcua trust`: the OPC UA commands a technician runs
+while setting a device up. Thin: the protocol work is in drivers/opcua/browse.py and trust.py.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from pathlib import Path
+from typing import Any
+
+from agent.cli.common import EXIT_CONFIG, EXIT_FAILURE, EXIT_OK, load_or_exit
+
+
+def _quiet_asyncua() -> None:
+    """asyncua warns on stderr about negotiated timeouts; the commands say what matters."""
+    import logging
+
+    logging.getLogger("asyncua").setLevel(logging.CRITICAL)
+
+
+def add_commands(sub: Any) -> None:
+    """Register the subcommands on the `edge-agent` parser's subparsers."""
+    browse = sub.add_parser("browse", help="print an OPC UA server's address space as a tree")
+    browse.add_argument("endpoint", help="opc.tcp://HOST:PORT[/path]")
+    browse.add_argument("--node", default="i=85",
+                        help="start node (default i=85, the Objects folder)")
+    browse.add_argument("--depth", type=int, default=3, help="levels below it (default 3)")
+    browse.add_argument("--yaml", action="store_true",
+                        help="print a ready `tags:` list for the variables instead of the tree")
+    browse.add_argument("--select", action="append", metavar="NODEID",
+                        help="with --yaml: only these variables (repeat the option)")
+    browse.add_argument("--timeout", type=float, default=5.0, help="seconds per request")
+    browse.add_argument("-c", "--config",
+                        help="with --device: connect with that device's security and login")
+    browse.add_argument("--device", help="an OPC UA device of the configuration (-c)")
+    browse.set_defaults(func=cmd_browse)
+
+    opcua = sub.add_parser("opcua", help="OPC UA set-up: trust a server's certificate")
+    actions = opcua.add_subparsers(dest="action", required=True, metavar="ACTION")
+    trust = actions.add_parser("trust", help="show a server's certificate and pin it if you agree")
+    trust.add_argument("endpoint", help="opc.tcp://HOST:PORT[/path]")
+    where = trust.add_mutually_exclusive_group(required=True)
+    where.add_argument("-c", "--config", help="configuration file: its gateway.state_dir")
+    where.add_argument("--state-dir", type=Path, help="the agent's state directory")
+    trust.add_argument("--yes", action="store_true",
+                       help="pin without asking (only after comparing the fingerprint)")
+    trust.add_argument("--timeout", type=float, default=5.0, help="seconds to wait for the server")
+    trust.set_defaults(func=cmd_opcua_trust)
+
+
+def cmd_browse(args: argparse.Namespace) -> int:
+    from asyncua.client.client import Client
+    from asyncua.ua.uaerrors import UaError
+
+    from drivers.errors import SecurityRejected
+    from drivers.opcua import pki
+    from drivers.opcua.browse import browse_tree, render_tree, variables, yaml_tags
+    from drivers.opcua.config import OpcUaDevice, check_node_id
+    from drivers.opcua.security import secure
+
+    _quiet_asyncua()
+
+    try:
+        for node in [args.node, *(args.select or [])]:
+            check_node_id(node)
+    except ValueError as exc:
+        print(f"browse: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+
+    device: OpcUaDevice | None = None
+    state_dir = Path(".")
+    if args.config or args.device:
+        if not (args.config and args.device):
+            print("browse: -c CONFIG and --device NAME go together", file=sys.stderr)
+            return EXIT_CONFIG
+        config = load_or_exit(args.config).config
+        state_dir = config.gateway.state_dir
+        found = [d for d in config.devices if d.name == args.device]
+        if not found or not isinstance(found[0], OpcUaDevice):
+            print(f"browse: {args.config} has no OPC UA device {args.device!r}", file=sys.stderr)
+            return EXIT_CONFIG
+        device = found[0]
+
+    async def run() -> list[str]:
+        client = Client(args.endpoint, timeout=args.timeout)
+        client.application_uri = pki.APPLICATION_URI
+        if device is not None:
+            await secure(client, device, pki.pki_dir(state_dir))
+        await client.connect()
+        try:
+            root = await browse_tree(client, args.node, max(0, args.depth))
+        finally:
+            await client.disconnect()
+        if not args.yaml:
+            return render_tree(root)
+        chosen = list(variables(root))
+        if args.select:
+            wanted = set(args.select)
+            chosen = [v for v in chosen if v.node_id in wanted]
+            missing = wanted - {v.node_id for v in chosen}
+            if missing:
+                raise LookupError(f"not variables under {args.node} within --depth "
+                                  f"{args.depth}: {', '.join(sorted(missing))}")
+        return yaml_tags(chosen)
+
+    try:
+        lines = asyncio.run(run())
+    except (OSError, TimeoutError) as exc:
+        print(f"browse: cannot reach {args.endpoint}: {exc or type(exc).__name__}",
+              file=sys.stderr)
+        return EXIT_FAILURE
+    except SecurityRejected as exc:
+        print(f"browse: {exc.detail}", file=sys.stderr)
+        return EXIT_FAILURE
+    except (UaError, LookupError) as exc:
+        hint = ""
+        if "No matching endpoints" in str(exc):
+            hint = ("; the server requires security: add -c CONFIG --device NAME to browse with "
+                    "a configured device's security")
+        print(f"browse: {args.endpoint}: {exc}{hint}", file=sys.stderr)
+        return EXIT_FAILURE
+    for line in lines:
+        print(line)
+    return EXIT_OK
+
+
+def cmd_opcua_trust(args: argparse.Namespace) -> int:
+    from drivers.opcua import pki
+    from drivers.opcua.trust import fetch_server_certificate, trust
+
+    _quiet_asyncua()
+
+    if args.config:
+        state_dir = load_or_exit(args.config).config.gateway.state_dir
+    else:
+        state_dir = args.state_dir
+    pki_dir = pki.pki_dir(state_dir)
+    try:
+        server = asyncio.run(fetch_server_certificate(args.endpoint, args.timeout))
+    except (OSError, TimeoutError) as exc:
+        print(f"opcua trust: cannot reach {args.endpoint}: {exc or type(exc).__name__}",
+              file=sys.stderr)
+        return EXIT_FAILURE
+    except LookupError as exc:
+        print(f"opcua trust: {exc}; nothing to trust", file=sys.stderr)
+        return EXIT_FAILURE
+    print(f"server      {args.endpoint}")
+    print(f"subject     {server.subject}")
+    print(f"valid until {server.not_after}")
+    print(f"endpoints   {', '.join(server.policies)}")
+    print(f"SHA-256     {server.fingerprint}")
+    print("Compare the fingerprint with the one the server itself shows (its display, web page "
+          "or documentation) before trusting it.")
+
+    def confirm(question: str) -> bool:
+        if args.yes:
+            return True
+        print(f"{question}? [y/N] ", end="", flush=True)
+        answer = sys.stdin.readline().strip().lower()
+        return answer in ("y", "yes")
+
+    path = trust(server, pki_dir, confirm)
+    if path is None:
+        print("not trusted: nothing changed", file=sys.stderr)
+        return EXIT_FAILURE
+    if path.is_dir():
+        print(f"already trusted (in {path})")
+    else:
+        print(f"trusted: pinned in {path}; the agent connects from its next attempt on")
+    return EXIT_OK

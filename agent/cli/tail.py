@@ -1,0 +1,154 @@
+"""`edge-agent tail`: subscribe to the broker and print each event decoded, one per line.
+
+A debugging tool for technicians and tests; it runs paho's blocking loop, the
+daemon's asyncio rules do not apply here.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import ssl
+import sys
+from dataclasses import asdict
+from typing import Any, TextIO
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
+
+from agent.events import DecodeError, Envelope, decode
+from agent.uplink.presence import PresenceDecodeError, decode_presence
+
+
+def topic_filter(template: str, **known: str) -> str:
+    """The subscription that matches every topic the template can produce."""
+    fields = {name: known.get(name, "+") for name in ("site", "gateway", "device", "kind")}
+    return template.format(**fields)
+
+
+def format_time(time_ns: int) -> str:
+    stamp = dt.datetime.fromtimestamp(time_ns / 1e9, tz=dt.UTC)
+    return stamp.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def _number(value: Any) -> str:
+    return f"{value:.6g}" if isinstance(value, float) else str(value)
+
+
+def format_line(env: Envelope) -> str:
+    """A one-line, human-readable rendering of an event."""
+    head = f"{format_time(env.time_ns)} {env.gateway} #{env.seq} {env.device} {env.kind}"
+    data = env.data
+    if env.kind == "window" and isinstance(data.get("tags"), dict):
+        parts = []
+        for tag, s in data["tags"].items():
+            unit = f" {s['unit']}" if s.get("unit") else ""
+            if s.get("n"):
+                parts.append(
+                    f"{tag}={_number(s['last'])}{unit} [{_number(s['min'])}..{_number(s['max'])}"
+                    f" mean {_number(s['mean'])} n={s['n']}]"
+                )
+            else:
+                parts.append(f"{tag}=? [bad={s.get('bad', 0)}]")
+        return f"{head} " + "; ".join(parts)
+    if env.kind == "change" and isinstance(data.get("tags"), dict):
+        changes = []
+        for tag, c in data["tags"].items():
+            unit = f" {c['unit']}" if c.get("unit") else ""
+            was = "" if c.get("previous") is None else f" (was {_number(c['previous'])})"
+            changes.append(f"{tag}={_number(c['value'])}{unit}{was}")
+        return f"{head} " + "; ".join(changes)
+    if env.kind == "state" and "to" in data:
+        dwell = data.get("dwell_s")
+        after = f" after {_number(dwell)} s" if dwell is not None else ""
+        return f"{head} {data.get('machine')}: {data.get('from') or 'start'} -> {data['to']}{after}"
+    if env.kind == "energy" and "period" in data:
+        return f"{head} {_energy(data)}"
+    return f"{head} " + " ".join(f"{k}={_number(v)}" for k, v in data.items())
+
+
+def _energy(data: dict[str, Any]) -> str:
+    """A machine's energy report in one line: what a technician compares with the meter."""
+    period = data["period"] + (f" {data['shift']}" if data.get("shift") else "")
+    parts = [f"{data.get('machine')} {period}:"]
+    if data.get("total_kwh") is not None:
+        parts.append(f"{data['total_kwh']:.3f} kWh (idle {data['idle_kwh']:.3f})")
+    hours = data.get("hours") or {}
+    parts.append("h " + "/".join(f"{hours.get(s, 0.0):.2f}" for s in
+                                  ("off", "idle", "running", "overload")))
+    parts.append(f"starts {data.get('starts')}")
+    if data.get("peak_demand_w") is not None:
+        parts.append(f"peak {data['peak_demand_w']:.0f} W")
+    if "cycles" in data:
+        parts.append(f"cycles {_number(data['cycles'])}")
+        if data.get("kwh_per_cycle") is not None:
+            parts.append(f"{data['kwh_per_cycle']:.4f} kWh/cycle")
+    if data.get("unmeasured_s"):
+        parts.append(f"unmeasured {data['unmeasured_s']:.0f} s")
+    if data.get("counter_resets"):
+        parts.append(f"resets {data['counter_resets']}")
+    if not data.get("complete", True):
+        parts.append("(incomplete)")
+    return " ".join(parts)
+
+
+def tail(
+    *, host: str, port: int, topic: str, tls: bool, ca_file: str | None, username: str | None,
+    password: str | None, as_json: bool, count: int | None, out: TextIO = sys.stdout,
+) -> int:
+    seen = 0
+    client = mqtt.Client(callback_api_version=CallbackAPIVersion.VERSION2)
+    if username is not None:
+        client.username_pw_set(username, password)
+    if tls:
+        client.tls_set(ca_certs=ca_file, cert_reqs=ssl.CERT_REQUIRED)
+
+    def on_connect(c: mqtt.Client, _u: Any, _f: Any, reason: Any, _p: Any) -> None:
+        if reason.is_failure:
+            print(f"broker refused the connection: {reason}", file=sys.stderr)
+            c.disconnect()
+            return
+        c.subscribe(topic, qos=1)
+
+    def on_subscribe(_c: mqtt.Client, _u: Any, _mid: int, _codes: Any, _p: Any) -> None:
+        # Said once the broker confirmed (SUBACK): from here on nothing published is missed.
+        print(f"subscribed to {topic} on {host}:{port}", file=sys.stderr, flush=True)
+
+    def on_message(c: mqtt.Client, _u: Any, msg: mqtt.MQTTMessage) -> None:
+        nonlocal seen
+        try:
+            env = decode(msg.payload)
+        except DecodeError as exc:
+            try:
+                status = decode_presence(msg.payload)
+            except PresenceDecodeError:
+                print(f"{msg.topic}: undecodable payload ({exc})", file=sys.stderr, flush=True)
+                return
+            line = (json.dumps({"topic": msg.topic, "kind": "status", **asdict(status)}) if as_json else
+                    f"{format_time(status.time_ns)} {status.gateway} status {status.status} "
+                    f"version={status.agent_version} config={status.config_sha256[:12]}")
+            out.write(line + "\n")
+            out.flush()
+            return
+        if as_json:
+            out.write(json.dumps({"topic": msg.topic, **asdict(env)}) + "\n")
+        else:
+            out.write(format_line(env) + "\n")
+        out.flush()
+        seen += 1
+        if count is not None and seen >= count:
+            c.disconnect()
+
+    client.on_connect = on_connect
+    client.on_subscribe = on_subscribe
+    client.on_message = on_message
+    try:
+        client.connect(host, port, keepalive=30)
+    except OSError as exc:
+        print(f"cannot reach the broker at {host}:{port}: {exc}", file=sys.stderr)
+        return 1
+    try:
+        client.loop_forever(retry_first_connection=False)
+    except KeyboardInterrupt:
+        client.disconnect()
+    return 0

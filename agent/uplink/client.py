@@ -1,0 +1,379 @@
+"""MQTT uplink: sends stored events at QoS 1 and acknowledges them to the store.
+
+paho-mqtt runs its network loop in its own thread (`loop_start`); its callbacks
+are bridged into the event loop here and nowhere else, with
+`call_soon_threadsafe`. paho keeps the messages it has not had a PUBACK for
+and sends them again after a reconnect, so the in-flight map survives
+reconnects; after a restart of the agent the store still holds them all.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+import ssl
+import sys
+import threading
+import time
+from types import TracebackType
+from typing import Any, Self
+
+import paho.mqtt.client as mqtt
+import structlog
+from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.properties import Properties
+from paho.mqtt.reasoncodes import ReasonCode
+
+from agent import __version__
+from agent.config.models import GatewayConfig, MqttConfig, TlsConfig
+from agent.events import GATEWAY_DEVICE, mark_historical
+from agent.store import EventStore, StoredEvent
+from agent.uplink.credentials import CredentialError, mqtt_password
+from agent.uplink.link import LinkMonitor, LinkState
+from agent.uplink.presence import PRESENCE_KIND, Presence, PresenceState, encode_presence
+from agent.uplink.send_order import SendOrder
+
+log = structlog.get_logger(__name__)
+
+LOOP_STOP_WAIT_S = 1.5
+"""How long `close()` waits for paho's network thread to end."""
+CLOSE_ACK_TIMEOUT_S = 1.0
+"""How long `close()` waits for the PUBACK of the retained `offline` before DISCONNECT."""
+
+
+class MqttUplink:
+    def __init__(
+        self, config: MqttConfig, gateway: GatewayConfig, store: EventStore, *,
+        config_sha256: str = "",
+    ) -> None:
+        """Reads the password and TLS files now: raises `CredentialError` if one is unusable.
+
+        `config_sha256` (of the configuration file) goes into the status message.
+        """
+        self._config = config
+        self._gateway = gateway
+        self._store = store
+        self._committed = store.commit_signal()
+        self._config_sha256 = config_sha256
+        self._loop = asyncio.get_running_loop()
+        self._connected = asyncio.Event()
+        self._slot_freed = asyncio.Event()
+        self._inflight: dict[int, int] = {}  # paho message id -> store sequence number
+        self._historical_inflight: set[int] = set()
+        self._acks: list[tuple[int, ReasonCode]] = []  # from paho's thread, under the lock
+        self._acks_lock = threading.Lock()
+        self._acks_scheduled = False
+        self._link = LinkMonitor(config, self._loop, lambda: self._inflight.items())
+        self._closing = False
+        self._closed = False
+        self.status_topic = config.topic.format(
+            site=gateway.site, gateway=gateway.id, device=GATEWAY_DEVICE, kind=PRESENCE_KIND
+        )
+        """Where the retained `online`/`offline` status message goes (docs/events.md)."""
+        self._client = self._make_client()
+
+    @property
+    def connected(self) -> bool:
+        return self._connected.is_set()
+
+    @property
+    def inflight(self) -> int:
+        return len(self._inflight)
+
+    @property
+    def state(self) -> LinkState:
+        """connecting, connected, refused, tls_error, unreachable or not_acknowledging."""
+        return self._link.state
+
+    @property
+    def last_error(self) -> str:
+        """The latest connection fault, one line; kept after recovery, empty if none yet."""
+        return self._link.last_error
+
+    @property
+    def failed_attempts(self) -> int:
+        """Connection attempts that failed since the last successful connect."""
+        return self._link.failed_attempts
+
+    def topic_for(self, event: StoredEvent) -> str:
+        return self._config.topic.format(
+            site=self._gateway.site, gateway=self._gateway.id, device=event.device, kind=event.kind
+        )
+
+    def _make_client(self) -> mqtt.Client:
+        cfg = self._config
+        client = mqtt.Client(
+            callback_api_version=CallbackAPIVersion.VERSION2,
+            client_id=cfg.client_id or self._gateway.id,
+            protocol=mqtt.MQTTv5 if cfg.version == "5" else mqtt.MQTTv311,
+        )
+        if cfg.username is not None:
+            secret = mqtt_password(cfg)
+            client.username_pw_set(
+                cfg.username, secret.get_secret_value() if secret is not None else None
+            )
+        if cfg.tls.enabled:
+            client.tls_set_context(_tls_context(cfg.tls))
+        client.connect_timeout = cfg.connect_timeout_s
+        # One slot more than run() fills, so the status message never waits behind events.
+        client.max_inflight_messages_set(cfg.max_inflight + 1)
+        client.reconnect_delay_set(min_delay=1, max_delay=60)
+        self._set_will(client)
+        client.on_pre_connect = self._on_pre_connect
+        client.on_connect_fail = self._on_connect_fail
+        client.on_socket_open = self._on_socket_open
+        client.on_connect = self._on_connect
+        client.on_disconnect = self._on_disconnect
+        client.on_publish = self._on_publish
+        return client
+
+    def _status(self, status: PresenceState) -> bytes:
+        return encode_presence(Presence(
+            gateway=self._gateway.id, status=status, agent_version=__version__,
+            config_sha256=self._config_sha256, time_ns=time.time_ns(),
+        ))
+
+    def _set_will(self, client: mqtt.Client) -> None:
+        """`offline`, retained: the broker publishes it when it loses us without DISCONNECT."""
+        client.will_set(self.status_topic, self._status("offline"), qos=1, retain=True)
+
+    # --- paho thread -> event loop: the only bridge -----------------------------------
+
+    def _on_connect(
+        self, _c: mqtt.Client, _u: Any, _f: Any, reason: ReasonCode, _p: Properties | None
+    ) -> None:
+        self._loop.call_soon_threadsafe(self._connect_result, reason)
+
+    def _on_pre_connect(self, client: mqtt.Client, _u: Any) -> None:
+        # Before each attempt (paho's thread, nothing shared): the will's `t` is this connection's.
+        self._set_will(client)
+
+    def _on_connect_fail(self, _c: mqtt.Client, _u: Any) -> None:
+        # paho calls this from inside its `except OSError` around the TCP connect and TLS
+        # handshake (loop_forever, paho 2.2), so the exception being handled is the cause.
+        self._loop.call_soon_threadsafe(self._connect_failed, sys.exception())
+
+    def _on_socket_open(self, _c: mqtt.Client, _u: Any, sock: Any) -> None:
+        # Small packets, sent in bursts and acknowledged one by one: Nagle's algorithm would
+        # hold them back for the peer's delayed ACK (tens of ms a burst). paho leaves it on.
+        with contextlib.suppress(OSError, AttributeError):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self._loop.call_soon_threadsafe(self._socket_opened)
+
+    def _on_disconnect(
+        self, _c: mqtt.Client, _u: Any, _f: Any, reason: ReasonCode, _p: Properties | None
+    ) -> None:
+        self._loop.call_soon_threadsafe(self._disconnected, reason)
+
+    def _on_publish(
+        self, _c: mqtt.Client, _u: Any, mid: int, reason: ReasonCode, _p: Properties | None
+    ) -> None:
+        # PUBACKs come in bursts: one wake-up of the event loop per burst, not per message.
+        with self._acks_lock:
+            self._acks.append((mid, reason))
+            if self._acks_scheduled:
+                return
+            self._acks_scheduled = True
+        self._loop.call_soon_threadsafe(self._take_acks)
+
+    # --- event loop side -------------------------------------------------------------
+
+    # After close() began, what paho still reports is not news (and must start no timer).
+
+    def _socket_opened(self) -> None:
+        if not self._closing:
+            self._link.socket_opened()
+
+    def _connect_result(self, reason: ReasonCode) -> None:
+        if self._closing or not self._link.connack(reason):
+            return
+        # The birth: retained, so a subscriber that comes later still learns we are up.
+        self._client.publish(self.status_topic, self._status("online"), qos=1, retain=True)
+        self._connected.set()
+
+    def _connect_failed(self, exc: BaseException | None) -> None:
+        # paho retries with backoff; the monitor logs one line per fault, not one per attempt.
+        if not self._closing:
+            self._link.connect_failed(exc)
+
+    def _disconnected(self, reason: ReasonCode) -> None:
+        if self._connected.is_set():
+            log.warning("mqtt_disconnected", host=self._config.host, reason=str(reason))
+        self._connected.clear()
+        self._link.disconnected()
+
+    def _take_acks(self) -> None:
+        with self._acks_lock:
+            acks, self._acks = self._acks, []
+            self._acks_scheduled = False
+        for mid, reason in acks:
+            self._acknowledged(mid, reason)
+
+    def _acknowledged(self, mid: int, reason: ReasonCode) -> None:
+        seq = self._inflight.pop(mid, None)
+        if seq is None:
+            return
+        self._historical_inflight.discard(seq)
+        if reason.is_failure:
+            # The broker refused it (MQTT 5 PUBACK >= 0x80): keep it in the store for a later run.
+            log.error("mqtt_publish_refused", seq=seq, reason=str(reason))
+            self._store.release(seq)
+        else:
+            self._store.ack(seq)
+        self._slot_freed.set()
+
+    async def run(self) -> None:
+        """Connect (retrying in the background) and send stored events until cancelled."""
+        cfg = self._config
+        log.info(
+            "mqtt_connecting", host=cfg.host, port=cfg.effective_port, tls=cfg.tls.enabled,
+            client_id=cfg.client_id or self._gateway.id,
+        )
+        self._client.connect_async(cfg.host, cfg.effective_port, keepalive=cfg.keepalive_s)
+        self._client.loop_start()
+        order = SendOrder(
+            self._store.last_seq, replay_rate_per_s=cfg.replay_rate_per_s, now_s=self._loop.time()
+        )
+        # Refill the window in batches, not a slot per PUBACK: each refill is a store read.
+        refill = max(1, cfg.max_inflight // 4)
+        down_since = self._loop.time()
+        while True:
+            if not self._connected.is_set():
+                down_since = min(down_since, self._loop.time())
+                await self._connected.wait()
+                order.reconnected(self._store.last_seq, self._loop.time() - down_since,
+                                  cfg.replay_after_s)
+                down_since = float("inf")
+            free = cfg.max_inflight - len(self._inflight)
+            if free < refill and self._inflight:
+                await self._wait_for(self._slot_freed)
+                continue
+            self._committed.clear()
+            newest = self._store.last_seq
+            if order.live_cursor < newest:
+                live = await self._store.read_after(order.live_cursor, free)
+                # Nothing read: the rest was dropped by the store's bounds meanwhile.
+                order.sent_live(live[-1].seq if live else newest)
+                if live:
+                    self._publish(live, historical=False)
+                    continue
+            sent, wait_s = await self._replay_some(order, free)
+            if not sent:
+                await self._wait_for(self._committed, self._slot_freed, timeout_s=wait_s)
+
+    async def _replay_some(self, order: SendOrder, free: int) -> tuple[bool, float | None]:
+        """Send a rate-limited slice of the backlog. Whether anything was sent, and if not,
+        how long to wait at most before trying again (None: until a PUBACK or a commit)."""
+        span = order.backlog()
+        if span is None:
+            return False, None
+        half = self._config.max_inflight // 2
+        room = min(free, half - len(self._historical_inflight))
+        if room <= 0:
+            return False, None  # the backlog's half of the window is (nearly) full
+        count = order.take(room, self._loop.time())
+        if count == 0:
+            return False, order.seconds_until_next()
+        after, upto = span
+        rows = await self._store.read_after(after, count, upto=upto)
+        if not rows:
+            order.range_exhausted()
+            return True, None
+        self._publish(rows, historical=True)
+        order.sent_backlog(rows[-1].seq)
+        return True, None
+
+    def _publish(self, rows: list[StoredEvent], *, historical: bool) -> None:
+        for event in rows:
+            payload = mark_historical(event.payload) if historical else event.payload
+            info = self._client.publish(self.topic_for(event), payload, qos=1)
+            self._inflight[info.mid] = event.seq
+            if historical:
+                self._historical_inflight.add(event.seq)
+
+    async def _wait_for(self, *events: asyncio.Event, timeout_s: float | None = None) -> None:
+        """Until one of `events` is set (each cleared first by its owner) or the timeout."""
+        self._slot_freed.clear()
+        waiters = [asyncio.ensure_future(e.wait()) for e in events]
+        try:
+            await asyncio.wait(waiters, timeout=timeout_s, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for waiter in waiters:
+                waiter.cancel()
+
+    async def drain(self, timeout_s: float) -> None:
+        """Wait (bounded) until everything stored has been sent and acknowledged."""
+        deadline = self._loop.time() + timeout_s
+        while self._loop.time() < deadline and self._connected.is_set():
+            idle = not self._inflight and self._store.pending_count == 0
+            if idle and await self._store.depth() == 0:
+                return
+            await asyncio.sleep(0.02)
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(self, exc_type: type[BaseException] | None,
+                        exc: BaseException | None, tb: TracebackType | None) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        """Say `offline` (retained), then disconnect cleanly: DISCONNECT, so no last will.
+        Again is a no-op.
+
+        Waits at most CLOSE_ACK_TIMEOUT_S for the PUBACK of `offline`: without it the
+        broker may drop the message with the connection, and nobody learns we left.
+        """
+        if self._closed:
+            return
+        self._closed = self._closing = True
+        self._link.close()
+        if self._connected.is_set():
+            info = self._client.publish(
+                self.status_topic, self._status("offline"), qos=1, retain=True
+            )
+            try:
+                await asyncio.to_thread(info.wait_for_publish, CLOSE_ACK_TIMEOUT_S)
+            except (RuntimeError, ValueError) as exc:  # not queued, or the connection went
+                log.warning("mqtt_offline_not_sent", host=self._config.host, error=str(exc))
+            else:
+                if not info.is_published():
+                    log.warning("mqtt_offline_unacknowledged", host=self._config.host,
+                                waited_s=CLOSE_ACK_TIMEOUT_S)
+        self._connected.clear()  # from here a disconnect is ours, not news
+        self._client.disconnect()
+        # paho's thread may sit in a blocking connect (up to connect_timeout_s); it is a
+        # daemon thread, so a stopping agent need not wait for it longer than this.
+        stopping = asyncio.ensure_future(asyncio.to_thread(self._client.loop_stop))
+        _, pending = await asyncio.wait({stopping}, timeout=LOOP_STOP_WAIT_S)
+        if pending:
+            log.warning("mqtt_thread_still_busy", waited_s=LOOP_STOP_WAIT_S)
+
+
+def _tls_context(tls: TlsConfig) -> ssl.SSLContext:
+    """Verify the broker (CA and host name); load our certificate if configured.
+
+    Built here rather than by paho's `tls_set`, so that an unusable file is named in a
+    `CredentialError` at start instead of a traceback.
+    """
+    ca = str(tls.ca_file) if tls.ca_file else None
+    try:
+        context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=ca)
+    except (OSError, ssl.SSLError) as exc:
+        raise CredentialError(f"mqtt.tls.ca_file: cannot use {ca}: {_file_error(exc)}") from exc
+    if tls.cert_file is not None and tls.key_file is not None:
+        try:
+            context.load_cert_chain(str(tls.cert_file), str(tls.key_file))
+        except (OSError, ssl.SSLError) as exc:
+            raise CredentialError(
+                f"mqtt.tls.cert_file/key_file: cannot use {tls.cert_file} with {tls.key_file}: "
+                f"{_file_error(exc)}"
+            ) from exc
+    return context
+
+
+def _file_error(exc: OSError) -> str:
+    if isinstance(exc, ssl.SSLError):
+        return f"not a usable PEM file ({exc.reason or exc})"
+    return exc.strerror or str(exc)

@@ -22,8 +22,6 @@ import structlog
 from agent.acquire.driver import make_driver
 from agent.acquire.task import (
     DeviceHealth,
-    EventSink,
-    clock_event,
     supervise_device,
     tick_detectors,
 )
@@ -51,8 +49,7 @@ from agent.supervisor.tasks import cancel_and_wait
 from agent.uplink.client import MqttUplink
 from agent.uplink.credentials import CredentialError
 
-__all__ = ["DeviceHealth", "EventSink", "Supervisor", "clock_event", "run_agent",
-           "supervise_device", "tick_detectors"]
+__all__ = ["Supervisor", "run_agent"]
 
 log = structlog.get_logger(__name__)
 

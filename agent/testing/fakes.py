@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from agent.events import DEVICE_HEALTH, Event
+from drivers.base import Driver, ReadPlan
 from drivers.errors import DeviceError
 from drivers.samples import SampleBatch
 
@@ -49,7 +50,7 @@ class ScriptedDriver:
         if error is not None:
             raise error
 
-    async def read(self, plan: FakePlan) -> SampleBatch:
+    async def read(self, plan: ReadPlan) -> SampleBatch:
         await asyncio.sleep(0)
         self.reads += 1
         n = len(plan.tags)
@@ -112,3 +113,7 @@ class SettableClockSync:
     def __call__(self) -> bool:
         self.asked += 1
         return self.synchronized
+
+
+def _is_a_driver(driver: ScriptedDriver) -> Driver:
+    return driver  # mypy holds the fake to the protocol it stands in for

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Iterable
 from pathlib import Path
 
+from agent.acquire.task import tick_detectors
 from agent.clock import BOOT_ID, ClockWatch
 from agent.events import CLOCK, WINDOW, Event, correct_clock, decode, encode
 from agent.store import EventStore
-from agent.supervisor.runtime import tick_detectors
+from agent.testing import CapturingSink, SettableClockSync, wait_until_async
 
 HOUR_NS = 3600 * 10**9
 
@@ -59,19 +59,15 @@ async def test_events_stored_before_sync_leave_with_corrected_times(tmp_path: Pa
 
 
 async def test_the_transition_to_synchronized_is_an_event() -> None:
-    answers = iter([False, False, True])
-    watch = ClockWatch("ntp", probe=lambda: next(answers, True), check_interval_s=0)
-    seen: list[Event] = []
-    arrived = asyncio.Event()
-
-    def sink(events: Iterable[Event]) -> None:
-        seen.extend(events)
-        if seen:
-            arrived.set()
-
+    ntp = SettableClockSync()
+    watch = ClockWatch("ntp", probe=ntp, check_interval_s=0)
+    sink = CapturingSink()
     ticker = asyncio.create_task(tick_detectors([], sink, 0.01, watch))
-    await asyncio.wait_for(arrived.wait(), timeout=5)
+    await wait_until_async(lambda: ntp.asked >= 2, timeout_s=5, what="the clock asked twice")
+    assert not sink.events  # not synchronized yet: no clock event
+    ntp.synchronized = True
+    await wait_until_async(lambda: sink.events, timeout_s=5, what="the clock event")
     ticker.cancel()
-    [event] = seen
+    [event] = sink.events
     assert event.kind == CLOCK and event.data["boot"] == BOOT_ID
     assert abs(event.data["mono"] - time.monotonic_ns()) < 10 * 10**9

@@ -68,9 +68,9 @@ def test_the_build_compiles_the_band_kernels_with_the_signatures_warm_up_records
     `inline="always"`), so it is no kernel of its own. A fresh numba cache, as the build's:
     a kernel loaded from a cache compiles none of its callees."""
     code = ("import importlib; from agent.detect.kernels.build import kernels; "
-            "from agent.detect import kernels as k; "
+            "from agent.detect import kernels as k; from agent.detect.kernels.source import MODULES; "
             "k.warm_up({'rms', 'band_rms'}); mods = [importlib.import_module("
-            "f'agent.detect.kernels.{m}') for m in k.MODULES]; "
+            "f'agent.detect.kernels.{m}') for m in MODULES]; "
             "print(' '.join(sorted(n for n, _, _ in kernels(mods))))")
     run = _python(code, NUMBA_CACHE_DIR=str(tmp_path), **{jit.FORCE_VARIABLE: "jit"})
     assert run.returncode == 0, run.stderr[-2000:]

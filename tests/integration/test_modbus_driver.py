@@ -16,6 +16,7 @@ import pytest
 
 from agent.acquire.task import DeviceHealth, supervise_device
 from agent.events import DEVICE_HEALTH, Event
+from agent.testing import RecordingDetector, wait_until_async
 from drivers.errors import IllegalAddress
 from drivers.modbus import ModbusDriver, ModbusTcpDevice
 from drivers.modbus.line import _LINES
@@ -133,30 +134,14 @@ async def test_a_refused_tag_is_reported_once_as_degraded(
     _, port = compressor_port
     config = device(port, [*COMPRESSOR_TAGS[:6], SPARE], poll_interval_s=0.02)
     events: list[Event] = []
-    batches = 0
-    ten_batches = asyncio.Event()
-
-    class Counting:
-        def on_batch(self, batch: object) -> list[Event]:
-            nonlocal batches
-            batches += 1
-            if batches >= 10:
-                ten_batches.set()
-            return []
-
-        def on_tick(self, mono_ns: int, time_ns: int) -> list[Event]:
-            return []
-
-        def flush(self, time_ns: int) -> list[Event]:
-            return []
-
+    seen = RecordingDetector()
     status = DeviceHealth("comp")
     task = asyncio.create_task(
-        supervise_device(ModbusDriver(config), Counting(), events.extend, status=status)
+        supervise_device(ModbusDriver(config), seen, events.extend, status=status)
     )
     try:
-        async with asyncio.timeout(10):
-            await ten_batches.wait()
+        await wait_until_async(lambda: len(seen.batches) >= 10, timeout_s=10,
+                               what="ten batches")
     finally:
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)

@@ -17,7 +17,7 @@ import pytest
 from agent.acquire.backoff import Backoff
 from agent.acquire.task import DeviceHealth, supervise_device
 from agent.events import DEVICE_HEALTH, Event
-from agent.testing import wait_until_async
+from agent.testing import RecordingDetector, wait_until_async
 from drivers.errors import (
     DeviceError,
     DeviceException,
@@ -147,30 +147,13 @@ async def test_a_missing_serial_port_is_named() -> None:
         await read_once(config)
 
 
-class Counting:
-    """A detector that counts the batches of its device."""
-
-    def __init__(self) -> None:
-        self.batches = 0
-
-    def on_batch(self, batch: SampleBatch) -> list[Event]:
-        self.batches += 1
-        return []
-
-    def on_tick(self, mono_ns: int, time_ns: int) -> list[Event]:
-        return []
-
-    def flush(self, time_ns: int) -> list[Event]:
-        return []
-
-
 async def test_a_dead_slave_does_not_stall_the_other_on_the_same_bus(tmp_path: Path) -> None:
     path = tmp_path / "ttyRS485"
     server = ModbusSimServer(units(), transport="rtu", serial=SerialLine(path))
     await server.start()
     comp = rtu_device(path, "comp", 1, STATE, poll_interval_s=0.05)
     meter = rtu_device(path, "meter", 2, VOLTAGE, poll_interval_s=0.05)
-    counts = {"comp": Counting(), "meter": Counting()}
+    counts = {"comp": RecordingDetector(), "meter": RecordingDetector()}
     health: list[Event] = []
 
     def sink(events: Any) -> None:
@@ -187,11 +170,11 @@ async def test_a_dead_slave_does_not_stall_the_other_on_the_same_bus(tmp_path: P
         async with asyncio.timeout(20):
             await wait_until_async(lambda: any(e.device == "meter" for e in health),
                                    timeout_s=10, what="the dead slave reported")
-            start = counts["comp"].batches
+            start = len(counts["comp"].batches)
             await asyncio.sleep(2.0)  # a measured interval, not a wait for a condition
-            during = counts["comp"].batches - start
+            during = len(counts["comp"].batches) - start
             await server.clear_fault()
-            await wait_until_async(lambda: counts["meter"].batches > 0, timeout_s=10,
+            await wait_until_async(lambda: len(counts["meter"].batches) > 0, timeout_s=10,
                                    what="the slave read again once the fault is gone")
     finally:
         for task in tasks:

@@ -10,8 +10,8 @@ from __future__ import annotations
 import asyncio
 import itertools
 import time
-from collections.abc import AsyncIterator, Iterable
-from dataclasses import dataclass, field
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -22,8 +22,8 @@ from agent.acquire.backoff import Backoff
 from agent.acquire.task import DeviceHealth, supervise_device
 from agent.detect.base import DetectorChain
 from agent.detect.quality import QualityChanges
-from agent.events import DEVICE_HEALTH, QUALITY, Event
-from agent.testing import wait_until_async
+from agent.events import DEVICE_HEALTH, QUALITY
+from agent.testing import CapturingSink, RecordingDetector, wait_until_async
 from drivers.opcua import OpcUaDevice, OpcUaDriver
 from drivers.samples import Quality, SampleBatch
 from plc_sim.opcua_server import OpcUaSimServer
@@ -43,32 +43,8 @@ async def sim() -> AsyncIterator[OpcUaSimServer]:
 
 
 @dataclass
-class Run:
-    """A device under `supervise_device`, with what reached its detector and its sink."""
-
-    batches: list[SampleBatch] = field(default_factory=list)
-    events: list[Event] = field(default_factory=list)
-
-    def on_batch(self, batch: SampleBatch) -> list[Event]:
-        self.batches.append(batch)
-        return []
-
-    def on_tick(self, mono_ns: int, time_ns: int) -> list[Event]:
-        return []
-
-    def flush(self, time_ns: int) -> list[Event]:
-        return []
-
-    def sink(self, events: Iterable[Event]) -> None:
-        self.events.extend(events)
-
-    def health(self) -> list[tuple[str, str]]:
-        return [(e.data["status"], e.data["reason"]) for e in self.events
-                if e.kind == DEVICE_HEALTH]
-
-    def values(self, tag: str) -> list[tuple[float, int]]:
-        return [(float(v), int(q)) for b in self.batches
-                for t, v, q in zip(b.tags, b.values, b.quality, strict=True) if t == tag]
+class Run(RecordingDetector, CapturingSink):
+    """A device under `supervise_device`: what reached its detector, and its sink (itself)."""
 
 
 def device(endpoint: str, tags: list[dict[str, Any]], **extra: Any) -> OpcUaDevice:
@@ -86,7 +62,7 @@ def start(tmp_path: Path) -> Any:
         run = Run()
         detector = DetectorChain([run, QualityChanges(config.name, [t.name for t in config.tags])])
         tasks.append(asyncio.create_task(supervise_device(
-            OpcUaDriver(config, tmp_path), detector, run.sink,
+            OpcUaDriver(config, tmp_path), detector, run,
             Backoff(initial_s=0.2, max_s=0.5), DeviceHealth(config.name))))
         return run
 

@@ -16,10 +16,9 @@ import pytest_asyncio
 from agent.acquire.backoff import Backoff
 from agent.acquire.task import DeviceHealth, supervise_device
 from agent.events import DEVICE_HEALTH, Event
-from agent.testing import console_script, wait_until_async
+from agent.testing import RecordingDetector, console_script, wait_until_async
 from drivers.opcua import OpcUaDevice, OpcUaDriver, pki
 from drivers.opcua.trust import fetch_server_certificate
-from drivers.samples import SampleBatch
 from plc_sim.opcua_server import OpcUaSimServer
 from plc_sim.scenarios import SCENARIOS, ScenarioOptions
 
@@ -58,27 +57,10 @@ def secure_device(endpoint: str, node: str, password_file: Path) -> OpcUaDevice:
         "tags": [{"name": "power", "node": node, "sampling_interval_s": 0.05}]})
 
 
-class Keep:
-    """A detector that keeps the batches."""
-
-    def __init__(self) -> None:
-        self.batches: list[SampleBatch] = []
-
-    def on_batch(self, batch: SampleBatch) -> list[Event]:
-        self.batches.append(batch)
-        return []
-
-    def on_tick(self, mono_ns: int, time_ns: int) -> list[Event]:
-        return []
-
-    def flush(self, time_ns: int) -> list[Event]:
-        return []
-
-
 async def test_unpinned_server_is_refused_then_pinned_server_delivers_encrypted(
         secure_sim: OpcUaSimServer, tmp_path: Path) -> None:
     events: list[Event] = []
-    keep = Keep()
+    keep = RecordingDetector()
     password_file = tmp_path / "password"
     password_file.write_text(PASSWORD + "\n")
     config = secure_device(secure_sim.endpoint, secure_sim.node_id("active_power_w"),
@@ -121,7 +103,7 @@ async def test_wrong_password_is_a_security_event_that_never_shows_the_password(
     config = secure_device(secure_sim.endpoint, secure_sim.node_id("active_power_w"),
                            password_file)
     task = asyncio.create_task(supervise_device(
-        OpcUaDriver(config, tmp_path), Keep(), events.extend, Backoff(0.2, 0.5),
+        OpcUaDriver(config, tmp_path), RecordingDetector(), events.extend, Backoff(0.2, 0.5),
         DeviceHealth("comp")))
     try:
         await wait_until_async(lambda: events, timeout_s=15, what="a health event")

@@ -1,20 +1,16 @@
 """Every numba kernel of the detectors, the form they run in, and their ahead-of-time build.
 
 Kernels are pure functions over arrays, their state passed in and returned as arrays.
-`MODULES` lists the kernel modules: the source hash (`source.py`) and the ahead-of-time
-build (`build.py`) cover exactly these, and a test fails when a module of this folder
-decorates with `jit.njit` without being listed. `jit.py` decides the form at import:
-the compiled extension built from the current source, numba's JIT, or plain Python.
-Importing this package imports no kernel and no numba.
+`source.MODULES` lists the kernel modules: the source hash and the ahead-of-time build
+(`build.py`) cover exactly these, and a test fails when a module of this folder decorates
+with `jit.njit` without being listed. `jit.py` decides the form at import: the compiled
+extension built from the current source, numba's JIT, or plain Python. Importing this
+package imports no kernel and no numba.
 """
 
 from __future__ import annotations
 
 from collections.abc import Collection
-
-MODULES = ("counter", "episode", "runs", "state", "window", "univariate", "pca", "band",
-           "machine")
-"""The kernel modules of this package, by name."""
 
 KINDS = ("limits", "zscore", "drift", "stuck", "rms", "pca", "band_rms")
 """Every detector kind that has kernels."""

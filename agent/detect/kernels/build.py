@@ -85,7 +85,8 @@ def _build(out: Path, force: bool) -> Path:
                          "to compile with")
     from numba.pycc import CC  # type: ignore[attr-defined]
 
-    from agent.detect.kernels import MODULES, warm_up
+    from agent.detect.kernels import warm_up
+    from agent.detect.kernels.source import MODULES
 
     # The very modules the hash in the extension's name covers: none can be left out.
     modules = [importlib.import_module(f"agent.detect.kernels.{name}") for name in MODULES]

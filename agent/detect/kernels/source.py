@@ -11,7 +11,9 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
-from agent.detect.kernels import MODULES
+MODULES = ("counter", "episode", "runs", "state", "window", "univariate", "pca", "band",
+           "machine")
+"""The kernel modules of this package, by name: the hash covers them, the build compiles them."""
 
 HERE = Path(__file__).resolve().parent
 

@@ -13,7 +13,6 @@ import json
 import os
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from types import TracebackType
 from typing import Any, Self
 
 import structlog
@@ -56,8 +55,7 @@ class PrivateServer:
         await self.start()
         return self
 
-    async def __aexit__(self, exc_type: type[BaseException] | None,
-                        exc: BaseException | None, tb: TracebackType | None) -> None:
+    async def __aexit__(self, *_exc: object) -> None:
         await self.close()
 
     async def start(self) -> bool:

@@ -92,6 +92,17 @@ def run_step(ep: F64, times: I64, params: F64, row: int, left: float, score: flo
 
 
 @njit(cache=True, inline="always")
+def count_context(left: float, done: float) -> tuple[float, float]:
+    """One more sample of the context an ended episode still wants: (left, done) after it,
+    `done` counting the episodes whose context is now complete."""
+    if left > 0.0:
+        left -= 1.0
+        if left == 0.0:
+            done += 1.0
+    return left, done
+
+
+@njit(cache=True, inline="always")
 def run_close(ep: F64, ctx: F64, buf: F64, row: int, score: float, left: float, done: float,
               good: int, context: float) -> float:
     """Writes back a run's locals: its score, AFTER_LEFT and the AFTER_DONE it counted, and

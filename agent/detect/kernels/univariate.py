@@ -34,6 +34,7 @@ from agent.detect.kernels.runs import (
     RUN_FIRST,
     RUN_ROW,
     RUN_STRIDE,
+    count_context,
     run_close,
     run_gather,
     run_open,
@@ -78,10 +79,7 @@ def limits_batch(params: F64, state: F64, ep: F64, times: I64, ctx: F64, runs: I
         good = run_gather(runs, k, values, quality, buf, good)
         for i in range(good):
             x = buf[i]
-            if left > 0.0:  # context wanted after an ended episode: this sample is part of it
-                left -= 1.0
-                if left == 0.0:
-                    done += 1.0
+            left, done = count_context(left, done)
             if level:
                 excess = max(x - high, low - x)
                 if st == IDLE and not (excess > 0.0):
@@ -145,10 +143,7 @@ def zscore_batch(params: F64, state: F64, ep: F64, times: I64, ctx: F64, runs: I
         while i < good and (n < warmup or n == 0.0):  # the first sample, the warm-up
             x = buf[i]
             i += 1
-            if left > 0.0:  # context wanted after an ended episode: this sample is part of it
-                left -= 1.0
-                if left == 0.0:
-                    done += 1.0
+            left, done = count_context(left, done)
             n += 1.0
             if n == 1.0:
                 smooth = x
@@ -186,10 +181,7 @@ def zscore_batch(params: F64, state: F64, ep: F64, times: I64, ctx: F64, runs: I
         last_d, last_var = 0.0, 0.0  # of the run's last scored sample (var > 0)
         for j in range(i, good):
             x = buf[j]
-            if left > 0.0:
-                left -= 1.0
-                if left == 0.0:
-                    done += 1.0
+            left, done = count_context(left, done)
             n += 1.0
             smooth = keep_smooth * smooth + alpha_smooth * x
             d = smooth - mean
@@ -247,10 +239,7 @@ def drift_batch(params: F64, state: F64, ep: F64, times: I64, ctx: F64, runs: I6
         while i < good and n < warmup:  # learning: mean and deviation change every sample
             x = buf[i]
             i += 1
-            if left > 0.0:  # context wanted after an ended episode: this sample is part of it
-                left -= 1.0
-                if left == 0.0:
-                    done += 1.0
+            left, done = count_context(left, done)
             n += 1.0
             delta = x - mean
             mean += delta / n
@@ -262,10 +251,7 @@ def drift_batch(params: F64, state: F64, ep: F64, times: I64, ctx: F64, runs: I6
         inv_sd = 1.0 / sd
         for j in range(i, good):
             x = buf[j]
-            if left > 0.0:  # context wanted after an ended episode: this sample is part of it
-                left -= 1.0
-                if left == 0.0:
-                    done += 1.0
+            left, done = count_context(left, done)
             z = (x - mean) * inv_sd
             # One addition on each sum's chain from sample to sample, not two: the
             # slack is applied to z first (what the processor waits for is the chain).
@@ -320,10 +306,7 @@ def stuck_batch(params: F64, state: F64, ep: F64, times: I64, ctx: F64, runs: I6
                 good_mono = float(mono_ns)
             for i in range(good):
                 x = buf[i]
-                if left > 0.0:  # context wanted after an ended episode: this sample is part of it
-                    left -= 1.0
-                    if left == 0.0:
-                        done += 1.0
+                left, done = count_context(left, done)
                 if n == 0.0 or abs(x - ref) > min_change:
                     ref = x
                     change_mono = float(mono_ns)
@@ -342,10 +325,7 @@ def stuck_batch(params: F64, state: F64, ep: F64, times: I64, ctx: F64, runs: I6
                 if quality[p] == 0:
                     buf[good] = x
                     good += 1
-                    if left > 0.0:  # context wanted after an ended episode
-                        left -= 1.0
-                        if left == 0.0:
-                            done += 1.0
+                    left, done = count_context(left, done)
                     good_mono = float(mono_ns)
                 n += 1.0
                 silent_ns = mono_ns - good_mono
@@ -421,10 +401,7 @@ def rms_batch(params: F64, state: F64, ep: F64, times: I64, ctx: F64, runs: I64,
         while i < good and (n < warmup or n == 0.0):  # the first sample, the warm-up
             x = buf[i]
             i += 1
-            if left > 0.0:  # context wanted after an ended episode: this sample is part of it
-                left -= 1.0
-                if left == 0.0:
-                    done += 1.0
+            left, done = count_context(left, done)
             n += 1.0
             if remove_mean:
                 if n == 1.0:
@@ -455,10 +432,7 @@ def rms_batch(params: F64, state: F64, ep: F64, times: I64, ctx: F64, runs: I64,
             scored = False
         for j in range(i, good):
             x = buf[j]
-            if left > 0.0:
-                left -= 1.0
-                if left == 0.0:
-                    done += 1.0
+            left, done = count_context(left, done)
             n += 1.0
             if remove_mean:
                 mean += 0.1 * a * (x - mean)

@@ -1,9 +1,5 @@
-"""Local detection: turns sample batches into events (numba kernels underneath)."""
+"""Local detection: turns sample batches into events (numba kernels underneath).
 
-from agent.detect.base import Detector, DetectorChain, ScoringDetector
-from agent.detect.quality import QualityChanges
-from agent.detect.raw import RawSamples
-from agent.detect.window import WindowAggregator
-
-__all__ = ["Detector", "DetectorChain", "QualityChanges", "RawSamples", "ScoringDetector",
-           "WindowAggregator"]
+Imports nothing: the kernels' ahead-of-time build (`agent.detect.kernels.build`) must
+choose their form before any of them is imported.
+"""

@@ -26,13 +26,9 @@ class Quality(IntEnum):
 class SampleBatch:
     """The values of a set of tags read at one instant from one device.
 
-    `values[i]` belongs to `tags[i]`; a value whose quality is not GOOD is kept
-    (it is evidence) but detectors must not treat it as a good reading. A tag may
-    appear more than once: an array value (OPC UA) or a burst of samples arrives
-    as several entries of one tag, in time order.
-
-    Text values (a serial number, a firmware version, a recipe name) are not
-    numbers for the detectors: they travel beside them in `texts`, tag -> text.
+    `values[i]` belongs to `tags[i]`; a value not GOOD is kept (evidence) but is no good reading
+    for a detector. A tag may appear several times (an array value, a burst), in time order.
+    Text values travel beside the numbers in `texts`, tag -> text.
     """
 
     device: str

@@ -124,13 +124,9 @@ async def _poll_and_stream(
     driver: StreamingDriver, detector: Detector, sink: EventSink, status: DeviceHealth,
     backoff: Backoff,
 ) -> None:
-    """Poll the plans and consume the pushed stream side by side; the first failure of
-    either ends both (the caller reports it and reconnects).
-
-    Connected is up (or degraded by refused tags) at once: a device whose values are all
-    pushed may have nothing to push for a while. A notice from the stream (it stalled) holds
-    the status until the stream delivers again; the polls meanwhile do not hide it.
-    """
+    """Poll the plans and consume the pushed stream side by side; the first failure of either
+    ends both (the caller reports it and reconnects). Connected is up at once (pushed values may
+    not come for a while); a stalled-stream notice holds the status until the stream delivers."""
     notice: list[DeviceNotice] = []
 
     async def consume() -> None:

@@ -276,10 +276,8 @@ class Band(BaseModel):
 class BandRmsRule(_Rule):
     """The vibration level of a fast signal in frequency bands, from a short FFT.
 
-    `sample_rate_hz` is required: a batch has one time for all of its samples (an array
-    value's samples have no time of their own), and the time between batches says nothing
-    about the spacing inside one (a capture of 2,048 samples at 25.6 kHz read once a
-    second), so the rate cannot come from the data: it is the sensor's or the device's.
+    `sample_rate_hz` is required: a batch has one time for all its samples, and the time between
+    batches says nothing about the spacing inside one, so the rate is the sensor's or device's.
     """
 
     kind: Literal["band_rms"]

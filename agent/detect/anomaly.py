@@ -61,10 +61,9 @@ def _pairs(sel: I64, rows: I64, cols: I64) -> Pairs:
 
 
 def _runs(sel: I64, rows: I64, cols: I64) -> Runs:
-    """The runs of the univariate kernels (`kernels.runs`) and the longest run's length: the
-    samples grouped by the row they feed, in batch order within a row (a stable sort); a row
-    whose positions are an arithmetic progression (the usual batch: each tag once, or a
-    burst of the same tuple repeated) is one run, any other row one run per sample."""
+    """The runs of the univariate kernels (`kernels.runs`) and the longest run's length: samples
+    grouped by row, in batch order within a row (a stable sort); a row whose positions are an
+    arithmetic progression is one run, any other row one run per sample."""
     n = rows.shape[0]
     if n == 0:
         return np.zeros((0, RUN_FIELDS), dtype=np.int64), 0
@@ -145,9 +144,8 @@ def _most_per_row(rows: I64, cols: I64) -> int:
 class UnivariateDetector:
     """Limits, z-score, drift, stuck or RMS rows of one device (a Detector, ScoringDetector).
 
-    `params` holds one row of kernel parameters per row (see `kernels.univariate`), whose
-    P_AFTER column is the row's context size; `tick_kernel`, when given, also runs on the
-    clock (a tag that stopped arriving).
+    `params`: a row of kernel parameters per row (`kernels.univariate`), P_AFTER its context
+    size; `tick_kernel`, when given, also runs on the clock (a tag that stopped arriving).
     """
 
     def __init__(self, device: str, rows: Sequence[RowInfo], params: F64, state_fields: int,
@@ -167,10 +165,9 @@ class UnivariateDetector:
         self._tick_kernel = tick_kernel
         self._keys = [row_key(info, self._params[r, COMMON_PARAMS:])
                       for r, info in enumerate(rows)] if learns is not None else []
-        """`learns`: the state rows are statistics learned from the samples, with no time of
-        the monotonic clock in them (z-score, drift, rms), kept across restarts; it is the
-        column of `params` holding the warm-up length, which the count of samples learned
-        on (column 0 of the state) reaches when the row has learned."""
+        """`learns`: the `params` column of the warm-up length, for kinds whose state is learned
+        statistics only (z-score, drift, rms: no monotonic times), kept across restarts; a
+        row has learned when its sample count (state column 0) reaches it."""
         self._warmup = self._params[:, learns] if learns is not None else np.zeros(0)
 
     def on_batch(self, batch: SampleBatch) -> list[Event]:
@@ -200,10 +197,9 @@ class UnivariateDetector:
         return r.events.flush(r.ep, r.times, self._ctx, time_ns, r.last_mono_ns)
 
     def interrupt(self, time_ns: int, mono_ns: int, why: str) -> list[Event]:
-        """The rows stop being fed for a while (`why`, e.g. `machine_state`): episodes in
-        progress end now (`ongoing`), and a kind whose state is times and last values
-        (`limits`, `stuck`) starts afresh when fed again: a value flat or a change made
-        across the pause says nothing about the sensor. What the others learned stays."""
+        """The rows stop being fed for a while (`why`, e.g. `machine_state`): episodes in progress
+        end now (`ongoing`); `limits` and `stuck`, whose state is times and last values, start
+        afresh when fed again. What the others learned stays."""
         r = self._rows
         events = r.events.flush(r.ep, r.times, self._ctx, time_ns, mono_ns, why)
         if not self._keys:
@@ -269,15 +265,10 @@ class PcaDetector:
         return r.events.flush(r.ep, r.times, self._ctx, time_ns, r.last_mono_ns)
 
     def interrupt(self, time_ns: int, mono_ns: int, why: str) -> list[Event]:
-        """The groups stop being fed for a while: episodes in progress end now (`ongoing`);
-        the model stays, and the chart starts afresh when fed again. A tag
-        of a slower poll group would otherwise pair its reading from before the pause
-        (taken as the machine was stopping) with the first fresh values after it, so the
-        next row waits for a new value of every tag, and nothing is scored until then
-        (NaN); and the smoothed rows and statistics would carry the stop's last rows into
-        the run after it, so they restart where normal operation keeps them: the rows at
-        the model's mean, T² and Q at their expected values (an EWMA chart restarted at its
-        target)."""
+        """The groups stop being fed: episodes in progress end now (`ongoing`); the model stays and
+        the chart restarts at its target: the next row waits for a new value of every tag (NaN
+        until then), the smoothed rows start at the model's mean, T² and Q at their expected
+        values (docs/detection.md, "Only in some machine states")."""
         r = self._rows
         events = r.events.flush(r.ep, r.times, self._ctx, time_ns, mono_ns, why)
         self._cur[:, CUR_SEEN] = 0.0

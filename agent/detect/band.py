@@ -41,10 +41,9 @@ Route = tuple[I64, I64]
 class BandRmsDetector:
     """Band RMS rows of one device (a Detector, ScoringDetector).
 
-    `signal_tags[g]` is the tag of signal row g, `signal_params` its row of kernel
-    parameters; `bands`/`band_params` the band rows; `windows[t]` the window of rule t
-    (its length is the rule's fft_samples). Memory: a ring of fft_samples float64 per
-    signal row.
+    `signal_tags[g]`/`signal_params[g]`: signal row g's tag and kernel parameters;
+    `bands`/`band_params`: the band rows; `windows[t]`: rule t's window (fft_samples long).
+    Memory: a ring of fft_samples float64 per signal row.
     """
 
     def __init__(self, device: str, signal_tags: Sequence[str], signal_params: F64,

@@ -86,9 +86,8 @@ class RowInfo:
 
 
 def _episode_id() -> str:
-    """A random UUID4 as 32 hex digits: what `uuid.uuid4().hex` gives (the same 16 bytes of
-    os.urandom with the same version and variant bits) without building a UUID object
-    (0.9 µs against 2.4 µs on the development machine, for every episode)."""
+    """A random UUID4 as 32 hex digits, as `uuid.uuid4().hex` gives it (the same os.urandom bytes,
+    version and variant bits), without building a UUID object: this runs for every episode."""
     b = bytearray(os.urandom(16))
     b[6] = b[6] & 0x0F | 0x40  # version 4
     b[8] = b[8] & 0x3F | 0x80  # variant RFC 4122
@@ -113,10 +112,9 @@ class EpisodeEvents:
         """row -> the end event's data, waiting for the context after the end."""
 
     def collect(self, ep: F64, times: I64, ctx: F64, raised: I64 | None = None) -> list[Event]:
-        """The events of the rows whose STARTED, ENDED or AFTER_DONE counter is raised, and
-        the counters back to 0. `raised`: those rows in ascending order, when the kernel
-        said which (every other row's counters are 0); else every row is looked at (three
-        passes over a column of every row: tens of µs for a thousand rows)."""
+        """The events of the rows whose STARTED, ENDED or AFTER_DONE counter is raised, and those
+        counters back to 0. `raised`: those rows, ascending, when the kernel said which (every
+        other row's counters are 0); else every row is looked at."""
         if raised is None:
             if not (ep[:, EP_STARTED].any() or ep[:, EP_ENDED].any()
                     or ep[:, EP_AFTER_DONE].any()):
@@ -151,10 +149,9 @@ class EpisodeEvents:
 
     def flush(self, ep: F64, times: I64, ctx: F64, time_ns: int, mono_ns: int,
               ended_by: str | None = None) -> list[Event]:
-        """At shutdown, or when the rows stop being watched (`ended_by` says why, in the
-        events: `machine_state`): every end still waiting for its context goes out with what
-        there is; an episode still running gets an end event marked `ongoing`. The rows are
-        left idle, so that the kernel starts afresh should they be fed again."""
+        """At shutdown, or when the rows stop being watched (`ended_by`, e.g. `machine_state`): ends
+        waiting for their context go out with what there is, a running episode ends `ongoing`. The
+        rows are left idle, so the kernel starts afresh if they are fed again."""
         events = self.collect(ep, times, ctx)
         for row in list(self._ending):
             events.append(self._end_event(row, ep[row].tolist(), ctx[row],
@@ -266,11 +263,9 @@ class EpisodeEvents:
 
 
 def context_ring(ep: F64, ctx: F64, size: int) -> F64:
-    """`ctx` with at least `size` slots per row, its samples kept.
-
-    A row's sample k lives in slot k mod size (`ring_slot`, `run_close`). When a batch
-    brings up to b samples of a row, the context of c samples around an episode's start or
-    end needs c + b - 1 slots to survive until the events are made after the batch."""
+    """`ctx` with at least `size` slots per row, its samples kept. A row's sample k lives in slot
+    k mod size; with up to b samples of a row per batch, a context of c samples around a start
+    or end needs c + b - 1 slots to survive until the events are made."""
     old = ctx.shape[1]
     if size <= old:
         return ctx

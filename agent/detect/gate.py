@@ -1,30 +1,13 @@
 """Rules that learn and score only while their machine is in given states (`while_states`).
 
-A pump's vibration while it stands, a compressor's discharge temperature while it cools
-down after a stop, the current of a machine starting up: outside its operating state a
-signal is not abnormal, just something else. A rule that watches it through every state
-alarms at each stop and start (a z-score on a value that drops to nothing), and a rule
-that learns through a stop learns the stop as normal (a `pca` model fitted on a standing
-machine, an `rms` level of the sensor's noise). The vibration standards judge a machine in
-steady operation, not while it runs up or coasts down (ISO 20816-1), and condition-
-monitoring systems gate their alarms on the operating state for the same reason.
-
-`StateGated` wraps the detector of one kind that holds a device's rules of one gate (the
-same machine, states and `settle_s`; `rule_detectors` groups them). The machine's state
-comes from the device's `MachineDetector`, which sees each batch before the rules do (the
-chain's order), so a batch is judged by the state as of its own samples. The gate is open
-while the machine's signal says it is in one of the states (`MachineDetector.level_of`: the
-signal's level at once, not after the dwell time that `state` events wait for, so that a
-short run is watched from its start; not while the signal is stale) and has been for
-`settle_s` (a start-up's transients); while it is closed the rules get no samples at all:
-nothing is learned, nothing scored (scores NaN), no episode starts. When it closes, episodes in
-progress end at once, marked `ongoing` and `ended_by: machine_state` (a warranty report
-must not count a standstill as time outside specification), and each kind starts afresh
-where a pause would fool it (`interrupt`: a `stuck` rule's flat time, a rate's last value,
-an FFT block).
-
-What the rules learned is kept under keys that also name the gate, so that changing a
-rule's gate makes it learn again: what it learned through other states does not apply.
+Outside its operating state a signal is not abnormal, just something else (docs/detection.md,
+"Only in some machine states"). `StateGated` wraps the detector of a device's rules of one
+gate (machine, states, `settle_s`). The `MachineDetector` sees each batch first, so a batch
+is judged by its own samples' state (`level_of`: at once, not after the dwell; closed while
+the signal is stale). While closed the rules get no samples: nothing learned or scored, no
+episode starts. On closing, episodes in progress end `ongoing` (`ended_by: machine_state`)
+and each kind restarts what a pause would fool (`interrupt`). Learned state is keyed by the
+gate too: a changed gate learns again.
 """
 
 from __future__ import annotations

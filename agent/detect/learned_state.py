@@ -1,29 +1,13 @@
 """What the anomaly detectors learned, kept across a restart and a power cut.
 
-A `pca` model of normal operation, a z-score's baseline, a drift rule's learned mean, an
-rms rule's learned level: learned again after every restart, they would take whatever the
-machine does at that moment for normal. A gateway restarted (a power cut, an update)
-while its pump runs with a blocked inlet would learn the blockage, and never report it.
-
-A detector that learns offers `learned()`: each row's learned arrays under a key made of
-its rule, tag(s) and every parameter that shapes what it learns (`row_key`); and
-`restore(saved)`: it takes back the rows whose key it finds (the same rule, tags and
-parameters), and the others learn afresh. `KeepLearned` wraps a device's detectors:
-restores at start, and saves (`StateFile`, `<state_dir>/detectors/<device>.json`, written
-atomically off the event loop) when a member finished learning something (a `pca` model
-fitted), every `SAVE_INTERVAL_S` on the monotonic clock, and at shutdown. A power cut
-loses at most that interval of slow baseline updates, never a fitted model.
-
-Beside the rows, the file keeps when each row finished learning (`learned_at`, UTC, by row
-key) and when it was saved (`saved_at`): a model learned two years ago on a machine repaired
-since is stale, and the restore says how old it is (`learned_age_s`). A file of an earlier
-version has neither: its models are restored, their age is unknown (null) until they learn
-again. `forget` (`edge-agent relearn`, agent/service/relearn.py) makes named rules learn again
-while the agent runs.
-
-Not kept: episodes (one in progress at shutdown ends as `ongoing`); what is timed on the
-monotonic clock (a stuck rule's last change, a rate limit's last sample), since that clock
-restarts with the machine; the samples of an FFT block not yet complete.
+Learned afresh at every start, a baseline would take whatever the machine does then for
+normal (a pump restarted with a blocked inlet would learn the blockage). A `Learner` gives
+`learned()`, each row's arrays under `row_key` (rule, tags and every parameter that shapes
+what it learns), and `restore(saved)` takes back the rows whose key it finds. `KeepLearned`
+wraps a device's detectors: restores at start, saves (`StateFile`, off the event loop) when
+a model is fitted, every `SAVE_INTERVAL_S` and at shutdown, with each row's `learned_at`;
+`forget` (`edge-agent relearn`) makes rules learn again. What is not kept and why:
+docs/detection.md, "Across restarts".
 """
 
 from __future__ import annotations
@@ -164,12 +148,9 @@ Build = Callable[[], Sequence[Detector]]
 
 
 class KeepLearned:
-    """A device's detectors as one `DetectorChain`, with what their learners learned saved
-    and restored (a Detector and ScoringDetector).
-
-    `rules`: the names of the device's rules (a row's rule is found by name, `rule_of`);
-    `build`: makes the detectors, at start and again for those a `forget` restarts.
-    """
+    """A device's detectors as one `DetectorChain` (a Detector and ScoringDetector), with what
+    their learners learned saved and restored. `rules`: the device's rule names (`rule_of`
+    finds a row's rule); `build`: makes the detectors, at start and for those `forget` redoes."""
 
     def __init__(self, device: str, rules: Sequence[str], build: Build, store: StateFile,
                  interval_s: float = SAVE_INTERVAL_S) -> None:
@@ -249,16 +230,10 @@ class KeepLearned:
             self._saved_mono_ns = mono_ns
 
     def forget(self, rules: Collection[str], time_ns: int) -> tuple[list[Event], list[str]]:
-        """Make the named rules learn again from their next sample: what their rows learned
-        (or began to learn) is dropped, in memory and in the file (saved at once); `time_ns`
-        is now, UTC. The events of the episodes this ended, and the keys of the rows
-        forgotten (none: the rules learn nothing).
-
-        A detector holding such a row is made again (`build`) and takes back what its other
-        rows learned, as after a restart: its episodes in progress end now (`ongoing`),
-        since a row that learns again scores nothing that could end one. Its rows of other
-        rules keep what they learned; the device's other detectors do not notice.
-        """
+        """Make the named rules learn again, in memory and in the file (saved at once); `time_ns`:
+        now, UTC. Returns the events of the episodes it ended and the forgotten rows' keys. A
+        detector holding such a row is rebuilt, takes back its other rows, and its episodes in
+        progress end `ongoing`."""
         gone = {key for key in self._finished() if rule_of(key, self.rules) in rules}
         if not gone:
             return [], []
@@ -293,13 +268,9 @@ class KeepLearned:
         return data
 
     def progress(self) -> dict[str, Any] | None:
-        """Whether the device's rules still learn or have learned, and since when, as a
-        whole and per rule (`edge-agent status`); None when none of its rules learns.
-
-        `since`: learning since the agent started or the rule was told to learn again;
-        learned since the oldest of its rows finished learning (null: not known, the file
-        was saved by an earlier version).
-        """
+        """Whether the device's rules learn or have learned, and since when, as a whole and per rule
+        (`edge-agent status`); None when none learns. `since`: learning since the start or the last
+        `forget`; learned since its oldest row finished (null: unknown)."""
         finished = self._stamp()
         if not finished:
             return None

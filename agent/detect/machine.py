@@ -187,11 +187,10 @@ class MachineDetector:
         return events
 
     def level_of(self, machine: str, mono_ns: int) -> int:
-        """The state a machine's signal says it is in (`kernels.state`: OFF ... OVERLOAD)
-        at its last sample, before the dwell time confirms it as the machine's state, which
-        `state` events report (`agent/detect/gate.py` reads it). UNKNOWN before the first
-        signal sample, and once the last one is older than the machine's gap bound (a
-        meter that stopped answering tells nothing more)."""
+        """The level a machine's signal asks for at its last sample (`kernels.state`: OFF ...
+        OVERLOAD), before the dwell confirms it as the state `state` events report; read by the
+        gates. UNKNOWN before the first signal sample and once the last is older than the gap
+        bound."""
         m = self._names[machine]
         if (int(self._ms[m, MS_STATE]) == UNKNOWN
                 or mono_ns - int(self._mt[m, MT_LAST_MONO]) > self._params[m, P_MAX_GAP_NS]):

@@ -22,11 +22,10 @@ _NAMES = {int(q): q.name.lower() for q in Quality}
 
 
 class QualityChanges:
-    """Emits one `quality` event per batch in which some tags' quality class changed (a Detector).
+    """One `quality` event per batch in which some tags' quality class changed (a Detector).
 
     A tag first seen GOOD says nothing; first seen UNCERTAIN or BAD is reported (from None).
-    Within a batch holding several samples of a tag (an array), its last sample counts.
-    A text value in `texts` is a GOOD sample of its tag.
+    Of several samples of a tag in a batch the last counts; a text value is a GOOD sample.
     """
 
     def __init__(self, device: str, tags: Sequence[str]) -> None:

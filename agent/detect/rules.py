@@ -199,10 +199,9 @@ _BUILDERS: dict[str, Callable[[str, Any], Detector]] = {"limits": _limits, "zsco
 
 def rule_detectors(device: str, rules: Sequence[NamedRule], machines: MachineStates | None = None,
                    sole_machine: str | None = None) -> list[Detector]:
-    """One detector per kind of rule the device has, in a fixed order; the rules with
-    `while_states` after the others, one detector per kind and gate, behind their gate
-    (`agent/detect/gate.py`). `machines` tells the gates the machines' states, and
-    `sole_machine` is the device's one machine, for a rule that does not name its own."""
+    """One detector per kind of rule the device has, in a fixed order; rules with `while_states`
+    after the others, one detector per kind and gate (`agent/detect/gate.py`). `machines`: the
+    machines' states; `sole_machine`: the device's one machine, for rules naming none."""
     detectors = []
     gates: dict[Gate | None, list[NamedRule]] = {}
     for name, rule in rules:

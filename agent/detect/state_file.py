@@ -1,19 +1,13 @@
 """Detector state that survives a restart and a power cut: small JSON files in the state dir.
 
-A machine's lifetime totals (energy and hours per state, starts, cycles, resets) and each
-counter's last raw value (`<state_dir>/machines/<device>.json`), and the last raw value of
-each counter tag of the window aggregates (`<state_dir>/counters/<device>.json`) are
-written by replacing the file atomically (write
-a temporary file, fsync, rename, fsync the directory): after a power cut the file is the
-old or the new one, never half of each. Writes run on one worker thread (a detector is
-called on the event loop, and an fsync on an SD card can take long); the worker is joined
-at interpreter exit, so a snapshot handed over at shutdown is on disk before the process
-ends. The last snapshot handed over for a path is also kept in memory and read first, so
-that a detector restarted by a reload sees it even before the worker has written it.
-
-A document is `{"schema": 1, "data": {...}}` and whatever else its owner adds beside `data`
-(`save`'s `meta`: the learned state's `saved_at` and `learned_at`); a reader of an earlier
-version ignores those keys.
+A machine's lifetime totals and counters' last raw values (`machines/<device>.json`) and the
+window aggregates' counter values (`counters/<device>.json`) are replaced atomically
+(temporary file, fsync, rename, fsync of the directory): after a power cut the old file or
+the new one, never half of each. Writes run on one worker thread (detectors run on the event
+loop, and an fsync on an SD card can take long), joined at interpreter exit so a snapshot
+handed over at shutdown reaches the disk. The last snapshot per path is also kept in memory
+and read first, so a detector restarted by a reload sees it before it is written. A document
+is `{"schema": 1, "data": {...}}` plus its owner's `meta` keys, which older readers ignore.
 """
 
 from __future__ import annotations

@@ -34,11 +34,9 @@ from drivers.samples import SampleBatch
 class WindowAggregator:
     """Min, max, mean, standard deviation, last value and counts per tag (a Detector).
 
-    `counters` maps each counter tag to its modulus (None: it does not wrap); their
-    entries also get the window's `increase` and `resets`. A counter's last value is
-    kept from window to window and, with a `store`, saved at each window's close (the
-    value the closed window's increase ends at) and read back at start: the increase
-    over a restart or a power cut goes to the first window after it, counted once.
+    `counters`: each counter tag's modulus (None: no wrap); those tags also get `increase` and
+    `resets`. With a `store` a counter's last value is saved at each window's close and read
+    back at start: the increase over a restart goes to the first window after it, once.
     """
 
     def __init__(self, device: str, tags: Sequence[str], units: Mapping[str, str], window_s: float,

@@ -1,16 +1,12 @@
 """Asking the running agent to do something: one JSON request, one JSON answer, over a unix
 socket in the state directory (`<state_dir>/control.sock`).
 
-`edge-agent status` only reads (its socket writes the status to whoever connects); a
-command that changes what the agent holds in memory, such as `edge-agent relearn`, has to
-reach the process itself: a file changed under a running agent is overwritten by the
-agent's next save. A signal carries no arguments and no answer; this socket carries both,
-so the technician sees at once what was done, or why not.
-
-The socket is made mode 0600 (only the agent's user and root may connect), and answers
+A command that changes what the agent holds in memory (`edge-agent relearn`) must reach the
+process: a file changed under it is overwritten at its next save, and a signal carries no
+arguments and no answer. The socket is mode 0600 (the agent's user and root) and answers
 one request per connection: a JSON object on one line, at most `MAX_REQUEST_BYTES`, read
-within `REQUEST_TIMEOUT_S`. The answer is a JSON object with `ok` (and `error`, `exit` when
-not ok). A request the handler fails on is answered, logged, and never stops the agent.
+within `REQUEST_TIMEOUT_S`; the answer has `ok` (and `error`, `exit` when not ok). A request
+the handler fails on is answered and logged, and never stops the agent.
 """
 
 from __future__ import annotations
@@ -71,10 +67,9 @@ class ControlServer(PrivateServer):
             return refusal(f"the agent failed on it: {type(exc).__name__}: {exc}")
 
 def ask(path: Path, request: dict[str, Any], timeout_s: float = 30.0) -> dict[str, Any]:
-    """Send a request to the running agent and wait for its answer (blocking: for the
-    command line). Raises FileNotFoundError or ConnectionRefusedError when no agent listens,
-    PermissionError, another OSError, or ValueError for an answer that is not JSON (an
-    agent that closed the connection without answering: it was stopping)."""
+    """Send a request to the running agent and wait for its answer (blocking, for the command
+    line). Raises FileNotFoundError or ConnectionRefusedError when no agent listens, another
+    OSError, or ValueError for an answer that is not JSON (the agent was stopping)."""
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
         sock.settimeout(timeout_s)
         sock.connect(str(path))

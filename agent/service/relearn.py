@@ -1,28 +1,13 @@
 """`edge-agent relearn`: make a device's anomaly rules learn again, after a repair, a new
 sensor or a changed process, when what they learned is no longer what normal looks like.
 
-What the rules learned is in the running agent's memory, and the agent writes it to
-`<state_dir>/detectors/<device>.json` at its next save (every 10 minutes, a model fitted,
-at shutdown): a file deleted or edited under a running agent comes back. So:
-
-- **Agent running**: the command asks it over its control socket (agent/service/control.py). The
-  agent forgets in memory and saves at once (`KeepLearned.forget`), then answers; the
-  rules learn again from their next samples. The device stays connected, its windows and
-  its other rules run on; no restart, which a technician on site should not need for this.
-- **Agent stopped**: the command rewrites the state file itself, without the forgotten
-  rows (keeping the file's owner and mode); the rules learn again once the agent starts.
-
-Which one holds is decided without a race: the agent listens on the control socket before
-any device reads its state file, and stops listening only after its last save is on disk.
-A command that finds no agent listening rewrites the file, then asks again: still nobody
-means no agent read the file before it was rewritten, nor will one overwrite it; an agent
-that started meanwhile (and may have read the old file) is asked to forget too. A running
-agent whose control socket could not be made still answers `status`: then the command
-refuses rather than rewrite a file the agent would overwrite.
-
-Names are checked against the configuration the agent runs (the running agent's own: the
-file may have changed since without a reload), rows matched to rules as the state file
-keys them (`learned_state.rule_of`).
+A running agent holds what was learned in memory and overwrites the state file at its next
+save, so the command asks it over the control socket to forget and save at once
+(`KeepLearned.forget`; no restart); with the agent stopped it rewrites the file without the
+rows (keeping owner and mode). No race: the agent listens before any device reads its state
+file and stops only after its last save; a command finding no agent rewrites the file, then
+asks again (docs/detection.md, "Across restarts"). Names are checked against the running
+agent's own configuration; rows match rules as the state file keys them (`rule_of`).
 """
 
 from __future__ import annotations

@@ -1,15 +1,11 @@
 """Telling systemd how the service is doing: the sd_notify datagram protocol, spoken directly.
 
-The unit runs the agent with `Type=notify`, `NotifyAccess=main` and `WatchdogSec=`:
-systemd considers the service started only when `READY=1` arrives, and restarts it when
-`WATCHDOG=1` stops arriving. The protocol is one AF_UNIX datagram per message, newline
-separated `KEY=value` lines, to the socket named by `$NOTIFY_SOCKET` (a leading '@'
-means the abstract namespace). Implemented here rather than through libsystemd so that
-the agent needs no C library; without `$NOTIFY_SOCKET` (run by hand, in tests) every
-call does nothing.
-
-The watchdog is pinged from a task on the main event loop, never from a thread: a loop
-that hangs stops pinging, which is exactly what the watchdog is there to catch.
+The unit runs the agent with `Type=notify`, `NotifyAccess=main` and `WatchdogSec=`: the
+service counts as started at `READY=1` and is restarted when `WATCHDOG=1` stops. One
+AF_UNIX datagram per message, newline-separated `KEY=value` lines, to `$NOTIFY_SOCKET` (a
+leading '@': the abstract namespace). Spoken here so that the agent needs no libsystemd;
+without `$NOTIFY_SOCKET` (run by hand, in tests) every call does nothing. The watchdog is
+pinged from a task on the main event loop, never a thread: a hung loop must stop the pings.
 """
 
 from __future__ import annotations

@@ -1,19 +1,13 @@
 """What a configuration reload (SIGHUP) changes: decided here, applied by the supervisor.
 
-A reload must not lose what the running agent holds: the buffered events (the store stays
-open, on its path) and the open windows of the devices whose configuration did not change
-(their tasks and detectors keep running). So the new configuration is compared with the
-running one section by section, with pydantic's model equality:
-
-- a device is kept when its configuration, its machines (`machines:` naming it), its
-  `detectors:` rules and the aggregate window are unchanged; a removed or changed device is
-  stopped (its open window and anomaly episodes flushed, its machine counters saved), a new
-  or changed one started (its anomaly detectors learn again);
-- a changed `mqtt` section recreates the uplink on the same store;
-- `health` applies at once;
-- `gateway`, `store` and `log` are fixed for the life of the process (the store's path,
-  the identity in every stored event, the loggers already bound): such a change is refused,
-  logged, and the running value kept. It takes effect at the next start.
+A reload must not lose the buffered events (the store stays open) nor the open windows of
+unchanged devices, so the new configuration is compared section by section (pydantic model
+equality). A device is kept when its configuration, machines, `detectors:` rules and the
+aggregate window are unchanged; a removed or changed one is stopped (windows and episodes
+flushed, machine counters saved), a new or changed one started (its detectors learn again).
+A changed `mqtt` recreates the uplink on the same store; `health` applies at once; a change
+of `gateway`, `store` or `log` (fixed for the process: the store's path, the identity in
+stored events, bound loggers) is refused and logged, and takes effect at the next start.
 """
 
 from __future__ import annotations

@@ -192,10 +192,9 @@ class Supervisor:
         return data
 
     async def status_document(self) -> dict[str, Any]:
-        """The snapshot with what a person on site also wants: which process, which file,
-        whether each device's rules are learning or have learned, since when, and which
-        wait for their machine's state (not in the heartbeat: a local question, asked after
-        a repair or a restart, or when a rule seems silent)."""
+        """The snapshot plus what a person on site asks after a repair or a restart (not in the
+        heartbeat): which process and file, whether each device's rules learn or have learned and
+        since when, and which wait for their machine's state."""
         learning = {name: progress for name, d in self._devices.items()
                     if d.learned is not None and (progress := d.learned.progress()) is not None}
         paused = {name: waiting for name, d in self._devices.items()
@@ -334,9 +333,8 @@ async def run_agent(
 ) -> None:
     """Run until `stop` is set, then: stop polling, close windows, commit, send briefly, disconnect.
 
-    Each time `reload` is set, the configuration file is read again and applied. Every
-    resource is entered into one exit stack as it starts, so that it stops in the reverse
-    order, on every path: that order is written here once.
+    Each time `reload` is set, the configuration is read again and applied. Every resource
+    enters one exit stack as it starts, so it stops in reverse order on every path.
     """
     cfg = loaded.config
     reload = reload or asyncio.Event()

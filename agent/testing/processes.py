@@ -66,9 +66,8 @@ class BrokerTls:
 class Mosquitto:
     """A Mosquitto broker of our own on a free loopback port; `stop()` and `start()` again at will.
 
-    Anonymous, plain TCP unless told otherwise: `tls` makes the one listener a TLS
-    listener, `users` (name -> password) requires one of them (`allow_anonymous false`).
-    The broker a test or the demo needs, never the machine's own broker.
+    Anonymous plain TCP by default; `tls` makes its listener TLS, `users` (name -> password)
+    requires a login. For tests and the demo, never the machine's own broker.
     """
 
     def __init__(
@@ -171,13 +170,9 @@ def _as_envelope(msg: Any) -> tuple[str, Any]:
 class MqttCollector(Generic[R]):
     """Subscribes to `topic` and keeps every message, by default decoded as an event envelope.
 
-    `messages` holds `record(message)` for each, in arrival order: (topic, Envelope) by
-    default; give another `record` to keep more (the raw payload). paho's thread appends,
-    tests read it through `wait_for`. With a `client_id` the session is
-    persistent: what is published while the collector is away is queued for it
-    by the broker, so a test never races the publisher to subscribe first.
-    The gateway's status messages (birth and will) go to `statuses` instead, as
-    (topic, Presence, retained) in arrival order; see `wait_for_status`.
+    `messages`: `record(message)` of each, in arrival order (paho's thread appends; read with
+    `wait_for`). A `client_id` makes the session persistent: nothing published meanwhile is
+    lost. Birth and will go to `statuses` as (topic, Presence, retained).
     """
 
     def __init__(
@@ -279,11 +274,8 @@ def start_plc_sim(*args: str, stderr: Any = None, timeout_s: float = 20.0,
                   protocol: str = "modbus-tcp") -> tuple[subprocess.Popen[str], dict[str, Any]]:
     """Start `plc-sim ARGS` on a port of its choosing; return the process and its listening line.
 
-    The line (a dict) has the Modbus TCP `port`, `units` (unit id -> machine or meter kind),
-    `endpoints` (by protocol name: `modbus-tcp`, and `modbus-rtu-tcp` / `modbus-rtu` when
-    asked for with `--rtu-tcp-port 0` / `--rtu PATH`) and, with `--control-port 0`,
-    `control` for `PlcSimControl.of(info)`. With `protocol="opcua"` (and `--opcua-port 0`
-    in ARGS) it is the OPC UA side's own listening line instead, with its `endpoint`.
+    The line (a dict) has `port`, `units` (unit id -> kind), `endpoints` by protocol and, with
+    `--control-port 0`, `control` (`PlcSimControl.of`). `protocol="opcua"`: the OPC UA line.
     """
     import json
 
@@ -322,11 +314,9 @@ def stop_process(process: subprocess.Popen[Any], timeout_s: float = 5.0) -> int:
 class PlcSimControl:
     """The fault control channel of a running `plc-sim` (started with `--control-port 0`).
 
-    `PlcSimControl.of(info)` takes the listening line `start_plc_sim` returned;
-    `set_fault("delay", seconds=2)` returns once the simulator applied it (for
-    `refuse`: its listener is closed), `clear()` ends any fault. The fault kinds
-    and options are `plc_sim.link_faults.Fault`'s; `endpoint="modbus-tcp"` narrows one
-    to a single endpoint. A refused request raises ValueError with the reason.
+    `of(info)` takes `start_plc_sim`'s line; `set_fault(kind, **options)` returns once applied
+    (kinds: `plc_sim.link_faults.Fault`; `endpoint=` narrows one), `clear()` ends any fault; a
+    refusal raises ValueError.
     """
 
     def __init__(self, host: str, port: int, timeout_s: float = 10.0) -> None:

@@ -1,17 +1,13 @@
 """OPC UA driver: a session with security, polled tags in Read calls, subscribed tags pushed.
 
-The runtime's supervisor owns reconnects for every protocol alike, so asyncua's own
-auto-reconnect stays off: a lost connection ends `stream()` (or a `read`) with a DeviceError,
-the supervisor reports it, closes, waits its backoff and connects again, and `connect`
-recreates the session, the subscription and every monitored item.
-
-The watchdog (`stream`) guards against the failure peers ship with: a subscription that
-silently stops delivering while the session looks alive. A subscription that delivered
-nothing, not even a keep-alive, for `stall_after_s` is reported (`degraded`,
-`subscription_stalled`) and recreated; its next data clears the report. asyncua 2.1 has a
-watchdog of its own that recreates silently; it is switched off so that every stall is seen.
-
-Read-only towards the PLC: Read, Browse, CreateSubscription and CreateMonitoredItems only.
+asyncua's auto-reconnect stays off: the supervisor owns reconnects for every protocol, so a
+lost connection ends `stream()` (or a `read`) with a DeviceError and `connect` recreates the
+session, the subscription and every monitored item. The watchdog (`stream`) catches a
+subscription that silently stops delivering while the session looks alive: nothing, not
+even a keep-alive, for `stall_after_s` is reported (`degraded`, `subscription_stalled`) and
+the subscription recreated; its next data clears the report. asyncua's own watchdog, which
+recreates silently, is off so that every stall is seen. Read-only towards the PLC: Read,
+Browse, CreateSubscription and CreateMonitoredItems only.
 """
 
 from __future__ import annotations

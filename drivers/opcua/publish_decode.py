@@ -1,19 +1,13 @@
 """A PublishResponse full of data changes, decoded into arrays in a few numpy calls.
 
-Why: asyncua decodes every MonitoredItemNotification into five Python objects (DataValue,
-Variant, StatusCode, two datetimes) and then an event object: about 20 µs per value, 4,000
-values a second on the reference workload, most of the agent's CPU. Data changes of scalar
-numbers and booleans have a fixed binary layout (OPC UA Part 6, 5.2.2.17 DataValue and
-5.2.2.16 Variant), so a notification whose items all share one layout is one
-`np.frombuffer` with a structured dtype; items of mixed layouts (a bool beside doubles) are
-read with struct, one item at a time, still without objects.
-
-Anything else (a status change or event notification, strings, arrays, picoseconds,
-diagnostics, a service fault, a byte out of place) makes `decode_data_changes` answer None:
-the caller then hands the very same bytes to asyncua's decoder, so an unusual response is
-slower, never wrong. The layout is checked before it is trusted: an item whose encoding
-mask or variant type differs from the first one's, or a body whose length does not add up,
-never goes through the array path.
+asyncua decodes every MonitoredItemNotification into half a dozen Python objects (DataValue,
+Variant, StatusCode, datetimes, an event object): most of the agent's CPU on a busy
+subscription. Data changes of scalar numbers and booleans have a fixed binary layout (OPC UA
+Part 6, 5.2.2.17 DataValue, 5.2.2.16 Variant): items of one layout are one `np.frombuffer`
+with a structured dtype, mixed layouts are read with struct, item by item. Anything else
+(status changes, events, strings, arrays, picoseconds, diagnostics, a fault, a layout or
+length that does not add up) makes `decode_data_changes` answer None, and the caller hands
+the same bytes to asyncua: an unusual response is slower, never wrong.
 """
 
 from __future__ import annotations

@@ -1,15 +1,13 @@
-"""Putting publish_decode.py under asyncua's publish loop: one place, the only one that
-touches asyncua's private parts for it.
+"""Putting publish_decode.py under asyncua's publish loop: the one place that touches
+asyncua's private parts for it.
 
-asyncua's session runs the publish loop: it sends a PublishRequest, decodes the response,
-hands it to the subscription's callback and acknowledges it. `install` replaces two steps
-for one session: the decoding (`UaSession.publish`, an instance attribute shadowing the
-method; the request and its acknowledgements are built as asyncua builds them) and, per
-subscription, the callback (`UaSession._subscription_callbacks`), which puts a
-`DataChanges` on the subscription's own event queue (`Subscription._deliver`, with asyncua's
-overflow policy) and keeps `last_publish_at` current for the stall watchdog. Everything the
-fast decoder declines (keep-alives, status changes, strings, arrays, a subscription not
-hooked) goes asyncua's way, decoded by asyncua, unchanged.
+`install` replaces two steps of one session's publish loop: the decoding
+(`UaSession.publish`, an instance attribute shadowing the method; request and
+acknowledgements built as asyncua builds them) and, per subscription, the callback
+(`UaSession._subscription_callbacks`), which puts a `DataChanges` on the subscription's
+event queue (`Subscription._deliver`, asyncua's overflow policy) and keeps
+`last_publish_at` current for the stall watchdog. Whatever the fast decoder declines
+(keep-alives, status changes, strings, arrays, unhooked subscriptions) goes asyncua's way.
 """
 
 from __future__ import annotations

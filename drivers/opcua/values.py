@@ -55,9 +55,9 @@ def _believable(source_ns: Any, receive_ns: int) -> Any:
 def plausible_time_ns(source: datetime | None, receive_ns: int) -> int:
     """The sample's time: its source timestamp when plausible, else the receive time.
 
-    Plausible means present, and between MAX_AGE_NS before and FUTURE_TOLERANCE_NS after the
-    gateway's receive time: outside that window the device's clock is wrong (unset, drifting, a
-    different time zone written as UTC), and the gateway's own clock is the better witness.
+    Plausible: present, and from MAX_AGE_NS before to FUTURE_TOLERANCE_NS after the receive
+    time; outside that the device's clock is wrong (unset, drifting, local time written as
+    UTC) and the gateway's is the better witness.
     """
     if source is None:
         return receive_ns
@@ -131,10 +131,9 @@ def _as_float(value: object, quality: Quality) -> tuple[float, Quality]:
 
 def batches_of_changes(device: str, changes: DataChanges, tag_of_handle: npt.NDArray[np.int64],
                        names: Sequence[str], receive_ns: int, mono_ns: int) -> list[SampleBatch]:
-    """A publish's data changes (publish_decode.py) as batches, by the rules of
-    `BatchBuilder` and `plausible_time_ns`, over arrays: one batch per time, in time order
-    (the same tag's values keep their order). `tag_of_handle[h]` is the index in `names` of client
-    handle h's tag, -1 for a handle not (or no longer) ours."""
+    """A publish's data changes (publish_decode.py) as batches, by the rules of `BatchBuilder` and
+    `plausible_time_ns`: one batch per time, in time order, a tag's values in their order.
+    `tag_of_handle[h]`: index in `names` of client handle h's tag, -1 when not ours."""
     handles = changes.handles.astype(np.int64)
     known = handles < len(tag_of_handle)
     tags = np.where(known, tag_of_handle[np.where(known, handles, 0)], -1)

@@ -1,17 +1,12 @@
 """numba kernel of `band_rms`: the RMS of a fast signal in frequency bands, from a short FFT.
 
-numba's nopython mode has no `np.fft`, so the transform is written here: an iterative radix-2
-FFT, and a real-input FFT of N samples as one complex FFT of N/2 points. Twiddles, the
-bit-reversal table and the window are computed once per rule in Python (`fft_tables`,
-`window`) and passed in as arrays.
-
-Two kinds of rows: a *signal row* per tag of a rule holds the ring of that tag's last N
-samples; a *band row* per band of that signal row is an episode row (`kernels.episode`)
-with its learned level. Parameters and state of both are float64 arrays; `ring` is
-(signal rows, largest N), the tables are one row per rule (`G_TABLE`), `work` is scratch
-(3, largest N / 2 + 1) shared by every block. Samples whose quality is not GOOD (0), or
-that are not finite, never enter: they end the contiguous run, and a block never spans
-such a gap.
+numba's nopython mode has no `np.fft`, so an iterative radix-2 FFT is written here, and a
+real FFT of N samples is one complex FFT of N/2 points. Twiddles, bit reversal and window
+are computed once per rule in Python (`fft_tables`, `window`), one row per rule
+(`G_TABLE`). A *signal row* per tag holds the ring of its last N samples (`ring`: signal
+rows x largest N); a *band row* per band is an episode row (`kernels.episode`) with its
+learned level. `work` (3, largest N / 2 + 1) is scratch shared by every block. A sample not
+GOOD (0) or not finite ends the contiguous run: a block never spans a gap.
 """
 
 from __future__ import annotations
@@ -83,13 +78,9 @@ def fft_tables(n: int) -> tuple[F64, F64, I64]:
 @njit(cache=True)
 def fft_radix2(re: F64, im: F64, m: int, bitrev: I64, tw_re: F64, tw_im: F64,
                stride: int) -> None:
-    """In place, the DFT X[k] = sum x[j] e^(-2 pi i jk/m) of re[:m] + i im[:m] (m a power of
-    two): iterative radix-2 decimation in time, bit-reversal permutation first.
-
-    Reference: J. W. Cooley and J. W. Tukey, "An algorithm for the machine calculation of
-    complex Fourier series", Math. Comp. 19, 1965. `tw_*[k * stride]` is e^(-2 pi i k / m)
-    (the tables of a longer transform serve with a stride).
-    """
+    """In place, the DFT X[k] = sum x[j] e^(-2 pi i jk/m) of re[:m] + i im[:m] (m a power of two);
+    `tw_*[k * stride]` is e^(-2 pi i k / m), so a longer transform's tables serve with a stride.
+    Iterative radix-2 decimation in time: Cooley and Tukey, Math. Comp. 19, 1965."""
     for i in range(m):
         j = bitrev[i]
         if j > i:
@@ -116,13 +107,9 @@ def fft_radix2(re: F64, im: F64, m: int, bitrev: I64, tw_re: F64, tw_im: F64,
 @njit(cache=True)
 def rfft_power(re: F64, im: F64, power: F64, n: int, bitrev: I64, tw_re: F64,
                tw_im: F64) -> None:
-    """|X[k]|^2 for k = 0..n/2 of the DFT of n real samples x, given as re[j] = x[2j] and
-    im[j] = x[2j+1] (j < n/2; both are overwritten): one complex FFT of n/2 points and the
-    split into even and odd halves, X[k] = E[k] + e^(-2 pi i k/n) O[k].
-
-    Reference: W. H. Press et al., "Numerical Recipes in C", 2nd ed., 1992, sec. 12.3
-    ("FFT of real functions").
-    """
+    """|X[k]|^2, k = 0..n/2, of the DFT of n real samples given as re[j] = x[2j], im[j] = x[2j+1]
+    (both overwritten): one n/2-point complex FFT split into even and odd halves,
+    X[k] = E[k] + e^(-2 pi i k/n) O[k]. Press et al., Numerical Recipes in C, 2nd ed., 12.3."""
     m = n // 2
     # Stride n // m (2): computed, so that numba compiles fft_radix2 for a plain int and the
     # ahead-of-time build exports it (a literal 2 would make a specialisation it skips).
@@ -203,24 +190,10 @@ def band_rms_batch(gp: F64, gs: F64, ring: F64, bp: F64, bs: F64, ep: F64, times
                    ctx: F64, windows: F64, tw_re: F64, tw_im: F64, bitrev: I64, work: F64,
                    sel: I64, rows: I64, values: F64, quality: U8, mono_ns: int,
                    time_ns: int) -> None:
-    """Band RMS of every band of every signal row the batch feeds (`sel[j]`: position in the
-    batch, `rows[j]`: signal row), one block each time the ring holds N contiguous good
-    samples and `hop` new ones came since the last block.
-
-    Band mean square by Parseval over the band's one-sided bins, with the window's power
-    (noise) correction: ms = 2 sum |X[k]|^2 / (N S2), S2 = sum w[j]^2 (DC and Nyquist bins
-    counted once), which is the sum of the PSD 2|X[k]|^2 / (fs S2) over the band times the
-    bin width fs/N. A stationary signal's band power comes out right whatever the window;
-    a tone's power is kept whole as long as its leakage stays inside the band. The block's
-    mean is removed first (DC would leak into the lowest bins). Reference: G. Heinzel,
-    A. Rüdiger and R. Schilling, "Spectrum and spectral density estimation by the Discrete
-    Fourier transform (DFT)", Max-Planck-Institut für Gravitationsphysik, 2002, sec. 9-11.
-    The level is an exponential average over blocks (weight B_ALPHA); the limit is
-    min(MAX_RMS, max(MIN_LIMIT, MAX_RATIO x the band RMS learned over the first WARMUP
-    blocks)), as `rms`.
-    Episode times are those of the batch a block completed in; an event's value is the
-    block's broadband RMS (mean removed, no window).
-    """
+    """Band RMS of every band of each signal row the batch feeds (`sel[j]`: batch position,
+    `rows[j]`: signal row); a block once the ring holds N contiguous good samples, every `hop`.
+    Parseval with the window's power correction, ms = 2 sum |X[k]|^2 / (N S2), S2 = sum w^2:
+    Heinzel, Rüdiger and Schilling, "Spectrum and spectral density estimation by the DFT", 2002."""
     size = ctx.shape[1]
     for j in range(sel.shape[0]):
         p = sel[j]

@@ -1,19 +1,13 @@
 """The counter kernel: the increase of a cumulative value across rollover and reset.
 
-One rule, used by the window aggregates (a counter tag's `increase`) and by the machine
-detector (energy from a meter's counter, parts from a cycle counter):
-
-- a rise is the increase;
-- a drop that fits a wrap is a rollover: with a modulus M (where the register wraps, in
-  engineering units), a drop from `last` to `x` whose wrapped increase `x + M - last` is
-  less than M / 2 counted as that increase;
-- any other drop is a reset (meter replaced or cleared, a float counter dropping): the new
-  value counts as the increase since the reset (the counter restarted from zero).
-
-Limit: between two good reads a counter must advance by less than half its range, else
-a wrap cannot be told from a reset; and a reset close below the top of the range to a
-small value is taken for a rollover (over-counting by at most M / 2). A 32-bit Wh meter
-polled every second never comes near either.
+Used by the window aggregates (a counter tag's `increase`) and the machine detector (meter
+energy, cycle counts). A rise is the increase. With a modulus M (where the register wraps,
+in engineering units), a drop from `last` to `x` whose wrapped increase `x + M - last` is
+under M / 2 is a rollover, counted as that increase; any other drop is a reset (meter
+cleared or replaced, a float counter dropping), and `x` counts as the increase since it.
+Limit: between two good reads a counter must advance by less than M / 2; a reset from just
+below the top of the range to a small value is taken for a rollover (over-counting by at
+most M / 2).
 """
 
 from __future__ import annotations
@@ -34,9 +28,8 @@ COUNTER_FIELDS = 2
 def counter_step(state: F64, row: int, x: float, modulus: float) -> tuple[float, bool]:
     """One good reading `x` of counter `row`: (increase since the last reading, was it a reset).
 
-    Rollover-and-reset rule of the module docstring (modulo arithmetic of wrapping
-    registers, e.g. RFC 1982's serial-number comparison with half the range as the limit).
-    `modulus` <= 0 means the counter does not wrap (every drop is a reset).
+    The module's rollover-and-reset rule (wrapping-register arithmetic with half the range as
+    the limit, as RFC 1982's serial numbers). `modulus` <= 0: the counter does not wrap.
     """
     if state[row, C_HAS] == 0.0:
         state[row, C_HAS] = 1.0

@@ -47,17 +47,10 @@ def new_episodes(rows: int) -> tuple[F64, I64]:
 @njit(cache=True, inline="always")
 def episode_step(ep: F64, times: I64, params: F64, row: int, score: float, threshold: float,
                  value: float, over: bool, under: bool, mono_ns: int, time_ns: int) -> None:
-    """One sample of a row through IDLE -> PENDING -> ACTIVE -> CLEARING -> IDLE.
-
-    Hysteresis with dwell times (a Schmitt trigger with minimum on/off durations): an
-    episode starts once `over` held for `min_ns` and ends once `under` held for `clear_ns`;
-    its start is the first sample over, its end the first sample under. The peak is the
-    highest score in between, with the value and time it was seen at. The sample is already
-    counted in the row's context ring (EP_RING_N; `ring_slot` first, or `run_step` for a
-    run's sample not yet pushed): the context before ends with it. Inlined into the
-    univariate kernels: as a call, its three arrays' reference counts would cost more than
-    the step on every sample of an episode.
-    """
+    """One sample of a row through IDLE -> PENDING -> ACTIVE -> CLEARING -> IDLE: a Schmitt trigger
+    with minimum on/off durations (`min_ns`, `clear_ns`). The sample must already be in the
+    context ring (`ring_slot` or `run_step`). Inlined: as a call, its arrays' reference counts
+    would cost more than the step."""
     ep[row, EP_SCORE] = score
     ep[row, EP_THRESHOLD] = threshold
     state = ep[row, EP_STATE]

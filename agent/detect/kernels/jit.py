@@ -1,17 +1,12 @@
 """How the kernels run: compiled ahead of time, compiled by numba at start, or as Python.
 
-`import numba` alone costs about 120 MiB of RSS (LLVM and numba's type registry): more than
-the rest of the agent together, on a Raspberry Pi shared with other work. So the kernels
-are also compiled ahead of time (numba.pycc, `python -m agent.detect.kernels.build`, run by
-`make` and by the packaging) into one extension module beside this one that needs only
-numpy. The kernel modules decorate with this module's `njit`: it hands out each kernel's
-compiled twin when that extension was built from the kernels' current source (its name
-carries their hash, as the JIT cache folder does), and never imports numba then.
-
-Otherwise (not built, built from other source, or a numpy it cannot load) numba compiles
-the kernels at start, cached in NUMBA_CACHE_DIR, as before; NUMBA_DISABLE_JIT=1 runs them as
-Python (numba's own switch). EDGE_AGENT_KERNELS=jit forces numba: the build itself, and the
-tests that check both forms agree.
+`import numba` alone costs about 120 MiB of RSS, more than the rest of the agent on a
+Raspberry Pi, so the kernels are also compiled ahead of time (numba.pycc, `python -m
+agent.detect.kernels.build`) into one extension module that needs only numpy. This module's
+`njit` hands out each kernel's compiled twin when the extension was built from the kernels'
+current source (its name carries their hash), and then never imports numba. Otherwise numba
+compiles them at start, cached in NUMBA_CACHE_DIR; NUMBA_DISABLE_JIT=1 runs them as Python;
+EDGE_AGENT_KERNELS=jit forces numba (the build, and the tests that compare the forms).
 """
 
 from __future__ import annotations

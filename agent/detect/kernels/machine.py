@@ -1,19 +1,13 @@
 """The machine kernel: state, energy, usage and peak demand of every machine of a device,
 one call per poll batch.
 
-State arrays (one row per machine; see the column constants):
-
-- `params` (machines, P_FIELDS): configuration, fixed;
-- `ms` (machines, MS_FIELDS) float64 and `mt` (machines, MT_FIELDS) int64: the state
-  in force, the pending candidate, the last signal sample, the open demand window;
-- `counters` (2 * machines, COUNTER_FIELDS): row 2m is machine m's energy meter
-  counter, row 2m+1 its cycle counter (`kernels.counter.counter_step`);
-- `acc` (machines, PERIODS, A_FIELDS): energy and time per state, starts, cycles,
-  resets, unmeasured time and peak demand, for the report interval (period 0), the
-  shift (1) and the machine's lifetime (2, never reset: the persisted totals).
-
-Time is the batch's monotonic clock (durations, dwell, integration) and its UTC time
-(the `at` of a state change, the time of a peak).
+One row per machine (see the column constants): `params` its configuration; `ms` (float64)
+and `mt` (int64) the state in force, the pending candidate, the last signal sample, the
+open demand window; `counters` rows 2m and 2m+1 machine m's meter and cycle counters
+(`kernels.counter`); `acc` (machines, PERIODS, A_FIELDS) energy and time per state, starts,
+cycles, resets, unmeasured time and peak demand for the report interval (0), the shift (1)
+and the lifetime (2, never reset). Durations use the batch's monotonic clock, the time of a
+state change or a peak its UTC time.
 """
 
 from __future__ import annotations
@@ -93,18 +87,10 @@ def machine_accumulate(
     role: I64, machine: I64, values: F64, quality: npt.NDArray[np.uint8],
     mono_ns: int, time_ns: int, out: I64,
 ) -> int:
-    """Fold one batch into every machine's state and accumulators; return how many state
-    changes were written to `out` (rows of TRANSITION_FIELDS, at most one per sample).
-
-    State: multi-threshold hysteresis (`desired_level`) confirmed after a minimum dwell;
-    a change is dated when its candidate first appeared. Energy: the trapezoidal rule on
-    the signal's power between consecutive good samples (numerical quadrature, e.g.
-    Press et al., Numerical Recipes, 4.1), or the meter counter's increase; an interval
-    longer than P_MAX_GAP_NS is not integrated (counted as unmeasured), since the power
-    during it is unknown. Peak demand: mean power over consecutive demand windows (block
-    demand, as utilities bill it), energy over measured time, kept if at least half the
-    window was measured. Energy and time go to the state in force.
-    """
+    """Fold one batch into every machine's state and accumulators; returns how many state changes
+    it wrote to `out` (at most one per sample). Energy: the trapezoidal rule on the power
+    (Press et al., Numerical Recipes, 4.1) or the meter's increase; a gap over P_MAX_GAP_NS is
+    unmeasured."""
     # Counters and the run signal first: their increase since the last read happened in
     # the state in force before this batch.
     for j in range(role.shape[0]):

@@ -126,10 +126,9 @@ def _statistics(model: F64, g: int, d: int, k: int, x: F64) -> tuple[float, floa
 @njit(cache=True)
 def _smoothed_statistics(model: F64, g: int, d: int, k: int, ewma: F64, x: F64,
                          lam: float) -> tuple[float, float]:
-    """T² and Q of the EWMA of the rows (`ewma` moved by the row `x`, weight lam), times
-    (2 - lam) / lam: the EWMA of independent rows has lam / (2 - lam) times their
-    covariance, so the scaled statistics keep the limits of single rows (the asymptotic
-    MEWMA of Lowry, Woodall, Champ and Rigdon, Technometrics 34(1), 1992)."""
+    """T² and Q of the rows' EWMA (`ewma` moved by `x`, weight lam), times (2 - lam) / lam so that
+    they keep the limits of single rows: the asymptotic MEWMA of Lowry, Woodall, Champ and
+    Rigdon, Technometrics 34(1), 1992."""
     for i in range(d):
         ewma[i] += lam * (x[i] - ewma[i])
     t2, q = _statistics(model, g, d, k, ewma)
@@ -153,14 +152,9 @@ def _f_quantile(df1: float, df2: float, z: float) -> float:
 
 @njit(cache=True)
 def control_limits(values: F64, d: int, k: int, n: int, z: float) -> tuple[float, float]:
-    """The textbook control limits of T² and Q at the confidence whose normal quantile is z,
-    from the eigenvalues of the n learning rows (k kept of d); NaN where undefined.
-
-    T²: k(n-1)(n+1)/(n(n-k)) F(k, n-k), the limit of Tracy, Young and Mason (1992) for a
-    future observation, the F quantile by Paulson's cube-root normal approximation.
-    Q: Jackson and Mudholkar (Technometrics 21(3), 1979) from the sums of the residual
-    eigenvalues' first three powers.
-    """
+    """Control limits of T² and Q at the confidence whose normal quantile is z, from the
+    eigenvalues of the n learning rows (k of d kept); NaN where undefined. T²: Tracy, Young and
+    Mason (1992), future observation, F quantile by Paulson; Q: Jackson and Mudholkar (1979)."""
     t2 = math.nan
     if n > k + 1:
         t2 = k * (n - 1.0) * (n + 1.0) / (n * (n - k)) * _f_quantile(k, n - k, z)
@@ -183,14 +177,9 @@ def control_limits(values: F64, d: int, k: int, n: int, z: float) -> tuple[float
 
 @njit(cache=True)
 def _fit(params: F64, state: F64, cur: F64, buf: F64, model: F64, g: int) -> None:
-    """Mean, scale and principal components of the warm-up rows; the thresholds are the
-    control limits at the configured confidence (`control_limits`), or the largest smoothed
-    T² and Q over those rows, times FACTOR. A limit that is undefined (no residual space
-    left, too few rows) falls back to the largest value seen.
-
-    With input smoothing (weight lam < 1) the statistics are `_smoothed_statistics`; the
-    EWMA starts at the learned mean and runs over the warm-up rows, so it is settled when
-    scoring begins."""
+    """Mean, scale and principal components of the warm-up rows. Thresholds: the control limits
+    at the configured confidence, else (or where undefined) the largest smoothed T² and Q of
+    those rows, times FACTOR. An input EWMA runs over the warm-up rows from the learned mean."""
     d = int(params[g, X_DIM])
     n = int(state[g, XS_N])
     for i in range(d):
@@ -306,12 +295,9 @@ def _close_row(params: F64, state: F64, cur: F64, buf: F64, model: F64, ep: F64,
 def pca_batch(params: F64, state: F64, cur: F64, buf: F64, model: F64, ep: F64, times: I64,
               ctx: F64, sel: I64, rows: I64, cols: I64, values: F64, quality: U8,
               mono_ns: int, time_ns: int) -> None:
-    """Streaming PCA monitoring: T² and Q of each row against a model fitted on the first
-    WARMUP rows, each EWMA-smoothed and divided by its threshold; score = the larger.
-
-    Reference: J. E. Jackson and G. S. Mudholkar, "Control procedures for residuals
-    associated with principal component analysis", Technometrics 21(3), 1979.
-    """
+    """Streaming PCA monitoring: T² and Q of each row against a model fitted on the first WARMUP
+    rows, each EWMA-smoothed and over its threshold; score = the larger.
+    Reference: J. E. Jackson and G. S. Mudholkar, Technometrics 21(3), 1979."""
     for j in range(sel.shape[0]):
         p = sel[j]
         if quality[p] != 0:

@@ -121,13 +121,9 @@ ZSCORE_STATE = 4
 def zscore_batch(params: F64, state: F64, ep: F64, times: I64, ctx: F64, runs: I64,
                  values: F64, quality: U8, mono_ns: int, time_ns: int, raised: I64,
                  buf: F64) -> int:
-    """Streaming z-score of an EWMA-smoothed value against an EWMA mean and variance.
-
-    Reference: J. M. Lucas and M. S. Saccucci, "Exponentially weighted moving average
-    control schemes", Technometrics 32(1), 1990; made robust by gating: a sample over the
-    threshold (or inside an episode) never updates the baseline, so an anomaly does not
-    become the new normal. No score (NaN) during the first `warmup` samples.
-    """
+    """Streaming z-score of an EWMA-smoothed value against an EWMA mean and variance, robust by
+    gating: a sample over the threshold or in an episode never updates the baseline. NaN for
+    the first `warmup` samples. Reference: Lucas and Saccucci, Technometrics 32(1), 1990."""
     count, good = 0, 0
     for k in range(runs.shape[0]):
         row = runs[k, RUN_ROW]
@@ -376,14 +372,9 @@ RMS_STATE = 4
 def rms_batch(params: F64, state: F64, ep: F64, times: I64, ctx: F64, runs: I64,
               values: F64, quality: U8, mono_ns: int, time_ns: int, raised: I64,
               buf: F64) -> int:
-    """Exponentially weighted running RMS (of the deviation from a slower running mean when
-    REMOVE_MEAN); the limit is min(MAX_RMS, max(MIN_LIMIT, MAX_RATIO x the RMS at the end of
-    warm-up)): MIN_LIMIT keeps a level learned near the sensor's noise from making the
-    learned limit a hair trigger.
-
-    Reference: ISO 20816-1 (vibration severity as broadband RMS); EWMA as in Lucas and
-    Saccucci 1990.
-    """
+    """Exponentially weighted running RMS (of the deviation from a slower running mean with
+    REMOVE_MEAN) against min(MAX_RMS, max(MIN_LIMIT, MAX_RATIO x the RMS at the end of warm-up)).
+    Reference: ISO 20816-1 (broadband RMS); EWMA as in Lucas and Saccucci 1990."""
     count, good = 0, 0
     for k in range(runs.shape[0]):
         row = runs[k, RUN_ROW]

@@ -26,16 +26,9 @@ def window_accumulate(
     state: F64, index: I64, values: F64, quality: npt.NDArray[np.uint8],
     counters: F64, modulus: F64,
 ) -> None:
-    """Fold one batch into per-tag window statistics (Welford's online mean and variance).
-
-    Reference: B. P. Welford, "Note on a method for calculating corrected sums of
-    squares and products", Technometrics 4(3), 1962. Samples whose quality is not
-    GOOD (0) are only counted as bad: they never enter the statistics.
-
-    Counter tags (`modulus[row]` not NaN; <= 0 for a counter that does not wrap) also
-    add their increase and resets (`counter_step`); `counters` is their (tags,
-    COUNTER_FIELDS) state, which outlives the window.
-    """
+    """Fold one batch into per-tag window statistics (Welford, Technometrics 4(3), 1962); a
+    sample not GOOD (0) only counts as bad. Counter tags (`modulus[row]` not NaN; <= 0: no
+    wrap) also add their increase and resets, from `counters`, which outlives the window."""
     for j in range(index.shape[0]):
         row = index[j]
         if quality[j] != 0:

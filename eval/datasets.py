@@ -58,8 +58,13 @@ def load_nab(folder: Path, name: str) -> Series:
     return Series(name, stamps, values, ("value",), windows=tuple(windows))
 
 
-def nab_files(folder: Path) -> list[str]:
-    return sorted(json.loads((folder / "nab" / "windows.json").read_text()))
+def nab_files(folder: Path, category: str | None = None) -> list[str]:
+    """The NAB files of the folder, or those of one category (`categories.json`)."""
+    names = sorted(json.loads((folder / "nab" / "windows.json").read_text()))
+    if category is None:
+        return names
+    categories = json.loads((folder / "nab" / "categories.json").read_text())
+    return [name for name in names if categories.get(name) == category]
 
 
 def load_skab(path: Path) -> Series:

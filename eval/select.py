@@ -278,9 +278,10 @@ def _probation(series: Series) -> Series:
     return Series(series.name, series.time_ns[:rows], series.values[:rows], series.columns)
 
 
-def nab_rule(folder: Path) -> NabChoice:
-    """The NAB rule from the probationary periods alone (see the module docstring)."""
-    leading = [_probation(load_nab(folder, name)) for name in nab_files(folder)]
+def nab_rule(folder: Path, names: list[str] | None = None) -> NabChoice:
+    """The NAB rule from the probationary periods alone (see the module docstring), of
+    the files `names` (all of the folder's by default)."""
+    leading = [_probation(load_nab(folder, name)) for name in names or nab_files(folder)]
     alarming: dict[float, list[str]] = {}
     chosen = NAB_THRESHOLDS[-1]
     for threshold in NAB_THRESHOLDS:

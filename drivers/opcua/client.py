@@ -7,7 +7,7 @@ subscription that silently stops delivering while the session looks alive: nothi
 even a keep-alive, for `stall_after_s` is reported (`degraded`, `subscription_stalled`) and
 the subscription recreated; its next data clears the report. asyncua's own watchdog, which
 recreates silently, is off so that every stall is seen. Read-only towards the PLC: Read,
-Browse, CreateSubscription and CreateMonitoredItems only.
+Browse, TranslateBrowsePathsToNodeIds, CreateSubscription and CreateMonitoredItems only.
 """
 
 from __future__ import annotations

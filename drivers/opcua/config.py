@@ -1,7 +1,7 @@
 """Configuration of an OPC UA device, as a technician writes it in the YAML file.
 
 A tag names its node either by NodeId (`ns=2;s=Machine.Temp`, `ns=3;i=1001`) or by a
-browse path from a start node (`Objects/2:Compressor/2:Pressure`), and is either
+browse path from a start node (`2:Compressor/2:Pressure` from Objects, `i=85`), and is either
 subscribed (the server pushes changes) or polled (one Read call per poll group).
 """
 
@@ -115,8 +115,8 @@ class OpcUaSecurity(_Strict):
     policy: SecurityPolicy = "None"
     mode: SecurityMode = "None"
     certificate: Path | None = None
-    """The client's certificate (DER or PEM); `<state_dir>/pki/client-cert.der`, made at first
-    start, when absent."""
+    """The client's certificate (DER or PEM); when absent, `<state_dir>/pki/client-cert.der`,
+    made the first time a device with a security policy connects."""
     private_key: Path | None = None
     username: str | None = None
     password: SecretStr | None = None

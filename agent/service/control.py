@@ -42,12 +42,11 @@ class ControlServer(PrivateServer):
 
     failure_event = "control_socket_failed"
     failure_detail = "edge-agent relearn will refuse to run; the agent runs on"
+    client_gone_event = "control_client_gone"
 
     def __init__(self, path: Path, handler: Handler) -> None:
         super().__init__(path)
         self._handler = handler
-
-    client_gone_event = "control_client_gone"
 
     async def answer(self, reader: asyncio.StreamReader) -> dict[str, Any]:
         try:
@@ -65,6 +64,7 @@ class ControlServer(PrivateServer):
         except Exception as exc:  # a bug: answered and logged, the agent runs on
             log.exception("control_request_failed", command=request.get("command"))
             return refusal(f"the agent failed on it: {type(exc).__name__}: {exc}")
+
 
 def ask(path: Path, request: dict[str, Any], timeout_s: float = 30.0) -> dict[str, Any]:
     """Send a request to the running agent and wait for its answer (blocking, for the command

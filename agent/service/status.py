@@ -96,12 +96,11 @@ class StatusServer(PrivateServer):
 
     failure_event = "status_socket_failed"
     failure_detail = "edge-agent status will not work; the agent runs on"
+    client_gone_event = "status_client_gone"
 
     def __init__(self, path: Path, snapshot: Snapshot) -> None:
         super().__init__(path)
         self._snapshot = snapshot
-
-    client_gone_event = "status_client_gone"
 
     async def answer(self, reader: asyncio.StreamReader) -> dict[str, Any] | None:
         try:
@@ -109,6 +108,7 @@ class StatusServer(PrivateServer):
         except RuntimeError as exc:  # asked while the agent stops: the store is closing
             log.warning("status_unavailable", error=str(exc))
             return None
+
 
 def read_status(path: Path, timeout_s: float = 5.0) -> dict[str, Any]:
     """Ask a running agent (blocking: for the command line). Raises OSError when none answers."""

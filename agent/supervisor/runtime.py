@@ -87,7 +87,6 @@ class Supervisor:
         self._policy = SharingPolicy(loaded.config.devices)
         self._devices: dict[str, RunningDevice] = {}
         self._uplink_task: asyncio.Task[None] | None = None
-        self.uplink_closed = False
         self._started_mono = time.monotonic()
         self.status_socket = loaded.config.gateway.state_dir / STATUS_SOCKET
         self.control_socket = loaded.config.gateway.state_dir / CONTROL_SOCKET
@@ -142,11 +141,8 @@ class Supervisor:
         await self.stop_devices(list(self._devices))
 
     async def close(self) -> None:
-        """What is still open at the end, on any path: metrics, and the current uplink."""
-        await self.stop_metrics()
-        if not self.uplink_closed:
-            await self.uplink.close()
-            self.uplink_closed = True
+        """Close the current uplink, on any path (a reload may have replaced the first)."""
+        await self.uplink.close()
 
     # --- uplink -----------------------------------------------------------------------
 
@@ -171,7 +167,6 @@ class Supervisor:
         while uplink.inflight and uplink.connected and time.monotonic() < deadline:  # noqa: ASYNC110
             await asyncio.sleep(0.02)
         await self.uplink.close()
-        self.uplink_closed = True
 
     # --- health -----------------------------------------------------------------------
 
@@ -310,7 +305,7 @@ class Supervisor:
             self.start_device(by_name[name])
         if new_uplink is not None:
             await self.stop_uplink(SHUTDOWN_DRAIN_S)
-            self.uplink, self.uplink_closed = new_uplink, False
+            self.uplink = new_uplink
             self.start_uplink()
         log.info("config_reloaded", config=str(loaded.path), config_sha256=loaded.sha256,
                  kept=plan.keep, started=plan.start, stopped=plan.stop,
@@ -356,7 +351,7 @@ async def run_agent(
                  config=str(loaded.path), config_sha256=loaded.sha256[:12], store=str(store.path))
         tasks = await stack.enter_async_context(asyncio.TaskGroup())
         agent = Supervisor(loaded, store, uplink, clock, tasks, notifier)
-        stack.push_async_callback(agent.close)  # whichever uplink and metrics it has then
+        stack.push_async_callback(agent.close)
         writer = tasks.create_task(store.writer(), name="store-writer")
         watchdog = tasks.create_task(notifier.watchdog(), name="watchdog")
         stack.push_async_callback(cancel_and_wait, [watchdog, writer])

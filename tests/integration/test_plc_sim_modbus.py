@@ -13,7 +13,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -21,6 +21,7 @@ from typing import Any, Literal
 import pytest
 from pymodbus.client import AsyncModbusTcpClient
 
+from agent.testing import wait_until_async
 from plc_sim.clock import run_clock
 from plc_sim.compressor import Compressor
 from plc_sim.compressor_modbus import FIRMWARE_VERSION, served_compressor, served_readings
@@ -68,15 +69,6 @@ async def client(served: Served) -> AsyncIterator[AsyncModbusTcpClient]:
         yield modbus
     finally:
         modbus.close()
-
-
-async def wait_until(condition: Callable[[], Awaitable[bool]], timeout_s: float, what: str) -> None:
-    """Poll `condition` until it holds; fail with `what` after `timeout_s`."""
-    deadline = time.monotonic() + timeout_s
-    while not await condition():
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout_s} s waiting for {what}")
-        await asyncio.sleep(0.01)
 
 
 def number(
@@ -233,7 +225,8 @@ async def test_the_clock_moves_the_served_values(
         async def operating_seconds_moved() -> bool:
             return (await read_all(client))["operating_s"] >= first["operating_s"] + 2
 
-        await wait_until(operating_seconds_moved, 10.0, "operating seconds to advance")
+        await wait_until_async(operating_seconds_moved, timeout_s=10.0,
+                               what="operating seconds to advance")
     finally:
         clock.cancel()
     assert ticks > 0
@@ -352,7 +345,8 @@ async def test_plc_sim_process_serves_traces_and_stops_on_signal(
         async def trace_grows() -> bool:
             return len(trace_lines(trace)) >= count_now + 5
 
-        await wait_until(trace_grows, 10.0, "the trace to grow by five ticks")
+        await wait_until_async(trace_grows, timeout_s=10.0,
+                               what="the trace to grow by five ticks")
         record = trace_lines(trace)[-1]
         assert abs(record["time_ns"] - time.time_ns()) < 10 * 1_000_000_000
         assert seen_states <= {0, 1, 2}

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 from agent.config.models import GatewayConfig, MqttConfig
 from agent.events import Event
 from agent.store import EventStore
-from agent.testing import Mosquitto, MqttCollector
+from agent.testing import Mosquitto, MqttCollector, wait_until_async
 from agent.uplink.client import MqttUplink
 
 
@@ -17,15 +16,6 @@ def mqtt_config(broker: Mosquitto, **extra: object) -> MqttConfig:
     return MqttConfig.model_validate(
         {"host": broker.host, "port": broker.port, "tls": {"enabled": False}, **extra}
     )
-
-
-async def wait_for(predicate: Callable[[], Awaitable[bool]], timeout_s: float, what: str) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout_s
-    while not await predicate():
-        if loop.time() > deadline:
-            raise TimeoutError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.02)
 
 
 async def test_events_arrive_in_order_on_their_topics_and_are_deleted_once_acked(
@@ -47,9 +37,24 @@ async def test_events_arrive_in_order_on_their_topics_and_are_deleted_once_acked
         async def empty() -> bool:
             return await store.depth() == 0
 
-        await wait_for(empty, 10, "acknowledged rows to be deleted")
+        await wait_until_async(empty, timeout_s=10, what="acknowledged rows to be deleted")
         sender.cancel()
         await uplink.close()
+
+
+async def test_leaving_the_uplink_context_says_offline_and_closing_again_is_harmless(
+    mosquitto: Mosquitto, store: EventStore
+) -> None:
+    gateway = GatewayConfig(id="gw-1", site="plant7")
+    with MqttCollector(mosquitto.host, mosquitto.port, "plant7/gw-1/#") as collector:
+        async with MqttUplink(mqtt_config(mosquitto), gateway, store) as uplink:
+            sender = asyncio.create_task(uplink.run())
+            await wait_until_async(lambda: uplink.connected, timeout_s=10, what="connected")
+            sender.cancel()
+        await asyncio.to_thread(collector.wait_for_status, "offline", timeout_s=10)
+        await uplink.close()
+        assert not uplink.connected
+        assert [m[1].status for m in collector.statuses].count("offline") == 1
 
 
 async def test_events_made_while_the_broker_is_down_arrive_once_it_is_up(

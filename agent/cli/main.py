@@ -42,7 +42,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     faulthandler.register(signal.SIGUSR1, all_threads=True)
     # Before numba is imported: compiled kernels are cached in the state directory,
     # so a restart does not compile again.
-    # One folder per version of the kernels' source (agent/detect/kernel_cache.py says why).
+    # One folder per version of the kernels' source (agent/detect/kernels/source.py says why).
     from agent.detect.kernels.source import kernel_cache_dir
 
     os.environ.setdefault("NUMBA_CACHE_DIR",

@@ -13,6 +13,7 @@ import asyncio
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -34,7 +35,7 @@ class FakePlan:
 @dataclass
 class ScriptedDriver:
     """A driver of `device` whose n-th `connect()` raises `connect_errors[n]` (None: it
-    connects); once connected, each read returns `value_of(tags)`'s values, GOOD."""
+    connects); the n-th read of any plan returns n for each of its tags, GOOD."""
 
     device: str
     plans: Sequence[FakePlan]
@@ -115,5 +116,5 @@ class SettableClockSync:
         return self.synchronized
 
 
-def _is_a_driver(driver: ScriptedDriver) -> Driver:
-    return driver  # mypy holds the fake to the protocol it stands in for
+if TYPE_CHECKING:  # mypy holds the fake to the protocol it stands in for
+    _DRIVER: Driver = ScriptedDriver("", [])

@@ -133,6 +133,21 @@ class ZScoreRule(_Rule):
     direction: Literal["both", "high", "low"] = "both"
 
 
+class NoveltyRule(_Rule):
+    """The univariate default: transitions of a tag never seen before, or a shift of its level
+    (`kernels.novelty`). Learns online; the warm-up only sets the range of its levels."""
+
+    kind: Literal["novelty"]
+    threshold_z: float = Field(default=4.0, gt=0)
+    """Novelty over its own normal, in its standard deviations."""
+    level_z: float = Field(default=3.5, gt=0)
+    """The smoothed value away from its slow mean, in standard deviations."""
+    hold_samples: int = Field(default=60, ge=0, le=100_000)
+    """The episode ends this many samples after the last one over a threshold."""
+    warmup_samples: int = Field(default=750, ge=2, le=10_000)
+    """Samples whose range sets the levels; no score before them."""
+
+
 class DriftRule(_Rule):
     """A slow, lasting shift of the mean away from what the warm-up learned (CUSUM)."""
 
@@ -354,12 +369,13 @@ class BandRmsRule(_Rule):
 
 
 DetectorRule = Annotated[
-    LimitsRule | ZScoreRule | DriftRule | StuckRule | PcaRule | RmsRule | BandRmsRule,
+    LimitsRule | ZScoreRule | NoveltyRule | DriftRule | StuckRule | PcaRule | RmsRule
+    | BandRmsRule,
     Field(discriminator="kind"),
 ]
 
 
-LEARNING_KINDS = ("zscore", "drift", "rms", "pca", "band_rms")
+LEARNING_KINDS = ("zscore", "novelty", "drift", "rms", "pca", "band_rms")
 """The kinds whose rules learn what normal is from the samples (a baseline, a model, a band's
 level): what they learned is kept across restarts, and `edge-agent relearn` makes them learn
 it again."""

@@ -22,6 +22,7 @@ from agent.config.detection import (
     DriftRule,
     Gate,
     LimitsRule,
+    NoveltyRule,
     PcaRule,
     RmsRule,
     StuckRule,
@@ -34,6 +35,7 @@ from agent.detect.base import Detector
 from agent.detect.episodes import RowInfo
 from agent.detect.gate import GatedDetector, MachineStates, StateGated
 from agent.detect.kernels import band as kb
+from agent.detect.kernels import novelty as kn
 from agent.detect.kernels import pca as kp
 from agent.detect.kernels import univariate as ku
 
@@ -86,6 +88,22 @@ def _zscore(device: str, rules: Sequence[tuple[str, ZScoreRule]]) -> Detector:
             params.append(row)
     return UnivariateDetector(device, infos, np.array(params), ku.ZSCORE_STATE, ku.zscore_batch,
                               learns=ku.Z_WARMUP)
+
+
+def _novelty(device: str, rules: Sequence[tuple[str, NoveltyRule]]) -> Detector:
+    infos, params = [], []
+    for name, rule in rules:
+        row = _common(rule, kn.NOVELTY_PARAMS)
+        row[kn.N_WARMUP] = rule.warmup_samples
+        row[kn.N_THRESHOLD] = rule.threshold_z
+        row[kn.N_LEVEL_Z] = rule.level_z
+        row[kn.N_HOLD] = rule.hold_samples
+        for tag in rule.tags:
+            infos.append(RowInfo(name, "novelty", (tag,)))
+            params.append(row)
+    longest = max(rule.warmup_samples for _, rule in rules)
+    return UnivariateDetector(device, infos, np.array(params), kn.novelty_state_fields(longest),
+                              kn.novelty_batch, learns=kn.N_WARMUP)
 
 
 def _drift(device: str, rules: Sequence[tuple[str, DriftRule]]) -> Detector:
@@ -193,7 +211,8 @@ def _pca(device: str, rules: Sequence[tuple[str, PcaRule]]) -> Detector:
     return PcaDetector(device, infos, np.array(params))
 
 
-_BUILDERS: dict[str, Callable[[str, Any], Detector]] = {"limits": _limits, "zscore": _zscore, "drift": _drift, "stuck": _stuck,
+_BUILDERS: dict[str, Callable[[str, Any], Detector]] = {"limits": _limits, "zscore": _zscore,
+             "novelty": _novelty, "drift": _drift, "stuck": _stuck,
              "rms": _rms, "pca": _pca, "band_rms": _band_rms}
 
 

@@ -16,6 +16,7 @@ from agent.config.detection import (
     DetectorRule,
     DriftRule,
     LimitsRule,
+    NoveltyRule,
     PcaRule,
     RmsRule,
     StuckRule,
@@ -123,6 +124,80 @@ def test_zscore_baseline_does_not_learn_the_anomaly() -> None:
     feed(det, "temp", [20.0 + 0.1 * (i % 3) for i in range(40)])
     events = feed(det, "temp", [30.0] * 200, start_s=40)
     assert phases(events) == [(40.0, "start")]
+
+
+def novelty(**kw: Any) -> NoveltyRule:
+    return NoveltyRule(kind="novelty", device="m1", tags=["temp"], warmup_samples=200, **kw)
+
+
+def saw(n: int, period: int = 20, low: float = 10.0, high: float = 30.0) -> list[float]:
+    """A periodic ramp with a little noise: its transitions are all learned within a period."""
+    rng = np.random.default_rng(7)
+    return [low + (high - low) * (i % period) / period + rng.normal(0, 0.01) for i in range(n)]
+
+
+def test_novelty_stays_quiet_on_a_learned_pattern_and_catches_a_new_transition() -> None:
+    det = chain(novelty())
+    det.on_batch(batch(["temp"], [10.0], 0))
+    assert math.isnan(det.scores()["novelty-1:temp"]), "no score while warming up"
+    assert feed(det, "temp", saw(3000), start_s=1) == []
+    # In range, but never seen: the ramp jumps from its bottom straight to its middle and back.
+    odd = [10.0, 20.0, 10.5, 20.5, 10.0, 21.0] * 3
+    events = feed(det, "temp", odd, start_s=3001)
+    assert [p for _, p in phases(events)][:1] == ["start"] and events[0][0] <= 3004.0
+    assert events[0][1].kind == ANOMALY and events[0][1].data["detector"] == "novelty"
+    # The episode ends hold_samples (60) after the last sample over its threshold.
+    events = feed(det, "temp", saw(200), start_s=3100)
+    assert [p for _, p in phases(events)] == ["end"]
+    assert events[0][0] <= 3100 + 70
+
+
+def test_novelty_level_score_catches_a_slow_shift_inside_the_learned_range() -> None:
+    rng = np.random.default_rng(3)
+    det = chain(novelty())
+    normal = list(20 + rng.normal(0, 1.0, 3000))
+    assert feed(det, "temp", normal) == []
+    shifted = list(26 + rng.normal(0, 1.0, 300))  # +6 sd: 2 sd inside the warm-up's range
+    events = feed(det, "temp", shifted, start_s=3000)
+    assert phases(events)[:1] and phases(events)[0][1] == "start"
+    assert phases(events)[0][0] < 3000 + 20
+
+
+def test_novelty_counts_a_burst_like_single_samples_and_skips_garbage() -> None:
+    """Batches of many samples per tag give the same episodes as one sample per batch; a NaN
+    is skipped, and a value far outside anything seen is new (not an overflow)."""
+    values = saw(1500) + [1e300, 20.0, float("nan")] + saw(400)
+    one = chain(novelty())
+    singles = [(round(t), e.data["phase"]) for t, e in feed(one, "temp", values)]
+    burst = chain(novelty())
+    out = []
+    for start in range(0, len(values), 50):
+        part = values[start:start + 50]
+        b = SampleBatch("m1", ("temp",) * len(part), np.asarray(part, dtype=np.float64),
+                        np.zeros(len(part), dtype=np.uint8), T0 + (start + len(part) - 1) * S,
+                        (start + len(part) - 1) * S)
+        out += [e.data["phase"] for e in burst.on_batch(b)]
+    assert [p for _, p in singles] == out == ["start", "end"]
+    assert singles[0] == (1500, "start"), "the 1e300 is new"
+    assert math.isfinite(burst.scores()["novelty-1:temp"])
+
+
+def test_novelty_learned_state_carries_over_a_restart() -> None:
+    values = saw(1200)
+    first = rule_detectors("m1", [("n", novelty())])[0]
+    for i, v in enumerate(values):
+        first.on_batch(batch(["temp"], [v], i))
+    assert isinstance(first, ScoringDetector)
+    saved = first.learned()
+    again = rule_detectors("m1", [("n", novelty())])[0]
+    assert again.restore(saved) == 1
+    fresh = rule_detectors("m1", [("n", novelty())])[0]
+    odd = [10.0, 20.0, 10.5, 20.5] * 3
+    for d in (again, first, fresh):
+        for i, v in enumerate(odd):
+            d.on_batch(batch(["temp"], [v], 1200 + i))
+    assert again.scores() == first.scores()
+    assert math.isnan(fresh.scores()["n:temp"]), "a fresh one is still warming up"
 
 
 def test_drift_accumulates_a_small_lasting_shift_that_a_zscore_would_miss() -> None:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
-MODULES = ("counter", "episode", "runs", "state", "window", "univariate", "pca", "band",
+MODULES = ("counter", "episode", "runs", "state", "window", "univariate", "novelty", "pca", "band",
            "machine")
 """The kernel modules of this package, by name: the hash covers them, the build compiles them."""
 

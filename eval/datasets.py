@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -81,6 +82,14 @@ def load_skab(path: Path) -> Series:
     return Series(path.name, stamps, values, SKAB_COLUMNS, labels=labels)
 
 
-def skab_valve1(folder: Path) -> list[Series]:
-    files = sorted((folder / "skab" / "valve1").glob("*.csv"), key=lambda p: int(p.stem))
-    return [load_skab(p) for p in files]
+def skab_files(folder: Path, sets: Sequence[str] | None = None) -> list[tuple[str, Series]]:
+    """Every labelled SKAB file under `skab/<set>/` (or those of `sets`), as `<set>/<file>`,
+    in numeric order within a set; `anomaly-free.csv` at the top has no label and is left out."""
+    root = folder / "skab"
+    chosen = sets or sorted(p.name for p in root.iterdir() if p.is_dir()) if root.is_dir() else []
+    out = []
+    for name in chosen:
+        paths = sorted((root / name).glob("*.csv"),
+                       key=lambda p: (0, int(p.stem)) if p.stem.isdigit() else (1, p.stem))
+        out += [(f"{name}/{p.name}", load_skab(p)) for p in paths]
+    return out

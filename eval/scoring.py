@@ -16,6 +16,10 @@ import numpy as np
 import numpy.typing as npt
 
 STANDARD = {"tp": 1.0, "fp": 0.11, "fn": 1.0}
+PROFILES = {"standard": STANDARD, "reward_low_fp": {"tp": 1.0, "fp": 0.22, "fn": 1.0},
+            "reward_low_fn": {"tp": 1.0, "fp": 0.11, "fn": 2.0}}
+"""NAB v1.1's three application profiles: weights of a detected window, a false positive, a
+missed window."""
 PROBATION = 0.15
 PROBATION_CAP_ROWS = 5000
 """NAB's probationary period: the first 15 % of a file, but at most 15 % of 5,000 rows (750),
@@ -81,6 +85,15 @@ def nab_score(rows: int, windows: Sequence[tuple[int, int]], detections: Sequenc
     perfect = profile["tp"] * len(windows)
     normalized = 100.0 * (score - null) / (perfect - null) if windows else 0.0
     return NabResult(score, normalized, len(windows), len(hit), false_positives)
+
+
+def pooled(results: Sequence[NabResult], profile: dict[str, float] = STANDARD) -> float:
+    """NAB's corpus score: the files' raw scores summed, then normalized once (100 perfect,
+    0 null); a mean of per-file normalized scores is another, non-comparable number."""
+    raw = sum(r.raw for r in results)
+    windows = sum(r.windows for r in results)
+    null, perfect = -profile["fn"] * windows, profile["tp"] * windows
+    return 100.0 * (raw - null) / (perfect - null) if windows else 0.0
 
 
 @dataclass(frozen=True, slots=True)

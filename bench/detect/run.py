@@ -42,6 +42,7 @@ from agent.config.detection import (
     DetectorRule,
     DriftRule,
     LimitsRule,
+    NoveltyRule,
     PcaRule,
     RmsRule,
     StuckRule,
@@ -126,6 +127,8 @@ def rules(kind: str, tags: list[str]) -> list[DetectorRule]:
                            max_rate_per_s=1e12, min_duration_s=0, **common)]
     if kind == "zscore":
         return [ZScoreRule(kind="zscore", tags=tags, smoothing_halflife_samples=4, **common)]
+    if kind == "novelty":
+        return [NoveltyRule(kind="novelty", tags=tags, **common)]
     if kind == "drift":
         return [DriftRule(kind="drift", tags=tags, **common)]
     if kind == "stuck":
@@ -227,7 +230,7 @@ def river_rate(samples: int) -> float | None:
 
 # --- the report ------------------------------------------------------------------------------
 
-KINDS = ("limits", "zscore", "drift", "stuck", "rms", "pca", "band_rms")
+KINDS = ("limits", "zscore", "novelty", "drift", "stuck", "rms", "pca", "band_rms")
 
 
 def kernel_form() -> str:

@@ -138,7 +138,7 @@ class NoveltyRule(_Rule):
     (`kernels.novelty`). Learns online; the warm-up only sets the range of its levels."""
 
     kind: Literal["novelty"]
-    threshold_z: float = Field(default=4.0, gt=0)
+    threshold_z: float = Field(default=4.25, gt=0)
     """Novelty over its own normal, in its standard deviations."""
     level_z: float = Field(default=3.5, gt=0)
     """The smoothed value away from its slow mean, in standard deviations."""

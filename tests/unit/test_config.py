@@ -102,7 +102,7 @@ def test_example_config_builds_every_detector_it_asks_for() -> None:
     detector = make_detector(config, device)
     assert isinstance(detector, DetectorChain)
     names = {key.split(":")[0] for key in detector.scores()}
-    assert names == {"discharge-spec", "zscore-2", "drift-3", "stuck-4", "compressor-health"}
+    assert names == {"discharge-spec", "novelty-2", "drift-3", "stuck-4", "compressor-health"}
 
 
 def test_compressor_monitoring_profile_loads() -> None:

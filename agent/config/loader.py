@@ -3,23 +3,27 @@
 Every error names the file, the line, the key path and what was expected, e.g.
 `config.yaml:14: devices[0].tags[2].type: 'flaot32' is not one of int16, ...`.
 `${NAME}` (or `${NAME:-default}`) in a value is replaced from the environment,
-so that secrets stay out of the file; `$$` stands for a literal `$`.
+so that secrets stay out of the file; `$$` stands for a literal `$`. Anchors and merge keys
+work (`<<: *meter`); top-level keys starting `x-` are ignored, a place to define them. The
+file is bounded (size, nesting, alias expansion, tags) so that any input is an error message.
 """
 
 from __future__ import annotations
 
 import difflib
+import functools
 import hashlib
 import os
 import re
+import stat
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel, SecretStr, ValidationError
 from ruamel.yaml import YAML
-from ruamel.yaml.comments import CommentedMap, CommentedSeq
+from ruamel.yaml.comments import CommentedMap, CommentedSeq, TaggedScalar
 from ruamel.yaml.error import MarkedYAMLError
 
 from agent.config.models import AgentConfig
@@ -45,19 +49,37 @@ class LoadedConfig:
     """Hash of the file as written (before substitution): identifies the config in use."""
 
 
+MAX_BYTES = 256 << 10
+"""A configuration is a few kB (a thousand tags: some 70 kB); the YAML parser needs about a
+second per 100 kB, so a larger file is refused before it is parsed."""
+MAX_DEPTH = 32
+"""Sections nest a few levels; deeper is a mistake or an attack on the parser."""
+MAX_VALUES = 100_000
+"""Values after expanding aliases (`*name`): a few anchors can otherwise expand exponentially."""
+MAX_PROBLEMS = 50
+"""Problems listed; the count of the rest follows."""
+_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x84\x86-\x9f\ud800-\udfff\ufffe\uffff]")
+_CORE = "tag:yaml.org,2002:"
+_PLAIN_TAGS = frozenset(_CORE + t for t in ("str", "int", "float", "bool", "null", "map", "seq"))
+
+
 def load_config(path: Path | str, environ: Mapping[str, str] | None = None) -> LoadedConfig:
-    """Read, substitute, validate. Raises ConfigError with every problem found."""
+    """Read, substitute, validate. Raises ConfigError with every problem found (and nothing
+    else, whatever the file holds: a reload must never stop the agent)."""
     path = Path(path)
     env = os.environ if environ is None else environ
-    try:
-        raw = path.read_bytes()
-    except OSError as exc:
-        raise ConfigError([f"{path}: cannot read the configuration: {exc.strerror}"]) from exc
+    raw = _read(path)
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise ConfigError([f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})"]) from exc
-
+    if bad := _CONTROL.search(text):
+        line = text.count("\n", 0, bad.start()) + 1
+        column = bad.start() - (text.rfind("\n", 0, bad.start()) + 1) + 1
+        raise ConfigError([(f"{path}:{line}: control character U+{ord(bad.group()):04X} at column "
+                           f"{column}: only tab, newline and carriage return may appear")])
+    if (depth := _flow_depth(text)) > MAX_DEPTH:
+        raise ConfigError([f"{path}:{depth.line}: nested deeper than {MAX_DEPTH} levels"])
     try:
         document = YAML(typ="rt").load(text)
     except MarkedYAMLError as exc:
@@ -65,51 +87,148 @@ def load_config(path: Path | str, environ: Mapping[str, str] | None = None) -> L
         line = mark.line + 1 if mark is not None else 1
         problem = exc.problem or exc.context or "invalid YAML"
         raise ConfigError([f"{path}:{line}: YAML syntax error: {problem}"]) from exc
+    except (RecursionError, MemoryError) as exc:
+        raise ConfigError([(f"{path}: nested too deep to read (sections nest at most "
+                           f"{MAX_DEPTH} levels)")]) from exc
+    except Exception as exc:  # ruamel's reader and constructor errors are not all marked
+        raise ConfigError([(f"{path}: not a YAML file this agent can read "
+                           f"({type(exc).__name__})")]) from exc
     if not isinstance(document, CommentedMap):
         raise ConfigError([f"{path}:1: the file must be a mapping of sections (gateway, mqtt, devices, ...)"])
 
-    lines: dict[Loc, int] = {}
-    problems: list[tuple[int, str]] = []
-    data = _to_plain(document, (), 1, lines, env, problems)
-    if problems:
-        raise ConfigError([f"{path}:{line}: {msg}" for line, msg in sorted(problems)])
+    walk = _Walk(env)
+    data = walk.plain(document, (), 1)
+    if walk.problems:
+        raise ConfigError(_listed(path, walk.problems))
 
     try:
         # Device profiles are looked up beside the file first (drivers/modbus/profiles.py).
         config = AgentConfig.model_validate(data, context={"config_dir": path.parent.resolve()})
     except ValidationError as exc:
-        messages = sorted(_describe(err, data, lines) for err in exc.errors())
-        raise ConfigError([f"{path}:{line}: {msg}" for line, msg in messages]) from exc
+        errors = exc.errors()
+        messages = [_describe(err, data, walk.lines) for err in errors[:MAX_PROBLEMS]]
+        raise ConfigError(_listed(path, messages, len(errors))) from exc
     return LoadedConfig(config=config, path=path, sha256=hashlib.sha256(raw).hexdigest())
 
 
-def _to_plain(
-    node: Any,
-    loc: Loc,
-    line: int,
-    lines: dict[Loc, int],
-    env: Mapping[str, str],
-    problems: list[tuple[int, str]],
-) -> Any:
-    """Plain Python data from the YAML tree, recording the line of every key path."""
-    lines[loc] = line
-    if isinstance(node, CommentedMap):
-        out: dict[Any, Any] = {}
-        for key, value in node.items():
-            key_line = node.lc.key(key)[0] + 1
-            value_line = node.lc.value(key)[0] + 1
-            # A scalar is reported on its own line; a nested section on its key's line.
-            child_line = value_line if not isinstance(value, (CommentedMap, CommentedSeq)) else key_line
-            out[str(key)] = _to_plain(value, (*loc, str(key)), child_line, lines, env, problems)
-        return out
-    if isinstance(node, CommentedSeq):
-        return [
-            _to_plain(item, (*loc, i), node.lc.item(i)[0] + 1, lines, env, problems)
-            for i, item in enumerate(node)
-        ]
-    if isinstance(node, str):
-        return _substitute(node, loc, line, env, problems)
-    return node
+class _Depth(int):
+    line: int
+
+
+def _flow_depth(text: str) -> _Depth:
+    """The deepest nesting of [ and { outside quotes and comments, and its line: the parser
+    recurses per level, so a thousand of them would exhaust the stack before it says so."""
+    deepest, depth, line, at, quote = 0, 0, 1, 1, ""
+    comment = False
+    for ch in text:
+        if ch == "\n":
+            line, comment = line + 1, False
+        elif comment:
+            continue
+        elif quote:
+            quote = "" if ch == quote else quote
+        elif ch in "\"'":
+            quote = ch
+        elif ch == "#":
+            comment = True
+        elif ch in "[{":
+            depth += 1
+            if depth > deepest:
+                deepest, at = depth, line
+        elif ch in "]}":
+            depth = max(depth - 1, 0)
+    out = _Depth(deepest)
+    out.line = at
+    return out
+
+
+def _read(path: Path) -> bytes:
+    """The file's bytes; a FIFO, a device or a huge file is refused before it is read."""
+    try:
+        st = os.stat(path)
+        if not stat.S_ISREG(st.st_mode):
+            what = "a directory" if stat.S_ISDIR(st.st_mode) else "a FIFO" if stat.S_ISFIFO(
+                st.st_mode) else "a device or socket"
+            raise ConfigError([f"{path}: not a regular file ({what}): give the YAML file itself"])
+        if st.st_size > MAX_BYTES:
+            raise ConfigError([(f"{path}: {st.st_size:,} bytes is too large for a configuration "
+                               f"(at most {MAX_BYTES:,})")])
+        with path.open("rb") as file:
+            raw = file.read(MAX_BYTES + 1)
+    except OSError as exc:
+        raise ConfigError([f"{path}: cannot read the configuration: {exc.strerror}"]) from exc
+    if len(raw) > MAX_BYTES:
+        raise ConfigError([f"{path}: too large for a configuration (at most {MAX_BYTES:,} bytes)"])
+    return raw
+
+
+def _listed(path: Path, problems: list[tuple[int, str]], total: int = 0) -> list[str]:
+    """`file:line: message` in file order, at most MAX_PROBLEMS of them and the count left."""
+    total = max(total, len(problems))
+    shown = sorted(problems)[:MAX_PROBLEMS]
+    out = [f"{path}:{line}: {msg}" for line, msg in shown]
+    if total > len(shown):
+        out.append(f"{path}: ... and {total - len(shown):,} more problems")
+    return out
+
+
+class _Walk:
+    """Plain Python data from the YAML tree, recording the line of every key path; tags,
+    depth and alias expansion are bounded here."""
+
+    def __init__(self, env: Mapping[str, str]) -> None:
+        self.env = env
+        self.lines: dict[Loc, int] = {}
+        self.problems: list[tuple[int, str]] = []
+        self.values = 0
+
+    def plain(self, node: Any, loc: Loc, line: int) -> Any:
+        self.lines[loc] = line
+        self.values += 1
+        if self.values > MAX_VALUES:
+            if self.values == MAX_VALUES + 1:
+                self.problems.append((line, (f"{format_loc(loc)}: more than {MAX_VALUES:,} values "
+                                            f"once aliases (*name) are expanded")))
+            return None
+        if len(loc) > MAX_DEPTH:
+            if not any("nested deeper" in m for _, m in self.problems):
+                self.problems.append((line, (f"{format_loc(loc[:MAX_DEPTH])}: nested deeper than "
+                                            f"{MAX_DEPTH} levels")))
+            return None
+        tag = getattr(getattr(node, "tag", None), "value", None)
+        if tag is not None and tag not in _PLAIN_TAGS:
+            shown = tag.replace(_CORE, "!!")
+            self.problems.append((line, (f"{format_loc(loc)}: the YAML tag {shown} is not allowed "
+                                        f"(a configuration holds plain values)")))
+            return None
+        if isinstance(node, CommentedMap):
+            out: dict[Any, Any] = {}
+            for key, value in node.items():
+                if not loc and str(key).startswith("x-"):
+                    continue  # a section of its own for anchors (`x-meter: &meter ...`)
+                key_line, value_line = _key_lines(node, key, line)
+                # A scalar is reported on its own line; a nested section on its key's line.
+                nested = isinstance(value, (CommentedMap, CommentedSeq))
+                out[str(key)] = self.plain(value, (*loc, str(key)),
+                                           key_line if nested else value_line)
+            return out
+        if isinstance(node, CommentedSeq):
+            return [self.plain(item, (*loc, i), node.lc.item(i)[0] + 1 if i in node.lc.data
+                               else line) for i, item in enumerate(node)]
+        if isinstance(node, TaggedScalar):  # an explicit !!str and the like
+            node = str(node.value)
+        if isinstance(node, str):
+            return _substitute(node, loc, line, self.env, self.problems)
+        return node
+
+
+def _key_lines(node: CommentedMap, key: Any, fallback: int) -> tuple[int, int]:
+    """Lines of a key and its value, looked up in the maps merged in (`<<: *name`) too."""
+    merged = [m[-1] if isinstance(m, tuple) else m for m in getattr(node, "merge", ())]
+    for source in (node, *merged):
+        if key in source.lc.data:
+            return source.lc.key(key)[0] + 1, source.lc.value(key)[0] + 1
+    return fallback, fallback
 
 
 def _substitute(
@@ -206,7 +325,10 @@ def _describe(err: Any, data: Any, lines: dict[Loc, int]) -> tuple[int, str]:
         loc = _data_loc((*loc, *inner), data)
         where, message = format_loc(loc), narrowed.group(2)
     message = message[:1].lower() + message[1:]
-    shown = "" if narrowed or isinstance(value, dict | list) else f" (got {value!r})"
+    secret = bool(loc) and loc[-1] in _secret_field_names()
+    if secret and kind == "string_type":
+        message += " (put it in quotes, or better in the environment: ${NAME})"
+    shown = "" if narrowed or secret or isinstance(value, dict | list) else f" (got {value!r})"
     return _line_of(loc, lines), f"{where}: {message}{shown}"
 
 
@@ -218,15 +340,28 @@ def _did_you_mean(word: str, options: list[str] | frozenset[str]) -> str:
     return f" (did you mean '{close[0]}'?)" if close else ""
 
 
+@functools.cache
 def _all_field_names() -> frozenset[str]:
-    return frozenset(_walk_fields(AgentConfig))
+    return frozenset(name for name, _ in _walk_fields(AgentConfig))
 
 
-def _walk_fields(model: type[BaseModel]) -> Iterator[str]:
+@functools.cache
+def _secret_field_names() -> frozenset[str]:
+    """Keys whose value is never shown in a message, whatever its type (a numeric password)."""
+    return frozenset(name for name, annotation in _walk_fields(AgentConfig)
+                     if _mentions(annotation, SecretStr))
+
+
+def _walk_fields(model: type[BaseModel]) -> Iterator[tuple[str, Any]]:
     for name, field in model.model_fields.items():
-        yield name
+        yield name, field.annotation
         for inner in _models_in(field.annotation):
             yield from _walk_fields(inner)
+
+
+def _mentions(annotation: Any, wanted: type) -> bool:
+    return annotation is wanted or any(_mentions(a, wanted)
+                                       for a in getattr(annotation, "__args__", ()))
 
 
 def _models_in(annotation: Any) -> Iterator[type[BaseModel]]:

@@ -105,6 +105,15 @@ def test_invalid_configuration_is_rejected_and_the_agent_runs_on(
         assert any("'flaot32' is not one of" in p for p in problems)
         assert any("poll_interval_s" in p for p in problems)
         assert rejected["level"] == "error"
+        # Files that once stopped the agent on SIGHUP (the parser's own exceptions).
+        hostile = [good.replace("devices:", "x: !!python/object/apply:os.getpid []\ndevices:"),
+                   good.replace("gateway:", "gateway:\n  site: \"a\x07b\"", 1),
+                   good + "deep: " + "[" * 1000 + "]" * 1000 + "\n"]
+        for count, text in enumerate(hostile, start=3):
+            config.write_text(text)
+            agent.signal(signal.SIGHUP)
+            agent.wait_logged("config_reload_rejected", count=count)
+        assert agent.process.poll() is None
         assert not agent.logged("config_reloaded")
         after = len(collector.snapshot())
         collector.wait_for(lambda ms: len(of(ms[after:], "window", "compressor-1")) >= 2,

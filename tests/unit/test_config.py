@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -134,3 +135,49 @@ def test_compressor_vibration_profile_is_accepted_and_builds_its_band_rule(
     assert set(make_detector(config, device).scores()) == {
         "motor-bearing-spectrum:vibration_waveform_mm_s:running-speed",
         "motor-bearing-spectrum:vibration_waveform_mm_s:bearing-bpfo"}
+
+
+def _problems(path: Path) -> list[str]:
+    with pytest.raises(ConfigError) as caught:
+        load_config(path, environ={})
+    return caught.value.lines
+
+
+@pytest.mark.timeout(20)
+def test_a_fifo_or_a_device_is_refused_without_reading_it(tmp_path: Path) -> None:
+    fifo = tmp_path / "config.yaml"
+    os.mkfifo(fifo)  # nobody writes to it: reading would wait for ever
+    assert _problems(fifo) == [f"{fifo}: not a regular file (a FIFO): give the YAML file itself"]
+    assert "not a regular file (a device or socket)" in _problems(Path("/dev/zero"))[0]
+    assert "not a regular file (a directory)" in _problems(tmp_path)[0]
+
+
+def test_a_file_too_large_for_a_configuration_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "config.yaml"
+    path.write_text("".join(f"key{i}: {i}\n" for i in range(40_000)))
+    [problem] = _problems(path)
+    assert problem.startswith(f"{path}: ") and "too large for a configuration" in problem
+
+
+def test_thousands_of_problems_are_counted_not_all_listed(tmp_path: Path) -> None:
+    path = tmp_path / "config.yaml"
+    path.write_text("".join(f"key{i}: {i}\n" for i in range(3_000)))
+    problems = _problems(path)
+    assert len(problems) == 51
+    assert f"{path}:1: key0: unknown key 'key0'" in problems
+    assert problems[-1].startswith(f"{path}: ... and 2,9")  # and the required sections
+
+
+def test_anchors_and_merge_keys_are_read_as_written(tmp_path: Path) -> None:
+    text = (CASES / "yaml_merge_key_typo" / "config.yaml").read_text()
+    path = tmp_path / "config.yaml"
+    path.write_text(text.replace("poll_intervall_s", "poll_interval_s"))
+    [device] = load_config(path, environ={}).config.devices
+    assert device.name == "m1" and device.poll_interval_s == 5  # type: ignore[union-attr]
+
+
+def test_a_numeric_password_is_not_shown(tmp_path: Path) -> None:
+    text = (CASES / "mqtt_password_is_a_number" / "config.yaml").read_text()
+    assert "918273645501" in text
+    assert not any("918273645501" in line
+                   for line in _problems(CASES / "mqtt_password_is_a_number" / "config.yaml"))

@@ -127,12 +127,16 @@ def _skab_tables(folder: Path, ours: SkabReport) -> list[str]:
 
 
 def _cwru_tables(result: dict[str, Any]) -> list[str]:
-    lines = ["### CWRU bearings (`band_rms` learned on the first half of the normal file)", "",
-             "| file | alarms | first alarm (s of signal) | band that moved |",
-             "|---|---|---|---|"]
+    title = ("### CWRU bearings (`band_rms` bearing default learned on the first half of the "
+             "normal file; the normal row is its second half)")
+    header = ("| file | alarms | first alarm (s of signal) | band that moved | bands that alarmed "
+              "| highest band level / learned (band) |")
+    lines = [title, "", header, "|---|---|---|---|---|---|"]
     for name, r in result.items():
         first = "none" if r["first_alarm_s"] is None else f"{r['first_alarm_s']:.2f}"
-        lines.append(f"| {name} | {r['alarms']} | {first} | {r.get('band') or ''} |")
+        lines.append(f"| {name} | {r['alarms']} | {first} | {r.get('band') or ''} | "
+                     f"{', '.join(r.get('alarm_bands', []))} | "
+                     f"{r['peak_ratio']:.2f} ({r['peak_band']}) |")
     return lines
 
 

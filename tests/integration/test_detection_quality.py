@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from eval.__main__ import main
+from eval.cwru import NORMAL, has_cwru
 from eval.datasets import datasets_dir
 from eval.suite import nab
 
@@ -41,7 +42,8 @@ def test_nab_univariate_default_beats_the_published_detectors_pooled() -> None:
 @needs
 def test_eval_json_scores_any_folder_laid_out_like_the_datasets(
         tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    """Two NAB files copied to a folder of one's own: the document has their figures only."""
+    """Two NAB files (and two CWRU files) copied to a folder of one's own: the document has
+    their figures only."""
     nab_dir = tmp_path / "nab"
     nab_dir.mkdir()
     names = [MACHINE, "art_daily_no_noise.csv"]
@@ -49,9 +51,21 @@ def test_eval_json_scores_any_folder_laid_out_like_the_datasets(
     (nab_dir / "windows.json").write_text(json.dumps({n: windows[n] for n in names}))
     for name in names:
         (nab_dir / name).write_bytes((DATASETS / "nab" / name).read_bytes())
+    bearings = [NORMAL, "48k_DE_IR007_0.mat"] if has_cwru(DATASETS) else []
+    if bearings:
+        (tmp_path / "cwru").mkdir()
+    for name in bearings:
+        (tmp_path / "cwru" / name).write_bytes((DATASETS / "cwru" / name).read_bytes())
     assert main(["--datasets", str(tmp_path), "--json"]) == 0
     doc = json.loads(capsys.readouterr().out)
-    assert set(doc) == {"nab"}
+    assert set(doc) == ({"nab", "cwru"} if bearings else {"nab"})
+    if bearings:
+        assert set(doc["cwru"]) == set(bearings)
+        assert doc["cwru"][NORMAL]["alarms"] == 0
+        assert doc["cwru"][NORMAL]["first_alarm_s"] is None
+        fault = doc["cwru"]["48k_DE_IR007_0.mat"]
+        assert fault["alarms"] >= 1 and fault["band"] == "resonance"
+        assert 0.0 < fault["first_alarm_s"] < fault["signal_s"]
     assert set(doc["nab"]["files"]) == set(names)
     assert doc["nab"]["files"][MACHINE]["detected"] == 4
     assert doc["nab"]["standard"] == pytest.approx(nab(tmp_path).scores["standard"])

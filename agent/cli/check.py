@@ -58,6 +58,13 @@ def warnings(loaded: LoadedConfig) -> list[str]:
             f"mqtt.tls.enabled is false towards {mqtt.host}: events and the password "
             "cross the network in clear text"
         )
+    if mqtt.tls.enabled and mqtt.effective_port == 1883:
+        out.append("mqtt: TLS towards port 1883, the port of plain MQTT: brokers serve TLS on "
+                   "8883 (set mqtt.port: 8883, or tls: false for a broker on this host)")
+    for where in loaded.literal_secrets:
+        out.append(f"{where} is written in the file: whoever reads the file reads it; give it "
+                   f"as ${{NAME}} from the environment, a password_file or a "
+                   f"password_credential")
     for device in loaded.config.devices:
         if isinstance(device, OpcUaDevice):
             if device.security.mode == "None" and not _is_local(_host_of(device.endpoint)):

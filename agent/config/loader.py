@@ -47,6 +47,8 @@ class LoadedConfig:
     path: Path
     sha256: str
     """Hash of the file as written (before substitution): identifies the config in use."""
+    literal_secrets: tuple[str, ...] = ()
+    """Key paths of secrets written in the file itself, not taken from the environment."""
 
 
 MAX_BYTES = 256 << 10
@@ -108,7 +110,8 @@ def load_config(path: Path | str, environ: Mapping[str, str] | None = None) -> L
         errors = exc.errors()
         messages = [_describe(err, data, walk.lines) for err in errors[:MAX_PROBLEMS]]
         raise ConfigError(_listed(path, messages, len(errors))) from exc
-    return LoadedConfig(config=config, path=path, sha256=hashlib.sha256(raw).hexdigest())
+    return LoadedConfig(config=config, path=path, sha256=hashlib.sha256(raw).hexdigest(),
+                        literal_secrets=tuple(walk.literal_secrets))
 
 
 class _Depth(int):
@@ -181,6 +184,7 @@ class _Walk:
         self.lines: dict[Loc, int] = {}
         self.problems: list[tuple[int, str]] = []
         self.values = 0
+        self.literal_secrets: list[str] = []
 
     def plain(self, node: Any, loc: Loc, line: int) -> Any:
         self.lines[loc] = line
@@ -217,6 +221,9 @@ class _Walk:
                                else line) for i, item in enumerate(node)]
         if isinstance(node, TaggedScalar):  # an explicit !!str and the like
             node = str(node.value)
+        if loc and loc[-1] in _secret_field_names() and node is not None and not (
+                isinstance(node, str) and _ENV_REF.search(node)):
+            self.literal_secrets.append(format_loc(loc))
         if isinstance(node, str):
             return _substitute(node, loc, line, self.env, self.problems)
         return node
@@ -304,7 +311,9 @@ def _describe(err: Any, data: Any, lines: dict[Loc, int]) -> tuple[int, str]:
     if kind in ("literal_error", "enum"):
         options = [o.strip().strip("'") for o in re.split(r",| or ", err["ctx"]["expected"])]
         options = [o for o in options if o]
-        hint = _did_you_mean(str(value), options)
+        meant = _MEANT.get(str(value).lower())
+        hint = (f" ({value} is {meant} here)" if meant in options else
+                _did_you_mean(str(value), options))
         return _line_of(loc, lines), f"{where}: {value!r} is not one of {', '.join(options)}{hint}"
     if kind in ("union_tag_invalid", "union_tag_not_found"):
         # The key that picks the model: `protocol` for a device, `kind` for a detector rule.
@@ -331,6 +340,13 @@ def _describe(err: Any, data: Any, lines: dict[Loc, int]) -> tuple[int, str]:
     shown = "" if narrowed or secret or isinstance(value, dict | list) else f" (got {value!r})"
     return _line_of(loc, lines), f"{where}: {message}{shown}"
 
+
+_MEANT = {"float": "float32", "real": "float32", "single": "float32", "double": "float64",
+          "lreal": "float64", "int": "int16", "short": "int16", "uint": "uint16",
+          "word": "uint16", "dint": "int32", "long": "int32", "udint": "uint32",
+          "dword": "uint32", "lint": "int64", "ulint": "uint64", "lword": "uint64"}
+"""Register types by what a PLC's or a datasheet's name means (IEC 61131-3: REAL is 32 bits,
+INT 16), where spelling would suggest another (`float` is not `float64`)."""
 
 _AT = re.compile(r"^at ((?:\[\d+\]|\.\w+)+): (.*)$", re.DOTALL)
 

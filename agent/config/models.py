@@ -98,6 +98,7 @@ class MqttConfig(_Section):
     """Read the password from the systemd credential of this name (`LoadCredential=NAME:...`),
     i.e. from `$CREDENTIALS_DIRECTORY/NAME`, at start."""
     tls: TlsConfig = TlsConfig()
+    """`tls: false` is short for `tls: {enabled: false}`."""
     version: Literal["5", "3.1.1"] = "5"
     topic: str = "{site}/{gateway}/{device}/{kind}"
     keepalive_s: int = Field(default=30, ge=5, le=3600)
@@ -111,6 +112,11 @@ class MqttConfig(_Section):
     """How fast the backlog of an outage is replayed, behind live events."""
     replay_after_s: float = Field(default=5.0, ge=0, le=86400)
     """An outage at least this long makes what was stored meanwhile a flagged backlog."""
+
+    @field_validator("tls", mode="before")
+    @classmethod
+    def _tls_shorthand(cls, value: object) -> object:
+        return {"enabled": value} if isinstance(value, bool) else value
 
     @field_validator("password_credential")
     @classmethod

@@ -181,3 +181,36 @@ def test_a_numeric_password_is_not_shown(tmp_path: Path) -> None:
     assert "918273645501" in text
     assert not any("918273645501" in line
                    for line in _problems(CASES / "mqtt_password_is_a_number" / "config.yaml"))
+
+
+def test_a_plc_type_name_is_suggested_by_meaning(tmp_path: Path) -> None:
+    text = (CASES / "valid_minimal" / "config.yaml").read_text()
+    for written, meant in (("float", "float32"), ("REAL", "float32"), ("DINT", "int32")):
+        (tmp_path / "c.yaml").write_text(text.replace("type: float32", f"type: {written}"))
+        [problem] = _problems(tmp_path / "c.yaml")
+        assert problem.endswith(f"({written} is {meant} here)"), problem
+
+
+def test_tls_false_is_short_for_enabled_false(tmp_path: Path) -> None:
+    text = (CASES / "valid_minimal" / "config.yaml").read_text()
+    (tmp_path / "c.yaml").write_text(text.replace("  tls:\n    enabled: false\n", "  tls: false\n"))
+    mqtt = load_config(tmp_path / "c.yaml", environ={}).config.mqtt
+    assert not mqtt.tls.enabled and mqtt.effective_port == 1883
+
+
+def test_check_warns_about_tls_towards_1883_and_a_password_in_the_file(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    text = (CASES / "valid_minimal" / "config.yaml").read_text()
+    tls_1883 = text.replace("  tls:\n    enabled: false\n", "  port: 1883\n")
+    (tmp_path / "c.yaml").write_text(tls_1883)
+    assert main(["check", "-c", str(tmp_path / "c.yaml")]) == 0
+    assert "mqtt: TLS towards port 1883" in capsys.readouterr().err
+    literal = text.replace("  tls:\n", "  username: u\n  password: hunter2\n  tls:\n")
+    (tmp_path / "c.yaml").write_text(literal)
+    assert main(["check", "-c", str(tmp_path / "c.yaml")]) == 0
+    err = capsys.readouterr().err
+    assert "mqtt.password is written in the file" in err and "hunter2" not in err
+    (tmp_path / "c.yaml").write_text(literal.replace("hunter2", "${PW}"))
+    monkeypatch.setenv("PW", "hunter2")
+    assert main(["check", "-c", str(tmp_path / "c.yaml")]) == 0
+    assert "written in the file" not in capsys.readouterr().err

@@ -2,12 +2,28 @@
 
 from __future__ import annotations
 
+import argparse
+import os
 import sys
 from collections.abc import Mapping
 
 from agent.config import ConfigError, LoadedConfig, load_config
 
 EXIT_OK, EXIT_FAILURE, EXIT_CONFIG = 0, 1, 2
+CONFIG_VARIABLE = "EDGE_AGENT_CONFIG"
+SYSTEM_CONFIG = "/etc/edge-agent/config.yaml"
+
+
+def default_config() -> str:
+    """Where a command finds the configuration without -c: $EDGE_AGENT_CONFIG, else the
+    service's file."""
+    return os.environ.get(CONFIG_VARIABLE) or SYSTEM_CONFIG
+
+
+def add_config_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("-c", "--config", default=default_config(),
+                        help=f"configuration file (YAML; default ${CONFIG_VARIABLE} or "
+                             f"{SYSTEM_CONFIG}: %(default)s)")
 
 
 def load_or_exit(path: str, environ: Mapping[str, str] | None = None) -> LoadedConfig:
@@ -17,6 +33,9 @@ def load_or_exit(path: str, environ: Mapping[str, str] | None = None) -> LoadedC
     except ConfigError as exc:
         for line in exc.lines:
             print(line, file=sys.stderr)
+        if path == default_config() and not os.path.exists(path):
+            print(f"(no -c given: the default is ${CONFIG_VARIABLE} or {SYSTEM_CONFIG}; give "
+                  f"-c FILE)", file=sys.stderr)
         raise SystemExit(EXIT_CONFIG) from None
 
 

@@ -13,7 +13,14 @@ from importlib import metadata
 from pathlib import Path
 
 from agent import __version__
-from agent.cli.common import EXIT_CONFIG, EXIT_FAILURE, EXIT_OK, load_or_exit, quiet_logs
+from agent.cli.common import (
+    EXIT_CONFIG,
+    EXIT_FAILURE,
+    EXIT_OK,
+    add_config_argument,
+    load_or_exit,
+    quiet_logs,
+)
 
 
 def cmd_check(args: argparse.Namespace) -> int:
@@ -251,16 +258,17 @@ def build_parser() -> argparse.ArgumentParser:
         description="Edge agent for retrofitted machines: polls devices, detects locally, "
         "stores and forwards condensed events to an MQTT broker.",
     )
+    parser.add_argument("--version", action="version", version=f"edge-agent {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     run = sub.add_parser("run", help="run the agent (as the system service does)")
-    run.add_argument("-c", "--config", required=True, help="configuration file (YAML)")
+    add_config_argument(run)
     run.add_argument("--log-level", choices=["debug", "info", "warning", "error"],
                      help="overrides log.level of the configuration")
     run.set_defaults(func=cmd_run)
 
     check = sub.add_parser("check", help="validate a configuration and say what it will do")
-    check.add_argument("-c", "--config", required=True, help="configuration file (YAML)")
+    add_config_argument(check)
     check.add_argument("--explain", action="store_true",
                        help="list exactly which data goes to which topic, for sign-off")
     check.set_defaults(func=cmd_check)
@@ -278,13 +286,13 @@ def build_parser() -> argparse.ArgumentParser:
     buffer = sub.add_parser("buffer", help="show or export the events waiting to be sent")
     buffer.add_argument("action", choices=["stats", "export"],
                         help="stats: depth, age, bytes, drops; export: every event as JSON lines")
-    buffer.add_argument("-c", "--config", required=True, help="configuration file (YAML)")
+    add_config_argument(buffer)
     buffer.add_argument("--json", action="store_true", help="stats as one JSON object")
     buffer.add_argument("-o", "--output", help="export to this file (default: standard output)")
     buffer.set_defaults(func=cmd_buffer)
 
     status = sub.add_parser("status", help="show how the running agent is doing")
-    status.add_argument("-c", "--config", required=True, help="configuration file (YAML)")
+    add_config_argument(status)
     status.add_argument("--json", action="store_true", help="the raw status document")
     status.set_defaults(func=cmd_status)
 
@@ -293,7 +301,7 @@ def build_parser() -> argparse.ArgumentParser:
         "normal)", description="Forgets what the rules learned (a pca model, the baselines "
         "of zscore, drift and rms, band_rms levels), so that they learn again from the next "
         "samples: done by the running agent at once, or in the state file when it is stopped.")
-    relearn.add_argument("-c", "--config", required=True, help="configuration file (YAML)")
+    add_config_argument(relearn)
     relearn.add_argument("device", nargs="?", metavar="DEVICE", help="the device")
     relearn.add_argument("rules", nargs="*", metavar="RULE",
                          help="only these rules of the device (default: all that learn)")
@@ -301,12 +309,12 @@ def build_parser() -> argparse.ArgumentParser:
     relearn.set_defaults(func=cmd_relearn)
 
     plan = sub.add_parser("plan", help="print each Modbus poll group's read requests")
-    plan.add_argument("-c", "--config", required=True, help="configuration file (YAML)")
+    add_config_argument(plan)
     plan.add_argument("--device", help="only this device")
     plan.set_defaults(func=cmd_plan)
 
     read = sub.add_parser("read", help="read every configured Modbus tag once and print it")
-    read.add_argument("-c", "--config", required=True, help="configuration file (YAML)")
+    add_config_argument(read)
     read.add_argument("--device", help="only this device")
     read.set_defaults(func=cmd_read)
 
@@ -331,7 +339,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     replay = sub.add_parser("replay", help="run a device's detectors over a recorded CSV file "
                             "(to tune thresholds)")
-    replay.add_argument("-c", "--config", required=True, help="configuration file (YAML)")
+    add_config_argument(replay)
     replay.add_argument("--csv", required=True, help="recorded data: one column per tag, "
                         "the tag names as header")
     replay.add_argument("--device", help="the device whose detectors run (default: the first)")

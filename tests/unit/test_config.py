@@ -214,3 +214,18 @@ def test_check_warns_about_tls_towards_1883_and_a_password_in_the_file(
     monkeypatch.setenv("PW", "hunter2")
     assert main(["check", "-c", str(tmp_path / "c.yaml")]) == 0
     assert "written in the file" not in capsys.readouterr().err
+
+
+def test_commands_find_the_config_without_c(
+        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setenv("EDGE_AGENT_CONFIG", str(ROOT / "config" / "example.yaml"))
+    assert main(["check"]) == 0
+    assert "compressor-1" in capsys.readouterr().out
+    monkeypatch.setenv("EDGE_AGENT_CONFIG", "/nonexistent/config.yaml")
+    with pytest.raises(SystemExit) as exited:
+        main(["check"])
+    assert exited.value.code == 2
+    assert "no -c given: the default is $EDGE_AGENT_CONFIG" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exited:
+        main(["--version"])
+    assert exited.value.code == 0 and capsys.readouterr().out.startswith("edge-agent ")

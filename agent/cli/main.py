@@ -45,6 +45,19 @@ def cmd_run(args: argparse.Namespace) -> int:
     from agent.service.logs import configure_logging
 
     configure_logging(args.log_level or loaded.config.log.level)
+    import structlog
+
+    from agent.service.private_dir import prepare_state_dir
+
+    log = structlog.get_logger("agent.cli")
+    state_dir = loaded.config.gateway.state_dir
+    try:
+        for change in prepare_state_dir(state_dir):
+            log.warning("state_dir_narrowed", change=change)
+    except OSError as exc:
+        log.error("agent_failed", error=f"cannot create gateway.state_dir {state_dir}: "
+                  f"{exc.strerror}")
+        return EXIT_FAILURE
     # `kill -USR1 <pid>` writes every thread's stack to the log: for a hung agent in the field.
     faulthandler.register(signal.SIGUSR1, all_threads=True)
     # Before numba is imported: compiled kernels are cached in the state directory,
@@ -54,14 +67,10 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     os.environ.setdefault("NUMBA_CACHE_DIR",
                           str(kernel_cache_dir(loaded.config.gateway.state_dir / "numba-cache")))
-    import structlog
-
     from agent.service.systemd import Notifier
     from agent.store import StoreError
     from agent.supervisor.runtime import run_agent
     from agent.uplink.credentials import CredentialError
-
-    log = structlog.get_logger("agent.cli")
 
     async def main() -> None:
         stop, reload = asyncio.Event(), asyncio.Event()

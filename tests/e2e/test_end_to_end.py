@@ -209,8 +209,15 @@ def test_unusable_state_dir_is_a_clear_error(tmp_path: Path, mosquitto: Mosquitt
                          capture_output=True, text=True, check=False, timeout=60,
                          env={"E2E_MQTT_PASSWORD": SECRET, "PATH": "/usr/bin:/bin"})
     assert run.returncode == 1
-    assert "cannot open the event store" in run.stderr and "state_dir" in run.stderr
+    assert "cannot create gateway.state_dir" in run.stderr and "Not a directory" in run.stderr
     assert "Traceback" not in run.stderr
+    config.write_text(config.read_text().replace(str(not_a_dir / "state"), str(tmp_path / "state"))
+                      .replace("store: {", f"store: {{path: {not_a_dir / 'events.sqlite'}, "))
+    run = subprocess.run([console_script("edge-agent"), "run", "-c", str(config)],
+                         capture_output=True, text=True, check=False, timeout=60,
+                         env={"E2E_MQTT_PASSWORD": SECRET, "PATH": "/usr/bin:/bin"})
+    assert run.returncode == 1
+    assert "cannot open the event store" in run.stderr and "Traceback" not in run.stderr
 
 
 def test_only_shared_data_reaches_the_broker(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import stat
 import subprocess
 import urllib.error
@@ -113,3 +114,27 @@ def run_and_check(tmp_path: Path, mosquitto: Mosquitto, numba_cache: Path, sim: 
     gone = status(config)
     assert gone.returncode == 1
     assert "not running" in gone.stderr and "Traceback" not in gone.stderr
+
+
+def test_state_dir_is_private_and_made_even_with_the_store_elsewhere(
+    tmp_path: Path, mosquitto: Mosquitto, sims: list[Sim], numba_cache: Path
+) -> None:
+    """Under umask 000 the agent's folder and files are still its own (0700/0600); with
+    `store.path` outside `state_dir` the folder is still made, so `status` reaches it."""
+    config = agent_config(tmp_path, mosquitto, modbus_device("compressor-1", sims[0].port))
+    outside = tmp_path / "elsewhere" / "events.sqlite"
+    config.write_text(config.read_text().replace("store: {", f"store: {{path: {outside}, "))
+    state = tmp_path / "state"
+    old = os.umask(0)
+    try:
+        agent = AgentProcess(config, tmp_path / "agent.log", numba_cache)
+    finally:
+        os.umask(old)
+    with agent:
+        agent.wait_logged("mqtt_connected")
+        done = status(config)
+        assert done.returncode == 0, done.stderr
+        assert stat.S_IMODE(state.stat().st_mode) == 0o700
+        assert stat.S_IMODE(outside.stat().st_mode) == 0o600
+        assert stat.S_IMODE(outside.parent.stat().st_mode) == 0o700
+        assert all(stat.S_IMODE(p.lstat().st_mode) & 0o077 == 0 for p in state.iterdir())

@@ -351,7 +351,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_config_argument(replay)
     replay.add_argument("--csv", required=True, help="recorded data: one column per tag, "
                         "the tag names as header")
-    replay.add_argument("--device", help="the device whose detectors run (default: the first)")
+    replay.add_argument("--device", help="the device whose detectors run (needed when there are several)")
     replay.add_argument("--time-column", help="column holding each row's time (ISO 8601 or "
                         "epoch seconds); without it rows are one poll interval apart")
     replay.add_argument("--scores", metavar="OUT.csv",

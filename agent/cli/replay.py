@@ -169,7 +169,10 @@ def state_signals(config: AgentConfig, device: str) -> dict[str, str]:
 
 def choose_device(config: AgentConfig, name: str | None) -> DeviceConfig:
     if name is None:
-        return config.devices[0]
+        if len(config.devices) == 1:
+            return config.devices[0]
+        raise ReplayError(f"the configuration has {len(config.devices)} devices: give --device "
+                          f"(one of {', '.join(d.name for d in config.devices)})")
     for device in config.devices:
         if device.name == name:
             return device

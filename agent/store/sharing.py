@@ -135,8 +135,9 @@ def explain(config: AgentConfig) -> list[str]:
     lines += [
         f"  {topic(GATEWAY_DEVICE, HEARTBEAT)}",
         (
-            "      every few minutes and on change: uptime, version, configuration hash, status"
-            " of each device not shared as none, store depth, link state, CPU and memory"
+            f"      every {config.health.heartbeat_s:g} s and on change: uptime, version, "
+            "configuration hash, status of each device not shared as none, store depth, link "
+            "state, CPU and memory"
         ),
         f"  {topic(GATEWAY_DEVICE, STORE_HEALTH)}",
         "      when events had to be compacted or dropped: their counts (no measured values)",

@@ -216,3 +216,14 @@ def test_a_gated_rule_replays_with_nan_scores_outside_its_states(tmp_path: Path)
     values = [row["hot:energy_wh"] for row in rows]
     assert all(v not in ("", "nan") for v in values[:10])
     assert all(v == "nan" for v in values[10:])
+
+
+def test_several_devices_need_device_named(tmp_path: Path,
+                                           capsys: pytest.CaptureFixture[str]) -> None:
+    config, data = write(tmp_path, "power_w", ["5"])
+    text = config.read_text()
+    second = text.split("devices:\n")[1].split("machines:")[0].replace("press-1", "press-2")
+    config.write_text(text.replace("machines:", second + "machines:"))
+    assert main(["replay", "-c", str(config), "--csv", str(data)]) == EXIT_CONFIG
+    assert "2 devices: give --device (one of press-1, press-2)" in capsys.readouterr().err
+    assert main(["replay", "-c", str(config), "--csv", str(data), "--device", "press-2"]) == 0

@@ -68,6 +68,7 @@ def test_explain_names_every_topic_and_what_stays() -> None:
     assert "Never leaves the site: press.recipe, secret.x" in text
     assert "press.pressure_bar" in text.split("Sent only inside events")[1]
     assert "s/gw/_gateway/heartbeat" in text and "s/gw/_gateway/clock" in text
+    assert "every 60 s and on change" in text  # the configured health.heartbeat_s
 
 
 def test_raw_samples_are_batched_per_window_with_bad_ones_as_none() -> None:

@@ -19,7 +19,7 @@ from pydantic import ValidationError
 
 from agent.config.models import AgentConfig
 from drivers.errors import DeviceError, DeviceException
-from drivers.modbus.codec import decode, decode_string
+from drivers.modbus.codec import decode, decode_string, decode_tag
 from drivers.modbus.config import (
     BIT_TABLES,
     ByteOrder,
@@ -75,6 +75,15 @@ def _format_value(value: float | str | None, type_: str) -> str:
     return f"{value:.15g}"
 
 
+def _exact(reading: TagReading, device_order: ByteOrder) -> str | None:
+    """A 64-bit integer as the device sent it: the scaled value is a float, which holds only
+    53 bits (-1234567890123456789 would print as ...768)."""
+    tag = reading.tag
+    if tag.type not in ("int64", "uint64") or (tag.scale, tag.offset) != (1.0, 0.0):
+        return None
+    return str(decode_tag(tag, reading.words, device_order)) if reading.words else None
+
+
 def _format_error(error: DeviceError) -> str:
     if isinstance(error, DeviceException):  # the address is in its own column
         return f"error: exception code {error.code} ({EXCEPTION_NAMES.get(error.code, 'unknown')})"
@@ -105,7 +114,8 @@ async def read_device(device: ModbusDevice) -> tuple[list[TagReading], DeviceErr
 def print_readings(device: ModbusDevice, readings: list[TagReading], out: TextIO) -> None:
     rows = [("tag", "address", "raw", "value", "unit")]
     for r in readings:
-        value = _format_error(r.error) if r.error else _format_value(r.value, r.tag.type)
+        value = (_format_error(r.error) if r.error else _exact(r, device.byte_order)
+                 or _format_value(r.value, r.tag.type))
         rows.append((r.tag.name, r.tag.describe_address(), _format_words(r), value, r.tag.unit))
     widths = [max(len(row[i]) for row in rows) for i in range(4)]
     print(f"device {device.name} (unit {device.unit}):", file=out)

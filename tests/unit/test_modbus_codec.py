@@ -93,3 +93,26 @@ def test_the_request_decoder_equals_decoding_tag_by_tag(
         want = raw if isinstance(raw, str) else float(raw) * 0.5 + 1.0
         both_nan = isinstance(got, float) and isinstance(want, float) and math.isnan(got) and math.isnan(want)
         assert got == want or both_nan, (tag, got, want)
+
+
+def test_read_prints_64_bit_integers_exactly() -> None:
+    import io
+    import struct
+
+    from agent.cli.modbus import print_readings
+    from drivers.modbus.config import ModbusTcpDevice
+    from drivers.modbus.driver import TagReading
+
+    device = ModbusTcpDevice.model_validate({
+        "name": "m", "protocol": "modbus-tcp", "host": "127.0.0.1",
+        "tags": [{"name": "big", "address": 0, "type": "int64"},
+                 {"name": "count", "address": 4, "type": "uint64"}]})
+    readings = []
+    for tag, fmt, value in zip(device.tags, (">q", ">Q"),
+                               (-1234567890123456789, 18446744073709551557), strict=True):
+        words = list(struct.unpack(">4H", struct.pack(fmt, value)))
+        readings.append(TagReading(tag, words, float(value)))
+    out = io.StringIO()
+    print_readings(device, readings, out)
+    assert "-1234567890123456789\n" in out.getvalue()
+    assert "18446744073709551557" in out.getvalue()

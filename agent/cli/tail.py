@@ -13,6 +13,7 @@ import sys
 from dataclasses import asdict
 from typing import Any, TextIO
 
+import numpy as np
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
@@ -32,7 +33,16 @@ def format_time(time_ns: int) -> str:
 
 
 def _number(value: Any) -> str:
-    return f"{value:.6g}" if isinstance(value, float) else str(value)
+    """Every digit the event carries (the shortest text that reads back as the same float):
+    a technician compares a meter's 48213.95 kWh with its display, not 48214."""
+    if not isinstance(value, float):
+        return str(value)
+    if value.is_integer() and abs(value) < 1e15:
+        return str(int(value))
+    single = np.float32(value)
+    if float(single) == value:  # a float32 register: the digits it holds, not float64's
+        return np.format_float_positional(single, unique=True, trim="-")
+    return repr(value)
 
 
 def format_line(env: Envelope) -> str:
@@ -44,9 +54,11 @@ def format_line(env: Envelope) -> str:
         for tag, s in data["tags"].items():
             unit = f" {s['unit']}" if s.get("unit") else ""
             if s.get("n"):
+                increase = (f" +{_number(s['increase'])}" if s.get("increase") is not None
+                            else "")
                 parts.append(
-                    f"{tag}={_number(s['last'])}{unit} [{_number(s['min'])}..{_number(s['max'])}"
-                    f" mean {_number(s['mean'])} n={s['n']}]"
+                    f"{tag}={_number(s['last'])}{unit}{increase} [{_number(s['min'])}.."
+                    f"{_number(s['max'])} mean {s['mean']:.6g} n={s['n']}]"
                 )
             else:
                 parts.append(f"{tag}=? [bad={s.get('bad', 0)}]")

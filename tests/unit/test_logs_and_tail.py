@@ -60,3 +60,22 @@ def test_tail_line_of_a_change() -> None:
 def test_tail_subscription_covers_the_template() -> None:
     assert topic_filter("{site}/{gateway}/{device}/{kind}", site="s", gateway="g") == "s/g/+/+"
     assert topic_filter("plants/{gateway}/{kind}") == "plants/+/+"
+
+
+def test_tail_shows_a_meter_reading_to_the_last_digit_and_its_increase() -> None:
+    data = {"start_ns": 0, "end_ns": 1, "tags": {
+        "energy_kwh": {"n": 2, "bad": 0, "unit": "kWh", "min": 48213.87, "max": 48213.95,
+                       "mean": 48213.91, "std": 0.04, "last": 48213.95, "increase": 0.08}}}
+    line = format_line(decode(encode(Event("window", "m1", 1_763_900_000_123_000_000, data),
+                                     gateway="gw", seq=9)))
+    assert "energy_kwh=48213.95 kWh +0.08 [48213.87..48213.95 mean 48213.9 n=2]" in line
+
+
+def test_tail_shows_a_float32_register_with_its_own_digits() -> None:
+    import numpy as np
+
+    reading = float(np.float32(3.79579))  # 3.7957899570465088 as float64
+    data = {"tags": {"current_a": {"value": reading, "previous": None, "unit": "A"}}}
+    line = format_line(decode(encode(Event("change", "m1", 1_763_900_000_123_000_000, data),
+                                     gateway="gw", seq=10)))
+    assert line.endswith("current_a=3.79579 A")

@@ -118,6 +118,7 @@ def cmd_tail(args: argparse.Namespace) -> int:
     return tail(
         host=host, port=port or (8883 if tls else 1883), topic=topic or "#", tls=tls,
         ca_file=ca_file, username=username, password=password, as_json=args.json, count=args.count,
+        timeout_s=args.timeout,
     )
 
 
@@ -290,6 +291,8 @@ def build_parser() -> argparse.ArgumentParser:
     tail.add_argument("--no-tls", action="store_true", help="connect without TLS")
     tail.add_argument("--json", action="store_true", help="one JSON object per line")
     tail.add_argument("--count", type=int, help="exit after this many events")
+    tail.add_argument("--timeout", type=float, default=10.0,
+                      help="seconds to wait for the connection and the broker's answer (10)")
     tail.set_defaults(func=cmd_tail)
 
     buffer = sub.add_parser("buffer", help="show or export the events waiting to be sent")

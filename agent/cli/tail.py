@@ -10,6 +10,7 @@ import datetime as dt
 import json
 import ssl
 import sys
+import time
 from dataclasses import asdict
 from typing import Any, TextIO
 
@@ -107,6 +108,7 @@ def _energy(data: dict[str, Any]) -> str:
 def tail(
     *, host: str, port: int, topic: str, tls: bool, ca_file: str | None, username: str | None,
     password: str | None, as_json: bool, count: int | None, out: TextIO = sys.stdout,
+    timeout_s: float = 10.0,
 ) -> int:
     seen = 0
     client = mqtt.Client(callback_api_version=CallbackAPIVersion.VERSION2)
@@ -115,11 +117,18 @@ def tail(
     if tls:
         client.tls_set(ca_certs=ca_file, cert_reqs=ssl.CERT_REQUIRED)
 
+    refused = answered = False
+    where = f"{host}:{port}" + (" with TLS" if tls else " without TLS")
+
     def on_connect(c: mqtt.Client, _u: Any, _f: Any, reason: Any, _p: Any) -> None:
+        nonlocal refused, answered
+        answered = True
         if reason.is_failure:
             print(f"broker refused the connection: {reason}", file=sys.stderr)
+            refused = True
             c.disconnect()
             return
+        print(f"connected to {where}", file=sys.stderr, flush=True)
         c.subscribe(topic, qos=1)
 
     def on_subscribe(_c: mqtt.Client, _u: Any, _mid: int, _codes: Any, _p: Any) -> None:
@@ -151,16 +160,42 @@ def tail(
         if count is not None and seen >= count:
             c.disconnect()
 
+    def on_disconnect(_c: mqtt.Client, _u: Any, _f: Any, reason: Any, _p: Any) -> None:
+        if answered and not (count is not None and seen >= count):
+            print(f"connection lost ({reason}); reconnecting", file=sys.stderr, flush=True)
+
     client.on_connect = on_connect
     client.on_subscribe = on_subscribe
     client.on_message = on_message
+    client.on_disconnect = on_disconnect
+    client.connect_timeout = timeout_s
+    print(f"connecting to {where} ...", file=sys.stderr, flush=True)
     try:
         client.connect(host, port, keepalive=30)
-    except OSError as exc:
-        print(f"cannot reach the broker at {host}:{port}: {exc}", file=sys.stderr)
-        return 1
-    try:
+        deadline = time.monotonic() + timeout_s
+        while not answered:  # the CONNACK, or nothing: say so rather than wait in silence
+            if client.loop(timeout=0.2) != mqtt.MQTT_ERR_SUCCESS or time.monotonic() > deadline:
+                print(f"no MQTT answer from {where} within {timeout_s:g} s: "
+                      f"{_unanswered_hint(tls, port)}", file=sys.stderr)
+                return 1
+        if refused:
+            return 1
         client.loop_forever(retry_first_connection=False)
+    except ssl.SSLError as exc:
+        print(f"TLS with the broker at {where} failed: {exc.reason or exc}", file=sys.stderr)
+        return 1
+    except OSError as exc:
+        print(f"cannot reach the broker at {where}: {exc.strerror or exc}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         client.disconnect()
     return 0
+
+
+def _unanswered_hint(tls: bool, port: int) -> str:
+    if tls and port == 1883:
+        return "1883 is the port of plain MQTT: use 8883 for TLS, or --no-tls"
+    if not tls and port == 8883:
+        return "8883 is the port of MQTT over TLS: leave out --no-tls"
+    return ("is it an MQTT broker, and does it speak TLS as asked? (a firewall that drops "
+            "packets looks the same)")

@@ -62,8 +62,10 @@ class Tail:
         self.received: list[dict[str, Any]] = []
         self.statuses: list[dict[str, Any]] = []
         assert self.process.stderr is not None
-        line = self.process.stderr.readline()  # blocks until SUBACK (or the process dies)
-        assert line.startswith("subscribed to"), line
+        said = [self.process.stderr.readline()]  # until SUBACK (or the process dies)
+        while said[-1] and not said[-1].startswith("subscribed to"):
+            said.append(self.process.stderr.readline())
+        assert said[0].startswith("connecting to") and said[-1].startswith("subscribed to"), said
         threading.Thread(target=self._read, daemon=True).start()
 
     def _read(self) -> None:

@@ -208,6 +208,28 @@ class PcaRule(_Rule):
     """The episode ends once the score (1.0 = at the threshold) is under this."""
 
 
+class MsetRule(_Rule):
+    """Tags of one machine that no longer agree with its normal states (MSET: a memory of
+    normal rows, the similarity-weighted estimate of each row, Wald's SPRT on each residual)."""
+
+    kind: Literal["mset"]
+    tags: list[str] = Field(min_length=2, max_length=32)
+    warmup_samples: int = Field(default=400, ge=10, le=100_000)
+    """Rows of normal operation the memory and the residuals' sigmas are learned on."""
+    memory_vectors: int = Field(default=40, ge=2, le=256)
+    """Learning rows kept as the memory of normal states (at least 2 per tag: each tag's
+    lowest and highest; at most warmup_samples)."""
+    bandwidth: float = Field(default=1.0, gt=0)
+    """Width of the Gaussian similarity, in learning standard deviations times the square
+    root of the number of tags."""
+    shift_sigma: float = Field(default=2.0, gt=0)
+    """The mean shift of a residual the SPRT tests for, in sigmas of the learning residuals."""
+    false_alarm: float = Field(default=1e-6, gt=0, lt=0.5)
+    """The SPRT's alpha: the chance that one of its decisions calls normal rows shifted."""
+    missed_alarm: float = Field(default=0.01, gt=0, lt=0.5)
+    """The SPRT's beta: the chance that one of its decisions calls shifted rows normal."""
+
+
 class RmsRule(_Rule):
     """The vibration level of a fast signal: running RMS against a limit."""
 
@@ -369,13 +391,13 @@ class BandRmsRule(_Rule):
 
 
 DetectorRule = Annotated[
-    LimitsRule | ZScoreRule | NoveltyRule | DriftRule | StuckRule | PcaRule | RmsRule
-    | BandRmsRule,
+    LimitsRule | ZScoreRule | NoveltyRule | DriftRule | StuckRule | PcaRule | MsetRule
+    | RmsRule | BandRmsRule,
     Field(discriminator="kind"),
 ]
 
 
-LEARNING_KINDS = ("zscore", "novelty", "drift", "rms", "pca", "band_rms")
+LEARNING_KINDS = ("zscore", "novelty", "drift", "rms", "pca", "mset", "band_rms")
 """The kinds whose rules learn what normal is from the samples (a baseline, a model, a band's
 level): what they learned is kept across restarts, and `edge-agent relearn` makes them learn
 it again."""

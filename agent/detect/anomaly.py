@@ -14,6 +14,7 @@ import numpy as np
 import numpy.typing as npt
 
 from agent.detect.episodes import EpisodeEvents, RowInfo, context_ring
+from agent.detect.kernels import mset as km
 from agent.detect.kernels.episode import EP_SCORE, new_episodes
 from agent.detect.kernels.pca import (
     CUR_EWMA,
@@ -333,3 +334,109 @@ class PcaDetector:
 
     def finished(self) -> dict[str, bool]:
         return {key: bool(self._state[g, XS_FITTED] != 0.0) for g, key in enumerate(self._keys)}
+
+
+class MsetDetector:
+    """Multivariate groups of one device: MSET estimates and the SPRT of their residuals (a
+    Detector, ScoringDetector). `params` has one row per group (see `kernels.mset`)."""
+
+    def __init__(self, device: str, rows: Sequence[RowInfo], params: F64) -> None:
+        dim = max(len(info.tags) for info in rows)
+        groups = len(rows)
+        context = [int(c) for c in params[:, P_AFTER]]
+        warmup = int(params[:, km.X_WARMUP].max())
+        kcap = max(km.memory_size(int(p[km.X_MEMORY]), int(p[km.X_DIM]), int(p[km.X_WARMUP]))
+                   for p in params)
+        self._context = max(context, default=0)
+        self._rows = _Rows(device, rows, context, _pairs)
+        self._params = np.ascontiguousarray(params, dtype=np.float64)
+        self._state = np.zeros((groups, km.MSET_STATE))
+        self._cur = np.zeros((groups, km.CUR_PLANES, dim))
+        self._buf = np.zeros((groups, max(warmup, 1), dim))
+        self._model = np.zeros((groups, 2 * kcap + 3, dim))
+        self._sprt = np.zeros((groups, km.SPRT_PLANES, dim))
+        self._work = np.zeros(kcap + 2 * dim)
+        self._ctx = np.full((groups, max(self._context, 1), dim), np.nan)
+        self._keys = [row_key(info, self._params[g, COMMON_PARAMS:])
+                      for g, info in enumerate(rows)]
+
+    def on_batch(self, batch: SampleBatch) -> list[Event]:
+        sel, rows, cols = self._rows.route(batch.tags)
+        r = self._rows
+        r.last_mono_ns = batch.mono_ns
+        if self._context + r.most_per_row - 1 > self._ctx.shape[1]:
+            self._ctx = context_ring(r.ep, self._ctx, self._context + r.most_per_row - 1)
+        km.mset_batch(self._params, self._state, self._cur, self._buf, self._model, self._sprt,
+                      self._work, r.ep, r.times, self._ctx, sel, rows, cols, batch.values,
+                      batch.quality, batch.mono_ns, batch.time_ns)
+        return r.events.collect(r.ep, r.times, self._ctx)
+
+    def on_tick(self, mono_ns: int, time_ns: int) -> list[Event]:
+        return []
+
+    def flush(self, time_ns: int) -> list[Event]:
+        r = self._rows
+        return r.events.flush(r.ep, r.times, self._ctx, time_ns, r.last_mono_ns)
+
+    def interrupt(self, time_ns: int, mono_ns: int, why: str) -> list[Event]:
+        """The groups stop being fed: episodes in progress end now (`ongoing`); the memory
+        stays, the tests start again from no evidence, and the next row waits for a new value
+        of every tag (NaN until then)."""
+        r = self._rows
+        events = r.events.flush(r.ep, r.times, self._ctx, time_ns, mono_ns, why)
+        self._cur[:, km.CUR_SEEN] = 0.0
+        self._cur[:, km.CUR_FRESH] = 0.0
+        self._sprt[:] = 0.0
+        r.ep[:, EP_SCORE] = np.nan
+        return events
+
+    def scores(self) -> Mapping[str, float]:
+        return self._rows.scores()
+
+    def learned(self) -> dict[str, Any]:
+        """Per group: its state row, its model (once fitted), and the rows learned so far
+        (before the fit, unless there are more than PCA_KEEP_ROWS values)."""
+        out: dict[str, Any] = {}
+        for g, key in enumerate(self._keys):
+            d = int(self._params[g, km.X_DIM])
+            n = int(self._state[g, km.XS_N])
+            fitted = self._state[g, km.XS_FITTED] != 0.0
+            if not fitted and n * d > PCA_KEEP_ROWS:
+                continue
+            out[key] = {"state": as_list(self._state[g]),
+                        "model": as_list(self._model[g, :, :d]) if fitted else [],
+                        "rows": [] if fitted else as_list(self._buf[g, :n, :d])}
+        return out
+
+    def restore(self, saved: Mapping[str, Any]) -> int:
+        restored = 0
+        rows_of_model = self._model.shape[1]
+        for g, key in enumerate(self._keys):
+            entry = saved.get(key)
+            d = int(self._params[g, km.X_DIM])
+            try:
+                state = np.asarray(entry["state"], dtype=np.float64)  # type: ignore[index]
+                model = np.asarray(entry["model"], dtype=np.float64)  # type: ignore[index]
+                rows = np.asarray(entry["rows"], dtype=np.float64)  # type: ignore[index]
+            except (TypeError, KeyError, ValueError):
+                continue
+            if state.shape != (km.MSET_STATE,):
+                continue
+            fitted = state[km.XS_FITTED] != 0.0
+            n = int(state[km.XS_N])
+            if ((fitted and model.shape != (rows_of_model * d,))
+                    or (not fitted and (rows.shape != (n * d,) or n > self._buf.shape[1]))):
+                continue
+            self._state[g] = state
+            if fitted:
+                self._model[g, :, :d] = model.reshape(rows_of_model, d)
+            else:
+                self._buf[g, :n, :d] = rows.reshape(n, d)
+            restored += 1
+        return restored
+
+    def milestones(self) -> int:
+        return int(np.count_nonzero(self._state[:, km.XS_FITTED]))
+
+    def finished(self) -> dict[str, bool]:
+        return {key: bool(self._state[g, km.XS_FITTED] != 0.0) for g, key in enumerate(self._keys)}

@@ -22,6 +22,7 @@ from agent.config.detection import (
     DriftRule,
     Gate,
     LimitsRule,
+    MsetRule,
     NoveltyRule,
     PcaRule,
     RmsRule,
@@ -29,12 +30,13 @@ from agent.config.detection import (
     ZScoreRule,
     halflife_alpha,
 )
-from agent.detect.anomaly import PcaDetector, UnivariateDetector
+from agent.detect.anomaly import MsetDetector, PcaDetector, UnivariateDetector
 from agent.detect.band import BandRmsDetector
 from agent.detect.base import Detector
 from agent.detect.episodes import RowInfo
 from agent.detect.gate import GatedDetector, MachineStates, StateGated
 from agent.detect.kernels import band as kb
+from agent.detect.kernels import mset as km
 from agent.detect.kernels import novelty as kn
 from agent.detect.kernels import pca as kp
 from agent.detect.kernels import univariate as ku
@@ -211,9 +213,26 @@ def _pca(device: str, rules: Sequence[tuple[str, PcaRule]]) -> Detector:
     return PcaDetector(device, infos, np.array(params))
 
 
+def _mset(device: str, rules: Sequence[tuple[str, MsetRule]]) -> Detector:
+    infos, params = [], []
+    for name, rule in rules:
+        row = _common(rule, km.MSET_PARAMS)
+        row[km.X_DIM] = len(rule.tags)
+        row[km.X_WARMUP] = rule.warmup_samples
+        row[km.X_MEMORY] = rule.memory_vectors
+        row[km.X_WIDTH] = rule.bandwidth
+        row[km.X_SHIFT] = rule.shift_sigma
+        alpha, beta = rule.false_alarm, rule.missed_alarm
+        row[km.X_UPPER] = math.log((1.0 - beta) / alpha)
+        row[km.X_LOWER] = math.log(beta / (1.0 - alpha))
+        infos.append(RowInfo(name, "mset", tuple(rule.tags)))
+        params.append(row)
+    return MsetDetector(device, infos, np.array(params))
+
+
 _BUILDERS: dict[str, Callable[[str, Any], Detector]] = {"limits": _limits, "zscore": _zscore,
              "novelty": _novelty, "drift": _drift, "stuck": _stuck,
-             "rms": _rms, "pca": _pca, "band_rms": _band_rms}
+             "rms": _rms, "pca": _pca, "mset": _mset, "band_rms": _band_rms}
 
 
 def rule_detectors(device: str, rules: Sequence[NamedRule], machines: MachineStates | None = None,

@@ -42,6 +42,7 @@ from agent.config.detection import (
     DetectorRule,
     DriftRule,
     LimitsRule,
+    MsetRule,
     NoveltyRule,
     PcaRule,
     RmsRule,
@@ -138,6 +139,9 @@ def rules(kind: str, tags: list[str]) -> list[DetectorRule]:
     if kind == "band_rms":
         return [BandRmsRule(kind="band_rms", tags=tags, continuous=True, **BAND_RMS, **common)]
     groups = [tags[i:i + 8] for i in range(0, len(tags) - 7, 8)]
+    if kind == "mset":
+        return [MsetRule(kind="mset", name=f"machine-{i}", tags=g, warmup_samples=200, **common)
+                for i, g in enumerate(groups)]
     return [PcaRule(kind="pca", name=f"machine-{i}", tags=g, warmup_samples=200,
                     threshold_factor=1.5, **common)
             for i, g in enumerate(groups)]
@@ -174,7 +178,7 @@ def call_overhead_us(kind: str, tags: int, calls: int) -> float:
     """Microseconds per `on_batch` with one sample of each of `tags` tags."""
     names = [f"t{i}" for i in range(max(tags, 8))][:max(tags, 8)]
     detector = build(kind, names)
-    batch_tags = tuple(names[:tags]) if kind != "pca" else tuple(names[:8])
+    batch_tags = tuple(names[:tags]) if kind not in GROUPED else tuple(names[:8])
     values = np.full(len(batch_tags), 50.0)
     quality = np.zeros(len(batch_tags), dtype=np.uint8)
     batches = [SampleBatch(DEVICE, batch_tags, values, quality, i, i) for i in range(calls + 1)]
@@ -230,7 +234,9 @@ def river_rate(samples: int) -> float | None:
 
 # --- the report ------------------------------------------------------------------------------
 
-KINDS = ("limits", "zscore", "novelty", "drift", "stuck", "rms", "pca", "band_rms")
+KINDS = ("limits", "zscore", "novelty", "drift", "stuck", "rms", "pca", "mset", "band_rms")
+GROUPED = ("pca", "mset")
+"""The multivariate kinds: groups of 8 tags."""
 
 
 def kernel_form() -> str:
@@ -260,9 +266,9 @@ def report(sizes: Sizes) -> str:
     for kind in KINDS:
         rate, events = detector_rate(kind, sizes)
         label = f"`{kind}` detector, {sizes.tags:,} tags in one call"
-        if kind == "pca":
-            label = f"`pca` detector, {sizes.tags // 8} groups of 8 tags (rows/s = samples/s / 8: " \
-                    f"{rate / 8:,.0f})"
+        if kind in GROUPED:
+            label = (f"`{kind}` detector, {sizes.tags // 8} groups of 8 tags (rows/s = "
+                     f"samples/s / 8: {rate / 8:,.0f})")
         if kind == "band_rms":
             label = (f"`band_rms` detector, {sizes.tags:,} tags in one call (blocks of "
                      f"{BAND_RMS['fft_samples']} every 512 samples, 3 bands: "
@@ -290,7 +296,7 @@ def report(sizes: Sizes) -> str:
         many = call_overhead_us(kind, 1000, calls // 4)
         lines.append(f"| `{kind}` | {one:.1f} | {many:.1f} | {many / 1000:.3f} |")
     lines.append("")
-    lines.append("(`pca` calls carry one group of 8 tags: its smallest unit.)")
+    lines.append("(`pca` and `mset` calls carry one group of 8 tags: their smallest unit.)")
     return "\n".join(lines) + "\n"
 
 

@@ -24,6 +24,7 @@ def test_detect_benchmark_quick_run_reports_every_detector_and_baseline(tmp_path
     assert text in run.stdout, "the report is printed as well as written"
     for line in ("| bare numba loop", "| `limits` detector", "| `zscore` detector",
                  "| `drift` detector", "| `stuck` detector", "| `rms` detector",
-                 "| `pca` detector", "| `band_rms` detector", "| baseline: NumPy", "| baseline: pure-Python",
+                 "| `pca` detector", "| `mset` detector", "| `band_rms` detector",
+                 "| baseline: NumPy", "| baseline: pure-Python",
                  "| baseline: river `HalfSpaceTrees`", "## Per-call overhead"):
         assert line in text, f"{line!r} missing from the report:\n{text}"

@@ -88,3 +88,14 @@ def test_the_band_kernels_run_ahead_of_time_compiled_as_built() -> None:
     run = _python(code)
     assert run.stdout.split() == ["aot"] + ["builtin_function_or_method"] * 3, (
         run.stdout + run.stderr + "(run `make kernels`)")
+
+
+def test_the_mset_kernels_run_ahead_of_time_compiled_as_built() -> None:
+    """The batch kernel, the fit and the solve of `mset` come from the extension too (its SPRT
+    step is called with constant planes, so numba specialises it inside `_close_row`)."""
+    names = ["mset_batch", "_close_row", "_fit", "_estimate", "cholesky_solve"]
+    code = ("from agent.detect.kernels import mset as m, jit; print(jit.mode(), "
+            f"*[type(getattr(m, n)).__name__ for n in {names!r}])")
+    run = _python(code)
+    assert run.stdout.split() == ["aot"] + ["builtin_function_or_method"] * 5, (
+        run.stdout + run.stderr + "(run `make kernels`)")

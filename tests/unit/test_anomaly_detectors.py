@@ -16,6 +16,7 @@ from agent.config.detection import (
     DetectorRule,
     DriftRule,
     LimitsRule,
+    MsetRule,
     NoveltyRule,
     PcaRule,
     RmsRule,
@@ -23,6 +24,7 @@ from agent.config.detection import (
     ZScoreRule,
 )
 from agent.detect.base import DetectorChain, ScoringDetector
+from agent.detect.kernels.mset import cholesky_solve, memory_size
 from agent.detect.kernels.pca import jacobi_eigh
 from agent.detect.rules import rule_detectors
 from agent.events import ANOMALY, LIMIT, Event
@@ -474,3 +476,112 @@ def test_pca_input_smoothing_catches_a_small_lasting_shift_that_single_rows_hide
     assert after_plain < 0.2, after_plain
     assert after_smoothed > 0.6 and after_smoothed > 3 * after_plain, (after_smoothed,
                                                                       after_plain)
+
+
+def _pump_rows(rng: np.random.Generator, n: int, flow_offset: float = 0.0) -> np.ndarray:
+    """Current, flow and vibration of a pump at a random load: they move together."""
+    load = rng.uniform(0.5, 1.0, n)
+    return np.stack([10 * load + rng.normal(0, 0.1, n),
+                     50 * load + flow_offset + rng.normal(0, 0.5, n),
+                     2 * load + rng.normal(0, 0.05, n)], axis=1)
+
+
+def mset(**kw: Any) -> MsetRule:
+    return MsetRule(kind="mset", device="m1", name="pump", tags=["current", "flow", "vib"],
+                    warmup_samples=300, **kw)
+
+
+def test_mset_catches_a_flow_short_of_what_the_load_says_and_clears_when_it_returns() -> None:
+    rng = np.random.default_rng(3)
+    det = chain(mset())
+    tags = ("current", "flow", "vib")
+    rows = np.concatenate([_pump_rows(rng, 900), _pump_rows(rng, 60, flow_offset=-3.0),
+                           _pump_rows(rng, 100)])
+    events: list[tuple[int, Event]] = []
+    over = np.zeros(len(rows), dtype=bool)
+    for i, row in enumerate(rows):
+        events += [(i, e) for e in det.on_batch(batch(tags, list(row), i))]
+        over[i] = det.scores()["pump"] >= 1.0
+    assert not over[300:900].any(), "normal rows at any load raise nothing"
+    first, start = events[0]
+    assert 900 <= first < 910, "a shift of a few sigmas is decided within a few rows"
+    assert over[910:960].mean() > 0.9, "and stays decided while it lasts"
+    assert not over[975:].any(), "the return to normal is decided too"
+    assert start.data["phase"] == "start" and start.data["detector"] == "mset"
+    assert start.data["threshold"] == 1.0 and set(start.data["tags"]) == set(tags)
+
+
+def test_mset_is_quiet_on_rows_like_its_learning_rows() -> None:
+    """Independent rows drawn like the learning ones: the SPRT (alpha 1e-6 a decision) raises
+    next to nothing over 10,000 rows."""
+    rng = np.random.default_rng(11)
+    mixing = rng.normal(size=(5, 5))
+    tags = [f"t{i}" for i in range(5)]
+    rule = MsetRule(kind="mset", device="m1", name="g", tags=tags, warmup_samples=1000)
+    det = chain(rule)
+    rows = rng.normal(size=(11_000, 5)) @ mixing
+    over = 0
+    for i, row in enumerate(rows):
+        det.on_batch(batch(tags, list(row), i))
+        over += i >= 1000 and det.scores()["g"] > 1.0
+    assert over / 10_000 < 0.005, over
+
+
+def test_mset_learns_only_on_complete_rows_and_skips_bad_samples() -> None:
+    det = chain(MsetRule(kind="mset", device="m1", tags=["a", "b"], warmup_samples=10))
+    det.on_batch(batch(["a"], [1.0], 0))
+    det.on_batch(batch(["a", "b"], [1.0, 1e9], 1, quality=[0, Quality.BAD]))
+    assert math.isnan(det.scores()["mset-1"])
+
+
+def test_mset_memory_holds_at_least_each_tags_extremes_and_at_most_its_rows() -> None:
+    assert memory_size(40, 6, 400) == 40
+    assert memory_size(4, 6, 400) == 12
+    assert memory_size(40, 6, 25) == 25
+
+
+def test_cholesky_solve_matches_numpy() -> None:
+    rng = np.random.default_rng(4)
+    m = rng.normal(size=(9, 9))
+    spd = m @ m.T + 0.1 * np.eye(9)
+    b = rng.normal(size=(9, 3))
+    x = b.copy()
+    cholesky_solve(spd.copy(), x)
+    np.testing.assert_allclose(x, np.linalg.solve(spd, b), rtol=1e-9, atol=1e-12)
+
+
+def test_mset_learned_state_carries_over_a_restart() -> None:
+    rng = np.random.default_rng(6)
+    tags = ["current", "flow", "vib"]
+    first = rule_detectors("m1", [("pump", mset())])[0]
+    for i, row in enumerate(_pump_rows(rng, 350)):
+        first.on_batch(batch(tags, list(row), i))
+    assert isinstance(first, ScoringDetector)
+    saved = first.learned()
+    again = rule_detectors("m1", [("pump", mset())])[0]
+    assert again.restore(saved) == 1
+    assert again.learned() == saved
+    other = rule_detectors("m1", [("pump", mset(memory_vectors=20))])[0]
+    assert other.restore(saved) == 0, "another rule's model is not taken"
+    later = _pump_rows(rng, 30, flow_offset=-3.0)
+    for d in (again, first):
+        for i, row in enumerate(later):
+            d.on_batch(batch(tags, list(row), 350 + i))
+    assert again.scores() == first.scores() and first.scores()["pump"] > 1.0
+
+
+def test_mset_rows_learned_before_the_fit_carry_over_a_restart() -> None:
+    rng = np.random.default_rng(7)
+    tags = ["current", "flow", "vib"]
+    rows = _pump_rows(rng, 320)
+    whole = rule_detectors("m1", [("pump", mset())])[0]
+    half = rule_detectors("m1", [("pump", mset())])[0]
+    for i, row in enumerate(rows):
+        whole.on_batch(batch(tags, list(row), i))
+        if i < 150:
+            half.on_batch(batch(tags, list(row), i))
+    again = rule_detectors("m1", [("pump", mset())])[0]
+    assert again.restore(half.learned()) == 1
+    for i, row in enumerate(rows[150:]):
+        again.on_batch(batch(tags, list(row), 150 + i))
+    assert again.scores() == whole.scores()

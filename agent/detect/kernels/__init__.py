@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Collection
 
-KINDS = ("limits", "zscore", "novelty", "drift", "stuck", "rms", "pca", "band_rms")
+KINDS = ("limits", "zscore", "novelty", "drift", "stuck", "rms", "pca", "mset", "band_rms")
 """Every detector kind that has kernels."""
 
 
@@ -22,7 +22,7 @@ def warm_up(kinds: Collection[str] | None = None) -> None:
     compilation, and a numba that cannot compile fails the start, not the first sample."""
     import numpy as np
 
-    from agent.detect.kernels import band, novelty, pca, univariate
+    from agent.detect.kernels import band, mset, novelty, pca, univariate
     from agent.detect.kernels.counter import COUNTER_FIELDS
     from agent.detect.kernels.machine import warm_up_machine
     from agent.detect.kernels.window import WINDOW_FIELDS, window_accumulate
@@ -38,5 +38,7 @@ def warm_up(kinds: Collection[str] | None = None) -> None:
         novelty.warm_up()
     if "pca" in wanted:
         pca.warm_up()
+    if "mset" in wanted:
+        mset.warm_up()
     if "band_rms" in wanted:
         band.warm_up()

@@ -11,8 +11,8 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
-MODULES = ("counter", "episode", "runs", "state", "window", "univariate", "novelty", "pca", "band",
-           "machine")
+MODULES = ("counter", "episode", "runs", "state", "window", "univariate", "novelty", "pca", "mset",
+           "band", "machine")
 """The kernel modules of this package, by name: the hash covers them, the build compiles them."""
 
 HERE = Path(__file__).resolve().parent

@@ -14,7 +14,9 @@ import re
 from dataclasses import dataclass
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
+
+from drivers.settings import Settings
 
 MachineStateName = Literal["off", "idle", "running", "overload"]
 MACHINE_STATES: tuple[str, ...] = ("off", "idle", "running", "overload")
@@ -41,9 +43,7 @@ class Gate:
         return f"{self.machine} in {', '.join(self.states)}{settle}"
 
 
-class _Rule(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
+class _Rule(Settings):
     device: str
     tags: list[str] = Field(min_length=1)
     name: str | None = None
@@ -272,10 +272,8 @@ def _check_min_limit(what: str, max_rms: float | None, max_ratio: float | None,
 _BAND_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_.\-]*$")
 
 
-class Band(BaseModel):
+class Band(Settings):
     """A frequency band of a `band_rms` rule and its limits (in the tag's unit)."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
     name: str
     """In events (`band`) and scores (`rule:tag:band`): say what it watches (`bearing`)."""

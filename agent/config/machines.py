@@ -16,7 +16,9 @@ import re
 import zoneinfo
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
+
+from drivers.settings import Settings
 
 _SHIFT = re.compile(r"^([01]\d|2[0-3]):([0-5]\d)$")
 
@@ -24,9 +26,7 @@ ENERGY_COUNTER_KWH = {"kWh": 1.0, "Wh": 0.001, "MWh": 1000.0}
 """kWh per unit of the energy counter tag's value (after the tag's own scale)."""
 
 
-class MachineConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
+class MachineConfig(Settings):
     name: str
     """The machine's name in its events (several machines may share one device)."""
     device: str

@@ -13,8 +13,6 @@ from pathlib import Path
 from typing import Annotated, Literal
 
 from pydantic import (
-    BaseModel,
-    ConfigDict,
     Field,
     SecretStr,
     ValidationInfo,
@@ -27,6 +25,7 @@ from agent.config.machines import MachineConfig
 from drivers.modbus.config import ModbusRtuDevice, ModbusRtuTcpDevice, ModbusTcpDevice, line_key
 from drivers.naming import require_unique_names
 from drivers.opcua.config import OpcUaDevice
+from drivers.settings import Settings
 
 DeviceConfig = Annotated[
     ModbusTcpDevice | ModbusRtuTcpDevice | ModbusRtuDevice | OpcUaDevice,
@@ -38,8 +37,8 @@ _IDENTIFIER = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
 TOPIC_FIELDS = frozenset({"site", "gateway", "device", "kind"})
 
 
-class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+class _Section(Settings):
+    """A section of the file (`drivers.settings`: strict keys, sensible numbers)."""
 
 
 def _check_identifier(value: str, what: str) -> str:
@@ -84,7 +83,7 @@ class TlsConfig(_Section):
 
 
 class MqttConfig(_Section):
-    host: str
+    host: str = Field(min_length=1)
     port: int | None = Field(default=None, ge=1, le=65535)
     """Defaults to 8883 with TLS, 1883 without."""
     client_id: str | None = None
@@ -315,7 +314,7 @@ class AgentConfig(_Section):
     machines: list[MachineConfig] = Field(default_factory=list)
     """State, energy and usage per machine (`agent/config/machines.py`); after `devices`,
     whose tags its validator checks."""
-    detectors: list[DetectorRule] = []
+    detectors: list[DetectorRule] = Field(default_factory=list)
     """Anomaly and limit rules (agent/config/detection.py, docs/detection.md)."""
 
     @field_validator("devices")

@@ -12,8 +12,6 @@ from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import (
-    BaseModel,
-    ConfigDict,
     Field,
     ValidationError,
     ValidationInfo,
@@ -23,6 +21,7 @@ from pydantic import (
 
 from drivers.modbus.profiles import find_profile, read_profile
 from drivers.naming import check_tag_name, require_unique_names
+from drivers.settings import Settings
 from drivers.sharing import Share
 from drivers.valid_range import ValidRange
 
@@ -95,11 +94,9 @@ def parse_register(register: int | str) -> tuple[Table, int]:
     )
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-class ModbusTag(_Strict):
+class ModbusTag(Settings):
     """One value read from the device; `value = raw * scale + offset`, in `unit`."""
 
     name: str
@@ -229,7 +226,7 @@ class ModbusTag(_Strict):
         return f"{where} (zero-based)"
 
 
-class _ModbusDevice(_Strict):
+class _ModbusDevice(Settings):
     """What every Modbus device has, whatever carries its frames."""
 
     name: str
@@ -322,7 +319,7 @@ class ModbusTcpDevice(_ModbusDevice):
     """A Modbus TCP device (a PLC, a meter, or a gateway in front of serial slaves)."""
 
     protocol: Literal["modbus-tcp"]
-    host: str
+    host: str = Field(min_length=1)
     port: int = Field(default=502, ge=1, le=65535)
 
 
@@ -330,7 +327,7 @@ class ModbusRtuTcpDevice(_ModbusDevice):
     """RTU frames (with CRC) over a TCP socket: a serial-to-Ethernet converter in transparent mode."""
 
     protocol: Literal["modbus-rtu-tcp"]
-    host: str
+    host: str = Field(min_length=1)
     port: int = Field(ge=1, le=65535)
     inter_frame_delay_s: float = Field(default=0.0, ge=0, le=10)
     """Pause between the end of one transaction and the next request on this line."""

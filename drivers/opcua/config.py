@@ -11,9 +11,10 @@ import re
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 
 from drivers.naming import check_tag_name, require_unique_names
+from drivers.settings import Settings
 from drivers.sharing import Share
 from drivers.valid_range import ValidRange
 
@@ -24,8 +25,6 @@ SecurityPolicy = Literal["None", "Basic256Sha256", "Aes128Sha256RsaOaep", "Aes25
 SecurityMode = Literal["None", "Sign", "SignAndEncrypt"]
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
 
 def check_node_id(node: str) -> str:
@@ -37,7 +36,7 @@ def check_node_id(node: str) -> str:
     return node
 
 
-class Deadband(_Strict):
+class Deadband(Settings):
     """Report a change only when it exceeds this (server-side filtering, fewer notifications)."""
 
     type: Literal["absolute", "percent"]
@@ -45,7 +44,7 @@ class Deadband(_Strict):
     value: float = Field(gt=0)
 
 
-class OpcUaTag(_Strict):
+class OpcUaTag(Settings):
     """One variable of the server, read into the tag `name`."""
 
     name: str
@@ -111,7 +110,7 @@ class OpcUaTag(_Strict):
         return None
 
 
-class OpcUaSecurity(_Strict):
+class OpcUaSecurity(Settings):
     policy: SecurityPolicy = "None"
     mode: SecurityMode = "None"
     certificate: Path | None = None
@@ -146,7 +145,7 @@ class OpcUaSecurity(_Strict):
         return self
 
 
-class OpcUaDevice(_Strict):
+class OpcUaDevice(Settings):
     """An OPC UA server (a PLC, a retrofit kit, an edge controller)."""
 
     name: str

@@ -229,3 +229,43 @@ def test_commands_find_the_config_without_c(
     with pytest.raises(SystemExit) as exited:
         main(["--version"])
     assert exited.value.code == 0 and capsys.readouterr().out.startswith("edge-agent ")
+
+
+@pytest.mark.parametrize(("old", "new", "expected"), [
+    ("address: 0\n", "address: 0\n        scale: .nan\n",
+     "devices[0].tags[0].scale: input should be a finite number"),
+    ("address: 0\n", "address: 0\n        valid_range: [0, .inf]\n",
+     "devices[0].tags[0].valid_range[1]: input should be a finite number"),
+    ("poll_interval_s", "poll_interval_s", None),  # the file as it is: valid
+    ("mqtt:\n  host: 127.0.0.1", "mqtt:\n  host: ''",
+     "mqtt.host: string should have at least 1 character"),
+    ("    host: 127.0.0.1\n    tags:", "    host: ''\n    tags:",
+     "devices[0].host: string should have at least 1 character"),
+])
+def test_numbers_are_finite_and_sensible_and_hosts_not_empty(
+        tmp_path: Path, old: str, new: str, expected: str | None) -> None:
+    text = (CASES / "valid_minimal" / "config.yaml").read_text()
+    path = tmp_path / "c.yaml"
+    path.write_text(text.replace(old, new, 1))
+    if expected is None:
+        load_config(path, environ={})
+        return
+    problems = _problems(path)
+    assert any(expected in p for p in problems), problems
+
+
+def test_a_rule_threshold_or_half_life_of_1e30_is_refused(tmp_path: Path) -> None:
+    text = (CASES / "valid_minimal" / "config.yaml").read_text()
+    path = tmp_path / "c.yaml"
+    for rule, expected in (
+            ("{device: m1, kind: zscore, tags: [a], baseline_halflife_samples: 1e30}",
+             "detectors[0].baseline_halflife_samples: 1e+30 is beyond any sensible count"),
+            ("{device: m1, kind: limits, tags: [a], high: 5, hysteresis: 1e30}",
+             "detectors[0].hysteresis: 1e+30 is beyond any sensible value"),
+            ("{device: m1, kind: stuck, tags: [a], stuck_after_s: 1e30}",
+             "detectors[0].stuck_after_s: 1e+30 is beyond any sensible duration in seconds"),
+            ("{device: m1, kind: limits, tags: [a], high: .nan}",
+             "detectors[0].high: input should be a finite number")):
+        path.write_text(text + f"detectors:\n  - {rule}\n")
+        problems = _problems(path)
+        assert any(expected in p for p in problems), problems

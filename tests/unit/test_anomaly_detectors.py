@@ -585,3 +585,12 @@ def test_mset_rows_learned_before_the_fit_carry_over_a_restart() -> None:
     for i, row in enumerate(rows[150:]):
         again.on_batch(batch(tags, list(row), 150 + i))
     assert again.scores() == whole.scores()
+
+
+def test_mset_memory_order_is_numpys_stable_argsort() -> None:
+    from agent.detect.kernels.mset import _argsort
+
+    rng = np.random.default_rng(3)
+    for values in (rng.normal(size=257), rng.integers(0, 5, size=64).astype(float),
+                   np.array([1.0]), np.array([])):
+        assert np.array_equal(_argsort(values), np.argsort(values, kind="stable"))

@@ -104,6 +104,39 @@ def _estimate(model: F64, g: int, d: int, m: int, kcap: int, z: F64, sim: F64, o
         out[i] = acc
 
 
+
+@njit(cache=True)
+def _argsort(values: F64) -> I64:
+    """Indices of `values` in ascending order, ties by index (a heap sort: numba's own sort
+    would put its source path into the ahead-of-time extension)."""
+    n = values.shape[0]
+    order = np.arange(n)
+    for start in range(n // 2 - 1, -1, -1):
+        _sift(values, order, start, n)
+    for end in range(n - 1, 0, -1):
+        order[0], order[end] = order[end], order[0]
+        _sift(values, order, 0, end)
+    return order
+
+
+@njit(cache=True, inline="always")
+def _sift(values: F64, order: I64, root: int, end: int) -> None:
+    while True:
+        child = 2 * root + 1
+        if child >= end:
+            return
+        if child + 1 < end and _before(values, order[child], order[child + 1]):
+            child += 1
+        if not _before(values, order[root], order[child]):
+            return
+        order[root], order[child] = order[child], order[root]
+        root = child
+
+
+@njit(cache=True, inline="always")
+def _before(values: F64, a: int, b: int) -> bool:
+    return bool(values[a] < values[b] or (values[a] == values[b] and a < b))
+
 @njit(cache=True)
 def _fit(params: F64, state: F64, buf: F64, model: F64, g: int) -> None:
     """Scale from the warm-up rows; the memory: each tag's lowest and highest row, then rows
@@ -149,7 +182,7 @@ def _fit(params: F64, state: F64, buf: F64, model: F64, g: int) -> None:
                 chosen[r] = True
                 picks[m] = r
                 m += 1
-    order = np.argsort(norms)
+    order = _argsort(norms)
     spread = want - m
     for k in range(1, spread + 1):
         r = order[math.floor(k * (n - 1.0) / (spread + 1.0) + 0.5)]

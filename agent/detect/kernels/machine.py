@@ -213,6 +213,18 @@ def machine_accumulate(
     return transitions
 
 
+@njit(cache=True)
+def drop_candidates(ms: F64, acc: F64) -> None:
+    """End every dwell unconfirmed (at shutdown: no sample will confirm it): its energy and
+    time go to the state in force, as a fall-back's would. Pending meter energy of a machine
+    whose state is still unknown stays pending (there is no state to give it to)."""
+    for m in range(ms.shape[0]):
+        state = int(ms[m, MS_STATE])
+        if state != UNKNOWN:
+            _credit_pending(ms, acc, m, state)
+            ms[m, MS_CANDIDATE] = state
+
+
 def new_machine_state(machines: int) -> tuple[F64, I64, F64, F64]:
     """Fresh (ms, mt, counters, acc) arrays for `machines` machines: state unknown, no peak."""
     ms = np.zeros((machines, MS_FIELDS), dtype=np.float64)
@@ -236,3 +248,4 @@ def warm_up_machine() -> None:
                        np.array([ROLE_METER, ROLE_SIGNAL], dtype=np.int64),
                        np.zeros(2, dtype=np.int64), np.zeros(2, dtype=np.float64),
                        np.zeros(2, dtype=np.uint8), 0, 0, out)
+    drop_candidates(ms, acc)

@@ -31,6 +31,8 @@ from agent.detect.kernels.machine import (
     INTERVAL,
     LIFETIME,
     MS_CANDIDATE,
+    MS_PENDING_KWH,
+    MS_PENDING_S,
     MS_STATE,
     MT_LAST_MONO,
     MT_PEAK_NS,
@@ -52,6 +54,7 @@ from agent.detect.kernels.machine import (
     ROLE_SIGNAL,
     SHIFT,
     TRANSITION_FIELDS,
+    drop_candidates,
     machine_accumulate,
     new_machine_state,
 )
@@ -172,9 +175,11 @@ class MachineDetector:
         return events
 
     def flush(self, time_ns: int) -> list[Event]:
-        """The reports of the periods in progress (marked incomplete), and the counters saved."""
+        """The reports of the periods in progress (marked incomplete), and the counters saved;
+        a dwell in progress ends unconfirmed, in the state in force."""
         if not self._started:
             return []
+        drop_candidates(self._ms, self._acc)
         events = []
         for m, setup in enumerate(self._setups):
             events.append(self._report(m, INTERVAL, time_ns, complete=False))
@@ -286,13 +291,20 @@ class MachineDetector:
         return cached
 
     def _snapshot(self) -> dict[str, Any]:
+        """The lifetime totals, a dwell in progress counted in the state in force (after a
+        power cut no sample will confirm it; the counters' last values include its energy)."""
         machines = {}
         for m, setup in enumerate(self._setups):
             total = self._acc[m, LIFETIME]
+            kwh, seconds = total[A_KWH:A_KWH + 4].copy(), total[A_SECONDS:A_SECONDS + 4].copy()
+            state = int(self._ms[m, MS_STATE])
+            if state != UNKNOWN:
+                kwh[state] += self._ms[m, MS_PENDING_KWH]
+                seconds[state] += self._ms[m, MS_PENDING_S]
             c = setup.config
             machines[c.name] = {
-                "kwh": [float(x) for x in total[A_KWH:A_KWH + 4]],
-                "seconds": [float(x) for x in total[A_SECONDS:A_SECONDS + 4]],
+                "kwh": [float(x) for x in kwh],
+                "seconds": [float(x) for x in seconds],
                 "starts": float(total[A_STARTS]),
                 "cycles": float(total[A_CYCLES]),
                 "resets": float(total[A_RESETS]),

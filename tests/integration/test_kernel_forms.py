@@ -19,7 +19,7 @@ from agent.detect.kernels import jit
 ROOT = Path(__file__).resolve().parents[2]
 UNIT_TESTS = ("tests/unit/test_anomaly_detectors.py", "tests/unit/test_band_rms.py",
               "tests/unit/test_window.py", "tests/unit/test_machine_kernels.py",
-              "tests/unit/test_machine_detector.py")
+              "tests/unit/test_machine_detector.py", "tests/unit/test_machine_dwell_energy.py")
 BAND_KERNELS = ["band___block", "band__band_rms_batch", "band__fft_radix2",
                 "band__rfft_power"]
 

@@ -76,13 +76,13 @@ def test_energy_report_per_interval_from_the_meter(tmp_path: Path) -> None:
     data = report.data
     assert data["period"] == "interval" and data["complete"] is True
     assert data["energy_source"] == "meter"
-    # 30 Wh, then the 2 s of dwell before idle is confirmed count for running (0.2 Wh each)
-    assert data["kwh"]["running"] == pytest.approx(0.0304, abs=1e-9)
+    # 30 Wh running; idle from 30 s: the 2 s of dwell that confirm it are idle's too.
+    assert data["kwh"]["running"] == pytest.approx(0.030, abs=1e-9)
     # The report closes at 60 s before the sample of 60 s is folded in.
-    assert data["idle_kwh"] == pytest.approx(27 * 0.2 / 1000, abs=1e-9)
+    assert data["idle_kwh"] == pytest.approx(29 * 0.2 / 1000, abs=1e-9)
     assert data["starts"] == 0 and data["counter_resets"] == 0
     assert data["peak_demand_w"] == pytest.approx(3600.0)
-    assert data["hours"]["running"] == pytest.approx(32 / 3600)
+    assert data["hours"]["running"] == pytest.approx(30 / 3600)
     assert data["operating_h"] == pytest.approx(59 / 3600)
     assert data["start_ns"] == T0 and data["end_ns"] == report.time_ns == T0 + 60 * S
 
@@ -126,10 +126,10 @@ def test_counters_survive_a_restart(tmp_path: Path) -> None:
     [report] = again.flush(T0 + 101 * S)
     totals = report.data["totals"]
     assert totals["starts"] == 1
-    # 2 Wh running before (and 1 Wh off), 100 Wh over the restart, 1 Wh after: the counter's
-    # last raw value was kept, so nothing the meter counted is lost.
-    assert totals["kwh"]["running"] == pytest.approx(0.103, abs=1e-9)
-    assert totals["kwh"]["off"] == pytest.approx(0.001, abs=1e-9)
+    # 3 Wh running before (the last in the dwell back to running), 100 Wh over the restart,
+    # 1 Wh after: the counter's last raw value was kept, so nothing the meter counted is lost.
+    assert totals["kwh"]["running"] == pytest.approx(0.104, abs=1e-9)
+    assert totals["kwh"]["off"] == pytest.approx(0.0, abs=1e-9)
     assert report.data["kwh"]["running"] == pytest.approx(0.101, abs=1e-9)
 
 

@@ -59,8 +59,8 @@ def test_replay_prints_state_changes_and_reports(tmp_path: Path,
     assert states[1].endswith("press: running -> idle after 20 s")
     assert any(" window " in line for line in out)
     [report] = [line for line in out if " energy " in line]
-    # 20 Wh running, then 19 samples idle (2 s of them still counted as running: the dwell)
-    assert report.endswith("press interval: 0.039 kWh (idle 0.017) h 0.00/0.00/0.01/0.00 "
+    # 20 Wh running, then 19 samples idle (the 2 s of dwell that confirm idle included)
+    assert report.endswith("press interval: 0.039 kWh (idle 0.019) h 0.00/0.01/0.01/0.00 "
                            "starts 0 (incomplete)")
     assert not (tmp_path / "state").exists(), "a replay never touches the agent's state"
 

@@ -2,12 +2,12 @@
 one call per poll batch.
 
 One row per machine (see the column constants): `params` its configuration; `ms` (float64)
-and `mt` (int64) the state in force, the pending candidate, the last signal sample, the
-open demand window; `counters` rows 2m and 2m+1 machine m's meter and cycle counters
-(`kernels.counter`); `acc` (machines, PERIODS, A_FIELDS) energy and time per state, starts,
-cycles, resets, unmeasured time and peak demand for the report interval (0), the shift (1)
-and the lifetime (2, never reset). Durations use the batch's monotonic clock, the time of a
-state change or a peak its UTC time.
+and `mt` (int64) the state in force, the pending candidate and its dwell's energy and time,
+the last signal sample, the open demand window; `counters` rows 2m and 2m+1 machine m's
+meter and cycle counters (`kernels.counter`); `acc` (machines, PERIODS, A_FIELDS) energy
+and time per state, starts, cycles, resets, unmeasured time and peak demand for the report
+interval (0), the shift (1) and the lifetime (2, never reset). Durations use the batch's
+monotonic clock, the time of a state change or a peak its UTC time.
 """
 
 from __future__ import annotations
@@ -31,11 +31,12 @@ current tag with a line voltage; NaN: no power from the signal). P_USE_METER: 1 
 energy comes from the meter counter (P_METER_KWH kWh per counter unit)."""
 
 (MS_STATE, MS_CANDIDATE, MS_HAS_SIGNAL, MS_LAST_SIGNAL, MS_RUN, MS_DEMAND_KWH, MS_DEMAND_S,
- MS_PENDING_KWH) = range(8)
-MS_FIELDS = 8
-"""MS_RUN: -1 no run signal seen, 0 not running, 1 running. MS_PENDING_KWH: meter energy
-counted while the state was still unknown (after a start, e.g. across a restart): it goes
-to the first state the signal tells."""
+ MS_PENDING_KWH, MS_PENDING_S) = range(9)
+MS_FIELDS = 9
+"""MS_RUN: -1 no run signal seen, 0 not running, 1 running. MS_PENDING_KWH and MS_PENDING_S:
+energy and time not yet given to a state: meter energy while the state is unknown (after a
+start), then the first state's; a candidate's dwell, then the candidate's if confirmed, else
+the state in force's (`_dwelling`)."""
 
 MT_STATE_MONO, MT_CANDIDATE_MONO, MT_CANDIDATE_NS, MT_LAST_MONO, MT_DEMAND_MONO = range(5)
 MT_PEAK_NS = 5
@@ -65,6 +66,21 @@ def _add(acc: F64, m: int, column: int, amount: float) -> None:
 
 
 @njit(cache=True)
+def _dwelling(ms: F64, m: int) -> bool:
+    """Whether what is measured now waits for a state: unknown, or a candidate dwells."""
+    state = int(ms[m, MS_STATE])
+    return state == UNKNOWN or int(ms[m, MS_CANDIDATE]) != state
+
+
+@njit(cache=True)
+def _credit_pending(ms: F64, acc: F64, m: int, state: int) -> None:
+    _add(acc, m, A_KWH + state, ms[m, MS_PENDING_KWH])
+    _add(acc, m, A_SECONDS + state, ms[m, MS_PENDING_S])
+    ms[m, MS_PENDING_KWH] = 0.0
+    ms[m, MS_PENDING_S] = 0.0
+
+
+@njit(cache=True)
 def _close_demand_window(params: F64, ms: F64, mt: I64, acc: F64, m: int,
                          mono_ns: int, time_ns: int) -> None:
     window_s = params[m, P_DEMAND_NS] / 1e9
@@ -90,7 +106,7 @@ def machine_accumulate(
     """Fold one batch into every machine's state and accumulators; returns how many state changes
     it wrote to `out` (at most one per sample). Energy: the trapezoidal rule on the power
     (Press et al., Numerical Recipes, 4.1) or the meter's increase; a gap over P_MAX_GAP_NS is
-    unmeasured."""
+    unmeasured. A dwell's energy and time go to the state its end decides."""
     # Counters and the run signal first: their increase since the last read happened in
     # the state in force before this batch.
     for j in range(role.shape[0]):
@@ -106,13 +122,14 @@ def machine_accumulate(
             if reset:
                 _add(acc, m, A_RESETS, 1.0)
             kwh = increase * params[m, P_METER_KWH]
-            state = int(ms[m, MS_STATE])
             if params[m, P_USE_METER] == 0.0:
                 pass
-            elif state == UNKNOWN:
+            elif _dwelling(ms, m):
                 ms[m, MS_PENDING_KWH] += kwh
+                if int(ms[m, MS_STATE]) != UNKNOWN:
+                    ms[m, MS_DEMAND_KWH] += kwh
             else:
-                _add(acc, m, A_KWH + state, kwh)
+                _add(acc, m, A_KWH + int(ms[m, MS_STATE]), kwh)
                 ms[m, MS_DEMAND_KWH] += kwh
         elif r == ROLE_CYCLES:
             increase, reset = counter_step(counters, 2 * m + 1, x, params[m, P_CYCLE_MODULUS])
@@ -132,14 +149,18 @@ def machine_accumulate(
             if dt_ns > 0:
                 dt_s = dt_ns / 1e9
                 if dt_ns <= params[m, P_MAX_GAP_NS]:
-                    _add(acc, m, A_SECONDS + state, dt_s)
-                    ms[m, MS_DEMAND_S] += dt_s
+                    kwh = 0.0
                     w_per_unit = params[m, P_W_PER_UNIT]
                     if params[m, P_USE_METER] == 0.0 and not np.isnan(w_per_unit):
-                        mean_w = (ms[m, MS_LAST_SIGNAL] + x) / 2.0 * w_per_unit
-                        kwh = mean_w * dt_s / 3.6e6
+                        kwh = (ms[m, MS_LAST_SIGNAL] + x) / 2.0 * w_per_unit * dt_s / 3.6e6
+                    if _dwelling(ms, m):
+                        ms[m, MS_PENDING_S] += dt_s
+                        ms[m, MS_PENDING_KWH] += kwh
+                    else:
+                        _add(acc, m, A_SECONDS + state, dt_s)
                         _add(acc, m, A_KWH + state, kwh)
-                        ms[m, MS_DEMAND_KWH] += kwh
+                    ms[m, MS_DEMAND_S] += dt_s
+                    ms[m, MS_DEMAND_KWH] += kwh
                 else:
                     _add(acc, m, A_UNMEASURED_S, dt_s)
                 if mono_ns - mt[m, MT_DEMAND_MONO] >= params[m, P_DEMAND_NS]:
@@ -159,8 +180,7 @@ def machine_accumulate(
             ms[m, MS_STATE] = level
             ms[m, MS_CANDIDATE] = level
             mt[m, MT_STATE_MONO] = mono_ns
-            _add(acc, m, A_KWH + level, ms[m, MS_PENDING_KWH])
-            ms[m, MS_PENDING_KWH] = 0.0
+            _credit_pending(ms, acc, m, level)
             out[transitions, 0] = m
             out[transitions, 1] = UNKNOWN
             out[transitions, 2] = level
@@ -169,9 +189,12 @@ def machine_accumulate(
             transitions += 1
             continue
         if level == state:
-            ms[m, MS_CANDIDATE] = state
+            if int(ms[m, MS_CANDIDATE]) != state:  # a dwell fell back: the state in force's
+                _credit_pending(ms, acc, m, state)
+                ms[m, MS_CANDIDATE] = state
             continue
-        if level != int(ms[m, MS_CANDIDATE]):
+        if level != int(ms[m, MS_CANDIDATE]):  # a new dwell; one for another level fell back
+            _credit_pending(ms, acc, m, state)
             ms[m, MS_CANDIDATE] = level
             mt[m, MT_CANDIDATE_MONO] = mono_ns
             mt[m, MT_CANDIDATE_NS] = time_ns
@@ -184,9 +207,22 @@ def machine_accumulate(
             transitions += 1
             if state == OFF:
                 _add(acc, m, A_STARTS, 1.0)
+            _credit_pending(ms, acc, m, level)
             ms[m, MS_STATE] = level
             mt[m, MT_STATE_MONO] = mt[m, MT_CANDIDATE_MONO]
     return transitions
+
+
+@njit(cache=True)
+def drop_candidates(ms: F64, acc: F64) -> None:
+    """End every dwell unconfirmed (at shutdown: no sample will confirm it): its energy and
+    time go to the state in force, as a fall-back's would. Pending meter energy of a machine
+    whose state is still unknown stays pending (there is no state to give it to)."""
+    for m in range(ms.shape[0]):
+        state = int(ms[m, MS_STATE])
+        if state != UNKNOWN:
+            _credit_pending(ms, acc, m, state)
+            ms[m, MS_CANDIDATE] = state
 
 
 def new_machine_state(machines: int) -> tuple[F64, I64, F64, F64]:
@@ -212,3 +248,4 @@ def warm_up_machine() -> None:
                        np.array([ROLE_METER, ROLE_SIGNAL], dtype=np.int64),
                        np.zeros(2, dtype=np.int64), np.zeros(2, dtype=np.float64),
                        np.zeros(2, dtype=np.uint8), 0, 0, out)
+    drop_candidates(ms, acc)

@@ -8,7 +8,9 @@
 # bin/python, not through its path, so only the texts that name the staging path are
 # rewritten (script shebangs, activate scripts, pyvenv.cfg), and the bytecode is compiled
 # with /opt/edge-agent/... as its source path. The build fails if the staging path is left
-# anywhere in the tree. packaging/README.md explains the choice.
+# anywhere in the tree. packaging/README.md explains the choice. The venv keeps no program
+# that writes to a PLC (read-only-venv.sh); the docs, edge-agent(1), the copyright and the
+# changelog go to /usr/share.
 #
 # usage: packaging/build-deb.sh [--out DIR] [--python /usr/bin/python3.11] [--pip PIP]
 set -euo pipefail
@@ -34,6 +36,11 @@ while [ $# -gt 0 ]; do
 done
 
 command -v dpkg-deb >/dev/null || { echo "build-deb.sh: dpkg-deb is missing (Debian package dpkg)" >&2; exit 1; }
+# The ahead-of-time kernels are C compiled at build time; the package needs no compiler.
+for tool in gcc g++; do
+    command -v "$tool" >/dev/null || { echo "build-deb.sh: $tool is missing (Debian packages gcc g++, needed to build only)" >&2; exit 1; }
+done
+[ -x "$project/.venv/bin/argparse-manpage" ] || { echo "build-deb.sh: argparse-manpage is missing from the project venv: run 'make venv'" >&2; exit 1; }
 [ -x "$pip" ] || { echo "build-deb.sh: $pip is missing: run 'make venv' first" >&2; exit 1; }
 "$python" -c 'import sys; sys.exit(sys.version_info < (3, 11))' \
     || { echo "build-deb.sh: $python is older than 3.11" >&2; exit 1; }
@@ -46,6 +53,7 @@ interpreter=$(dirname "$("$python" -c 'import sys; print(sys.executable)')")/pyt
 [ -x "$interpreter" ] || { echo "build-deb.sh: $interpreter is missing" >&2; exit 1; }
 
 version=$("$python" -c 'import sys, tomllib; print(tomllib.load(open(sys.argv[1], "rb"))["project"]["version"])' "$project/pyproject.toml")
+maintainer=${DEB_MAINTAINER:-$("$python" -c 'import sys, tomllib; m = tomllib.load(open(sys.argv[1], "rb"))["project"]["maintainers"][0]; print(m["name"], "<" + m["email"] + ">")' "$project/pyproject.toml")}
 # PEP 440 pre-releases sort before the release in Debian only with a tilde: 1.2.0rc1 -> 1.2.0~rc1.
 debversion=$(printf '%s' "$version" | sed -E 's/^([0-9.]+)(a|b|rc)([0-9]+)$/\1~\2\3/')
 arch=$(dpkg --print-architecture)
@@ -83,6 +91,8 @@ CFLAGS="${CFLAGS:-} -ffile-prefix-map=$stage$prefix=$prefix" PYTHONDONTWRITEBYTE
 PIP_DISABLE_PIP_VERSION_CHECK=1 "$pip" --python "$venv/bin/python" uninstall --quiet --yes \
     setuptools
 
+"$here/read-only-venv.sh" "$venv"
+
 # Make the tree belong at $prefix/venv.
 { grep -rlF --binary-files=without-match "$stage" "$venv" || true; } | while IFS= read -r file; do
     sed -i "s|$stage$prefix|$prefix|g" "$file"
@@ -99,7 +109,21 @@ install -D -m 0644 "$project/config/example.yaml" "$stage/etc/edge-agent/config.
 # Device profiles (`profile: eastron-sdm630`): drivers/modbus/profiles.py looks here.
 install -d "$stage/usr/share/edge-agent/profiles"
 install -m 0644 "$project"/config/profiles/*.yaml "$stage/usr/share/edge-agent/profiles/"
-install -D -m 0644 "$here/README.md" "$stage/usr/share/doc/edge-agent/README.md"
+doc="$stage/usr/share/doc/edge-agent"
+install -D -m 0644 "$here/README.md" "$doc/README.md"
+install -m 0644 "$project/docs/technician-guide.md" "$doc/technician-guide.md"
+install -m 0644 "$here/debian/copyright" "$doc/copyright"
+gzip -9n < "$here/debian/changelog" > "$doc/changelog.Debian.gz"
+chmod 0644 "$doc/changelog.Debian.gz"
+# edge-agent(1) from the argparse definitions, with the defaults a gateway sees (-c: /etc).
+install -d "$stage/usr/share/man/man1"
+env -u EDGE_AGENT_CONFIG PYTHONPATH="$project" "$project/.venv/bin/argparse-manpage" \
+    --module agent.cli.main --function build_parser --prog edge-agent --project-name edge-agent \
+    --version "$version" --description "edge agent for retrofitted machines" \
+    --author "$maintainer" --manual-section 1 --manual-title "edge-agent manual" \
+    --output "$stage/edge-agent.1"
+gzip -9n < "$stage/edge-agent.1" > "$stage/usr/share/man/man1/edge-agent.1.gz"
+rm "$stage/edge-agent.1"
 mkdir -p "$stage/usr/bin"
 ln -s "$prefix/venv/bin/edge-agent" "$stage/usr/bin/edge-agent"
 
@@ -109,9 +133,9 @@ cat > "$stage/DEBIAN/control" <<CONTROL
 Package: edge-agent
 Version: $debversion
 Architecture: $arch
-Maintainer: ${DEB_MAINTAINER:-edge-agent maintainers <root@localhost>}
+Maintainer: $maintainer
 Installed-Size: $installed_kib
-Depends: python$pyver
+Depends: python$pyver, procps
 Section: misc
 Priority: optional
 Description: edge agent for retrofitted machines

@@ -70,6 +70,8 @@ export PIP_DISABLE_PIP_VERSION_CHECK=1
 # installed agent, not a source tree in the working directory.
 "$venv/bin/python" -c 'import setuptools' 2>/dev/null || "$venv/bin/pip" install --quiet setuptools
 "$venv/bin/python" -P -m agent.detect.kernels.build
+# No program that writes to a PLC stays on the gateway (asyncua's tools, plc-sim, ...).
+"$here/read-only-venv.sh" "$venv"
 
 install -D -m 0644 "$here/edge-agent.service" "$root/etc/systemd/system/$unit"
 install -D -m 0644 "$project/config/example.yaml" "$root/etc/edge-agent/config.yaml.example"

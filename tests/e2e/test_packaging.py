@@ -15,6 +15,7 @@ systemd), the hardening options at run time, and the package on arm64.
 
 from __future__ import annotations
 
+import gzip
 import os
 import shutil
 import subprocess
@@ -175,7 +176,36 @@ def test_deb_puts_files_where_the_unit_expects_them(installed_deb: tuple[Path, P
     arch = subprocess.run(["dpkg", "--print-architecture"], capture_output=True, text=True,
                           check=True).stdout.strip()
     assert (field("Package"), field("Version"), field("Architecture"), field("Depends")) == (
-        "edge-agent", VERSION, arch, "python3.11")
+        "edge-agent", VERSION, arch, "python3.11, procps")  # procps: the unit's /bin/kill
+    assert "root@localhost" not in field("Maintainer") and "@" in field("Maintainer")
+
+
+WRITE_TOOLS = ("uawrite", "uacall", "uaclient", "uaserver", "pymodbus.simulator", "plc-sim")
+
+
+def assert_read_only(venv: Path) -> None:
+    """Nothing on the gateway writes to a PLC: asyncua's and pymodbus's tools are gone,
+    and so is the simulator; what is left in bin/ is the agent, Python and pip."""
+    programs = {p.name for p in (venv / "bin").iterdir()}
+    assert "edge-agent" in programs and not programs & set(WRITE_TOOLS), sorted(programs)
+    assert not {p for p in programs if p.startswith("ua")}, sorted(programs)
+    assert not list(venv.glob("lib/python3.*/site-packages/plc_sim")), "plc_sim is installed"
+
+
+@pytest.mark.timeout(600)
+def test_deb_ships_no_write_tool_and_its_docs(installed_deb: tuple[Path, Path, str]) -> None:
+    _, root, _ = installed_deb
+    assert_read_only(root / VENV.lstrip("/"))
+    doc = root / "usr/share/doc/edge-agent"
+    assert (doc / "technician-guide.md").read_text() == (
+        ROOT / "docs" / "technician-guide.md").read_text()
+    assert (doc / "copyright").read_text().startswith("Format: https://www.debian.org/")
+    changelog = gzip.decompress((doc / "changelog.Debian.gz").read_bytes()).decode()
+    assert changelog.startswith(f"edge-agent ({VERSION}) ")
+    man = gzip.decompress((root / "usr/share/man/man1/edge-agent.1.gz").read_bytes()).decode()
+    man = man.replace("\\-", "-")  # roff's escaped hyphens
+    assert man.startswith('.TH EDGE-AGENT "1"') and "relearn" in man
+    assert "/etc/edge-agent/config.yaml" in man  # the default of -c, not the build's environment
 
 
 @pytest.mark.timeout(600)
@@ -301,3 +331,4 @@ def test_install_script_builds_the_tree_under_a_prefix_twice(tmp_path: Path) -> 
     version = subprocess.run([str(link), "version"], cwd=tmp_path, check=True,
                              capture_output=True, text=True, timeout=60).stdout
     assert "  kernels aot\n" in version, version
+    assert_read_only(prefix / VENV.lstrip("/"))

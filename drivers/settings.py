@@ -36,7 +36,7 @@ class Settings(BaseModel):
 
 def bound_of(name: str) -> tuple[float, str]:
     """The largest magnitude a field may take, by its unit suffix, and what it measures."""
-    if name.endswith("_s"):
+    if name.endswith("_s") and not name.endswith("_per_s"):  # a rate is not a duration
         return MAX_DURATION_S, "duration in seconds (a year)"
     if name.endswith(("_samples", "_blocks")):
         return MAX_COUNT, "count"

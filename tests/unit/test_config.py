@@ -264,6 +264,8 @@ def test_a_rule_threshold_or_half_life_of_1e30_is_refused(tmp_path: Path) -> Non
              "detectors[0].hysteresis: 1e+30 is beyond any sensible value"),
             ("{device: m1, kind: stuck, tags: [a], stuck_after_s: 1e30}",
              "detectors[0].stuck_after_s: 1e+30 is beyond any sensible duration in seconds"),
+            ("{device: m1, kind: limits, tags: [a], max_rate_per_s: 1e30}",
+             "detectors[0].max_rate_per_s: 1e+30 is beyond any sensible value"),
             ("{device: m1, kind: limits, tags: [a], high: .nan}",
              "detectors[0].high: input should be a finite number")):
         path.write_text(text + f"detectors:\n  - {rule}\n")

@@ -223,29 +223,28 @@ class UnivariateDetector:
         return rows_finished(self._keys, self._state[:, 0], self._warmup)
 
 
-class PcaDetector:
-    """Multivariate groups of one device: streaming PCA, T² and Q (a Detector, ScoringDetector).
+class _GroupDetector:
+    """What the multivariate detectors share: groups of tags of one device as rows of the
+    kernel's arrays (`kernels.pca`'s layout of rows, warm-up and state), the context ring,
+    events, scores and which groups have learned. A subclass adds its model and kernel."""
 
-    `params` has one row per group (see `kernels.pca`).
-    """
-
-    def __init__(self, device: str, rows: Sequence[RowInfo], params: F64) -> None:
-        dim = max(len(info.tags) for info in rows)
+    def __init__(self, device: str, rows: Sequence[RowInfo], params: F64,
+                 state_fields: int, cur_planes: int) -> None:
+        self._dim = max(len(info.tags) for info in rows)
         groups = len(rows)
         context = [int(c) for c in params[:, P_AFTER]]
-        warmup = int(params[:, X_WARMUP].max())
         self._context = max(context, default=0)
         self._rows = _Rows(device, rows, context, _pairs)
         self._params = np.ascontiguousarray(params, dtype=np.float64)
-        self._state = np.zeros((groups, PCA_STATE))
-        self._cur = np.zeros((groups, CUR_PLANES, dim))
-        self._buf = np.zeros((groups, max(warmup, 1), dim))
-        self._model = np.zeros((groups, dim + 3, dim))
-        self._ctx = np.full((groups, max(self._context, 1), dim), np.nan)
+        self._state = np.zeros((groups, state_fields))
+        self._cur = np.zeros((groups, cur_planes, self._dim))
+        self._buf = np.zeros((groups, max(int(params[:, X_WARMUP].max()), 1), self._dim))
+        self._ctx = np.full((groups, max(self._context, 1), self._dim), np.nan)
         self._keys = [row_key(info, self._params[g, COMMON_PARAMS:])
                       for g, info in enumerate(rows)]
 
-    def on_batch(self, batch: SampleBatch) -> list[Event]:
+    def _route(self, batch: SampleBatch) -> tuple[I64, I64, I64]:
+        """The batch's samples as (sample, group, column); the ring grown for its bursts."""
         sel, rows, cols = self._rows.route(batch.tags)
         r = self._rows
         r.last_mono_ns = batch.mono_ns
@@ -253,9 +252,10 @@ class PcaDetector:
         # around an episode that starts or ends inside it until the events are made.
         if self._context + r.most_per_row - 1 > self._ctx.shape[1]:
             self._ctx = context_ring(r.ep, self._ctx, self._context + r.most_per_row - 1)
-        pca_batch(self._params, self._state, self._cur, self._buf, self._model, r.ep, r.times,
-                  self._ctx, sel, rows, cols, batch.values, batch.quality, batch.mono_ns,
-                  batch.time_ns)
+        return sel, rows, cols
+
+    def _events(self) -> list[Event]:
+        r = self._rows
         return r.events.collect(r.ep, r.times, self._ctx)
 
     def on_tick(self, mono_ns: int, time_ns: int) -> list[Event]:
@@ -265,26 +265,57 @@ class PcaDetector:
         r = self._rows
         return r.events.flush(r.ep, r.times, self._ctx, time_ns, r.last_mono_ns)
 
+    def _stop_rows(self, time_ns: int, mono_ns: int, why: str) -> list[Event]:
+        """Episodes in progress end now (`ongoing`); the next row waits for a new value of
+        every tag, and the scores are NaN until then."""
+        r = self._rows
+        events = r.events.flush(r.ep, r.times, self._ctx, time_ns, mono_ns, why)
+        self._cur[:, CUR_SEEN] = 0.0
+        self._cur[:, CUR_FRESH] = 0.0
+        r.ep[:, EP_SCORE] = np.nan
+        return events
+
+    def scores(self) -> Mapping[str, float]:
+        return self._rows.scores()
+
+    def milestones(self) -> int:
+        return int(np.count_nonzero(self._state[:, XS_FITTED]))
+
+    def finished(self) -> dict[str, bool]:
+        return {key: bool(self._state[g, XS_FITTED] != 0.0) for g, key in enumerate(self._keys)}
+
+
+class PcaDetector(_GroupDetector):
+    """Multivariate groups of one device: streaming PCA, T² and Q (a Detector, ScoringDetector).
+
+    `params` has one row per group (see `kernels.pca`).
+    """
+
+    def __init__(self, device: str, rows: Sequence[RowInfo], params: F64) -> None:
+        super().__init__(device, rows, params, PCA_STATE, CUR_PLANES)
+        self._model = np.zeros((len(rows), self._dim + 3, self._dim))
+
+    def on_batch(self, batch: SampleBatch) -> list[Event]:
+        sel, rows, cols = self._route(batch)
+        r = self._rows
+        pca_batch(self._params, self._state, self._cur, self._buf, self._model, r.ep, r.times,
+                  self._ctx, sel, rows, cols, batch.values, batch.quality, batch.mono_ns,
+                  batch.time_ns)
+        return self._events()
+
     def interrupt(self, time_ns: int, mono_ns: int, why: str) -> list[Event]:
         """The groups stop being fed: episodes in progress end now (`ongoing`); the model stays and
         the chart restarts at its target: the next row waits for a new value of every tag (NaN
         until then), the smoothed rows start at the model's mean, T² and Q at their expected
         values (docs/detection.md, "Only in some machine states")."""
-        r = self._rows
-        events = r.events.flush(r.ep, r.times, self._ctx, time_ns, mono_ns, why)
-        self._cur[:, CUR_SEEN] = 0.0
-        self._cur[:, CUR_FRESH] = 0.0
+        events = self._stop_rows(time_ns, mono_ns, why)
         for g in np.flatnonzero(self._state[:, XS_FITTED] != 0.0):
             d, k = int(self._params[g, X_DIM]), int(self._state[g, XS_K])
             self._cur[g, CUR_EWMA, :d] = self._model[g, d, :d]
             # What T² and Q average to in normal operation: k, and the eigenvalues left out.
             self._state[g, XS_T2] = k
             self._state[g, XS_Q] = max(float(self._model[g, d + 2, k:d].sum()), 0.0)
-        r.ep[:, EP_SCORE] = np.nan
         return events
-
-    def scores(self) -> Mapping[str, float]:
-        return self._rows.scores()
 
     def learned(self) -> dict[str, Any]:
         """Per group: its state row, its model (once fitted), the EWMA of its rows, and the
@@ -329,78 +360,43 @@ class PcaDetector:
             restored += 1
         return restored
 
-    def milestones(self) -> int:
-        return int(np.count_nonzero(self._state[:, XS_FITTED]))
 
-    def finished(self) -> dict[str, bool]:
-        return {key: bool(self._state[g, XS_FITTED] != 0.0) for g, key in enumerate(self._keys)}
-
-
-class MsetDetector:
+class MsetDetector(_GroupDetector):
     """Multivariate groups of one device: MSET estimates and the SPRT of their residuals (a
     Detector, ScoringDetector). `params` has one row per group (see `kernels.mset`)."""
 
     def __init__(self, device: str, rows: Sequence[RowInfo], params: F64) -> None:
-        dim = max(len(info.tags) for info in rows)
-        groups = len(rows)
-        context = [int(c) for c in params[:, P_AFTER]]
-        warmup = int(params[:, km.X_WARMUP].max())
-        kcap = max(km.memory_size(int(p[km.X_MEMORY]), int(p[km.X_DIM]), int(p[km.X_WARMUP]))
+        super().__init__(device, rows, params, km.MSET_STATE, km.CUR_PLANES)
+        kcap = max(km.memory_size(int(p[km.X_MEMORY]), int(p[X_DIM]), int(p[X_WARMUP]))
                    for p in params)
-        self._context = max(context, default=0)
-        self._rows = _Rows(device, rows, context, _pairs)
-        self._params = np.ascontiguousarray(params, dtype=np.float64)
-        self._state = np.zeros((groups, km.MSET_STATE))
-        self._cur = np.zeros((groups, km.CUR_PLANES, dim))
-        self._buf = np.zeros((groups, max(warmup, 1), dim))
-        self._model = np.zeros((groups, 2 * kcap + 3, dim))
-        self._sprt = np.zeros((groups, km.SPRT_PLANES, dim))
-        self._work = np.zeros(kcap + 2 * dim)
-        self._ctx = np.full((groups, max(self._context, 1), dim), np.nan)
-        self._keys = [row_key(info, self._params[g, COMMON_PARAMS:])
-                      for g, info in enumerate(rows)]
+        self._model = np.zeros((len(rows), 2 * kcap + 3, self._dim))
+        self._sprt = np.zeros((len(rows), km.SPRT_PLANES, self._dim))
+        self._work = np.zeros(kcap + 2 * self._dim)
 
     def on_batch(self, batch: SampleBatch) -> list[Event]:
-        sel, rows, cols = self._rows.route(batch.tags)
+        sel, rows, cols = self._route(batch)
         r = self._rows
-        r.last_mono_ns = batch.mono_ns
-        if self._context + r.most_per_row - 1 > self._ctx.shape[1]:
-            self._ctx = context_ring(r.ep, self._ctx, self._context + r.most_per_row - 1)
         km.mset_batch(self._params, self._state, self._cur, self._buf, self._model, self._sprt,
                       self._work, r.ep, r.times, self._ctx, sel, rows, cols, batch.values,
                       batch.quality, batch.mono_ns, batch.time_ns)
-        return r.events.collect(r.ep, r.times, self._ctx)
-
-    def on_tick(self, mono_ns: int, time_ns: int) -> list[Event]:
-        return []
-
-    def flush(self, time_ns: int) -> list[Event]:
-        r = self._rows
-        return r.events.flush(r.ep, r.times, self._ctx, time_ns, r.last_mono_ns)
+        return self._events()
 
     def interrupt(self, time_ns: int, mono_ns: int, why: str) -> list[Event]:
         """The groups stop being fed: episodes in progress end now (`ongoing`); the memory
         stays, the tests start again from no evidence, and the next row waits for a new value
         of every tag (NaN until then)."""
-        r = self._rows
-        events = r.events.flush(r.ep, r.times, self._ctx, time_ns, mono_ns, why)
-        self._cur[:, km.CUR_SEEN] = 0.0
-        self._cur[:, km.CUR_FRESH] = 0.0
+        events = self._stop_rows(time_ns, mono_ns, why)
         self._sprt[:] = 0.0
-        r.ep[:, EP_SCORE] = np.nan
         return events
-
-    def scores(self) -> Mapping[str, float]:
-        return self._rows.scores()
 
     def learned(self) -> dict[str, Any]:
         """Per group: its state row, its model (once fitted), and the rows learned so far
         (before the fit, unless there are more than PCA_KEEP_ROWS values)."""
         out: dict[str, Any] = {}
         for g, key in enumerate(self._keys):
-            d = int(self._params[g, km.X_DIM])
-            n = int(self._state[g, km.XS_N])
-            fitted = self._state[g, km.XS_FITTED] != 0.0
+            d = int(self._params[g, X_DIM])
+            n = int(self._state[g, XS_N])
+            fitted = self._state[g, XS_FITTED] != 0.0
             if not fitted and n * d > PCA_KEEP_ROWS:
                 continue
             out[key] = {"state": as_list(self._state[g]),
@@ -413,7 +409,7 @@ class MsetDetector:
         rows_of_model = self._model.shape[1]
         for g, key in enumerate(self._keys):
             entry = saved.get(key)
-            d = int(self._params[g, km.X_DIM])
+            d = int(self._params[g, X_DIM])
             try:
                 state = np.asarray(entry["state"], dtype=np.float64)  # type: ignore[index]
                 model = np.asarray(entry["model"], dtype=np.float64)  # type: ignore[index]
@@ -422,8 +418,8 @@ class MsetDetector:
                 continue
             if state.shape != (km.MSET_STATE,):
                 continue
-            fitted = state[km.XS_FITTED] != 0.0
-            n = int(state[km.XS_N])
+            fitted = state[XS_FITTED] != 0.0
+            n = int(state[XS_N])
             if ((fitted and model.shape != (rows_of_model * d,))
                     or (not fitted and (rows.shape != (n * d,) or n > self._buf.shape[1]))):
                 continue
@@ -434,9 +430,3 @@ class MsetDetector:
                 self._buf[g, :n, :d] = rows.reshape(n, d)
             restored += 1
         return restored
-
-    def milestones(self) -> int:
-        return int(np.count_nonzero(self._state[:, km.XS_FITTED]))
-
-    def finished(self) -> dict[str, bool]:
-        return {key: bool(self._state[g, km.XS_FITTED] != 0.0) for g, key in enumerate(self._keys)}

@@ -52,6 +52,15 @@ def _common(rule: DetectorRule, width: int) -> list[float]:
     return row
 
 
+def _group_row(rule: PcaRule | MsetRule, width: int) -> list[float]:
+    """A multivariate rule's parameters: the common ones, its tags and warm-up (the row
+    layout every multivariate kernel takes from `kernels.pca`)."""
+    row = _common(rule, width)
+    row[kp.X_DIM] = len(rule.tags)
+    row[kp.X_WARMUP] = rule.warmup_samples
+    return row
+
+
 def _or(value: float | None, absent: float) -> float:
     return absent if value is None else value
 
@@ -198,9 +207,7 @@ def _band_rms(device: str, rules: Sequence[tuple[str, BandRmsRule]]) -> Detector
 def _pca(device: str, rules: Sequence[tuple[str, PcaRule]]) -> Detector:
     infos, params = [], []
     for name, rule in rules:
-        row = _common(rule, kp.PCA_PARAMS)
-        row[kp.X_DIM] = len(rule.tags)
-        row[kp.X_WARMUP] = rule.warmup_samples
+        row = _group_row(rule, kp.PCA_PARAMS)
         row[kp.X_VARIANCE] = rule.explained_variance
         row[kp.X_ALPHA] = halflife_alpha(rule.smoothing_halflife_samples)
         row[kp.X_INPUT_ALPHA] = halflife_alpha(rule.input_smoothing_halflife_samples)
@@ -216,9 +223,7 @@ def _pca(device: str, rules: Sequence[tuple[str, PcaRule]]) -> Detector:
 def _mset(device: str, rules: Sequence[tuple[str, MsetRule]]) -> Detector:
     infos, params = [], []
     for name, rule in rules:
-        row = _common(rule, km.MSET_PARAMS)
-        row[km.X_DIM] = len(rule.tags)
-        row[km.X_WARMUP] = rule.warmup_samples
+        row = _group_row(rule, km.MSET_PARAMS)
         row[km.X_MEMORY] = rule.memory_vectors
         row[km.X_WIDTH] = rule.bandwidth
         row[km.X_SHIFT] = rule.shift_sigma

@@ -1,7 +1,7 @@
 """numba kernels of `mset`: a memory of normal states, the similarity-weighted estimate of
 each row, and Wald's SPRT on every tag's residual.
 
-Rows are closed as in `kernels.pca` (a tag coming again, or the batch's end). Arrays, G groups
+Rows are made and closed by `kernels.pca`'s helpers (a tag coming again, or the batch's end). Arrays, G groups
 of at most D tags (smaller groups use the first `dim` columns), memories of at most K vectors:
 `cur` (G, 3, D): value, fresh since the last row, ever seen; `buf` (G, W, D): the warm-up rows;
 `model` (G, 2K + 3, D): the memory vectors (scaled rows), then W = G⁻¹ D (K rows: the estimate
@@ -25,25 +25,37 @@ from agent.detect.kernels.episode import (
     P_CLEAR_NS,
     P_MIN_NS,
     episode_step,
-    ring_slot,
 )
 from agent.detect.kernels.jit import njit
+from agent.detect.kernels.pca import (
+    CUR_VALUE,
+    ROW_FIT,
+    ROW_SCORE,
+    X_DIM,
+    X_WARMUP,
+    XS_FITTED,
+    XS_N,
+    end_row,
+    feed_until_close,
+    has_fresh,
+)
 
 F64 = npt.NDArray[np.float64]
 I64 = npt.NDArray[np.int64]
 U8 = npt.NDArray[np.uint8]
 
 __all__ = ["P_AFTER", "P_CLEAR_NS", "P_MIN_NS"]
-X_DIM, X_WARMUP, X_MEMORY, X_WIDTH, X_SHIFT, X_UPPER, X_LOWER = range(3, 10)
+X_MEMORY, X_WIDTH, X_SHIFT, X_UPPER, X_LOWER = range(5, 10)
 MSET_PARAMS = 10
 """X_MEMORY: memory vectors wanted (at least 2 per tag: each tag's lowest and highest row).
 X_WIDTH: the Gaussian similarity's bandwidth, in scaled units times sqrt(dim). X_SHIFT: the
 mean shift of the SPRT's H1, in residual sigmas. X_UPPER, X_LOWER: the SPRT's decision
 bounds ln((1 - beta) / alpha) and ln(beta / (1 - alpha))."""
-XS_N, XS_FITTED, XS_M = range(3)
+XS_M = 2
 MSET_STATE = 3
-CUR_VALUE, CUR_FRESH, CUR_SEEN = range(3)
+"""XS_N and XS_FITTED (0, 1) as in `kernels.pca`, whose rows these are."""
 CUR_PLANES = 3
+"""CUR_VALUE, CUR_FRESH and CUR_SEEN as in `kernels.pca`: its input EWMA plane is not used."""
 SP_UP, SP_DOWN, SP_UP_H1, SP_DOWN_H1 = range(4)
 SPRT_PLANES = 4
 RIDGE = 1e-3
@@ -252,26 +264,13 @@ def _sprt_side(sprt: F64, g: int, s: int, h: int, i: int, step: float, upper: fl
 @njit(cache=True)
 def _close_row(params: F64, state: F64, cur: F64, buf: F64, model: F64, sprt: F64, work: F64,
                ep: F64, times: I64, ctx: F64, g: int, mono_ns: int, time_ns: int) -> None:
+    done = end_row(params, state, cur, buf, ep, ctx, g)
+    if done == ROW_FIT:
+        _fit(params, state, buf, model, g)
+    if done != ROW_SCORE:
+        return
     d = int(params[g, X_DIM])
-    complete = True
-    for i in range(d):
-        cur[g, CUR_FRESH, i] = 0.0
-        if cur[g, CUR_SEEN, i] == 0.0:
-            complete = False
-    if not complete:
-        return
     x = cur[g, CUR_VALUE]
-    slot = ring_slot(ep, g, ctx.shape[1])
-    for i in range(d):
-        ctx[g, slot, i] = x[i]
-    if state[g, XS_FITTED] == 0.0:
-        r = int(state[g, XS_N])
-        for i in range(d):
-            buf[g, r, i] = x[i]
-        state[g, XS_N] = r + 1
-        if r + 1 >= params[g, X_WARMUP]:
-            _fit(params, state, buf, model, g)
-        return
     kcap = (model.shape[1] - 3) // 2
     m = int(state[g, XS_M])
     sim = work[:kcap]
@@ -310,26 +309,16 @@ def mset_batch(params: F64, state: F64, cur: F64, buf: F64, model: F64, sprt: F6
     References: K. C. Gross, R. M. Singer, S. W. Wegerich, J. P. Herzog et al., "Application
     of a model-based fault detection system to nuclear plant signals", ISAP 1997 (MSET);
     A. Wald, "Sequential tests of statistical hypotheses", Ann. Math. Stat. 16(2), 1945."""
+    j, g = feed_until_close(cur, sel, rows, cols, values, quality, 0)
+    while g >= 0:
+        _close_row(params, state, cur, buf, model, sprt, work, ep, times, ctx, g, mono_ns,
+                   time_ns)
+        j, g = feed_until_close(cur, sel, rows, cols, values, quality, j)
     for j in range(sel.shape[0]):
-        p = sel[j]
-        if quality[p] != 0:
-            continue
         g = rows[j]
-        c = cols[j]
-        if cur[g, CUR_FRESH, c] != 0.0:
+        if has_fresh(cur, g, int(params[g, X_DIM])):
             _close_row(params, state, cur, buf, model, sprt, work, ep, times, ctx, g, mono_ns,
                        time_ns)
-        cur[g, CUR_VALUE, c] = values[p]
-        cur[g, CUR_FRESH, c] = 1.0
-        cur[g, CUR_SEEN, c] = 1.0
-    for j in range(sel.shape[0]):
-        g = rows[j]
-        d = int(params[g, X_DIM])
-        for i in range(d):
-            if cur[g, CUR_FRESH, i] != 0.0:
-                _close_row(params, state, cur, buf, model, sprt, work, ep, times, ctx, g,
-                           mono_ns, time_ns)
-                break
 
 
 def warm_up() -> None:

@@ -42,6 +42,8 @@ XS_N, XS_FITTED, XS_K, XS_THR_T2, XS_THR_Q, XS_T2, XS_Q = range(7)
 PCA_STATE = 7
 CUR_VALUE, CUR_FRESH, CUR_SEEN, CUR_EWMA = range(4)
 CUR_PLANES = 4
+ROW_NONE, ROW_LEARNING, ROW_FIT, ROW_SCORE = range(4)
+"""What `end_row` did with a group's row."""
 
 
 @njit(cache=True)
@@ -252,9 +254,40 @@ def _fit(params: F64, state: F64, cur: F64, buf: F64, model: F64, g: int) -> Non
     state[g, XS_FITTED] = 1.0
 
 
-@njit(cache=True)
-def _close_row(params: F64, state: F64, cur: F64, buf: F64, model: F64, ep: F64, times: I64,
-               ctx: F64, g: int, mono_ns: int, time_ns: int) -> None:
+@njit(cache=True, inline="always")
+def feed_until_close(cur: F64, sel: I64, rows: I64, cols: I64, values: F64, quality: U8,
+                     j: int) -> tuple[int, int]:
+    """Puts the batch's good samples from the j-th on into their groups' rows, up to one whose
+    tag the row already holds: (its index, its group), that row to be closed first; (the
+    batch's length, -1) at its end. Shared by every multivariate kernel (`kernels.mset`)."""
+    for k in range(j, sel.shape[0]):
+        p = sel[k]
+        if quality[p] != 0:
+            continue
+        g = rows[k]
+        c = cols[k]
+        if cur[g, CUR_FRESH, c] != 0.0:
+            return k, g
+        cur[g, CUR_VALUE, c] = values[p]
+        cur[g, CUR_FRESH, c] = 1.0
+        cur[g, CUR_SEEN, c] = 1.0
+    return sel.shape[0], -1
+
+
+@njit(cache=True, inline="always")
+def has_fresh(cur: F64, g: int, d: int) -> bool:
+    """Whether the group's row holds a value not yet closed (at a batch's end)."""
+    fresh = False
+    for i in range(d):
+        fresh = fresh or cur[g, CUR_FRESH, i] != 0.0
+    return fresh
+
+
+@njit(cache=True, inline="always")
+def end_row(params: F64, state: F64, cur: F64, buf: F64, ep: F64, ctx: F64, g: int) -> int:
+    """Ends the group's row: ROW_NONE while a tag has never been seen; else the row goes to
+    the context ring and, before the fit, to the warm-up rows (ROW_FIT when that completed
+    them, ROW_LEARNING while not); ROW_SCORE once fitted: the caller scores the row."""
     d = int(params[g, X_DIM])
     complete = True
     for i in range(d):
@@ -262,19 +295,29 @@ def _close_row(params: F64, state: F64, cur: F64, buf: F64, model: F64, ep: F64,
         if cur[g, CUR_SEEN, i] == 0.0:
             complete = False
     if not complete:
-        return
-    x = cur[g, CUR_VALUE]
+        return ROW_NONE
     slot = ring_slot(ep, g, ctx.shape[1])
     for i in range(d):
-        ctx[g, slot, i] = x[i]
-    if state[g, XS_FITTED] == 0.0:
-        r = int(state[g, XS_N])
-        for i in range(d):
-            buf[g, r, i] = x[i]
-        state[g, XS_N] = r + 1
-        if r + 1 >= params[g, X_WARMUP]:
-            _fit(params, state, cur, buf, model, g)
+        ctx[g, slot, i] = cur[g, CUR_VALUE, i]
+    if state[g, XS_FITTED] != 0.0:
+        return ROW_SCORE
+    r = int(state[g, XS_N])
+    for i in range(d):
+        buf[g, r, i] = cur[g, CUR_VALUE, i]
+    state[g, XS_N] = r + 1
+    return ROW_FIT if r + 1 >= params[g, X_WARMUP] else ROW_LEARNING
+
+
+@njit(cache=True)
+def _close_row(params: F64, state: F64, cur: F64, buf: F64, model: F64, ep: F64, times: I64,
+               ctx: F64, g: int, mono_ns: int, time_ns: int) -> None:
+    done = end_row(params, state, cur, buf, ep, ctx, g)
+    if done == ROW_FIT:
+        _fit(params, state, cur, buf, model, g)
+    if done != ROW_SCORE:
         return
+    d = int(params[g, X_DIM])
+    x = cur[g, CUR_VALUE]
     lam = params[g, X_INPUT_ALPHA]
     if lam < 1.0:
         t2, q = _smoothed_statistics(model, g, d, int(state[g, XS_K]), cur[g, CUR_EWMA], x, lam)
@@ -298,24 +341,14 @@ def pca_batch(params: F64, state: F64, cur: F64, buf: F64, model: F64, ep: F64, 
     """Streaming PCA monitoring: T² and Q of each row against a model fitted on the first WARMUP
     rows, each EWMA-smoothed and over its threshold; score = the larger.
     Reference: J. E. Jackson and G. S. Mudholkar, Technometrics 21(3), 1979."""
+    j, g = feed_until_close(cur, sel, rows, cols, values, quality, 0)
+    while g >= 0:
+        _close_row(params, state, cur, buf, model, ep, times, ctx, g, mono_ns, time_ns)
+        j, g = feed_until_close(cur, sel, rows, cols, values, quality, j)
     for j in range(sel.shape[0]):
-        p = sel[j]
-        if quality[p] != 0:
-            continue
         g = rows[j]
-        c = cols[j]
-        if cur[g, CUR_FRESH, c] != 0.0:
+        if has_fresh(cur, g, int(params[g, X_DIM])):
             _close_row(params, state, cur, buf, model, ep, times, ctx, g, mono_ns, time_ns)
-        cur[g, CUR_VALUE, c] = values[p]
-        cur[g, CUR_FRESH, c] = 1.0
-        cur[g, CUR_SEEN, c] = 1.0
-    for j in range(sel.shape[0]):
-        g = rows[j]
-        d = int(params[g, X_DIM])
-        for i in range(d):
-            if cur[g, CUR_FRESH, i] != 0.0:
-                _close_row(params, state, cur, buf, model, ep, times, ctx, g, mono_ns, time_ns)
-                break
 
 
 def warm_up() -> None:

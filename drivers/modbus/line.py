@@ -98,30 +98,32 @@ class Line:
         if self.client.connected:
             return
         async with self.lock:
-            if self.client.connected:
-                return
-            if self.key[0] == "rtu":
-                _check_serial_port(device, str(self.key[1]))
-            try:
-                connected = await self.client.connect()
-            except OSError as exc:  # DNS failures, a serial port that cannot be opened
-                raise DeviceUnreachable(device, f"{self.where}: {exc}") from exc
-            except termios.error as exc:  # the port refuses the line settings (e.g. parity)
-                raise DeviceUnreachable(
-                    device, f"{self.where}: the serial port refuses these line settings: {exc}"
-                ) from exc
-            if not connected:
-                hint = (" (does the serial port exist, and may this user open it: group dialout?)"
-                        if self.key[0] == "rtu" else "")
-                raise DeviceUnreachable(device, f"cannot connect to {self.where}{hint}")
+            await self._connect_locked(device)
+
+    async def _connect_locked(self, device: str) -> None:
+        """Connect if down; the caller holds the lock, so no other device's transaction can
+        drop the connection between this and the request that follows."""
+        if self.client.connected:
+            return
+        if self.key[0] == "rtu":
+            _check_serial_port(device, str(self.key[1]))
+        try:
+            connected = await self.client.connect()
+        except OSError as exc:  # DNS failures, a serial port that cannot be opened
+            raise DeviceUnreachable(device, f"{self.where}: {exc}") from exc
+        except termios.error as exc:  # the port refuses the line settings (e.g. parity)
+            raise DeviceUnreachable(
+                device, f"{self.where}: the serial port refuses these line settings: {exc}"
+            ) from exc
+        if not connected:
+            hint = (" (does the serial port exist, and may this user open it: group dialout?)"
+                    if self.key[0] == "rtu" else "")
+            raise DeviceUnreachable(device, f"cannot connect to {self.where}{hint}")
 
     async def read(self, device: str, unit: int, timeout_s: float, request: Request) -> list[int]:
         """The request's registers, or its bits as 0/1; a DeviceError naming device and address."""
         client = self.client
         address = request.describe()
-        # Another device on this line may have dropped the connection after garbage or a reset:
-        # connect again rather than fail a device that did nothing wrong.
-        await self.ensure_connected(device)
         read: Callable[..., Awaitable[Any]] = {
             "holding": client.read_holding_registers,
             "input": client.read_input_registers,
@@ -129,6 +131,9 @@ class Line:
             "discrete": client.read_discrete_inputs,
         }[request.table]
         async with self.lock:
+            # Another device on this line may have dropped the connection after garbage or a
+            # reset: connect again, under the lock, rather than fail a device that did nothing.
+            await self._connect_locked(device)
             # Devices on one line may have different timeouts; the client reads this per request.
             client.ctx.comm_params.timeout_connect = timeout_s
             self.received.clear()

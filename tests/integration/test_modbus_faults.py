@@ -25,7 +25,7 @@ from drivers.errors import (
     DeviceUnreachable,
     ProtocolError,
 )
-from drivers.modbus import ModbusDriver, ModbusRtuDevice, ModbusTcpDevice
+from drivers.modbus import ModbusDriver, ModbusRtuDevice, ModbusRtuTcpDevice, ModbusTcpDevice
 from drivers.modbus.config import ModbusDevice
 from drivers.samples import SampleBatch
 from plc_sim.compressor import Compressor
@@ -187,3 +187,69 @@ async def test_a_dead_slave_does_not_stall_the_other_on_the_same_bus(tmp_path: P
     meter_health = [(e.data["status"], e.data["reason"]) for e in health if e.device == "meter"]
     assert meter_health == [("down", "timeout"), ("up", "")]
     assert [e.data["status"] for e in health if e.device == "comp"] == ["up"]
+
+
+def shared_endpoint_devices(transport: str, where: dict[str, Any]) -> list[ModbusDevice]:
+    """Unit 1 (the compressor) and unit 2 (the meter) as two devices behind one endpoint."""
+    protocol = {"tcp": "modbus-tcp", "rtu-tcp": "modbus-rtu-tcp", "rtu": "modbus-rtu"}[transport]
+    cls = {"tcp": ModbusTcpDevice, "rtu-tcp": ModbusRtuTcpDevice, "rtu": ModbusRtuDevice}[transport]
+    return [
+        cls.model_validate({"name": name, "protocol": protocol, "unit": unit, "tags": tags,
+                            "timeout_s": TIMEOUT_S, "poll_interval_s": 0.05, **where})
+        for name, unit, tags in (("comp", 1, STATE), ("meter", 2, VOLTAGE))
+    ]
+
+
+FRAME_FAULTS_OF_UNIT_1 = [
+    ("tcp", "garbage"), ("tcp", "wrong_length"), ("tcp", "wrong_tid"),
+    ("rtu-tcp", "bad_crc"), ("rtu-tcp", "garbage"), ("rtu", "bad_crc"), ("rtu", "garbage"),
+]
+
+
+@pytest.mark.parametrize(("transport", "kind"), FRAME_FAULTS_OF_UNIT_1,
+                         ids=[f"{t}-{k}" for t, k in FRAME_FAULTS_OF_UNIT_1])
+async def test_a_bad_frame_is_the_fault_of_its_sender_only(
+    tmp_path: Path, transport: str, kind: str, caplog: pytest.LogCaptureFixture,
+) -> None:
+    if transport == "rtu":
+        path = tmp_path / "ttyRS485"
+        server = ModbusSimServer(units(), transport="rtu", serial=SerialLine(path))
+        await server.start()
+        where: dict[str, Any] = {"serial_port": str(path)}
+    else:
+        server = ModbusSimServer(units(), host=HOST, port=0, transport=transport)  # type: ignore[arg-type]
+        where = {"host": HOST, "port": await server.start()}
+    comp, meter = shared_endpoint_devices(transport, where)
+    counts = {"comp": RecordingDetector(), "meter": RecordingDetector()}
+    health: list[Event] = []
+
+    def sink(events: Any) -> None:
+        health.extend(e for e in events if e.kind == DEVICE_HEALTH)
+
+    tasks = [
+        asyncio.create_task(supervise_device(
+            ModbusDriver(config), counts[config.name], sink,
+            Backoff(initial_s=0.2, max_s=1.0), DeviceHealth(config.name)))
+        for config in (comp, meter)
+    ]
+    try:
+        async with asyncio.timeout(30):
+            await wait_until_async(lambda: len(counts["meter"].batches) > 3, timeout_s=10,
+                                   what="the meter read before the fault")
+            await server.set_fault(Fault(kind, unit=1))  # type: ignore[arg-type]
+            await wait_until_async(lambda: any(e.device == "comp" for e in health[1:]),
+                                   timeout_s=10, what="the faulty unit reported")
+            start = len(counts["meter"].batches)
+            await wait_until_async(lambda: len(counts["meter"].batches) >= start + 30,
+                                   timeout_s=15, what="the meter read on through the fault")
+            await server.clear_fault()
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        await server.stop()
+    comp_health = [(e.data["status"], e.data["reason"]) for e in health if e.device == "comp"]
+    assert comp_health[:2] == [("up", ""), ("down", "protocol_error")], comp_health
+    assert [e.data["status"] for e in health if e.device == "meter"] == ["up"]
+    # Each fault is one health event, not a library traceback in the log.
+    assert not [r for r in caplog.records if r.exc_info or "Traceback" in r.getMessage()]

@@ -32,6 +32,7 @@ from drivers.errors import (
 )
 from drivers.modbus.config import ModbusDevice, ModbusRtuDevice, ModbusRtuTcpDevice, line_key
 from drivers.modbus.plan import Request
+from drivers.tcp_diagnosis import why_no_connection
 
 Client = AsyncModbusTcpClient | AsyncModbusSerialClient
 
@@ -46,7 +47,10 @@ EXCEPTION_NAMES = {
     10: "gateway path unavailable",
     11: "gateway target device failed to respond",
 }
+ILLEGAL_FUNCTION = 1
 ILLEGAL_DATA_ADDRESS = 2
+GATEWAY_PATH_UNAVAILABLE = 10
+GATEWAY_TARGET_FAILED = 11
 
 
 def describe_line(config: ModbusDevice) -> str:
@@ -110,15 +114,24 @@ class Line:
         try:
             connected = await self.client.connect()
         except OSError as exc:  # DNS failures, a serial port that cannot be opened
+            if self.key[0] != "rtu":
+                raise DeviceUnreachable(device, await self._why_no_connection()) from exc
             raise DeviceUnreachable(device, f"{self.where}: {exc}") from exc
         except termios.error as exc:  # the port refuses the line settings (e.g. parity)
             raise DeviceUnreachable(
                 device, f"{self.where}: the serial port refuses these line settings: {exc}"
             ) from exc
         if not connected:
-            hint = (" (does the serial port exist, and may this user open it: group dialout?)"
-                    if self.key[0] == "rtu" else "")
-            raise DeviceUnreachable(device, f"cannot connect to {self.where}{hint}")
+            if self.key[0] != "rtu":
+                raise DeviceUnreachable(device, await self._why_no_connection())
+            raise DeviceUnreachable(device, f"cannot open {self.where} (does the serial port "
+                                    "exist, and may this user open it: group dialout?)")
+
+    async def _why_no_connection(self) -> str:
+        config = self.config
+        assert not isinstance(config, ModbusRtuDevice)
+        return await why_no_connection(config.host, config.port, config.timeout_s,
+                                       server="Modbus TCP server")
 
     async def read(self, device: str, unit: int, timeout_s: float, request: Request) -> list[int]:
         """The request's registers, or its bits as 0/1; a DeviceError naming device and address."""
@@ -154,7 +167,8 @@ class Line:
                 IllegalAddress if code == ILLEGAL_DATA_ADDRESS else DeviceException
             )
             name = EXCEPTION_NAMES.get(code, "unknown exception")
-            raise cls(device, f"exception code {code} ({name})", code=code, address=address)
+            raise cls(device, f"exception code {code} ({name}){self._exception_hint(code, unit)}",
+                      code=code, address=address)
         if request.table in ("coil", "discrete"):
             # Bits come packed in whole bytes: the answer may hold up to 7 padding bits.
             bits = list(response.bits)
@@ -171,6 +185,17 @@ class Line:
         return words
 
 
+    def _exception_hint(self, code: int, unit: int) -> str:
+        """The setting an exception answer most likely points at."""
+        if code in (GATEWAY_PATH_UNAVAILABLE, GATEWAY_TARGET_FAILED):
+            return (f": the gateway at {self.where} answers, but no device behind it answers "
+                    f"unit {unit}: check `unit` (the device's slave address) and the gateway's "
+                    "serial side")
+        if code == ILLEGAL_FUNCTION:
+            return (": the device does not serve this table: check the register's table "
+                    "(holding 4xxxx, input 3xxxx, coil 0xxxx, discrete 1xxxx)")
+        return ""
+
     def _silence(self, device: str, unit: int, timeout_s: float, address: str) -> DeviceError:
         """Why no answer matched: the connection went, bytes came that did not fit, or nothing."""
         if not self.client.connected:
@@ -182,7 +207,10 @@ class Line:
             what = describe_unfit_answer(bytes(self.received), rtu=rtu, unit=unit, tid=sent_tid)
             return ProtocolError(device, f"an answer that does not fit the request: {what}",
                                  address=address)
-        return DeviceTimeout(device, f"no answer within {timeout_s} s", address=address)
+        check = ("`unit`, the baud rate, parity and wiring" if self.key[0] == "rtu"
+                 else "`unit` (many devices ignore another unit id)")
+        return DeviceTimeout(device, f"no answer within {timeout_s} s: check {check}, or raise "
+                             "`timeout_s` for a slow device", address=address)
 
 
 def describe_unfit_answer(data: bytes, *, rtu: bool, unit: int, tid: int) -> str:

@@ -99,7 +99,7 @@ TCP_FAULTS = [
     (Fault("exception", code=4), DeviceException, "exception code 4 (server device failure)"),
     (Fault("exception", code=11), DeviceException, "exception code 11 (gateway target"),
     (Fault("drop"), DeviceUnreachable, "the device closed or reset the connection"),
-    (Fault("refuse"), DeviceUnreachable, "cannot connect"),
+    (Fault("refuse"), DeviceUnreachable, "connection refused by"),
     (Fault("garbage"), ProtocolError, "an answer that does not fit the request"),
     (Fault("wrong_tid"), ProtocolError, "transaction id 4370, not 1"),
     (Fault("wrong_length"), ProtocolError, "its length field says 7 bytes, 5 came"),

@@ -20,7 +20,7 @@ from agent.clock import BOOT_ID, ClockWatch
 from agent.detect.base import Detector
 from agent.events import CLOCK, DEVICE_HEALTH, GATEWAY_DEVICE, Event
 from drivers.base import DeviceNotice, Driver, StreamingDriver
-from drivers.errors import DeviceError
+from drivers.errors import DeviceError, DeviceException
 
 log = structlog.get_logger(__name__)
 
@@ -70,6 +70,7 @@ async def supervise_device(
     backoff = backoff or Backoff()
     status = status or DeviceHealth(driver.device)
     while True:
+        cap_s: float | None = None
         try:
             await driver.connect()
             if isinstance(driver, StreamingDriver):
@@ -78,12 +79,25 @@ async def supervise_device(
                 await _poll(driver, detector, sink, status, backoff)
         except DeviceError as exc:
             sink(status.change("down", exc.reason, exc.detail, exc.address))
+            if isinstance(exc, DeviceException):
+                cap_s = answered_retry_s(driver)
         except Exception as exc:  # a bug: keep the other devices running, restart this one
             log.exception("device_task_failed", device=driver.device)
             sink(status.change("down", "internal_error", f"{type(exc).__name__}: {exc}"))
         finally:
             await driver.close()
-        await asyncio.sleep(backoff.next_delay_s())
+        await asyncio.sleep(backoff.next_delay_s(cap_s))
+
+
+ANSWERED_RETRY_POLLS = 3
+"""A device that answers with an exception is retried within this many of its poll intervals."""
+
+
+def answered_retry_s(driver: Driver) -> float | None:
+    """The longest wait before retrying a device that answered with an exception: it is there
+    and answering, so it is back as soon as its fault clears (the line costs nothing to try)."""
+    intervals = [plan.interval_s for plan in driver.plans]
+    return ANSWERED_RETRY_POLLS * min(intervals) if intervals else None
 
 
 def _never() -> bool:

@@ -253,3 +253,48 @@ async def test_a_bad_frame_is_the_fault_of_its_sender_only(
     assert [e.data["status"] for e in health if e.device == "meter"] == ["up"]
     # Each fault is one health event, not a library traceback in the log.
     assert not [r for r in caplog.records if r.exc_info or "Traceback" in r.getMessage()]
+
+
+class AttemptTimes(ModbusDriver):
+    """The real driver, noting when each connect is tried (the supervisor's retry schedule)."""
+
+    def __init__(self, config: ModbusDevice) -> None:
+        super().__init__(config)
+        self.attempts_s: list[float] = []
+
+    async def connect(self) -> None:
+        self.attempts_s.append(asyncio.get_running_loop().time())
+        await super().connect()
+
+
+async def test_a_device_answering_exceptions_is_retried_within_a_few_polls(
+    tcp: tuple[ModbusSimServer, ModbusDevice],
+) -> None:
+    server, config = tcp
+    poll_s = 0.25
+    config = config.model_copy(update={"poll_interval_s": poll_s})
+    driver = AttemptTimes(config)
+    health: list[Event] = []
+
+    def sink(events: Any) -> None:
+        health.extend(e for e in events if e.kind == DEVICE_HEALTH)
+
+    await server.set_fault(Fault("exception", code=4))
+    task = asyncio.create_task(supervise_device(driver, RecordingDetector(), sink, Backoff(),
+                                                DeviceHealth(config.name)))
+    loop = asyncio.get_running_loop()
+    try:
+        # Long enough for the default backoff (1 s doubling to 30 s) to have reached 8-16 s.
+        await asyncio.sleep(12.0)  # a measured fault period, not a wait for a condition
+        await server.clear_fault()
+        cleared_s = loop.time()
+        await wait_until_async(lambda: bool(health) and health[-1].data["status"] == "up",
+                               timeout_s=40, what="the device up again")
+        recovered_s = loop.time() - cleared_s
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+    gaps = [b - a for a, b in zip(driver.attempts_s, driver.attempts_s[1:], strict=False)]
+    assert max(gaps) <= 3 * poll_s + TIMEOUT_S + 0.2, gaps
+    assert recovered_s <= 3 * poll_s + 0.5, recovered_s
+    assert [e.data["reason"] for e in health] == ["device_exception", ""]

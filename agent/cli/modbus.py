@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import math
 from collections.abc import Sequence
+from dataclasses import replace
 from typing import Any, TextIO
 from urllib.parse import parse_qs, urlsplit
 
@@ -111,11 +112,69 @@ async def read_device(device: ModbusDevice) -> tuple[list[TagReading], DeviceErr
     return readings, None
 
 
+TINY = 1e-20
+"""Below this (and not zero) a multi-register float is no measurement: a wrong word order
+turns 230 V (0x4366 0x0000) into 2.4e-41."""
+
+
+def implausible(reading: TagReading) -> str | None:
+    """Why the value cannot be a reading: outside its tag's `valid_range` (the agent takes it
+    as BAD), or a float too tiny to be a measurement; None when it looks right."""
+    tag, value = reading.tag, reading.value
+    if reading.error is not None or not isinstance(value, float):
+        return None
+    if tag.valid_range is not None and not tag.valid_range[0] <= value <= tag.valid_range[1]:
+        return f"OUTSIDE {tag.valid_range[0]:g}..{tag.valid_range[1]:g}"
+    if tag.type in ("float32", "float64") and 0 < abs(value) < TINY:
+        return "IMPLAUSIBLY SMALL"
+    return None
+
+
+def plausible_orders(reading: TagReading, device_order: ByteOrder) -> list[ByteOrder]:
+    """The other byte orders in which the reading's words give a plausible value."""
+    tag = reading.tag
+    if tag.register_count < 2 or tag.type == "string":
+        return []
+    here = tag.byte_order or device_order
+    found: list[ByteOrder] = []
+    for order in ORDERS:
+        if order == here:
+            continue
+        value = float(decode(reading.words, tag.type, order)) * tag.scale + tag.offset
+        if implausible(replace(reading, value=value)) is None and math.isfinite(value):
+            found.append(order)
+    return found
+
+
+def range_advice(device: ModbusDevice, readings: Sequence[TagReading]) -> str | None:
+    """One line for implausible values, naming a byte order that would fix every one: a wrong
+    order decodes as a finite number far off (`6.100554e+10 V`, `2.4178e-41 V`)."""
+    suspects = [r for r in readings if implausible(r) is not None]
+    if not suspects:
+        return None
+    shown = ", ".join(f"{r.tag.name} {_format_value(r.value, r.tag.type)}"
+                      + (f" {r.tag.unit}" if r.tag.unit else "") for r in suspects[:4])
+    more = f" and {len(suspects) - 4} more" if len(suspects) > 4 else ""
+    line = (f"device {device.name}: {len(suspects)} implausible value(s), outside their "
+            f"valid_range (taken as BAD by the agent) or too small to be readings: {shown}{more}")
+    common = set(ORDERS)
+    for r in suspects:
+        common &= set(plausible_orders(r, device.byte_order))
+    if common:
+        order = next(o for o in ORDERS if o in common)
+        return line + f"; with byte_order: {order} every one of them is plausible"
+    return line + ("; no byte order makes them plausible: check the register, the table, "
+                   "the type and the scale")
+
+
 def print_readings(device: ModbusDevice, readings: list[TagReading], out: TextIO) -> None:
     rows = [("tag", "address", "raw", "value", "unit")]
     for r in readings:
         value = (_format_error(r.error) if r.error else _exact(r, device.byte_order)
                  or _format_value(r.value, r.tag.type))
+        flag = implausible(r)
+        if flag is not None:
+            value += f" {flag}"
         rows.append((r.tag.name, r.tag.describe_address(), _format_words(r), value, r.tag.unit))
     widths = [max(len(row[i]) for row in rows) for i in range(4)]
     print(f"device {device.name} (unit {device.unit}):", file=out)
@@ -135,6 +194,9 @@ async def read_all(devices: Sequence[ModbusDevice], out: TextIO, err: TextIO) ->
             print(f"device {device.name}: {error.reason}{where}: {error.detail}", file=err)
         if readings:
             print_readings(device, readings, out)
+        advice = range_advice(device, readings)
+        if advice is not None:
+            print(advice, file=err)
         refused = [r.tag.name for r in readings if r.error is not None]
         if refused:
             ok = False

@@ -13,6 +13,7 @@ import json
 import re
 import subprocess
 from pathlib import Path
+from typing import Any
 
 import pytest
 from support import agent_env
@@ -41,19 +42,20 @@ def printed_values(output: str) -> dict[str, dict[str, float]]:
     return devices
 
 
-def test_edge_agent_reads_every_profiled_meter_on_one_rtu_bus(
-    tmp_path: Path, numba_cache: Path
-) -> None:
+def read_meters(tmp_path: Path, numba_cache: Path, units: dict[int, str],
+                extra: str = "") -> tuple[subprocess.CompletedProcess[str], dict[str, Any]]:
+    """`edge-agent read` of profiled meters served by plc-sim on one RTU bus; and what the
+    simulator served (its trace's first line)."""
     link, trace = tmp_path / "ttyRS485", tmp_path / "trace.jsonl"
-    meters = [arg for unit, kind in UNITS.items() for arg in ("--meter", f"{kind}@{unit}")]
+    meters = [arg for unit, kind in units.items() for arg in ("--meter", f"{kind}@{unit}")]
     process, info = start_plc_sim(
         *meters, "--rtu", str(link), "--baudrate", "19200", "--tick-s", "3600",
         "--trace", str(trace),
     )
     devices = "".join(
         f"  - {{name: meter{unit}, protocol: modbus-rtu, serial_port: {link}, baudrate: 19200,"
-        f" unit: {unit}, profile: {METER_KINDS[kind].profile}, timeout_s: 2}}\n"
-        for unit, kind in UNITS.items()
+        f" unit: {unit}, profile: {METER_KINDS[kind].profile}, timeout_s: 2{extra}}}\n"
+        for unit, kind in units.items()
     )
     config = tmp_path / "config.yaml"
     config.write_text(
@@ -68,11 +70,19 @@ def test_edge_agent_reads_every_profiled_meter_on_one_rtu_bus(
         )
     finally:
         assert stop_process(process) == 0
-    assert result.returncode == 0, result.stderr
-    served = json.loads(trace.read_text().splitlines()[0])["units"]
-    printed = printed_values(result.stdout)
-
     assert info["endpoints"]["modbus-rtu"]["serial_port"] == str(link)
+    served: dict[str, Any] = json.loads(trace.read_text().splitlines()[0])["units"]
+    return result, served
+
+
+def test_edge_agent_reads_every_profiled_meter_on_one_rtu_bus(
+    tmp_path: Path, numba_cache: Path
+) -> None:
+    result, served = read_meters(tmp_path, numba_cache, UNITS)
+    assert result.returncode == 0, result.stderr
+    # Every value the simulated meters serve is plausible: inside its profile's valid_range.
+    assert "implausible" not in result.stderr, result.stderr
+    printed = printed_values(result.stdout)
     for unit, kind in UNITS.items():
         expected = {k: v for k, v in served[str(unit)].items() if k not in ("kind", "time_ns")}
         got = printed[f"meter{unit}"]
@@ -80,3 +90,14 @@ def test_edge_agent_reads_every_profiled_meter_on_one_rtu_bus(
         for name, value in expected.items():
             # float32 is printed to 7 significant digits, integers exactly.
             assert got[name] == pytest.approx(value, rel=1e-6, abs=1e-9), (kind, name)
+
+
+def test_a_wrong_byte_order_is_flagged_with_the_order_that_fits(
+    tmp_path: Path, numba_cache: Path
+) -> None:
+    result, _ = read_meters(tmp_path, numba_cache, {2: "sdm630"}, ", byte_order: CDAB")
+    rows = {line.split()[0]: line for line in result.stdout.splitlines()[2:]}
+    assert "IMPLAUSIBLY SMALL" in rows["voltage_l1_v"], result.stdout  # 230 V as 2.4e-41
+    assert "OUTSIDE 0..100000" in rows["current_l2_a"], result.stdout
+    assert "implausible value(s)" in result.stderr, result.stderr
+    assert "with byte_order: ABCD every one of them is plausible" in result.stderr, result.stderr

@@ -34,11 +34,13 @@ from agent.detect.kernels.pca import (
 from agent.detect.kernels.runs import RUN_COUNT, RUN_FIELDS, RUN_FIRST, RUN_ROW, RUN_STRIDE
 from agent.detect.kernels.univariate import COMMON_PARAMS, P_AFTER
 from agent.detect.learned_state import (
+    Warmup,
     as_list,
     restore_rows,
     row_key,
     rows_finished,
     rows_learned,
+    rows_warmup,
 )
 from agent.detect.tag_layouts import TagLayouts
 from agent.events import Event
@@ -222,6 +224,9 @@ class UnivariateDetector:
     def finished(self) -> dict[str, bool]:
         return rows_finished(self._keys, self._state[:, 0], self._warmup)
 
+    def warmup(self) -> dict[str, Warmup]:
+        return rows_warmup(self._keys, self._state[:, 0], self._warmup, "samples")
+
 
 class _GroupDetector:
     """What the multivariate detectors share: groups of tags of one device as rows of the
@@ -283,6 +288,10 @@ class _GroupDetector:
 
     def finished(self) -> dict[str, bool]:
         return {key: bool(self._state[g, XS_FITTED] != 0.0) for g, key in enumerate(self._keys)}
+
+    def warmup(self) -> dict[str, Warmup]:
+        """Rows of every tag of the group, one per new value of all of them."""
+        return rows_warmup(self._keys, self._state[:, XS_N], self._params[:, X_WARMUP], "rows")
 
 
 class PcaDetector(_GroupDetector):

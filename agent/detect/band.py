@@ -28,7 +28,14 @@ from agent.detect.kernels.band import (
     fft_tables,
 )
 from agent.detect.kernels.episode import EP_SCORE, P_AFTER, new_episodes
-from agent.detect.learned_state import restore_rows, row_key, rows_finished, rows_learned
+from agent.detect.learned_state import (
+    Warmup,
+    restore_rows,
+    row_key,
+    rows_finished,
+    rows_learned,
+    rows_warmup,
+)
 from agent.detect.tag_layouts import TagLayouts
 from agent.events import Event
 from drivers.samples import SampleBatch
@@ -151,3 +158,6 @@ class BandRmsDetector:
 
     def finished(self) -> dict[str, bool]:
         return rows_finished(self._keys, self._bs[:, BS_BLOCKS], self._bp[:, B_WARMUP])
+
+    def warmup(self) -> dict[str, Warmup]:
+        return rows_warmup(self._keys, self._bs[:, BS_BLOCKS], self._bp[:, B_WARMUP], "blocks")

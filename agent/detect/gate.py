@@ -18,7 +18,7 @@ from collections.abc import Mapping
 from typing import Any, Protocol, runtime_checkable
 
 from agent.config.detection import Gate
-from agent.detect.learned_state import Learner
+from agent.detect.learned_state import Learner, Warmup
 from agent.events import Event
 from drivers.samples import SampleBatch
 
@@ -123,3 +123,6 @@ class StateGated:
 
     def finished(self) -> dict[str, bool]:
         return {gated_key(key, self._gate): done for key, done in self._inner.finished().items()}
+
+    def warmup(self) -> dict[str, Warmup]:
+        return {gated_key(key, self._gate): w for key, w in self._inner.warmup().items()}

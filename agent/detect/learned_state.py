@@ -122,6 +122,16 @@ def rows_finished(keys: Sequence[str], learned_on: F64, warmup: F64) -> dict[str
     return {key: bool(learned_on[r] >= warmup[r] > 0) for r, key in enumerate(keys)}
 
 
+Warmup = tuple[int, int, str]
+"""(seen, needed, unit) of a row's warm-up: `12, 30, "samples"`."""
+
+
+def rows_warmup(keys: Sequence[str], learned_on: F64, warmup: F64, unit: str) -> dict[str, Warmup]:
+    """`warmup()` of a detector whose row r learned on `learned_on[r]` of `warmup[r]` units."""
+    return {key: (int(min(learned_on[r], warmup[r])), int(warmup[r]), unit)
+            for r, key in enumerate(keys)}
+
+
 @runtime_checkable
 class Learner(Protocol):
     def learned(self) -> dict[str, Any]:
@@ -140,6 +150,10 @@ class Learner(Protocol):
     def finished(self) -> dict[str, bool]:
         """Every learning row's key, and whether it has learned (its warm-up is over, its
         model fitted)."""
+        ...
+
+    def warmup(self) -> dict[str, Warmup]:
+        """Every learning row's key, and how far its warm-up has come (`edge-agent status`)."""
         ...
 
 
@@ -277,9 +291,17 @@ class KeepLearned:
         by_rule: dict[str, list[str]] = {}
         for key in finished:
             by_rule.setdefault(rule_of(key, self.rules) or "", []).append(key)
+        warmup: dict[str, Warmup] = {}
+        for learner in self._learners:
+            warmup.update(learner.warmup())
+        rules = {rule: self._state_of(keys, finished) for rule, keys in by_rule.items()}
+        for rule, keys in by_rule.items():
+            behind = [warmup[k] for k in keys if not finished[k] and k in warmup]
+            if behind:  # the least advanced row of the rule says how far it is
+                seen, needed, unit = min(behind, key=lambda w: w[0] / max(w[1], 1))
+                rules[rule]["warmup"] = {"seen": seen, "needed": needed, "unit": unit}
         return {**self._state_of(list(finished), finished), "rows": len(finished),
-                "learned_rows": sum(finished.values()),
-                "rules": {rule: self._state_of(keys, finished) for rule, keys in by_rule.items()}}
+                "learned_rows": sum(finished.values()), "rules": rules}
 
     def paused(self) -> dict[str, str]:
         """The rules waiting for their machine's state (`while_states`), in the order of the

@@ -174,7 +174,11 @@ def _learning(progress: Mapping[str, Any] | None) -> str:
     age = time.time() - dt.datetime.fromisoformat(since).timestamp()
     text = f"; rules {progress['state']} since {since} ({_duration(max(0.0, age))} ago)"
     if progress["state"] == "learning":
-        text += f", {progress['learned_rows']} of {progress['rows']} rows learned"
+        warming = [f"{rule or 'rules'} {w['seen']} of {w['needed']} warm-up {w['unit']}"
+                   for rule, info in progress.get("rules", {}).items()
+                   if (w := info.get("warmup"))]
+        text += ": " + ", ".join(warming) if warming else (
+            f", {progress['learned_rows']} of {progress['rows']} baselines learned")
     return text
 
 

@@ -214,3 +214,15 @@ def test_an_old_state_file_without_times_is_restored_with_an_unknown_age(
     done = relearn(config, "pump", "level")
     assert done.returncode == 0, done.stderr
     assert not any(key.startswith("zscore|") for key in saved(path)["data"])
+
+
+def test_progress_counts_each_rules_warm_up_in_its_own_unit(config: Path) -> None:
+    keeper = learned_of(detector(config))
+    assert keeper is not None
+    feed(keeper, 20)
+    progress = keeper.progress()
+    assert progress is not None and progress["state"] == "learning"
+    warmups = {rule: info.get("warmup") for rule, info in progress["rules"].items()}
+    assert warmups == {"agree": {"seen": 20, "needed": 300, "unit": "rows"},
+                       "level": {"seen": 20, "needed": 50, "unit": "samples"},
+                       "slow": {"seen": 20, "needed": 50, "unit": "samples"}}

@@ -82,14 +82,19 @@ def test_status_says_whether_each_device_learns_or_has_learned_and_since_when() 
     doc = {"gateway": "gw-1", "pid": 1, "config": "c.yaml", **beat(devices={
         "compressor-1": ("up", ""), "meter": ("down", "unreachable"), "pump": ("up", ""),
         "fan": ("up", "")}), "detectors": {
-        "compressor-1": {"state": "learning", "since": ago(185), "rows": 3, "learned_rows": 1},
+        "compressor-1": {"state": "learning", "since": ago(185), "rows": 3, "learned_rows": 1,
+                         "rules": {"level": {"state": "learning", "since": ago(185),
+                                             "warmup": {"seen": 12, "needed": 30,
+                                                        "unit": "samples"}},
+                                   "agree": {"state": "learned", "since": ago(100)}}},
         "meter": {"state": "learned", "since": ago(2 * 86400 + 3600), "rows": 1,
                   "learned_rows": 1},
         "pump": {"state": "learned", "since": None, "rows": 1, "learned_rows": 1}}}
     lines = format_status(doc)
     compressor = next(line for line in lines if "compressor-1" in line)
-    assert compressor.endswith(f"up; rules learning since {ago(185)} (3m 5s ago), "
-                               "1 of 3 rows learned") or "(3m 6s ago)" in compressor
+    # The warm-up in samples, as `warmup_samples` counts it: not rows of the state file.
+    assert compressor.endswith("ago): level 12 of 30 warm-up samples"), compressor
+    assert f"up; rules learning since {ago(185)} (3m" in compressor
     meter = next(line for line in lines if "meter" in line)
     assert "down (unreachable); rules learned since" in meter and "(2d 1h 0m ago)" in meter
     pump = next(line for line in lines if "pump" in line)

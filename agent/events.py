@@ -77,7 +77,8 @@ class Event:
 
 @dataclass(frozen=True, slots=True)
 class Envelope:
-    """A decoded event as the cloud sees it."""
+    """A decoded event as the cloud sees it; on the wire and in every printed form its fields
+    go by their short keys (`wire_fields`: `v`, `gw`, `dev`, `t`, `hist`, `mono`)."""
 
     version: int
     gateway: str
@@ -120,6 +121,12 @@ def encode(event: Event, *, gateway: str, seq: int, boot: str = "") -> bytes:
 
 
 def encode_envelope(env: Envelope) -> bytes:
+    return msgpack.packb(wire_fields(env), use_bin_type=True)
+
+
+def wire_fields(env: Envelope) -> dict[str, Any]:
+    """The event under its wire keys (docs/events.md): the one vocabulary of every form an
+    event is shown in, the msgpack payload, `tail --json` and `buffer export` alike."""
     obj: dict[str, Any] = {
         "v": env.version,
         "gw": env.gateway,
@@ -134,7 +141,7 @@ def encode_envelope(env: Envelope) -> bytes:
         obj["hist"] = True
     if env.clock != "synced":
         obj.update(clock=env.clock, mono=env.mono_ns, boot=env.boot)
-    return msgpack.packb(obj, use_bin_type=True)
+    return obj
 
 
 def correct_clock(payload: bytes, corrected_time_ns: int) -> bytes:

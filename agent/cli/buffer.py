@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import TextIO
 
 from agent.cli.tail import format_time
-from agent.events import DecodeError, decode
+from agent.events import DecodeError, decode, wire_fields
 from agent.store import StoreStats, export_events, read_stats
 
 
@@ -56,9 +56,9 @@ def export(path: Path, out: TextIO) -> int:
     count = 0
     for row in export_events(path):
         try:
-            record = {"topic_kind": row.kind, **dataclasses.asdict(decode(row.payload))}
+            record = {"topic_kind": row.kind, **wire_fields(decode(row.payload))}
         except DecodeError as exc:
-            record = {"seq": row.seq, "kind": row.kind, "device": row.device,
+            record = {"seq": row.seq, "kind": row.kind, "dev": row.device,
                       "error": f"undecodable: {exc}"}
         out.write(json.dumps(record) + "\n")
         count += 1

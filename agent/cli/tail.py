@@ -11,15 +11,14 @@ import json
 import ssl
 import sys
 import time
-from dataclasses import asdict
 from typing import Any, TextIO
 
 import numpy as np
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
-from agent.events import DecodeError, Envelope, decode
-from agent.uplink.presence import PresenceDecodeError, decode_presence
+from agent.events import DecodeError, Envelope, decode, wire_fields
+from agent.uplink.presence import PresenceDecodeError, decode_presence, presence_fields
 
 
 def topic_filter(template: str, **known: str) -> str:
@@ -145,14 +144,14 @@ def tail(
             except PresenceDecodeError:
                 print(f"{msg.topic}: undecodable payload ({exc})", file=sys.stderr, flush=True)
                 return
-            line = (json.dumps({"topic": msg.topic, "kind": "status", **asdict(status)}) if as_json else
+            line = (json.dumps({"topic": msg.topic, **presence_fields(status)}) if as_json else
                     f"{format_time(status.time_ns)} {status.gateway} status {status.status} "
                     f"version={status.agent_version} config={status.config_sha256[:12]}")
             out.write(line + "\n")
             out.flush()
             return
         if as_json:
-            out.write(json.dumps({"topic": msg.topic, **asdict(env)}) + "\n")
+            out.write(json.dumps({"topic": msg.topic, **wire_fields(env)}) + "\n")
         else:
             out.write(format_line(env) + "\n")
         out.flush()

@@ -37,7 +37,12 @@ class PresenceDecodeError(ValueError):
 
 
 def encode_presence(status: Presence) -> bytes:
-    obj: dict[str, Any] = {
+    return msgpack.packb(presence_fields(status), use_bin_type=True)
+
+
+def presence_fields(status: Presence) -> dict[str, Any]:
+    """The status message under its wire keys, as `tail --json` prints it too."""
+    return {
         "v": status.version,
         "gw": status.gateway,
         "kind": PRESENCE_KIND,
@@ -46,7 +51,6 @@ def encode_presence(status: Presence) -> bytes:
         "config_sha256": status.config_sha256,
         "t": status.time_ns,
     }
-    return msgpack.packb(obj, use_bin_type=True)
 
 
 def decode_presence(payload: bytes | bytearray) -> Presence:

@@ -91,7 +91,7 @@ class Tail:
 
 
 def windows(events: list[dict[str, Any]], device: str) -> list[dict[str, Any]]:
-    return [e for e in events if e["kind"] == "window" and e["device"] == device]
+    return [e for e in events if e["kind"] == "window" and e["dev"] == device]
 
 
 @contextlib.contextmanager
@@ -128,8 +128,8 @@ def test_events_carry_the_values_the_simulator_served(
 
     assert [e["seq"] for e in received] == list(range(1, len(received) + 1)), "no gap, no duplicate"
     health = [e for e in received if e["kind"] == "device_health"]
-    assert health[0]["data"]["status"] == "up" and health[0]["device"] == "compressor-1"
-    assert all(e["topic"] == f"lab/gw-e2e/{e['device']}/{e['kind']}" for e in received)
+    assert health[0]["data"]["status"] == "up" and health[0]["dev"] == "compressor-1"
+    assert all(e["topic"] == f"lab/gw-e2e/{e['dev']}/{e['kind']}" for e in received)
 
     assert SECRET not in (tmp_path / "agent.log").read_text(), "a secret reached the log"
     assert [s["status"] for s in tail.statuses][:1] == ["online"], "birth message first"
@@ -179,7 +179,7 @@ def test_dead_device_is_reported_and_does_not_stop_the_others(
                               "windows of the live device")
         agent.send_signal(signal.SIGINT)
         assert agent.wait(timeout=10) == 0
-    dead = [e for e in received if e["device"] == "dead-meter"]
+    dead = [e for e in received if e["dev"] == "dead-meter"]
     assert [e["kind"] for e in dead] == ["device_health"], "reported once, not every retry"
     assert dead[0]["data"]["status"] == "down" and dead[0]["data"]["reason"] == "unreachable"
     assert str(nobody_listens) in dead[0]["data"]["detail"]

@@ -49,6 +49,8 @@ async def test_stats_and_export_while_the_store_is_open(
         assert main(["buffer", "export", "-c", str(config), "-o", str(out)]) == 0
         lines = [json.loads(line) for line in out.read_text().splitlines()]
         assert [r["seq"] for r in lines] == [1, 2, 3, 4]
+        # The wire's own keys, as the msgpack payload and `tail --json` have them.
+        assert set(lines[0]) == {"topic_kind", "v", "gw", "seq", "id", "kind", "dev", "t", "data"}
         assert lines[0]["data"] == {"i": 0} and lines[3]["kind"] == "device_health"
         assert "exported 4 events" in capsys.readouterr().err
     finally:

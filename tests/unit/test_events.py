@@ -7,7 +7,15 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from agent.events import SCHEMA_VERSION, DecodeError, Event, decode, encode, mark_historical
+from agent.events import (
+    SCHEMA_VERSION,
+    DecodeError,
+    Event,
+    decode,
+    encode,
+    mark_historical,
+    wire_fields,
+)
 
 scalars = st.one_of(st.none(), st.booleans(), st.integers(-(2**63), 2**64 - 1),
                     st.floats(allow_nan=False), st.text(max_size=20))
@@ -47,3 +55,12 @@ def test_every_event_gets_its_own_id() -> None:
 def test_refuses_what_is_not_an_event(payload: bytes, message: str) -> None:
     with pytest.raises(DecodeError, match=message):
         decode(payload)
+
+
+def test_printed_forms_use_the_wire_keys() -> None:
+    """`tail --json` and `buffer export` print `wire_fields`: the payload's own keys."""
+    payload = encode(Event("window", "m1", 5, {"x": 1}), gateway="gw", seq=3)
+    env = decode(payload)
+    assert wire_fields(env) == msgpack.unpackb(payload)
+    historical = decode(mark_historical(payload))
+    assert wire_fields(historical)["hist"] is True

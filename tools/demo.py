@@ -18,6 +18,10 @@ from pathlib import Path
 from agent.testing import Mosquitto, console_script, start_plc_sim, stop_process
 
 ROOT = Path(__file__).resolve().parents[1]
+SPEED = 1
+"""Simulated seconds per second: real time, so that energy and demand are the machine's own."""
+FAULT_ONSET_S = 30.0
+"""Seconds of the demo before the cooler starts fouling: alarms follow about a minute later."""
 
 
 def main() -> int:
@@ -28,7 +32,9 @@ def main() -> int:
     with Mosquitto() as broker, open(work / "plc-sim.log", "w") as sim_log, \
             open(work / "agent.log", "w") as agent_log:
         try:
-            sim, info = start_plc_sim("--scenario", "compressor", "--speed", "4", stderr=sim_log)
+            sim, info = start_plc_sim("--scenario", "overheating", "--speed", str(SPEED),
+                                      "--fault-onset-s", str(FAULT_ONSET_S * SPEED),
+                                      stderr=sim_log)
             processes.append(sim)
             env = {
                 **os.environ,
@@ -43,10 +49,16 @@ def main() -> int:
             )
             processes.append(agent)
             print(
-                f"plc-sim: compressor on Modbus TCP 127.0.0.1:{info['port']} (4x speed)\n"
+                f"plc-sim: a screw compressor on Modbus TCP 127.0.0.1:{info['port']} "
+                f"; its cooler starts fouling after {FAULT_ONSET_S:.0f} s\n"
                 f"mosquitto: 127.0.0.1:{broker.port}\n"
                 f"edge-agent: {config}, logs in {work / 'agent.log'}\n"
-                "events arrive every 5 s (window aggregates) and on device status changes; "
+                "what arrives at the broker, as `edge-agent tail` shows it:\n"
+                "  state    the machine going off / idle / running (from its power)\n"
+                "  window   every 10 s, each tag's last value [min..max] and counter increase\n"
+                "  energy   every minute, kWh and hours per state, starts, peak demand\n"
+                "  anomaly  the discharge temperature leaving its learned normal, then\n"
+                "  limit    passing 85 °C; heartbeat every 30 s\n"
                 "Ctrl-C stops everything\n",
                 flush=True,
             )

@@ -6,11 +6,13 @@ daemon's asyncio rules do not apply here.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
 import ssl
 import sys
 import time
+from collections.abc import Callable
 from typing import Any, TextIO
 
 import numpy as np
@@ -42,41 +44,124 @@ def _number(value: Any) -> str:
     single = np.float32(value)
     if float(single) == value:  # a float32 register: the digits it holds, not float64's
         return np.format_float_positional(single, unique=True, trim="-")
-    return repr(value)
+    return f"{value:.12g}"  # 677 x 0.01 is 6.77, not 6.7700000000000005
+
+
+MAX_LINE = 240
+"""A kind without its own rendering is cut here: one event, one readable line."""
 
 
 def format_line(env: Envelope) -> str:
     """A one-line, human-readable rendering of an event."""
     head = f"{format_time(env.time_ns)} {env.gateway} #{env.seq} {env.device} {env.kind}"
     data = env.data
-    if env.kind == "window" and isinstance(data.get("tags"), dict):
-        parts = []
-        for tag, s in data["tags"].items():
-            unit = f" {s['unit']}" if s.get("unit") else ""
-            if s.get("n"):
-                increase = (f" +{_number(s['increase'])}" if s.get("increase") is not None
-                            else "")
-                parts.append(
-                    f"{tag}={_number(s['last'])}{unit}{increase} [{_number(s['min'])}.."
-                    f"{_number(s['max'])} mean {s['mean']:.6g} n={s['n']}]"
-                )
+    render = _RENDER.get(env.kind)
+    if render is not None:
+        with contextlib.suppress(KeyError, TypeError, ValueError, AttributeError):
+            return f"{head} {render(data)}"
+    return f"{head} {_generic(data)}"
+
+
+def _window(data: dict[str, Any]) -> str:
+    parts, counts = [], set()
+    for tag, s in data["tags"].items():
+        unit = f" {s['unit']}" if s.get("unit") else ""
+        if s.get("n"):
+            counts.add(s["n"])
+            if s.get("increase") is not None:  # a counter: its reading and what it counted
+                parts.append(f"{tag}={_number(s['last'])}{unit} +{_number(s['increase'])}")
             else:
-                parts.append(f"{tag}=? [bad={s.get('bad', 0)}]")
-        return f"{head} " + "; ".join(parts)
-    if env.kind == "change" and isinstance(data.get("tags"), dict):
-        changes = []
-        for tag, c in data["tags"].items():
-            unit = f" {c['unit']}" if c.get("unit") else ""
-            was = "" if c.get("previous") is None else f" (was {_number(c['previous'])})"
-            changes.append(f"{tag}={_number(c['value'])}{unit}{was}")
-        return f"{head} " + "; ".join(changes)
-    if env.kind == "state" and "to" in data:
-        dwell = data.get("dwell_s")
-        after = f" after {_number(dwell)} s" if dwell is not None else ""
-        return f"{head} {data.get('machine')}: {data.get('from') or 'start'} -> {data['to']}{after}"
-    if env.kind == "energy" and "period" in data:
-        return f"{head} {_energy(data)}"
-    return f"{head} " + " ".join(f"{k}={_number(v)}" for k, v in data.items())
+                parts.append(f"{tag}={_number(s['last'])}{unit} "
+                             f"[{_number(s['min'])}..{_number(s['max'])}]")
+        else:
+            parts.append(f"{tag}=? [bad={s.get('bad', 0)}]")
+    n = f"n={counts.pop()}: " if len(counts) == 1 else ""
+    merged = f"({data['windows']} merged) " if data.get("windows") else ""
+    return merged + n + "; ".join(parts)
+
+
+def _change(data: dict[str, Any]) -> str:
+    changes = []
+    for tag, c in data["tags"].items():
+        unit = f" {c['unit']}" if c.get("unit") else ""
+        was = "" if c.get("previous") is None else f" (was {_number(c['previous'])})"
+        changes.append(f"{tag}={_number(c['value'])}{unit}{was}")
+    return "; ".join(changes)
+
+
+def _state(data: dict[str, Any]) -> str:
+    dwell = data.get("dwell_s")
+    after = f" after {_number(round(float(dwell), 1))} s" if isinstance(dwell, int | float) else ""
+    return f"{data.get('machine')}: {data.get('from') or 'start'} -> {data['to']}{after}"
+
+
+def _episode(data: dict[str, Any]) -> str:
+    """An anomaly or limit episode: what, how far past its threshold, and for how long."""
+    band = f" band {data['band']}" if data.get("band") else ""
+    text = f"{data['phase']} {data['rule']} ({data['detector']}{band})"
+    if "limit" in data:
+        text += (f": {data['bound']} limit {_number(data['limit'])}, at worst "
+                 f"{_number(data['peak_value'])} ({_number(data['max_excess'])} past it)")
+    elif data.get("score") is not None:
+        text += f": score {data['score']:.3g} over {_number(data['threshold'])}"
+        if data.get("peak_value") is not None:
+            text += f", value {_number(data['peak_value'])} at the peak"
+    tags = ", ".join(data.get("tags") or {})
+    if tags:
+        text += f"; {tags}"
+    if data["phase"] == "end":
+        text += f"; lasted {data['duration_s']:.1f} s"
+        if data.get("ongoing"):
+            text += (" (cut short: the machine left the rule's states)"
+                     if data.get("ended_by") == "machine_state" else " (cut short: the agent "
+                     "stopped)")
+    return text
+
+
+def _health(data: dict[str, Any]) -> str:
+    if data["status"] == "up":
+        return "up"
+    where = f" at {data['address']}" if data.get("address") else ""
+    return f"{data['status']} ({data['reason']}){where}: {data.get('detail', '')}"
+
+
+def _heartbeat(data: dict[str, Any]) -> str:
+    """The gateway's vital signs, the way `edge-agent status` words them."""
+    devices = ", ".join(f"{name} {d['status']}" + (f" ({d['reason']})" if d.get("reason") else "")
+                        for name, d in data["devices"].items())
+    store, uplink, process = data["store"], data["uplink"], data["process"]
+    dropped = sum((store.get("dropped") or {}).values())
+    return (f"{data['reason']}: up {_number(data['uptime_s'])} s, version {data['version']}, "
+            f"config {data['config_sha256'][:12]}; devices {devices or 'none'}; store "
+            f"{store['depth']} waiting, last #{store['last_seq']}, {dropped} dropped; uplink "
+            f"{uplink['state']}, {uplink['inflight']} in flight; "
+            f"{process['cpu_s']:.1f} s CPU, {process['rss_bytes'] / 2**20:.0f} MiB")
+
+
+def _quality(data: dict[str, Any]) -> str:
+    return "; ".join(f"{tag}: {q.get('previous') or 'start'} -> {q['quality']}"
+                     for tag, q in data["tags"].items())
+
+
+def _field(value: Any) -> str:
+    if isinstance(value, str):
+        return value
+    if isinstance(value, dict | list):
+        return json.dumps(value, default=str, separators=(",", ":"))
+    return _number(value)
+
+
+def _generic(data: dict[str, Any]) -> str:
+    """Every field as key=value, nested maps as compact JSON, cut to a readable line."""
+    text = " ".join(f"{k}={_field(v)}" for k, v in data.items())
+    return text if len(text) <= MAX_LINE else text[: MAX_LINE - 3] + "..."
+
+
+def _hours(hours: float) -> str:
+    """A time spent in a state, in the unit that reads best (reports come every minute to
+    every shift)."""
+    seconds = hours * 3600
+    return f"{seconds:.0f} s" if seconds < 600 else f"{hours:.2f} h"
 
 
 def _energy(data: dict[str, Any]) -> str:
@@ -84,10 +169,12 @@ def _energy(data: dict[str, Any]) -> str:
     period = data["period"] + (f" {data['shift']}" if data.get("shift") else "")
     parts = [f"{data.get('machine')} {period}:"]
     if data.get("total_kwh") is not None:
-        parts.append(f"{data['total_kwh']:.3f} kWh (idle {data['idle_kwh']:.3f})")
-    hours = data.get("hours") or {}
-    parts.append("h " + "/".join(f"{hours.get(s, 0.0):.2f}" for s in
-                                  ("off", "idle", "running", "overload")))
+        parts.append(f"{data['total_kwh']:.3f} kWh;")
+    hours, kwh = data.get("hours") or {}, data.get("kwh") or {}
+    states = [f"{state} {_hours(hours[state])}"
+              + (f" {kwh[state]:.3f} kWh" if kwh.get(state) is not None else "")
+              for state in ("off", "idle", "running", "overload") if hours.get(state)]
+    parts.append(", ".join(states) + ";")
     parts.append(f"starts {data.get('starts')}")
     if data.get("peak_demand_w") is not None:
         parts.append(f"peak {data['peak_demand_w']:.0f} W")
@@ -102,6 +189,13 @@ def _energy(data: dict[str, Any]) -> str:
     if not data.get("complete", True):
         parts.append("(incomplete)")
     return " ".join(parts)
+
+
+_RENDER: dict[str, Callable[[dict[str, Any]], str]] = {
+    "window": _window, "change": _change, "state": _state, "energy": _energy,
+    "anomaly": _episode, "limit": _episode, "device_health": _health, "heartbeat": _heartbeat,
+    "quality": _quality,
+}
 
 
 def tail(

@@ -159,8 +159,8 @@ def test_the_2_kw_then_8_kw_replay_is_exact(tmp_path: Path,
     run_replay(load_config(config).config, data, device_name=None, time_column="time",
                scores_path=None, out=out)
     [report] = [line for line in out.getvalue().splitlines() if " energy " in line]
-    assert report.endswith("press interval: 0.053 kWh (idle 0.011) h 0.00/0.01/0.01/0.00 "
-                           "starts 0 (incomplete)")
+    assert report.endswith("press interval: 0.053 kWh; idle 20 s 0.011 kWh, running 19 s "
+                           "0.042 kWh; starts 0 (incomplete)")
     for meter in (True, False):
         config, data = write(tmp_path, lines, meter=meter)
         [last] = reports(replayed(config, data))

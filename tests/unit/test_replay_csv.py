@@ -60,8 +60,8 @@ def test_replay_prints_state_changes_and_reports(tmp_path: Path,
     assert any(" window " in line for line in out)
     [report] = [line for line in out if " energy " in line]
     # 20 Wh running, then 19 samples idle (the 2 s of dwell that confirm idle included)
-    assert report.endswith("press interval: 0.039 kWh (idle 0.019) h 0.00/0.01/0.01/0.00 "
-                           "starts 0 (incomplete)")
+    assert report.endswith("press interval: 0.039 kWh; idle 19 s 0.019 kWh, running 20 s "
+                           "0.020 kWh; starts 0 (incomplete)")
     assert not (tmp_path / "state").exists(), "a replay never touches the agent's state"
 
 
@@ -178,9 +178,9 @@ def test_a_recording_of_vibration_captures_replays_with_band_rms(
     assert main(["replay", "-c", str(config), "--csv", str(data), "--time-column", "time",
                  "--scores", str(scores)]) == 0
     out = capsys.readouterr().out.splitlines()
-    [start] = [line for line in out if " anomaly " in line and "phase=start" in line]
+    [start] = [line for line in out if " anomaly start " in line]
     assert start.startswith("2026-03-02T08:00:10.000Z gw-replay")
-    assert "rule=pump-bearing" in start and "band=bearing" in start
+    assert "pump-bearing (band_rms band bearing)" in start
     header, *score_rows = list(csv.reader(scores.open()))
     assert header == ["time", "pump-bearing:vib:bearing"] and len(score_rows) == 14 * 1024
     untimed = tmp_path / "untimed.csv"

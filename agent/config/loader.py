@@ -19,7 +19,7 @@ import stat
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 from pydantic import BaseModel, SecretStr, ValidationError
 from ruamel.yaml import YAML
@@ -29,6 +29,7 @@ from ruamel.yaml.error import MarkedYAMLError
 from agent.config.models import AgentConfig
 
 Loc = tuple[str | int, ...]
+M = TypeVar("M", bound=BaseModel)
 
 _ENV_REF = re.compile(r"\$\$|\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
@@ -69,6 +70,25 @@ def load_config(path: Path | str, environ: Mapping[str, str] | None = None) -> L
     """Read, substitute, validate. Raises ConfigError with every problem found (and nothing
     else, whatever the file holds: a reload must never stop the agent)."""
     path = Path(path)
+    # Device profiles are looked up beside the file first (drivers/modbus/profiles.py).
+    loaded = load_model(path, AgentConfig, environ,
+                        context={"config_dir": path.parent.resolve()},
+                        sections="gateway, mqtt, devices, ...")
+    return LoadedConfig(config=loaded.model, path=path, sha256=loaded.sha256,
+                        literal_secrets=loaded.literal_secrets)
+
+
+@dataclass(frozen=True, slots=True)
+class LoadedModel(Generic[M]):
+    model: M
+    sha256: str
+    literal_secrets: tuple[str, ...]
+
+
+def load_model(path: Path, model: type[M], environ: Mapping[str, str] | None = None, *,
+               context: Mapping[str, Any] | None = None, sections: str = "") -> LoadedModel[M]:
+    """Any configuration model from a YAML file, with the same bounds and `file:line`
+    messages as the agent's (the fleet side's config uses it too)."""
     env = os.environ if environ is None else environ
     raw = _read(path)
     try:
@@ -96,22 +116,20 @@ def load_config(path: Path | str, environ: Mapping[str, str] | None = None) -> L
         raise ConfigError([(f"{path}: not a YAML file this agent can read "
                            f"({type(exc).__name__})")]) from exc
     if not isinstance(document, CommentedMap):
-        raise ConfigError([f"{path}:1: the file must be a mapping of sections (gateway, mqtt, devices, ...)"])
+        raise ConfigError([f"{path}:1: the file must be a mapping of sections ({sections})"])
 
-    walk = _Walk(env)
+    walk = _Walk(env, _secret_field_names(model))
     data = walk.plain(document, (), 1)
     if walk.problems:
         raise ConfigError(_listed(path, walk.problems))
 
     try:
-        # Device profiles are looked up beside the file first (drivers/modbus/profiles.py).
-        config = AgentConfig.model_validate(data, context={"config_dir": path.parent.resolve()})
+        validated = model.model_validate(data, context=dict(context or {}))
     except ValidationError as exc:
         errors = exc.errors()
-        messages = [_describe(err, data, walk.lines) for err in errors[:MAX_PROBLEMS]]
+        messages = [_describe(err, data, walk.lines, model) for err in errors[:MAX_PROBLEMS]]
         raise ConfigError(_listed(path, messages, len(errors))) from exc
-    return LoadedConfig(config=config, path=path, sha256=hashlib.sha256(raw).hexdigest(),
-                        literal_secrets=tuple(walk.literal_secrets))
+    return LoadedModel(validated, hashlib.sha256(raw).hexdigest(), tuple(walk.literal_secrets))
 
 
 class _Depth(int):
@@ -179,8 +197,9 @@ class _Walk:
     """Plain Python data from the YAML tree, recording the line of every key path; tags,
     depth and alias expansion are bounded here."""
 
-    def __init__(self, env: Mapping[str, str]) -> None:
+    def __init__(self, env: Mapping[str, str], secrets: frozenset[str]) -> None:
         self.env = env
+        self.secrets = secrets
         self.lines: dict[Loc, int] = {}
         self.problems: list[tuple[int, str]] = []
         self.values = 0
@@ -221,7 +240,7 @@ class _Walk:
                                else line) for i, item in enumerate(node)]
         if isinstance(node, TaggedScalar):  # an explicit !!str and the like
             node = str(node.value)
-        if loc and loc[-1] in _secret_field_names() and node is not None and not (
+        if loc and loc[-1] in self.secrets and node is not None and not (
                 isinstance(node, str) and _ENV_REF.search(node)):
             self.literal_secrets.append(format_loc(loc))
         if isinstance(node, str):
@@ -296,7 +315,8 @@ def _line_of(loc: Loc, lines: dict[Loc, int]) -> int:
     return 1
 
 
-def _describe(err: Any, data: Any, lines: dict[Loc, int]) -> tuple[int, str]:
+def _describe(err: Any, data: Any, lines: dict[Loc, int],
+              model: type[BaseModel]) -> tuple[int, str]:
     loc = _data_loc(tuple(err["loc"]), data)
     kind = err["type"]
     where = format_loc(loc)
@@ -306,7 +326,7 @@ def _describe(err: Any, data: Any, lines: dict[Loc, int]) -> tuple[int, str]:
         return _line_of(parent, lines), f"{where}: required key '{loc[-1]}' is missing"
     if kind == "extra_forbidden":
         key = str(loc[-1])
-        hint = _did_you_mean(key, _all_field_names())
+        hint = _did_you_mean(key, _all_field_names(model))
         return _line_of(loc, lines), f"{where}: unknown key '{key}'{hint}"
     if kind in ("literal_error", "enum"):
         options = [o.strip().strip("'") for o in re.split(r",| or ", err["ctx"]["expected"])]
@@ -334,7 +354,7 @@ def _describe(err: Any, data: Any, lines: dict[Loc, int]) -> tuple[int, str]:
         loc = _data_loc((*loc, *inner), data)
         where, message = format_loc(loc), narrowed.group(2)
     message = message[:1].lower() + message[1:]
-    secret = bool(loc) and loc[-1] in _secret_field_names()
+    secret = bool(loc) and loc[-1] in _secret_field_names(model)
     if secret and kind == "string_type":
         message += " (put it in quotes, or better in the environment: ${NAME})"
     shown = "" if narrowed or secret or isinstance(value, dict | list) else f" (got {value!r})"
@@ -357,14 +377,14 @@ def _did_you_mean(word: str, options: list[str] | frozenset[str]) -> str:
 
 
 @functools.cache
-def _all_field_names() -> frozenset[str]:
-    return frozenset(name for name, _ in _walk_fields(AgentConfig))
+def _all_field_names(model: type[BaseModel]) -> frozenset[str]:
+    return frozenset(name for name, _ in _walk_fields(model))
 
 
 @functools.cache
-def _secret_field_names() -> frozenset[str]:
+def _secret_field_names(model: type[BaseModel]) -> frozenset[str]:
     """Keys whose value is never shown in a message, whatever its type (a numeric password)."""
-    return frozenset(name for name, annotation in _walk_fields(AgentConfig)
+    return frozenset(name for name, annotation in _walk_fields(model)
                      if _mentions(annotation, SecretStr))
 
 

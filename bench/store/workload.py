@@ -13,7 +13,7 @@ from agent.store import EventStore
 
 GATEWAY = "bench-gw"
 DEVICES = ("compressor-1", "compressor-2")
-# The demo compressor's tags (config/demo.yaml): names and units as a real site has them.
+# The simulated compressor's tags (tests/e2e/support.py): names and units as a real site has them.
 TAGS = (
     ("motor_current_a", "A"),
     ("active_power_w", "W"),

@@ -59,6 +59,24 @@ def running_sim(directory: Path, name: str, *args: str) -> Iterator[Sim]:
             assert stop_process(process) == 0
 
 
+COMPRESSOR_TAGS = """    tags:
+      - {name: motor_current_a, table: input, address: 0, type: float32, unit: A}
+      - {name: active_power_w, table: input, address: 2, type: float32, unit: W}
+      - {name: energy_kwh, table: input, address: 4, type: uint32, scale: 0.001, unit: kWh}
+      - {name: discharge_pressure_bar, table: input, address: 6, type: int16, scale: 0.01, unit: bar}
+      - {name: discharge_temp_c, table: input, address: 7, type: int16, scale: 0.1, unit: °C}
+      - {name: machine_state, table: input, address: 8, type: uint16}
+      - name: operating_hours
+        table: holding
+        address: 100
+        type: uint32
+        byte_order: CDAB
+        scale: 0.0002777777777777778
+        unit: h
+"""
+"""The simulated compressor's register map as the end-to-end tests read it (their `TAGS`)."""
+
+
 def numba_cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """One kernel cache per test session, shared by every e2e module (so one compilation)."""
     path = tmp_path_factory.getbasetemp() / "numba-cache"
@@ -70,9 +88,8 @@ def agent_config(
     tmp_path: Path, broker: Any, devices: str, window_s: float = 1.0, *,
     commit_interval_s: float = 0.1, max_inflight: int | None = None,
 ) -> Path:
-    """A configuration beside `tmp_path/state`, the demo's tags on each device (`TAGS`)."""
-    example = (ROOT / "config" / "demo.yaml").read_text()
-    tags = example[example.index("    tags:"):]
+    """A configuration beside `tmp_path/state`, the compressor's tags on each device (`TAGS`)."""
+    tags = COMPRESSOR_TAGS
     inflight = f", max_inflight: {max_inflight}" if max_inflight is not None else ""
     text = f"""
 gateway: {{id: gw-e2e, site: lab, state_dir: {tmp_path / "state"}}}

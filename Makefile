@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 SUDO := $(shell [ "$$(id -u)" -eq 0 ] || echo sudo)
 
-.PHONY: venv kernels mosquitto mbpoll lint test unit integration e2e demo bench clean
+.PHONY: venv kernels mosquitto mbpoll postgresql lint test unit integration e2e demo bench clean
 
 # The venv is rebuilt when the dependencies change; constraints.txt pins what the suite was run with.
 $(STAMP): pyproject.toml constraints.txt
@@ -37,20 +37,28 @@ mbpoll:
 	  $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq mbpoll; \
 	fi
 
+# The fleet side's tests start PostgreSQL servers of their own (initdb, pg_ctl): only the
+# server's binaries are needed.
+postgresql:
+	@if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 && ! command -v initdb >/dev/null 2>&1; then \
+	  echo "installing postgresql from Debian's packages"; \
+	  $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq postgresql; \
+	fi
+
 lint: venv
 	$(BIN)/ruff check .
 	$(BIN)/mypy
 
-test: venv kernels mosquitto mbpoll lint
+test: venv kernels mosquitto mbpoll postgresql lint
 	$(BIN)/pytest
 
 unit: venv kernels
 	$(BIN)/pytest tests/unit
 
-integration: venv kernels mosquitto mbpoll
+integration: venv kernels mosquitto mbpoll postgresql
 	$(BIN)/pytest tests/integration
 
-e2e: venv kernels mosquitto
+e2e: venv kernels mosquitto postgresql
 	$(BIN)/pytest tests/e2e
 
 demo: venv kernels mosquitto

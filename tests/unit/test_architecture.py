@@ -12,7 +12,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 PAGE = ROOT / "docs" / "architecture.md"
-PACKAGES = ("agent", "drivers")
+PACKAGES = ("agent", "drivers", "fleet")
 
 FLOORS = {
     "drivers": 0,
@@ -24,6 +24,7 @@ FLOORS = {
     "agent.service": 6,
     "agent.supervisor": 7,
     "agent.cli": 8, "agent.testing": 8,
+    "fleet": 9,
 }
 """The floor of each stage, as the page's "Floors" table gives it."""
 
@@ -110,6 +111,19 @@ def test_a_stage_imports_only_its_own_floor_and_those_below() -> None:
     upward = sorted(f"{source} -> {target}" for source, targets in _graph().items()
                     for target in targets if _floor(target) > _floor(source))
     assert not upward, f"imports of a later stage: {upward}"
+
+
+FLEET_MAY_USE = ("drivers.settings", "agent.events", "agent.config.loader",
+                 "agent.uplink.presence")
+"""What the fleet side takes of the agent: the event and status codecs, the configuration
+loader and its base model; nothing of the agent's runtime."""
+
+
+def test_the_fleet_side_uses_only_the_agents_codecs_and_config() -> None:
+    leaks = sorted(f"{source} -> {target}" for source, targets in _graph().items()
+                   if source.startswith("fleet") for target in targets
+                   if not target.startswith("fleet") and target not in FLEET_MAY_USE)
+    assert not leaks, f"the fleet side imports the agent's runtime: {leaks}"
 
 
 def test_cli_and_testing_are_imported_by_nothing_else_of_the_product() -> None:

@@ -1,0 +1,8 @@
+"""The fleet side: events from every gateway into PostgreSQL, exactly once, with the proof.
+
+`edge-fleet ingest` takes the agents' events from the broker (a shared subscription, a
+persistent session, an acknowledgement only once a row is committed) into PostgreSQL;
+`edge-fleet completeness` says per gateway which sequence numbers arrived, which are
+missing and which of those the agent itself accounted for. It uses the agent's event
+codec (`agent.events`) and nothing of the agent's runtime.
+"""

@@ -1,0 +1,116 @@
+"""`edge-fleet`: the fleet side's commands (ingest, completeness, migrate).
+
+Exit status 0 on success, 1 when the report finds unexplained gaps or a command fails,
+2 for an invalid configuration file or usage (the same `file:line` messages as
+`edge-agent check`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import datetime as dt
+import json
+import logging
+import os
+import signal
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import psycopg
+import structlog
+
+from agent.config.loader import ConfigError
+from fleet.completeness import completeness, format_report
+from fleet.config import FleetConfig, load_fleet_config
+from fleet.ingest import Ingest
+from fleet.schema import migrate
+
+DEFAULT_CONFIG = Path("/etc/edge-fleet/fleet.yaml")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    _configure_logging(args.log_level)
+    try:
+        config = load_fleet_config(args.config)
+    except ConfigError as exc:
+        print("\n".join(exc.lines), file=sys.stderr)
+        return 2
+    if args.command == "ingest":
+        return asyncio.run(_ingest(config))
+    if args.command == "migrate":
+        with psycopg.connect(config.database.dsn.get_secret_value()) as conn:
+            migrate(conn)
+        print("the fleet database is up to date", file=sys.stderr)
+        return 0
+    return _completeness(config, args.gateway, args.since, args.json)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="edge-fleet", description=__doc__.splitlines()[0])
+    parser.add_argument("--log-level", choices=["debug", "info", "warning", "error"],
+                        default="info")
+    commands = parser.add_subparsers(dest="command", required=True)
+    for name, text in (("ingest", "events from the broker into PostgreSQL, until stopped"),
+                       ("migrate", "create or update the database's tables and views"),
+                       ("completeness", "per gateway: what arrived, what is missing and why")):
+        sub = commands.add_parser(name, help=text, description=text)
+        sub.add_argument("-c", "--config", type=Path,
+                         default=Path(os.environ.get("EDGE_FLEET_CONFIG", DEFAULT_CONFIG)),
+                         help="configuration file (default $EDGE_FLEET_CONFIG or "
+                         f"{DEFAULT_CONFIG})")
+        if name == "completeness":
+            sub.add_argument("--gateway", help="only this gateway")
+            sub.add_argument("--since", type=_utc, help="only events made since (ISO 8601, UTC "
+                             "when no offset is given)")
+            sub.add_argument("--json", action="store_true", help="one JSON document")
+    return parser
+
+
+def _utc(text: str) -> dt.datetime:
+    moment = dt.datetime.fromisoformat(text)
+    return moment if moment.tzinfo else moment.replace(tzinfo=dt.UTC)
+
+
+async def _ingest(config: FleetConfig) -> int:
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    async with Ingest(config) as ingest:
+        task = asyncio.create_task(ingest.run())
+        await stop.wait()
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+    t = ingest.totals
+    structlog.get_logger(__name__).info("fleet_ingest_stopped", stored=t.stored,
+                                        duplicates=t.duplicates, statuses=t.statuses,
+                                        rejected=t.rejected)
+    return 0
+
+
+def _completeness(config: FleetConfig, gateway: str | None, since: dt.datetime | None,
+                  as_json: bool) -> int:
+    with psycopg.connect(config.database.dsn.get_secret_value()) as conn:
+        reports = completeness(conn, gateway, since)
+    if as_json:
+        print(json.dumps([r.as_dict() for r in reports], indent=1))
+    else:
+        for report in reports:
+            print("\n".join(format_report(report)))
+        if not reports:
+            print("no events received yet" + (f" from {gateway}" if gateway else ""))
+    return 1 if any(r.unexplained() for r in reports) else 0
+
+
+def _configure_logging(level: str) -> None:
+    structlog.configure(
+        processors=[structlog.processors.add_log_level,
+                    structlog.processors.TimeStamper(fmt="iso", utc=True),
+                    structlog.processors.JSONRenderer()],
+        wrapper_class=structlog.make_filtering_bound_logger(getattr(logging, level.upper())),
+        logger_factory=structlog.PrintLoggerFactory(sys.stderr))

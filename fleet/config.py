@@ -1,0 +1,74 @@
+"""The fleet side's configuration file: the broker it reads from and the database it writes to.
+
+Loaded like the agent's (`agent.config.loader.load_model`): `file:line` messages, exit 2,
+`${NAME}` from the environment for secrets (the database password goes in the DSN's
+environment variable, never in the file).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from pydantic import Field, SecretStr, field_validator
+
+from agent.config.loader import load_model
+from drivers.settings import Settings
+
+
+class FleetTls(Settings):
+    enabled: bool = True
+    """TLS is the default; switch it off only for a broker on this host."""
+    ca_file: Path | None = None
+    """CA bundle that signs the broker's certificate; the system store when absent."""
+
+
+class FleetMqtt(Settings):
+    host: str = Field(min_length=1)
+    port: int | None = Field(default=None, ge=1, le=65535)
+    """Defaults to 8883 with TLS, 1883 without."""
+    username: str | None = None
+    password: SecretStr | None = None
+    client_id: str = Field(default="edge-fleet-ingest", min_length=1, max_length=128)
+    """Unique per ingest process: the broker keeps each one's session (and what it has not
+    acknowledged) while it is away."""
+    group: str = Field(default="edge-fleet", pattern=r"^[^/+#]+$")
+    """The shared subscription's group: processes of one group share the fleet's events."""
+    topic: str = "+/+/+/+"
+    """What the agents publish to, as a filter: their `{site}/{gateway}/{device}/{kind}`."""
+    session_expiry_s: float = Field(default=7 * 86400.0, ge=0)
+    """How long the broker keeps the session (and queues events) of an ingest that is down."""
+    tls: FleetTls = FleetTls()
+
+    @field_validator("tls", mode="before")
+    @classmethod
+    def _tls_shorthand(cls, value: Any) -> Any:
+        return {"enabled": value} if isinstance(value, bool) else value
+
+    @property
+    def effective_port(self) -> int:
+        return self.port or (8883 if self.tls.enabled else 1883)
+
+
+class FleetDatabase(Settings):
+    dsn: SecretStr
+    """A libpq connection string or URI (`host=db dbname=fleet user=ingest`), best from the
+    environment: `dsn: ${FLEET_DATABASE_DSN}`."""
+
+
+class FleetIngest(Settings):
+    batch_max_events: int = Field(default=500, ge=1, le=100_000)
+    """Events committed in one transaction at most."""
+    batch_max_s: float = Field(default=0.2, gt=0, le=60)
+    """How long a batch waits to fill before it is committed (and its messages acknowledged)."""
+
+
+class FleetConfig(Settings):
+    mqtt: FleetMqtt
+    database: FleetDatabase
+    ingest: FleetIngest = FleetIngest()
+
+
+def load_fleet_config(path: Path) -> FleetConfig:
+    """The validated file; `ConfigError` with every problem, one `file:line: ...` each."""
+    return load_model(path, FleetConfig, sections="mqtt, database, ingest").model

@@ -1,0 +1,161 @@
+"""Writing a batch of received messages into PostgreSQL in one transaction, each event once.
+
+Events go through a temporary table filled by `COPY`, then into `event_ids` (the
+idempotency key: a resend or a second ingest process's copy carries the same id and is
+counted as a duplicate, never stored twice) and `events`, in one statement. Status
+messages update `gateway_status` when newer; what decodes as neither is kept in
+`rejected`. The store a seq belongs to is the gateway's latest heartbeat's `store.id`
+(empty until one arrives). Blocking: the ingest calls it from a worker thread.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import psycopg
+import structlog
+from psycopg.types.json import Jsonb
+
+from agent.events import DecodeError, Envelope, decode
+from agent.uplink.presence import Presence, PresenceDecodeError, decode_presence
+from fleet.schema import migrate, month_partition, partition_name
+
+log = structlog.get_logger(__name__)
+
+HEARTBEAT = "heartbeat"
+
+
+@dataclass(frozen=True, slots=True)
+class Received:
+    topic: str
+    payload: bytes
+
+
+@dataclass
+class BatchResult:
+    stored: int = 0
+    duplicates: int = 0
+    statuses: int = 0
+    rejected: int = 0
+
+
+@dataclass
+class FleetDatabase:
+    """One connection, used from one thread at a time."""
+
+    conn: psycopg.Connection[tuple[Any, ...]]
+    stores: dict[str, str] = field(default_factory=dict)
+    """Each gateway's current store id, from its heartbeats."""
+    partitions: set[str] = field(default_factory=set)
+
+    @classmethod
+    def connect(cls, dsn: str) -> FleetDatabase:
+        conn: psycopg.Connection[tuple[Any, ...]] = psycopg.connect(dsn)
+        migrate(conn)
+        db = cls(conn)
+        rows = conn.execute(
+            "SELECT DISTINCT ON (gateway) gateway, data->'store'->>'id' FROM events "
+            "WHERE kind = 'heartbeat' AND data->'store' ? 'id' ORDER BY gateway, seq DESC")
+        db.stores.update({str(g): str(s) for g, s in rows.fetchall()})
+        conn.commit()
+        return db
+
+    def close(self) -> None:
+        self.conn.close()
+
+    def store(self, batch: Sequence[Received]) -> BatchResult:
+        """Commit the batch; when this returns, every message of it may be acknowledged."""
+        result = BatchResult()
+        events: list[tuple[Received, Envelope, str]] = []
+        statuses: list[Presence] = []
+        rejected: list[tuple[Received, str]] = []
+        for message in batch:
+            try:
+                env = decode(message.payload)
+            except DecodeError as exc:
+                try:
+                    statuses.append(decode_presence(message.payload))
+                except PresenceDecodeError:
+                    rejected.append((message, str(exc)))
+                continue
+            if env.kind == HEARTBEAT and isinstance(env.data.get("store"), dict):
+                store_id = env.data["store"].get("id")
+                if isinstance(store_id, str) and store_id:
+                    self.stores[env.gateway] = store_id
+            events.append((message, env, self.stores.get(env.gateway, "")))
+        with self.conn.transaction():
+            if events:
+                fresh = self._insert(events)
+                result.stored = len(fresh)
+                result.duplicates = len(events) - len(fresh)
+                self._count_duplicates(events, fresh)
+            for status in statuses:
+                self._status(status)
+            result.statuses = len(statuses)
+            for message, error in rejected:
+                self.conn.execute("INSERT INTO rejected (topic, error, payload) VALUES (%s, %s, %s)",
+                                  (message.topic, error, message.payload))
+                log.warning("fleet_message_rejected", topic=message.topic, error=error)
+            result.rejected = len(rejected)
+        return result
+
+    def _insert(self, events: list[tuple[Received, Envelope, str]]) -> set[str]:
+        conn = self.conn
+        for _, env, _ in events:
+            name = partition_name(event_time(env))
+            if name not in self.partitions:
+                month_partition(conn, event_time(env))
+                self.partitions.add(name)
+        conn.execute("CREATE TEMP TABLE IF NOT EXISTS incoming (id text, gateway text, "
+                     "store text, seq bigint, kind text, device text, time timestamptz, "
+                     "time_ns bigint, clock text, historical boolean, data jsonb, topic text) "
+                     "ON COMMIT DELETE ROWS")
+        with conn.cursor() as cur:
+            with cur.copy("COPY incoming FROM STDIN") as copy:
+                for message, env, store in events:
+                    copy.write_row((env.id, env.gateway, store, env.seq, env.kind, env.device,
+                                    event_time(env), env.time_ns, env.clock, env.historical,
+                                    Jsonb(env.data), message.topic))
+            cur.execute(
+                "WITH fresh AS (INSERT INTO event_ids (id, gateway, store, seq, time) "
+                "  SELECT DISTINCT ON (id) id, gateway, store, seq, time FROM incoming "
+                "  ON CONFLICT (id) DO NOTHING RETURNING id) "
+                "INSERT INTO events (gateway, seq, id, kind, device, time, time_ns, clock, "
+                "  historical, data, topic) "
+                "SELECT i.gateway, i.seq, i.id, i.kind, i.device, i.time, i.time_ns, i.clock, "
+                "  i.historical, i.data, i.topic "
+                "FROM (SELECT DISTINCT ON (id) * FROM incoming) i JOIN fresh USING (id) "
+                "RETURNING id")
+            return {str(row[0]) for row in cur.fetchall()}
+
+    def _count_duplicates(self, events: list[tuple[Received, Envelope, str]],
+                          fresh: set[str]) -> None:
+        seen: set[str] = set()
+        counts: Counter[tuple[str, str]] = Counter()
+        for _, env, store in events:
+            if env.id in fresh and env.id not in seen:
+                seen.add(env.id)
+            else:
+                counts[(env.gateway, store)] += 1
+        for (gateway, store), count in counts.items():
+            self.conn.execute(
+                "INSERT INTO duplicates VALUES (%s, %s, %s) ON CONFLICT (gateway, store) "
+                "DO UPDATE SET count = duplicates.count + EXCLUDED.count", (gateway, store, count))
+
+    def _status(self, status: Presence) -> None:
+        moment = dt.datetime.fromtimestamp(status.time_ns / 1e9, dt.UTC)
+        self.conn.execute(
+            "INSERT INTO gateway_status (gateway, status, agent_version, config_sha256, time) "
+            "VALUES (%s, %s, %s, %s, %s) ON CONFLICT (gateway) DO UPDATE SET "
+            "status = EXCLUDED.status, agent_version = EXCLUDED.agent_version, "
+            "config_sha256 = EXCLUDED.config_sha256, time = EXCLUDED.time, received_at = now() "
+            "WHERE gateway_status.time <= EXCLUDED.time",
+            (status.gateway, status.status, status.agent_version, status.config_sha256, moment))
+
+
+def event_time(env: Envelope) -> dt.datetime:
+    return dt.datetime.fromtimestamp(env.time_ns / 1e9, dt.UTC)

@@ -1,0 +1,111 @@
+"""The fleet database against a real PostgreSQL of the test's own: each event stored once,
+typed views, the retained status, garbage kept aside, and the completeness report."""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Iterator
+from typing import Any
+
+import psycopg
+import pytest
+
+from agent.events import Event, encode
+from agent.testing.postgres import Postgres, postgres_bin_dir
+from agent.uplink.presence import Presence, encode_presence
+from fleet.completeness import completeness, format_report
+from fleet.database import FleetDatabase, Received
+
+pytestmark = pytest.mark.skipif(postgres_bin_dir() is None,
+                                reason="PostgreSQL's server is not installed")
+T0 = 1_796_000_000_000_000_000
+S = 1_000_000_000
+
+
+@pytest.fixture(scope="module")
+def server() -> Iterator[Postgres]:
+    with Postgres() as pg:
+        yield pg
+
+
+@pytest.fixture
+def db(server: Postgres) -> Iterator[FleetDatabase]:
+    with psycopg.connect(server.dsn, autocommit=True) as admin:
+        admin.execute("DROP SCHEMA public CASCADE")
+        admin.execute("CREATE SCHEMA public")
+    database = FleetDatabase.connect(server.dsn)
+    yield database
+    database.close()
+
+
+def message(kind: str, seq: int, data: dict[str, Any], *, gateway: str = "gw-1",
+            device: str = "press") -> Received:
+    return Received(f"plant/{gateway}/{device}/{kind}",
+                    encode(Event(kind, device, T0 + seq * S, data), gateway=gateway, seq=seq))
+
+
+def window(seq: int) -> Received:
+    return message("window", seq, {"start_ns": T0, "end_ns": T0 + seq * S, "tags": {
+        "power_w": {"n": 10, "bad": 0, "unit": "W", "min": 1.0, "max": 3.0, "mean": 2.0,
+                    "std": 0.5, "last": 2.5}}})
+
+
+def heartbeat(seq: int, store_id: str) -> Received:
+    return message("heartbeat", seq, {"reason": "periodic", "uptime_s": 1.0, "version": "0.1.0",
+                                      "config_sha256": "ab" * 32, "devices": {},
+                                      "store": {"id": store_id, "depth": 0, "last_seq": seq}},
+                   device="_gateway")
+
+
+def rows(db: FleetDatabase, query: str) -> list[tuple[Any, ...]]:
+    return db.conn.execute(query).fetchall()
+
+
+def test_each_event_is_stored_once_and_a_resend_is_counted(db: FleetDatabase) -> None:
+    first = [heartbeat(1, "store-a"), *(window(seq) for seq in range(2, 6))]
+    assert db.store(first).stored == 5
+    six = window(6)
+    again = db.store([first[2], six, six])  # a resend, and a new one twice in one batch
+    assert (again.stored, again.duplicates) == (1, 2)
+    assert rows(db, "SELECT count(*) FROM events") == [(6,)]
+    assert rows(db, "SELECT gateway, store, count FROM duplicates") == [("gw-1", "store-a", 2)]
+    assert rows(db, "SELECT tag, mean, last FROM windows WHERE seq = 3") == [("power_w", 2.0, 2.5)]
+    assert rows(db, "SELECT DISTINCT store FROM event_ids WHERE seq > 1") == [("store-a",)]
+
+
+def test_events_land_in_monthly_partitions(db: FleetDatabase) -> None:
+    later = Received("plant/gw-1/press/window", encode(
+        Event("window", "press", T0 + 40 * 86400 * S, {"tags": {}}), gateway="gw-1", seq=2))
+    db.store([window(1), later])
+    partitions = [str(r[0]) for r in rows(db, "SELECT tableoid::regclass FROM events ORDER BY seq")]
+    assert len(set(partitions)) == 2 and all(p.startswith("events_") for p in partitions)
+
+
+def test_the_status_keeps_the_newest_and_garbage_is_kept_aside(db: FleetDatabase) -> None:
+    def status(state: str, time_ns: int) -> Received:
+        return Received("plant/gw-1/_gateway/status", encode_presence(
+            Presence("gw-1", state, "0.1.0", "cd" * 32, time_ns)))  # type: ignore[arg-type]
+
+    result = db.store([status("online", T0 + 10 * S), status("offline", T0 + 5 * S),
+                       Received("plant/gw-1/press/window", b"\x93garbage")])
+    assert (result.statuses, result.rejected) == (2, 1)
+    assert rows(db, "SELECT status FROM gateway_status") == [("online",)]
+    [(topic, error)] = rows(db, "SELECT topic, error FROM rejected")
+    assert topic == "plant/gw-1/press/window" and error
+
+
+def test_completeness_explains_what_the_agent_accounted_for(db: FleetDatabase) -> None:
+    made = [heartbeat(1, "store-a"), *(window(s) for s in (2, 3, 6, 7, 9, 10))]
+    made.append(message("store_health", 11, {"dropped": {"window": 2},
+                                              "dropped_seqs": {"window": [[4, 5]]},
+                                              "compacted": 0, "bytes": 1, "max_bytes": 2},
+                        device="_gateway"))
+    db.store(made)
+    [report] = completeness(db.conn)
+    assert report.received == [(1, 3), (6, 7), (9, 11)]
+    assert report.explained() == [((4, 5), "dropped by the agent (window)")]
+    assert report.unexplained() == [(8, 8)]
+    text = "\n".join(format_report(report))
+    assert "missing 8: UNEXPLAINED" in text and "1 of 3 missing events unexplained" in text
+    since = completeness(db.conn, since=dt.datetime.fromtimestamp((T0 + 6 * S) / 1e9, dt.UTC))
+    assert since[0].gaps() == [(8, 8)]

@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 SUDO := $(shell [ "$$(id -u)" -eq 0 ] || echo sudo)
 
-.PHONY: venv kernels mosquitto mbpoll postgresql lint test unit integration e2e demo bench clean
+.PHONY: venv kernels mosquitto mbpoll postgresql chromium lint test unit integration e2e demo bench clean
 
 # The venv is rebuilt when the dependencies change; constraints.txt pins what the suite was run with.
 $(STAMP): pyproject.toml constraints.txt
@@ -45,11 +45,18 @@ postgresql:
 	  $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq postgresql; \
 	fi
 
+# The fleet view's test drives Debian's Chromium headless through its chromedriver.
+chromium:
+	@if ! command -v chromium >/dev/null 2>&1 || ! command -v chromedriver >/dev/null 2>&1; then \
+	  echo "installing chromium and chromium-driver from Debian's packages"; \
+	  $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq chromium chromium-driver; \
+	fi
+
 lint: venv
 	$(BIN)/ruff check .
 	$(BIN)/mypy
 
-test: venv kernels mosquitto mbpoll postgresql lint
+test: venv kernels mosquitto mbpoll postgresql chromium lint
 	$(BIN)/pytest
 
 unit: venv kernels
@@ -58,7 +65,7 @@ unit: venv kernels
 integration: venv kernels mosquitto mbpoll postgresql
 	$(BIN)/pytest tests/integration
 
-e2e: venv kernels mosquitto postgresql
+e2e: venv kernels mosquitto postgresql chromium
 	$(BIN)/pytest tests/e2e
 
 demo: venv kernels mosquitto

@@ -1,4 +1,4 @@
-"""`edge-fleet`: the fleet side's commands (ingest, completeness, migrate).
+"""`edge-fleet`: the fleet side's commands (ingest, serve, completeness, migrate, password).
 
 Exit status 0 on success, 1 when the report finds unexplained gaps or a command fails,
 2 for an invalid configuration file or usage (the same `file:line` messages as
@@ -11,6 +11,7 @@ import argparse
 import asyncio
 import contextlib
 import datetime as dt
+import getpass
 import json
 import logging
 import os
@@ -23,6 +24,7 @@ import psycopg
 import structlog
 
 from agent.config.loader import ConfigError
+from fleet.auth import hash_password
 from fleet.completeness import completeness, format_report
 from fleet.config import FleetConfig, load_fleet_config
 from fleet.ingest import Ingest
@@ -34,6 +36,8 @@ DEFAULT_CONFIG = Path("/etc/edge-fleet/fleet.yaml")
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     _configure_logging(args.log_level)
+    if args.command == "password":
+        return _password()
     try:
         config = load_fleet_config(args.config)
     except ConfigError as exc:
@@ -41,6 +45,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     if args.command == "ingest":
         return asyncio.run(_ingest(config))
+    if args.command == "serve":
+        return _serve(config, args.config)
     if args.command == "migrate":
         with psycopg.connect(config.database.dsn.get_secret_value()) as conn:
             migrate(conn)
@@ -54,7 +60,11 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--log-level", choices=["debug", "info", "warning", "error"],
                         default="info")
     commands = parser.add_subparsers(dest="command", required=True)
+    commands.add_parser("password", help="hash a password for serve.users (read from stdin)",
+                        description="Reads a password (prompted on a terminal, else the "
+                        "first line of stdin) and prints its scrypt hash for serve.users.")
     for name, text in (("ingest", "events from the broker into PostgreSQL, until stopped"),
+                       ("serve", "the fleet view in a browser (serve: in the file)"),
                        ("migrate", "create or update the database's tables and views"),
                        ("completeness", "per gateway: what arrived, what is missing and why")):
         sub = commands.add_parser(name, help=text, description=text)
@@ -90,6 +100,45 @@ async def _ingest(config: FleetConfig) -> int:
     structlog.get_logger(__name__).info("fleet_ingest_stopped", stored=t.stored,
                                         duplicates=t.duplicates, statuses=t.statuses,
                                         rejected=t.rejected)
+    return 0
+
+
+def _password() -> int:
+    if sys.stdin.isatty():
+        password = getpass.getpass("password: ")
+        if getpass.getpass("again: ") != password:
+            print("password: the two entries differ", file=sys.stderr)
+            return 2
+    else:
+        password = sys.stdin.readline().rstrip("\n")
+    if len(password) < 10:
+        print("password: use at least 10 characters", file=sys.stderr)
+        return 2
+    print(hash_password(password))
+    return 0
+
+
+def _serve(config: FleetConfig, path: Path) -> int:
+    import uvicorn
+
+    from fleet.web import make_app
+
+    serve = config.serve
+    if not serve.users:
+        print(f"{path}: serve.users: give at least one login (its hash from "
+              "`edge-fleet password`)", file=sys.stderr)
+        return 2
+    if (serve.tls_cert_file is None) != (serve.tls_key_file is None):
+        print(f"{path}: serve: tls_cert_file and tls_key_file go together", file=sys.stderr)
+        return 2
+    server = uvicorn.Server(uvicorn.Config(
+        make_app(config), host=serve.listen, port=serve.port, log_config=None,
+        ssl_certfile=str(serve.tls_cert_file) if serve.tls_cert_file else None,
+        ssl_keyfile=str(serve.tls_key_file) if serve.tls_key_file else None,
+        proxy_headers=False, server_header=False))
+    structlog.get_logger(__name__).info("fleet_serving", listen=serve.listen, port=serve.port,
+                                        tls=serve.tls_cert_file is not None)
+    server.run()
     return 0
 
 

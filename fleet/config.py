@@ -63,12 +63,35 @@ class FleetIngest(Settings):
     """How long a batch waits to fill before it is committed (and its messages acknowledged)."""
 
 
+class FleetServe(Settings):
+    listen: str = "127.0.0.1"
+    """Loopback by default: put a reverse proxy with TLS in front (docs/fleet.md), or give
+    `tls_cert_file` and `tls_key_file`."""
+    port: int = Field(default=8080, ge=1, le=65535)
+    users: dict[str, SecretStr] = Field(default_factory=dict)
+    """Login name -> password hash, as `edge-fleet password` prints it (scrypt)."""
+    session_secret: SecretStr | None = None
+    """Signs the login cookie; at least 32 characters, from the environment."""
+    session_max_age_s: float = Field(default=12 * 3600.0, gt=0)
+    tls_cert_file: Path | None = None
+    tls_key_file: Path | None = None
+
+    @field_validator("session_secret")
+    @classmethod
+    def _long_enough(cls, secret: SecretStr | None) -> SecretStr | None:
+        if secret is not None and len(secret.get_secret_value()) < 32:
+            raise ValueError("session_secret must be at least 32 characters (e.g. "
+                             "`openssl rand -hex 32`, given through the environment)")
+        return secret
+
+
 class FleetConfig(Settings):
     mqtt: FleetMqtt
     database: FleetDatabase
     ingest: FleetIngest = FleetIngest()
+    serve: FleetServe = FleetServe()
 
 
 def load_fleet_config(path: Path) -> FleetConfig:
     """The validated file; `ConfigError` with every problem, one `file:line: ...` each."""
-    return load_model(path, FleetConfig, sections="mqtt, database, ingest").model
+    return load_model(path, FleetConfig, sections="mqtt, database, ingest, serve").model

@@ -1,0 +1,169 @@
+"""The fleet view in a real browser: `edge-fleet serve` as a process over a PostgreSQL of the
+test's own, filled by the ingest's own code with events as the agent encodes them, driven
+by headless Chromium (Selenium and Debian's chromedriver)."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from agent.events import Event, encode
+from agent.testing import console_script, free_tcp_port, port_open, stop_process, wait_until
+from agent.testing.postgres import Postgres, postgres_bin_dir
+from agent.uplink.presence import Presence, encode_presence
+from fleet.auth import hash_password
+from fleet.database import FleetDatabase, Received
+
+CHROMIUM, DRIVER = shutil.which("chromium"), shutil.which("chromedriver")
+pytestmark = [
+    pytest.mark.e2e,
+    pytest.mark.skipif(postgres_bin_dir() is None, reason="PostgreSQL's server is not installed"),
+    pytest.mark.skipif(CHROMIUM is None or DRIVER is None,
+                       reason="Debian's chromium and chromium-driver are not installed"),
+]
+PASSWORD = "correct horse battery"
+S = 1_000_000_000
+
+
+def seeded(pg: Postgres) -> None:
+    """An hour of one gateway: a compressor cycling, its energy, a tag, an anomaly, a limit,
+    and a meter that went down."""
+    now = time.time_ns()
+    t0 = now - 3600 * S
+    seq = iter(range(1, 10_000))
+    out: list[Received] = []
+
+    def add(kind: str, device: str, at: int, data: dict[str, Any]) -> None:
+        out.append(Received(f"plant/gw-1/{device}/{kind}",
+                            encode(Event(kind, device, at, data), gateway="gw-1", seq=next(seq))))
+
+    add("heartbeat", "_gateway", t0, {
+        "reason": "start", "uptime_s": 0.0, "version": "0.1.0", "config_sha256": "ab" * 32,
+        "devices": {"compressor-1": {"status": "up", "reason": ""},
+                    "meter": {"status": "up", "reason": ""}},
+        "store": {"id": "store-a", "depth": 3, "last_seq": 1}})
+    for i, state in enumerate(["running", "idle", "running", "idle", "off", "running"]):
+        add("state", "compressor-1", t0 + i * 600 * S,
+            {"machine": "compressor", "from": None if i == 0 else "x", "to": state})
+    for k in range(60):
+        add("window", "compressor-1", t0 + k * 60 * S, {"start_ns": t0, "end_ns": t0, "tags": {
+            "discharge_temp_c": {"n": 30, "bad": 0, "unit": "°C", "min": 70.0 + k / 10,
+                                 "max": 75.0 + k / 10, "mean": 72.5 + k / 10, "std": 1.0,
+                                 "last": 73.0}}})
+    for k in range(4):
+        add("energy", "compressor-1", t0 + (k + 1) * 900 * S, {
+            "machine": "compressor", "period": "interval", "start_ns": t0, "end_ns": t0,
+            "complete": True, "kwh": {"off": 0.0, "idle": 0.5, "running": 1.5, "overload": 0.0},
+            "idle_kwh": 0.5, "total_kwh": 2.0,
+            "hours": {"off": 0.05, "idle": 0.05, "running": 0.15, "overload": 0.0},
+            "operating_h": 0.2, "starts": 1, "peak_demand_w": 7400.0 + k})
+    for phase, at in (("start", t0 + 1200 * S), ("end", t0 + 1300 * S)):
+        add("anomaly", "compressor-1", at, {
+            "phase": phase, "episode": "e" * 32, "rule": "temp-unusual", "detector": "zscore",
+            "threshold": 5.0, "score": 7.5, "peak_value": 81.0, "start_ns": t0 + 1200 * S,
+            "peak_ns": t0 + 1250 * S, "end_ns": t0 + 1300 * S, "duration_s": 100.0,
+            "tags": {"discharge_temp_c": {"before": [72.0, 73.0], "after": [74.0]}}})
+    add("limit", "compressor-1", t0 + 1400 * S, {
+        "phase": "start", "episode": "f" * 32, "rule": "overheating", "detector": "limits",
+        "threshold": 85.0, "bound": "high", "limit": 85.0, "max_excess": 2.0,
+        "peak_value": 87.0, "start_ns": t0 + 1400 * S, "peak_ns": t0 + 1400 * S,
+        "tags": {"discharge_temp_c": {"before": [84.0]}}})
+    add("device_health", "meter", t0 + 1800 * S, {"status": "down", "reason": "timeout",
+                                                   "detail": "no answer within 1.0 s"})
+    out.append(Received("plant/gw-1/_gateway/status", encode_presence(
+        Presence("gw-1", "online", "0.1.0", "ab" * 32, t0))))
+    db = FleetDatabase.connect(pg.dsn)
+    try:
+        db.store(out)
+    finally:
+        db.close()
+
+
+@pytest.fixture
+def server(tmp_path: Path) -> Iterator[str]:
+    with Postgres() as pg:
+        seeded(pg)
+        port = free_tcp_port()
+        config = tmp_path / "fleet.yaml"
+        config.write_text(f"""
+mqtt: {{host: 127.0.0.1, tls: false}}
+database: {{dsn: "{pg.dsn}"}}
+serve:
+  port: {port}
+  session_secret: "{'s' * 40}"
+  users: {{tech: "{hash_password(PASSWORD)}"}}
+""")
+        with open(tmp_path / "serve.log", "w") as log:
+            process = subprocess.Popen([console_script("edge-fleet"), "serve", "-c", str(config)],
+                                       stderr=log, stdout=subprocess.DEVNULL)
+        try:
+            wait_until(lambda: port_open("127.0.0.1", port) or process.poll() is not None,
+                       timeout_s=30, what="edge-fleet serve listening")
+            assert process.poll() is None, (tmp_path / "serve.log").read_text()
+            yield f"http://127.0.0.1:{port}"
+        finally:
+            stop_process(process)
+
+
+@pytest.fixture
+def browser() -> Iterator[Any]:
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = str(CHROMIUM)
+    for flag in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu"):
+        options.add_argument(flag)
+    driver = webdriver.Chrome(service=Service(str(DRIVER)), options=options)
+    driver.set_page_load_timeout(30)
+    try:
+        yield driver
+    finally:
+        driver.quit()
+
+
+def test_the_fleet_view_behind_its_login(server: str, browser: Any, tmp_path: Path) -> None:
+    from selenium.webdriver.common.by import By
+
+    def login(password: str) -> None:
+        browser.find_element(By.ID, "user").send_keys("tech")
+        browser.find_element(By.ID, "password").send_keys(password)
+        browser.find_element(By.ID, "submit").click()
+
+    browser.get(server + "/gateway/gw-1")
+    assert browser.current_url.endswith("/login"), "every page needs a login"
+    login("wrong password")
+    assert "wrong name or password" in browser.find_element(By.ID, "error").text
+    login(PASSWORD)
+
+    fleet = browser.find_element(By.ID, "gateways").text
+    assert "gw-1" in fleet and "online" in fleet and "0.1.0" in fleet and "abababababab" in fleet
+    browser.find_element(By.LINK_TEXT, "gw-1").click()
+
+    devices = browser.find_element(By.ID, "devices").text
+    assert "meter down timeout: no answer within 1.0 s" in devices, devices
+    assert "compressor-1 up" in devices and "compressor" in devices
+    assert "complete" in browser.find_element(By.ID, "completeness").text
+    browser.find_element(By.LINK_TEXT, "compressor-1").click()
+
+    states = {r.get_attribute("data-state")
+              for r in browser.find_elements(By.CSS_SELECTOR, "#timeline rect")}
+    assert states == {"running", "idle", "off"}, states
+    energy = browser.find_element(By.ID, "energy").text
+    assert "8.000" in energy and "25 %" in energy and "7403" in energy, energy  # 4 x 2 kWh
+    assert browser.find_elements(By.CSS_SELECTOR, "#plot svg polyline.mean")
+    episodes = browser.find_element(By.ID, "episodes").text
+    assert "temp-unusual" in episodes and "overheating" in episodes and "running" in episodes
+    browser.set_window_size(1280, 1400)
+    browser.save_screenshot(str(tmp_path / "device.png"))
+    assert (tmp_path / "device.png").stat().st_size > 10_000
+
+    browser.find_element(By.LINK_TEXT, "Completeness").click()
+    assert "complete: every event made was received" in browser.find_element(
+        By.ID, "report-gw-1").text

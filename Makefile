@@ -68,7 +68,7 @@ integration: venv kernels mosquitto mbpoll postgresql
 e2e: venv kernels mosquitto postgresql chromium
 	$(BIN)/pytest tests/e2e
 
-demo: venv kernels mosquitto
+demo: venv kernels mosquitto postgresql
 	$(BIN)/python tools/demo.py
 
 # The benchmarks (about 10 minutes): bench/results/*.md, explained in bench/README.md, and

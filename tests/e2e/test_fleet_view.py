@@ -28,6 +28,8 @@ pytestmark = [
                        reason="Debian's chromium and chromium-driver are not installed"),
 ]
 PASSWORD = "correct horse battery"
+ARTEFACTS = Path(__file__).resolve().parents[2] / ".artefacts" / "fleet-view"
+"""Screenshots of every page, kept after the run (for a reviewer; not in git)."""
 S = 1_000_000_000
 
 
@@ -128,8 +130,16 @@ def browser() -> Iterator[Any]:
         driver.quit()
 
 
-def test_the_fleet_view_behind_its_login(server: str, browser: Any, tmp_path: Path) -> None:
+def test_the_fleet_view_behind_its_login(server: str, browser: Any) -> None:
     from selenium.webdriver.common.by import By
+
+    ARTEFACTS.mkdir(parents=True, exist_ok=True)
+    browser.set_window_size(1280, 1400)
+
+    def shot(name: str) -> None:
+        path = ARTEFACTS / f"{name}.png"
+        browser.save_screenshot(str(path))
+        assert path.stat().st_size > 5_000, f"{name}: an empty page"
 
     def login(password: str) -> None:
         browser.find_element(By.ID, "user").send_keys("tech")
@@ -140,7 +150,9 @@ def test_the_fleet_view_behind_its_login(server: str, browser: Any, tmp_path: Pa
     assert browser.current_url.endswith("/login"), "every page needs a login"
     login("wrong password")
     assert "wrong name or password" in browser.find_element(By.ID, "error").text
+    shot("login")
     login(PASSWORD)
+    shot("fleet")
 
     fleet = browser.find_element(By.ID, "gateways").text
     assert "gw-1" in fleet and "online" in fleet and "0.1.0" in fleet and "abababababab" in fleet
@@ -150,6 +162,7 @@ def test_the_fleet_view_behind_its_login(server: str, browser: Any, tmp_path: Pa
     assert "meter down timeout: no answer within 1.0 s" in devices, devices
     assert "compressor-1 up" in devices and "compressor" in devices
     assert "complete" in browser.find_element(By.ID, "completeness").text
+    shot("gateway")
     browser.find_element(By.LINK_TEXT, "compressor-1").click()
 
     states = {r.get_attribute("data-state")
@@ -160,10 +173,9 @@ def test_the_fleet_view_behind_its_login(server: str, browser: Any, tmp_path: Pa
     assert browser.find_elements(By.CSS_SELECTOR, "#plot svg polyline.mean")
     episodes = browser.find_element(By.ID, "episodes").text
     assert "temp-unusual" in episodes and "overheating" in episodes and "running" in episodes
-    browser.set_window_size(1280, 1400)
-    browser.save_screenshot(str(tmp_path / "device.png"))
-    assert (tmp_path / "device.png").stat().st_size > 10_000
+    shot("device")
 
     browser.find_element(By.LINK_TEXT, "Completeness").click()
     assert "complete: every event made was received" in browser.find_element(
         By.ID, "report-gw-1").text
+    shot("completeness")

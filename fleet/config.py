@@ -57,7 +57,11 @@ class FleetDatabase(Settings):
 
 
 class FleetIngest(Settings):
-    batch_max_events: int = Field(default=500, ge=1, le=100_000)
+    receive_maximum: int = Field(default=10_000, ge=1, le=65_535)
+    """Unacknowledged messages the broker may send ahead (MQTT 5 Receive Maximum): since a
+    message is acknowledged only after its commit, this bounds the events per second to
+    about this many per commit."""
+    batch_max_events: int = Field(default=1000, ge=1, le=100_000)
     """Events committed in one transaction at most."""
     batch_max_s: float = Field(default=0.2, gt=0, le=60)
     """How long a batch waits to fill before it is committed (and its messages acknowledged)."""

@@ -78,6 +78,7 @@ class Ingest:
         m = self.config.mqtt
         props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
         props.SessionExpiryInterval = int(m.session_expiry_s)
+        props.ReceiveMaximum = self.config.ingest.receive_maximum
         self._client.connect_async(m.host, m.effective_port, keepalive=30, clean_start=False,
                                    properties=props)
         self._client.loop_start()

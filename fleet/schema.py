@@ -135,6 +135,8 @@ def month_partition(conn: psycopg.Connection[tuple[Any, ...]], moment: dt.dateti
     first = moment.astimezone(dt.UTC).replace(day=1, hour=0, minute=0, second=0, microsecond=0)
     following = (first + dt.timedelta(days=32)).replace(day=1)
     name = partition_name(first)
+    # Two ingest processes may create the same month at once; IF NOT EXISTS alone races.
+    conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (name,))
     conn.execute(sql.SQL("CREATE TABLE IF NOT EXISTS {} PARTITION OF events "
                          "FOR VALUES FROM ({}) TO ({})").format(
         sql.Identifier(name), sql.Literal(first), sql.Literal(following)))

@@ -17,3 +17,5 @@ for program in "$venv"/bin/*; do
     esac
 done
 rm -rf "$venv"/lib/python3.*/site-packages/plc_sim
+# The fleet side (edge-fleet, docs/fleet.md) runs on a server, never on a gateway.
+rm -rf "$venv"/lib/python3.*/site-packages/fleet

@@ -190,6 +190,9 @@ def assert_read_only(venv: Path) -> None:
     assert "edge-agent" in programs and not programs & set(WRITE_TOOLS), sorted(programs)
     assert not {p for p in programs if p.startswith("ua")}, sorted(programs)
     assert not list(venv.glob("lib/python3.*/site-packages/plc_sim")), "plc_sim is installed"
+    # Nor the fleet side: its package and its dependencies stay on the server.
+    for package in ("fleet", "psycopg", "starlette", "uvicorn", "jinja2"):
+        assert not list(venv.glob(f"lib/python3.*/site-packages/{package}")), package
 
 
 @pytest.mark.timeout(600)

@@ -17,6 +17,12 @@ Faults, for tests that provoke what peers fail at:
   keep-alives alike, while the session still answers Reads: the silent failure;
 * `expire_subscriptions()`: every subscription is deleted server-side, as when its lifetime
   ran out, and the client is not told;
+* `drop_publish_responses()`: the sessions connected now get no answer to their
+  PublishRequests (the server takes them and the answers are lost) while every other request
+  is answered, until `answer_publish_requests()`: a client that waits for ever on a lost
+  PublishRequest gets nothing, however often it recreates its subscription;
+* `announce_shutdown()`: every subscription tells its client `BadShutdown` (a status
+  change), as a server about to stop does;
 * `set_bad(reading, code)`: that variable is served with a bad (or uncertain) StatusCode
   until `set_bad(reading, None)`.
 
@@ -32,6 +38,7 @@ from __future__ import annotations
 import asyncio
 import socket
 import time
+import weakref
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
@@ -44,6 +51,7 @@ from asyncua.crypto.cert_gen import generate_private_key, generate_self_signed_a
 from asyncua.crypto.permission_rules import User, UserRole
 from asyncua.server.internal_server import InternalServer
 from asyncua.server.server import Server
+from asyncua.server.uaprocessor import UaProcessor
 from asyncua.server.user_managers import UserManager
 from asyncua.ua.status_codes import StatusCodes
 from cryptography import x509
@@ -72,6 +80,15 @@ def _variant(value: object) -> ua.Variant:
     if isinstance(value, list):
         return ua.Variant([float(v) for v in value], ua.VariantType.Double)
     return ua.Variant(float(value), ua.VariantType.Double)  # type: ignore[arg-type]
+
+
+def _answers_publish(response: object) -> bool:
+    """A PublishResponse, or the fault asyncua's server answers a PublishRequest with when it
+    timed out or was one too many (no other request gets these two)."""
+    if isinstance(response, ua.PublishResponse):
+        return True
+    return isinstance(response, ua.ServiceFault) and response.ResponseHeader.ServiceResult.value in (
+        StatusCodes.BadTimeout, StatusCodes.BadTooManyPublishRequests)
 
 
 def make_server_certificate(pki_dir: Path, host: str) -> tuple[Path, Path]:
@@ -160,6 +177,9 @@ class OpcUaSimServer:
         self._bad: dict[str, int] = {}
         self._history: deque[float] = deque(maxlen=HISTORY_LENGTH)
         self._updater: asyncio.Task[None] | None = None
+        self._dropping_publish = False
+        self._silenced: weakref.WeakSet[UaProcessor] = weakref.WeakSet()
+        """The connections whose publish answers are lost while `_dropping_publish`."""
         self.certificate_path: Path | None = None
 
     @property
@@ -245,6 +265,47 @@ class OpcUaSimServer:
         await service.delete_subscriptions(ids)
         log.info("opcua_subscriptions_expired", count=len(ids))
         return len(ids)
+
+    async def drop_publish_responses(self) -> int:
+        """From now on, lose the answers to the PublishRequests of the connections open now
+        (data changes and keep-alives alike, and the BadTimeout of a request the server let
+        time out); every other request is answered. How many connections."""
+        assert self._server is not None and self._server.bserver is not None
+        processors = [client.processor for client in self._server.bserver.clients
+                      if client.processor is not None]
+        for processor in processors:
+            if processor not in self._silenced:
+                self._silenced.add(processor)
+                processor.send_response = self._dropping(  # type: ignore[method-assign]
+                    processor.send_response)
+        self._dropping_publish = True
+        log.info("opcua_publish_responses_dropped", connections=len(processors))
+        return len(processors)
+
+    def answer_publish_requests(self) -> None:
+        """Answer PublishRequests again (those already lost stay lost)."""
+        self._dropping_publish = False
+        log.info("opcua_publish_responses_answered")
+
+    def _dropping(self, send: Callable[..., None]) -> Callable[..., None]:
+        """`UaProcessor.send_response`, losing publish answers while `_dropping_publish`."""
+
+        def send_response(requesthandle: int, seqhdr: Any, response: Any,
+                          msgtype: bytes = ua.MessageType.SecureMessage) -> None:
+            if self._dropping_publish and _answers_publish(response):
+                return
+            send(requesthandle, seqhdr, response, msgtype)
+
+        return send_response
+
+    async def announce_shutdown(self) -> int:
+        """Every subscription sends its client a `BadShutdown` status change; how many."""
+        assert self._server is not None
+        subs = list(self._server.iserver.subscription_service.subscriptions.values())
+        for sub in subs:
+            await sub.enqueue_statuschange(ua.StatusCode(ua.UInt32(StatusCodes.BadShutdown)))
+        log.info("opcua_shutdown_announced", count=len(subs))
+        return len(subs)
 
     def set_bad(self, reading: str, code: int | None = StatusCodes.BadSensorFailure) -> None:
         """Serve `reading` with StatusCode `code` (None: good again) from the next tick on."""

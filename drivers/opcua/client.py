@@ -5,7 +5,9 @@ lost connection ends `stream()` (or a `read`) with a DeviceError and `connect` r
 session, the subscription and every monitored item. The watchdog (`stream`) catches a
 subscription that silently stops delivering while the session looks alive: nothing, not
 even a keep-alive, for `stall_after_s` is reported (`degraded`, `subscription_stalled`) and
-the subscription recreated; its next data clears the report. asyncua's own watchdog, which
+the subscription recreated; its next data clears the report. Should the recreated
+subscriptions stay silent too (RECREATIONS_BEFORE_NEW_SESSION of them), `stream()` ends with
+DeviceTimeout and the supervisor opens a new session. asyncua's own watchdog, which
 recreates silently, is off so that every stall is seen. Read-only towards the PLC: Read,
 Browse, TranslateBrowsePathsToNodeIds, CreateSubscription and CreateMonitoredItems only.
 """
@@ -54,6 +56,9 @@ _SESSION_LOST = frozenset({
     StatusCodes.BadServerNotConnected, StatusCodes.BadShutdown,
     StatusCodes.BadCommunicationError,
 })
+RECREATIONS_BEFORE_NEW_SESSION = 2
+"""Recreated subscriptions that each stayed silent for `stall_after_s` before the session is
+given up: a server may keep a session that answers Reads but never publishes again."""
 _UNKNOWN_NODE = frozenset({
     StatusCodes.BadNodeIdUnknown, StatusCodes.BadNodeIdInvalid,
     StatusCodes.BadNoMatch, StatusCodes.BadBrowseNameInvalid,
@@ -128,7 +133,9 @@ class OpcUaDriver:
         try:
             await secure(client, cfg, self._pki)
             await client.connect()
-            self._hook = PublishHook(client)  # before the subscription starts the publish loop
+            # Before the subscription starts the publish loop. A PublishRequest unanswered for
+            # as long as the watchdog waits is lost (publish_hook.py).
+            self._hook = PublishHook(client, cfg.name, cfg.stall_after_s)
             self._tag_errors = {}
             self._nodes = {}
             for tag in cfg.tags:
@@ -190,11 +197,14 @@ class OpcUaDriver:
         check_s = min(0.5, cfg.stall_after_s / 4)
         since = time.monotonic()
         stalled = False
+        fruitless = 0  # recreated subscriptions that have not been heard from
         while True:
             if self._lost.is_set():
                 raise DeviceUnreachable(self.device, self._lost_reason or "connection lost")
             sub = self._subscription
             events, ended = await self._next_events(sub, check_s)
+            if sub.last_publish_at is not None:  # data or a keep-alive: the publishing works
+                fruitless = 0
             if events:
                 for batch in self._batches(events):
                     stalled = False
@@ -209,6 +219,11 @@ class OpcUaDriver:
             detail = (f"the server ended the subscription ({ended})" if ended else
                       f"nothing from the server for {cfg.stall_after_s:g} s, not even a "
                       "keep-alive")
+            if fruitless >= RECREATIONS_BEFORE_NEW_SESSION:
+                log.warning("opcua_session_renewed", device=self.device, detail=detail,
+                            recreated=fruitless)
+                raise DeviceTimeout(self.device, f"{detail}, also from {fruitless} new "
+                                    "subscriptions: opening a new session")
             if not stalled:
                 stalled = True
                 yield DeviceNotice("degraded", "subscription_stalled",
@@ -216,6 +231,7 @@ class OpcUaDriver:
             log.warning("opcua_subscription_stalled", device=self.device, detail=detail,
                         silent_s=round(silent_s, 1))
             await self._resubscribe()
+            fruitless += 1
             since = time.monotonic()
 
     # -- connection ------------------------------------------------------------------------

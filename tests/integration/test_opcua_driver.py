@@ -246,3 +246,56 @@ async def test_subscribed_numbers_and_booleans_take_the_array_decoder_and_read_a
         assert changes.handles.tolist() == [i.ClientHandle for i in items]
         assert changes.values.tolist() == [float(i.Value.Value.Value) for i in items]
         assert changes.status.tolist() == [i.Value.StatusCode.value for i in items]
+
+
+async def test_lost_publish_responses_stop_the_subscription_only_while_they_are_lost(
+        sim: OpcUaSimServer, start: Any) -> None:
+    """Field trial (issue 20): the server alive, its publish responses lost for a while, then
+    answering again. asyncua waited for ever on the lost PublishRequest: 15 recreated
+    subscriptions over 75 s brought nothing, while the polls of the same server went on."""
+    config = device(sim.endpoint, [
+        {"name": "power", "node": sim.node_id("active_power_w"), "sampling_interval_s": 0.05},
+        {"name": "state", "node": sim.node_id("state"), "mode": "poll"},
+    ])
+    run = start(config)
+    await wait_until_async(lambda: run.values("power") and run.values("state"), timeout_s=10,
+                           what="first values")
+    try:
+        assert await sim.drop_publish_responses() >= 1
+        await wait_until_async(lambda: ("degraded", "subscription_stalled") in run.health(),
+                               timeout_s=10, what="the stall reported")
+        polled = len(run.values("state"))
+        await wait_until_async(lambda: len(run.values("state")) > polled + 2, timeout_s=5,
+                               what="polls while the publish responses are lost")
+    finally:
+        sim.answer_publish_requests()
+    count = len(run.values("power"))
+    # Within about one PublishRequest's timeout (stall_after_s) of the server answering again.
+    await wait_until_async(lambda: len(run.values("power")) > count + 3,
+                           timeout_s=3 * config.stall_after_s + 3,
+                           what="subscribed values once the server answers again")
+    # The session was kept: the polls never stopped, the device never went down.
+    assert run.health() == [("up", ""), ("degraded", "subscription_stalled"), ("up", "")]
+
+
+async def test_a_session_that_never_publishes_again_is_replaced_by_a_new_one(
+        sim: OpcUaSimServer, start: Any) -> None:
+    """The last resort: Reads answered, every PublishRequest of the session lost for good,
+    however often the subscription is recreated; a new session publishes."""
+    config = device(sim.endpoint, [
+        {"name": "power", "node": sim.node_id("active_power_w"), "sampling_interval_s": 0.05}])
+    run = start(config)
+    await wait_until_async(lambda: run.values("power"), timeout_s=10, what="first value")
+    try:
+        assert await sim.drop_publish_responses() >= 1  # the connections open now, for good
+        await wait_until_async(lambda: len(run.health()) >= 4, timeout_s=20,
+                               what="stalled, down, up again")
+        count = len(run.values("power"))
+        await wait_until_async(lambda: len(run.values("power")) > count + 3, timeout_s=10,
+                               what="values from the new session")
+    finally:
+        sim.answer_publish_requests()
+    assert run.health()[:4] == [("up", ""), ("degraded", "subscription_stalled"),
+                                ("down", "timeout"), ("up", "")]
+    down = [e.data["detail"] for e in run.events if e.kind == DEVICE_HEALTH][2]
+    assert "also from 2 new subscriptions: opening a new session" in down

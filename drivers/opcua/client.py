@@ -103,7 +103,8 @@ class OpcUaDriver:
         self._names = [tag.name for tag in config.tags]
         self._hook: PublishHook | None = None
         self._lost: asyncio.Event = asyncio.Event()
-        self._lost_reason = ""
+        self._lost_error: DeviceError | None = None
+        """Why the session ended, as its first witness said (see `_on_connection_lost`)."""
 
     @property
     def device(self) -> str:
@@ -127,7 +128,7 @@ class OpcUaDriver:
         client.application_uri = pki.APPLICATION_URI
         client.name = client.description = f"edge-agent {cfg.name}"
         client._stale_check_margin = math.inf  # our watchdog owns stalls (see module docstring)
-        self._lost = asyncio.Event()
+        self._lost, self._lost_error = asyncio.Event(), None
         client.connection_lost_callback = self._on_connection_lost
         self._client = client
         try:
@@ -192,7 +193,7 @@ class OpcUaDriver:
         watchdog's notices; ends with a DeviceError when the connection is lost."""
         if self._subscription is None:
             await self._lost.wait()
-            raise DeviceUnreachable(self.device, self._lost_reason or "connection lost")
+            raise self._lost_cause()
         cfg = self._config
         check_s = min(0.5, cfg.stall_after_s / 4)
         since = time.monotonic()
@@ -200,7 +201,7 @@ class OpcUaDriver:
         fruitless = 0  # recreated subscriptions that have not been heard from
         while True:
             if self._lost.is_set():
-                raise DeviceUnreachable(self.device, self._lost_reason or "connection lost")
+                raise self._lost_cause()
             sub = self._subscription
             events, ended = await self._next_events(sub, check_s)
             if sub.last_publish_at is not None:  # data or a keep-alive: the publishing works
@@ -237,12 +238,31 @@ class OpcUaDriver:
     # -- connection ------------------------------------------------------------------------
 
     async def _on_connection_lost(self, exc: Exception) -> None:
-        self._lost_reason = f"connection lost: {type(exc).__name__}: {exc}".rstrip(": ")
+        """asyncua's supervisor saw the connection die: its liveness probe (a Read of the
+        server's state every `timeout_s`) went unanswered, or the socket closed. It then
+        tells every subscription `BadShutdown` itself, which is not the server's word."""
+        if self._lost.is_set():
+            return
+        if isinstance(exc, TimeoutError):
+            self._lost_error = DeviceTimeout(
+                self.device, f"no answer from the server within {self._config.timeout_s:g} s "
+                "(its state, read to check the connection): the server is frozen or "
+                "overloaded, or the network drops packets")
+        else:
+            why = f" ({exc})" if str(exc) else ""
+            self._lost_error = DeviceUnreachable(
+                self.device, f"connection lost{why}: the server closed it, crashed or "
+                "restarted, or the network broke it")
         self._lost.set()
 
+    def _lost_cause(self) -> DeviceError:
+        return self._lost_error or DeviceUnreachable(self.device, "connection lost")
+
     def _connected(self) -> Client:
-        if self._client is None or self._lost.is_set():
-            raise DeviceUnreachable(self.device, self._lost_reason or "not connected")
+        if self._lost.is_set():
+            raise self._lost_cause()
+        if self._client is None:
+            raise DeviceUnreachable(self.device, "not connected")
         return self._client
 
     async def _resolve(self, client: Client, tag: OpcUaTag) -> ua.NodeId | None:
@@ -370,8 +390,13 @@ class OpcUaDriver:
                 events.append(event)
             elif isinstance(event, StatusChangeEvent):
                 status = ua.StatusCode(event.notification.Status.value)
-                if status.value in _SESSION_LOST:
-                    self._lost_reason = f"the server ended the session: {status.name}"
+                if status.value in _SESSION_LOST and not self._lost.is_set():
+                    # Only the server's own word: after a lost connection asyncua sends
+                    # BadShutdown itself, and `_on_connection_lost` has told what happened.
+                    self._lost_error = DeviceUnreachable(
+                        self.device, f"the server ended the session ({status.name})"
+                        + (": it is shutting down" if status.value == StatusCodes.BadShutdown
+                           else ""))
                     self._lost.set()
                 elif not status.is_good():  # e.g. BadTimeout: its lifetime ran out
                     ended = status.name
@@ -428,6 +453,8 @@ class OpcUaDriver:
         name = self.device
         if isinstance(exc, DeviceError):
             return exc
+        if self._lost_error is not None:  # the call failed because the connection had died
+            return self._lost_error
         if isinstance(exc, TimeoutError):
             return DeviceTimeout(name, f"{doing}: no answer within {self._config.timeout_s} s")
         if isinstance(exc, OSError | ConnectionError):

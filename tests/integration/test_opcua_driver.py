@@ -9,8 +9,11 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import os
+import signal
+import subprocess
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,7 +26,13 @@ from agent.acquire.task import DeviceHealth, supervise_device
 from agent.detect.base import DetectorChain
 from agent.detect.quality import QualityChanges
 from agent.events import DEVICE_HEALTH, QUALITY
-from agent.testing import CapturingSink, RecordingDetector, wait_until_async
+from agent.testing import (
+    CapturingSink,
+    RecordingDetector,
+    start_plc_sim,
+    stop_process,
+    wait_until_async,
+)
 from drivers.opcua import OpcUaDevice, OpcUaDriver
 from drivers.samples import Quality, SampleBatch
 from plc_sim.opcua_server import OpcUaSimServer
@@ -40,6 +49,17 @@ async def sim() -> AsyncIterator[OpcUaSimServer]:
     await server.start()
     yield server
     await server.stop()
+
+
+@pytest.fixture
+def sim_process(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[str], dict[str, Any]]]:
+    """plc-sim as a process of its own, to kill or to freeze (SIGSTOP)."""
+    with open(tmp_path / "plc-sim.log", "w") as log:
+        process, info = start_plc_sim("--opcua-port", "0", stderr=log, protocol="opcua")
+    yield process, info
+    if process.poll() is None:
+        os.kill(process.pid, signal.SIGCONT)
+    stop_process(process)
 
 
 @dataclass
@@ -299,3 +319,54 @@ async def test_a_session_that_never_publishes_again_is_replaced_by_a_new_one(
                                 ("down", "timeout"), ("up", "")]
     down = [e.data["detail"] for e in run.events if e.kind == DEVICE_HEALTH][2]
     assert "also from 2 new subscriptions: opening a new session" in down
+
+
+def down_details(run: Run) -> list[tuple[str, str]]:
+    return [(e.data["reason"], e.data["detail"]) for e in run.events
+            if e.kind == DEVICE_HEALTH and e.data["status"] == "down"]
+
+
+async def test_a_crashed_server_is_a_lost_connection_not_a_shutdown(
+        sim_process: tuple[subprocess.Popen[str], dict[str, Any]], start: Any) -> None:
+    """Issue 20: a killed server was reported as `the server ended the session: BadShutdown`,
+    the status asyncua makes up itself for every subscription when the connection is lost."""
+    process, info = sim_process
+    run = start(device(info["endpoint"], [
+        {"name": "power", "node": info["node"], "sampling_interval_s": 0.05}]))
+    await wait_until_async(lambda: run.values("power"), timeout_s=10, what="first value")
+    process.kill()
+    await wait_until_async(lambda: down_details(run), timeout_s=10, what="the device down")
+    reason, detail = down_details(run)[0]
+    assert reason == "unreachable"
+    assert "connection lost" in detail and "BadShutdown" not in detail
+
+
+async def test_a_frozen_server_is_no_answer_not_a_shutdown(
+        sim_process: tuple[subprocess.Popen[str], dict[str, Any]], start: Any) -> None:
+    process, info = sim_process
+    # As in the field: asyncua's liveness probe (every timeout_s, 2 s) notices before the
+    # stall watchdog would (stall_after_s: 15 * 0.5 s).
+    run = start(device(info["endpoint"], [
+        {"name": "power", "node": info["node"], "sampling_interval_s": 0.05}],
+        publishing_interval_s=0.5, keepalive_count=10))
+    await wait_until_async(lambda: run.values("power"), timeout_s=10, what="first value")
+    os.kill(process.pid, signal.SIGSTOP)
+    await wait_until_async(lambda: down_details(run), timeout_s=15, what="the device down")
+    reason, detail = down_details(run)[0]
+    assert reason == "timeout", detail
+    assert "no answer from the server within 2 s" in detail and "BadShutdown" not in detail
+    os.kill(process.pid, signal.SIGCONT)
+    count = len(run.values("power"))
+    await wait_until_async(lambda: len(run.values("power")) > count + 3, timeout_s=20,
+                           what="values once the server runs again")
+
+
+async def test_a_server_that_announces_its_shutdown_is_reported_so(
+        sim: OpcUaSimServer, start: Any) -> None:
+    run = start(device(sim.endpoint, [
+        {"name": "power", "node": sim.node_id("active_power_w"), "sampling_interval_s": 0.05}]))
+    await wait_until_async(lambda: run.values("power"), timeout_s=10, what="first value")
+    assert await sim.announce_shutdown() >= 1
+    await wait_until_async(lambda: down_details(run), timeout_s=10, what="the device down")
+    assert down_details(run)[0] == (
+        "unreachable", "the server ended the session (BadShutdown): it is shutting down")

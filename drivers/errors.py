@@ -62,3 +62,11 @@ class SecurityRejected(DeviceError):
     until a technician acts; the detail says what to do."""
 
     reason = "security"
+
+
+class FilePermission(DeviceError):
+    """The agent may not read or write a file of its own that the device needs (its OPC UA
+    certificate and the pinned server certificates under the state directory): retrying
+    will not help until a technician gives the files back; the detail says how."""
+
+    reason = "permission"

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -54,7 +55,7 @@ def cmd_browse(args: argparse.Namespace) -> int:
     from asyncua.client.client import Client
     from asyncua.ua.uaerrors import UaError
 
-    from drivers.errors import SecurityRejected
+    from drivers.errors import DeviceError
     from drivers.opcua import pki
     from drivers.opcua.browse import browse_tree, render_tree, variables, yaml_tags
     from drivers.opcua.config import OpcUaDevice, check_node_id
@@ -111,7 +112,7 @@ def cmd_browse(args: argparse.Namespace) -> int:
         print(f"browse: cannot reach {args.endpoint}: {exc or type(exc).__name__}",
               file=sys.stderr)
         return EXIT_FAILURE
-    except SecurityRejected as exc:
+    except DeviceError as exc:  # the device's security: refused, or the PKI not ours
         print(f"browse: {exc.detail}", file=sys.stderr)
         return EXIT_FAILURE
     except (UaError, LookupError) as exc:
@@ -161,7 +162,12 @@ def cmd_opcua_trust(args: argparse.Namespace) -> int:
         answer = sys.stdin.readline().strip().lower()
         return answer in ("y", "yes")
 
-    path = trust(server, pki_dir, confirm)
+    try:
+        path = trust(server, pki_dir, confirm)
+    except PermissionError as exc:
+        print(f"opcua trust: cannot write {exc.filename or pki_dir}: permission denied; run "
+              "it as root (sudo), or as the agent's user", file=sys.stderr)
+        return EXIT_FAILURE
     if path is None:
         print("not trusted: nothing changed", file=sys.stderr)
         return EXIT_FAILURE
@@ -169,4 +175,7 @@ def cmd_opcua_trust(args: argparse.Namespace) -> int:
         print(f"already trusted (in {path})")
     else:
         print(f"trusted: pinned in {path}; the agent connects from its next attempt on")
+    if os.geteuid() == 0:
+        owner = pki.user_name(pki_dir.stat().st_uid)
+        print(f"{pki_dir} belongs to {owner}, the owner of {state_dir}")
     return EXIT_OK

@@ -5,11 +5,20 @@ application instance certificate, made once and kept: servers pin it), and `trus
 DER file per server certificate a technician pinned with `edge-agent opcua trust URL`.
 Nothing is trusted implicitly: a server certificate not in `trusted/` is refused, with its
 fingerprint and the command that pins it.
+
+The folder belongs to the agent's user, who writes its certificate there: `edge-agent opcua
+trust`, run as root as the guide says, gives what it made to the owner of the state
+directory (`hand_over`), as the detector state writer keeps the owner of the file it
+replaces; folders are 0700, files 0600. Should the agent still be refused its own files,
+`permission_problem` says so, with the command that gives them back.
 """
 
 from __future__ import annotations
 
+import os
+import pwd
 import socket
+import stat
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -88,12 +97,15 @@ def load_certificate(data: bytes) -> x509.Certificate:
 
 
 def trusted_certificates(pki: Path) -> list[x509.Certificate]:
-    """Every certificate in `trusted/`; a file that is no certificate is skipped."""
+    """Every certificate in `trusted/`; a file that is no certificate is skipped.
+    PermissionError when the folder or a file may not be read (not "nothing trusted")."""
     folder = pki / TRUSTED_DIR
-    if not folder.is_dir():
+    try:
+        entries = sorted(folder.iterdir())
+    except (FileNotFoundError, NotADirectoryError):
         return []
     certs = []
-    for path in sorted(folder.iterdir()):
+    for path in entries:
         if path.is_file():
             try:
                 certs.append(load_certificate(path.read_bytes()))
@@ -109,9 +121,55 @@ def is_trusted(cert: x509.Certificate, pki: Path) -> bool:
 
 
 def pin(cert: x509.Certificate, pki: Path) -> Path:
-    """Store `cert` in `trusted/` (named after its fingerprint); the file's path."""
+    """Store `cert` in `trusted/` (named after its fingerprint), the PKI handed over to the
+    agent's user; the file's path."""
     folder = pki / TRUSTED_DIR
-    folder.mkdir(parents=True, exist_ok=True)
+    folder.mkdir(parents=True, exist_ok=True, mode=0o700)
     path = folder / (fingerprint(cert).replace(":", "").lower()[:32] + ".der")
-    path.write_bytes(cert.public_bytes(serialization.Encoding.DER))
+    tmp = path.with_suffix(".tmp")
+    tmp.touch(mode=0o600)
+    tmp.write_bytes(cert.public_bytes(serialization.Encoding.DER))
+    tmp.replace(path)
+    hand_over(pki)
     return path
+
+
+def hand_over(pki: Path) -> tuple[int, int] | None:
+    """Run as root: give the PKI folder and everything in it to the owner of the state
+    directory (its parent), the user the agent runs as, folders 0700 and files 0600. The
+    (uid, gid) given, or None when not root (what a user makes is its own)."""
+    if os.geteuid() != 0:
+        return None
+    owner = pki.parent.stat()
+    uid, gid = owner.st_uid, owner.st_gid
+    for entry in (pki, *sorted(pki.rglob("*"))):
+        st = entry.lstat()
+        if stat.S_ISLNK(st.st_mode):
+            continue  # never follow a link out of the folder
+        mode = 0o700 if stat.S_ISDIR(st.st_mode) else 0o600
+        if (st.st_uid, st.st_gid) != (uid, gid):
+            os.chown(entry, uid, gid, follow_symlinks=False)
+        if stat.S_IMODE(st.st_mode) != mode:
+            os.chmod(entry, mode)
+    return uid, gid
+
+
+def permission_problem(pki: Path, exc: PermissionError, doing: str) -> str:
+    """What a technician reads when the agent may not use its own PKI: the file, who owns
+    the folder, who the agent is, and the command that fixes it."""
+    me = user_name(os.geteuid())
+    where = pki if pki.exists() else pki.parent
+    try:
+        owner = f"; {where} belongs to {user_name(where.stat().st_uid)}"
+    except OSError:
+        owner = ""
+    return (f"cannot {doing} {exc.filename or pki}: permission denied{owner}, the agent runs "
+            f"as {me}: give the folder back with `sudo chown -R {me} {pki}` (made by "
+            "`edge-agent opcua trust` as root before it handed its files over)")
+
+
+def user_name(uid: int) -> str:
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return str(uid)

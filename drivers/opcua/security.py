@@ -24,7 +24,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from drivers.errors import SecurityRejected
+from drivers.errors import FilePermission, SecurityRejected
 from drivers.opcua import pki
 from drivers.opcua.config import OpcUaDevice
 
@@ -61,7 +61,11 @@ async def secure(client: Client, config: OpcUaDevice, pki_dir: Path) -> None:
                                                  serialization.PrivateFormat.PKCS8,
                                                  serialization.NoEncryption())
     else:
-        identity = await asyncio.to_thread(pki.ensure_client_identity, pki_dir)
+        try:
+            identity = await asyncio.to_thread(pki.ensure_client_identity, pki_dir)
+        except PermissionError as exc:
+            raise FilePermission(config.name, pki.permission_problem(
+                pki_dir, exc, "write the gateway's certificate")) from exc
         cert, key = str(identity.cert_path), str(identity.key_path)
     try:
         await client.set_security(POLICIES[sec.policy], cert, key,
@@ -76,7 +80,12 @@ async def secure(client: Client, config: OpcUaDevice, pki_dir: Path) -> None:
         raise
     server_der = client.security_policy.peer_certificate
     server_cert = pki.load_certificate(server_der) if server_der else None
-    if server_cert is None or not pki.is_trusted(server_cert, pki_dir):
+    try:
+        trusted = server_cert is not None and pki.is_trusted(server_cert, pki_dir)
+    except PermissionError as exc:
+        raise FilePermission(config.name, pki.permission_problem(
+            pki_dir, exc, "read the trusted certificates")) from exc
+    if server_cert is None or not trusted:
         fp = pki.fingerprint(server_cert) if server_cert is not None else "(none sent)"
         raise SecurityRejected(
             config.name,

@@ -55,8 +55,11 @@ def _first_certificate(der: bytes) -> bytes:
 
 
 def trust(server: ServerCertificate, pki_dir: Path, confirm: Callable[[str], bool]) -> Path | None:
-    """Pin `server`'s certificate if `confirm(question)` says yes; the file, or None."""
+    """Pin `server`'s certificate if `confirm(question)` says yes; the file, or None (the
+    folder when it was pinned already). Run as root, the PKI is handed over to the agent's
+    user either way (`pki.hand_over`), mending one an older version left to root."""
     if pki.is_trusted(server.cert, pki_dir):
+        pki.hand_over(pki_dir)
         return pki_dir / pki.TRUSTED_DIR
     if not confirm("Trust this certificate"):
         return None

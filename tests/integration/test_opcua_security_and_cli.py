@@ -7,7 +7,12 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator
+import os
+import shutil
+import stat
+import sys
+import tempfile
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
@@ -169,3 +174,94 @@ async def test_browse_prints_the_tree_and_a_ready_tag_list(tmp_path: Path) -> No
     finally:
         process.terminate()
         await process.wait()
+
+
+NOBODY = 65534
+as_root = pytest.mark.skipif(os.geteuid() != 0, reason="gives files to another user: needs root")
+
+_CONNECT_AS = """
+import asyncio, json, os, sys
+from pathlib import Path
+from drivers.errors import DeviceError
+from drivers.opcua import OpcUaDevice, OpcUaDriver
+import drivers.opcua.client, drivers.opcua.security
+# Imported first: this Python's standard library may lie where only root can read.
+os.setgroups([]); os.setgid(int(sys.argv[3])); os.setuid(int(sys.argv[3]))
+
+async def main():
+    driver = OpcUaDriver(OpcUaDevice.model_validate_json(sys.argv[1]), Path(sys.argv[2]))
+    try:
+        await driver.connect()
+        return {"reason": "connected", "detail": ""}
+    except DeviceError as exc:
+        return {"reason": exc.reason, "detail": exc.detail}
+    finally:
+        await driver.close()
+
+print(json.dumps(asyncio.run(main())))
+"""
+
+
+async def connect_as(uid: int, config: OpcUaDevice, state_dir: Path) -> dict[str, str]:
+    """The driver's connect, in a process of user `uid` (the agent under its own user)."""
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", _CONNECT_AS, config.model_dump_json(), str(state_dir), str(uid),
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, cwd="/")
+    out, err = await asyncio.wait_for(process.communicate(), 60)
+    assert process.returncode == 0, err.decode()
+    answer: dict[str, str] = json.loads(out)
+    return answer
+
+
+@pytest.fixture
+def agent_state_dir() -> Iterator[Path]:
+    """A state directory of the agent's user (nobody), where that user can reach it (not
+    under pytest's root-only folder), as systemd's StateDirectory= makes it."""
+    path = Path(tempfile.mkdtemp(prefix="edge-agent-state-"))
+    os.chown(path, NOBODY, NOBODY)
+    yield path
+    shutil.rmtree(path)
+
+
+def anonymous_secure_device(endpoint: str, node: str) -> OpcUaDevice:
+    return OpcUaDevice.model_validate({
+        "name": "comp", "protocol": "opcua", "endpoint": endpoint, "timeout_s": 2,
+        "security": {"policy": "Basic256Sha256", "mode": "SignAndEncrypt"},
+        "tags": [{"name": "power", "node": node}]})
+
+
+@as_root
+async def test_a_pki_the_agent_may_not_write_is_a_permission_problem_not_unreachable(
+        secure_sim: OpcUaSimServer, agent_state_dir: Path) -> None:
+    """Field trial (issue 20): `opcua trust` as root made pki/ root's, 0755; the agent, under
+    its own user, then failed on client-key.tmp and was reported `unreachable`."""
+    (agent_state_dir / "pki" / "trusted").mkdir(parents=True, mode=0o755)
+    config = anonymous_secure_device(secure_sim.endpoint, secure_sim.node_id("active_power_w"))
+    answer = await connect_as(NOBODY, config, agent_state_dir)
+    assert answer["reason"] == "permission", answer
+    pki_dir = agent_state_dir / "pki"
+    assert f"cannot write the gateway's certificate {pki_dir}/client-key.tmp" in answer["detail"]
+    assert f"{pki_dir} belongs to root, the agent runs as nobody" in answer["detail"]
+    assert f"`sudo chown -R nobody {pki_dir}`" in answer["detail"]
+
+
+@as_root
+async def test_trust_as_root_gives_the_pki_to_the_agents_user(
+        secure_sim: OpcUaSimServer, agent_state_dir: Path) -> None:
+    pki_dir = agent_state_dir / "pki"
+    (pki_dir / "trusted").mkdir(parents=True, mode=0o755)  # as an older version left it
+    code, out, err = await edge_agent("opcua", "trust", "--state-dir", str(agent_state_dir),
+                                      "--yes", secure_sim.endpoint)
+    assert code == 0, err
+    assert f"{pki_dir} belongs to nobody, the owner of {agent_state_dir}" in out
+    [pinned] = (pki_dir / "trusted").iterdir()
+    for path, mode in ((pki_dir, 0o700), (pki_dir / "trusted", 0o700), (pinned, 0o600)):
+        st = path.stat()
+        assert (st.st_uid, st.st_gid, stat.S_IMODE(st.st_mode)) == (NOBODY, NOBODY, mode), path
+    # The agent, as its own user, makes its certificate there and gets as far as the login
+    # (the server refuses anonymous sessions).
+    config = anonymous_secure_device(secure_sim.endpoint, secure_sim.node_id("active_power_w"))
+    answer = await connect_as(NOBODY, config, agent_state_dir)
+    assert answer["reason"] == "security", answer
+    assert "not trusted" not in answer["detail"]
+    assert (pki_dir / pki.KEY_FILE).stat().st_uid == NOBODY

@@ -210,17 +210,26 @@ def cmd_plan(args: argparse.Namespace) -> int:
 
 
 def cmd_read(args: argparse.Namespace) -> int:
-    from agent.cli.modbus import modbus_devices, read_all
+    from agent.cli import modbus, opcua
+    from drivers.opcua.config import OpcUaDevice
 
     quiet_logs()
     config = load_or_exit(args.config, _env_for_status(args.config)).config
-    try:
-        devices = modbus_devices(config, args.device)
-    except ValueError as exc:
-        print(f"read: {exc}", file=sys.stderr)
+    chosen = [d for d in config.devices if args.device in (None, d.name)]
+    if not chosen:
+        known = ", ".join(d.name for d in config.devices)
+        print(f"read: no device named {args.device!r} (configured: {known})", file=sys.stderr)
         return EXIT_CONFIG
-    ok = asyncio.run(read_all(devices, sys.stdout, sys.stderr))
-    return EXIT_OK if ok else EXIT_FAILURE
+    modbus_devices = [d for d in modbus.modbus_devices(config, None)
+                      if args.device in (None, d.name)]
+    opcua_devices = [d for d in chosen if isinstance(d, OpcUaDevice)]
+
+    async def read() -> bool:
+        ok = await modbus.read_all(modbus_devices, sys.stdout, sys.stderr)
+        return await opcua.read_all(opcua_devices, config.gateway.state_dir, sys.stdout,
+                                    sys.stderr) and ok
+
+    return EXIT_OK if asyncio.run(read()) else EXIT_FAILURE
 
 
 def cmd_probe(args: argparse.Namespace) -> int:
@@ -325,7 +334,8 @@ def build_parser() -> argparse.ArgumentParser:
     plan.add_argument("--device", help="only this device")
     plan.set_defaults(func=cmd_plan)
 
-    read = sub.add_parser("read", help="read every configured Modbus tag once and print it")
+    read = sub.add_parser("read", help="read every configured tag once and print it (Modbus "
+                          "and OPC UA)")
     add_config_argument(read)
     read.add_argument("--device", help="only this device")
     read.set_defaults(func=cmd_read)

@@ -64,7 +64,7 @@ def print_plan(devices: Sequence[ModbusDevice], out: TextIO) -> None:
     print(f"{total} request(s) per cycle of every poll group, {len(devices)} device(s)", file=out)
 
 
-def _format_value(value: float | str | None, type_: str) -> str:
+def format_value(value: float | str | None, type_: str) -> str:
     if value is None:
         return "-"
     if isinstance(value, str):
@@ -152,7 +152,7 @@ def range_advice(device: ModbusDevice, readings: Sequence[TagReading]) -> str | 
     suspects = [r for r in readings if implausible(r) is not None]
     if not suspects:
         return None
-    shown = ", ".join(f"{r.tag.name} {_format_value(r.value, r.tag.type)}"
+    shown = ", ".join(f"{r.tag.name} {format_value(r.value, r.tag.type)}"
                       + (f" {r.tag.unit}" if r.tag.unit else "") for r in suspects[:4])
     more = f" and {len(suspects) - 4} more" if len(suspects) > 4 else ""
     line = (f"device {device.name}: {len(suspects)} implausible value(s), outside their "
@@ -171,7 +171,7 @@ def print_readings(device: ModbusDevice, readings: list[TagReading], out: TextIO
     rows = [("tag", "address", "raw", "value", "unit")]
     for r in readings:
         value = (_format_error(r.error) if r.error else _exact(r, device.byte_order)
-                 or _format_value(r.value, r.tag.type))
+                 or format_value(r.value, r.tag.type))
         flag = implausible(r)
         if flag is not None:
             value += f" {flag}"

@@ -1,5 +1,6 @@
-"""`edge-agent browse` and `edge-agent opcua trust`: the OPC UA commands a technician runs
-while setting a device up. Thin: the protocol work is in drivers/opcua/browse.py and trust.py.
+"""`edge-agent browse`, `edge-agent opcua trust` and the OPC UA side of `edge-agent read`:
+the OPC UA commands a technician runs while setting a device up. Thin: the protocol work is
+in drivers/opcua/browse.py, trust.py and the driver's `read_values`.
 """
 
 from __future__ import annotations
@@ -8,10 +9,21 @@ import argparse
 import asyncio
 import os
 import sys
+from collections.abc import Sequence
+from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, TextIO
 
 from agent.cli.common import EXIT_CONFIG, EXIT_FAILURE, EXIT_OK, load_or_exit
+from drivers.errors import DeviceError
+from drivers.opcua.config import OpcUaDevice
+
+if TYPE_CHECKING:
+    from drivers.opcua.client import TagValue
+
+ARRAY_SHOWN = 3
+"""Elements of an array value printed by `read` (the count says how many there are)."""
+_OTHER_TEXT = 60
 
 
 def _quiet_asyncua() -> None:
@@ -55,10 +67,9 @@ def cmd_browse(args: argparse.Namespace) -> int:
     from asyncua.client.client import Client
     from asyncua.ua.uaerrors import UaError
 
-    from drivers.errors import DeviceError
     from drivers.opcua import pki
     from drivers.opcua.browse import browse_tree, render_tree, variables, yaml_tags
-    from drivers.opcua.config import OpcUaDevice, check_node_id
+    from drivers.opcua.config import check_node_id
     from drivers.opcua.security import secure
 
     _quiet_asyncua()
@@ -179,3 +190,102 @@ def cmd_opcua_trust(args: argparse.Namespace) -> int:
         owner = pki.user_name(pki_dir.stat().st_uid)
         print(f"{pki_dir} belongs to {owner}, the owner of {state_dir}")
     return EXIT_OK
+
+
+# --- read ---------------------------------------------------------------------------------
+
+async def read_device(device: OpcUaDevice, state_dir: Path
+                      ) -> tuple[list[TagValue], DeviceError | None]:
+    """Every tag of the device once (one Read, no subscription made); a device that fails
+    gives its error."""
+    from drivers.opcua.client import OpcUaDriver
+
+    _quiet_asyncua()
+    driver = OpcUaDriver(device, state_dir, with_subscription=False)
+    try:
+        await driver.connect()
+        return await driver.read_values(), None
+    except DeviceError as exc:
+        return [], exc
+    finally:
+        await driver.close()
+
+
+def format_tag_value(value: TagValue) -> str:
+    """The value as the agent reads it, every digit of its type; an array's count and its
+    first elements."""
+    if value.error is not None:
+        return "error: " + ("no such browse path" if value.status == "BadNoMatch"
+                            else "no such node")
+    payload = value.value
+    if isinstance(payload, list | tuple):
+        shown = ", ".join(_format_one(item, value.variant) for item in payload[:ARRAY_SHOWN])
+        more = ", ..." if len(payload) > ARRAY_SHOWN else ""
+        return f"[{len(payload)}] {shown}{more}"
+    return _format_one(payload, value.variant)
+
+
+def _format_one(value: object, variant: str | None) -> str:
+    from agent.cli.modbus import format_value  # imported when reading: it loads pymodbus
+
+    if isinstance(value, bool):
+        return format_value(float(value), "bool")
+    if isinstance(value, int):
+        return str(value)  # exact: an Int64 or UInt64 holds more digits than a float
+    if isinstance(value, float):
+        return format_value(value, "float32" if variant == "Float" else "float64")
+    if value is None or isinstance(value, str):
+        return format_value(value, "string")
+    text = repr(value)
+    return text if len(text) <= _OTHER_TEXT else text[: _OTHER_TEXT - 3] + "..."
+
+
+def _format_time(moment: datetime | None) -> str:
+    """UTC to the millisecond (asyncua's datetimes are naive UTC)."""
+    if moment is None:
+        return "-"
+    return f"{moment:%Y-%m-%dT%H:%M:%S}.{moment.microsecond // 1000:03d}Z"
+
+
+def print_values(device: OpcUaDevice, values: Sequence[TagValue], out: TextIO) -> None:
+    rows = [("tag", "node", "value", "status", "source time", "server time", "unit")]
+    for v in values:
+        rows.append((v.tag.name, v.tag.address, format_tag_value(v), v.status,
+                     _format_time(v.source_time), _format_time(v.server_time), v.tag.unit))
+    widths = [max(len(row[i]) for row in rows) for i in range(6)]
+    print(f"device {device.name} ({device.endpoint}):", file=out)
+    for row in rows:
+        cells = "  ".join(cell.ljust(w) for cell, w in zip(row[:6], widths, strict=True))
+        print(f"  {cells}  {row[6]}".rstrip(), file=out)
+
+
+def array_warnings(values: Sequence[TagValue]) -> list[str]:
+    """Arrays longer than their tag's `max_array_length`: the agent would keep only the first."""
+    lines = []
+    for v in values:
+        if isinstance(v.value, list | tuple) and len(v.value) > v.tag.max_array_length:
+            lines.append(f"tag {v.tag.name}: arrays of {len(v.value)} values, the agent keeps "
+                         f"the first {v.tag.max_array_length} (max_array_length): set "
+                         f"max_array_length: {len(v.value)} to keep them all")
+    return lines
+
+
+async def read_all(devices: Sequence[OpcUaDevice], state_dir: Path, out: TextIO,
+                   err: TextIO) -> bool:
+    """Read and print each device in turn; False when one could not be read or refused tags."""
+    ok = True
+    for device in devices:
+        values, error = await read_device(device, state_dir)
+        if error is not None:
+            ok = False
+            print(f"device {device.name}: {error.reason}: {error.detail}", file=err)
+        if values:
+            print_values(device, values, out)
+        for line in array_warnings(values):
+            print(f"device {device.name}: warning: {line}", file=err)
+        refused = [v.tag.name for v in values if v.error is not None]
+        if refused:
+            ok = False
+            print(f"device {device.name}: {len(refused)} tag(s) refused by the server: "
+                  + ", ".join(refused), file=err)
+    return ok

@@ -19,6 +19,7 @@ import math
 import time
 from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 
 import numpy as np
@@ -66,6 +67,24 @@ _UNKNOWN_NODE = frozenset({
 
 
 @dataclass(frozen=True, slots=True)
+class TagValue:
+    """One tag's DataValue as the server sent it, for `edge-agent read`: what a technician
+    compares with the PLC's own display."""
+
+    tag: OpcUaTag
+    value: object
+    """The Variant's payload: a number, a bool, a text, a list of these, or None."""
+    variant: str | None
+    """The Variant's type (`Double`, `Float`, `Boolean`...); None without a value."""
+    status: str
+    """The StatusCode's name (`Good`, `BadSensorFailure`...)."""
+    source_time: datetime | None
+    server_time: datetime | None
+    error: DeviceError | None = None
+    """The server has no such node or browse path: the tag is refused."""
+
+
+@dataclass(frozen=True, slots=True)
 class OpcUaReadPlan:
     """The polled tags of one period: one Read service call."""
 
@@ -87,8 +106,11 @@ def poll_plans(config: OpcUaDevice) -> tuple[OpcUaReadPlan, ...]:
 class OpcUaDriver:
     """One OPC UA server (satisfies drivers.base.StreamingDriver)."""
 
-    def __init__(self, config: OpcUaDevice, state_dir: Path) -> None:
+    def __init__(self, config: OpcUaDevice, state_dir: Path, *,
+                 with_subscription: bool = True) -> None:
+        """`with_subscription=False`: connect without subscribing (`edge-agent read`)."""
         self._config = config
+        self._with_subscription = with_subscription
         self._pki = pki.pki_dir(state_dir)
         self._plans = poll_plans(config)
         self._tags = {tag.name: tag for tag in config.tags}
@@ -143,7 +165,7 @@ class OpcUaDriver:
                 node = await self._resolve(client, tag)
                 if node is not None:
                     self._nodes[tag.name] = node
-            if self._subscribed:
+            if self._subscribed and self._with_subscription:
                 await self._subscribe(client)
         except DeviceError:
             raise
@@ -187,6 +209,40 @@ class OpcUaDriver:
                 builder.add(name, None, quality_of(StatusCodes.BadNoMatch), 1)
         # A Read is one instant: the newest plausible source time of its values stands for all.
         return builder.build(newest or receive_ns, mono_ns)
+
+    async def read_values(self) -> list[TagValue]:
+        """Every configured tag once, polled and subscribed alike, in configuration order:
+        one Read with source and server timestamps."""
+        client = self._connected()
+        params = ua.ReadParameters()
+        params.TimestampsToReturn = ua.TimestampsToReturn.Both
+        tags = [tag for tag in self._config.tags if tag.name in self._nodes]
+        for tag in tags:
+            item = ua.ReadValueId()
+            item.NodeId = self._nodes[tag.name]
+            item.AttributeId = AttributeIds.Value
+            params.NodesToRead.append(item)
+        try:
+            results = await client.uaclient.read(params) if tags else []
+        except Exception as exc:
+            raise self._classify(exc, "read") from exc
+        read = dict(zip((tag.name for tag in tags), results, strict=True))
+        values = []
+        for tag in self._config.tags:
+            result = read.get(tag.name)
+            if result is None:  # its browse path did not resolve
+                values.append(TagValue(tag, None, None, "BadNoMatch", None, None,
+                                       self._tag_errors.get(tag.name)))
+                continue
+            self._note_unknown_node(tag.name, result.StatusCode)
+            variant = result.Value
+            status = result.StatusCode if result.StatusCode is not None else ua.StatusCode()
+            values.append(TagValue(
+                tag, variant.Value if variant is not None else None,
+                variant.VariantType.name if variant is not None and variant.Value is not None
+                else None, status.name, result.SourceTimestamp, result.ServerTimestamp,
+                self._tag_errors.get(tag.name)))
+        return values
 
     async def stream(self) -> AsyncIterator[SampleBatch | DeviceNotice]:
         """Batches of the subscription as they arrive (one per notification time), and the

@@ -10,10 +10,13 @@ import json
 import os
 import shutil
 import stat
+import subprocess
 import sys
 import tempfile
 from collections.abc import AsyncIterator, Iterator
+from datetime import datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 import pytest_asyncio
@@ -21,7 +24,13 @@ import pytest_asyncio
 from agent.acquire.backoff import Backoff
 from agent.acquire.task import DeviceHealth, supervise_device
 from agent.events import DEVICE_HEALTH, Event
-from agent.testing import RecordingDetector, console_script, wait_until_async
+from agent.testing import (
+    RecordingDetector,
+    console_script,
+    start_plc_sim,
+    stop_process,
+    wait_until_async,
+)
 from drivers.opcua import OpcUaDevice, OpcUaDriver, pki
 from drivers.opcua.trust import fetch_server_certificate
 from plc_sim.opcua_server import OpcUaSimServer
@@ -265,3 +274,58 @@ async def test_trust_as_root_gives_the_pki_to_the_agents_user(
     assert answer["reason"] == "security", answer
     assert "not trusted" not in answer["detail"]
     assert (pki_dir / pki.KEY_FILE).stat().st_uid == NOBODY
+
+
+@pytest.fixture
+def traced_sim(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[str], dict[str, Any]]]:
+    """plc-sim serving OPC UA, every value it served in `tmp_path/trace.jsonl`."""
+    with open(tmp_path / "plc-sim.log", "w") as log:
+        sim, info = start_plc_sim("--opcua-port", "0", "--trace", str(tmp_path / "trace.jsonl"),
+                                  stderr=log, protocol="opcua")
+    yield sim, info
+    stop_process(sim)
+
+
+async def test_read_prints_an_opcua_devices_values_status_codes_and_times(
+        tmp_path: Path, traced_sim: tuple[subprocess.Popen[str], dict[str, Any]]) -> None:
+    """Issue 20: `edge-agent read --device <an OPC UA device>` said `no Modbus device named`."""
+    sim, info = traced_sim
+    trace = tmp_path / "trace.jsonl"
+    try:
+        config = tmp_path / "c.yaml"
+        config.write_text(
+            "gateway: {id: gw, state_dir: " + str(tmp_path / "state") + "}\n"
+            "mqtt: {host: 127.0.0.1, tls: {enabled: false}}\n"
+            "devices:\n  - name: oven\n    protocol: opcua\n"
+            f"    endpoint: {info['endpoint']}\n    tags:\n"
+            '      - {name: power, node: "ns=2;s=compressor.active_power_w", unit: W}\n'
+            '      - {name: state, node: "ns=2;s=compressor.state", mode: poll}\n'
+            '      - {name: firmware, browse_path: "2:compressor/2:firmware", mode: poll}\n'
+            '      - {name: running, node: "ns=2;s=compressor.running"}\n'
+            '      - {name: wave, node: "ns=2;s=compressor.vibration_waveform_mm_s"}\n'
+            '      - {name: ghost, node: "ns=2;s=compressor.no_such_value"}\n')
+        code, out, err = await edge_agent("read", "-c", str(config), "--device", "oven")
+    finally:
+        stop_process(sim)
+    assert code == 1, err  # a refused tag, as for Modbus
+    assert out.startswith(f"device oven ({info['endpoint']}):\n  tag ")
+    rows = {line.split()[0]: line.split() for line in out.splitlines()[2:]}
+    served = [json.loads(line) for line in trace.read_text().splitlines()]
+    power = rows["power"]
+    assert power[1] == "ns=2;s=compressor.active_power_w" and power[-1] == "W"
+    assert any(float(power[2]) == pytest.approx(row["active_power_w"], rel=1e-14)
+               for row in served)
+    assert power[3] == "Good"
+    source, server = (datetime.fromisoformat(t) for t in power[4:6])
+    assert abs(server - source) < timedelta(seconds=5)
+    assert int(rows["state"][2]) in {row["state"] for row in served}
+    assert rows["firmware"][2] == "'1.2'"
+    assert rows["running"][2] in ("0", "1")
+    assert rows["wave"][2] == "[1024]"
+    assert rows["ghost"][2:4] == ["error:", "no"] and "BadNodeIdUnknown" in rows["ghost"]
+    assert "device oven: 1 tag(s) refused by the server: ghost" in err
+    assert ("device oven: warning: tag wave: arrays of 1024 values, the agent keeps the first "
+            "64 (max_array_length): set max_array_length: 1024 to keep them all") in err
+
+    code, _, err = await edge_agent("read", "-c", str(config), "--device", "press")
+    assert code == 2 and "no device named 'press' (configured: oven)" in err

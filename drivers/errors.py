@@ -56,6 +56,13 @@ class IllegalAddress(DeviceException):
     reason = "illegal_address"
 
 
+class ValueTruncated(DeviceError):
+    """A tag's values are longer than the configuration keeps (an OPC UA array beyond its
+    `max_array_length`): the rest is cut. Not a refusal: the tag is read, but not wholly."""
+
+    reason = "array_truncated"
+
+
 class SecurityRejected(DeviceError):
     """The secure connection cannot be made: an untrusted server certificate, no endpoint with
     the configured policy and mode, or credentials the server refuses. Retrying will not help

@@ -17,6 +17,8 @@ from asyncua.client.client import Client
 from asyncua.common.node import Node
 from asyncua.ua.uaerrors import UaError
 
+from drivers.opcua.config import OpcUaTag
+
 SERVER_OBJECT = "i=2253"
 MAX_CHILDREN = 500
 """Children shown per node: a folder of thousands of nodes is summarised, not printed."""
@@ -106,7 +108,9 @@ def _describe(node: BrowsedNode) -> str:
     if len(value) > _VALUE_TEXT:
         value = value[: _VALUE_TEXT - 3] + "..."
     status = "" if node.status in (None, "Good") else f"  ({node.status})"
-    return f"{text}  {node.data_type} = {value}{status}"
+    kind = (f"{node.data_type}[{len(node.value)}]" if isinstance(node.value, list | tuple)
+            else node.data_type)
+    return f"{text}  {kind} = {value}{status}"
 
 
 def variables(root: BrowsedNode) -> Iterator[BrowsedNode]:
@@ -122,8 +126,12 @@ def tag_name(browse_name: str) -> str:
     return name if name[:1].isalpha() else f"tag_{name}"
 
 
+DEFAULT_MAX_ARRAY_LENGTH: int = OpcUaTag.model_fields["max_array_length"].default
+
+
 def yaml_tags(nodes: Sequence[BrowsedNode]) -> list[str]:
-    """A `tags:` list for a device's configuration: subscribed, names unique."""
+    """A `tags:` list for a device's configuration: subscribed, names unique; an array longer
+    than the default `max_array_length` gets its length, or the agent would cut it."""
     lines = ["tags:"]
     used: set[str] = set()
     for node in nodes:
@@ -136,6 +144,10 @@ def yaml_tags(nodes: Sequence[BrowsedNode]) -> list[str]:
         lines += [f"  - name: {name}",
                   f"    node: {json.dumps(node.node_id)}",
                   "    mode: subscribe"]
+        length = len(node.value) if isinstance(node.value, list | tuple) else None
+        if length is not None and length > DEFAULT_MAX_ARRAY_LENGTH:
+            lines.append(f"    max_array_length: {length}")
         if node.data_type:
-            lines.append(f"    # {node.data_type}, now {node.value!r}"[:100])
+            kind = node.data_type if length is None else f"{node.data_type}[{length}]"
+            lines.append(f"    # {kind}, now {node.value!r}"[:100])
     return lines

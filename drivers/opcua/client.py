@@ -40,6 +40,7 @@ from drivers.errors import (
     DeviceUnreachable,
     IllegalAddress,
     SecurityRejected,
+    ValueTruncated,
 )
 from drivers.opcua import pki
 from drivers.opcua.config import OpcUaDevice, OpcUaTag
@@ -118,6 +119,8 @@ class OpcUaDriver:
         self._client: Client | None = None
         self._nodes: dict[str, ua.NodeId] = {}
         self._tag_errors: dict[str, DeviceError] = {}
+        self._cut_logged: set[str] = set()
+        """Tags whose arrays were found cut (logged once per driver, not per connection)."""
         self._subscription: Subscription | None = None
         self._handles: dict[int, OpcUaTag] = {}
         self._tag_of_handle = np.zeros(0, dtype=np.int64)
@@ -139,7 +142,8 @@ class OpcUaDriver:
     @property
     def tag_errors(self) -> Mapping[str, DeviceError]:
         """Tags the server refuses (no such node or browse path, a monitored item it will not
-        create) while the others are read; they arrive as BAD samples when polled."""
+        create) while the others are read, they arrive as BAD samples when polled; and tags
+        whose arrays the default `max_array_length` cuts (`ValueTruncated`), read all the same."""
         return self._tag_errors
 
     async def connect(self) -> None:
@@ -237,11 +241,12 @@ class OpcUaDriver:
             self._note_unknown_node(tag.name, result.StatusCode)
             variant = result.Value
             status = result.StatusCode if result.StatusCode is not None else ua.StatusCode()
+            refused = self._tag_errors.get(tag.name)
             values.append(TagValue(
                 tag, variant.Value if variant is not None else None,
                 variant.VariantType.name if variant is not None and variant.Value is not None
                 else None, status.name, result.SourceTimestamp, result.ServerTimestamp,
-                self._tag_errors.get(tag.name)))
+                refused if isinstance(refused, IllegalAddress) else None))
         return values
 
     async def stream(self) -> AsyncIterator[SampleBatch | DeviceNotice]:
@@ -349,8 +354,26 @@ class OpcUaDriver:
         code = status.value if status is not None else 0
         if code in _UNKNOWN_NODE:
             self._refuse(self._tags[name], "no such node", code)
-        else:
-            self._tag_errors.pop(name, None)
+        elif isinstance(self._tag_errors.get(name), IllegalAddress):
+            del self._tag_errors[name]
+
+    def _note_array(self, tag: OpcUaTag, length: int) -> None:
+        """An array longer than the tag keeps: said once per tag (log), and while the default
+        `max_array_length` cuts it, the device is `degraded` (`array_truncated`) with the
+        setting that keeps it whole. A length the technician set is taken as meant."""
+        if length <= tag.max_array_length:
+            return
+        chosen = "max_array_length" in tag.model_fields_set
+        if tag.name not in self._cut_logged:
+            self._cut_logged.add(tag.name)
+            (log.info if chosen else log.warning)(
+                "opcua_array_cut", device=self.device, tag=tag.name, length=length,
+                max_array_length=tag.max_array_length)
+        if not chosen and tag.name not in self._tag_errors:
+            self._tag_errors[tag.name] = ValueTruncated(
+                self.device, f"tag {tag.name}: arrays of {length} values, the agent keeps the "
+                f"first {tag.max_array_length} (max_array_length's default): set "
+                f"max_array_length: {length} on the tag to keep them all")
 
     # -- subscription ----------------------------------------------------------------------
 
@@ -498,6 +521,8 @@ class OpcUaDriver:
             return 0
         code = value.StatusCode.value if value.StatusCode is not None else 0
         payload = value.Value.Value if value.Value is not None else None
+        if isinstance(payload, list | tuple):
+            self._note_array(tag, len(payload))
         builder.add(name, payload, quality_of(code), tag.max_array_length)
         if value.SourceTimestamp is None:
             return 0

@@ -20,6 +20,7 @@ from typing import Any
 
 import pytest
 import pytest_asyncio
+from structlog.testing import capture_logs
 
 from agent.acquire.backoff import Backoff
 from agent.acquire.task import DeviceHealth, supervise_device
@@ -370,3 +371,38 @@ async def test_a_server_that_announces_its_shutdown_is_reported_so(
     await wait_until_async(lambda: down_details(run), timeout_s=10, what="the device down")
     assert down_details(run)[0] == (
         "unreachable", "the server ended the session (BadShutdown): it is shutting down")
+
+
+async def test_an_array_the_default_max_array_length_cuts_is_reported_not_cut_silently(
+        start: Any) -> None:
+    """Field trial (issue 20): 1,024-sample vibration captures arrived as 64 samples each
+    (windows of n=704 per 11 captures), without a word."""
+    machine = SCENARIOS["compressor"].factory(ScenarioOptions(seed=3))
+    server = OpcUaSimServer("compressor", machine.trace_record, advance=machine.advance,
+                            tick_s=0.2, arrays=machine.arrays)
+    await server.start()
+    try:
+        with capture_logs() as logs:
+            run = start(device(server.endpoint, [
+                {"name": "wave", "node": server.node_id("vibration_waveform_mm_s"),
+                 "sampling_interval_s": 0.2},
+                # Set by the technician: meant, not reported.
+                {"name": "history", "node": server.node_id("power_history_w"), "mode": "poll",
+                 "max_array_length": 2},
+            ]))
+            await wait_until_async(lambda: len([b for b in run.batches if "wave" in b.tags]) >= 3
+                                   and len(run.values("history")) >= 6, timeout_s=15,
+                                   what="three captures and a few polls")
+            health = run.health()
+    finally:
+        await server.stop()
+    assert all(b.tags.count("wave") == 64 for b in run.batches if "wave" in b.tags)
+    # Up when connected (before any value), then degraded: read, not wholly.
+    assert health == [("up", ""), ("degraded", "array_truncated")]
+    detail = next(e.data["detail"] for e in run.events if e.kind == DEVICE_HEALTH
+                  and e.data["status"] == "degraded")
+    assert detail.startswith("tag wave: arrays of 1024 values, the agent keeps the first 64 "
+                             "(max_array_length's default): set max_array_length: 1024 on "
+                             "the tag to keep them all")
+    cut = [(e["log_level"], e["tag"]) for e in logs if e["event"] == "opcua_array_cut"]
+    assert cut == [("warning", "wave"), ("info", "history")]  # once per tag

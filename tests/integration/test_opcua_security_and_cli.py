@@ -164,11 +164,18 @@ async def test_browse_prints_the_tree_and_a_ready_tag_list(tmp_path: Path) -> No
 
         code, out, err = await edge_agent("browse", endpoint, "--yaml",
                                           "--select", "ns=2;s=compressor.active_power_w",
-                                          "--select", "ns=2;s=compressor.running")
+                                          "--select", "ns=2;s=compressor.running",
+                                          "--select", "ns=2;s=compressor.power_history_w",
+                                          "--select", "ns=2;s=compressor.vibration_waveform_mm_s")
         assert code == 0, err
         assert out.startswith("tags:\n  - name: active_power_w\n"
                               '    node: "ns=2;s=compressor.active_power_w"\n'
                               "    mode: subscribe\n")
+        # Issue 20: the default would keep 64 of the capture's 1,024 samples.
+        assert ('    node: "ns=2;s=compressor.vibration_waveform_mm_s"\n'
+                "    mode: subscribe\n    max_array_length: 1024\n"
+                "    # Double[1024], now [") in out
+        assert out.count("max_array_length") == 1  # 8 values: the default keeps them
         # The list drops into a device's configuration as it is.
         tags = [line for line in out.splitlines() if not line.lstrip().startswith("#")]
         config = tmp_path / "c.yaml"

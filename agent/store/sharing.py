@@ -65,7 +65,13 @@ class SharingPolicy:
             return None
         if len(kept) == len(tags):
             return event
-        return Event(event.kind, event.device, event.time_ns, {**event.data, "tags": kept})
+        data = {**event.data, "tags": kept}
+        bad = data.get("bad")
+        if isinstance(bad, dict):  # a samples event's bad rows, per tag: never an unshared name
+            data["bad"] = {t: rows for t, rows in bad.items() if t in kept}
+            if not data["bad"]:
+                del data["bad"]
+        return Event(event.kind, event.device, event.time_ns, data)
 
     def tags_with(self, device: str, levels: Sequence[str]) -> list[str]:
         return [t for t, share in self._tag[device].items() if share in levels]

@@ -24,9 +24,10 @@ from structlog.testing import capture_logs
 
 from agent.acquire.backoff import Backoff
 from agent.acquire.task import DeviceHealth, supervise_device
-from agent.detect.base import DetectorChain
+from agent.detect.base import Detector, DetectorChain
 from agent.detect.quality import QualityChanges
-from agent.events import DEVICE_HEALTH, QUALITY
+from agent.detect.raw import RawSamples
+from agent.events import DEVICE_HEALTH, QUALITY, SAMPLES
 from agent.testing import (
     CapturingSink,
     RecordingDetector,
@@ -79,9 +80,11 @@ def device(endpoint: str, tags: list[dict[str, Any]], **extra: Any) -> OpcUaDevi
 def start(tmp_path: Path) -> Any:
     tasks: list[asyncio.Task[None]] = []
 
-    def start(config: OpcUaDevice) -> Run:
+    def start(config: OpcUaDevice, *detectors: Detector) -> Run:
+        """The device under supervise_device; `detectors` run beside the recording one."""
         run = Run()
-        detector = DetectorChain([run, QualityChanges(config.name, [t.name for t in config.tags])])
+        detector = DetectorChain([run, QualityChanges(config.name, [t.name for t in config.tags]),
+                                  *detectors])
         tasks.append(asyncio.create_task(supervise_device(
             OpcUaDriver(config, tmp_path), detector, run,
             Backoff(initial_s=0.2, max_s=0.5), DeviceHealth(config.name))))
@@ -406,3 +409,38 @@ async def test_an_array_the_default_max_array_length_cuts_is_reported_not_cut_si
                              "the tag to keep them all")
     cut = [(e["log_level"], e["tag"]) for e in logs if e["event"] == "opcua_array_cut"]
     assert cut == [("warning", "wave"), ("info", "history")]  # once per tag
+
+
+async def test_samples_of_a_subscribed_device_tell_bad_from_not_sampled_in_time_order(
+        sim: OpcUaSimServer, start: Any) -> None:
+    """Issue 20: a subscribed device's rows are the union of its tags' notification times, so
+    nil meant both "bad" and "not sampled here", and dt_ms went negative."""
+    tags = ["power", "temp", "state"]
+    config = device(sim.endpoint, [
+        {"name": "power", "node": sim.node_id("active_power_w"), "sampling_interval_s": 0.05},
+        {"name": "temp", "node": sim.node_id("discharge_temp_c"), "sampling_interval_s": 0.2},
+        {"name": "state", "node": sim.node_id("state"), "mode": "poll"},
+    ])
+    run = start(config, RawSamples(config.name, tags, window_s=1.0))
+    await wait_until_async(lambda: run.values("temp"), timeout_s=10, what="first values")
+    sim.set_bad("discharge_temp_c")
+    try:
+        await wait_until_async(lambda: any("bad" in e.data for e in run.events
+                                           if e.kind == SAMPLES), timeout_s=10,
+                               what="a samples event with a bad sample")
+    finally:
+        sim.set_bad("discharge_temp_c", None)
+    samples = [e.data for e in run.events if e.kind == SAMPLES]
+    unsampled = 0
+    for data in samples:
+        dt = data["dt_ms"]
+        assert dt[0] == 0 and all(a <= b for a, b in itertools.pairwise(dt)), dt
+        assert all(len(column) == len(dt) for column in data["tags"].values())
+        for tag, rows in data.get("bad", {}).items():
+            assert all(data["tags"][tag][row] is None for row in rows)
+        for tag, column in data["tags"].items():
+            bad = set(data.get("bad", {}).get(tag, []))
+            unsampled += sum(v is None and row not in bad for row, v in enumerate(column))
+    assert unsampled > 0  # the tags were not all sampled at every row: nil without "bad"
+    with_bad = next(data for data in samples if "bad" in data)
+    assert "temp" in with_bad["bad"] and "power" not in with_bad["bad"]

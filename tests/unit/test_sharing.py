@@ -47,6 +47,18 @@ def test_samples_carry_only_raw_tags() -> None:
     assert shared is not None and set(shared.data["tags"]) == {"power_w"}
 
 
+def test_the_bad_rows_of_samples_never_name_an_unshared_tag() -> None:
+    event = Event(SAMPLES, "press", 1, {"t0_ns": 0, "dt_ms": [0, 5],
+                                        "tags": {"power_w": [None, 1.0], "recipe": [None, 2.0]},
+                                        "bad": {"power_w": [0], "recipe": [0]}})
+    shared = policy().apply(event)
+    assert shared is not None and shared.data["bad"] == {"power_w": [0]}
+    only_recipe_bad = Event(SAMPLES, "press", 1, {**event.data, "bad": {"recipe": [0]}})
+    shared = policy().apply(only_recipe_bad)
+    assert shared is not None and "bad" not in shared.data
+    assert "recipe" not in str(shared.data)
+
+
 def test_events_may_name_event_tags_but_never_unshared_ones() -> None:
     shared = policy().apply(tags_event("anomaly"))
     assert shared is not None and set(shared.data["tags"]) == {"power_w", "temp_c", "pressure_bar"}

@@ -315,8 +315,8 @@ class PlcSimControl:
     """The fault control channel of a running `plc-sim` (started with `--control-port 0`).
 
     `of(info)` takes `start_plc_sim`'s line; `set_fault(kind, **options)` returns once applied
-    (kinds: `plc_sim.link_faults.Fault`; `endpoint=` narrows one), `clear()` ends any fault; a
-    refusal raises ValueError.
+    (kinds: `plc_sim.link_faults.Fault`; `endpoint=` narrows one), `clear()` ends any fault,
+    `opcua(name)` applies an OPC UA fault; a refusal raises ValueError.
     """
 
     def __init__(self, host: str, port: int, timeout_s: float = 10.0) -> None:
@@ -331,9 +331,19 @@ class PlcSimControl:
         return cls(str(control["host"]), int(control["port"]))
 
     def set_fault(self, kind: str, **options: Any) -> dict[str, Any]:
+        return self._ask({"fault": kind, **options})
+
+    def clear(self, **options: Any) -> dict[str, Any]:
+        return self.set_fault("none", **options)
+
+    def opcua(self, fault: str) -> dict[str, Any]:
+        """An OPC UA fault by name (`plc_sim.control.OPCUA_FAULTS`), once in force."""
+        return self._ask({"opcua": fault})
+
+    def _ask(self, request: dict[str, Any]) -> dict[str, Any]:
         import json
 
-        self._sock.sendall(json.dumps({"fault": kind, **options}).encode() + b"\n")
+        self._sock.sendall(json.dumps(request).encode() + b"\n")
         line = self._reader.readline()
         if not line:
             raise ConnectionError("plc-sim closed the control channel")
@@ -341,9 +351,6 @@ class PlcSimControl:
         if not answer.get("ok"):
             raise ValueError(f"plc-sim refused the fault: {answer.get('error')}")
         return answer
-
-    def clear(self, **options: Any) -> dict[str, Any]:
-        return self.set_fault("none", **options)
 
     def close(self) -> None:
         self._reader.close()

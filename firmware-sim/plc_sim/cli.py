@@ -236,7 +236,9 @@ async def serve(config: SimConfig, trace: TraceWriter | None = None) -> int:
         run_clock(advance_all(units), tick_s=config.tick_s, speed=config.speed, on_tick=on_tick)
     )
     print(listening_line(config, server.tcp_port, server.announce()), flush=True)
-    opcua = await _start_opcua(config, machine)
+    opcua = await _start_opcua(config, machine, server.announce().get("control"))
+    if server.control is not None:
+        server.control.opcua = opcua
     log.info(
         "started",
         scenario=config.scenario,
@@ -264,8 +266,10 @@ async def serve(config: SimConfig, trace: TraceWriter | None = None) -> int:
     return 0
 
 
-async def _start_opcua(config: SimConfig, machine: ServedMachine) -> OpcUaSimServer | None:
-    """The OPC UA face of the same model, announced on its own listening line."""
+async def _start_opcua(config: SimConfig, machine: ServedMachine,
+                      control: object = None) -> OpcUaSimServer | None:
+    """The OPC UA face of the same model, announced on its own listening line (with the
+    control channel, which takes its faults too)."""
     if config.opcua_port is None:
         return None
     pki = config.opcua_pki or Path("plc-sim-pki")
@@ -277,6 +281,8 @@ async def _start_opcua(config: SimConfig, machine: ServedMachine) -> OpcUaSimSer
     line = {"event": "listening", "scenario": config.scenario, "protocol": "opcua",
             "host": config.host, "port": opcua.port, "endpoint": opcua.endpoint,
             "node": opcua.node_id("active_power_w")}
+    if control is not None:
+        line["control"] = control
     print(json.dumps(line), flush=True)
     return opcua
 

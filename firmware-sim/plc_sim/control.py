@@ -13,6 +13,16 @@ options (see `plc_sim.link_faults`), and optionally the endpoint it is for
 The answer is `{"ok": true, "endpoints": [...]}` once the fault is in force on
 those endpoints (for `refuse`: the listener is closed), or
 `{"ok": false, "error": "..."}` and nothing changed.
+
+The OPC UA side (`--opcua-port`) takes its faults by name, those of
+`plc_sim.opcua_server.OpcUaSimServer`:
+
+    {"opcua": "drop_publish_responses"}
+    {"opcua": "answer_publish_requests"}
+
+(also `stall_subscriptions`, `expire_subscriptions`, `announce_shutdown`); the
+answer is `{"ok": true, "opcua": NAME, "count": N}`, N what the fault touched
+(connections or subscriptions), once it is in force.
 """
 
 from __future__ import annotations
@@ -21,15 +31,21 @@ import asyncio
 import contextlib
 import json
 from collections.abc import Mapping
+from typing import TYPE_CHECKING
 
 import structlog
 
 from plc_sim.link_faults import Fault
 from plc_sim.modbus_server import ModbusSimServer
 
+if TYPE_CHECKING:
+    from plc_sim.opcua_server import OpcUaSimServer
+
 log = structlog.get_logger(__name__)
 
 MAX_LINE_BYTES = 4096
+OPCUA_FAULTS = ("drop_publish_responses", "answer_publish_requests", "stall_subscriptions",
+                "expire_subscriptions", "announce_shutdown")
 
 
 class ControlServer:
@@ -41,6 +57,8 @@ class ControlServer:
         self.requested_port = port
         self._server: asyncio.Server | None = None
         self._lock = asyncio.Lock()
+        self.opcua: OpcUaSimServer | None = None
+        """The OPC UA server, once started (`--opcua-port`): `{"opcua": ...}` requests."""
 
     async def start(self) -> int:
         self._server = await asyncio.start_server(
@@ -52,9 +70,11 @@ class ControlServer:
 
     async def apply(self, request: object) -> dict[str, object]:
         """Handle one request; the answer to send back."""
+        if isinstance(request, dict) and "opcua" in request:
+            return await self._apply_opcua(request["opcua"])
         try:
             if not isinstance(request, dict) or "fault" not in request:
-                raise ValueError('expected a JSON object with a "fault" key')
+                raise ValueError('expected a JSON object with a "fault" (or "opcua") key')
             fault = Fault.from_json(request)
             targets = self._targets(request.get("endpoint"))
         except ValueError as exc:
@@ -63,6 +83,17 @@ class ControlServer:
             for name in targets:
                 await self.endpoints[name].set_fault(fault)
         return {"ok": True, "endpoints": targets, "fault": fault.as_json()}
+
+    async def _apply_opcua(self, name: object) -> dict[str, object]:
+        if self.opcua is None:
+            return {"ok": False, "error": "this simulator serves no OPC UA (--opcua-port)"}
+        if name not in OPCUA_FAULTS:
+            return {"ok": False, "error": f"no OPC UA fault {name!r}; known: "
+                    + ", ".join(OPCUA_FAULTS)}
+        async with self._lock:
+            result = getattr(self.opcua, str(name))()
+            count = await result if asyncio.iscoroutine(result) else result
+        return {"ok": True, "opcua": name, "count": count}
 
     def _targets(self, endpoint: object) -> list[str]:
         if endpoint is None:

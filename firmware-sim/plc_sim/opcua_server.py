@@ -282,10 +282,12 @@ class OpcUaSimServer:
         log.info("opcua_publish_responses_dropped", connections=len(processors))
         return len(processors)
 
-    def answer_publish_requests(self) -> None:
-        """Answer PublishRequests again (those already lost stay lost)."""
+    def answer_publish_requests(self) -> int:
+        """Answer PublishRequests again (those already lost stay lost); the connections that
+        were losing them."""
         self._dropping_publish = False
         log.info("opcua_publish_responses_answered")
+        return len(self._silenced)
 
     def _dropping(self, send: Callable[..., None]) -> Callable[..., None]:
         """`UaProcessor.send_response`, losing publish answers while `_dropping_publish`."""

@@ -269,6 +269,8 @@ def test_plc_sim_process_announces_every_endpoint_and_takes_faults(tmp_path: Pat
                 control.set_fault("delay", seconds=1, endpoint="modbus-udp")
             control.clear()
             assert port_open(HOST, info["port"])
+            with pytest.raises(ValueError, match="serves no OPC UA"):
+                control.opcua("drop_publish_responses")
     finally:
         assert stop_process(process) == 0
     assert not link.exists()  # the symlink goes with the simulator

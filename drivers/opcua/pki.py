@@ -7,8 +7,8 @@ Nothing is trusted implicitly: a server certificate not in `trusted/` is refused
 fingerprint and the command that pins it.
 
 The folder belongs to the agent's user, who writes its certificate there: `edge-agent opcua
-trust`, run as root as the guide says, gives what it made to the owner of the state
-directory (`hand_over`), as the detector state writer keeps the owner of the file it
+trust`, run as root as the guide says (and `read` or `browse` making the certificate as
+root), gives what it made to the owner of the state directory (`hand_over`), as the detector state writer keeps the owner of the file it
 replaces; folders are 0700, files 0600. Should the agent still be refused its own files,
 `permission_problem` says so, with the command that gives them back.
 """
@@ -81,6 +81,7 @@ def _ensure_client_identity(pki: Path) -> ClientIdentity:
     tmp.write_bytes(pem)
     tmp.replace(key_path)
     cert_path.write_bytes(cert.public_bytes(serialization.Encoding.DER))
+    hand_over(pki)  # made by `sudo edge-agent read` or `browse`: still the agent's
     return ClientIdentity(cert_path, key_path)
 
 

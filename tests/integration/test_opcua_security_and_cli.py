@@ -336,3 +336,23 @@ async def test_read_prints_an_opcua_devices_values_status_codes_and_times(
 
     code, _, err = await edge_agent("read", "-c", str(config), "--device", "press")
     assert code == 2 and "no device named 'press' (configured: oven)" in err
+
+
+@as_root
+async def test_a_certificate_made_by_read_as_root_is_the_agents(
+        secure_sim: OpcUaSimServer, agent_state_dir: Path) -> None:
+    """`sudo edge-agent read` (or `browse --device`) makes the gateway's certificate when it
+    is missing: in the agent's folder, it must be the agent's too."""
+    config = agent_state_dir / "config.yaml"
+    config.write_text(
+        f"gateway: {{id: gw, state_dir: {agent_state_dir}}}\n"
+        "mqtt: {host: 127.0.0.1, tls: {enabled: false}}\n"
+        "devices:\n  - name: comp\n    protocol: opcua\n"
+        f"    endpoint: {secure_sim.endpoint}\n"
+        "    security: {policy: Basic256Sha256, mode: SignAndEncrypt}\n"
+        f'    tags: [{{name: power, node: "{secure_sim.node_id("active_power_w")}"}}]\n')
+    code, _, err = await edge_agent("read", "-c", str(config))
+    assert code == 1 and "security" in err  # the server's certificate is not pinned
+    for path in (agent_state_dir / "pki", agent_state_dir / "pki" / pki.KEY_FILE,
+                 agent_state_dir / "pki" / pki.CERT_FILE):
+        assert path.stat().st_uid == NOBODY, path

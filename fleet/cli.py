@@ -27,7 +27,7 @@ from agent.config.loader import ConfigError
 from fleet.auth import hash_password
 from fleet.completeness import completeness, format_report
 from fleet.config import FleetConfig, load_fleet_config
-from fleet.ingest import Ingest
+from fleet.ingest import Ingest, leave
 from fleet.schema import migrate
 
 DEFAULT_CONFIG = Path("/etc/edge-fleet/fleet.yaml")
@@ -47,6 +47,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return asyncio.run(_ingest(config))
     if args.command == "serve":
         return _serve(config, args.config)
+    if args.command == "leave":
+        if not leave(config):
+            print(f"leave: no connection to {config.mqtt.host}", file=sys.stderr)
+            return 1
+        print(f"the session of {config.mqtt.client_id} has ended", file=sys.stderr)
+        return 0
     if args.command == "migrate":
         with psycopg.connect(config.database.dsn.get_secret_value()) as conn:
             migrate(conn)
@@ -64,6 +70,7 @@ def _parser() -> argparse.ArgumentParser:
                         description="Reads a password (prompted on a terminal, else the "
                         "first line of stdin) and prints its scrypt hash for serve.users.")
     for name, text in (("ingest", "events from the broker into PostgreSQL, until stopped"),
+                       ("leave", "end this ingest's session at the broker (retiring it)"),
                        ("serve", "the fleet view in a browser (serve: in the file)"),
                        ("migrate", "create or update the database's tables and views"),
                        ("completeness", "per gateway: what arrived, what is missing and why")):

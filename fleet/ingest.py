@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ssl
+import time
 from dataclasses import dataclass
 from typing import Any, Self
 
@@ -175,3 +176,30 @@ class Ingest:
             self._db = FleetDatabase.connect(self.config.database.dsn.get_secret_value())
         except (psycopg.Error, OSError) as exc:
             log.warning("fleet_database_unreachable", error=f"{type(exc).__name__}: {exc}")
+
+
+def leave(config: FleetConfig, timeout_s: float = 10.0) -> bool:
+    """End this process's persistent session at the broker (`edge-fleet leave`): the group
+    stops giving it a share. What the session still held is dropped by the broker, so run
+    it on a process whose queue is drained. True once the broker confirmed."""
+    m = config.mqtt
+    client = mqtt.Client(callback_api_version=CallbackAPIVersion.VERSION2,
+                         client_id=m.client_id, protocol=mqtt.MQTTv5)
+    if m.username is not None:
+        client.username_pw_set(m.username, m.password.get_secret_value()
+                               if m.password is not None else None)
+    if m.tls.enabled:
+        client.tls_set_context(ssl.create_default_context(
+            cafile=str(m.tls.ca_file) if m.tls.ca_file else None))
+    props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
+    props.SessionExpiryInterval = 0
+    client.connect(m.host, m.effective_port, clean_start=True, properties=props)
+    client.loop_start()
+    try:
+        deadline = time.monotonic() + timeout_s
+        while not client.is_connected() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        return client.is_connected()
+    finally:
+        client.disconnect()
+        client.loop_stop()

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import psycopg
 import pytest
+from support import SECRET as SECRET_FOR_TESTS
 from support import AgentProcess, agent_config, agent_env, modbus_device, running_sim
 
 from agent.testing import Mosquitto, console_script, stop_process, wait_until
@@ -64,10 +65,9 @@ def count(pg: Postgres, query: str) -> int:
 def test_every_event_lands_once_through_a_killed_ingest(
     tmp_path: Path, numba_cache: Path, postgres: Postgres,
 ) -> None:
-    from support import SECRET
-
     env = agent_env(numba_cache)
-    with Mosquitto(users={"e2e": SECRET}) as broker, running_sim(tmp_path, "sim") as sim:
+    with Mosquitto(users={"e2e": SECRET_FOR_TESTS}) as broker, \
+            running_sim(tmp_path, "sim") as sim:
         configs = [fleet_config(tmp_path, broker, postgres, f"ingest-{i}") for i in (1, 2)]
         first = FleetProcess("ingest", configs[0], tmp_path / "ingest-1.log", env)
         second = FleetProcess("ingest", configs[1], tmp_path / "ingest-2.log", env)
@@ -119,3 +119,47 @@ def test_every_event_lands_once_through_a_killed_ingest(
     stopped = [line for p in (first, second) for line in p.lines()
                if line.get("event") == "fleet_ingest_stopped"]
     assert sum(int(line["stored"]) for line in stopped) <= made  # type: ignore[call-overload]
+
+
+def publish_events(port: int, count_: int, gateway: str = "gw-x") -> None:
+    import paho.mqtt.client as mqtt
+    from paho.mqtt.enums import CallbackAPIVersion
+
+    from agent.events import Event, encode
+
+    client = mqtt.Client(callback_api_version=CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
+    client.username_pw_set("e2e", SECRET_FOR_TESTS)
+    client.connect("127.0.0.1", port)
+    client.loop_start()
+    infos = [client.publish(f"lab/{gateway}/m/change", encode(
+        Event("change", "m", 1_796_000_000 * 10**9 + seq, {"tags": {}}), gateway=gateway,
+        seq=seq), qos=1) for seq in range(1, count_ + 1)]
+    for info in infos:
+        info.wait_for_publish(timeout=10)
+    client.disconnect()
+    client.loop_stop()
+
+
+def test_a_retired_ingest_left_the_group_takes_no_share(
+    tmp_path: Path, numba_cache: Path, postgres: Postgres,
+) -> None:
+    env = agent_env(numba_cache)
+    with Mosquitto(users={"e2e": SECRET_FOR_TESTS}) as broker:
+        configs = [fleet_config(tmp_path, broker, postgres, f"ingest-{i}") for i in (1, 2)]
+        processes = [FleetProcess("ingest", c, tmp_path / f"{c.stem}.log", env) for c in configs]
+        try:
+            wait_until(lambda: all(any(line.get("event") == "fleet_mqtt_connected"
+                                       for line in p.lines()) for p in processes),
+                       timeout_s=30, what="both ingest processes subscribed")
+            processes[1].process.send_signal(signal.SIGTERM)
+            assert processes[1].process.wait(timeout=20) == 0
+            left = subprocess.run([console_script("edge-fleet"), "leave", "-c", str(configs[1])],
+                                  capture_output=True, text=True, env=env, timeout=30,
+                                  check=False)
+            assert left.returncode == 0, left.stderr
+            publish_events(broker.port, 200)
+            wait_until(lambda: count(postgres, "SELECT count(*) FROM events") >= 200,
+                       timeout_s=30, what="all 200 events through the remaining process")
+        finally:
+            for process in processes:
+                stop_process(process.process)

@@ -50,11 +50,13 @@ LIMIT = "limit"
 GATEWAY_DEVICE = "_gateway"
 """The `device` of events about the gateway itself (topic-safe, never a device name)."""
 
-_PRIORITY = {SAMPLES: 0, WINDOW: 0, CHANGE: 1, DEVICE_HEALTH: 1, STORE_HEALTH: 1, HEARTBEAT: 1,
+_PRIORITY = {SAMPLES: -1, WINDOW: 0, CHANGE: 1, DEVICE_HEALTH: 1, STORE_HEALTH: 1, HEARTBEAT: 1,
              ENERGY: 1, QUALITY: 1, CLOCK: 2, STATE: 2, ANOMALY: 2, LIMIT: 2}
-"""What a full store gives up first: periodic aggregates (0), then health, changes and energy
-reports (1: each report also carries the lifetime totals, so a lost one loses only its
-breakdown), then the rest (2: anomalies, limit violations, state changes), kept longest."""
+"""What a full store gives up first: raw samples (-1: bulky, and their windows hold their
+statistics), then periodic aggregates (0: merged into coarser ones before any is dropped),
+then health, changes and energy reports (1: each report also carries the lifetime totals, so
+a lost one loses only its breakdown), then the rest (2: anomalies, limit violations, state
+changes), kept longest."""
 
 
 def priority_of(kind: str) -> int:

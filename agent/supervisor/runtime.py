@@ -119,7 +119,7 @@ class Supervisor:
 
     def start_device(self, config: DeviceConfig) -> None:
         driver = make_driver(config, self.config.gateway.state_dir)
-        detector = make_detector(self.config, config)
+        detector = make_detector(self.config, config, keep_windows=True)
         status = DeviceHealth(config.name)
         task = self._tasks.create_task(
             supervise_device(driver, detector, self.share, status=status), name=config.name

@@ -148,8 +148,19 @@ def correct_clock(payload: bytes, corrected_time_ns: int) -> bytes:
     return encode_envelope(replace(env, time_ns=corrected_time_ns, data=data, clock="corrected"))
 
 
+_FIXMAP, _FIXMAP_MAX = 0x80, 0x8F
+_HIST_ENTRY = msgpack.packb("hist") + msgpack.packb(True)
+
+
 def mark_historical(payload: bytes) -> bytes:
-    """The same event, flagged as replayed backlog (done when it is sent, not when stored)."""
+    """The same event, flagged as replayed backlog (done when it is sent, not when stored).
+
+    Without decoding: an event is a msgpack map of fewer than 15 keys (a fixmap, whose
+    first byte holds the count), so the flag is one more entry appended; a map's order means
+    nothing. Anything else (already flagged, or not such a map) takes the slow way."""
+    head = payload[0] if payload else 0
+    if _FIXMAP <= head < _FIXMAP_MAX and not payload.endswith(_HIST_ENTRY):
+        return bytes((head + 1,)) + payload[1:] + _HIST_ENTRY
     return encode_envelope(replace(decode(payload), historical=True))
 
 

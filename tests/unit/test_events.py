@@ -2,12 +2,22 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import msgpack
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from agent.events import SCHEMA_VERSION, DecodeError, Event, decode, encode, mark_historical
+from agent.events import (
+    SCHEMA_VERSION,
+    DecodeError,
+    Event,
+    decode,
+    encode,
+    encode_envelope,
+    mark_historical,
+)
 
 scalars = st.one_of(st.none(), st.booleans(), st.integers(-(2**63), 2**64 - 1),
                     st.floats(allow_nan=False), st.text(max_size=20))
@@ -28,6 +38,9 @@ def test_round_trip(kind: str, device: str, time_ns: int, seq: int, data: dict[s
     assert len(env.id) == 32 and not env.historical
     replayed = decode(mark_historical(payload))
     assert replayed.historical and replayed.id == env.id and replayed.data == data
+    assert replayed == decode(encode_envelope(replace(env, historical=True))), \
+        "the fast flag says what a decode and re-encode says"
+    assert decode(mark_historical(mark_historical(payload))).historical
 
 
 def test_every_event_gets_its_own_id() -> None:

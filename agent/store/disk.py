@@ -25,7 +25,7 @@ HEADROOM_BYTES = 1 << 19
 RESERVE_BYTES = 1 << 20
 LOW_BYTES = HEADROOM_BYTES // 2
 """Free space below which the disk itself is full: a write transaction of the store (at most
-64 KiB of payload) may not fit in the WAL. Above it, SQLITE_FULL is the store's own limit."""
+64 KiB of payload there) may not fit in the WAL. Above it, SQLITE_FULL is the store's own limit."""
 
 
 class DiskSpace:

@@ -1,7 +1,8 @@
 """The store's SQLite side: the `outbox` table, on the store's one worker thread only.
 
 WAL, `synchronous=FULL`: a committed batch survives a power cut. Every write transaction
-is bounded (64 KiB of payload, 512 deletes, one degradation step), so what a commit adds
+is bounded (256 KiB of payload, 64 KiB on a nearly full disk; 512 deletes; one degradation
+step), so what a commit adds
 to the WAL stays inside the disk headroom (`disk`), and on a disk another program filled
 to the last byte the store can still delete, degrade and checkpoint inside the space it
 holds. Sequence numbers are handed out by the event loop's side from a block reserved
@@ -23,7 +24,7 @@ import structlog
 from agent.clock import BOOT_ID, ClockWatch
 from agent.events import correct_clock, decode, priority_of
 from agent.store.degrade import Ledger, degrade_step, enforce_bounds
-from agent.store.disk import LOW_BYTES, DiskSpace
+from agent.store.disk import HEADROOM_BYTES, LOW_BYTES, DiskSpace
 from agent.store.inspect import read_stats_from
 from agent.store.records import StoredEvent, StoreStats
 from agent.store.schema import dropped_counts, migrate, read_meta, set_meta
@@ -35,14 +36,15 @@ Row = tuple[int, int, str, str, int, int, int | None, str | None, bytes]
 
 _DISK_FULL_SHRINK = 0.8
 """On SQLITE_FULL, shrink the stored bytes to this share to make room inside the file."""
-CHUNK_BYTES = 64 * 1024
+CHUNK_BYTES = 256 * 1024
 """Payload bytes of one write transaction at most: what one commit adds to the WAL stays
-well inside the disk headroom, however long the disk refused and however much is pending."""
+inside the disk headroom, however long the disk refused and however much is pending."""
+CHUNK_BYTES_LOW = 64 * 1024
+"""... and on a disk with little room left (under twice the headroom): a smaller WAL."""
 _DELETE_CHUNK = 512
 """Acknowledged rows deleted in one transaction at most (after an outage: a bounded WAL)."""
-_AUTOCHECKPOINT_PAGES = 32
-"""WAL frames after which a commit checkpoints: the WAL (kept at LOW_BYTES, about 63 frames)
-is then written again from its start before it has to grow."""
+_AUTOCHECKPOINT_PAGES = 64
+"""WAL frames after which a commit checkpoints (on a full disk: after every transaction)."""
 _ROOM_SCAN_ROWS = 64
 """Windows one merge pass of `make_room` looks at: its transaction must fit a small WAL."""
 _BUSY_TIMEOUT_MS = 1000
@@ -173,7 +175,8 @@ class Outbox:
                 with self._reserved_lock:
                     self._reserved.difference_update(seqs)
                 self._checkpoint_if_low(db)
-            for chunk in _chunks_by_size(rows):
+            low = self.disk.free_bytes() < 2 * HEADROOM_BYTES
+            for chunk in _chunks_by_size(rows, CHUNK_BYTES_LOW if low else CHUNK_BYTES):
                 with self._transaction(db):
                     db.executemany(_INSERT, chunk)
                     self.ledger.bytes += sum(r[5] for r in chunk)
@@ -312,14 +315,14 @@ _INSERT = ("INSERT INTO outbox (seq, time_ns, kind, device, priority, size, mono
            " payload) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)")
 
 
-def _chunks_by_size(rows: list[Row]) -> Iterator[list[Row]]:
-    """`rows` in runs of at most CHUNK_BYTES of payload each."""
+def _chunks_by_size(rows: list[Row], limit: int) -> Iterator[list[Row]]:
+    """`rows` in runs of at most `limit` bytes of payload each."""
     chunk: list[Row] = []
     size = 0
     for row in rows:
         chunk.append(row)
         size += row[5]
-        if size >= CHUNK_BYTES:
+        if size >= limit:
             yield chunk
             chunk, size = [], 0
     if chunk:

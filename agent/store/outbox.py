@@ -13,6 +13,7 @@ reused, not even after a power cut.
 from __future__ import annotations
 
 import contextlib
+import json
 import sqlite3
 import threading
 from collections import Counter
@@ -196,11 +197,13 @@ class Outbox:
         return inserted, deleted, None
 
     def _delete(self, db: sqlite3.Connection, seqs: list[int]) -> int:
-        """Delete acknowledged rows (at most _DELETE_CHUNK); the bytes freed."""
-        marks = ",".join("?" * len(seqs))
+        """Delete acknowledged rows (at most _DELETE_CHUNK); the bytes freed. The seqs go as
+        one JSON array: one prepared statement whatever their number (a statement per count
+        of `?` would fill the statement cache)."""
+        which = (json.dumps(seqs),)
         freed: int = db.execute(
-            f"SELECT coalesce(sum(size), 0) FROM outbox WHERE seq IN ({marks})", seqs).fetchone()[0]
-        db.execute(f"DELETE FROM outbox WHERE seq IN ({marks})", seqs)
+            f"SELECT coalesce(sum(size), 0) FROM outbox WHERE seq IN {_SEQS}", which).fetchone()[0]
+        db.execute(f"DELETE FROM outbox WHERE seq IN {_SEQS}", which)
         return freed
 
     def _protected(self) -> set[int]:
@@ -311,6 +314,7 @@ class Outbox:
         return read_stats_from(self.db, self.path)
 
 
+_SEQS = "(SELECT value FROM json_each(?))"
 _INSERT = ("INSERT INTO outbox (seq, time_ns, kind, device, priority, size, mono_ns, boot,"
            " payload) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)")
 

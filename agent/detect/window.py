@@ -109,7 +109,11 @@ class WindowAggregator:
         return self._close(time_ns)
 
     def flush(self, time_ns: int) -> list[Event]:
-        return self._close(time_ns) if self._open_mono_ns is not None else []
+        """Close the open window (the device stops): nothing is left to keep."""
+        events = self._close(time_ns) if self._open_mono_ns is not None else []
+        if self._keep is not None:
+            self._keep.remove()
+        return events
 
     def _save(self) -> None:
         assert self._store is not None

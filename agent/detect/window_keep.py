@@ -124,6 +124,14 @@ class WindowKeep:
         except OSError as exc:
             self._disable(exc)
 
+    def remove(self) -> None:
+        """The device stopped cleanly: its file goes (a later batch would make it again)."""
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+        if self.path is not None:
+            self.path.unlink(missing_ok=True)
+
     def _open(self) -> int | None:
         if self._fd is None and self.path is not None:
             try:

@@ -64,6 +64,8 @@ def test_a_closed_window_or_another_boot_or_layout_is_not_resumed(tmp_path: Path
     first.on_batch(batch([1.0, 2.0], 0.0))
     first.flush(1)  # a clean stop closes it
     assert keep(tmp_path).load() is None
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith("edge-agent-window")], \
+        "and leaves nothing in RAM"
     first.on_batch(batch([1.0, 2.0], 1.0))
     assert keep(tmp_path).load() is not None
     with capture_logs() as logs:

@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 SUDO := $(shell [ "$$(id -u)" -eq 0 ] || echo sudo)
 
-.PHONY: venv kernels mosquitto mbpoll postgresql chromium lint test unit integration e2e demo bench clean
+.PHONY: venv kernels mosquitto mbpoll postgresql chromium fuse lint test unit integration e2e demo bench clean
 
 # The venv is rebuilt when the dependencies change; constraints.txt pins what the suite was run with.
 $(STAMP): pyproject.toml constraints.txt
@@ -52,17 +52,25 @@ chromium:
 	  $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq chromium chromium-driver; \
 	fi
 
+# fuse3 (fusermount3, libfuse3) for the store's power-cut test (tests/powercut/lazyfs.py, a FUSE
+# file system that loses what was not fsync'ed); the test skips, saying why, without it.
+fuse:
+	@if ! command -v fusermount3 >/dev/null 2>&1 || ! ldconfig -p | grep -q libfuse3.so.3; then \
+	  echo "installing fuse3 from Debian's packages"; \
+	  $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq fuse3 libfuse3-dev; \
+	fi
+
 lint: venv
 	$(BIN)/ruff check .
 	$(BIN)/mypy
 
-test: venv kernels mosquitto mbpoll postgresql chromium lint
+test: venv kernels mosquitto mbpoll postgresql chromium fuse lint
 	$(BIN)/pytest
 
 unit: venv kernels
 	$(BIN)/pytest tests/unit
 
-integration: venv kernels mosquitto mbpoll postgresql
+integration: venv kernels mosquitto mbpoll postgresql fuse
 	$(BIN)/pytest tests/integration
 
 e2e: venv kernels mosquitto postgresql chromium

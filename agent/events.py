@@ -50,11 +50,13 @@ LIMIT = "limit"
 GATEWAY_DEVICE = "_gateway"
 """The `device` of events about the gateway itself (topic-safe, never a device name)."""
 
-_PRIORITY = {SAMPLES: 0, WINDOW: 0, CHANGE: 1, DEVICE_HEALTH: 1, STORE_HEALTH: 1, HEARTBEAT: 1,
+_PRIORITY = {SAMPLES: -1, WINDOW: 0, CHANGE: 1, DEVICE_HEALTH: 1, STORE_HEALTH: 1, HEARTBEAT: 1,
              ENERGY: 1, QUALITY: 1, CLOCK: 2, STATE: 2, ANOMALY: 2, LIMIT: 2}
-"""What a full store gives up first: periodic aggregates (0), then health, changes and energy
-reports (1: each report also carries the lifetime totals, so a lost one loses only its
-breakdown), then the rest (2: anomalies, limit violations, state changes), kept longest."""
+"""What a full store gives up first: raw samples (-1: bulky, and their windows hold their
+statistics), then periodic aggregates (0: merged into coarser ones before any is dropped),
+then health, changes and energy reports (1: each report also carries the lifetime totals, so
+a lost one loses only its breakdown), then the rest (2: anomalies, limit violations, state
+changes), kept longest."""
 
 
 def priority_of(kind: str) -> int:
@@ -153,8 +155,19 @@ def correct_clock(payload: bytes, corrected_time_ns: int) -> bytes:
     return encode_envelope(replace(env, time_ns=corrected_time_ns, data=data, clock="corrected"))
 
 
+_FIXMAP, _FIXMAP_MAX = 0x80, 0x8F
+_HIST_ENTRY = msgpack.packb("hist") + msgpack.packb(True)
+
+
 def mark_historical(payload: bytes) -> bytes:
-    """The same event, flagged as replayed backlog (done when it is sent, not when stored)."""
+    """The same event, flagged as replayed backlog (done when it is sent, not when stored).
+
+    Without decoding: an event is a msgpack map of fewer than 15 keys (a fixmap, whose
+    first byte holds the count), so the flag is one more entry appended; a map's order means
+    nothing. Anything else (already flagged, or not such a map) takes the slow way."""
+    head = payload[0] if payload else 0
+    if _FIXMAP <= head < _FIXMAP_MAX and not payload.endswith(_HIST_ENTRY):
+        return bytes((head + 1,)) + payload[1:] + _HIST_ENTRY
     return encode_envelope(replace(decode(payload), historical=True))
 
 

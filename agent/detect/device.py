@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from agent.clock import BOOT_ID
 from agent.config.models import AgentConfig, DeviceConfig
 from agent.detect.base import Detector, DetectorChain
 from agent.detect.change import ChangeReporter
+from agent.detect.kernels.counter import COUNTER_FIELDS
+from agent.detect.kernels.window import WINDOW_FIELDS
 from agent.detect.learned_state import KeepLearned, state_path
 from agent.detect.machine import MachineDetector, MachineSetup
 from agent.detect.quality import QualityChanges
@@ -13,23 +16,30 @@ from agent.detect.rules import rule_detectors
 from agent.detect.state_file import StateFile
 from agent.detect.valid_range import RangeScreenedChain
 from agent.detect.window import WindowAggregator
+from agent.detect.window_keep import WindowKeep, keep_path
 from drivers.sharing import effective_share
 
 MACHINE_MAX_GAP_POLLS = 5
 """Default `max_gap_s` of a machine: this many poll intervals of its device."""
 
 
-def make_detector(agent: AgentConfig, config: DeviceConfig) -> Detector:
+def make_detector(agent: AgentConfig, config: DeviceConfig, *,
+                  keep_windows: bool = False) -> Detector:
     """Every detector a device's configuration, its machines and its `detectors:` rules ask
-    for, as one."""
+    for, as one. `keep_windows` (the running agent): the open window is kept in RAM and
+    resumed after a kill (agent/detect/window_keep.py)."""
     window_s = agent.aggregate.window_s
     tags = [tag.name for tag in config.tags]
     units = {tag.name: tag.unit for tag in config.tags}
     counters = {tag.name: tag.counter_modulus for tag in config.tags if tag.counter}
     state_dir = agent.gateway.state_dir
+    keep = None
+    if keep_windows:
+        shapes = ((len(tags), WINDOW_FIELDS), (len(tags), COUNTER_FIELDS))
+        keep = WindowKeep(keep_path(state_dir, config.name), BOOT_ID, tuple(tags), shapes)
     detectors: list[Detector] = [WindowAggregator(
         config.name, tags, units, window_s, counters,
-        StateFile(state_dir / "counters" / f"{config.name}.json")),
+        StateFile(state_dir / "counters" / f"{config.name}.json"), keep),
         QualityChanges(config.name, tags)]
     raw = [tag.name for tag in config.tags if effective_share(config, tag.share) == "raw"]
     if raw:

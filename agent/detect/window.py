@@ -10,6 +10,7 @@ import math
 from collections.abc import Mapping, Sequence
 
 import numpy as np
+import structlog
 
 from agent.detect.kernels.counter import C_HAS, C_LAST, COUNTER_FIELDS
 from agent.detect.kernels.window import (
@@ -27,8 +28,11 @@ from agent.detect.kernels.window import (
 )
 from agent.detect.state_file import StateFile
 from agent.detect.tag_layouts import TagLayouts
+from agent.detect.window_keep import WindowKeep
 from agent.events import WINDOW, Event
 from drivers.samples import SampleBatch
+
+log = structlog.get_logger(__name__)
 
 
 class WindowAggregator:
@@ -37,11 +41,13 @@ class WindowAggregator:
     `counters`: each counter tag's modulus (None: no wrap); those tags also get `increase` and
     `resets`. With a `store` a counter's last value is saved at each window's close and read
     back at start: the increase over a restart goes to the first window after it, once.
+    With a `keep` the open window is kept in RAM after each batch and resumed by the next
+    start of the same boot (agent/detect/window_keep.py): a kill loses none of it.
     """
 
     def __init__(self, device: str, tags: Sequence[str], units: Mapping[str, str], window_s: float,
                  counters: Mapping[str, float | None] | None = None,
-                 store: StateFile | None = None):
+                 store: StateFile | None = None, keep: WindowKeep | None = None):
         self._device = device
         self._tags = tuple(tags)
         self._units = dict(units)
@@ -62,6 +68,24 @@ class WindowAggregator:
         self._index_cache: TagLayouts[np.ndarray] = TagLayouts()
         self._open_mono_ns: int | None = None
         self._open_time_ns = 0
+        self._last_mono_ns = self._last_time_ns = 0
+        self._keep = keep
+        self._resumed = False
+        if keep is not None:
+            self._resume(keep)
+
+    def _resume(self, keep: WindowKeep) -> None:
+        """Take up the window a killed run of this boot left open."""
+        kept = keep.load()
+        if kept is None:
+            return
+        self._state, self._counters = kept.state, kept.counters
+        self._open_mono_ns, self._open_time_ns = kept.open_mono_ns, kept.open_time_ns
+        self._last_mono_ns, self._last_time_ns = kept.last_mono_ns, kept.last_time_ns
+        self._resumed = True
+        log.info("window_resumed", device=self._device, start_ns=kept.open_time_ns,
+                 last_sample_ns=kept.last_time_ns,
+                 samples=int(self._state[:, W_COUNT].sum() + self._state[:, W_BAD].sum()))
 
     def on_batch(self, batch: SampleBatch) -> list[Event]:
         events = self.on_tick(batch.mono_ns, batch.time_ns)
@@ -70,15 +94,26 @@ class WindowAggregator:
             self._open_time_ns = batch.time_ns
         window_accumulate(self._state, self._index(batch.tags), batch.values, batch.quality,
                           self._counters, self._modulus)
+        self._last_mono_ns, self._last_time_ns = batch.mono_ns, batch.time_ns
+        if self._keep is not None:
+            self._keep.save(self._open_mono_ns, self._open_time_ns, batch.mono_ns, batch.time_ns,
+                            self._state, self._counters)
         return events
 
     def on_tick(self, mono_ns: int, time_ns: int) -> list[Event]:
         if self._open_mono_ns is None or mono_ns - self._open_mono_ns < self._window_ns:
             return []
+        if self._resumed and mono_ns - self._last_mono_ns > self._window_ns:
+            # A window resumed after a stop longer than a window: it ends at its last sample.
+            return self._close(self._last_time_ns)
         return self._close(time_ns)
 
     def flush(self, time_ns: int) -> list[Event]:
-        return self._close(time_ns) if self._open_mono_ns is not None else []
+        """Close the open window (the device stops): nothing is left to keep."""
+        events = self._close(time_ns) if self._open_mono_ns is not None else []
+        if self._keep is not None:
+            self._keep.remove()
+        return events
 
     def _save(self) -> None:
         assert self._store is not None
@@ -111,7 +146,10 @@ class WindowAggregator:
         state.fill(0.0)
         if self._store is not None:
             self._save()
+        if self._keep is not None:
+            self._keep.clear()
         self._open_mono_ns = None
+        self._resumed = False
         if not tags:
             return []
         data = {"start_ns": start_ns, "end_ns": end_time_ns, "tags": tags}

@@ -77,6 +77,12 @@ def render(snapshot: Mapping[str, Any], gateway: str) -> str:
     metric("edge_agent_store_dropped_total", "counter",
            "Events dropped by the store since it was created, per kind.",
            iter([({"kind": k}, float(v)) for k, v in sorted(store["dropped"].items())]))
+    metric("edge_agent_store_written_bytes_total", "counter",
+           "Bytes the store wrote to disk since the agent started (card wear).",
+           one(store.get("bytes_written", 0)))
+    metric("edge_agent_store_written_bytes_per_day", "gauge",
+           "The store's bytes written to disk, as a rate per day since the agent started.",
+           one(store.get("bytes_written_per_day", 0)))
     metric("edge_agent_store_compacted_total", "counter",
            "Window events merged into others since the store was created.",
            one(store["compacted"]))

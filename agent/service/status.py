@@ -64,6 +64,8 @@ def heartbeat_data(
     cpu_s: float,
     rss_bytes: int,
     now_ns: int,
+    bytes_written: int = 0,
+    bytes_written_per_day: float = 0.0,
 ) -> dict[str, Any]:
     """The `heartbeat` event's data (docs/events.md). `devices`: name -> (status, reason)."""
     oldest = stats.oldest_time_ns
@@ -82,6 +84,8 @@ def heartbeat_data(
             "last_seq": stats.last_seq,
             "dropped": dict(stats.dropped),
             "compacted": stats.compacted,
+            "bytes_written": bytes_written,
+            "bytes_written_per_day": round(bytes_written_per_day),
         },
         "uplink": {"state": uplink_state, "last_error": uplink_error, "inflight": inflight},
         "process": {"cpu_s": round(cpu_s, 3), "rss_bytes": rss_bytes},
@@ -136,12 +140,15 @@ def format_status(doc: Mapping[str, Any]) -> list[str]:
                f"disk), oldest {age} ago, {store['bytes']} bytes")
     losses = (f"             {sum(store['dropped'].values())} dropped, {store['compacted']} "
               "compacted since the store was created")
+    wear = (f"             {store.get('bytes_written', 0)} bytes written to disk since the start "
+            f"(about {store.get('bytes_written_per_day', 0) / 1e6:.1f} MB a day)")
     lines = [
         gateway,
         f"config       {doc.get('config', '?')} (sha256 {doc['config_sha256'][:12]})",
         f"uplink       {uplink['state']}, {uplink['inflight']} in flight{error}",
         waiting,
         losses,
+        wear,
         f"process      {proc['cpu_s']:.1f} s CPU, {proc['rss_bytes'] / 2**20:.1f} MiB resident",
         "devices",
     ]

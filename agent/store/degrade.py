@@ -1,4 +1,5 @@
-"""How a store over its bounds degrades: merge old aggregates first, then drop by priority.
+"""How a store over its bounds degrades: raw samples go first, then old aggregates are
+merged, then the rest is dropped by priority, alarms last.
 
 Runs inside the caller's write transaction. Rows the uplink has reserved for
 sending are never touched. Every merge and drop is counted in the `Ledger`,
@@ -12,12 +13,14 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field, replace
 
-from agent.events import WINDOW, decode, encode_envelope
+from agent.events import SAMPLES, WINDOW, decode, encode_envelope, priority_of
 from agent.store.compaction import merge_windows
 from agent.store.schema import set_meta
 
 _COMPACT_SCAN_ROWS = 256
 _DROP_BATCH_ROWS = 64
+_DROP_BATCH_BYTES = 64 * 1024
+"""A drop batch stops at this many payload bytes: each transaction's WAL stays small."""
 
 
 @dataclass
@@ -35,6 +38,12 @@ class Ledger:
 
     def copy(self) -> Ledger:
         return replace(self, dropped=Counter(self.dropped), unsaved=set(self.unsaved))
+
+    def count_dropped(self, kinds: Counter[str]) -> None:
+        """Events dropped outside the database (in memory): counted, saved with the next
+        transaction."""
+        self.dropped.update(kinds)
+        self.unsaved.update(kinds)
 
     def save_unsaved(self, db: sqlite3.Connection) -> None:
         for kind in self.unsaved:
@@ -67,17 +76,32 @@ def enforce_bounds(
     if max_bytes is None:
         return
     while ledger.bytes > max_bytes:
-        if compact_oldest_windows(db, ledger, protected):
-            continue
-        if not drop_lowest_priority(db, ledger, protected):
+        if not degrade_step(db, ledger, protected):
             break  # only rows being sent are left: they leave once acknowledged
 
 
-def compact_oldest_windows(db: sqlite3.Connection, ledger: Ledger, protected: set[int]) -> bool:
+def degrade_step(
+    db: sqlite3.Connection, ledger: Ledger, protected: set[int], *,
+    scan_rows: int = _COMPACT_SCAN_ROWS,
+) -> bool:
+    """Give up one batch (a bounded transaction's worth); whether anything went.
+
+    Raw samples first: bulky, and their windows keep their statistics. Then windows are
+    merged (the merged ones merge again: older is coarser, the whole span stays covered),
+    and only then is anything else dropped, by priority, alarms last."""
+    return (drop_lowest_priority(db, ledger, protected, upto_priority=priority_of(SAMPLES))
+            or compact_oldest_windows(db, ledger, protected, scan_rows=scan_rows)
+            or drop_lowest_priority(db, ledger, protected))
+
+
+def compact_oldest_windows(
+    db: sqlite3.Connection, ledger: Ledger, protected: set[int], *,
+    scan_rows: int = _COMPACT_SCAN_ROWS,
+) -> bool:
     """Merge the oldest window events of each device pairwise; whether any were merged."""
     rows = db.execute(
         "SELECT seq, device, payload, size FROM outbox WHERE kind = ? ORDER BY seq LIMIT ?",
-        (WINDOW, _COMPACT_SCAN_ROWS),
+        (WINDOW, scan_rows),
     ).fetchall()
     by_device: dict[str, list[tuple[int, bytes, int]]] = {}
     for seq, device, payload, size in rows:
@@ -103,14 +127,29 @@ def compact_oldest_windows(db: sqlite3.Connection, ledger: Ledger, protected: se
     return merged_any
 
 
-def drop_lowest_priority(db: sqlite3.Connection, ledger: Ledger, protected: set[int]) -> bool:
-    """Drop a batch of the oldest events of the lowest priority present; whether any went."""
-    for (priority,) in db.execute("SELECT DISTINCT priority FROM outbox ORDER BY priority"):
+def drop_lowest_priority(
+    db: sqlite3.Connection, ledger: Ledger, protected: set[int], *,
+    upto_priority: int | None = None,
+) -> bool:
+    """Drop a batch of the oldest events of the lowest priority present (no higher than
+    `upto_priority`); whether any went."""
+    ceiling = upto_priority if upto_priority is not None else 2**31
+    for (priority,) in db.execute(
+        "SELECT DISTINCT priority FROM outbox WHERE priority <= ? ORDER BY priority", (ceiling,)
+    ).fetchall():
         rows = db.execute(
             "SELECT seq, kind, size FROM outbox WHERE priority = ? ORDER BY seq LIMIT ?",
             (priority, _DROP_BATCH_ROWS + len(protected)),
         ).fetchall()
-        victims = [r for r in rows if r[0] not in protected][:_DROP_BATCH_ROWS]
+        victims = []
+        size = 0
+        for row in rows:
+            if row[0] in protected:
+                continue
+            victims.append(row)
+            size += row[2]
+            if len(victims) >= _DROP_BATCH_ROWS or size >= _DROP_BATCH_BYTES:
+                break
         if victims:
             ledger.drop(db, victims)
             return True

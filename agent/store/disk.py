@@ -6,7 +6,8 @@ SQLITE_FULL comes before the disk is full and is answered by degradation (freed
 pages are reused in place). A disk filled by another program is survived with a
 reserve file given back on SQLITE_FULL: a checkpoint needs room to grow the
 database file and a delete needs room in the WAL, so a store on a disk filled to
-the last byte could otherwise neither shrink nor grow.
+the last byte could otherwise neither shrink nor grow. The reserve is claimed again
+before each commit, as soon as the disk has room for it.
 """
 
 from __future__ import annotations
@@ -22,6 +23,9 @@ log = structlog.get_logger(__name__)
 HEADROOM_BYTES = 1 << 19
 """Never taken by rows: the WAL (checkpointed every 64 pages) and the shared-memory file."""
 RESERVE_BYTES = 1 << 20
+LOW_BYTES = HEADROOM_BYTES // 2
+"""Free space below which the disk itself is full: a write transaction of the store (at most
+64 KiB of payload there) may not fit in the WAL. Above it, SQLITE_FULL is the store's own limit."""
 
 
 class DiskSpace:
@@ -36,22 +40,29 @@ class DiskSpace:
         return st.f_bavail * st.f_frsize
 
     def low(self) -> bool:
-        """Something else has filled the disk into the headroom."""
-        return self.free_bytes() < HEADROOM_BYTES
+        """The disk itself is (nearly) full: the next transaction may not fit in the WAL."""
+        return self.free_bytes() < LOW_BYTES
+
+    @property
+    def held(self) -> bool:
+        return self._held
 
     def limit_pages(self, db: sqlite3.Connection) -> None:
-        """Let the database file grow only into free space beyond the headroom."""
+        """Let the database file grow only into free space beyond the headroom, and beyond
+        the reserve while it is given back: its place is kept, so that it is claimed again
+        as soon as the other program frees the disk (the database never grows into it)."""
         page_size = db.execute("PRAGMA page_size").fetchone()[0]
         pages = db.execute("PRAGMA page_count").fetchone()[0]
-        room = self.free_bytes() - HEADROOM_BYTES
+        room = self.free_bytes() - HEADROOM_BYTES - (0 if self._held else self._reserve_bytes)
         db.execute(f"PRAGMA max_page_count = {max(pages + room // page_size, pages, 1)}")
 
-    def hold_reserve(self) -> None:
-        """Claim the reserve if it is not held and the disk has room for it beyond the headroom."""
+    def hold_reserve(self) -> bool:
+        """Claim the reserve if it is not held and the disk has room for it and a WAL
+        transaction more; whether it was claimed now."""
         if self._held or self._reserve_bytes <= 0:
-            return
-        if self.free_bytes() < self._reserve_bytes + HEADROOM_BYTES:
-            return
+            return False
+        if self.free_bytes() < self._reserve_bytes + LOW_BYTES:
+            return False
         try:
             with open(self.reserve_path, "wb") as reserve:
                 reserve.write(b"\0" * self._reserve_bytes)
@@ -60,9 +71,13 @@ class DiskSpace:
         except OSError as exc:
             self.reserve_path.unlink(missing_ok=True)
             log.warning("store_reserve_unavailable", path=str(self.reserve_path), error=str(exc))
-            return
+            return False
         self._held = True
+        return True
 
-    def release_reserve(self) -> None:
+    def release_reserve(self) -> bool:
+        """Give the reserve's space to the database; whether it was held."""
+        held = self._held or self.reserve_path.exists()
         self.reserve_path.unlink(missing_ok=True)
         self._held = False
+        return held

@@ -5,9 +5,9 @@ from __future__ import annotations
 import contextlib
 import sqlite3
 
-from agent.events import priority_of
+from agent.events import SAMPLES, priority_of
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS outbox (
     seq      INTEGER PRIMARY KEY,
@@ -48,6 +48,9 @@ def migrate(db: sqlite3.Connection) -> None:
             for kind, in cur.execute("SELECT DISTINCT kind FROM outbox").fetchall():
                 cur.execute("UPDATE outbox SET priority = ? WHERE kind = ?", (priority_of(kind), kind))
             cur.execute("UPDATE outbox SET size = length(payload)")
+        if columns and version < 3:  # version 2: raw samples shared the priority of windows
+            cur.execute("UPDATE outbox SET priority = ? WHERE kind = ?",
+                        (priority_of(SAMPLES), SAMPLES))
         for statement in SCHEMA.strip().split(";"):
             if statement.strip():
                 cur.execute(statement)

@@ -156,4 +156,9 @@ def explain(config: AgentConfig) -> list[str]:
         lines.append("Sent only inside events (anomalies, limits, state changes), never "
                      "periodically: " + ", ".join(events_only))
     lines.append("Never leaves the site: " + (", ".join(kept) if kept else "(nothing marked share: none)"))
+    interval = f"{config.store.commit_interval_s:g} s"
+    lines.append(f"Kept until the broker acknowledges it: each event is sent at once and written "
+                 f"to the store only if not acknowledged within {interval}; a power cut loses at "
+                 f"most the events of the last {interval} the broker had not acknowledged (their "
+                 "seq range is reported in store_health), a crash of the agent loses none")
     return lines

@@ -119,7 +119,7 @@ class Supervisor:
 
     def start_device(self, config: DeviceConfig) -> None:
         driver = make_driver(config, self.config.gateway.state_dir)
-        detector = make_detector(self.config, config)
+        detector = make_detector(self.config, config, keep_windows=True)
         status = DeviceHealth(config.name)
         task = self._tasks.create_task(
             supervise_device(driver, detector, self.share, status=status), name=config.name
@@ -183,6 +183,8 @@ class Supervisor:
             pending=self.store.pending_count, uplink_state=self.uplink.state,
             uplink_error=self.uplink.last_error, inflight=self.uplink.inflight,
             cpu_s=cpu_s, rss_bytes=rss, now_ns=time.time_ns(),
+            bytes_written=self.store.bytes_written(),
+            bytes_written_per_day=self.store.bytes_written_per_day(),
         )
         return data
 

@@ -53,7 +53,7 @@ class MqttUplink:
         self._config = config
         self._gateway = gateway
         self._store = store
-        self._committed = store.commit_signal()
+        self._committed = store.events_signal()
         self._config_sha256 = config_sha256
         self._loop = asyncio.get_running_loop()
         self._connected = asyncio.Event()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import msgpack
 import pytest
 from hypothesis import given
@@ -13,6 +15,7 @@ from agent.events import (
     Event,
     decode,
     encode,
+    encode_envelope,
     mark_historical,
     wire_fields,
 )
@@ -36,6 +39,9 @@ def test_round_trip(kind: str, device: str, time_ns: int, seq: int, data: dict[s
     assert len(env.id) == 32 and not env.historical
     replayed = decode(mark_historical(payload))
     assert replayed.historical and replayed.id == env.id and replayed.data == data
+    assert replayed == decode(encode_envelope(replace(env, historical=True))), \
+        "the fast flag says what a decode and re-encode says"
+    assert decode(mark_historical(mark_historical(payload))).historical
 
 
 def test_every_event_gets_its_own_id() -> None:

@@ -25,7 +25,8 @@ def beat(**changes: Any) -> dict[str, Any]:
         "devices": {"compressor-1": ("up", ""), "meter": ("down", "unreachable")},
         "stats": stats(), "pending": 4, "uplink_state": "unreachable",
         "uplink_error": "unreachable: Connection refused", "inflight": 2, "cpu_s": 1.23456,
-        "rss_bytes": 50 * 2**20, "now_ns": 160 * NS,
+        "rss_bytes": 50 * 2**20, "now_ns": 160 * NS, "bytes_written": 4096,
+        "bytes_written_per_day": 1_000_000.4,
     }
     args.update(changes)
     return heartbeat_data(**args)
@@ -38,7 +39,8 @@ def test_heartbeat_holds_devices_store_uplink_and_process() -> None:
     assert data["devices"] == {"compressor-1": {"status": "up", "reason": ""},
                                "meter": {"status": "down", "reason": "unreachable"}}
     assert data["store"] == {"depth": 12, "pending": 4, "oldest_age_s": 60.0, "bytes": 3400,
-                             "last_seq": 77, "dropped": {"window": 3}, "compacted": 5}
+                             "last_seq": 77, "dropped": {"window": 3}, "compacted": 5,
+                             "bytes_written": 4096, "bytes_written_per_day": 1_000_000}
     assert data["uplink"] == {"state": "unreachable",
                               "last_error": "unreachable: Connection refused", "inflight": 2}
     assert data["process"] == {"cpu_s": 1.235, "rss_bytes": 50 * 2**20}
@@ -134,3 +136,16 @@ def test_status_names_the_rules_waiting_for_their_machine_state() -> None:
     assert pump.endswith("up; waiting for pump in running: vib, agree; waiting for pump in "
                          "idle (settled 30 s): idle-power")
     assert next(line for line in lines if "fan" in line).endswith("up")
+
+
+def test_the_stores_own_bytes_written_are_reported_for_card_wear() -> None:
+    from agent.service.prometheus import render
+    from agent.service.status import format_status
+
+    data = beat()
+    text = render(data, "gw-1")
+    assert "edge_agent_store_written_bytes_total 4096.0" in text
+    assert "edge_agent_store_written_bytes_per_day 1000000.0" in text
+    doc = {**data, "gateway": "gw-1", "pid": 1, "config": "x.yaml"}
+    assert any("4096 bytes written to disk" in line and "1.0 MB a day" in line
+               for line in format_status(doc))

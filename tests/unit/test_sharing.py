@@ -158,3 +158,10 @@ def test_explain_names_the_anomaly_topics_with_the_tags_they_may_carry() -> None
     assert "s/gw/press/anomaly, s/gw/press/limit" in text
     line = next(ln for ln in text.splitlines() if "samples just before and after" in ln)
     assert "pressure_bar" in line and "recipe" not in line
+
+
+def test_explain_states_the_power_cut_loss_bound() -> None:
+    config = AgentConfig.model_validate({**CONFIG, "store": {"commit_interval_s": 0.25}})
+    [line] = [t for t in explain(config) if t.startswith("Kept until the broker acknowledges")]
+    assert "not acknowledged within 0.25 s" in line
+    assert "a power cut loses at most the events of the last 0.25 s" in line

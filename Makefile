@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 SUDO := $(shell [ "$$(id -u)" -eq 0 ] || echo sudo)
 
-.PHONY: venv kernels mosquitto mbpoll lint test unit integration e2e demo bench clean
+.PHONY: venv kernels mosquitto mbpoll container-tools lint test unit integration e2e demo bench clean
 
 # The venv is rebuilt when the dependencies change; constraints.txt pins what the suite was run with.
 $(STAMP): pyproject.toml constraints.txt
@@ -37,11 +37,20 @@ mbpoll:
 	  $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq mbpoll; \
 	fi
 
+# The systemd container and the emulated arm64 root of the packaging tests
+# (tests/e2e/test_systemd_container.py, test_arm64.py; packaging/README.md): debootstrap
+# makes the roots, systemd-nspawn boots one.
+container-tools:
+	@if ! command -v debootstrap >/dev/null 2>&1 || ! command -v systemd-nspawn >/dev/null 2>&1; then \
+	  echo "installing debootstrap and systemd-container from Debian's packages"; \
+	  $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq debootstrap systemd-container; \
+	fi
+
 lint: venv
 	$(BIN)/ruff check .
 	$(BIN)/mypy
 
-test: venv kernels mosquitto mbpoll lint
+test: venv kernels mosquitto mbpoll container-tools lint
 	$(BIN)/pytest
 
 unit: venv kernels
@@ -50,7 +59,7 @@ unit: venv kernels
 integration: venv kernels mosquitto mbpoll
 	$(BIN)/pytest tests/integration
 
-e2e: venv kernels mosquitto
+e2e: venv kernels mosquitto container-tools
 	$(BIN)/pytest tests/e2e
 
 demo: venv kernels mosquitto

@@ -59,6 +59,21 @@ def running_sim(directory: Path, name: str, *args: str) -> Iterator[Sim]:
             assert stop_process(process) == 0
 
 
+def build_deb(out: Path, arch: str, *, timeout_s: float = 400) -> Path:
+    """`make deb` into `out` (gzip: faster than the default xz), for `arch`: this machine's,
+    or another one built in an emulated root (`ARCH=`, packaging/build-deb-emulated.sh)."""
+    import tomllib
+
+    version = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"]
+    result = subprocess.run(
+        ["make", "-s", "deb", f"DEB_DIR={out}", "DEB_COMPRESSION=gzip", f"ARCH={arch}"],
+        cwd=ROOT, check=False, capture_output=True, text=True, timeout=timeout_s)
+    assert result.returncode == 0, f"make deb ARCH={arch} failed:\n{result.stderr[-4000:]}"
+    deb = out / f"edge-agent_{version}_{arch}.deb"
+    assert deb.is_file(), sorted(p.name for p in out.iterdir())
+    return deb
+
+
 def numba_cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """One kernel cache per test session, shared by every e2e module (so one compilation)."""
     path = tmp_path_factory.getbasetemp() / "numba-cache"
@@ -71,8 +86,6 @@ def agent_config(
     commit_interval_s: float = 0.1, max_inflight: int | None = None,
 ) -> Path:
     """A configuration beside `tmp_path/state`, the demo's tags on each device (`TAGS`)."""
-    example = (ROOT / "config" / "demo.yaml").read_text()
-    tags = example[example.index("    tags:"):]
     inflight = f", max_inflight: {max_inflight}" if max_inflight is not None else ""
     text = f"""
 gateway: {{id: gw-e2e, site: lab, state_dir: {tmp_path / "state"}}}
@@ -81,10 +94,17 @@ mqtt: {{host: 127.0.0.1, port: {broker.port}, tls: {{enabled: false}},
 store: {{commit_interval_s: {commit_interval_s}}}
 aggregate: {{window_s: {window_s}}}
 devices:
-{devices.replace("TAGS", tags)}"""
+{devices.replace("TAGS", demo_tags())}"""
     path = tmp_path / "config.yaml"
     path.write_text(text)
     return path
+
+
+def demo_tags() -> str:
+    """The `tags:` block of config/demo.yaml's device (plc-sim's compressor), as YAML text
+    indented for a device of a `devices:` list."""
+    example = (ROOT / "config" / "demo.yaml").read_text()
+    return example[example.index("    tags:"):]
 
 
 def warm_kernel_cache(numba_cache: Path) -> None:

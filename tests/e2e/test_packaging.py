@@ -121,24 +121,17 @@ def test_verify_as_used_here_reports_a_misspelt_key(systemd_analyze: str, tmp_pa
 
 
 @pytest.fixture(scope="module")
-def installed_deb(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, Path, str]]:
-    """`make deb` (gzip: faster than the default xz), installed by dpkg into a scratch root.
+def installed_deb(
+    built_deb: Path, tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[tuple[Path, Path, str]]:
+    """The session's .deb (tests/e2e/conftest.py), installed by dpkg into a scratch root.
 
     Returns the package, the root and what dpkg printed. dpkg needs its database in the root;
     the dependency on python3.11 is satisfied by the host, not by that database, hence
     --force-depends; the maintainer scripts run outside the root with DPKG_ROOT set.
     """
-    if shutil.which("dpkg-deb") is None or shutil.which("dpkg") is None:
-        pytest.skip("dpkg-deb is missing: the .deb can only be built on Debian or a derivative")
-    base = tmp_path_factory.mktemp("deb")
-    out = base / "dist"
-    subprocess.run(["make", "-s", "deb", f"DEB_DIR={out}", "DEB_COMPRESSION=gzip"],
-                   cwd=ROOT, check=True, capture_output=True, text=True, timeout=400)
-    arch = subprocess.run(["dpkg", "--print-architecture"], capture_output=True, text=True,
-                          check=True).stdout.strip()
-    deb = out / f"edge-agent_{VERSION}_{arch}.deb"
-    assert deb.is_file(), sorted(p.name for p in out.iterdir())
-    root = base / "root"
+    deb = built_deb
+    root = tmp_path_factory.mktemp("deb") / "root"
     for directory in ("var/lib/dpkg/info", "var/lib/dpkg/updates"):
         (root / directory).mkdir(parents=True)
     (root / "var/lib/dpkg/status").touch()

@@ -9,8 +9,9 @@
   verified unmodified and the binary runs through its own shebang.
 - `packaging/install.sh --prefix` builds the same tree without dpkg, twice (idempotent).
 
-What these tests cannot show: systemd starting the unit (this machine's PID 1 is not
-systemd), the hardening options at run time, and the package on arm64.
+What these tests cannot show without systemd as PID 1 (systemd starting the unit, its
+hardening at run time) is shown in a booted container by test_systemd_container.py; the
+arm64 package is built and run under emulation by test_arm64.py.
 """
 
 from __future__ import annotations
@@ -76,7 +77,7 @@ def test_unit_keeps_the_contract_with_the_agent() -> None:
     settings = unit_settings(UNIT.read_text())
     expected = {
         "Type": "notify",
-        "NotifyAccess": "main",
+        "NotifyAccess": "exec",
         "ExecStart": f"{VENV}/bin/edge-agent run -c ${{CONFIGURATION_DIRECTORY}}/config.yaml",
         "ExecReload": "/bin/kill -HUP $MAINPID",
         "WatchdogSec": "30",
@@ -95,6 +96,10 @@ def test_unit_keeps_the_contract_with_the_agent() -> None:
         "Environment": "PYTHONUNBUFFERED=1",
     }
     assert {key: settings.get(key, ["<absent>"])[-1] for key in expected} == expected
+    # RELOADING=1 from ExecReload= first: systemd 252 then waits for the agent's READY=1
+    # (tests/e2e/test_systemd_container.py shows it under a real systemd).
+    assert settings["ExecReload"] == ["/bin/systemd-notify RELOADING=1",
+                                      "/bin/kill -HUP $MAINPID"]
     # numba's JIT maps code writable then executable; ProtectClock would deny the
     # read-only adjtimex of agent/clock.py.
     assert "MemoryDenyWriteExecute" not in settings

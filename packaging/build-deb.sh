@@ -40,7 +40,6 @@ command -v dpkg-deb >/dev/null || { echo "build-deb.sh: dpkg-deb is missing (Deb
 for tool in gcc g++; do
     command -v "$tool" >/dev/null || { echo "build-deb.sh: $tool is missing (Debian packages gcc g++, needed to build only)" >&2; exit 1; }
 done
-[ -x "$project/.venv/bin/argparse-manpage" ] || { echo "build-deb.sh: argparse-manpage is missing from the project venv: run 'make venv'" >&2; exit 1; }
 [ -x "$pip" ] || { echo "build-deb.sh: $pip is missing: run 'make venv' first" >&2; exit 1; }
 "$python" -c 'import sys; sys.exit(sys.version_info < (3, 11))' \
     || { echo "build-deb.sh: $python is older than 3.11" >&2; exit 1; }
@@ -78,18 +77,26 @@ PIP_DISABLE_PIP_VERSION_CHECK=1 "$pip" --python "$venv/bin/python" install --qui
     --no-compile --constraint "$project/constraints.txt" "$source"
 # The kernels compiled ahead of time, with the venv's own numba and numpy, so that the agent
 # never loads numba (agent/detect/kernels/jit.py). numba.pycc needs setuptools while it compiles:
-# the project venv's version, installed for the build and removed after it. No bytecode
-# here: compileall writes it below; -P: the installed agent, not a source tree in the
-# working directory.
+# the project venv's version, installed for the build and removed after it, and so is
+# argparse-manpage, which writes edge-agent(1) below from the installed agent's parser. No
+# bytecode here: compileall writes it below; -P: the installed agent, not a source tree in
+# the working directory.
 setuptools=$("$project/.venv/bin/python" -c 'import setuptools; print(setuptools.__version__)')
 PIP_DISABLE_PIP_VERSION_CHECK=1 "$pip" --python "$venv/bin/python" install --quiet \
-    --no-compile "setuptools==$setuptools"
+    --no-compile --constraint "$project/constraints.txt" "setuptools==$setuptools" argparse-manpage
 # The C compiler writes source paths into the extension (__FILE__, debug info): they are
 # made to name the installed venv, not the staging tree.
 CFLAGS="${CFLAGS:-} -ffile-prefix-map=$stage$prefix=$prefix" PYTHONDONTWRITEBYTECODE=1 \
     "$venv/bin/python" -P -m agent.detect.kernels.build
+# edge-agent(1) from the argparse definitions, with the defaults a gateway sees (-c: /etc).
+env -u EDGE_AGENT_CONFIG PYTHONDONTWRITEBYTECODE=1 "$venv/bin/python" -P -c \
+    'import sys; from argparse_manpage.cli import main; sys.exit(main())' \
+    --module agent.cli.main --function build_parser --prog edge-agent --project-name edge-agent \
+    --version "$version" --description "edge agent for retrofitted machines" \
+    --author "$maintainer" --manual-section 1 --manual-title "edge-agent manual" \
+    --output "$stage/edge-agent.1"
 PIP_DISABLE_PIP_VERSION_CHECK=1 "$pip" --python "$venv/bin/python" uninstall --quiet --yes \
-    setuptools
+    setuptools argparse-manpage
 
 "$here/read-only-venv.sh" "$venv"
 
@@ -115,13 +122,7 @@ install -m 0644 "$project/docs/technician-guide.md" "$doc/technician-guide.md"
 install -m 0644 "$here/debian/copyright" "$doc/copyright"
 gzip -9n < "$here/debian/changelog" > "$doc/changelog.Debian.gz"
 chmod 0644 "$doc/changelog.Debian.gz"
-# edge-agent(1) from the argparse definitions, with the defaults a gateway sees (-c: /etc).
 install -d "$stage/usr/share/man/man1"
-env -u EDGE_AGENT_CONFIG PYTHONPATH="$project" "$project/.venv/bin/argparse-manpage" \
-    --module agent.cli.main --function build_parser --prog edge-agent --project-name edge-agent \
-    --version "$version" --description "edge agent for retrofitted machines" \
-    --author "$maintainer" --manual-section 1 --manual-title "edge-agent manual" \
-    --output "$stage/edge-agent.1"
 gzip -9n < "$stage/edge-agent.1" > "$stage/usr/share/man/man1/edge-agent.1.gz"
 rm "$stage/edge-agent.1"
 mkdir -p "$stage/usr/bin"

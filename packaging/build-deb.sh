@@ -13,6 +13,10 @@
 # changelog go to /usr/share.
 #
 # usage: packaging/build-deb.sh [--out DIR] [--python /usr/bin/python3.11] [--pip PIP]
+#                               [--kernel-cache DIR]
+# --kernel-cache DIR: the compiled kernels are taken from DIR when it holds them for the
+# current kernel source, and left there after a build (under emulation they take minutes);
+# the caller keys DIR by whatever else goes into them (constraints.txt, the compiler).
 set -euo pipefail
 # The venv's Python imports the agent it installs, never one a PYTHONPATH names (a source
 # checkout's: the kernels would be compiled there, and the package shipped without them).
@@ -24,13 +28,15 @@ out="$project/dist"
 python=/usr/bin/python3
 pip="$project/.venv/bin/pip"
 prefix=/opt/edge-agent
+kernel_cache=
 
 while [ $# -gt 0 ]; do
     case "$1" in
         --out) out=$2; shift 2 ;;
         --python) python=$2; shift 2 ;;
         --pip) pip=$2; shift 2 ;;
-        -h|--help) sed -n '2,14p' "$0"; exit 0 ;;
+        --kernel-cache) kernel_cache=$2; shift 2 ;;
+        -h|--help) sed -n '2,18p' "$0"; exit 0 ;;
         *) echo "build-deb.sh: unknown option $1" >&2; exit 2 ;;
     esac
 done
@@ -85,9 +91,18 @@ setuptools=$("$project/.venv/bin/python" -c 'import setuptools; print(setuptools
 PIP_DISABLE_PIP_VERSION_CHECK=1 "$pip" --python "$venv/bin/python" install --quiet \
     --no-compile --constraint "$project/constraints.txt" "setuptools==$setuptools" argparse-manpage
 # The C compiler writes source paths into the extension (__FILE__, debug info): they are
-# made to name the installed venv, not the staging tree.
+# made to name the installed venv, not the staging tree (so a cached one fits any build).
+kernels_dir=$(echo "$venv"/lib/python3*/site-packages/agent/detect/kernels)
+if [ -n "$kernel_cache" ]; then
+    mkdir -p "$kernel_cache"
+    find "$kernel_cache" -maxdepth 1 -name '_aot_*.so' -exec cp {} "$kernels_dir/" \;
+fi
 CFLAGS="${CFLAGS:-} -ffile-prefix-map=$stage$prefix=$prefix" PYTHONDONTWRITEBYTECODE=1 \
     "$venv/bin/python" -P -m agent.detect.kernels.build
+if [ -n "$kernel_cache" ]; then
+    find "$kernel_cache" -maxdepth 1 -name '_aot_*.so' -delete
+    cp "$kernels_dir"/_aot_*.so "$kernel_cache/"
+fi
 # edge-agent(1) from the argparse definitions, with the defaults a gateway sees (-c: /etc).
 env -u EDGE_AGENT_CONFIG PYTHONDONTWRITEBYTECODE=1 "$venv/bin/python" -P -c \
     'import sys; from argparse_manpage.cli import main; sys.exit(main())' \

@@ -27,8 +27,16 @@ SYSTEMD_PACKAGES = "systemd,systemd-sysv,dbus,python3,procps"
 """A Debian 12 that boots: systemd as PID 1, D-Bus, and what the package depends on."""
 CHROOT_ENV = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "HOME": "/root", "LANG": "C.UTF-8"}
 """The whole environment of a command in a chroot: nothing of this machine's (PYTHONPATH)."""
-BUILD_PACKAGES = "python3,python3-venv,python3-dev,gcc,g++,libc6-dev,procps"
-"""packaging/build-deb-emulated.sh's root: building needs it, running the package needs less."""
+EMULATED_BUILD = ROOT / "packaging" / "build-deb-emulated.sh"
+
+
+def build_packages() -> str:
+    """The packages of build-deb-emulated.sh's root, read from the script so that a test
+    installing into that root finds the very tarball the build used (its `packages=`)."""
+    for line in EMULATED_BUILD.read_text().splitlines():
+        if line.startswith("packages="):
+            return line.split("=", 1)[1]
+    raise AssertionError(f"{EMULATED_BUILD} names no packages= line")
 
 
 class Refused(Exception):

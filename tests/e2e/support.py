@@ -59,14 +59,15 @@ def running_sim(directory: Path, name: str, *args: str) -> Iterator[Sim]:
             assert stop_process(process) == 0
 
 
-def build_deb(out: Path, arch: str, *, timeout_s: float = 400) -> Path:
+def build_deb(out: Path, arch: str, *, compression: str = "gzip",
+              timeout_s: float = 400) -> Path:
     """`make deb` into `out` (gzip: faster than the default xz), for `arch`: this machine's,
     or another one built in an emulated root (`ARCH=`, packaging/build-deb-emulated.sh)."""
     import tomllib
 
     version = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"]
     result = subprocess.run(
-        ["make", "-s", "deb", f"DEB_DIR={out}", "DEB_COMPRESSION=gzip", f"ARCH={arch}"],
+        ["make", "-s", "deb", f"DEB_DIR={out}", f"DEB_COMPRESSION={compression}", f"ARCH={arch}"],
         cwd=ROOT, check=False, capture_output=True, text=True, timeout=timeout_s)
     assert result.returncode == 0, f"make deb ARCH={arch} failed:\n{result.stderr[-4000:]}"
     deb = out / f"edge-agent_{version}_{arch}.deb"

@@ -7,8 +7,9 @@
 # target's wheels (numpy, numba, llvmlite and pydantic-core have aarch64 ones) into a cache
 # kept beside the roots; numba compiles the kernels ahead of time with the root's gcc.
 #
-# The build takes the heavy-job lock ($HEAVY_LOCK, default /tmp/heavy.lock; empty: the
-# caller holds it). DEB_COMPRESSION and DEB_MAINTAINER are passed on to build-deb.sh.
+# The build takes the heavy-job lock (heavy-lock.sh: $HEAVY_LOCK, default /tmp/heavy.lock)
+# unless a process it runs under holds it already. DEB_COMPRESSION and DEB_MAINTAINER are
+# passed on to build-deb.sh.
 #
 # usage: packaging/build-deb-emulated.sh --arch ARCH [--out DIR]
 set -euo pipefail
@@ -46,11 +47,9 @@ kernel_cache="$cache/kernels-$arch-$kernel_key"
 mkdir -p "$pip_cache" "$kernel_cache" "$out"
 find "$cache" -maxdepth 1 -name "kernels-$arch-*" ! -path "$kernel_cache" -exec rm -rf {} +
 
-lock=${HEAVY_LOCK-/tmp/heavy.lock}
-if [ -n "$lock" ]; then
-    exec 9>>"$lock"
-    flock 9
-fi
+# shellcheck source=heavy-lock.sh
+. "$(dirname "$0")/heavy-lock.sh"
+heavy_lock
 
 work=$(mktemp -d "${TMPDIR:-/tmp}/edge-agent-$arch.XXXXXX")
 trap 'rm -rf "$work"' EXIT

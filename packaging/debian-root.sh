@@ -11,8 +11,9 @@
 # architecture is made with --foreign and its second stage run under qemu-user-static
 # (binfmt_misc must know the architecture: `make qemu-user`).
 #
-# Making one (a minute for amd64, several under emulation) takes the machine's heavy-job
-# lock, the file named by $HEAVY_LOCK (default /tmp/heavy.lock; empty: the caller holds it).
+# Making one (a minute for amd64, five under emulation) takes the machine's heavy-job
+# lock (heavy-lock.sh: $HEAVY_LOCK, default /tmp/heavy.lock), unless a process it runs
+# under holds it already.
 #
 # usage: packaging/debian-root.sh --name NAME --arch ARCH --include PKG,PKG,... [--suite S]
 # Prints the tarball's path.
@@ -48,11 +49,9 @@ if [ -f "$tarball" ]; then
 fi
 
 mkdir -p "$cache"
-lock=${HEAVY_LOCK-/tmp/heavy.lock}
-if [ -n "$lock" ]; then
-    exec 9>>"$lock"
-    flock 9
-fi
+# shellcheck source=heavy-lock.sh
+. "$(dirname "$0")/heavy-lock.sh"
+heavy_lock
 # Another caller may have made it while this one waited for the lock.
 if [ -f "$tarball" ]; then
     echo "$tarball"

@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 SUDO := $(shell [ "$$(id -u)" -eq 0 ] || echo sudo)
 
-.PHONY: venv kernels mosquitto mbpoll postgresql chromium fuse lint test unit integration e2e demo bench clean
+.PHONY: venv kernels mosquitto mbpoll postgresql chromium fuse container-tools qemu-user lint test unit integration e2e demo bench clean
 
 # The venv is rebuilt when the dependencies change; constraints.txt pins what the suite was run with.
 $(STAMP): pyproject.toml constraints.txt
@@ -60,11 +60,33 @@ fuse:
 	  $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq fuse3 libfuse3-dev; \
 	fi
 
+# The systemd container and the emulated arm64 root of the packaging tests
+# (tests/e2e/test_systemd_container.py, test_arm64.py; packaging/README.md): debootstrap
+# makes the roots, systemd-nspawn boots one.
+container-tools:
+	@if ! command -v debootstrap >/dev/null 2>&1 || ! command -v systemd-nspawn >/dev/null 2>&1; then \
+	  echo "installing debootstrap and systemd-container from Debian's packages"; \
+	  $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq debootstrap systemd-container; \
+	fi
+
+# arm64 programs run here under qemu-user-static, which binfmt_misc must know (mounted
+# first where it is not). A machine that refuses it only skips the arm64 tests.
+qemu-user:
+	@if ! command -v qemu-aarch64-static >/dev/null 2>&1 || ! command -v update-binfmts >/dev/null 2>&1; then \
+	  echo "installing qemu-user-static and binfmt-support from Debian's packages"; \
+	  $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq qemu-user-static binfmt-support; \
+	fi
+	@if ! grep -qx enabled /proc/sys/fs/binfmt_misc/qemu-aarch64 2>/dev/null; then \
+	  { [ -e /proc/sys/fs/binfmt_misc/status ] || $(SUDO) mount -t binfmt_misc binfmt_misc /proc/sys/fs/binfmt_misc; } \
+	  && $(SUDO) update-binfmts --enable qemu-aarch64 \
+	  || echo "qemu-user: binfmt_misc refused qemu-aarch64: the arm64 tests will be skipped"; \
+	fi
+
 lint: venv
 	$(BIN)/ruff check .
 	$(BIN)/mypy
 
-test: venv kernels mosquitto mbpoll postgresql chromium fuse lint
+test: venv kernels mosquitto mbpoll postgresql chromium fuse container-tools qemu-user lint
 	$(BIN)/pytest
 
 unit: venv kernels
@@ -73,7 +95,7 @@ unit: venv kernels
 integration: venv kernels mosquitto mbpoll postgresql fuse
 	$(BIN)/pytest tests/integration
 
-e2e: venv kernels mosquitto postgresql chromium
+e2e: venv kernels mosquitto postgresql chromium container-tools qemu-user
 	$(BIN)/pytest tests/e2e
 
 demo: venv kernels mosquitto postgresql
@@ -101,9 +123,19 @@ clean:
 	rm -rf $(VENV) agent/detect/kernels/_aot_*.so .demo .pytest_cache .mypy_cache .ruff_cache .hypothesis
 
 # The Debian package dist/edge-agent_<version>_<arch>.deb, for the build machine's
-# architecture (packaging/README.md). DEB_DIR=... puts it elsewhere; DEB_COMPRESSION=gzip
-# (default xz) builds faster and larger.
+# architecture (packaging/README.md), or with ARCH=arm64 for a Raspberry Pi, built in an
+# emulated arm64 Debian (packaging/build-deb-emulated.sh; root, a few minutes the first
+# time). DEB_DIR=... puts it elsewhere; DEB_COMPRESSION=gzip (default xz) builds faster
+# and larger.
 DEB_DIR ?= dist
+HOST_ARCH := $(shell dpkg --print-architecture 2>/dev/null)
+# Set on the command line only: an ARCH in the environment (some CI images have one) is not ours.
+ARCH := $(HOST_ARCH)
 .PHONY: deb
+ifeq ($(ARCH),$(HOST_ARCH))
 deb: venv
 	packaging/build-deb.sh --out $(DEB_DIR)
+else
+deb: container-tools qemu-user
+	packaging/build-deb-emulated.sh --arch $(ARCH) --out $(DEB_DIR)
+endif

@@ -13,6 +13,10 @@
 # changelog go to /usr/share.
 #
 # usage: packaging/build-deb.sh [--out DIR] [--python /usr/bin/python3.11] [--pip PIP]
+#                               [--kernel-cache DIR]
+# --kernel-cache DIR: the compiled kernels are taken from DIR when it holds them for the
+# current kernel source, and left there after a build (under emulation they take minutes);
+# the caller keys DIR by whatever else goes into them (constraints.txt, the compiler).
 set -euo pipefail
 # The venv's Python imports the agent it installs, never one a PYTHONPATH names (a source
 # checkout's: the kernels would be compiled there, and the package shipped without them).
@@ -24,13 +28,15 @@ out="$project/dist"
 python=/usr/bin/python3
 pip="$project/.venv/bin/pip"
 prefix=/opt/edge-agent
+kernel_cache=
 
 while [ $# -gt 0 ]; do
     case "$1" in
         --out) out=$2; shift 2 ;;
         --python) python=$2; shift 2 ;;
         --pip) pip=$2; shift 2 ;;
-        -h|--help) sed -n '2,14p' "$0"; exit 0 ;;
+        --kernel-cache) kernel_cache=$2; shift 2 ;;
+        -h|--help) sed -n '2,18p' "$0"; exit 0 ;;
         *) echo "build-deb.sh: unknown option $1" >&2; exit 2 ;;
     esac
 done
@@ -40,7 +46,6 @@ command -v dpkg-deb >/dev/null || { echo "build-deb.sh: dpkg-deb is missing (Deb
 for tool in gcc g++; do
     command -v "$tool" >/dev/null || { echo "build-deb.sh: $tool is missing (Debian packages gcc g++, needed to build only)" >&2; exit 1; }
 done
-[ -x "$project/.venv/bin/argparse-manpage" ] || { echo "build-deb.sh: argparse-manpage is missing from the project venv: run 'make venv'" >&2; exit 1; }
 [ -x "$pip" ] || { echo "build-deb.sh: $pip is missing: run 'make venv' first" >&2; exit 1; }
 "$python" -c 'import sys; sys.exit(sys.version_info < (3, 11))' \
     || { echo "build-deb.sh: $python is older than 3.11" >&2; exit 1; }
@@ -78,18 +83,35 @@ PIP_DISABLE_PIP_VERSION_CHECK=1 "$pip" --python "$venv/bin/python" install --qui
     --no-compile --constraint "$project/constraints.txt" "$source"
 # The kernels compiled ahead of time, with the venv's own numba and numpy, so that the agent
 # never loads numba (agent/detect/kernels/jit.py). numba.pycc needs setuptools while it compiles:
-# the project venv's version, installed for the build and removed after it. No bytecode
-# here: compileall writes it below; -P: the installed agent, not a source tree in the
-# working directory.
+# the project venv's version, installed for the build and removed after it, and so is
+# argparse-manpage, which writes edge-agent(1) below from the installed agent's parser. No
+# bytecode here: compileall writes it below; -P: the installed agent, not a source tree in
+# the working directory.
 setuptools=$("$project/.venv/bin/python" -c 'import setuptools; print(setuptools.__version__)')
 PIP_DISABLE_PIP_VERSION_CHECK=1 "$pip" --python "$venv/bin/python" install --quiet \
-    --no-compile "setuptools==$setuptools"
+    --no-compile --constraint "$project/constraints.txt" "setuptools==$setuptools" argparse-manpage
 # The C compiler writes source paths into the extension (__FILE__, debug info): they are
-# made to name the installed venv, not the staging tree.
+# made to name the installed venv, not the staging tree (so a cached one fits any build).
+kernels_dir=$(echo "$venv"/lib/python3*/site-packages/agent/detect/kernels)
+if [ -n "$kernel_cache" ]; then
+    mkdir -p "$kernel_cache"
+    find "$kernel_cache" -maxdepth 1 -name '_aot_*.so' -exec cp {} "$kernels_dir/" \;
+fi
 CFLAGS="${CFLAGS:-} -ffile-prefix-map=$stage$prefix=$prefix" PYTHONDONTWRITEBYTECODE=1 \
     "$venv/bin/python" -P -m agent.detect.kernels.build
+if [ -n "$kernel_cache" ]; then
+    find "$kernel_cache" -maxdepth 1 -name '_aot_*.so' -delete
+    cp "$kernels_dir"/_aot_*.so "$kernel_cache/"
+fi
+# edge-agent(1) from the argparse definitions, with the defaults a gateway sees (-c: /etc).
+env -u EDGE_AGENT_CONFIG PYTHONDONTWRITEBYTECODE=1 "$venv/bin/python" -P -c \
+    'import sys; from argparse_manpage.cli import main; sys.exit(main())' \
+    --module agent.cli.main --function build_parser --prog edge-agent --project-name edge-agent \
+    --version "$version" --description "edge agent for retrofitted machines" \
+    --author "$maintainer" --manual-section 1 --manual-title "edge-agent manual" \
+    --output "$stage/edge-agent.1"
 PIP_DISABLE_PIP_VERSION_CHECK=1 "$pip" --python "$venv/bin/python" uninstall --quiet --yes \
-    setuptools
+    setuptools argparse-manpage
 
 "$here/read-only-venv.sh" "$venv"
 
@@ -115,13 +137,7 @@ install -m 0644 "$project/docs/technician-guide.md" "$doc/technician-guide.md"
 install -m 0644 "$here/debian/copyright" "$doc/copyright"
 gzip -9n < "$here/debian/changelog" > "$doc/changelog.Debian.gz"
 chmod 0644 "$doc/changelog.Debian.gz"
-# edge-agent(1) from the argparse definitions, with the defaults a gateway sees (-c: /etc).
 install -d "$stage/usr/share/man/man1"
-env -u EDGE_AGENT_CONFIG PYTHONPATH="$project" "$project/.venv/bin/argparse-manpage" \
-    --module agent.cli.main --function build_parser --prog edge-agent --project-name edge-agent \
-    --version "$version" --description "edge agent for retrofitted machines" \
-    --author "$maintainer" --manual-section 1 --manual-title "edge-agent manual" \
-    --output "$stage/edge-agent.1"
 gzip -9n < "$stage/edge-agent.1" > "$stage/usr/share/man/man1/edge-agent.1.gz"
 rm "$stage/edge-agent.1"
 mkdir -p "$stage/usr/bin"

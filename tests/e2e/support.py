@@ -77,6 +77,22 @@ COMPRESSOR_TAGS = """    tags:
 """The simulated compressor's register map as the end-to-end tests read it (their `TAGS`)."""
 
 
+def build_deb(out: Path, arch: str, *, compression: str = "gzip",
+              timeout_s: float = 400) -> Path:
+    """`make deb` into `out` (gzip: faster than the default xz), for `arch`: this machine's,
+    or another one built in an emulated root (`ARCH=`, packaging/build-deb-emulated.sh)."""
+    import tomllib
+
+    version = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"]
+    result = subprocess.run(
+        ["make", "-s", "deb", f"DEB_DIR={out}", f"DEB_COMPRESSION={compression}", f"ARCH={arch}"],
+        cwd=ROOT, check=False, capture_output=True, text=True, timeout=timeout_s)
+    assert result.returncode == 0, f"make deb ARCH={arch} failed:\n{result.stderr[-4000:]}"
+    deb = out / f"edge-agent_{version}_{arch}.deb"
+    assert deb.is_file(), sorted(p.name for p in out.iterdir())
+    return deb
+
+
 def numba_cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """One kernel cache per test session, shared by every e2e module (so one compilation)."""
     path = tmp_path_factory.getbasetemp() / "numba-cache"
@@ -98,10 +114,17 @@ mqtt: {{host: 127.0.0.1, port: {broker.port}, tls: {{enabled: false}},
 store: {{commit_interval_s: {commit_interval_s}}}
 aggregate: {{window_s: {window_s}}}
 devices:
-{devices.replace("TAGS", tags)}"""
+{devices.replace("TAGS", demo_tags())}"""
     path = tmp_path / "config.yaml"
     path.write_text(text)
     return path
+
+
+def demo_tags() -> str:
+    """The `tags:` block of config/demo.yaml's device (plc-sim's compressor), as YAML text
+    indented for a device of a `devices:` list."""
+    example = (ROOT / "config" / "demo.yaml").read_text()
+    return example[example.index("    tags:"):]
 
 
 def warm_kernel_cache(numba_cache: Path) -> None:

@@ -9,8 +9,9 @@
   verified unmodified and the binary runs through its own shebang.
 - `packaging/install.sh --prefix` builds the same tree without dpkg, twice (idempotent).
 
-What these tests cannot show: systemd starting the unit (this machine's PID 1 is not
-systemd), the hardening options at run time, and the package on arm64.
+What these tests cannot show without systemd as PID 1 (systemd starting the unit, its
+hardening at run time) is shown in a booted container by test_systemd_container.py; the
+arm64 package is built and run under emulation by test_arm64.py.
 """
 
 from __future__ import annotations
@@ -76,7 +77,7 @@ def test_unit_keeps_the_contract_with_the_agent() -> None:
     settings = unit_settings(UNIT.read_text())
     expected = {
         "Type": "notify",
-        "NotifyAccess": "main",
+        "NotifyAccess": "exec",
         "ExecStart": f"{VENV}/bin/edge-agent run -c ${{CONFIGURATION_DIRECTORY}}/config.yaml",
         "ExecReload": "/bin/kill -HUP $MAINPID",
         "WatchdogSec": "30",
@@ -95,6 +96,10 @@ def test_unit_keeps_the_contract_with_the_agent() -> None:
         "Environment": "PYTHONUNBUFFERED=1",
     }
     assert {key: settings.get(key, ["<absent>"])[-1] for key in expected} == expected
+    # RELOADING=1 from ExecReload= first: systemd 252 then waits for the agent's READY=1
+    # (tests/e2e/test_systemd_container.py shows it under a real systemd).
+    assert settings["ExecReload"] == ["/bin/systemd-notify RELOADING=1",
+                                      "/bin/kill -HUP $MAINPID"]
     # numba's JIT maps code writable then executable; ProtectClock would deny the
     # read-only adjtimex of agent/clock.py.
     assert "MemoryDenyWriteExecute" not in settings
@@ -121,24 +126,17 @@ def test_verify_as_used_here_reports_a_misspelt_key(systemd_analyze: str, tmp_pa
 
 
 @pytest.fixture(scope="module")
-def installed_deb(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, Path, str]]:
-    """`make deb` (gzip: faster than the default xz), installed by dpkg into a scratch root.
+def installed_deb(
+    built_deb: Path, tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[tuple[Path, Path, str]]:
+    """The session's .deb (tests/e2e/conftest.py), installed by dpkg into a scratch root.
 
     Returns the package, the root and what dpkg printed. dpkg needs its database in the root;
     the dependency on python3.11 is satisfied by the host, not by that database, hence
     --force-depends; the maintainer scripts run outside the root with DPKG_ROOT set.
     """
-    if shutil.which("dpkg-deb") is None or shutil.which("dpkg") is None:
-        pytest.skip("dpkg-deb is missing: the .deb can only be built on Debian or a derivative")
-    base = tmp_path_factory.mktemp("deb")
-    out = base / "dist"
-    subprocess.run(["make", "-s", "deb", f"DEB_DIR={out}", "DEB_COMPRESSION=gzip"],
-                   cwd=ROOT, check=True, capture_output=True, text=True, timeout=400)
-    arch = subprocess.run(["dpkg", "--print-architecture"], capture_output=True, text=True,
-                          check=True).stdout.strip()
-    deb = out / f"edge-agent_{VERSION}_{arch}.deb"
-    assert deb.is_file(), sorted(p.name for p in out.iterdir())
-    root = base / "root"
+    deb = built_deb
+    root = tmp_path_factory.mktemp("deb") / "root"
     for directory in ("var/lib/dpkg/info", "var/lib/dpkg/updates"):
         (root / directory).mkdir(parents=True)
     (root / "var/lib/dpkg/status").touch()

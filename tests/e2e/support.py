@@ -105,7 +105,6 @@ def agent_config(
     commit_interval_s: float = 0.1, max_inflight: int | None = None,
 ) -> Path:
     """A configuration beside `tmp_path/state`, the compressor's tags on each device (`TAGS`)."""
-    tags = COMPRESSOR_TAGS
     inflight = f", max_inflight: {max_inflight}" if max_inflight is not None else ""
     text = f"""
 gateway: {{id: gw-e2e, site: lab, state_dir: {tmp_path / "state"}}}
@@ -121,10 +120,9 @@ devices:
 
 
 def demo_tags() -> str:
-    """The `tags:` block of config/demo.yaml's device (plc-sim's compressor), as YAML text
-    indented for a device of a `devices:` list."""
-    example = (ROOT / "config" / "demo.yaml").read_text()
-    return example[example.index("    tags:"):]
+    """The `tags:` block of plc-sim's compressor (`COMPRESSOR_TAGS`), as YAML text indented
+    for a device of a `devices:` list."""
+    return COMPRESSOR_TAGS
 
 
 def warm_kernel_cache(numba_cache: Path) -> None:

@@ -20,14 +20,11 @@ import psycopg
 import structlog
 from psycopg.types.json import Jsonb
 
-from agent.events import DecodeError, Envelope, decode
+from agent.events import HEARTBEAT, DecodeError, Envelope, decode
 from agent.uplink.presence import Presence, PresenceDecodeError, decode_presence
 from fleet.schema import migrate, month_partition, partition_name
 
 log = structlog.get_logger(__name__)
-
-HEARTBEAT = "heartbeat"
-
 
 @dataclass(frozen=True, slots=True)
 class Received:
@@ -41,6 +38,13 @@ class BatchResult:
     duplicates: int = 0
     statuses: int = 0
     rejected: int = 0
+
+    def add(self, other: BatchResult) -> None:
+        """Sum another batch's counts into this one (an ingest's totals)."""
+        self.stored += other.stored
+        self.duplicates += other.duplicates
+        self.statuses += other.statuses
+        self.rejected += other.rejected
 
 
 @dataclass
@@ -87,9 +91,10 @@ class FleetDatabase:
                 if isinstance(store_id, str) and store_id:
                     self.stores[env.gateway] = store_id
             events.append((message, env, self.stores.get(env.gateway, "")))
+        created: set[str] = set()
         with self.conn.transaction():
             if events:
-                fresh = self._insert(events)
+                fresh = self._insert(events, created)
                 result.stored = len(fresh)
                 result.duplicates = len(events) - len(fresh)
                 self._count_duplicates(events, fresh)
@@ -101,15 +106,16 @@ class FleetDatabase:
                                   (message.topic, error, message.payload))
                 log.warning("fleet_message_rejected", topic=message.topic, error=error)
             result.rejected = len(rejected)
+        self.partitions |= created  # only once committed: a rollback takes them back too
         return result
 
-    def _insert(self, events: list[tuple[Received, Envelope, str]]) -> set[str]:
+    def _insert(self, events: list[tuple[Received, Envelope, str]], created: set[str]) -> set[str]:
         conn = self.conn
         for _, env, _ in events:
-            name = partition_name(event_time(env))
-            if name not in self.partitions:
-                month_partition(conn, event_time(env))
-                self.partitions.add(name)
+            moment = event_time(env)
+            name = partition_name(moment)
+            if name not in self.partitions and name not in created:
+                created.add(month_partition(conn, moment))
         conn.execute("CREATE TEMP TABLE IF NOT EXISTS incoming (id text, gateway text, "
                      "store text, seq bigint, kind text, device text, time timestamptz, "
                      "time_ns bigint, clock text, historical boolean, data jsonb, topic text) "

@@ -27,12 +27,14 @@ from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
+from agent.events import GATEWAY_DEVICE
+from agent.uplink.presence import PRESENCE_KIND
 from fleet.config import FleetConfig
 from fleet.database import BatchResult, FleetDatabase, Received
 
 log = structlog.get_logger(__name__)
 
-STATUS_FILTER = "+/+/_gateway/status"
+STATUS_FILTER = f"+/+/{GATEWAY_DEVICE}/{PRESENCE_KIND}"
 """The agents' retained status messages (`{site}/{gateway}/_gateway/status`)."""
 
 
@@ -45,18 +47,24 @@ class Incoming:
     """Which connection it came on: an acknowledgement is only valid on that one."""
 
 
-@dataclass
-class Totals:
-    stored: int = 0
-    duplicates: int = 0
-    statuses: int = 0
-    rejected: int = 0
+def fleet_client(config: FleetConfig, *, manual_ack: bool = False) -> mqtt.Client:
+    """An MQTT 5 client with the configured id, login and TLS (not yet connected)."""
+    m = config.mqtt
+    client = mqtt.Client(callback_api_version=CallbackAPIVersion.VERSION2,
+                         client_id=m.client_id, protocol=mqtt.MQTTv5, manual_ack=manual_ack)
+    if m.username is not None:
+        client.username_pw_set(m.username, m.password.get_secret_value()
+                               if m.password is not None else None)
+    if m.tls.enabled:
+        client.tls_set_context(ssl.create_default_context(
+            cafile=str(m.tls.ca_file) if m.tls.ca_file else None))
+    return client
 
-    def add(self, result: BatchResult) -> None:
-        self.stored += result.stored
-        self.duplicates += result.duplicates
-        self.statuses += result.statuses
-        self.rejected += result.rejected
+
+def connect_properties(session_expiry_s: float) -> Properties:
+    props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
+    props.SessionExpiryInterval = int(session_expiry_s)
+    return props
 
 
 class Ingest:
@@ -64,7 +72,7 @@ class Ingest:
 
     def __init__(self, config: FleetConfig) -> None:
         self.config = config
-        self.totals = Totals()
+        self.totals = BatchResult()
         self._queue: asyncio.Queue[Incoming] = asyncio.Queue()
         self._generation = 0
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -77,8 +85,7 @@ class Ingest:
         dsn = self.config.database.dsn.get_secret_value()
         self._db = await asyncio.to_thread(FleetDatabase.connect, dsn)
         m = self.config.mqtt
-        props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
-        props.SessionExpiryInterval = int(m.session_expiry_s)
+        props = connect_properties(m.session_expiry_s)
         props.ReceiveMaximum = self.config.ingest.receive_maximum
         self._client.connect_async(m.host, m.effective_port, keepalive=30, clean_start=False,
                                    properties=props)
@@ -92,16 +99,7 @@ class Ingest:
             await asyncio.to_thread(self._db.close)
 
     def _make_client(self) -> mqtt.Client:
-        m = self.config.mqtt
-        client = mqtt.Client(callback_api_version=CallbackAPIVersion.VERSION2,
-                             client_id=m.client_id, protocol=mqtt.MQTTv5, manual_ack=True)
-        if m.username is not None:
-            client.username_pw_set(m.username, m.password.get_secret_value()
-                                   if m.password is not None else None)
-        if m.tls.enabled:
-            context = ssl.create_default_context(
-                cafile=str(m.tls.ca_file) if m.tls.ca_file else None)
-            client.tls_set_context(context)
+        client = fleet_client(self.config, manual_ack=True)
         client.reconnect_delay_set(1, 30)
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
@@ -183,17 +181,9 @@ def leave(config: FleetConfig, timeout_s: float = 10.0) -> bool:
     stops giving it a share. What the session still held is dropped by the broker, so run
     it on a process whose queue is drained. True once the broker confirmed."""
     m = config.mqtt
-    client = mqtt.Client(callback_api_version=CallbackAPIVersion.VERSION2,
-                         client_id=m.client_id, protocol=mqtt.MQTTv5)
-    if m.username is not None:
-        client.username_pw_set(m.username, m.password.get_secret_value()
-                               if m.password is not None else None)
-    if m.tls.enabled:
-        client.tls_set_context(ssl.create_default_context(
-            cafile=str(m.tls.ca_file) if m.tls.ca_file else None))
-    props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
-    props.SessionExpiryInterval = 0
-    client.connect(m.host, m.effective_port, clean_start=True, properties=props)
+    client = fleet_client(config)
+    client.connect(m.host, m.effective_port, clean_start=True,
+                   properties=connect_properties(0))
     client.loop_start()
     try:
         deadline = time.monotonic() + timeout_s

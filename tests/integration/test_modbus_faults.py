@@ -8,7 +8,8 @@ stall the healthy one beside it. The RTU bus is a pseudo-terminal pair (plc_sim.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+import contextlib
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -79,6 +80,27 @@ async def read_once(config: ModbusDevice) -> SampleBatch:
         return await driver.read(driver.plans[0])
     finally:
         await driver.close()
+
+
+@contextlib.asynccontextmanager
+async def supervised(pairs: list[tuple[ModbusDriver, RecordingDetector]],
+                     backoff: Callable[[], Backoff]) -> AsyncIterator[list[Event]]:
+    """Each driver in its own device task, as the supervisor runs it; yields the health
+    events they send, and cancels the tasks on the way out."""
+    health: list[Event] = []
+
+    def sink(events: Any) -> None:
+        health.extend(e for e in events if e.kind == DEVICE_HEALTH)
+
+    tasks = [asyncio.create_task(supervise_device(driver, detector, sink, backoff(),
+                                                  DeviceHealth(driver.device)))
+             for driver, detector in pairs]
+    try:
+        yield health
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
 
 
 async def fault_outcome(server: ModbusSimServer, config: ModbusDevice, fault: Fault) -> DeviceError:
@@ -154,20 +176,11 @@ async def test_a_dead_slave_does_not_stall_the_other_on_the_same_bus(tmp_path: P
     comp = rtu_device(path, "comp", 1, STATE, poll_interval_s=0.05)
     meter = rtu_device(path, "meter", 2, VOLTAGE, poll_interval_s=0.05)
     counts = {"comp": RecordingDetector(), "meter": RecordingDetector()}
-    health: list[Event] = []
-
-    def sink(events: Any) -> None:
-        health.extend(e for e in events if e.kind == DEVICE_HEALTH)
-
     await server.set_fault(Fault("no_answer", unit=2))
-    tasks = [
-        asyncio.create_task(supervise_device(
-            ModbusDriver(config), counts[config.name], sink,
-            Backoff(initial_s=0.5, max_s=2.0), DeviceHealth(config.name)))
-        for config in (comp, meter)
-    ]
+    pairs = [(ModbusDriver(config), counts[config.name]) for config in (comp, meter)]
     try:
-        async with asyncio.timeout(20):
+        async with supervised(pairs, lambda: Backoff(initial_s=0.5, max_s=2.0)) as health, \
+                asyncio.timeout(20):
             await wait_until_async(lambda: any(e.device == "meter" for e in health),
                                    timeout_s=10, what="the dead slave reported")
             start = len(counts["comp"].batches)
@@ -177,9 +190,6 @@ async def test_a_dead_slave_does_not_stall_the_other_on_the_same_bus(tmp_path: P
             await wait_until_async(lambda: len(counts["meter"].batches) > 0, timeout_s=10,
                                    what="the slave read again once the fault is gone")
     finally:
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
         await server.stop()
     # 40 polls in 2 s at most; the dead slave's timeouts (0.3 s, at most every 0.25-2 s of
     # backoff) may take some of the bus's time, never all of it.
@@ -221,19 +231,10 @@ async def test_a_bad_frame_is_the_fault_of_its_sender_only(
         where = {"host": HOST, "port": await server.start()}
     comp, meter = shared_endpoint_devices(transport, where)
     counts = {"comp": RecordingDetector(), "meter": RecordingDetector()}
-    health: list[Event] = []
-
-    def sink(events: Any) -> None:
-        health.extend(e for e in events if e.kind == DEVICE_HEALTH)
-
-    tasks = [
-        asyncio.create_task(supervise_device(
-            ModbusDriver(config), counts[config.name], sink,
-            Backoff(initial_s=0.2, max_s=1.0), DeviceHealth(config.name)))
-        for config in (comp, meter)
-    ]
+    pairs = [(ModbusDriver(config), counts[config.name]) for config in (comp, meter)]
     try:
-        async with asyncio.timeout(30):
+        async with supervised(pairs, lambda: Backoff(initial_s=0.2, max_s=1.0)) as health, \
+                asyncio.timeout(30):
             await wait_until_async(lambda: len(counts["meter"].batches) > 3, timeout_s=10,
                                    what="the meter read before the fault")
             await server.set_fault(Fault(kind, unit=1))  # type: ignore[arg-type]
@@ -244,9 +245,6 @@ async def test_a_bad_frame_is_the_fault_of_its_sender_only(
                                    timeout_s=15, what="the meter read on through the fault")
             await server.clear_fault()
     finally:
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
         await server.stop()
     comp_health = [(e.data["status"], e.data["reason"]) for e in health if e.device == "comp"]
     assert comp_health[:2] == [("up", ""), ("down", "protocol_error")], comp_health
@@ -274,16 +272,9 @@ async def test_a_device_answering_exceptions_is_retried_within_a_few_polls(
     poll_s = 0.25
     config = config.model_copy(update={"poll_interval_s": poll_s})
     driver = AttemptTimes(config)
-    health: list[Event] = []
-
-    def sink(events: Any) -> None:
-        health.extend(e for e in events if e.kind == DEVICE_HEALTH)
-
     await server.set_fault(Fault("exception", code=4))
-    task = asyncio.create_task(supervise_device(driver, RecordingDetector(), sink, Backoff(),
-                                                DeviceHealth(config.name)))
     loop = asyncio.get_running_loop()
-    try:
+    async with supervised([(driver, RecordingDetector())], Backoff) as health:
         # Long enough for the default backoff (1 s doubling to 30 s) to have reached 8-16 s.
         await asyncio.sleep(12.0)  # a measured fault period, not a wait for a condition
         await server.clear_fault()
@@ -291,9 +282,6 @@ async def test_a_device_answering_exceptions_is_retried_within_a_few_polls(
         await wait_until_async(lambda: bool(health) and health[-1].data["status"] == "up",
                                timeout_s=40, what="the device up again")
         recovered_s = loop.time() - cleared_s
-    finally:
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
     gaps = [b - a for a, b in zip(driver.attempts_s, driver.attempts_s[1:], strict=False)]
     assert max(gaps) <= 3 * poll_s + TIMEOUT_S + 0.2, gaps
     assert recovered_s <= 3 * poll_s + 0.5, recovered_s

@@ -177,7 +177,7 @@ class EventStore:
         await self._call(lambda: self._outbox.start(rows, {
             "last_seq": last, "seq_reserved": self._seq_reserved, "clean": 0}))
         self._disk_top = max(meta["top"], rows[-1][0] if rows else 0)
-        self._spool.start()
+        self._spool.start(last)
         self._reported_losses = self._outbox.ledger.losses()
         if health:
             self.put([Event(STORE_HEALTH, GATEWAY_DEVICE, time.time_ns(),
@@ -349,13 +349,17 @@ class EventStore:
         self._acked[:0] = acked[deleted:]
         if inserted:
             self._disk_top = max(self._disk_top, rows[inserted - 1][0])
-            self._spool.start((h.row[0], h.row[8]) for h in self._memory.values())
+            self._restart_spool()
             for signal in self._commit_signals:
                 signal.set()
 
+    def _restart_spool(self) -> None:
+        """The spool anew: what is only in memory, and the highest number handed out."""
+        self._spool.start(self.last_seq, ((h.row[0], h.row[8]) for h in self._memory.values()))
+
     def _rewrite_spool_if_large(self) -> None:
         if self._spool.written > _SPOOL_REWRITE_BYTES:
-            self._spool.start((h.row[0], h.row[8]) for h in self._memory.values())
+            self._restart_spool()
 
     async def _commit_failed(self, error: sqlite3.Error) -> None:
         full = isinstance(error, sqlite3.OperationalError) and "full" in str(error)

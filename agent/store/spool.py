@@ -6,8 +6,9 @@ here. A SIGKILL or a crash of the process leaves the file to the next start (the
 keeps it), which puts the events not acknowledged back into the store and continues the
 sequence numbers exactly where they were. A power cut or a reboot empties it: that loss is
 the store's bound (one commit interval of unacknowledged events). Nothing here touches the
-disk. Records: `E` seq, length, payload (an event); `A` seq (acknowledged or dropped). The
-header names the boot and the database, so a file is never taken for another store's.
+disk. Records: `E` seq, length, payload (an event); `A` seq (acknowledged or dropped); `H`
+seq, the highest number handed out when the file was rewritten. The header names the boot
+and the database, so a file is never taken for another store's.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ log = structlog.get_logger(__name__)
 
 _MAGIC = b"EASPOOL1"
 _RECORD = struct.Struct("<cQI")
-_EVENT, _GONE = b"E", b"A"
+_EVENT, _GONE, _HIGH = b"E", b"A", b"H"
 DEFAULT_DIR = Path("/dev/shm")
 
 
@@ -80,20 +81,24 @@ class Spool:
             if kind == _EVENT:
                 found.events[seq] = data[at + _RECORD.size:end]
                 found.max_seq = max(found.max_seq, seq)
+            elif kind == _HIGH:
+                found.max_seq = max(found.max_seq, seq)
             else:
                 found.events.pop(seq, None)
             at = end
         return found
 
-    def start(self, events: Iterable[tuple[int, bytes]] = ()) -> None:
-        """A new spool holding `events` (what is still only in memory), atomically."""
+    def start(self, high_seq: int, events: Iterable[tuple[int, bytes]] = ()) -> None:
+        """A new spool holding `events` (what is still only in memory) and `high_seq`, the
+        highest number handed out so far, atomically."""
         if self.path is None:
             return
         self.close(remove=False)
         tmp = self.path.with_name(self.path.name + ".tmp")
         try:
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-            data = self._header + b"".join(_event(seq, p) for seq, p in events)
+            data = (self._header + _RECORD.pack(_HIGH, high_seq, 0)
+                    + b"".join(_event(seq, p) for seq, p in events))
             os.write(fd, data)
             os.replace(tmp, self.path)
         except OSError as exc:

@@ -105,7 +105,12 @@ _CHILD = textwrap.dedent("""
                                       spool_dir=spool)
         store.put([Event("window", "m1", i, {"i": i}) for i in range(int(sys.argv[2]))])
         await store.flush()  # some on disk ...
-        store.put([Event("window", "m1", i, {"i": i}) for i in range(int(sys.argv[2]))])
+        if sys.argv[4] == "acked":  # ... and deleted, acknowledged: none of them is left
+            for seq in range(1, store.last_seq + 1):
+                store.ack(seq)
+            await store.flush()
+        else:
+            store.put([Event("window", "m1", i, {"i": i}) for i in range(int(sys.argv[2]))])
         print(store.last_seq, flush=True)  # ... and as many only in memory
         os.kill(os.getpid(), signal.SIGKILL)
 
@@ -113,10 +118,12 @@ _CHILD = textwrap.dedent("""
 """)
 
 
-def run_and_kill(path: Path, events: int, spool_dir: Path | None) -> int:
-    """A process that stores `events`, holds as many more in memory, and is SIGKILLed."""
+def run_and_kill(path: Path, events: int, spool_dir: Path | None, *, acked: bool = False) -> int:
+    """A process that stores `events`, holds as many more in memory (or, `acked`, has them
+    all acknowledged and deleted), and is SIGKILLed."""
     result = subprocess.run(
-        [sys.executable, "-c", _CHILD, str(path), str(events), str(spool_dir or "none")],
+        [sys.executable, "-c", _CHILD, str(path), str(events), str(spool_dir or "none"),
+         "acked" if acked else "held"],
         capture_output=True, text=True, env={**os.environ, "PYTHONPATH": os.getcwd()},
         check=False, timeout=60)
     assert result.returncode == -signal.SIGKILL, result.stderr
@@ -138,6 +145,18 @@ async def test_after_a_sigkill_the_events_in_memory_come_back_and_numbers_go_on_
     [health] = [e for e in events if e.kind == STORE_HEALTH]
     assert health.data["resent_after_crash"] == 40, "and counted as possible duplicates"
     assert health.seq == 81, "numbers go on without a gap"
+    await store.close()
+
+
+async def test_after_a_sigkill_with_nothing_left_to_send_no_number_is_reused(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "e.sqlite"
+    last = run_and_kill(path, 40, tmp_path, acked=True)
+    assert last == 40
+    store = await EventStore.open(path, "gw", spool_dir=tmp_path)
+    store.put([window(1)])
+    assert store.last_seq == last + 1, "the numbers go on where the killed run left them"
     await store.close()
 
 

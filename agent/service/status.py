@@ -77,6 +77,7 @@ def heartbeat_data(
         "devices": {name: {"status": status, "reason": why}
                     for name, (status, why) in devices.items()},
         "store": {
+            "id": stats.store_id,
             "depth": stats.depth,
             "pending": pending,
             "oldest_age_s": None if oldest is None else round(max(0, now_ns - oldest) / 1e9, 3),

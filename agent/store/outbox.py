@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import secrets
 import sqlite3
 import threading
 from collections import Counter
@@ -109,6 +110,13 @@ class Outbox:
         top = db.execute("SELECT max(seq), coalesce(sum(size), 0) FROM outbox").fetchone()
         self.ledger = Ledger(bytes=int(top[1]), compacted=meta.get("compacted", 0))
         self.ledger.dropped.update(dropped_counts(meta))
+        self.ledger.load_gone(db)
+        if "store_id" not in meta:  # this database's identity, for the cloud's ledger
+            store_id = secrets.randbits(63)
+            # On a full disk: made at a later start.
+            with contextlib.suppress(sqlite3.OperationalError), self._transaction(db):
+                set_meta(db, "store_id", store_id)
+                meta["store_id"] = store_id
         self._db = db
         self.disk.hold_reserve()
         self.disk.limit_pages(db)
@@ -157,17 +165,22 @@ class Outbox:
             raise
 
     def commit(
-        self, rows: list[Row], acked: list[int], drops: Counter[str]
+        self, rows: list[Row], acked: list[int], drops: Counter[str],
+        drop_seqs: list[tuple[int, str]], reported_gone: int,
     ) -> tuple[int, int, sqlite3.Error | None]:
         """Delete `acked`, then insert `rows`, in transactions of bounded size. How many of
         each are done, and the error that stopped the rest (None: all done). `drops` (made on
-        the event loop's side) join the ledger first, saved with the next transaction."""
+        the event loop's side, the numbered ones' seqs in `drop_seqs`) join the ledger first,
+        saved with the next transaction; gone ranges up to `reported_gone` are forgotten."""
         db = self.db
-        self.ledger.count_dropped(drops)
+        self.ledger.count_dropped(drops, drop_seqs)
         if self.disk.hold_reserve():
             log.info("store_reserve_reclaimed", path=str(self.disk.reserve_path))
         deleted = inserted = 0
         try:
+            if self.ledger.gone and self.ledger.gone[0][0] <= reported_gone:
+                with self._transaction(db):
+                    self.ledger.forget_gone(db, reported_gone)
             while deleted < len(acked):
                 seqs = acked[deleted:deleted + _DELETE_CHUNK]
                 with self._transaction(db):
@@ -185,7 +198,7 @@ class Outbox:
                     self._enforce(db, self.max_bytes)
                 inserted += len(chunk)
                 self._checkpoint_if_low(db)
-            if not inserted and self.ledger.unsaved:
+            if not inserted and (self.ledger.unsaved or self.ledger.unsaved_gone):
                 with self._transaction(db):
                     self.ledger.save_unsaved(db)
         except sqlite3.Error as exc:
@@ -265,11 +278,12 @@ class Outbox:
                         free_bytes=self.disk.free_bytes())
         return released
 
-    def save_losses(self, drops: Counter[str], meta: dict[str, int]) -> None:
+    def save_losses(self, drops: Counter[str], drop_seqs: list[tuple[int, str]],
+                    meta: dict[str, int]) -> None:
         """Save the loss counters (and `meta`) alone, a transaction of a page or two, the
         reserve given back first if the disk is full: at a stop, no loss is left uncounted."""
         db = self.db
-        self.ledger.count_dropped(drops)
+        self.ledger.count_dropped(drops, drop_seqs)
         if self.disk.low():
             self.disk.release_reserve()
         with contextlib.suppress(sqlite3.Error):

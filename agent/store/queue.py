@@ -34,6 +34,7 @@ import structlog
 from agent.clock import BOOT_ID, ClockWatch
 from agent.events import GATEWAY_DEVICE, STORE_HEALTH, Event, correct_clock, encode, priority_of
 from agent.store import spool as spooling
+from agent.store.degrade import seq_accounts
 from agent.store.disk import RESERVE_BYTES, DiskSpace
 from agent.store.outbox import Outbox, Row, row_of
 from agent.store.records import StoredEvent, StoreError, StoreStats
@@ -50,6 +51,8 @@ _FAILURE_LOG_INTERVAL_S = 30.0
 _STOP_RETRIES = 3
 """At a stop, how often a refused commit is retried (after making room) before what is
 still pending is counted as dropped."""
+_RANGES_PER_REPORT = 4096
+"""Seq ranges one `store_health` event names at most (about 40 KB); the rest, in the next."""
 _SPOOL_REWRITE_BYTES = 1 << 20
 """The spool is rewritten with what is still only in memory once it has grown this much."""
 
@@ -122,6 +125,16 @@ class EventStore:
         """The highest seq that may be on disk (below it, reads go to the database too)."""
         self._memory_drops: Counter[str] = Counter()
         """Events dropped on this side (memory bound, stop), not yet in the worker's ledger."""
+        self._memory_drop_seqs: list[tuple[int, str]] = []
+        """(seq, kind) of those that had a number."""
+        self.store_id = ""
+        """This database's identity (16 hex digits), in heartbeats and `store_health`."""
+        self._gone_reported = 0
+        """The last `gone` range named in a report made by this run."""
+        self._gone_reports: dict[int, int] = {}
+        """seq of a report naming gone ranges -> the last range it names."""
+        self._gone_safe = 0
+        """The last range named in a report that is now on disk or with the broker."""
         self._reported_losses = 0
         self._last_report_mono = -float("inf")
         self._failures = 0
@@ -150,6 +163,7 @@ class EventStore:
         what a crashed run's spool held; reserve a first block of numbers."""
         self._worker_tid = await self._call(threading.get_native_id)
         meta = await self._call(self._outbox.open)
+        self.store_id = f"{meta.get('store_id', 0):016x}"
         last = max(meta.get("last_seq", 0), meta["top"])
         reserved = meta.get("seq_reserved", last)
         recovered = self._spool.recover()
@@ -234,7 +248,9 @@ class EventStore:
         victims = {seq for _, seq in sorted(held)[:count]}
         gone = [seq for seq in victims if seq in self._memory]
         for seq in gone:
-            self._memory_drops[self._memory.pop(seq).row[2]] += 1
+            kind = self._memory.pop(seq).row[2]
+            self._memory_drops[kind] += 1
+            self._memory_drop_seqs.append((seq, kind))
         self._spool.gone(gone)
         kept = []
         for i, event in enumerate(self._unnumbered):
@@ -249,6 +265,7 @@ class EventStore:
     def ack(self, seq: int) -> None:
         """The broker has the event: forget it, or delete it with the next commit (reserved
         until then, so that no degradation counts it as dropped)."""
+        self._report_safe(seq)
         if seq in self._committing:
             self._late_acks.add(seq)
             self._spool.gone((seq,))
@@ -311,13 +328,17 @@ class EventStore:
             if not everything and held.made_s > cutoff:
                 break
             rows.append(held.row)
-        if not rows and not self._acked and not self._memory_drops:
+        gone = self._outbox.ledger.gone
+        forget = self._gone_safe if gone and gone[0][0] <= self._gone_safe else 0
+        if not rows and not self._acked and not self._memory_drops and not forget:
             self._rewrite_spool_if_large()
             return
         acked, self._acked = self._acked, []
         drops, self._memory_drops = self._memory_drops, Counter()
+        drop_seqs, self._memory_drop_seqs = self._memory_drop_seqs, []
         self._committing = {r[0] for r in rows}
-        job = asyncio.ensure_future(self._call(lambda: self._outbox.commit(rows, acked, drops)))
+        job = asyncio.ensure_future(self._call(
+            lambda: self._outbox.commit(rows, acked, drops, drop_seqs, forget)))
         try:
             inserted, deleted, error = await asyncio.shield(job)
         except asyncio.CancelledError:
@@ -338,6 +359,7 @@ class EventStore:
         for row in rows[:inserted]:
             seq = row[0]
             self._memory.pop(seq, None)
+            self._report_safe(seq)
             if seq in self._late_acks:
                 self._acked.append(seq)
         for row in rows[inserted:]:
@@ -393,6 +415,7 @@ class EventStore:
     def _health_data(self) -> dict[str, object]:
         ledger = self._outbox.ledger
         return {
+            "store": self.store_id,
             "dropped": dict(ledger.dropped + self._memory_drops),
             "compacted": ledger.compacted,
             "bytes": ledger.bytes,
@@ -400,14 +423,29 @@ class EventStore:
         }
 
     def _report_losses(self) -> None:
+        """A `store_health` event when something was given up since the last one (at most
+        one per report interval), naming the seqs not yet named by a report of this run."""
         losses = self._outbox.ledger.losses() + self._memory_drops.total()
+        fresh = [g for g in self._outbox.ledger.gone if g[0] > self._gone_reported]
         now = time.monotonic()
-        if losses == self._reported_losses or now - self._last_report_mono < self._report_interval_s:
+        if ((losses == self._reported_losses and not fresh)
+                or now - self._last_report_mono < self._report_interval_s):
             return
         self._reported_losses, self._last_report_mono = losses, now
         data = self._health_data()
         log.warning("store_degraded", **data)
+        named = fresh[:_RANGES_PER_REPORT]
+        data.update(seq_accounts(named))
         self.put([Event(STORE_HEALTH, GATEWAY_DEVICE, time.time_ns(), data)], bounded=False)
+        if named:
+            self._gone_reported = named[-1][0]
+            if not self._unnumbered:
+                self._gone_reports[self.last_seq] = named[-1][0]
+
+    def _report_safe(self, seq: int) -> None:
+        """`seq` is on disk or with the broker: if it is a report, what it names is safe."""
+        if self._gone_reports and seq in self._gone_reports:
+            self._gone_safe = max(self._gone_safe, self._gone_reports.pop(seq))
 
     # --- reading --------------------------------------------------------------------------
 
@@ -481,12 +519,13 @@ class EventStore:
             await self.flush()
         lost = Counter(h.row[2] for h in self._memory.values())
         lost.update(e.kind for e in self._unnumbered)
-        self._memory, self._unnumbered = {}, []
+        drop_seqs = self._memory_drop_seqs + [(h.row[0], h.row[2]) for h in self._memory.values()]
+        self._memory, self._unnumbered, self._memory_drop_seqs = {}, [], []
         drops, self._memory_drops = self._memory_drops + lost, Counter()
         last = self.last_seq
         try:
             await self._call(lambda: self._outbox.save_losses(
-                drops, {"last_seq": last, "seq_reserved": last, "clean": 1}))
+                drops, drop_seqs, {"last_seq": last, "seq_reserved": last, "clean": 1}))
         except sqlite3.Error as exc:
             log.error("store_losses_not_saved", path=str(self.path), error=str(exc),
                       dropped=dict(drops))

@@ -32,3 +32,5 @@ class StoreStats:
     """Events dropped since the store was created, per kind."""
     compacted: int
     """Window events merged into others since the store was created."""
+    store_id: str = ""
+    """The database's identity (16 hex digits; empty before it has one)."""

@@ -7,7 +7,7 @@ import sqlite3
 
 from agent.events import SAMPLES, priority_of
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS outbox (
     seq      INTEGER PRIMARY KEY,
@@ -26,10 +26,18 @@ CREATE TABLE IF NOT EXISTS meta (
     key   TEXT PRIMARY KEY,
     value INTEGER NOT NULL
 );
+CREATE TABLE IF NOT EXISTS gone (
+    id    INTEGER PRIMARY KEY,
+    first INTEGER NOT NULL,
+    last  INTEGER NOT NULL,
+    kind  TEXT
+);
 """
 """outbox: one row per event not yet acknowledged, its msgpack `payload` as it is sent;
 `priority` orders what a full store gives up; `mono_ns`/`boot` are set while the clock was
-not synchronized. meta: `last_seq`, `compacted` and `dropped.<kind>` counters."""
+not synchronized. meta: `store_id`, `last_seq`, `compacted` and `dropped.<kind>` counters.
+gone: seq ranges given up (dropped, `kind` the kind; merged into another window, `kind`
+NULL) until a `store_health` event naming them is safe on disk or with the broker."""
 
 
 def migrate(db: sqlite3.Connection) -> None:

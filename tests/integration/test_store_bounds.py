@@ -10,10 +10,11 @@ import time
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from agent.events import DEVICE_HEALTH, STORE_HEALTH, WINDOW, Event, decode
+from agent.events import DEVICE_HEALTH, SAMPLES, STORE_HEALTH, WINDOW, Event, decode
 from agent.store import EventStore, read_stats
 
 
@@ -213,3 +214,57 @@ async def test_events_beyond_the_memory_bound_drop_lowest_priority_and_are_count
     assert report.data["dropped"] == {WINDOW: 3}, "and the loss is reported"
     await store.close()
     assert read_stats(tmp_path / "e.sqlite").dropped == {WINDOW: 3}, "counted, across restarts"
+
+
+def named_seqs(reports: list[Any]) -> dict[int, str]:
+    """seq -> why, from the `dropped_seqs` and `merged_seqs` of `store_health` events."""
+    named: dict[int, str] = {}
+    for report in reports:
+        for kind, spans in report.data.get("dropped_seqs", {}).items():
+            for first, last in spans:
+                named.update(dict.fromkeys(range(first, last + 1), kind))
+        for first, last in report.data.get("merged_seqs", []):
+            named.update(dict.fromkeys(range(first, last + 1), "merged"))
+    return named
+
+
+async def test_every_seq_given_up_is_named_by_a_store_health_event(tmp_path: Path) -> None:
+    path = tmp_path / "e.sqlite"
+    store = await EventStore.open(path, "gw", max_bytes=12_000, report_interval_s=0)
+    for r in range(40):  # 55 KB: raw samples must go, and windows be merged
+        store.put([window(r, device=f"m{r % 2}"),
+                   Event(SAMPLES, "m0", r, {"v": [r + 0.5] * 100})])
+        await store.flush()
+    await store.flush()  # the last drops named ...
+    await store.flush()  # ... and, that report on disk, no longer kept
+    events = await all_events(store)
+    reports = [e for e in events if e.kind == STORE_HEALTH]
+    named = named_seqs(reports)
+    stored = {e.seq for e in events}
+    assert not stored & named.keys(), "nothing stored is named as given up"
+    assert stored | named.keys() == set(range(1, store.last_seq + 1)), \
+        "every seq handed out is stored or named"
+    stats = await store.stats()
+    assert Counter(named.values()) == {SAMPLES: stats.dropped[SAMPLES], "merged": stats.compacted}
+    assert {r.data["store"] for r in reports} == {stats.store_id} and len(stats.store_id) == 16
+    with contextlib.closing(sqlite3.connect(path)) as db:
+        assert db.execute("SELECT count(*) FROM gone").fetchone()[0] == 0, \
+            "ranges named by a report on disk are no longer kept"
+    await store.close()
+    store = await EventStore.open(path, "gw")
+    assert (await store.stats()).store_id == stats.store_id, "the identity survives a restart"
+    await store.close()
+
+
+async def test_events_dropped_in_memory_are_named_too(tmp_path: Path) -> None:
+    store = await EventStore.open(tmp_path / "e.sqlite", "gw", max_pending_events=5,
+                                  report_interval_s=0)
+    store.put([Event("anomaly", "m1", 0, {"alarm": True})])
+    store.put([window(i) for i in range(7)])
+    await store.flush()
+    await store.flush()  # the drops are saved with the first commit, named with the next
+    events = await all_events(store)
+    named = named_seqs([e for e in events if e.kind == STORE_HEALTH])
+    assert named == {2: WINDOW, 3: WINDOW, 4: WINDOW}, "the three oldest windows"
+    assert not {e.seq for e in events} & named.keys()
+    await store.close()

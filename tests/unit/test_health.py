@@ -15,7 +15,7 @@ NS = 1_000_000_000
 def stats(**changes: Any) -> StoreStats:
     base = StoreStats(depth=12, bytes=3400, file_bytes=90_000, oldest_time_ns=100 * NS,
                       newest_time_ns=130 * NS, last_seq=77, by_kind={"window": 12},
-                      dropped={"window": 3}, compacted=5)
+                      dropped={"window": 3}, compacted=5, store_id="3f2a9c0011223344")
     return replace(base, **changes)
 
 
@@ -38,7 +38,7 @@ def test_heartbeat_holds_devices_store_uplink_and_process() -> None:
     assert data["uptime_s"] == 12.346 and data["config_sha256"] == "ab" * 32
     assert data["devices"] == {"compressor-1": {"status": "up", "reason": ""},
                                "meter": {"status": "down", "reason": "unreachable"}}
-    assert data["store"] == {"depth": 12, "pending": 4, "oldest_age_s": 60.0, "bytes": 3400,
+    assert data["store"] == {"id": "3f2a9c0011223344", "depth": 12, "pending": 4, "oldest_age_s": 60.0, "bytes": 3400,
                              "last_seq": 77, "dropped": {"window": 3}, "compacted": 5,
                              "bytes_written": 4096, "bytes_written_per_day": 1_000_000}
     assert data["uplink"] == {"state": "unreachable",

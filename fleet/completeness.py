@@ -4,7 +4,8 @@ or listed as unexplained.
 A store numbers its events 1, 2, 3, ... without reuse, so what arrived is a set of seq
 ranges (from `event_ids`) and what is missing are the holes between them (and before the
 first). The agent accounts for events it did not send in its `store_health` events: seq
-ranges it dropped (`dropped_seqs`, per kind) or merged into other windows (`merged_seqs`).
+ranges it dropped (`dropped_seqs`, per kind) or merged into other windows (`merged_seqs`),
+and the numbers a power cut may have taken before the broker had them (`seq_skipped`).
 A hole covered by those is explained; the rest is unexplained: the report a machine
 builder hands a customer.
 """
@@ -124,6 +125,10 @@ def _accounts(data: dict[str, Any]) -> Iterable[tuple[Range, str]]:
             yield (int(first), int(last)), f"dropped by the agent ({kind})"
     for first, last in data.get("merged_seqs") or []:
         yield (int(first), int(last)), "merged into other windows by the agent"
+    if data.get("seq_skipped"):
+        first, last = data["seq_skipped"]
+        yield ((int(first), int(last)),
+               "lost at a power cut of the gateway: not yet acknowledged by the broker")
 
 
 def format_ranges(ranges: Iterable[Range]) -> str:

@@ -4,8 +4,8 @@ Events go through a temporary table filled by `COPY`, then into `event_ids` (the
 idempotency key: a resend or a second ingest process's copy carries the same id and is
 counted as a duplicate, never stored twice) and `events`, in one statement. Status
 messages update `gateway_status` when newer; what decodes as neither is kept in
-`rejected`. The store a seq belongs to is the gateway's latest heartbeat's `store.id`
-(empty until one arrives). Blocking: the ingest calls it from a worker thread.
+`rejected`. The store a seq belongs to is the one the gateway's latest heartbeat
+(`store.id`) or `store_health` (`store`) names (empty until one arrives). Blocking: the ingest calls it from a worker thread.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ import psycopg
 import structlog
 from psycopg.types.json import Jsonb
 
-from agent.events import HEARTBEAT, DecodeError, Envelope, decode
+from agent.events import HEARTBEAT, STORE_HEALTH, DecodeError, Envelope, decode
 from agent.uplink.presence import Presence, PresenceDecodeError, decode_presence
 from fleet.schema import migrate, month_partition, partition_name
 
@@ -45,6 +45,16 @@ class BatchResult:
         self.duplicates += other.duplicates
         self.statuses += other.statuses
         self.rejected += other.rejected
+
+
+def store_named_by(env: Envelope) -> str:
+    """The store id a heartbeat (`store.id`) or a `store_health` event (`store`) names."""
+    store = env.data.get("store")
+    if env.kind == HEARTBEAT and isinstance(store, dict):
+        store = store.get("id")
+    elif env.kind != STORE_HEALTH:
+        return ""
+    return store if isinstance(store, str) else ""
 
 
 @dataclass
@@ -86,10 +96,9 @@ class FleetDatabase:
                 except PresenceDecodeError:
                     rejected.append((message, str(exc)))
                 continue
-            if env.kind == HEARTBEAT and isinstance(env.data.get("store"), dict):
-                store_id = env.data["store"].get("id")
-                if isinstance(store_id, str) and store_id:
-                    self.stores[env.gateway] = store_id
+            store_id = store_named_by(env)
+            if store_id:
+                self.stores[env.gateway] = store_id
             events.append((message, env, self.stores.get(env.gateway, "")))
         created: set[str] = set()
         with self.conn.transaction():

@@ -100,12 +100,17 @@ def test_completeness_explains_what_the_agent_accounted_for(db: FleetDatabase) -
                                               "dropped_seqs": {"window": [[4, 5]]},
                                               "compacted": 0, "bytes": 1, "max_bytes": 2},
                         device="_gateway"))
+    made += [window(15), message("store_health", 16, {"seq_skipped": [12, 14], "store": "store-a"},
+                                 device="_gateway")]
     db.store(made)
     [report] = completeness(db.conn)
-    assert report.received == [(1, 3), (6, 7), (9, 11)]
-    assert report.explained() == [((4, 5), "dropped by the agent (window)")]
+    assert report.store == "store-a"
+    assert report.received == [(1, 3), (6, 7), (9, 11), (15, 16)]
+    assert report.explained() == [
+        ((4, 5), "dropped by the agent (window)"),
+        ((12, 14), "lost at a power cut of the gateway: not yet acknowledged by the broker")]
     assert report.unexplained() == [(8, 8)]
     text = "\n".join(format_report(report))
-    assert "missing 8: UNEXPLAINED" in text and "1 of 3 missing events unexplained" in text
+    assert "missing 8: UNEXPLAINED" in text and "1 of 6 missing events unexplained" in text
     since = completeness(db.conn, since=dt.datetime.fromtimestamp((T0 + 6 * S) / 1e9, dt.UTC))
-    assert since[0].gaps() == [(8, 8)]
+    assert since[0].gaps() == [(8, 8), (12, 14)]

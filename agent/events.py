@@ -86,7 +86,8 @@ class Envelope:
     gateway: str
     seq: int
     id: str
-    """Unique per event (UUID4, 32 hex digits): duplicates from QoS 1 resends share it."""
+    """Unique per event: `<store>-<seq>` (the store's 16 hex digits, `seq` in decimal) for an
+    event of a store, else a UUID4 (32 hex digits); duplicates from resends share it."""
     kind: str
     device: str
     time_ns: int
@@ -102,15 +103,16 @@ class Envelope:
     belongs to, so that a consumer can correct it with the boot's `clock` event."""
 
 
-def encode(event: Event, *, gateway: str, seq: int, boot: str = "") -> bytes:
-    """The wire form: a msgpack map with short keys (every byte counts on a metered link)."""
+def encode(event: Event, *, gateway: str, seq: int, boot: str = "", store: str = "") -> bytes:
+    """The wire form: a msgpack map with short keys (every byte counts on a metered link);
+    `store`: the identity of the store numbering it, which its `id` then names."""
     unsynced = event.mono_ns is not None
     return encode_envelope(
         Envelope(
             version=SCHEMA_VERSION,
             gateway=gateway,
             seq=seq,
-            id=uuid.uuid4().hex,
+            id=f"{store}-{seq}" if store else uuid.uuid4().hex,
             kind=event.kind,
             device=event.device,
             time_ns=event.time_ns,
@@ -173,6 +175,12 @@ def mark_historical(payload: bytes) -> bytes:
 
 class DecodeError(ValueError):
     """The bytes are not an event of a schema version this code understands."""
+
+
+def store_of(event_id: str) -> str:
+    """The store an event id names (`<store>-<seq>`), or "" for a UUID4 id."""
+    store, dash, _ = event_id.partition("-")
+    return store if dash else ""
 
 
 def decode(payload: bytes | bytearray) -> Envelope:

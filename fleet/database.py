@@ -4,8 +4,9 @@ Events go through a temporary table filled by `COPY`, then into `event_ids` (the
 idempotency key: a resend or a second ingest process's copy carries the same id and is
 counted as a duplicate, never stored twice) and `events`, in one statement. Status
 messages update `gateway_status` when newer; what decodes as neither is kept in
-`rejected`. The store a seq belongs to is the one the gateway's latest heartbeat
-(`store.id`) or `store_health` (`store`) names (empty until one arrives). Blocking: the ingest calls it from a worker thread.
+`rejected`. The store a seq belongs to is the one its event's id names (`<store>-<seq>`);
+for an agent whose ids are UUIDs (older, or a store without an identity yet), the one the
+gateway's latest heartbeat (`store.id`) or `store_health` (`store`) names. Blocking: the ingest calls it from a worker thread.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import psycopg
 import structlog
 from psycopg.types.json import Jsonb
 
-from agent.events import HEARTBEAT, STORE_HEALTH, DecodeError, Envelope, decode
+from agent.events import HEARTBEAT, STORE_HEALTH, DecodeError, Envelope, decode, store_of
 from agent.uplink.presence import Presence, PresenceDecodeError, decode_presence
 from fleet.schema import migrate, month_partition, partition_name
 
@@ -96,10 +97,10 @@ class FleetDatabase:
                 except PresenceDecodeError:
                     rejected.append((message, str(exc)))
                 continue
-            store_id = store_named_by(env)
+            store_id = store_of(env.id) or store_named_by(env)
             if store_id:
                 self.stores[env.gateway] = store_id
-            events.append((message, env, self.stores.get(env.gateway, "")))
+            events.append((message, env, store_id or self.stores.get(env.gateway, "")))
         created: set[str] = set()
         with self.conn.transaction():
             if events:

@@ -163,7 +163,7 @@ class EventStore:
         what a crashed run's spool held; reserve a first block of numbers."""
         self._worker_tid = await self._call(threading.get_native_id)
         meta = await self._call(self._outbox.open)
-        self.store_id = f"{meta.get('store_id', 0):016x}"
+        self.store_id = f"{meta['store_id']:016x}" if "store_id" in meta else ""
         last = max(meta.get("last_seq", 0), meta["top"])
         reserved = meta.get("seq_reserved", last)
         recovered = self._spool.recover()
@@ -224,7 +224,8 @@ class EventStore:
     def _number(self, event: Event) -> Row:
         seq = self._next_seq
         self._next_seq += 1
-        payload = encode(event, gateway=self._gateway, seq=seq, boot=BOOT_ID)
+        payload = encode(event, gateway=self._gateway, seq=seq, boot=BOOT_ID,
+                         store=self.store_id)
         boot = BOOT_ID if event.mono_ns is not None else None
         return (seq, event.time_ns, event.kind, event.device, priority_of(event.kind),
                 len(payload), event.mono_ns, boot, payload)

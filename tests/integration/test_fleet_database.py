@@ -114,3 +114,14 @@ def test_completeness_explains_what_the_agent_accounted_for(db: FleetDatabase) -
     assert "missing 8: UNEXPLAINED" in text and "1 of 6 missing events unexplained" in text
     since = completeness(db.conn, since=dt.datetime.fromtimestamp((T0 + 6 * S) / 1e9, dt.UTC))
     assert since[0].gaps() == [(8, 8), (12, 14)]
+
+
+def test_an_event_whose_id_names_its_store_needs_no_heartbeat_first(db: FleetDatabase) -> None:
+    def stored_by(store: str, seq: int) -> Received:
+        return Received("plant/gw-2/press/window", encode(
+            Event("window", "press", T0 + seq * S, {}), gateway="gw-2", seq=seq, store=store))
+    # A backlog arrives after live events: the store of each is in its own id.
+    db.store([stored_by("00000000000000bb", 5), stored_by("00000000000000aa", 1),
+              stored_by("00000000000000bb", 1)])
+    reports = {r.store: r.received for r in completeness(db.conn, "gw-2")}
+    assert reports == {"00000000000000aa": [(1, 1)], "00000000000000bb": [(1, 1), (5, 5)]}

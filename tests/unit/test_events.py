@@ -17,6 +17,7 @@ from agent.events import (
     encode,
     encode_envelope,
     mark_historical,
+    store_of,
     wire_fields,
 )
 
@@ -70,3 +71,11 @@ def test_printed_forms_use_the_wire_keys() -> None:
     assert wire_fields(env) == msgpack.unpackb(payload)
     historical = decode(mark_historical(payload))
     assert wire_fields(historical)["hist"] is True
+
+
+def test_an_events_id_names_its_store_and_seq() -> None:
+    env = decode(encode(Event("window", "m1", 1, {}), gateway="gw", seq=7,
+                        store="0123456789abcdef"))
+    assert env.id == "0123456789abcdef-7" and store_of(env.id) == "0123456789abcdef"
+    assert store_of(decode(encode(Event("window", "m1", 1, {}), gateway="gw", seq=7)).id) == "", \
+        "without a store, a UUID names none"

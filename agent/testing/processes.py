@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import tempfile
@@ -152,6 +153,17 @@ class Mosquitto:
             self._process.kill()
             self._process.wait()
         self._process = None
+
+    def reload(self) -> None:
+        """SIGHUP: the broker reads its password and access-rule (`acl_file`) files again."""
+        if self._process is not None:
+            self._process.send_signal(signal.SIGHUP)
+
+    def add_user(self, name: str, password: str) -> None:
+        """A login the running broker takes from now on (made with `users`)."""
+        subprocess.run([mosquitto_passwd_binary(), "-b", str(self._dir / "passwd"), name,
+                        password], check=True, capture_output=True)
+        self.reload()
 
     def __enter__(self) -> Self:
         return self.start()

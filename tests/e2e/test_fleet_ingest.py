@@ -13,6 +13,7 @@ import signal
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import psycopg
 import pytest
@@ -163,3 +164,103 @@ def test_a_retired_ingest_left_the_group_takes_no_share(
         finally:
             for process in processes:
                 stop_process(process.process)
+
+
+ALL_ALLOWED = "user e2e\ntopic readwrite #\nuser gw-e2e\ntopic readwrite #\n"
+WINDOWS_DENIED = ("user e2e\ntopic readwrite #\n"
+                  "user gw-e2e\ntopic deny lab/gw-e2e/m1/window\ntopic readwrite #\n")
+"""An access rule that drops the agent's windows on the broker: over MQTT 3.1.1 the broker
+acknowledges a denied PUBLISH all the same, so the agent deletes what nobody received."""
+
+
+def buffer_stats(config: Path, env: dict[str, str]) -> dict[str, Any]:
+    """`edge-agent buffer stats --json` (safe beside the running agent)."""
+    result = subprocess.run([console_script("edge-agent"), "buffer", "stats", "-c", str(config),
+                             "--json"], capture_output=True, text=True, env=env, timeout=60,
+                            check=True)
+    stats: dict[str, Any] = json.loads(result.stdout)
+    return stats
+
+
+def agent_last_seq(config: Path, env: dict[str, str]) -> int:
+    """The highest seq the running agent handed out (`edge-agent status --json`)."""
+    result = subprocess.run([console_script("edge-agent"), "status", "-c", str(config), "--json"],
+                            capture_output=True, text=True, env=env, timeout=60, check=True)
+    return int(json.loads(result.stdout)["store"]["last_seq"])
+
+
+def max_seq(pg: Postgres) -> int:
+    return count(pg, "SELECT coalesce(max(seq), 0) FROM event_ids")
+
+
+def test_completeness_explains_the_agents_losses_and_not_the_brokers(
+    tmp_path: Path, numba_cache: Path, postgres: Postgres,
+) -> None:
+    env = agent_env(numba_cache)
+    acl = tmp_path / "acl"
+    acl.write_text(ALL_ALLOWED)
+    broker = Mosquitto(users={"e2e": SECRET_FOR_TESTS}, extra_config=f"acl_file {acl}\n")
+    with broker, running_sim(tmp_path, "sim") as sim:
+        fleet = fleet_config(tmp_path, broker, postgres, "ingest-1")
+        ingest = FleetProcess("ingest", fleet, tmp_path / "ingest.log", env)
+        try:
+            wait_until(lambda: any(line.get("event") == "fleet_mqtt_connected"
+                                   for line in ingest.lines()),
+                       timeout_s=30, what="the ingest subscribed")
+            # The broker refuses the agent's login at first: its store fills past its bound.
+            config = agent_config(tmp_path, broker,
+                                  modbus_device("m1", sim.port, poll_interval_s=0.05),
+                                  window_s=0.05)
+            config.write_text(config.read_text()
+                              .replace("store: {commit_interval_s: 0.1}",
+                                       'store: {commit_interval_s: 0.1, max_bytes: "64 KiB"}')
+                              .replace("tls: {enabled: false},", 'tls: false, version: "3.1.1",')
+                              .replace("username: e2e,", "username: gw-e2e,"))
+            with AgentProcess(config, tmp_path / "agent.log", numba_cache) as agent:
+                agent.wait_logged("store_degraded", timeout_s=60)
+                broker.add_user("gw-e2e", SECRET_FOR_TESTS)
+                wait_until(lambda: buffer_stats(config, env)["depth"] == 0, timeout_s=90,
+                           what="the backlog sent (live events go in seq order from here)")
+                wait_until(lambda: count(postgres, "SELECT count(*) FROM events WHERE "
+                                         "kind = 'store_health' AND data ? 'merged_seqs'") > 0,
+                           timeout_s=60, what="a store_health naming merged windows")
+                # Windows lost on the broker's side for a while: nothing of the agent's says so.
+                before_denial = max_seq(postgres)
+                acl.write_text(WINDOWS_DENIED)
+                broker.reload()
+                denied_from = agent_last_seq(config, env)
+                wait_until(lambda: agent_last_seq(config, env) > denied_from + 60, timeout_s=60,
+                           what="the agent sending on while its windows are dropped")
+                acl.write_text(ALL_ALLOWED)
+                broker.reload()
+                allowed = max_seq(postgres)
+                wait_until(lambda: count(postgres, "SELECT count(*) FROM events WHERE kind = "
+                                         f"'window' AND seq > {allowed}") > 10,
+                           timeout_s=60, what="windows arriving again")
+                # Delivered in seq order: every event the broker took before these is in.
+                after_denial = max_seq(postgres)
+                assert agent.terminate() == 0
+            made = int(buffer_stats(config, env)["last_seq"])
+            wait_until(lambda: max_seq(postgres) >= made, timeout_s=60,
+                       what=f"the agent's last event, #{made}, in the database")
+            with psycopg.connect(postgres.dsn) as conn:
+                reports = conn.execute("SELECT seq, left(data::text, 400) FROM events "
+                                       "WHERE kind = 'store_health' ORDER BY seq").fetchall()
+        finally:
+            ingest.process.send_signal(signal.SIGTERM)
+            stop_process(ingest.process)
+
+    result = subprocess.run([console_script("edge-fleet"), "completeness", "-c", str(fleet),
+                             "--json"], capture_output=True, text=True, env=env, timeout=60,
+                            check=False)
+    assert result.returncode == 1, "an unexplained gap: " + result.stdout + result.stderr
+    [report] = json.loads(result.stdout)
+    assert report["store"] and len(report["store"]) == 16, report["store"]
+    whys = {item["why"] for item in report["explained"]}
+    assert "merged into other windows by the agent" in whys, whys
+    unexplained = [seq for first, last in report["unexplained"] for seq in range(first, last + 1)]
+    assert unexplained, "the windows the broker dropped are missing, and nothing explains them"
+    assert all(before_denial < seq < after_denial for seq in unexplained), \
+        ("only windows of the denial are unexplained", before_denial, after_denial,
+         report["unexplained"], reports,
+         [line for line in ingest.lines() if line.get("level") != "debug"])

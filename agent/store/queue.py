@@ -315,11 +315,12 @@ class EventStore:
             await self._commit(everything=False)
 
     async def flush(self) -> None:
-        """Commit every event not acknowledged now, and report degradation if there was any."""
-        await self._commit(everything=True)
+        """Commit every event not acknowledged now, and report degradation if there was any
+        (whenever the last report was: a stop names what the store gave up before it ends)."""
+        await self._commit(everything=True, report_now=True)
 
-    async def _commit(self, *, everything: bool) -> None:
-        self._report_losses()
+    async def _commit(self, *, everything: bool, report_now: bool = False) -> None:
+        self._report_losses(now=report_now)
         if self._unnumbered or self._seq_reserved - self._next_seq < SEQ_BLOCK // 2:
             await self._reserve_seqs()
         cutoff = time.monotonic() - self._interval_s / 2
@@ -423,16 +424,16 @@ class EventStore:
             "max_bytes": self._outbox.max_bytes,
         }
 
-    def _report_losses(self) -> None:
+    def _report_losses(self, *, now: bool = False) -> None:
         """A `store_health` event when something was given up since the last one (at most
-        one per report interval), naming the seqs not yet named by a report of this run."""
+        one per report interval, unless `now`), naming the seqs no report of this run named."""
         losses = self._outbox.ledger.losses() + self._memory_drops.total()
         fresh = [g for g in self._outbox.ledger.gone if g[0] > self._gone_reported]
-        now = time.monotonic()
+        mono = time.monotonic()
         if ((losses == self._reported_losses and not fresh)
-                or now - self._last_report_mono < self._report_interval_s):
+                or (not now and mono - self._last_report_mono < self._report_interval_s)):
             return
-        self._reported_losses, self._last_report_mono = losses, now
+        self._reported_losses, self._last_report_mono = losses, mono
         data = self._health_data()
         log.warning("store_degraded", **data)
         named = fresh[:_RANGES_PER_REPORT]

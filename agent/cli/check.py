@@ -70,6 +70,13 @@ def warnings(loaded: LoadedConfig) -> list[str]:
             if device.security.mode == "None" and not _is_local(_host_of(device.endpoint)):
                 out.append(f"{device.name}: security mode None towards {device.endpoint}: "
                            "values and any password cross the network in clear text")
+            subscribed = [t.name for t in device.tags if t.mode == "subscribe"]
+            if subscribed:
+                out.append(f"{device.name}: the window statistics of its subscribed tags "
+                           f"({', '.join(subscribed[:3])}{', ...' if len(subscribed) > 3 else ''})"
+                           " weigh each change the server sends alike, not each second: a "
+                           "value that holds still counts once (`mode: poll` gives "
+                           "time-weighted statistics)")
             continue
         for tag in device.tags:
             if tag.datasheet_register is None and tag.address >= 30000:

@@ -113,6 +113,16 @@ def test_check_warns_about_unencrypted_opcua_across_the_network(
     assert "oven: security mode None towards opc.tcp://10.0.0.5:4840" in capsys.readouterr().err
 
 
+def test_check_says_subscribed_tags_weigh_changes_not_time(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text(CONFIG)
+    assert main(["check", "-c", str(path)]) == 0
+    err = capsys.readouterr().err
+    assert "oven: the window statistics of its subscribed tags (temp) weigh each change" in err
+    assert "door" not in err.split("subscribed tags")[1].split(")")[0], "a polled tag is not"
+
+
 def test_example_configs_commented_opcua_device_is_valid(tmp_path: Path) -> None:
     example = (Path(__file__).resolve().parents[2] / "config" / "example.yaml").read_text()
     start = example.index("  # - name: oven-1")

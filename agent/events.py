@@ -150,11 +150,15 @@ def wire_fields(env: Envelope) -> dict[str, Any]:
 
 def correct_clock(payload: bytes, corrected_time_ns: int) -> bytes:
     """The event with `t` set to its true time and every `*_ns` field of its data shifted alike."""
-    env = decode(payload)
+    return encode_envelope(corrected(decode(payload), corrected_time_ns))
+
+
+def corrected(env: Envelope, corrected_time_ns: int) -> Envelope:
+    """`correct_clock` on a decoded event."""
     shift = corrected_time_ns - env.time_ns
     data = {k: v + shift if k.endswith("_ns") and isinstance(v, int) else v
             for k, v in env.data.items()}
-    return encode_envelope(replace(env, time_ns=corrected_time_ns, data=data, clock="corrected"))
+    return replace(env, time_ns=corrected_time_ns, data=data, clock="corrected")
 
 
 _FIXMAP, _FIXMAP_MAX = 0x80, 0x8F

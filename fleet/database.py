@@ -23,6 +23,13 @@ from psycopg.types.json import Jsonb
 
 from agent.events import HEARTBEAT, STORE_HEALTH, DecodeError, Envelope, decode, store_of
 from agent.uplink.presence import Presence, PresenceDecodeError, decode_presence
+from fleet.clocks import (
+    clock_of,
+    known_clocks,
+    save_corrected,
+    stored_unsynced,
+    true_time,
+)
 from fleet.schema import migrate, month_partition, partition_name
 
 log = structlog.get_logger(__name__)
@@ -104,10 +111,12 @@ class FleetDatabase:
         created: set[str] = set()
         with self.conn.transaction():
             if events:
+                events = self._at_true_times(events)
                 fresh = self._insert(events, created)
                 result.stored = len(fresh)
                 result.duplicates = len(events) - len(fresh)
                 self._count_duplicates(events, fresh)
+                self._correct_stored(events, created)
             for status in statuses:
                 self._status(status)
             result.statuses = len(statuses)
@@ -119,31 +128,64 @@ class FleetDatabase:
         self.partitions |= created  # only once committed: a rollback takes them back too
         return result
 
+    def _at_true_times(self, events: list[tuple[Received, Envelope, str]],
+                       ) -> list[tuple[Received, Envelope, str]]:
+        """Unsynced events whose boot's `clock` event is known (stored, or in the batch) at
+        their true time."""
+        boots = {(env.gateway, env.boot) for _, env, _ in events
+                 if env.clock == "unsynced" and env.boot is not None}
+        if not boots:
+            return events
+        clocks = known_clocks(self.conn, boots)
+        clocks.update(c for c in (clock_of(env) for _, env, _ in events) if c is not None)
+        return [(message, true_time(env, clocks[(env.gateway, env.boot or "")]), store)
+                if (env.gateway, env.boot or "") in clocks else (message, env, store)
+                for message, env, store in events]
+
+    def _correct_stored(self, events: list[tuple[Received, Envelope, str]],
+                        created: set[str]) -> None:
+        """A `clock` event in the batch: its reference kept, and the events of its boot
+        stored before it set to their true time."""
+        for _, env, _ in events:
+            found = clock_of(env)
+            if found is None:
+                continue
+            (gateway, boot), clock = found
+            self.conn.execute("INSERT INTO clocks VALUES (%s, %s, %s, %s) ON CONFLICT DO NOTHING",
+                              (gateway, boot, *clock))
+            for stored in stored_unsynced(self.conn, gateway, boot):
+                fixed = true_time(stored, clock)
+                self._partition_for(fixed, created)
+                save_corrected(self.conn, fixed)
+
+    def _partition_for(self, env: Envelope, created: set[str]) -> None:
+        moment = event_time(env)
+        name = partition_name(moment)
+        if name not in self.partitions and name not in created:
+            created.add(month_partition(self.conn, moment))
+
     def _insert(self, events: list[tuple[Received, Envelope, str]], created: set[str]) -> set[str]:
         conn = self.conn
         for _, env, _ in events:
-            moment = event_time(env)
-            name = partition_name(moment)
-            if name not in self.partitions and name not in created:
-                created.add(month_partition(conn, moment))
+            self._partition_for(env, created)
         conn.execute("CREATE TEMP TABLE IF NOT EXISTS incoming (id text, gateway text, "
                      "store text, seq bigint, kind text, device text, time timestamptz, "
-                     "time_ns bigint, clock text, historical boolean, data jsonb, topic text) "
-                     "ON COMMIT DELETE ROWS")
+                     "time_ns bigint, clock text, historical boolean, data jsonb, topic text, "
+                     "mono_ns bigint, boot text) ON COMMIT DELETE ROWS")
         with conn.cursor() as cur:
             with cur.copy("COPY incoming FROM STDIN") as copy:
                 for message, env, store in events:
                     copy.write_row((env.id, env.gateway, store, env.seq, env.kind, env.device,
                                     event_time(env), env.time_ns, env.clock, env.historical,
-                                    Jsonb(env.data), message.topic))
+                                    Jsonb(env.data), message.topic, env.mono_ns, env.boot))
             cur.execute(
                 "WITH fresh AS (INSERT INTO event_ids (id, gateway, store, seq, time) "
                 "  SELECT DISTINCT ON (id) id, gateway, store, seq, time FROM incoming "
                 "  ON CONFLICT (id) DO NOTHING RETURNING id) "
                 "INSERT INTO events (gateway, seq, id, kind, device, time, time_ns, clock, "
-                "  historical, data, topic) "
+                "  historical, data, topic, mono_ns, boot) "
                 "SELECT i.gateway, i.seq, i.id, i.kind, i.device, i.time, i.time_ns, i.clock, "
-                "  i.historical, i.data, i.topic "
+                "  i.historical, i.data, i.topic, i.mono_ns, i.boot "
                 "FROM (SELECT DISTINCT ON (id) * FROM incoming) i JOIN fresh USING (id) "
                 "RETURNING id")
             return {str(row[0]) for row in cur.fetchall()}

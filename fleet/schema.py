@@ -5,7 +5,8 @@ month of its time so that old months are dropped whole; `event_ids` is the idemp
 key (a resend carries the same id) and the completeness ledger's source: one row per
 (gateway, store, seq) received. Views give the kinds their columns: `windows` (one row
 per tag), `states`, `energy`, `episodes` (anomaly and limit), `device_health`,
-`heartbeats`; `gateway_status` keeps each gateway's retained status message. Statements
+`heartbeats`; `gateway_status` keeps each gateway's retained status message; `clocks` each
+boot's reference for the events made before its clock was synchronized. Statements
 are idempotent: `migrate` runs them at every start.
 """
 
@@ -61,6 +62,18 @@ CREATE TABLE IF NOT EXISTS events (
     received_at timestamptz NOT NULL DEFAULT now()
 ) PARTITION BY RANGE (time);
 CREATE INDEX IF NOT EXISTS events_device_time ON events (gateway, device, kind, time);
+-- An event made before its gateway's clock was synchronized, until corrected (fleet/clocks.py).
+ALTER TABLE events ADD COLUMN IF NOT EXISTS mono_ns bigint;
+ALTER TABLE events ADD COLUMN IF NOT EXISTS boot text;
+CREATE INDEX IF NOT EXISTS events_unsynced ON events (gateway, boot) WHERE clock = 'unsynced';
+
+CREATE TABLE IF NOT EXISTS clocks (
+    gateway text NOT NULL,
+    boot text NOT NULL,
+    time_ns bigint NOT NULL,
+    mono_ns bigint NOT NULL,
+    PRIMARY KEY (gateway, boot)
+);
 
 CREATE TABLE IF NOT EXISTS gateway_status (
     gateway text PRIMARY KEY,

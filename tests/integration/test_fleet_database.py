@@ -125,3 +125,30 @@ def test_an_event_whose_id_names_its_store_needs_no_heartbeat_first(db: FleetDat
               stored_by("00000000000000bb", 1)])
     reports = {r.store: r.received for r in completeness(db.conn, "gw-2")}
     assert reports == {"00000000000000aa": [(1, 1)], "00000000000000bb": [(1, 1), (5, 5)]}
+
+
+def test_unsynced_events_get_their_true_time_whichever_comes_first(db: FleetDatabase) -> None:
+    wrong = 86_400 * S  # a gateway that booted believing it is 2 January 1970
+
+    def unsynced(seq: int, mono_s: int, boot: str = "boot-1") -> Received:
+        event = Event("window", "press", wrong + mono_s * S,
+                      {"start_ns": wrong + (mono_s - 1) * S, "end_ns": wrong + mono_s * S},
+                      mono_ns=mono_s * S)
+        return Received("plant/gw-3/press/window", encode(event, gateway="gw-3", seq=seq,
+                                                          boot=boot, store="00000000000000cc"))
+    clock = Received("plant/gw-3/_gateway/clock", encode(
+        Event("clock", "_gateway", T0, {"boot": "boot-1", "mono": 100 * S}), gateway="gw-3",
+        seq=3, store="00000000000000cc"))
+    db.store([unsynced(1, 40), unsynced(2, 50, boot="boot-0")])  # before the clock event
+    db.store([clock, unsynced(4, 130)])  # the clock event, and one made before it sent after
+    got = rows(db, "SELECT seq, time_ns, clock, (data->>'start_ns')::bigint FROM events "
+                   "WHERE gateway = 'gw-3' AND kind = 'window' ORDER BY seq")
+    assert got == [(1, T0 - 60 * S, "corrected", T0 - 61 * S),
+                   (2, wrong + 50 * S, "unsynced", wrong + 49 * S),  # another boot: as it was
+                   (4, T0 + 30 * S, "corrected", T0 + 29 * S)]
+    moved = rows(db, "SELECT tableoid::regclass::text, time FROM events WHERE seq = 1 "
+                     "AND gateway = 'gw-3'")
+    assert moved == [("events_2026_11", dt.datetime.fromtimestamp((T0 - 60 * S) / 1e9, dt.UTC))], \
+        "moved from the partition of January 1970 to its true month"
+    assert rows(db, "SELECT time FROM event_ids WHERE seq = 1 AND gateway = 'gw-3'") == \
+        [(moved[0][1],)]

@@ -2,15 +2,21 @@
 (two of them sharing the subscription) and a PostgreSQL of the test's own.
 
 Everything the agent sent is in the database exactly once, though the database goes away
-while events flow (nothing may be acknowledged meanwhile) and an ingest process holding
-unacknowledged messages is killed (SIGKILL); `edge-fleet completeness` then finds no gap.
+while events flow (nothing may be acknowledged meanwhile), an ingest process holding
+unacknowledged messages is killed (SIGKILL), and one is killed after its commit with its
+acknowledgements held back (the broker sends them all again: counted, not stored);
+`edge-fleet completeness` then finds no gap, and tells the agent's own losses from
+those of the broker's path.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import signal
+import socket
 import subprocess
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -22,6 +28,7 @@ from support import AgentProcess, agent_config, agent_env, modbus_device, runnin
 
 from agent.testing import Mosquitto, console_script, stop_process, wait_until
 from agent.testing.postgres import Postgres, postgres_bin_dir
+from agent.testing.processes import free_tcp_port
 
 pytestmark = [pytest.mark.e2e, pytest.mark.skipif(
     postgres_bin_dir() is None, reason="PostgreSQL's server is not installed")]
@@ -264,3 +271,75 @@ def test_completeness_explains_the_agents_losses_and_not_the_brokers(
         ("only windows of the denial are unexplained", before_denial, after_denial,
          report["unexplained"], reports,
          [line for line in ingest.lines() if line.get("level") != "debug"])
+
+
+class AckHoldingProxy:
+    """A TCP proxy between an ingest process and the broker that, once `hold` is set, stops
+    passing what the ingest sends (its PUBACKs) while it still passes what the broker sends:
+    the ingest commits and acknowledges, and the broker never hears of it."""
+
+    def __init__(self, broker_port: int) -> None:
+        self.port = free_tcp_port()
+        self.hold = threading.Event()
+        self._broker_port = broker_port
+        self._server = socket.create_server(("127.0.0.1", self.port))
+        self._sockets: list[socket.socket] = []
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        with contextlib.suppress(OSError):
+            while True:
+                client, _ = self._server.accept()
+                upstream = socket.create_connection(("127.0.0.1", self._broker_port))
+                self._sockets += [client, upstream]
+                threading.Thread(target=self._pipe, args=(client, upstream, True),
+                                 daemon=True).start()
+                threading.Thread(target=self._pipe, args=(upstream, client, False),
+                                 daemon=True).start()
+
+    def _pipe(self, source: socket.socket, target: socket.socket, from_ingest: bool) -> None:
+        with contextlib.suppress(OSError):
+            while data := source.recv(65536):
+                if not (from_ingest and self.hold.is_set()):
+                    target.sendall(data)
+
+    def close(self) -> None:
+        for sock in [self._server, *self._sockets]:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+            sock.close()
+
+
+def test_an_ingest_killed_between_its_commit_and_its_acks_stores_nothing_twice(
+    tmp_path: Path, numba_cache: Path, postgres: Postgres,
+) -> None:
+    env = agent_env(numba_cache)
+    with Mosquitto(users={"e2e": SECRET_FOR_TESTS}) as broker:
+        proxy = AckHoldingProxy(broker.port)
+        config = fleet_config(tmp_path, broker, postgres, "ingest-1")
+        config.write_text(config.read_text().replace(f"port: {broker.port}",
+                                                     f"port: {proxy.port}"))
+        ingest = FleetProcess("ingest", config, tmp_path / "ingest.log", env)
+        try:
+            wait_until(lambda: any(line.get("event") == "fleet_mqtt_connected"
+                                   for line in ingest.lines()),
+                       timeout_s=30, what="the ingest subscribed")
+            proxy.hold.set()
+            publish_events(broker.port, 300, gateway="gw-k")
+            wait_until(lambda: count(postgres, "SELECT count(*) FROM events") == 300,
+                       timeout_s=30, what="every event committed (its PUBACK held back)")
+            ingest.process.send_signal(signal.SIGKILL)
+            ingest.process.wait(timeout=10)
+            proxy.close()
+            # Back, straight to the broker: it sends the 300 again, as never acknowledged.
+            config.write_text(config.read_text().replace(f"port: {proxy.port}",
+                                                         f"port: {broker.port}"))
+            ingest = FleetProcess("ingest", config, tmp_path / "ingest.log", env)
+            wait_until(lambda: count(postgres, "SELECT coalesce(sum(count), 0) FROM duplicates")
+                       == 300, timeout_s=30, what="the 300 again, counted as duplicates")
+        finally:
+            ingest.process.send_signal(signal.SIGTERM)
+            stop_process(ingest.process)
+    assert count(postgres, "SELECT count(*) FROM events") == 300, "stored once"
+    assert count(postgres, "SELECT count(DISTINCT seq) FROM event_ids WHERE gateway = 'gw-k'") \
+        == 300

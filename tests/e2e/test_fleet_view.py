@@ -173,6 +173,7 @@ def test_the_fleet_view_behind_its_login(server: str, browser: Any) -> None:
     assert browser.find_elements(By.CSS_SELECTOR, "#plot svg polyline.mean")
     episodes = browser.find_element(By.ID, "episodes").text
     assert "temp-unusual" in episodes and "overheating" in episodes and "running" in episodes
+    assert "discharge_temp_c: 72, 73 | after: 74" in episodes, "the context's samples shown"
     shot("device")
 
     browser.find_element(By.LINK_TEXT, "Completeness").click()

@@ -23,7 +23,9 @@ STATES = ("off", "idle", "running", "overload")
 class GatewayRow:
     gateway: str
     status: str
-    """`online`, `offline` (its will, or a clean stop) or `unknown` (no status message)."""
+    """`online`, `offline` (its will, or a clean stop), `silent` (online by its status, but
+    nothing heard for three heartbeat intervals: a link or a broker that lost it) or
+    `unknown` (no status message)."""
     agent_version: str
     config_sha256: str
     last_heard: dt.datetime | None
@@ -33,7 +35,24 @@ class GatewayRow:
     bytes_written_per_day: float | None
 
 
-async def fleet(conn: Conn) -> list[GatewayRow]:
+SILENT_AFTER_BEATS = 3
+"""An online gateway is `silent` once nothing arrived for this many heartbeat intervals..."""
+SILENT_AFTER_MIN = dt.timedelta(minutes=3)
+"""... and at least this long (the interval is the time between its last two heartbeats)."""
+DEFAULT_BEAT = dt.timedelta(seconds=60)
+
+
+def judged(status: str, last_heard: dt.datetime | None, beats: list[dt.datetime] | None,
+           now: dt.datetime) -> str:
+    """The status a gateway's retained message gives, unless its silence says otherwise."""
+    if status != "online" or last_heard is None:
+        return status
+    every = beats[0] - beats[1] if beats and len(beats) == 2 else DEFAULT_BEAT
+    return "silent" if now - last_heard > max(SILENT_AFTER_BEATS * every,
+                                              SILENT_AFTER_MIN) else status
+
+
+async def fleet(conn: Conn, now: dt.datetime) -> list[GatewayRow]:
     rows = await (await conn.execute("""
         WITH last_beat AS (
             SELECT DISTINCT ON (gateway) gateway, time, data FROM events
@@ -43,17 +62,22 @@ async def fleet(conn: Conn) -> list[GatewayRow]:
                coalesce(s.agent_version, b.data->>'version', ''),
                coalesce(s.config_sha256, b.data->>'config_sha256', ''), h.at,
                (b.data->'store'->>'depth')::bigint, b.data->'devices',
-               (b.data->'store'->>'bytes_written_per_day')::float8
+               (b.data->'store'->>'bytes_written_per_day')::float8,
+               (SELECT array_agg(time ORDER BY time DESC) FROM (
+                   SELECT time FROM events e WHERE e.gateway = g.gateway
+                   AND e.device = '_gateway' AND e.kind = 'heartbeat'
+                   ORDER BY time DESC LIMIT 2) last_two)
         FROM (SELECT gateway FROM heard UNION SELECT gateway FROM gateway_status) g
         LEFT JOIN gateway_status s USING (gateway)
         LEFT JOIN last_beat b USING (gateway)
         LEFT JOIN heard h USING (gateway)
         ORDER BY g.gateway""")).fetchall()
     out = []
-    for gw, status, version, sha, heard, depth, devices, written in rows:
+    for gw, status, version, sha, heard, depth, devices, written, beats in rows:
         devices = devices or {}
         up = sum(1 for d in devices.values() if d.get("status") == "up")
-        out.append(GatewayRow(gw, status, version, sha, heard, depth, up, len(devices), written))
+        out.append(GatewayRow(gw, judged(status, heard, beats, now), version, sha, heard, depth,
+                              up, len(devices), written))
     return out
 
 

@@ -84,9 +84,10 @@ def make_app(config: FleetConfig) -> Starlette:
         return RedirectResponse("/login", status_code=303)
 
     async def fleet_page(request: Request) -> Response:
+        now = dt.datetime.now(dt.UTC)
         async with await psycopg.AsyncConnection.connect(dsn) as conn:
-            gateways = await queries.fleet(conn)
-        return page("fleet.html", request, gateways=gateways, now=dt.datetime.now(dt.UTC))
+            gateways = await queries.fleet(conn, now)
+        return page("fleet.html", request, gateways=gateways, now=now)
 
     async def gateway_page(request: Request) -> Response:
         gateway = request.path_params["gateway"]

@@ -80,11 +80,32 @@ def seeded(pg: Postgres) -> None:
                                                    "detail": "no answer within 1.0 s"})
     out.append(Received("plant/gw-1/_gateway/status", encode_presence(
         Presence("gw-1", "online", "0.1.0", "ab" * 32, t0))))
+    out += silent_gateway(t0)
     db = FleetDatabase.connect(pg.dsn)
     try:
         db.store(out)
+        # Its last message arrived two hours ago, though its status still says online.
+        db.conn.execute("UPDATE event_ids SET received_at = now() - interval '2 hours' "
+                        "WHERE gateway = 'gw-2'")
+        db.conn.commit()
     finally:
         db.close()
+
+
+def silent_gateway(t0: int) -> list[Received]:
+    """gw-2: online by its retained status, two heartbeats a minute apart, seq 3 dropped by
+    its store (and said so) and seq 4 lost on the way."""
+    def event(seq: int, kind: str, at: int, data: dict[str, Any]) -> Received:
+        return Received(f"plant/gw-2/_gateway/{kind}", encode(
+            Event(kind, "_gateway", at, data), gateway="gw-2", seq=seq, store="00000000000000b2"))
+    beat = {"reason": "periodic", "uptime_s": 1.0, "version": "0.1.0",
+            "config_sha256": "cd" * 32, "devices": {}, "store": {"depth": 0}}
+    return [event(1, "heartbeat", t0, beat), event(2, "heartbeat", t0 + 60 * S, beat),
+            event(5, "store_health", t0 + 61 * S, {"dropped": {"window": 1},
+                                                    "dropped_seqs": {"window": [[3, 3]]}}),
+            event(6, "heartbeat", t0 + 120 * S, beat),
+            Received("plant/gw-2/_gateway/status", encode_presence(
+                Presence("gw-2", "online", "0.1.0", "cd" * 32, t0)))]
 
 
 @pytest.fixture
@@ -156,6 +177,9 @@ def test_the_fleet_view_behind_its_login(server: str, browser: Any) -> None:
 
     fleet = browser.find_element(By.ID, "gateways").text
     assert "gw-1" in fleet and "online" in fleet and "0.1.0" in fleet and "abababababab" in fleet
+    rows = {r.find_element(By.TAG_NAME, "a").text: r.find_element(By.CLASS_NAME, "status").text
+            for r in browser.find_elements(By.CSS_SELECTOR, "#gateways tr.gateway")}
+    assert rows == {"gw-1": "online", "gw-2": "silent"}, "nothing heard from gw-2 for 2 hours"
     browser.find_element(By.LINK_TEXT, "gw-1").click()
 
     devices = browser.find_element(By.ID, "devices").text
@@ -179,4 +203,7 @@ def test_the_fleet_view_behind_its_login(server: str, browser: Any) -> None:
     browser.find_element(By.LINK_TEXT, "Completeness").click()
     assert "complete: every event made was received" in browser.find_element(
         By.ID, "report-gw-1").text
+    gap = browser.find_element(By.ID, "report-gw-2").text
+    assert "missing 3: dropped by the agent (window)" in gap, gap
+    assert "missing 4: unexplained" in gap and "1 unexplained gap" in gap, gap
     shot("completeness")

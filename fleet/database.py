@@ -12,6 +12,8 @@ gateway's latest heartbeat (`store.id`) or `store_health` (`store`) names. Block
 from __future__ import annotations
 
 import datetime as dt
+import json
+import math
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -19,7 +21,6 @@ from typing import Any
 
 import psycopg
 import structlog
-from psycopg.types.json import Jsonb
 
 from agent.events import HEARTBEAT, STORE_HEALTH, DecodeError, Envelope, decode, store_of
 from agent.uplink.presence import Presence, PresenceDecodeError, decode_presence
@@ -90,7 +91,33 @@ class FleetDatabase:
         self.conn.close()
 
     def store(self, batch: Sequence[Received]) -> BatchResult:
-        """Commit the batch; when this returns, every message of it may be acknowledged."""
+        """Commit the batch; when this returns, every message of it may be acknowledged. A
+        message the database refuses (a NUL in a name, a forged document) would fail its
+        whole batch for ever: the batch is then stored one message at a time, and the one
+        at fault kept in `rejected`."""
+        try:
+            return self._store(batch)
+        except (psycopg.DataError, ValueError, TypeError) as exc:
+            if len(batch) > 1:
+                result = BatchResult()
+                for message in batch:
+                    result.add(self.store([message]))
+                return result
+            return self._reject(batch[0], f"{type(exc).__name__}: {exc}")
+
+    def _reject(self, message: Received, error: str) -> BatchResult:
+        with self.conn.transaction():
+            self._insert_rejected(message, error)
+        return BatchResult(rejected=1)
+
+    def _insert_rejected(self, message: Received, error: str) -> None:
+        """Kept aside, payload and all (text columns hold no NUL)."""
+        self.conn.execute("INSERT INTO rejected (topic, error, payload) VALUES (%s, %s, %s)",
+                          (message.topic.replace("\x00", ""), error.replace("\x00", ""),
+                           message.payload))
+        log.warning("fleet_message_rejected", topic=message.topic, error=error)
+
+    def _store(self, batch: Sequence[Received]) -> BatchResult:
         result = BatchResult()
         events: list[tuple[Received, Envelope, str]] = []
         statuses: list[Presence] = []
@@ -121,9 +148,7 @@ class FleetDatabase:
                 self._status(status)
             result.statuses = len(statuses)
             for message, error in rejected:
-                self.conn.execute("INSERT INTO rejected (topic, error, payload) VALUES (%s, %s, %s)",
-                                  (message.topic, error, message.payload))
-                log.warning("fleet_message_rejected", topic=message.topic, error=error)
+                self._insert_rejected(message, error)
             result.rejected = len(rejected)
         self.partitions |= created  # only once committed: a rollback takes them back too
         return result
@@ -177,7 +202,8 @@ class FleetDatabase:
                 for message, env, store in events:
                     copy.write_row((env.id, env.gateway, store, env.seq, env.kind, env.device,
                                     event_time(env), env.time_ns, env.clock, env.historical,
-                                    Jsonb(env.data), message.topic, env.mono_ns, env.boot))
+                                    json_text(env.data), message.topic, env.mono_ns,
+                                    env.boot))
             cur.execute(
                 "WITH fresh AS (INSERT INTO event_ids (id, gateway, store, seq, time) "
                 "  SELECT DISTINCT ON (id) id, gateway, store, seq, time FROM incoming "
@@ -213,6 +239,31 @@ class FleetDatabase:
             "config_sha256 = EXCLUDED.config_sha256, time = EXCLUDED.time, received_at = now() "
             "WHERE gateway_status.time <= EXCLUDED.time",
             (status.gateway, status.status, status.agent_version, status.config_sha256, moment))
+
+
+def json_text(data: dict[str, Any]) -> str:
+    """`data` as JSON for a jsonb column. JSON has no NaN or infinity (PostgreSQL refuses the
+    document, and with it the whole batch, for good): they become null; bytes become hex."""
+    try:
+        return json.dumps(data, allow_nan=False, default=_bytes_as_hex)
+    except ValueError:
+        return json.dumps(_finite(data), allow_nan=False, default=_bytes_as_hex)
+
+
+def _finite(value: Any) -> Any:
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_finite(v) for v in value]
+    return value
+
+
+def _bytes_as_hex(value: Any) -> str:
+    if isinstance(value, bytes | bytearray):
+        return value.hex()
+    raise TypeError(f"{type(value).__name__} is not JSON")
 
 
 def event_time(env: Envelope) -> dt.datetime:

@@ -63,6 +63,14 @@ class FleetProcess:
         return [json.loads(line) for line in self.log.read_text().splitlines()
                 if line.startswith("{")]
 
+    def logged(self, event: str) -> bool:
+        return any(line.get("event") == event for line in self.lines())
+
+
+def wait_connected(*processes: FleetProcess) -> None:
+    wait_until(lambda: all(p.logged("fleet_mqtt_connected") for p in processes),
+               timeout_s=30, what="the ingest processes connected and subscribing")
+
 
 def count(pg: Postgres, query: str) -> int:
     with psycopg.connect(pg.dsn) as conn:
@@ -80,9 +88,7 @@ def test_every_event_lands_once_through_a_killed_ingest(
         first = FleetProcess("ingest", configs[0], tmp_path / "ingest-1.log", env)
         second = FleetProcess("ingest", configs[1], tmp_path / "ingest-2.log", env)
         try:
-            wait_until(lambda: all(any(line.get("event") == "fleet_mqtt_connected"
-                                       for line in p.lines()) for p in (first, second)),
-                       timeout_s=30, what="both ingest processes subscribed")
+            wait_connected(first, second)
             config = agent_config(tmp_path, broker, modbus_device("compressor-1", sim.port),
                                   window_s=0.3)
             with AgentProcess(config, tmp_path / "agent.log", numba_cache) as agent:
@@ -90,8 +96,7 @@ def test_every_event_lands_once_through_a_killed_ingest(
                            timeout_s=60, what="events in the database")
                 # The database goes away: events keep arriving, none may be acknowledged.
                 postgres.stop("immediate")
-                wait_until(lambda: all(any(line.get("event") == "fleet_commit_failed"
-                                           for line in p.lines()) for p in (first, second)),
+                wait_until(lambda: all(p.logged("fleet_commit_failed") for p in (first, second)),
                            timeout_s=60, what="both processes failing to commit")
                 first.process.send_signal(signal.SIGKILL)  # holding unacknowledged messages
                 first.process.wait(timeout=10)
@@ -156,9 +161,7 @@ def test_a_retired_ingest_left_the_group_takes_no_share(
         configs = [fleet_config(tmp_path, broker, postgres, f"ingest-{i}") for i in (1, 2)]
         processes = [FleetProcess("ingest", c, tmp_path / f"{c.stem}.log", env) for c in configs]
         try:
-            wait_until(lambda: all(any(line.get("event") == "fleet_mqtt_connected"
-                                       for line in p.lines()) for p in processes),
-                       timeout_s=30, what="both ingest processes subscribed")
+            wait_connected(*processes)
             processes[1].process.send_signal(signal.SIGTERM)
             assert processes[1].process.wait(timeout=20) == 0
             left = subprocess.run([console_script("edge-fleet"), "leave", "-c", str(configs[1])],
@@ -211,9 +214,7 @@ def test_completeness_explains_the_agents_losses_and_not_the_brokers(
         fleet = fleet_config(tmp_path, broker, postgres, "ingest-1")
         ingest = FleetProcess("ingest", fleet, tmp_path / "ingest.log", env)
         try:
-            wait_until(lambda: any(line.get("event") == "fleet_mqtt_connected"
-                                   for line in ingest.lines()),
-                       timeout_s=30, what="the ingest subscribed")
+            wait_connected(ingest)
             # The broker refuses the agent's login at first: its store fills past its bound.
             config = agent_config(tmp_path, broker,
                                   modbus_device("m1", sim.port, poll_interval_s=0.05),
@@ -321,9 +322,7 @@ def test_an_ingest_killed_between_its_commit_and_its_acks_stores_nothing_twice(
                                                      f"port: {proxy.port}"))
         ingest = FleetProcess("ingest", config, tmp_path / "ingest.log", env)
         try:
-            wait_until(lambda: any(line.get("event") == "fleet_mqtt_connected"
-                                   for line in ingest.lines()),
-                       timeout_s=30, what="the ingest subscribed")
+            wait_connected(ingest)
             proxy.hold.set()
             publish_events(broker.port, 300, gateway="gw-k")
             wait_until(lambda: count(postgres, "SELECT count(*) FROM events") == 300,

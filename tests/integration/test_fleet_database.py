@@ -152,3 +152,14 @@ def test_unsynced_events_get_their_true_time_whichever_comes_first(db: FleetData
         "moved from the partition of January 1970 to its true month"
     assert rows(db, "SELECT time FROM event_ids WHERE seq = 1 AND gateway = 'gw-3'") == \
         [(moved[0][1],)]
+
+
+def test_a_message_the_database_refuses_is_set_aside_not_the_batch(db: FleetDatabase) -> None:
+    refused = message("window", 2, {}, device="press\x00")  # PostgreSQL text holds no NUL
+    result = db.store([window(1), refused, window(3),
+                       message("anomaly", 4, {"score": float("nan"), "raw": b"\x01\xff"})])
+    assert (result.stored, result.rejected) == (3, 1)
+    [(topic, error)] = rows(db, "SELECT topic, error FROM rejected")
+    assert topic == "plant/gw-1/press/window" and "DataError" in error, error
+    [(data,)] = rows(db, "SELECT data FROM events WHERE kind = 'anomaly'")
+    assert data == {"score": None, "raw": "01ff"}, "JSON has no NaN nor bytes"

@@ -35,6 +35,9 @@ from agent.uplink.client import MqttUplink
 DEVICES = ("d0", "d1", "d2", "d3")
 STEP_NS = 100_000_000
 """Each round stands for 0.1 s of every device (four `share: raw` devices at 0.1 s)."""
+TAGS = [f"t{i:02d}" for i in range(20)]
+"""A device's tags: its window is about a tenth of its raw samples' bytes, so that the
+windows, not only the samples, fill the disk within seconds (and must be merged)."""
 
 
 @pytest.fixture
@@ -53,8 +56,8 @@ def disk(tmp_path: Path) -> Iterator[Path]:
 
 
 class Producer:
-    """Rounds of events: per device one `samples` (about 4 KB) and one `window`; an alarm
-    every 20 rounds. Counts what it made, by kind."""
+    """Rounds of events: per device one `samples` (about 4 KB) and one `window` (about
+    1.5 KB); an alarm every 20 rounds. Counts what it made, by kind."""
 
     def __init__(self) -> None:
         self.round = 0
@@ -70,7 +73,7 @@ class Producer:
             stats = {"n": 10, "bad": 0, "unit": "A", "min": 1.0, "max": 2.0, "mean": 1.5,
                      "std": 0.1, "last": 2.0}
             out.append(Event(WINDOW, device, end, {"start_ns": start, "end_ns": end,
-                                                    "tags": {"i": stats, "u": stats}}))
+                                                    "tags": dict.fromkeys(TAGS, stats)}))
             out.append(Event(SAMPLES, device, end, {"round": r, "start_ns": start,
                                                      "samples": [[float(k)] * 4 for k in range(100)]}))
         if r % 20 == 0:

@@ -145,6 +145,9 @@ def browser() -> Iterator[Any]:
         options.add_argument(flag)
     driver = webdriver.Chrome(service=Service(str(DRIVER)), options=options)
     driver.set_page_load_timeout(30)
+    # A click that submits a form returns before the next page is there: finding an element
+    # waits for it (up to 10 s) instead of failing at once.
+    driver.implicitly_wait(10)
     try:
         yield driver
     finally:

@@ -159,17 +159,25 @@ def compact_oldest_windows(
     db: sqlite3.Connection, ledger: Ledger, protected: set[int], *,
     scan_rows: int = _COMPACT_SCAN_ROWS,
 ) -> bool:
-    """Merge the oldest window events of each device pairwise; whether any were merged."""
+    """Merge the oldest `scan_rows` window events of each device pairwise, never across one
+    being sent; whether any were merged. The scan reaches past rows being sent: during a
+    replay the oldest windows are in flight, and the next oldest must merge instead."""
     rows = db.execute(
         "SELECT seq, device, payload, size FROM outbox WHERE kind = ? ORDER BY seq LIMIT ?",
-        (WINDOW, scan_rows),
+        (WINDOW, scan_rows + len(protected)),
     ).fetchall()
-    by_device: dict[str, list[tuple[int, bytes, int]]] = {}
+    # Per device, runs of consecutive windows none of which is being sent.
+    runs: dict[str, list[list[tuple[int, bytes, int]]]] = {}
+    taken = 0
     for seq, device, payload, size in rows:
-        if seq not in protected:
-            by_device.setdefault(device, []).append((seq, bytes(payload), size))
+        device_runs = runs.setdefault(device, [[]])
+        if seq in protected:
+            device_runs.append([])
+        elif taken < scan_rows:
+            device_runs[-1].append((seq, bytes(payload), size))
+            taken += 1
     merged: list[tuple[int, str | None]] = []
-    for windows in by_device.values():
+    for windows in (run for device_runs in runs.values() for run in device_runs):
         for (seq_a, pay_a, size_a), (seq_b, pay_b, size_b) in zip(
             windows[0::2], windows[1::2], strict=False
         ):

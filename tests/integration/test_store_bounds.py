@@ -100,6 +100,25 @@ async def test_rows_being_sent_are_never_compacted_or_dropped(tmp_path: Path) ->
     await store.close()
 
 
+async def test_while_the_oldest_windows_are_sent_the_next_oldest_merge(tmp_path: Path) -> None:
+    store = await EventStore.open(tmp_path / "e.sqlite", "gw", max_bytes=10**9)
+    store.put([window(i) for i in range(400)])
+    await store.flush()
+    in_flight = await store.read_after(0, 300)  # a replay's window: the oldest 300
+    assert all(e.kind == WINDOW for e in (decode(r.payload) for r in in_flight))
+    store._max_bytes = (await store.stats()).bytes - 5_000  # some must go
+    store.put([window(400)])
+    await store.flush()
+    stats = await store.stats()
+    assert stats.compacted > 0 and stats.dropped == {}, "merged, not dropped"
+    events = [decode(r.payload) for r in await store.read_after(300, 1000)]
+    merged = [e for e in events if e.data.get("windows", 1) > 1]
+    assert merged and all(e.seq > 300 for e in merged), "only windows not being sent"
+    for row in in_flight:
+        store.release(row.seq)
+    await store.close()
+
+
 async def test_a_store_written_by_the_first_schema_is_migrated(tmp_path: Path) -> None:
     path = tmp_path / "e.sqlite"
     old = EventStore  # write rows with the version-1 layout by hand

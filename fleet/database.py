@@ -6,7 +6,8 @@ counted as a duplicate, never stored twice) and `events`, in one statement. Stat
 messages update `gateway_status` when newer; what decodes as neither is kept in
 `rejected`. The store a seq belongs to is the one its event's id names (`<store>-<seq>`);
 for an agent whose ids are UUIDs (older, or a store without an identity yet), the one the
-gateway's latest heartbeat (`store.id`) or `store_health` (`store`) names. Blocking: the ingest calls it from a worker thread.
+gateway's latest heartbeat (`store.id`) or `store_health` (`store`) names. Blocking: the
+ingest calls it from a worker thread.
 """
 
 from __future__ import annotations
@@ -163,9 +164,11 @@ class FleetDatabase:
             return events
         clocks = known_clocks(self.conn, boots)
         clocks.update(c for c in (clock_of(env) for _, env, _ in events) if c is not None)
-        return [(message, true_time(env, clocks[(env.gateway, env.boot or "")]), store)
-                if (env.gateway, env.boot or "") in clocks else (message, env, store)
-                for message, env, store in events]
+        out = []
+        for message, env, store in events:
+            clock = clocks.get((env.gateway, env.boot or ""))
+            out.append((message, true_time(env, clock) if clock else env, store))
+        return out
 
     def _correct_stored(self, events: list[tuple[Received, Envelope, str]],
                         created: set[str]) -> None:

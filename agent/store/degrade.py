@@ -91,6 +91,10 @@ class Ledger:
             self.gone.append((self.next_gone_id, first, last, kind))
             self.next_gone_id += 1
 
+    def keeps_gone_upto(self, upto_id: int) -> bool:
+        """Whether any range up to `upto_id` is still kept (`forget_gone` has work)."""
+        return bool(self.gone) and self.gone[0][0] <= upto_id
+
     def forget_gone(self, db: sqlite3.Connection, upto_id: int) -> None:
         """The ranges up to `upto_id` were named in a report now safe: no longer kept."""
         db.execute("DELETE FROM gone WHERE id <= ?", (upto_id,))

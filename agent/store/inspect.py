@@ -11,7 +11,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from agent.store.records import StoredEvent, StoreError, StoreStats
-from agent.store.schema import dropped_counts, read_meta
+from agent.store.schema import dropped_counts, read_meta, store_id_of
 
 
 def read_stats_from(db: sqlite3.Connection, path: Path) -> StoreStats:
@@ -26,7 +26,7 @@ def read_stats_from(db: sqlite3.Connection, path: Path) -> StoreStats:
         depth=depth, bytes=size, file_bytes=file_bytes, oldest_time_ns=oldest,
         newest_time_ns=newest, last_seq=max(meta.get("last_seq", 0), top or 0),
         by_kind=by_kind, dropped=dropped_counts(meta), compacted=meta.get("compacted", 0),
-        store_id=f"{meta['store_id']:016x}" if "store_id" in meta else "",
+        store_id=store_id_of(meta),
     )
 
 

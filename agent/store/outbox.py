@@ -178,7 +178,7 @@ class Outbox:
             log.info("store_reserve_reclaimed", path=str(self.disk.reserve_path))
         deleted = inserted = 0
         try:
-            if self.ledger.gone and self.ledger.gone[0][0] <= reported_gone:
+            if self.ledger.keeps_gone_upto(reported_gone):
                 with self._transaction(db):
                     self.ledger.forget_gone(db, reported_gone)
             while deleted < len(acked):

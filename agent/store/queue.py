@@ -38,6 +38,7 @@ from agent.store.degrade import seq_accounts
 from agent.store.disk import RESERVE_BYTES, DiskSpace
 from agent.store.outbox import Outbox, Row, row_of
 from agent.store.records import StoredEvent, StoreError, StoreStats
+from agent.store.schema import store_id_of
 from agent.store.spool import Spool
 
 log = structlog.get_logger(__name__)
@@ -163,7 +164,7 @@ class EventStore:
         what a crashed run's spool held; reserve a first block of numbers."""
         self._worker_tid = await self._call(threading.get_native_id)
         meta = await self._call(self._outbox.open)
-        self.store_id = f"{meta['store_id']:016x}" if "store_id" in meta else ""
+        self.store_id = store_id_of(meta)
         last = max(meta.get("last_seq", 0), meta["top"])
         reserved = meta.get("seq_reserved", last)
         recovered = self._spool.recover()
@@ -330,8 +331,7 @@ class EventStore:
             if not everything and held.made_s > cutoff:
                 break
             rows.append(held.row)
-        gone = self._outbox.ledger.gone
-        forget = self._gone_safe if gone and gone[0][0] <= self._gone_safe else 0
+        forget = self._gone_safe if self._outbox.ledger.keeps_gone_upto(self._gone_safe) else 0
         if not rows and not self._acked and not self._memory_drops and not forget:
             self._rewrite_spool_if_large()
             return

@@ -78,5 +78,10 @@ def set_meta(db: sqlite3.Connection, key: str, value: int) -> None:
     )
 
 
+def store_id_of(meta: dict[str, int]) -> str:
+    """The store's identity as it is shown and sent: 16 hex digits ("" before it has one)."""
+    return f"{meta['store_id']:016x}" if "store_id" in meta else ""
+
+
 def dropped_counts(meta: dict[str, int]) -> dict[str, int]:
     return {k[len("dropped."):]: v for k, v in meta.items() if k.startswith("dropped.")}

@@ -79,6 +79,7 @@ class Mosquitto:
         self.port = port or free_tcp_port()
         self.tls = tls
         self._dir = Path(tempfile.mkdtemp(prefix="mosquitto-"))
+        self._password_file = self._dir / "passwd"
         self.log_path = self._dir / "mosquitto.log"
         self.config_path = self._dir / "mosquitto.conf"
         # persistent: sessions and queued messages survive stop()/start(), as on a real broker.
@@ -113,16 +114,17 @@ class Mosquitto:
     def _users_config(self, users: Mapping[str, str] | None) -> str:
         if users is None:
             return "allow_anonymous true\n"
-        password_file = self._dir / "passwd"
         for i, (name, password) in enumerate(users.items()):
-            # -c creates the file (first user), -b takes the password from the command line.
-            create = ["-c"] if i == 0 else []
-            subprocess.run(
-                [mosquitto_passwd_binary(), *create, "-b", str(password_file), name, password],
-                check=True, capture_output=True,
-            )
-        password_file.chmod(0o600)
-        return f"allow_anonymous false\npassword_file {password_file}\n"
+            self._set_password(name, password, create=i == 0)
+        self._password_file.chmod(0o600)
+        return f"allow_anonymous false\npassword_file {self._password_file}\n"
+
+    def _set_password(self, name: str, password: str, *, create: bool = False) -> None:
+        """mosquitto_passwd: -c creates the file (the first user), -b takes the password
+        from the command line."""
+        subprocess.run([mosquitto_passwd_binary(), *(["-c"] if create else []), "-b",
+                        str(self._password_file), name, password],
+                       check=True, capture_output=True)
 
     def read_log(self) -> str:
         return self.log_path.read_text() if self.log_path.exists() else ""
@@ -161,8 +163,7 @@ class Mosquitto:
 
     def add_user(self, name: str, password: str) -> None:
         """A login the running broker takes from now on (made with `users`)."""
-        subprocess.run([mosquitto_passwd_binary(), "-b", str(self._dir / "passwd"), name,
-                        password], check=True, capture_output=True)
+        self._set_password(name, password)
         self.reload()
 
     def __enter__(self) -> Self:

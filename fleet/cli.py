@@ -48,7 +48,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "serve":
         return _serve(config, args.config)
     if args.command == "leave":
-        if not leave(config):
+        if not asyncio.run(leave(config)):
             print(f"leave: no connection to {config.mqtt.host}", file=sys.stderr)
             return 1
         print(f"the session of {config.mqtt.client_id} has ended", file=sys.stderr)

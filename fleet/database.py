@@ -32,7 +32,7 @@ from fleet.clocks import (
     stored_unsynced,
     true_time,
 )
-from fleet.schema import migrate, month_partition, partition_name
+from fleet.schema import migrate, month_bounds, month_partition, partition_name
 
 log = structlog.get_logger(__name__)
 
@@ -75,6 +75,8 @@ class FleetDatabase:
     stores: dict[str, str] = field(default_factory=dict)
     """Each gateway's current store id, from its heartbeats."""
     partitions: set[str] = field(default_factory=set)
+    month_ns: tuple[int, int] = (0, 0)
+    """The bounds of the last month whose partition was known to exist (ns)."""
 
     @classmethod
     def connect(cls, dsn: str) -> FleetDatabase:
@@ -187,9 +189,15 @@ class FleetDatabase:
                 save_corrected(self.conn, fixed)
 
     def _partition_for(self, env: Envelope, created: set[str]) -> None:
+        first_ns, following_ns = self.month_ns
+        if first_ns <= env.time_ns < following_ns:  # most events: the month of the last one
+            return
         moment = event_time(env)
         name = partition_name(moment)
-        if name not in self.partitions and name not in created:
+        if name in self.partitions:  # committed: safe to remember
+            first, following = month_bounds(moment)
+            self.month_ns = (int(first.timestamp()) * 10**9, int(following.timestamp()) * 10**9)
+        elif name not in created:
             created.add(month_partition(self.conn, moment))
 
     def _insert(self, events: list[tuple[Received, Envelope, str]], created: set[str]) -> set[str]:

@@ -145,8 +145,7 @@ def migrate(conn: psycopg.Connection[tuple[Any, ...]]) -> None:
 
 def month_partition(conn: psycopg.Connection[tuple[Any, ...]], moment: dt.datetime) -> str:
     """The partition of `events` holding `moment`'s month, created when missing."""
-    first = moment.astimezone(dt.UTC).replace(day=1, hour=0, minute=0, second=0, microsecond=0)
-    following = (first + dt.timedelta(days=32)).replace(day=1)
+    first, following = month_bounds(moment)
     name = partition_name(first)
     # Two ingest processes may create the same month at once; IF NOT EXISTS alone races.
     conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (name,))
@@ -154,6 +153,12 @@ def month_partition(conn: psycopg.Connection[tuple[Any, ...]], moment: dt.dateti
                          "FOR VALUES FROM ({}) TO ({})").format(
         sql.Identifier(name), sql.Literal(first), sql.Literal(following)))
     return name
+
+
+def month_bounds(moment: dt.datetime) -> tuple[dt.datetime, dt.datetime]:
+    """The first instant of `moment`'s month (UTC) and of the month after it."""
+    first = moment.astimezone(dt.UTC).replace(day=1, hour=0, minute=0, second=0, microsecond=0)
+    return first, (first + dt.timedelta(days=32)).replace(day=1)
 
 
 def partition_name(moment: dt.datetime) -> str:

@@ -116,22 +116,38 @@ def reset(dsn: str) -> None:
         conn.execute("CREATE SCHEMA public")
 
 
+def start_ingests(work: Path, broker: Mosquitto, dsn: str, phase: str, processes: int,
+                  ) -> list[subprocess.Popen[bytes]]:
+    """`processes` ingest processes of one phase, each with its client id (and session)."""
+    ingests = []
+    for i in range(processes):
+        log = open(work / f"{phase}-{i}.log", "a")  # noqa: SIM115
+        ingests.append(subprocess.Popen(
+            [console_script("edge-fleet"), "--log-level", "info", "ingest", "-c",
+             str(_config(work, broker, dsn, f"{phase}-{i}"))], stderr=log))
+    wait_until(lambda: all("fleet_mqtt_connected" in (work / f"{phase}-{i}.log").read_text()
+                           for i in range(processes)), timeout_s=60, what="ingests connected")
+    time.sleep(1.0)  # the SUBACK after the CONNACK
+    return ingests
+
+
 def run_ingest(work: Path, broker: Mosquitto, dsn: str, phase: str, processes: int,
-               gateways: int, per_gateway: int, rate_per_s: float | None, publishers: int = 2
-               ) -> dict[str, float]:
-    """One phase. Each phase's processes have client ids of their own: a session of an
-    earlier phase, persistent and offline, would still take its share of the group."""
+               gateways: int, per_gateway: int, rate_per_s: float | None, publishers: int = 2,
+               backlog: bool = False) -> dict[str, float]:
+    """One phase: live (the ingests run while the publishers publish: both share the CPUs)
+    or from a backlog (published while the ingests are stopped, timed from their start).
+    Each phase's processes have client ids of their own: a session of an earlier phase,
+    persistent and offline, would still take its share of the group."""
     reset(dsn)
     subprocess.run([console_script("edge-fleet"), "migrate", "-c",
                     str(_config(work, broker, dsn, f"{phase}-0"))], check=True,
                    capture_output=True)
-    ingests = []
     for i in range(processes):
-        log = open(work / f"{phase}-{i}.log", "w")  # noqa: SIM115
-        ingests.append(subprocess.Popen(
-            [console_script("edge-fleet"), "--log-level", "warning", "ingest", "-c",
-             str(_config(work, broker, dsn, f"{phase}-{i}"))], stderr=log))
-    time.sleep(2.0)  # their subscriptions (a connect and a SUBACK) before the first publish
+        (work / f"{phase}-{i}.log").write_text("")
+    ingests = start_ingests(work, broker, dsn, phase, processes)
+    if backlog:  # the sessions exist; the broker queues for them while they are away
+        for process in ingests:
+            stop_process(process)
     names = [f"gw-{i:04d}" for i in range(gateways)]
     total = gateways * per_gateway
     done = [mp.Event() for _ in range(publishers)]
@@ -141,6 +157,11 @@ def run_ingest(work: Path, broker: Mosquitto, dsn: str, phase: str, processes: i
     start = time.monotonic()
     for p in pubs:
         p.start()
+    if backlog:
+        for p in pubs:
+            p.join(timeout=600)
+        start = time.monotonic()
+        ingests = start_ingests(work, broker, dsn, phase, processes)
     wait_until(lambda: count(dsn) >= total, timeout_s=600, what=f"{total} events committed")
     elapsed = time.monotonic() - start
     for p in pubs:
@@ -214,6 +235,8 @@ def main() -> int:
         copy_rate = bare_copy(pg.dsn, g, n)
         one = run_ingest(work, broker, pg.dsn, "one", 1, g, n, None)
         two = run_ingest(work, broker, pg.dsn, "two", 2, g, n, None)
+        one_b = run_ingest(work, broker, pg.dsn, "one-b", 1, g, n, None, backlog=True)
+        two_b = run_ingest(work, broker, pg.dsn, "two-b", 2, g, n, None, backlog=True)
         steady = run_ingest(work, broker, pg.dsn, "steady", 1, g, max(n // 5, 50), 1000.0)
     mean_payload = statistics.mean(len(event_mix("gw-0000", s, 0)[1]) for s in range(1, 1001))
     per_day = REFERENCE_PAYLOAD_BYTES_PER_S / mean_payload * 86400
@@ -221,8 +244,13 @@ def main() -> int:
         ("events/s, 1 ingest process (publish to last commit)", f"{one['events_per_s']:,.0f}"),
         ("events/s, 2 processes, one shared subscription", f"{two['events_per_s']:,.0f}"),
         ("2 processes / 1", f"{two['events_per_s'] / one['events_per_s']:.2f}"),
+        ("events/s, 1 process draining a backlog (from its start)",
+         f"{one_b['events_per_s']:,.0f}"),
+        ("events/s, 2 processes draining a backlog", f"{two_b['events_per_s']:,.0f}"),
+        ("2 processes / 1, backlog", f"{two_b['events_per_s'] / one_b['events_per_s']:.2f}"),
         ("events/s, bare psycopg COPY loop (decode + COPY, no broker)", f"{copy_rate:,.0f}"),
-        ("1 process / bare COPY", f"{one['events_per_s'] / copy_rate:.2f}"),
+        ("1 process / bare COPY, live", f"{one['events_per_s'] / copy_rate:.2f}"),
+        ("1 process / bare COPY, backlog", f"{one_b['events_per_s'] / copy_rate:.2f}"),
         ("broker -> committed row p50 / p99 ms at 1,000 events/s",
          f"{steady['p50_ms']:.0f} / {steady['p99_ms']:.0f}"),
         ("database bytes per event (events + event_ids, with indexes)",
@@ -233,7 +261,9 @@ def main() -> int:
     text = (f"# bench/fleet\n\n{g} gateways x {n} events ({g * n:,} events of the reference "
             f"mix, mean payload {mean_payload:.0f} B, {per_day:,.0f} events per gateway-day "
             f"at {REFERENCE_PAYLOAD_BYTES_PER_S:,} B/s); Mosquitto, PostgreSQL, the ingest "
-            "and 2 publisher processes all on this machine.\n\n"
+            "and 2 publisher processes all on this machine. Live: the ingests run while "
+            "the publishers publish (all share the CPUs); backlog: published while the "
+            "ingests are stopped, timed from their start.\n\n"
             "| measure | value |\n|---|---:|\n"
             + "".join(f"| {a} | {b} |\n" for a, b in rows)
             + f"\n{describe_machine()}\n")
@@ -241,7 +271,8 @@ def main() -> int:
     if args.output:
         args.output.write_text(text)
     (work / "last.json").write_text(json.dumps(
-        {"one": one, "two": two, "steady": steady, "copy": copy_rate}, indent=1))
+        {"one": one, "two": two, "one_backlog": one_b, "two_backlog": two_b,
+         "steady": steady, "copy": copy_rate}, indent=1))
     return 0
 
 

@@ -207,6 +207,7 @@ class Supervisor:
             cpu_s=cpu_s, rss_bytes=rss, now_ns=time.time_ns(),
             bytes_written=self.store.bytes_written(),
             bytes_written_per_day=self.store.bytes_written_per_day(),
+            windows_lost=self.open_windows.lost_total,
         )
         return data
 

@@ -127,8 +127,10 @@ class OpenWindows:
         return True
 
     def save_now(self) -> None:
-        """Write what is open now (at a clean stop, after the flush: nothing)."""
-        self._save(dict(self._open), self._clock())
+        """Write what is open now (at a clean stop, after the flush: nothing). Not before the
+        last run's lost windows were reported: a start that fails first leaves them listed."""
+        if not self._previous:
+            self._save(dict(self._open), self._clock())
 
     def _save(self, windows: dict[str, OpenWindow], mono_ns: int) -> None:
         listed = sorted(windows.values(), key=lambda w: w.device)
@@ -151,7 +153,7 @@ class OpenWindows:
         the devices in `named` (None: all; the caller leaves out devices shared `none`)."""
         lost = self.lost()
         saved_ns = self._previous_saved_ns
-        self._previous = []
+        self._previous = []  # reported: the file may be written again
         if not lost or saved_ns is None:
             return None
         self.lost_total += len(lost)

@@ -141,3 +141,16 @@ def test_an_unreadable_file_is_logged_and_ignored(tmp_path: Path) -> None:
         assert ledger.report() is None
         [line] = [entry for entry in logs if entry["event"] == "open_windows_unreadable"]
         assert line["path"] == str(state_dir / FILE_NAME) and "cannot be named" in line["detail"]
+
+
+def test_a_start_that_fails_before_its_report_leaves_the_list_for_the_next(
+        tmp_path: Path) -> None:
+    clock = Clock()
+    ledger = OpenWindows(tmp_path, clock)
+    run(ledger, clock, [aggregator("m1", ledger)], range(3))
+    failed = OpenWindows(tmp_path, clock)  # its devices never started
+    failed.save_now()  # the stop's save, before any report
+    failed.wait_saved()
+    assert [w[0] for w in listed(tmp_path)] == ["m1"]
+    event = OpenWindows(tmp_path, clock).report()
+    assert event is not None and [w["dev"] for w in event.data["windows"]] == ["m1"]

@@ -38,6 +38,8 @@ ENERGY = "energy"
 
 STORE_HEALTH = "store_health"
 """The store dropped or compacted events, or its depth changed notably."""
+WINDOWS_LOST = "windows_lost"
+"""At a start: the device windows the last run left open and could not close (a power cut)."""
 
 HEARTBEAT = "heartbeat"
 """The gateway's own vital signs: periodic (`health.heartbeat_s`) and on each change."""
@@ -50,7 +52,8 @@ LIMIT = "limit"
 GATEWAY_DEVICE = "_gateway"
 """The `device` of events about the gateway itself (topic-safe, never a device name)."""
 
-_PRIORITY = {SAMPLES: -1, WINDOW: 0, CHANGE: 1, DEVICE_HEALTH: 1, STORE_HEALTH: 1, HEARTBEAT: 1,
+_PRIORITY = {SAMPLES: -1, WINDOW: 0, CHANGE: 1, DEVICE_HEALTH: 1, STORE_HEALTH: 1,
+             WINDOWS_LOST: 1, HEARTBEAT: 1,
              ENERGY: 1, QUALITY: 1, CLOCK: 2, STATE: 2, ANOMALY: 2, LIMIT: 2}
 """What a full store gives up first: raw samples (-1: bulky, and their windows hold their
 statistics), then periodic aggregates (0: merged into coarser ones before any is dropped),

@@ -10,6 +10,7 @@ from agent.detect.kernels.counter import COUNTER_FIELDS
 from agent.detect.kernels.window import WINDOW_FIELDS
 from agent.detect.learned_state import KeepLearned, state_path
 from agent.detect.machine import MachineDetector, MachineSetup
+from agent.detect.open_windows import OpenWindows
 from agent.detect.quality import QualityChanges
 from agent.detect.raw import RawSamples
 from agent.detect.rules import rule_detectors
@@ -24,10 +25,12 @@ MACHINE_MAX_GAP_POLLS = 5
 
 
 def make_detector(agent: AgentConfig, config: DeviceConfig, *,
-                  keep_windows: bool = False) -> Detector:
+                  keep_windows: bool = False, open_windows: OpenWindows | None = None,
+                  ) -> Detector:
     """Every detector a device's configuration, its machines and its `detectors:` rules ask
     for, as one. `keep_windows` (the running agent): the open window is kept in RAM and
-    resumed after a kill (agent/detect/window_keep.py)."""
+    resumed after a kill (agent/detect/window_keep.py); `open_windows`: and listed on disk,
+    for the start after a power cut (agent/detect/open_windows.py)."""
     window_s = agent.aggregate.window_s
     tags = [tag.name for tag in config.tags]
     units = {tag.name: tag.unit for tag in config.tags}
@@ -39,7 +42,7 @@ def make_detector(agent: AgentConfig, config: DeviceConfig, *,
         keep = WindowKeep(keep_path(state_dir, config.name), BOOT_ID, tuple(tags), shapes)
     detectors: list[Detector] = [WindowAggregator(
         config.name, tags, units, window_s, counters,
-        StateFile(state_dir / "counters" / f"{config.name}.json"), keep),
+        StateFile(state_dir / "counters" / f"{config.name}.json"), keep, open_windows),
         QualityChanges(config.name, tags)]
     raw = [tag.name for tag in config.tags if effective_share(config, tag.share) == "raw"]
     if raw:

@@ -26,6 +26,7 @@ from agent.detect.kernels.window import (
     WINDOW_FIELDS,
     window_accumulate,
 )
+from agent.detect.open_windows import OpenWindows
 from agent.detect.state_file import StateFile
 from agent.detect.tag_layouts import TagLayouts
 from agent.detect.window_keep import WindowKeep
@@ -42,13 +43,18 @@ class WindowAggregator:
     `resets`. With a `store` a counter's last value is saved at each window's close and read
     back at start: the increase over a restart goes to the first window after it, once.
     With a `keep` the open window is kept in RAM after each batch and resumed by the next
-    start of the same boot (agent/detect/window_keep.py): a kill loses none of it.
+    start of the same boot (agent/detect/window_keep.py): a kill loses none of it. With
+    `open_windows` its opens and closes are listed on disk, so that a power cut's are named
+    at the next start (agent/detect/open_windows.py).
     """
 
     def __init__(self, device: str, tags: Sequence[str], units: Mapping[str, str], window_s: float,
                  counters: Mapping[str, float | None] | None = None,
-                 store: StateFile | None = None, keep: WindowKeep | None = None):
+                 store: StateFile | None = None, keep: WindowKeep | None = None,
+                 open_windows: OpenWindows | None = None):
         self._device = device
+        self._window_s = window_s
+        self._open_windows = open_windows
         self._tags = tuple(tags)
         self._units = dict(units)
         self._window_ns = int(window_s * 1e9)
@@ -83,6 +89,9 @@ class WindowAggregator:
         self._open_mono_ns, self._open_time_ns = kept.open_mono_ns, kept.open_time_ns
         self._last_mono_ns, self._last_time_ns = kept.last_mono_ns, kept.last_time_ns
         self._resumed = True
+        if self._open_windows is not None:
+            self._open_windows.opened(self._device, kept.open_time_ns, self._window_s,
+                                      resumed=True)
         log.info("window_resumed", device=self._device, start_ns=kept.open_time_ns,
                  last_sample_ns=kept.last_time_ns,
                  samples=int(self._state[:, W_COUNT].sum() + self._state[:, W_BAD].sum()))
@@ -92,6 +101,8 @@ class WindowAggregator:
         if self._open_mono_ns is None:
             self._open_mono_ns = batch.mono_ns
             self._open_time_ns = batch.time_ns
+            if self._open_windows is not None:
+                self._open_windows.opened(self._device, batch.time_ns, self._window_s)
         window_accumulate(self._state, self._index(batch.tags), batch.values, batch.quality,
                           self._counters, self._modulus)
         self._last_mono_ns, self._last_time_ns = batch.mono_ns, batch.time_ns
@@ -150,6 +161,8 @@ class WindowAggregator:
             self._keep.clear()
         self._open_mono_ns = None
         self._resumed = False
+        if self._open_windows is not None:
+            self._open_windows.closed(self._device)
         if not tags:
             return []
         data = {"start_ns": start_ns, "end_ns": end_time_ns, "tags": tags}

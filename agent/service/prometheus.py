@@ -86,6 +86,9 @@ def render(snapshot: Mapping[str, Any], gateway: str) -> str:
     metric("edge_agent_store_compacted_total", "counter",
            "Window events merged into others since the store was created.",
            one(store["compacted"]))
+    metric("edge_agent_windows_lost_total", "counter",
+           "Device windows open at a power cut, named at the next start (windows_lost), ever.",
+           one(snapshot.get("windows_lost", 0)))
     metric("edge_agent_uplink_state", "gauge", "1 for the MQTT link's current state.",
            iter([({"state": s}, 1.0 if s == uplink["state"] else 0.0)
                  for s in get_args(LinkState)]))

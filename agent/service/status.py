@@ -66,8 +66,10 @@ def heartbeat_data(
     now_ns: int,
     bytes_written: int = 0,
     bytes_written_per_day: float = 0.0,
+    windows_lost: int = 0,
 ) -> dict[str, Any]:
-    """The `heartbeat` event's data (docs/events.md). `devices`: name -> (status, reason)."""
+    """The `heartbeat` event's data (docs/events.md). `devices`: name -> (status, reason);
+    `windows_lost`: device windows power cuts lost (`windows_lost` events), ever."""
     oldest = stats.oldest_time_ns
     return {
         "reason": reason,
@@ -90,6 +92,7 @@ def heartbeat_data(
         },
         "uplink": {"state": uplink_state, "last_error": uplink_error, "inflight": inflight},
         "process": {"cpu_s": round(cpu_s, 3), "rss_bytes": rss_bytes},
+        "windows_lost": windows_lost,
     }
 
 
@@ -140,7 +143,8 @@ def format_status(doc: Mapping[str, Any]) -> list[str]:
     waiting = (f"store        {store['depth']} events waiting ({store['pending']} not yet on "
                f"disk), oldest {age} ago, {store['bytes']} bytes")
     losses = (f"             {sum(store['dropped'].values())} dropped, {store['compacted']} "
-              "compacted since the store was created")
+              f"compacted since the store was created; {doc.get('windows_lost', 0)} device "
+              "windows lost to power cuts")
     wear = (f"             {store.get('bytes_written', 0)} bytes written to disk since the start "
             f"(about {store.get('bytes_written_per_day', 0) / 1e6:.1f} MB a day)")
     lines = [

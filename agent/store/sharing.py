@@ -22,6 +22,7 @@ from agent.events import (
     STATE,
     STORE_HEALTH,
     WINDOW,
+    WINDOWS_LOST,
     Event,
 )
 from drivers.sharing import Share, effective_share
@@ -147,6 +148,9 @@ def explain(config: AgentConfig) -> list[str]:
         ),
         f"  {topic(GATEWAY_DEVICE, STORE_HEALTH)}",
         "      when events had to be compacted or dropped: their counts (no measured values)",
+        f"  {topic(GATEWAY_DEVICE, WINDOWS_LOST)}",
+        ("      at a start after a power cut: which devices' windows were lost, and when "
+         "they began (no measured values)"),
         f"  {topic(GATEWAY_DEVICE, CLOCK)}",
         "      once, when NTP has set the clock: the boot's monotonic-to-UTC mapping",
         f"  {topic(GATEWAY_DEVICE, 'status')}",
@@ -160,5 +164,7 @@ def explain(config: AgentConfig) -> list[str]:
     lines.append(f"Kept until the broker acknowledges it: each event is sent at once and written "
                  f"to the store only if not acknowledged within {interval}; a power cut loses at "
                  f"most the events of the last {interval} the broker had not acknowledged (their "
-                 "seq range is reported in store_health), a crash of the agent loses none")
+                 "seq range is reported in store_health) and each device's open window of at "
+                 f"most {config.aggregate.window_s:g} s of aggregates (named in windows_lost), "
+                 "a crash of the agent loses none")
     return lines

@@ -34,6 +34,7 @@ from agent.detect.kernels import warm_up
 from agent.detect.kernels.jit import mode as kernels_form
 from agent.detect.kernels.jit import why_not_aot
 from agent.detect.learned_state import KeepLearned
+from agent.detect.open_windows import OpenWindows
 from agent.detect.state_file import wait_all_saved
 from agent.events import GATEWAY_DEVICE, HEARTBEAT, Event
 from agent.service.control import CONTROL_SOCKET, ControlServer, refusal
@@ -87,6 +88,8 @@ class Supervisor:
         self._policy = SharingPolicy(loaded.config.devices)
         self._devices: dict[str, RunningDevice] = {}
         self._uplink_task: asyncio.Task[None] | None = None
+        self.open_windows = OpenWindows(loaded.config.gateway.state_dir)
+        """Every device's open window, listed on disk for the start after a power cut."""
         self._started_mono = time.monotonic()
         self.status_socket = loaded.config.gateway.state_dir / STATUS_SOCKET
         self.control_socket = loaded.config.gateway.state_dir / CONTROL_SOCKET
@@ -119,7 +122,8 @@ class Supervisor:
 
     def start_device(self, config: DeviceConfig) -> None:
         driver = make_driver(config, self.config.gateway.state_dir)
-        detector = make_detector(self.config, config, keep_windows=True)
+        detector = make_detector(self.config, config, keep_windows=True,
+                                 open_windows=self.open_windows)
         status = DeviceHealth(config.name)
         task = self._tasks.create_task(
             supervise_device(driver, detector, self.share, status=status), name=config.name
@@ -139,6 +143,24 @@ class Supervisor:
 
     async def stop_all_devices(self) -> None:
         await self.stop_devices(list(self._devices))
+
+    def report_lost_windows(self) -> None:
+        """Once every device has started (and resumed what RAM kept): the windows the last
+        run left open that none resumed, in a `windows_lost` event. A device shared `none`
+        is not named; a device no longer configured neither (its share is unknown): both are
+        logged and counted."""
+        named = {d.name for d in self.config.devices if d.share != "none"}
+        self.share(e for e in [self.open_windows.report(named)] if e is not None)
+
+    async def keep_open_windows(self) -> None:
+        """List the open windows on disk when they change (at most about once a window)."""
+        while True:
+            await asyncio.sleep(self.tick_period_s())
+            self.open_windows.save_if_due()
+
+    def open_windows_saved(self) -> None:
+        """At a clean stop, after every window was flushed: the file lists none."""
+        self.open_windows.save_now()
 
     async def close(self) -> None:
         """Close the current uplink, on any path (a reload may have replaced the first)."""
@@ -185,6 +207,7 @@ class Supervisor:
             cpu_s=cpu_s, rss_bytes=rss, now_ns=time.time_ns(),
             bytes_written=self.store.bytes_written(),
             bytes_written_per_day=self.store.bytes_written_per_day(),
+            windows_lost=self.open_windows.lost_total,
         )
         return data
 
@@ -365,14 +388,17 @@ async def run_agent(
         # last save: `edge-agent relearn` relies on it (agent/service/relearn.py).
         await stack.enter_async_context(ControlServer(agent.control_socket, agent.control))
         stack.push_async_callback(_learned_state_saved)
+        stack.callback(agent.open_windows_saved)  # after the flush, before the saves end
         for device in cfg.devices:
             agent.start_device(device)
         stack.push_async_callback(agent.stop_all_devices)
+        agent.report_lost_windows()
         agent.started.set()
         helpers = [
             tasks.create_task(tick_detectors(agent.detectors, agent.share,
                                              agent.tick_period_s, clock), name="ticker"),
             tasks.create_task(agent.heartbeat(), name="heartbeat"),
+            tasks.create_task(agent.keep_open_windows(), name="open-windows"),
         ]
         stack.push_async_callback(cancel_and_wait, helpers)
         await agent.start_metrics()

@@ -1,16 +1,21 @@
-"""A power cut does not make the agent learn again: plc-sim, Mosquitto and `edge-agent run`
-as processes; the agent is SIGKILLed once its `pca` model is fitted, then started again on
-the same state directory."""
+"""A power cut does not make the agent learn again, and the windows it lost are named:
+plc-sim, Mosquitto and `edge-agent run` as processes; the agent is SIGKILLed (its /dev/shm
+files removed, for the windows), then started again on the same state directory."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
 import pytest
 from support import AgentProcess, Sim, agent_config, modbus_device, saved_row
 
-from agent.testing import Mosquitto, wait_until
+from agent.detect.open_windows import FILE_NAME
+from agent.detect.window_keep import keep_path
+from agent.events import WINDOW, WINDOWS_LOST
+from agent.store.spool import default_path as spool_path
+from agent.testing import Mosquitto, MqttCollector, wait_until
 
 pytestmark = pytest.mark.e2e
 
@@ -53,3 +58,60 @@ def test_a_power_cut_after_learning_restarts_with_the_same_model(
     # the samples of the second run (which differ).
     assert after is not None and after["model"] == model["model"]
     assert after["state"][:5] == model["state"][:5]  # rows learned, fitted, k, limits
+
+
+def listed_windows(state_dir: Path) -> dict[str, int]:
+    """What `open-windows.json` lists: device -> its open window's start_ns ({} if none)."""
+    try:
+        windows = json.loads((state_dir / FILE_NAME).read_text())["data"]["windows"]
+    except (FileNotFoundError, ValueError):
+        return {}
+    return {device: start_ns for device, start_ns, _ in windows}
+
+
+def test_a_power_cut_names_the_windows_it_lost_and_a_clean_stop_none(
+    tmp_path: Path, mosquitto: Mosquitto, sims: list[Sim], numba_cache: Path
+) -> None:
+    """Three runs on one state directory: a SIGTERM; a start that reports nothing lost, then a
+    SIGKILL with /dev/shm emptied as a power cut empties it; a start that names exactly the
+    windows open at the cut (4 s windows, written at most 1 s after they opened)."""
+    devices = {"compressor-1": sims[0].port, "compressor-2": sims[1].port}
+    config = agent_config(tmp_path, mosquitto, "".join(
+        modbus_device(name, port, 0.1) for name, port in devices.items()), window_s=4.0)
+    state_dir = tmp_path / "state"
+    with MqttCollector(mosquitto.host, mosquitto.port) as collector:
+        with AgentProcess(config, tmp_path / "first.log", numba_cache) as first:
+            wait_until(lambda: listed_windows(state_dir).keys() == devices.keys(),
+                       timeout_s=30, what="both devices' windows listed")
+            assert first.terminate() == 0
+        assert listed_windows(state_dir) == {}, "a clean stop flushed and unlisted them"
+
+        with AgentProcess(config, tmp_path / "second.log", numba_cache) as second:
+            second.wait_logged("kernels_ready")  # after the report of lost windows
+            assert second.logged("windows_not_closed") == []
+            first_listed = listed_windows(state_dir)
+            lost = wait_until(lambda: (now := listed_windows(state_dir)).keys() ==
+                              devices.keys() and now != first_listed and now,
+                              timeout_s=30, what="both devices' next windows listed")
+            second.kill()
+        # What a power cut does to /dev/shm: the windows kept in RAM and the spool are gone.
+        for path in (*(keep_path(state_dir, name) for name in devices),
+                     spool_path(state_dir / "events.sqlite")):
+            if path is not None:
+                path.unlink(missing_ok=True)
+
+        with AgentProcess(config, tmp_path / "third.log", numba_cache) as third:
+            logged = third.wait_logged("windows_not_closed")
+            assert {w["dev"]: w["start_ns"] for w in logged["windows"]} == lost
+            got = collector.wait_for(lambda ms: any(m.kind == WINDOWS_LOST for _, m in ms),
+                                     timeout_s=30, what="the windows_lost event")
+            [report] = [m for _, m in got if m.kind == WINDOWS_LOST]
+            assert report.device == "_gateway"
+            assert {w["dev"]: w["start_ns"] for w in report.data["windows"]} == lost
+            assert report.data["lost_total"] == 2 and \
+                report.data["saved_ns"] < report.data["until_ns"]
+            assert third.terminate() == 0
+    closed = {(m.device, m.data["start_ns"]) for _, m in collector.snapshot()
+              if m.kind == WINDOW}
+    assert not closed & set(lost.items()), "the windows named were never sent: they were lost"
+    assert {d for d, _ in closed} == devices.keys()

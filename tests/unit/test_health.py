@@ -26,7 +26,7 @@ def beat(**changes: Any) -> dict[str, Any]:
         "stats": stats(), "pending": 4, "uplink_state": "unreachable",
         "uplink_error": "unreachable: Connection refused", "inflight": 2, "cpu_s": 1.23456,
         "rss_bytes": 50 * 2**20, "now_ns": 160 * NS, "bytes_written": 4096,
-        "bytes_written_per_day": 1_000_000.4,
+        "bytes_written_per_day": 1_000_000.4, "windows_lost": 2,
     }
     args.update(changes)
     return heartbeat_data(**args)
@@ -122,6 +122,7 @@ def test_prometheus_text_has_the_same_numbers() -> None:
     assert 'edge_agent_uplink_state{state="connected"} 0.0' in lines
     assert "process_resident_memory_bytes 52428800.0" in lines
     assert "# TYPE edge_agent_store_compacted_total counter" in lines
+    assert "edge_agent_windows_lost_total 2.0" in lines
     samples = [line for line in lines if not line.startswith("#")]
     assert all(len(line.rsplit(" ", 1)) == 2 for line in samples)
 

@@ -165,3 +165,5 @@ def test_explain_states_the_power_cut_loss_bound() -> None:
     [line] = [t for t in explain(config) if t.startswith("Kept until the broker acknowledges")]
     assert "not acknowledged within 0.25 s" in line
     assert "a power cut loses at most the events of the last 0.25 s" in line
+    assert "each device's open window of at most 10 s of aggregates (named in windows_lost)" \
+        in line

@@ -33,6 +33,8 @@ log = structlog.get_logger(__name__)
 
 STATUS_FILTER = f"+/+/{GATEWAY_DEVICE}/{PRESENCE_KIND}"
 """The agents' retained status messages (`{site}/{gateway}/_gateway/status`)."""
+RECONNECT_DELAY_S = 2
+"""Between gmqtt's reconnect attempts once a connection was lost."""
 
 
 class StaleAcknowledgement(Exception):
@@ -85,6 +87,7 @@ class Ingest:
         self._client.on_disconnect = self._on_disconnect
         self._client.on_message = self._on_message
         self._client.on_subscribe = self._on_subscribe
+        self._client.set_config({"reconnect_delay": RECONNECT_DELAY_S})
         self._connecting: asyncio.Task[None] | None = None
         self._previous_handler: Any = None
 

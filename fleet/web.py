@@ -100,8 +100,15 @@ def make_app(config: FleetConfig) -> Starlette:
         gateway, device = request.path_params["gateway"], request.path_params["device"]
         span_name = request.query_params.get("span", "24h")
         span = SPANS.get(span_name, SPANS["24h"])
-        end = _end(request.query_params.get("end"))
+        end = _moment(request.query_params.get("end")) or dt.datetime.now(dt.UTC)
         start = end - span
+        chosen = _moment(request.query_params.get("from")), _moment(request.query_params.get("to"))
+        span_error = ""
+        if chosen[0] is not None:  # a span of the user's own: from, to (or now)
+            if chosen[0] < (chosen[1] or dt.datetime.now(dt.UTC)):
+                start, end = chosen[0], chosen[1] or dt.datetime.now(dt.UTC)
+            else:
+                span_error = "“from” must be before “to”: showing the preset span"
         by = "shift" if request.query_params.get("by") == "shift" else "day"
         async with await psycopg.AsyncConnection.connect(dsn) as conn:
             tags = await queries.tags(conn, gateway, device)
@@ -115,7 +122,8 @@ def make_app(config: FleetConfig) -> Starlette:
                     spans=list(SPANS), end=end, start=start, by=by, tags=tags, tag=tag,
                     timeline=state_timeline(segments, start, end) if segments else "",
                     energy=energy, plot=series_plot(points, start, end, unit) if tag else "",
-                    episodes=episodes, end_param=request.query_params.get("end", ""))
+                    episodes=episodes, end_param=request.query_params.get("end", ""),
+                    chosen=chosen, span_error=span_error)
 
     async def completeness_page(request: Request) -> Response:
         reports = await asyncio.to_thread(_reports, dsn, None)
@@ -156,11 +164,12 @@ def _reports(dsn: str, gateway: str | None) -> list[StoreReport]:
         return completeness(conn, gateway)
 
 
-def _end(text: str | None) -> dt.datetime:
+def _moment(text: str | None) -> dt.datetime | None:
+    """An ISO time from a query (UTC unless it says otherwise), or None."""
     if text and re.fullmatch(r"[0-9T:\-+.Z ]{10,40}", text):
         try:
             moment = dt.datetime.fromisoformat(text)
             return moment if moment.tzinfo else moment.replace(tzinfo=dt.UTC)
         except ValueError:
             pass
-    return dt.datetime.now(dt.UTC)
+    return None

@@ -202,6 +202,16 @@ def test_the_fleet_view_behind_its_login(server: str, browser: Any) -> None:
     assert "temp-unusual" in episodes and "overheating" in episodes and "running" in episodes
     assert "discharge_temp_c: 72, 73 | after: 74" in episodes, "the context's samples shown"
     shot("device")
+    device_url = browser.current_url.split("?")[0]
+    browser.get(device_url + "?from=2020-01-01T00:00&to=2020-01-01T06:00")  # a span of one's own
+    assert browser.find_element(By.ID, "span-text").text == \
+        "2020-01-01 00:00 to 2020-01-01 06:00 UTC"
+    assert "no machine states in the span" in browser.find_element(By.TAG_NAME, "main").text
+    assert browser.find_element(By.ID, "from").get_attribute("value") == "2020-01-01T00:00"
+    browser.get(device_url + "?from=2020-01-02T00:00&to=2020-01-01T00:00")
+    assert "must be before" in browser.find_element(By.ID, "span-error").text
+    assert {r.get_attribute("data-state") for r in browser.find_elements(
+        By.CSS_SELECTOR, "#timeline rect")} == states, "the preset span instead"
 
     browser.find_element(By.LINK_TEXT, "Completeness").click()
     assert "complete: every event made was received" in browser.find_element(

@@ -7,7 +7,8 @@ first). The agent accounts for events it did not send in its `store_health` even
 ranges it dropped (`dropped_seqs`, per kind) or merged into other windows (`merged_seqs`),
 and the numbers a power cut may have taken before the broker had them (`seq_skipped`).
 A hole covered by those is explained; the rest is unexplained: the report a machine
-builder hands a customer.
+builder hands a customer. Windows a power cut caught open never had a seq: the agent
+names them in `windows_lost` events, listed beside the gaps.
 """
 
 from __future__ import annotations
@@ -22,6 +23,16 @@ import psycopg
 Range = tuple[int, int]
 
 
+@dataclass(frozen=True, slots=True)
+class LostWindow:
+    device: str
+    start: dt.datetime
+    window_s: float
+
+    def __str__(self) -> str:
+        return f"{self.device} from {self.start:%Y-%m-%d %H:%M:%S} UTC ({self.window_s:g} s)"
+
+
 @dataclass
 class StoreReport:
     gateway: str
@@ -32,6 +43,8 @@ class StoreReport:
     """Ranges the agent said it dropped or merged, with why."""
     start: int = 1
     """The first seq expected: 1 (a store numbers from 1), or the first received with `since`."""
+    windows_lost: list[LostWindow] = field(default_factory=list)
+    """Device windows a power cut caught open (no seq: not part of any gap)."""
 
     @property
     def events(self) -> int:
@@ -75,7 +88,9 @@ class StoreReport:
                 "received": self.received, "duplicates": self.duplicates,
                 "gaps": self.gaps(),
                 "explained": [{"seqs": span, "why": why} for span, why in self.explained()],
-                "unexplained": self.unexplained()}
+                "unexplained": self.unexplained(),
+                "windows_lost": [{"device": w.device, "start": w.start.isoformat(),
+                                  "window_s": w.window_s} for w in self.windows_lost]}
 
 
 def completeness(conn: psycopg.Connection[Any], gateway: str | None = None,
@@ -98,13 +113,23 @@ def completeness(conn: psycopg.Connection[Any], gateway: str | None = None,
     for gw, store, count in conn.execute("SELECT gateway, store, count FROM duplicates"):
         if (str(gw), str(store)) in reports:
             reports[(str(gw), str(store))].duplicates = int(count)
-    for gw, store, data in conn.execute(
-            "SELECT e.gateway, i.store, e.data FROM events e JOIN event_ids i USING (id) "
-            "WHERE e.kind = 'store_health'"):
+    for gw, store, kind, data in conn.execute(
+            "SELECT e.gateway, i.store, e.kind, e.data FROM events e JOIN event_ids i "
+            "USING (id) WHERE e.kind IN ('store_health', 'windows_lost') ORDER BY e.time"):
         report = reports.get((str(gw), str(store)))
-        if report is not None:
+        if report is None:
+            continue
+        if kind == "store_health":
             report.accounted.extend(_accounts(data))
+        else:
+            report.windows_lost.extend(_lost_windows(data))
     return list(reports.values())
+
+
+def _lost_windows(data: dict[str, Any]) -> Iterable[LostWindow]:
+    for entry in data.get("windows") or []:
+        start = dt.datetime.fromtimestamp(int(entry["start_ns"]) / 1e9, dt.UTC)
+        yield LostWindow(str(entry["dev"]), start, float(entry["window_s"]))
 
 
 def _filter(gateway: str | None, since: dt.datetime | None) -> tuple[str, list[Any]]:
@@ -145,6 +170,8 @@ def format_report(report: StoreReport) -> list[str]:
         lines.append(f"  missing {format_ranges([span])}: {why}")
     for span in unexplained:
         lines.append(f"  missing {format_ranges([span])}: UNEXPLAINED")
+    for window in report.windows_lost:
+        lines.append(f"  window lost at a power cut (it had no seq): {window}")
     verdict = ("complete: every event made was received or accounted for by the agent"
                if not unexplained else
                f"{sum(b - a + 1 for a, b in unexplained)} of {missing} missing events "

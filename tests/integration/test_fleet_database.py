@@ -101,17 +101,24 @@ def test_completeness_explains_what_the_agent_accounted_for(db: FleetDatabase) -
                                               "compacted": 0, "bytes": 1, "max_bytes": 2},
                         device="_gateway"))
     made += [window(15), message("store_health", 16, {"seq_skipped": [12, 14], "store": "store-a"},
-                                 device="_gateway")]
+                                 device="_gateway"),
+             message("windows_lost", 17, {"windows": [{"dev": "press", "start_ns": T0,
+                                                        "window_s": 60.0}],
+                                           "saved_ns": T0, "until_ns": T0, "lost_total": 1},
+                     device="_gateway")]
     db.store(made)
     [report] = completeness(db.conn)
     assert report.store == "store-a"
-    assert report.received == [(1, 3), (6, 7), (9, 11), (15, 16)]
+    assert report.received == [(1, 3), (6, 7), (9, 11), (15, 17)]
     assert report.explained() == [
         ((4, 5), "dropped by the agent (window)"),
         ((12, 14), "lost at a power cut of the gateway: not yet acknowledged by the broker")]
     assert report.unexplained() == [(8, 8)]
     text = "\n".join(format_report(report))
     assert "missing 8: UNEXPLAINED" in text and "1 of 6 missing events unexplained" in text
+    moment = dt.datetime.fromtimestamp(T0 / 1e9, dt.UTC)
+    assert f"window lost at a power cut (it had no seq): press from {moment:%Y-%m-%d %H:%M:%S} " \
+        "UTC (60 s)" in text
     since = completeness(db.conn, since=dt.datetime.fromtimestamp((T0 + 6 * S) / 1e9, dt.UTC))
     assert since[0].gaps() == [(8, 8), (12, 14)]
 

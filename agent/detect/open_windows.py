@@ -1,11 +1,12 @@
 """Which device windows are open, on disk: the start after a power cut names those it lost.
 
 A kill loses no window (window_keep.py resumes it from RAM), but a power cut empties /dev/shm
-and the windows then open, which have no seq, were counted nowhere. `open-windows.json` in the
-state dir lists each device's open window (device, start_ns, window_s), replaced atomically
-(`StateFile`) when they change: rollovers at most once per `window_s` for all devices together,
-a device gaining or losing its window within `settle`; emptied at a clean stop. At start, a
-window listed that its device did not resume from RAM is lost: one `windows_lost` event.
+and the windows then open, which have no seq, were counted nowhere. `open-windows.slots` in
+the state dir lists each device's open window (device, start_ns, window_s), saved in place
+(`StateFile`, two slots: one block a save) when they change: rollovers at most once per
+`window_s` for all devices together, a device gaining or losing its window within `settle`;
+emptied at a clean stop. At start, a window listed that its device did not resume from RAM
+is lost: one `windows_lost` event.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from agent.events import GATEWAY_DEVICE, WINDOWS_LOST, Event
 
 log = structlog.get_logger(__name__)
 
-FILE_NAME = "open-windows.json"
+FILE_NAME = "open-windows.slots"
 SETTLE_MAX_S = 2.0
 """At most this long (a quarter window when shorter) between a window's change and its write."""
 
@@ -43,7 +44,7 @@ class OpenWindows:
     def __init__(self, state_dir: Path,
                  clock: Callable[[], int] = time.monotonic_ns) -> None:
         self._clock = clock
-        self._file = StateFile(state_dir / FILE_NAME)
+        self._file = StateFile(state_dir / FILE_NAME, in_place=True)
         self._open: dict[str, OpenWindow] = {}
         self._on_disk: dict[str, OpenWindow] = {}
         self._closed_mono_ns: dict[str, int] = {}

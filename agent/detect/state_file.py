@@ -8,6 +8,9 @@ loop, and an fsync on an SD card can take long), joined at interpreter exit so a
 handed over at shutdown reaches the disk. The last snapshot per path is also kept in memory
 and read first, so a detector restarted by a reload sees it before it is written. A document
 is `{"schema": 1, "data": {...}}` plus its owner's `meta` keys, which older readers ignore.
+A file saved often (`in_place`) is instead two fixed slots written in turn, each with its
+number and checksum, with `fdatasync`: one data block per save, no rename, no directory
+sync; a torn write spoils only the slot being written, and the other one is read.
 """
 
 from __future__ import annotations
@@ -15,7 +18,9 @@ from __future__ import annotations
 import json
 import os
 import stat
+import struct
 import threading
+import zlib
 from collections.abc import Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
@@ -53,6 +58,82 @@ def _write_atomically(path: Path, document: Mapping[str, Any],
         os.close(directory)
 
 
+_SLOT_MAGIC = b"EASLOT01"
+_SLOT_HEADER = struct.Struct("<8sQII")
+"""magic, the save's number, the length of the JSON text, its CRC-32."""
+SLOT_BYTES = 4096
+"""One slot: a filesystem block, so that a save writes one block (more for a large document)."""
+
+
+def _slot_size(length: int) -> int:
+    need = _SLOT_HEADER.size + length
+    return max(SLOT_BYTES, -(-need // SLOT_BYTES) * SLOT_BYTES)
+
+
+def _slot_block(number: int, text: bytes, size: int) -> bytes:
+    header = _SLOT_HEADER.pack(_SLOT_MAGIC, number, len(text), zlib.crc32(text))
+    return (header + text).ljust(size, b"\0")
+
+
+def _read_slots(raw: bytes) -> tuple[int, dict[str, Any]] | None:
+    """The newest intact slot's number and document, or None when neither is intact."""
+    size = len(raw) // 2
+    best: tuple[int, dict[str, Any]] | None = None
+    for at in (0, size):
+        magic, number, length, crc = _SLOT_HEADER.unpack_from(raw, at)
+        text = raw[at + _SLOT_HEADER.size:at + _SLOT_HEADER.size + length]
+        if magic != _SLOT_MAGIC or len(text) != length or zlib.crc32(text) != crc:
+            continue
+        if best is None or number > best[0]:
+            best = (number, json.loads(text))
+    return best
+
+
+def _write_slot(path: Path, number: int, document: Mapping[str, Any]) -> None:
+    """Save number `number` into slot `number % 2` in place; a new file, or one too small for
+    the document, is made whole (both slots) and put in place atomically."""
+    text = json.dumps(document, separators=(",", ":")).encode()
+    size = _slot_size(len(text))
+    try:
+        fd = os.open(path, os.O_WRONLY)
+    except FileNotFoundError:
+        fd = -1
+    if fd >= 0 and os.fstat(fd).st_size == 2 * size:
+        try:
+            os.pwrite(fd, _slot_block(number, text, size), (number % 2) * size)
+            os.fdatasync(fd)
+        finally:
+            os.close(fd)
+        return
+    if fd >= 0:
+        os.close(fd)
+    tmp = path.with_name(path.name + ".tmp")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(tmp, "wb") as out:
+        block = _slot_block(number, text, size)
+        out.write(block + block)
+        out.flush()
+        os.fsync(out.fileno())
+    os.replace(tmp, path)
+    directory = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(directory)
+    finally:
+        os.close(directory)
+
+
+def read_document(path: Path) -> tuple[int, Any]:
+    """What the file holds on disk, either form, and its save number (0 for a whole file).
+    Raises OSError, ValueError or struct.error for a file that cannot be read."""
+    raw = path.read_bytes()
+    if raw.startswith(_SLOT_MAGIC) or raw[len(raw) // 2:].startswith(_SLOT_MAGIC):
+        newest = _read_slots(raw)
+        if newest is None:
+            raise ValueError("neither slot is intact")
+        return newest
+    return 0, json.loads(raw)
+
+
 def wait_all_saved(timeout_s: float = 10.0) -> None:
     """Block until every snapshot handed over so far is written (the writer is FIFO)."""
     _writer.submit(lambda: None).result(timeout=timeout_s)
@@ -61,8 +142,12 @@ def wait_all_saved(timeout_s: float = 10.0) -> None:
 class StateFile:
     """One JSON document of detector state, saved off the event loop, read at start."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, *, in_place: bool = False) -> None:
+        """`in_place`: saved often, so written into two slots in turn (one block a save)."""
         self.path = path
+        self._in_place = in_place
+        self._number: int | None = None
+        """The last save's number in place (None: read from the file at the first save)."""
         self._pending: Future[None] | None = None
 
     def load(self) -> dict[str, Any]:
@@ -78,10 +163,10 @@ class StateFile:
         if latest is not None:
             return dict(latest)
         try:
-            document = json.loads(self.path.read_text(encoding="utf-8"))
+            _, document = read_document(self.path)
         except FileNotFoundError:
             return {}
-        except (OSError, ValueError) as exc:
+        except (OSError, ValueError, struct.error) as exc:
             log.warning("detector_state_unreadable", path=str(self.path), error=str(exc))
             return {}
         if not isinstance(document, dict) or document.get("schema") != SCHEMA:
@@ -100,7 +185,16 @@ class StateFile:
 
     def _write(self, document: dict[str, Any]) -> None:
         try:
-            _write_atomically(self.path, document)
+            if self._in_place:
+                if self._number is None:  # continue the file's numbers, whoever wrote them
+                    try:
+                        self._number = read_document(self.path)[0]
+                    except (OSError, ValueError, struct.error):
+                        self._number = 0
+                self._number += 1
+                _write_slot(self.path, self._number, document)
+            else:
+                _write_atomically(self.path, document)
         except OSError as exc:
             log.error("detector_state_not_saved", path=str(self.path), error=str(exc))
 

@@ -4,7 +4,6 @@ files removed, for the windows), then started again on the same state directory.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +11,7 @@ import pytest
 from support import AgentProcess, Sim, agent_config, modbus_device, saved_row
 
 from agent.detect.open_windows import FILE_NAME
+from agent.detect.state_file import read_document
 from agent.detect.window_keep import keep_path
 from agent.events import WINDOW, WINDOWS_LOST
 from agent.store.spool import default_path as spool_path
@@ -61,9 +61,9 @@ def test_a_power_cut_after_learning_restarts_with_the_same_model(
 
 
 def listed_windows(state_dir: Path) -> dict[str, int]:
-    """What `open-windows.json` lists: device -> its open window's start_ns ({} if none)."""
+    """What `open-windows.slots` lists: device -> its open window's start_ns ({} if none)."""
     try:
-        windows = json.loads((state_dir / FILE_NAME).read_text())["data"]["windows"]
+        windows = read_document(state_dir / FILE_NAME)[1]["data"]["windows"]
     except (FileNotFoundError, ValueError):
         return {}
     return {device: start_ns for device, start_ns, _ in windows}

@@ -3,7 +3,6 @@ at the next start, emptied by a clean stop; an unreadable file is logged and ign
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +11,7 @@ from structlog.testing import capture_logs
 from agent.detect.kernels.counter import COUNTER_FIELDS
 from agent.detect.kernels.window import WINDOW_FIELDS
 from agent.detect.open_windows import FILE_NAME, OpenWindows
+from agent.detect.state_file import read_document
 from agent.detect.window import WindowAggregator
 from agent.detect.window_keep import WindowKeep, keep_path
 from agent.events import GATEWAY_DEVICE, WINDOWS_LOST
@@ -57,7 +57,7 @@ def run(ledger: OpenWindows, clock: Clock, devices: list[WindowAggregator],
 
 
 def listed(state_dir: Path) -> list[list[object]]:
-    windows: list[list[object]] = json.loads((state_dir / FILE_NAME).read_text())["data"]["windows"]
+    windows: list[list[object]] = read_document(state_dir / FILE_NAME)[1]["data"]["windows"]
     return windows
 
 

@@ -65,6 +65,7 @@ class MqttUplink:
         self._inflight: dict[int, int] = {}  # paho message id -> store sequence number
         self._historical_inflight: set[int] = set()
         self._read_ahead: deque[StoredEvent] = deque()  # backlog read, not yet sent, in order
+        self._topics: dict[tuple[str, str], str] = {}  # (device, kind) -> topic
         self._acks: list[tuple[int, ReasonCode]] = []  # from paho's thread, under the lock
         self._acks_lock = threading.Lock()
         self._acks_scheduled = False
@@ -101,9 +102,15 @@ class MqttUplink:
         return self._link.failed_attempts
 
     def topic_for(self, event: StoredEvent) -> str:
-        return self._config.topic.format(
-            site=self._gateway.site, gateway=self._gateway.id, device=event.device, kind=event.kind
-        )
+        """Formatted once per device and kind: a replay sends the same few topics all along."""
+        key = (event.device, event.kind)
+        topic = self._topics.get(key)
+        if topic is None:
+            topic = self._topics[key] = self._config.topic.format(
+                site=self._gateway.site, gateway=self._gateway.id, device=event.device,
+                kind=event.kind,
+            )
+        return topic
 
     def _make_client(self) -> mqtt.Client:
         cfg = self._config

@@ -16,6 +16,7 @@ import ssl
 import sys
 import threading
 import time
+from collections import deque
 from typing import Any, Self
 
 import paho.mqtt.client as mqtt
@@ -39,6 +40,9 @@ LOOP_STOP_WAIT_S = 1.5
 """How long `close()` waits for paho's network thread to end."""
 CLOSE_ACK_TIMEOUT_S = 1.0
 """How long `close()` waits for the PUBACK of the retained `offline` before DISCONNECT."""
+REPLAY_READ_AHEAD = 512
+"""Backlog events read from the store at once (reserved there until sent): a store read
+per this many replayed events, not one per refill of the window."""
 
 
 class MqttUplink:
@@ -60,6 +64,8 @@ class MqttUplink:
         self._slot_freed = asyncio.Event()
         self._inflight: dict[int, int] = {}  # paho message id -> store sequence number
         self._historical_inflight: set[int] = set()
+        self._read_ahead: deque[StoredEvent] = deque()  # backlog read, not yet sent, in order
+        self._topics: dict[tuple[str, str], str] = {}  # (device, kind) -> topic
         self._acks: list[tuple[int, ReasonCode]] = []  # from paho's thread, under the lock
         self._acks_lock = threading.Lock()
         self._acks_scheduled = False
@@ -96,9 +102,15 @@ class MqttUplink:
         return self._link.failed_attempts
 
     def topic_for(self, event: StoredEvent) -> str:
-        return self._config.topic.format(
-            site=self._gateway.site, gateway=self._gateway.id, device=event.device, kind=event.kind
-        )
+        """Formatted once per device and kind: a replay sends the same few topics all along."""
+        key = (event.device, event.kind)
+        topic = self._topics.get(key)
+        if topic is None:
+            topic = self._topics[key] = self._config.topic.format(
+                site=self._gateway.site, gateway=self._gateway.id, device=event.device,
+                kind=event.kind,
+            )
+        return topic
 
     def _make_client(self) -> mqtt.Client:
         cfg = self._config
@@ -268,17 +280,26 @@ class MqttUplink:
         if span is None:
             return False, None
         half = self._config.max_inflight // 2
+        # Refilled as soon as a slot frees, not held back for a larger batch: a broker with
+        # Nagle on (Mosquitto's default) holds its later PUBACKs until our delayed ACK, which
+        # waits for data going its way (measured: 1,800/s instead of 13,000/s at 25 of 50).
         room = min(free, half - len(self._historical_inflight))
         if room <= 0:
             return False, None  # the backlog's half of the window is (nearly) full
         count = order.take(room, self._loop.time())
         if count == 0:
             return False, order.seconds_until_next()
-        after, upto = span
-        rows = await self._store.read_after(after, count, upto=upto)
-        if not rows:
-            order.range_exhausted()
-            return True, None
+        ahead = self._read_ahead
+        if len(ahead) < count:
+            # Read ahead of the window: one store read per REPLAY_READ_AHEAD events.
+            after, upto = span
+            after = ahead[-1].seq if ahead else after
+            wanted = max(count, REPLAY_READ_AHEAD)
+            ahead.extend(await self._store.read_after(after, wanted, upto=upto))
+            if not ahead:
+                order.range_exhausted()
+                return True, None
+        rows = [ahead.popleft() for _ in range(min(count, len(ahead)))]
         self._publish(rows, historical=True)
         order.sent_backlog(rows[-1].seq)
         return True, None

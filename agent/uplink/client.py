@@ -16,7 +16,6 @@ import ssl
 import sys
 import threading
 import time
-from collections import deque
 from typing import Any, Self
 
 import paho.mqtt.client as mqtt
@@ -40,9 +39,6 @@ LOOP_STOP_WAIT_S = 1.5
 """How long `close()` waits for paho's network thread to end."""
 CLOSE_ACK_TIMEOUT_S = 1.0
 """How long `close()` waits for the PUBACK of the retained `offline` before DISCONNECT."""
-REPLAY_READ_AHEAD = 512
-"""Backlog events read from the store at once (reserved there until sent): a store read
-per this many replayed events, not one per refill of the window."""
 
 
 class MqttUplink:
@@ -64,7 +60,6 @@ class MqttUplink:
         self._slot_freed = asyncio.Event()
         self._inflight: dict[int, int] = {}  # paho message id -> store sequence number
         self._historical_inflight: set[int] = set()
-        self._read_ahead: deque[StoredEvent] = deque()  # backlog read, not yet sent, in order
         self._topics: dict[tuple[str, str], str] = {}  # (device, kind) -> topic
         self._acks: list[tuple[int, ReasonCode]] = []  # from paho's thread, under the lock
         self._acks_lock = threading.Lock()
@@ -289,17 +284,11 @@ class MqttUplink:
         count = order.take(room, self._loop.time())
         if count == 0:
             return False, order.seconds_until_next()
-        ahead = self._read_ahead
-        if len(ahead) < count:
-            # Read ahead of the window: one store read per REPLAY_READ_AHEAD events.
-            after, upto = span
-            after = ahead[-1].seq if ahead else after
-            wanted = max(count, REPLAY_READ_AHEAD)
-            ahead.extend(await self._store.read_after(after, wanted, upto=upto))
-            if not ahead:
-                order.range_exhausted()
-                return True, None
-        rows = [ahead.popleft() for _ in range(min(count, len(ahead)))]
+        after, upto = span
+        rows = await self._store.read_after(after, count, upto=upto)
+        if not rows:
+            order.range_exhausted()
+            return True, None
         self._publish(rows, historical=True)
         order.sent_backlog(rows[-1].seq)
         return True, None

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 from pathlib import Path
-from typing import Any
 
 from agent.config.models import GatewayConfig, MqttConfig
 from agent.events import Event
@@ -111,42 +110,5 @@ async def test_a_fresh_alarm_overtakes_the_backlog_which_arrives_flagged_and_in_
     assert [e.data["i"] for e in backlog] == list(range(100)), "oldest first, in order"
     [alarm] = [e for _, e in got if e.kind == "anomaly"]
     assert not alarm.historical and alarm.seq == 101
-    writer.cancel()
-    await store.close()
-
-
-async def test_a_backlog_is_read_from_the_store_in_batches_not_per_refill(
-    tmp_path: Path,
-) -> None:
-    path = tmp_path / "backlog.sqlite"
-    earlier_run = await EventStore.open(path, "gw-1")
-    earlier_run.put([Event("window", "m1", i, {"i": i}) for i in range(300)])
-    await earlier_run.close()
-
-    store = await EventStore.open(path, "gw-1")
-    reads: list[int] = []
-    read_after = store.read_after
-
-    async def counting_read_after(seq: int, limit: int, *, upto: int | None = None) -> Any:
-        rows = await read_after(seq, limit, upto=upto)
-        reads.append(len(rows))
-        return rows
-
-    store.read_after = counting_read_after  # type: ignore[method-assign]
-    writer = asyncio.create_task(store.writer())
-    gateway = GatewayConfig(id="gw-1", site="plant7")
-    with Mosquitto() as broker, MqttCollector(broker.host, broker.port, "#") as collector:
-        # A window of 10: the backlog's half is 5, so a read per refill would be 60 reads.
-        config = mqtt_config(broker, max_inflight=10, replay_rate_per_s=1_000_000)
-        uplink = MqttUplink(config, gateway, store)
-        sender = asyncio.create_task(uplink.run())
-        got = await asyncio.to_thread(collector.wait_for, lambda m: len(m) >= 300, timeout_s=30,
-                                      what="the whole backlog")
-        await wait_until_async(lambda: uplink.inflight == 0, timeout_s=10, what="every PUBACK")
-        sender.cancel()
-        await uplink.close()
-    assert [e.data["i"] for _, e in got if e.kind == "window"] == list(range(300))
-    assert all(e.historical for _, e in got if e.kind == "window")
-    assert sum(reads) == 300 and len(reads) <= 3, f"store reads of {reads} rows"
     writer.cancel()
     await store.close()

@@ -132,9 +132,19 @@ HOST_ARCH := $(shell dpkg --print-architecture 2>/dev/null)
 # Set on the command line only: an ARCH in the environment (some CI images have one) is not ours.
 ARCH := $(HOST_ARCH)
 .PHONY: deb
+# The package's compiled kernels are kept between builds (a minute each), keyed by what they
+# are made from besides their source: the pinned numba and numpy, the kernel package's code,
+# the interpreter and the compiler (as build-deb-emulated.sh does for other architectures).
+KERNEL_CACHE_ROOT ?= $(HOME)/.cache/edge-agent
 ifeq ($(ARCH),$(HOST_ARCH))
 deb: venv
-	packaging/build-deb.sh --out $(DEB_DIR)
+	key=$$( { cat constraints.txt agent/detect/kernels/*.py; /usr/bin/python3 -VV; gcc --version; } \
+	    | sha256sum | cut -c1-16); \
+	cache="$(KERNEL_CACHE_ROOT)/kernels-native-$(HOST_ARCH)-$$key"; \
+	mkdir -p "$$cache"; \
+	find "$(KERNEL_CACHE_ROOT)" -maxdepth 1 -name 'kernels-native-$(HOST_ARCH)-*' ! -path "$$cache" \
+	    -exec rm -rf {} +; \
+	packaging/build-deb.sh --out $(DEB_DIR) --kernel-cache "$$cache"
 else
 deb: container-tools qemu-user
 	packaging/build-deb-emulated.sh --arch $(ARCH) --out $(DEB_DIR)

@@ -37,17 +37,20 @@ _latest: dict[Path, dict[str, Any]] = {}
 _latest_lock = threading.Lock()
 
 
-def _write_atomically(path: Path, document: Mapping[str, Any],
-                      like: os.stat_result | None = None) -> None:
+def _json(document: Mapping[str, Any]) -> bytes:
+    return json.dumps(document, separators=(",", ":")).encode()
+
+
+def _write_atomically(path: Path, content: bytes, like: os.stat_result | None = None) -> None:
     """`like`: the owner and mode the new file takes (those of the file it replaces)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as out:
+    with open(tmp, "wb") as out:
         if like is not None:
             os.fchmod(out.fileno(), stat.S_IMODE(like.st_mode))
             if (like.st_uid, like.st_gid) != (os.geteuid(), os.getegid()):
                 os.fchown(out.fileno(), like.st_uid, like.st_gid)
-        json.dump(document, out, separators=(",", ":"))
+        out.write(content)
         out.flush()
         os.fsync(out.fileno())
     os.replace(tmp, path)
@@ -92,34 +95,18 @@ def _read_slots(raw: bytes) -> tuple[int, dict[str, Any]] | None:
 def _write_slot(path: Path, number: int, document: Mapping[str, Any]) -> None:
     """Save number `number` into slot `number % 2` in place; a new file, or one too small for
     the document, is made whole (both slots) and put in place atomically."""
-    text = json.dumps(document, separators=(",", ":")).encode()
+    text = _json(document)
     size = _slot_size(len(text))
+    block = _slot_block(number, text, size)
     try:
-        fd = os.open(path, os.O_WRONLY)
+        with open(path, "r+b") as out:
+            if os.fstat(out.fileno()).st_size == 2 * size:
+                os.pwrite(out.fileno(), block, (number % 2) * size)
+                os.fdatasync(out.fileno())
+                return
     except FileNotFoundError:
-        fd = -1
-    if fd >= 0 and os.fstat(fd).st_size == 2 * size:
-        try:
-            os.pwrite(fd, _slot_block(number, text, size), (number % 2) * size)
-            os.fdatasync(fd)
-        finally:
-            os.close(fd)
-        return
-    if fd >= 0:
-        os.close(fd)
-    tmp = path.with_name(path.name + ".tmp")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(tmp, "wb") as out:
-        block = _slot_block(number, text, size)
-        out.write(block + block)
-        out.flush()
-        os.fsync(out.fileno())
-    os.replace(tmp, path)
-    directory = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(directory)
-    finally:
-        os.close(directory)
+        pass
+    _write_atomically(path, block + block)
 
 
 def read_document(path: Path) -> tuple[int, Any]:
@@ -194,7 +181,7 @@ class StateFile:
                 self._number += 1
                 _write_slot(self.path, self._number, document)
             else:
-                _write_atomically(self.path, document)
+                _write_atomically(self.path, _json(document))
         except OSError as exc:
             log.error("detector_state_not_saved", path=str(self.path), error=str(exc))
 
@@ -206,7 +193,7 @@ class StateFile:
             like: os.stat_result | None = self.path.stat()
         except FileNotFoundError:
             like = None
-        _write_atomically(self.path, {**document, "schema": SCHEMA}, like)
+        _write_atomically(self.path, _json({**document, "schema": SCHEMA}), like)
 
     def wait_saved(self, timeout_s: float = 10.0) -> None:
         """Block until the last snapshot is on disk (tests and the replay tool)."""

@@ -1,5 +1,5 @@
 """Helpers for the test suite, the benchmarks and the demo, shipped as structlog ships
-`structlog.testing`: real processes (`processes`: Mosquitto, plc-sim, free ports),
+`structlog.testing`: real processes (`processes`: Mosquitto, plc-sim, free ports, a TCP proxy),
 waiting on a condition with a deadline (`wait`), configurations for building a device's
 detectors offline (`configs`), in-process fakes (`fakes`) and the benchmark machine's
 description (`machine`). TLS material is in `agent.testing.tls` (it needs cryptography).
@@ -20,6 +20,7 @@ from agent.testing.processes import (
     Mosquitto,
     MqttCollector,
     PlcSimControl,
+    TcpProxy,
     console_script,
     free_tcp_port,
     mosquitto_binary,
@@ -31,7 +32,7 @@ from agent.testing.processes import (
 from agent.testing.wait import wait_until, wait_until_async
 
 __all__ = ["BrokerTls", "CapturingSink", "FakePlan", "Mosquitto", "MqttCollector",
-           "PlcSimControl", "RecordingDetector", "ScriptedDriver", "SettableClockSync",
+           "PlcSimControl", "RecordingDetector", "ScriptedDriver", "SettableClockSync", "TcpProxy",
            "console_script", "describe_machine", "device_detector", "free_tcp_port",
            "mosquitto_binary", "mosquitto_passwd_binary", "offline_config", "port_open",
            "start_plc_sim", "stop_process", "wait_until", "wait_until_async"]

@@ -1,4 +1,5 @@
-"""Real processes for tests, benchmarks and the demo: Mosquitto, plc-sim, free ports."""
+"""Real processes for tests, benchmarks and the demo: Mosquitto, plc-sim, free ports, and a
+TCP proxy to put between a client and a server."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import signal
 import socket
 import subprocess
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -26,6 +28,52 @@ def free_tcp_port(host: str = "127.0.0.1") -> int:
         sock.bind((host, 0))
         port: int = sock.getsockname()[1]
         return port
+
+
+class TcpProxy:
+    """A TCP proxy on a free port in front of `upstream_port`, a thread per direction of each
+    connection. A subclass's `passes` sees every chunk (connection index, from the client or
+    not) and says whether it goes on; `cut` breaks the newest connection, new ones are taken."""
+
+    def __init__(self, upstream_port: int) -> None:
+        self.port = free_tcp_port()
+        self._upstream_port = upstream_port
+        self._pairs: list[tuple[socket.socket, socket.socket]] = []
+        self._server = socket.create_server(("127.0.0.1", self.port))
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def passes(self, index: int, from_client: bool, data: bytes) -> bool:
+        return True
+
+    def _accept(self) -> None:
+        with contextlib.suppress(OSError):
+            while True:
+                client, _ = self._server.accept()
+                upstream = socket.create_connection(("127.0.0.1", self._upstream_port))
+                index = len(self._pairs)
+                self._pairs.append((client, upstream))
+                for source, target, from_client in ((client, upstream, True),
+                                                    (upstream, client, False)):
+                    threading.Thread(target=self._pipe, args=(source, target, index, from_client),
+                                     daemon=True).start()
+
+    def _pipe(self, source: socket.socket, target: socket.socket, index: int,
+              from_client: bool) -> None:
+        with contextlib.suppress(OSError):
+            while data := source.recv(65536):
+                if self.passes(index, from_client, data):
+                    target.sendall(data)
+
+    def cut(self) -> None:
+        for sock in self._pairs[-1]:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+
+    def close(self) -> None:
+        for sock in [self._server, *(s for pair in self._pairs for s in pair)]:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+            sock.close()
 
 
 def port_open(host: str, port: int) -> bool:

@@ -11,10 +11,8 @@ those of the broker's path.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import signal
-import socket
 import subprocess
 import threading
 from collections.abc import Iterator
@@ -26,9 +24,8 @@ import pytest
 from support import SECRET as SECRET_FOR_TESTS
 from support import AgentProcess, agent_config, agent_env, modbus_device, running_sim
 
-from agent.testing import Mosquitto, console_script, stop_process, wait_until
+from agent.testing import Mosquitto, TcpProxy, console_script, stop_process, wait_until
 from agent.testing.postgres import Postgres, postgres_bin_dir
-from agent.testing.processes import free_tcp_port
 
 pytestmark = [pytest.mark.e2e, pytest.mark.skipif(
     postgres_bin_dir() is None, reason="PostgreSQL's server is not installed")]
@@ -274,41 +271,17 @@ def test_completeness_explains_the_agents_losses_and_not_the_brokers(
          [line for line in ingest.lines() if line.get("level") != "debug"])
 
 
-class AckHoldingProxy:
+class AckHoldingProxy(TcpProxy):
     """A TCP proxy between an ingest process and the broker that, once `hold` is set, stops
     passing what the ingest sends (its PUBACKs) while it still passes what the broker sends:
     the ingest commits and acknowledges, and the broker never hears of it."""
 
     def __init__(self, broker_port: int) -> None:
-        self.port = free_tcp_port()
         self.hold = threading.Event()
-        self._broker_port = broker_port
-        self._server = socket.create_server(("127.0.0.1", self.port))
-        self._sockets: list[socket.socket] = []
-        threading.Thread(target=self._accept, daemon=True).start()
+        super().__init__(broker_port)
 
-    def _accept(self) -> None:
-        with contextlib.suppress(OSError):
-            while True:
-                client, _ = self._server.accept()
-                upstream = socket.create_connection(("127.0.0.1", self._broker_port))
-                self._sockets += [client, upstream]
-                threading.Thread(target=self._pipe, args=(client, upstream, True),
-                                 daemon=True).start()
-                threading.Thread(target=self._pipe, args=(upstream, client, False),
-                                 daemon=True).start()
-
-    def _pipe(self, source: socket.socket, target: socket.socket, from_ingest: bool) -> None:
-        with contextlib.suppress(OSError):
-            while data := source.recv(65536):
-                if not (from_ingest and self.hold.is_set()):
-                    target.sendall(data)
-
-    def close(self) -> None:
-        for sock in [self._server, *self._sockets]:
-            with contextlib.suppress(OSError):
-                sock.shutdown(socket.SHUT_RDWR)
-            sock.close()
+    def passes(self, index: int, from_client: bool, data: bytes) -> bool:
+        return not (from_client and self.hold.is_set())
 
 
 def test_an_ingest_killed_between_its_commit_and_its_acks_stores_nothing_twice(

@@ -100,13 +100,14 @@ def make_app(config: FleetConfig) -> Starlette:
         gateway, device = request.path_params["gateway"], request.path_params["device"]
         span_name = request.query_params.get("span", "24h")
         span = SPANS.get(span_name, SPANS["24h"])
-        end = _moment(request.query_params.get("end")) or dt.datetime.now(dt.UTC)
+        now = dt.datetime.now(dt.UTC)
+        end = _moment(request.query_params.get("end")) or now
         start = end - span
         chosen = _moment(request.query_params.get("from")), _moment(request.query_params.get("to"))
         span_error = ""
         if chosen[0] is not None:  # a span of the user's own: from, to (or now)
-            if chosen[0] < (chosen[1] or dt.datetime.now(dt.UTC)):
-                start, end = chosen[0], chosen[1] or dt.datetime.now(dt.UTC)
+            if chosen[0] < (chosen[1] or now):
+                start, end = chosen[0], chosen[1] or now
             else:
                 span_error = "“from” must be before “to”: showing the preset span"
         by = "shift" if request.query_params.get("by") == "shift" else "day"

@@ -49,11 +49,20 @@ ANOMALY = "anomaly"
 LIMIT = "limit"
 """A limit violation (level or rate of change): start, then end with how long and how far."""
 
+CONFIG_APPLIED = "config_applied"
+"""A signed configuration from the fleet side was applied (docs/remote-config.md)."""
+CONFIG_REJECTED = "config_rejected"
+"""A message on the command topic was refused, and why: it changed nothing."""
+CONFIG_ROLLED_BACK = "config_rolled_back"
+"""An applied configuration failed its confirmation: the previous file runs again."""
+COMMAND_ANSWER = "command_answer"
+"""The answer to a signed command (`relearn`, `reload`, `status`, `buffer stats`)."""
+
 GATEWAY_DEVICE = "_gateway"
 """The `device` of events about the gateway itself (topic-safe, never a device name)."""
 
 _PRIORITY = {SAMPLES: -1, WINDOW: 0, CHANGE: 1, DEVICE_HEALTH: 1, STORE_HEALTH: 1,
-             WINDOWS_LOST: 1, HEARTBEAT: 1,
+             WINDOWS_LOST: 1, HEARTBEAT: 1, COMMAND_ANSWER: 1,
              ENERGY: 1, QUALITY: 1, CLOCK: 2, STATE: 2, ANOMALY: 2, LIMIT: 2}
 """What a full store gives up first: raw samples (-1: bulky, and their windows hold their
 statistics), then periodic aggregates (0: merged into coarser ones before any is dropped),

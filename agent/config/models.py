@@ -218,6 +218,41 @@ class HealthConfig(_Section):
     """Where the Prometheus endpoint listens: this host only, unless set (e.g. `0.0.0.0`)."""
 
 
+class RemoteConfig(_Section):
+    """Configuration and commands pushed from the fleet side, signed (docs/remote-config.md).
+
+    Off unless enabled on site; never changed remotely (a pushed file must repeat it)."""
+
+    enabled: bool = False
+    trusted_keys: list[Path] = Field(default_factory=list)
+    """Ed25519 public keys (PEM files on the gateway) whose signatures are accepted."""
+    topic: str = "{site}/{gateway}/_command"
+    """Where the agent receives signed messages (QoS 1, a persistent session)."""
+    confirm_s: float = Field(default=60.0, ge=1, le=3600)
+    """After applying a configuration: how long a device that was up has to be up again, and
+    the uplink to be connected, before the previous file is restored."""
+    allow_restart: bool = False
+    """Whether a pushed change of `gateway`, `store` or `log` (which apply at start) may make
+    the agent restart itself (under systemd, `Restart=on-failure`); else it is refused."""
+
+    @field_validator("topic")
+    @classmethod
+    def _topic_fields_known(cls, topic: str) -> str:
+        used = {name for _, name, _, _ in string.Formatter().parse(topic) if name is not None}
+        if used - {"site", "gateway"}:
+            raise ValueError("the command topic may use only {site} and {gateway}")
+        if "+" in topic or "#" in topic:
+            raise ValueError("the command topic cannot hold the wildcards '+' or '#'")
+        return topic
+
+    @model_validator(mode="after")
+    def _keys_when_enabled(self) -> RemoteConfig:
+        if self.enabled and not self.trusted_keys:
+            raise ValueError("enabled needs at least one file in trusted_keys (the fleet "
+                             "side's public key: edge-fleet keys new)")
+        return self
+
+
 class LogConfig(_Section):
     level: Literal["debug", "info", "warning", "error"] = "info"
 
@@ -310,6 +345,7 @@ class AgentConfig(_Section):
     aggregate: AggregateConfig = AggregateConfig()
     health: HealthConfig = HealthConfig()
     log: LogConfig = LogConfig()
+    remote: RemoteConfig = RemoteConfig()
     devices: list[DeviceConfig] = Field(min_length=1)
     machines: list[MachineConfig] = Field(default_factory=list)
     """State, energy and usage per machine (`agent/config/machines.py`); after `devices`,

@@ -131,12 +131,32 @@ def summary(loaded: LoadedConfig) -> list[str]:
             + (f" and at shifts {', '.join(machine.shifts)} ({machine.timezone})"
                if machine.shifts else "")
         )
+    lines.append(remote_summary(loaded))
     for device in cfg.devices:
         for name, rule in cfg.rules_of(device.name):
             gate = rule.gate(cfg.sole_machine_of(device.name))
             lines.append(f"rule {name} on {device.name}: {rule.kind} of {', '.join(rule.tags)}"
                          + (f", only while {gate.describe()}" if gate else ""))
     return lines
+
+
+def remote_summary(loaded: LoadedConfig) -> str:
+    """Whether signed configurations and commands are accepted, on which topic, from whom."""
+    cfg = loaded.config
+    remote = cfg.remote
+    if not remote.enabled:
+        return "remote configuration: off (remote.enabled: false)"
+    from agent.config.signed import load_public_keys
+
+    # The model checked the files; one key id per file.
+    files = ", ".join(f"{next(iter(load_public_keys([path])))} ({path})"
+                      for path in remote.trusted_keys)
+    topic = remote.topic.format(site=cfg.gateway.site, gateway=cfg.gateway.id)
+    return (f"remote configuration: on, signed messages on {topic} from keys {files}; "
+            f"confirmed within {remote.confirm_s:g} s or rolled back; "
+            + ("may restart itself for gateway, store and log" if remote.allow_restart
+               else "gateway, store and log changes refused (no restart)")
+            + f"; this file must stay writable by the agent: {loaded.path}")
 
 
 def _host_of(endpoint: str) -> str:

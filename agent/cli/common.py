@@ -10,6 +10,8 @@ from collections.abc import Mapping
 from agent.config import ConfigError, LoadedConfig, load_config
 
 EXIT_OK, EXIT_FAILURE, EXIT_CONFIG = 0, 1, 2
+EXIT_RESTART = 75
+"""`run` stopped to apply a remote configuration at start (EX_TEMPFAIL)."""
 CONFIG_VARIABLE = "EDGE_AGENT_CONFIG"
 SYSTEM_CONFIG = "/etc/edge-agent/config.yaml"
 

@@ -17,6 +17,7 @@ from agent.cli.common import (
     EXIT_CONFIG,
     EXIT_FAILURE,
     EXIT_OK,
+    EXIT_RESTART,
     add_config_argument,
     load_or_exit,
     quiet_logs,
@@ -72,7 +73,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from agent.supervisor.runtime import run_agent
     from agent.uplink.credentials import CredentialError
 
-    async def main() -> None:
+    async def main() -> bool:
         stop, reload = asyncio.Event(), asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -80,13 +81,17 @@ def cmd_run(args: argparse.Namespace) -> int:
         # SIGHUP (systemctl reload): read the configuration file again; several in a row
         # before the reload starts make one reload.
         loop.add_signal_handler(signal.SIGHUP, reload.set)
-        await run_agent(loaded, stop, reload, Notifier())
+        return await run_agent(loaded, stop, reload, Notifier())
 
     try:
-        asyncio.run(main())
+        restart = asyncio.run(main())
     except (StoreError, CredentialError) as exc:
         log.error("agent_failed", error=str(exc))
         return EXIT_FAILURE
+    if restart:  # a pushed configuration that applies at start: systemd starts us again
+        log.info("agent_restarting", detail="to apply a remote configuration; under systemd "
+                 f"(Restart=on-failure) it starts again, exit status {EXIT_RESTART}")
+        return EXIT_RESTART
     return EXIT_OK
 
 

@@ -247,9 +247,17 @@ class RemoteConfig(_Section):
 
     @model_validator(mode="after")
     def _keys_when_enabled(self) -> RemoteConfig:
-        if self.enabled and not self.trusted_keys:
+        if not self.enabled:
+            return self
+        if not self.trusted_keys:
             raise ValueError("enabled needs at least one file in trusted_keys (the fleet "
                              "side's public key: edge-fleet keys new)")
+        from agent.config.signed import KeyFileError, load_public_keys
+
+        try:
+            load_public_keys(self.trusted_keys)
+        except KeyFileError as exc:
+            raise ValueError(f"trusted_keys: {exc}") from None
         return self
 
 

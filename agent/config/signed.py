@@ -41,10 +41,13 @@ RefusalReason = Literal[
 class Refused(Exception):
     """A message that changes nothing: `reason` (one word, counted) and what a person reads."""
 
-    def __init__(self, reason: RefusalReason, detail: str) -> None:
+    def __init__(self, reason: RefusalReason, detail: str,
+                 problems: list[str] | None = None) -> None:
         super().__init__(f"{reason}: {detail}")
         self.reason: RefusalReason = reason
         self.detail = detail
+        self.problems = problems or []
+        """For a configuration that fails the check: its problems, `where:line: what`."""
 
 
 class KeyFileError(Exception):

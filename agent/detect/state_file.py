@@ -41,8 +41,10 @@ def _json(document: Mapping[str, Any]) -> bytes:
     return json.dumps(document, separators=(",", ":")).encode()
 
 
-def _write_atomically(path: Path, content: bytes, like: os.stat_result | None = None) -> None:
-    """`like`: the owner and mode the new file takes (those of the file it replaces)."""
+def write_atomically(path: Path, content: bytes, like: os.stat_result | None = None) -> None:
+    """Replace `path` with `content`: after a power cut the old file or the new one (temporary
+    file, fsync, rename, fsync of the directory). `like`: the owner and mode the new file
+    takes (those of the file it replaces)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
     with open(tmp, "wb") as out:
@@ -106,7 +108,7 @@ def _write_slot(path: Path, number: int, document: Mapping[str, Any]) -> None:
                 return
     except FileNotFoundError:
         pass
-    _write_atomically(path, block + block)
+    write_atomically(path, block + block)
 
 
 def read_document(path: Path) -> tuple[int, Any]:
@@ -181,7 +183,7 @@ class StateFile:
                 self._number += 1
                 _write_slot(self.path, self._number, document)
             else:
-                _write_atomically(self.path, _json(document))
+                write_atomically(self.path, _json(document))
         except OSError as exc:
             log.error("detector_state_not_saved", path=str(self.path), error=str(exc))
 
@@ -193,7 +195,7 @@ class StateFile:
             like: os.stat_result | None = self.path.stat()
         except FileNotFoundError:
             like = None
-        _write_atomically(self.path, _json({**document, "schema": SCHEMA}), like)
+        write_atomically(self.path, _json({**document, "schema": SCHEMA}), like)
 
     def wait_saved(self, timeout_s: float = 10.0) -> None:
         """Block until the last snapshot is on disk (tests and the replay tool)."""

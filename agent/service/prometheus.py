@@ -89,6 +89,14 @@ def render(snapshot: Mapping[str, Any], gateway: str) -> str:
     metric("edge_agent_windows_lost_total", "counter",
            "Device windows open at a power cut, named at the next start (windows_lost), ever.",
            one(snapshot.get("windows_lost", 0)))
+    remote = snapshot.get("remote")
+    if remote is not None:
+        metric("edge_agent_remote_config_version", "gauge",
+               "The last remote configuration version accepted (docs/remote-config.md).",
+               one(remote["config_version"]))
+        metric("edge_agent_remote_refused_total", "counter",
+               "Signed messages refused since the agent started (config_rejected).",
+               one(remote["refused"]))
     metric("edge_agent_uplink_state", "gauge", "1 for the MQTT link's current state.",
            iter([({"state": s}, 1.0 if s == uplink["state"] else 0.0)
                  for s in get_args(LinkState)]))

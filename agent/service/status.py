@@ -151,6 +151,9 @@ def format_status(doc: Mapping[str, Any]) -> list[str]:
         gateway,
         f"config       {doc.get('config', '?')} (sha256 {doc['config_sha256'][:12]})",
         f"uplink       {uplink['state']}, {uplink['inflight']} in flight{error}",
+        *([(f"remote       configuration version {doc['remote']['config_version']}, "
+           f"{doc['remote']['refused']} messages refused since the start")]
+          if doc.get("remote") else []),
         waiting,
         losses,
         wear,

@@ -14,6 +14,10 @@ from agent.events import (
     ANOMALY,
     CHANGE,
     CLOCK,
+    COMMAND_ANSWER,
+    CONFIG_APPLIED,
+    CONFIG_REJECTED,
+    CONFIG_ROLLED_BACK,
     ENERGY,
     GATEWAY_DEVICE,
     HEARTBEAT,
@@ -156,6 +160,19 @@ def explain(config: AgentConfig) -> list[str]:
         f"  {topic(GATEWAY_DEVICE, 'status')}",
         "      retained: online/offline, agent version, configuration hash",
     ]
+    remote = config.remote
+    if remote.enabled:
+        command_topic = remote.topic.format(site=config.gateway.site, gateway=config.gateway.id)
+        replies = ", ".join(topic(GATEWAY_DEVICE, kind) for kind in (
+            CONFIG_APPLIED, CONFIG_REJECTED, CONFIG_ROLLED_BACK))
+        lines += [
+            f"  {replies}",
+            ("      remote configuration: each signed message received on "
+             f"{command_topic}, applied, refused (and why) or rolled back; version and hash"),
+            f"  {topic(GATEWAY_DEVICE, COMMAND_ANSWER)}",
+            ("      the answer to a signed command (relearn, reload, status, buffer stats); "
+             "status names no device shared as none"),
+        ]
     if events_only:
         lines.append("Sent only inside events (anomalies, limits, state changes), never "
                      "periodically: " + ", ".join(events_only))

@@ -6,7 +6,7 @@ equality). A device is kept when its configuration, machines, `detectors:` rules
 aggregate window are unchanged; a removed or changed one is stopped (windows and episodes
 flushed, machine counters saved), a new or changed one started (its detectors learn again).
 A changed `mqtt` recreates the uplink on the same store; `health` applies at once; a change
-of `gateway`, `store` or `log` (fixed for the process: the store's path, the identity in
+of `gateway`, `store`, `log` or `remote` (fixed for the process: the store's path, the identity in
 stored events, bound loggers) is refused and logged, and takes effect at the next start.
 """
 
@@ -43,7 +43,10 @@ def plan_reload(old: AgentConfig, new: AgentConfig) -> ReloadPlan:
         refused.append("store: commit and bound settings apply at the next start")
     if new.log != old.log:
         refused.append("log: the level applies at the next start")
-    applied = new.model_copy(update={"gateway": old.gateway, "store": old.store, "log": old.log})
+    if new.remote != old.remote:
+        refused.append("remote: enabling, keys and topic apply at the next start")
+    applied = new.model_copy(update={"gateway": old.gateway, "store": old.store, "log": old.log,
+                                     "remote": old.remote})
 
     window_same = new.aggregate == old.aggregate
     before = {d.name: d for d in old.devices}

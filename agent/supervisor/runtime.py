@@ -45,9 +45,10 @@ from agent.service.status import STATUS_SOCKET, StatusServer, heartbeat_data, pr
 from agent.service.systemd import Notifier
 from agent.store import EventStore
 from agent.store.sharing import SharingPolicy
-from agent.supervisor.reload import plan_reload
+from agent.supervisor.reload import ReloadPlan, plan_reload
+from agent.supervisor.remote import RemoteControl
 from agent.supervisor.tasks import cancel_and_wait
-from agent.uplink.client import MqttUplink
+from agent.uplink.client import CommandHandler, MqttUplink
 from agent.uplink.credentials import CredentialError
 
 __all__ = ["Supervisor", "run_agent"]
@@ -71,13 +72,24 @@ class RunningDevice:
     """What its rule detectors learned (None: it has no rules), inside `detector`."""
 
 
+def make_uplink(loaded: LoadedConfig, store: EventStore,
+                remote: RemoteControl | None) -> MqttUplink:
+    """The uplink of a configuration; with remote configuration, also its command topic.
+    Raises `CredentialError` for an unusable password or TLS file."""
+    cfg = loaded.config
+    handler: CommandHandler | None = remote.submit if remote is not None else None
+    topic = cfg.remote.topic.format(site=cfg.gateway.site, gateway=cfg.gateway.id)
+    return MqttUplink(cfg.mqtt, cfg.gateway, store, config_sha256=loaded.sha256,
+                      command_topic=topic if handler else None, on_command=handler)
+
+
 class Supervisor:
     """The running agent: its devices, its uplink, the store they share, and the changes a
     reload makes to them. Every task it starts lives in the TaskGroup of `run_agent`."""
 
     def __init__(
         self, loaded: LoadedConfig, store: EventStore, uplink: MqttUplink, clock: ClockWatch,
-        tasks: asyncio.TaskGroup, notifier: Notifier,
+        tasks: asyncio.TaskGroup, notifier: Notifier, remote: RemoteControl | None = None,
     ) -> None:
         self.loaded = loaded
         self.store = store
@@ -99,10 +111,21 @@ class Supervisor:
         self.stopping = False
         self._changing = asyncio.Lock()
         """Held by a reload and by a control request: neither sees the other half done."""
+        self.remote = remote
+        self.restarting = asyncio.Event()
+        """Set when a pushed configuration needs a restart: run_agent stops, the CLI exits
+        with EXIT_RESTART and systemd starts the agent again."""
 
     @property
     def config(self) -> AgentConfig:
         return self.loaded.config
+
+    @property
+    def uplink_connected(self) -> bool:
+        return self.uplink.connected
+
+    def restart(self) -> None:
+        self.restarting.set()
 
     def share(self, events: Iterable[Event]) -> None:
         """The one gate between detection and the store: only shared data is queued, and
@@ -209,6 +232,9 @@ class Supervisor:
             bytes_written_per_day=self.store.bytes_written_per_day(),
             windows_lost=self.open_windows.lost_total,
         )
+        if self.remote is not None:
+            data["remote"] = {"config_version": self.remote.config_version,
+                              "refused": self.remote.refused_total}
         return data
 
     async def status_document(self) -> dict[str, Any]:
@@ -222,6 +248,15 @@ class Supervisor:
         return {"gateway": self.config.gateway.id, "pid": os.getpid(),
                 "config": str(self.loaded.path), **await self.snapshot(),
                 "detectors": learning, "paused": paused}
+
+    async def status_shared(self) -> dict[str, Any]:
+        """The status document as it may leave the site (a remote `status` command): a
+        device shared as `none` is not even named."""
+        document = await self.status_document()
+        for key in ("devices", "detectors", "paused"):
+            document[key] = {name: value for name, value in document[key].items()
+                             if self._policy.device_share(name) != "none"}
+        return document
 
     # --- control ----------------------------------------------------------------------
 
@@ -286,15 +321,16 @@ class Supervisor:
 
     # --- reload -----------------------------------------------------------------------
 
-    async def reload(self) -> None:
+    async def reload(self) -> tuple[ReloadPlan | None, list[str]]:
         """Re-read the configuration file and apply what changed (agent/supervisor/reload.py).
 
         An invalid file changes nothing: its problems are logged and the agent runs on.
+        Returns the plan applied, or None and the problems.
         """
         async with self._changing:
-            await self._reload()
+            return await self._reload()
 
-    async def _reload(self) -> None:
+    async def _reload(self) -> tuple[ReloadPlan | None, list[str]]:
         self.notifier.reloading()
         try:
             loaded = await asyncio.to_thread(load_config, self.loaded.path)
@@ -302,19 +338,19 @@ class Supervisor:
             for line in exc.lines:
                 log.error("config_reload_rejected", config=str(self.loaded.path), problem=line)
             self.notifier.ready(self.running_summary() + " (reload rejected)")
-            return
+            return None, exc.lines
         plan = plan_reload(self.config, loaded.config)
         for line in plan.refused:
             log.error("config_change_refused", config=str(loaded.path), problem=line)
         new_uplink: MqttUplink | None = None
         if plan.mqtt_changed:
             try:  # before anything changes: an unusable password file keeps the old uplink
-                new_uplink = MqttUplink(loaded.config.mqtt, self.config.gateway, self.store,
-                                        config_sha256=loaded.sha256)
+                new_uplink = make_uplink(LoadedConfig(plan.config, loaded.path, loaded.sha256),
+                                         self.store, self.remote)
             except CredentialError as exc:
                 log.error("config_reload_rejected", config=str(loaded.path), problem=str(exc))
                 self.notifier.ready(self.running_summary() + " (reload rejected)")
-                return
+                return None, [str(exc)]
         await self.stop_devices(plan.stop)  # flushed through the old sharing policy
         old_health = self.config.health
         self.loaded = LoadedConfig(plan.config, loaded.path, loaded.sha256)
@@ -336,6 +372,7 @@ class Supervisor:
                  kept=plan.keep, started=plan.start, stopped=plan.stop,
                  mqtt_restarted=plan.mqtt_changed, refused=len(plan.refused))
         self.notifier.ready(self.running_summary())
+        return plan, []
 
 
 async def _wait_any(*events: asyncio.Event) -> None:
@@ -350,11 +387,12 @@ async def _wait_any(*events: asyncio.Event) -> None:
 async def run_agent(
     loaded: LoadedConfig, stop: asyncio.Event, reload: asyncio.Event | None = None,
     notifier: Notifier | None = None,
-) -> None:
+) -> bool:
     """Run until `stop` is set, then: stop polling, close windows, commit, send briefly, disconnect.
 
     Each time `reload` is set, the configuration is read again and applied. Every resource
-    enters one exit stack as it starts, so it stops in reverse order on every path.
+    enters one exit stack as it starts, so it stops in reverse order on every path. True when
+    it stopped to restart (a pushed configuration that applies at start).
     """
     cfg = loaded.config
     reload = reload or asyncio.Event()
@@ -366,8 +404,10 @@ async def run_agent(
             cfg.store_path, cfg.gateway.id, commit_interval_s=cfg.store.commit_interval_s,
             commit_max_events=cfg.store.commit_max_events, max_bytes=cfg.store.max_bytes,
             max_age_s=cfg.store.max_age_days * 86400, clock_synchronized=clock.synchronized))
+        remote = (RemoteControl(cfg.remote, cfg.gateway.id, cfg.gateway.state_dir)
+                  if cfg.remote.enabled else None)
         # Reads the password file or credential: a failure still closes the store.
-        uplink = MqttUplink(cfg.mqtt, cfg.gateway, store, config_sha256=loaded.sha256)
+        uplink = make_uplink(loaded, store, remote)
         stack.callback(log.info, "agent_stopped", gateway=cfg.gateway.id)
         if not clock.synchronized():
             log.warning("clock_not_synchronized", boot=BOOT_ID,
@@ -375,7 +415,7 @@ async def run_agent(
         log.info("agent_started", gateway=cfg.gateway.id, devices=len(cfg.devices),
                  config=str(loaded.path), config_sha256=loaded.sha256[:12], store=str(store.path))
         tasks = await stack.enter_async_context(asyncio.TaskGroup())
-        agent = Supervisor(loaded, store, uplink, clock, tasks, notifier)
+        agent = Supervisor(loaded, store, uplink, clock, tasks, notifier, remote)
         stack.push_async_callback(agent.close)
         writer = tasks.create_task(store.writer(), name="store-writer")
         watchdog = tasks.create_task(notifier.watchdog(), name="watchdog")
@@ -400,6 +440,8 @@ async def run_agent(
             tasks.create_task(agent.heartbeat(), name="heartbeat"),
             tasks.create_task(agent.keep_open_windows(), name="open-windows"),
         ]
+        if remote is not None:
+            helpers.append(tasks.create_task(remote.run(agent), name="remote"))
         stack.push_async_callback(cancel_and_wait, helpers)
         await agent.start_metrics()
         stack.push_async_callback(agent.stop_metrics)
@@ -413,15 +455,16 @@ async def run_agent(
                  form=kernels_form(), why_not_aot=why_not_aot() or None)
         notifier.ready(agent.running_summary())
         while True:
-            await _wait_any(stop, reload)
-            if stop.is_set():
+            await _wait_any(stop, reload, agent.restarting)
+            if stop.is_set() or agent.restarting.is_set():
                 break
             reload.clear()
             log.info("config_reloading", config=str(agent.loaded.path))
             await agent.reload()
-        log.info("agent_stopping")
+        log.info("agent_stopping", restart=agent.restarting.is_set())
         agent.stopping = True
         notifier.stopping()
+    return agent.restarting.is_set()
 
 
 async def _learned_state_saved() -> None:

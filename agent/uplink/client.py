@@ -16,11 +16,13 @@ import ssl
 import sys
 import threading
 import time
+from collections.abc import Callable
 from typing import Any, Self
 
 import paho.mqtt.client as mqtt
 import structlog
 from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
@@ -39,16 +41,28 @@ LOOP_STOP_WAIT_S = 1.5
 """How long `close()` waits for paho's network thread to end."""
 CLOSE_ACK_TIMEOUT_S = 1.0
 """How long `close()` waits for the PUBACK of the retained `offline` before DISCONNECT."""
+SESSION_EXPIRY_S = 7 * 86400
+"""With a command topic: how long the broker keeps our session (and the commands sent to
+it) while the agent is away."""
+COMMANDS_IN_FLIGHT = 8
+"""With a command topic: QoS 1 messages the broker may send before we acknowledge one (MQTT 5
+Receive Maximum); each is acknowledged only once handled."""
+
+CommandHandler = Callable[[bytes, Callable[[], None]], None]
+"""Called on the event loop with a message from the command topic and the function that
+acknowledges it (a no-op once the connection it came on is gone)."""
 
 
 class MqttUplink:
     def __init__(
         self, config: MqttConfig, gateway: GatewayConfig, store: EventStore, *,
-        config_sha256: str = "",
+        config_sha256: str = "", command_topic: str | None = None,
+        on_command: CommandHandler | None = None,
     ) -> None:
         """Reads the password and TLS files now: raises `CredentialError` if one is unusable.
 
-        `config_sha256` (of the configuration file) goes into the status message.
+        `config_sha256` (of the configuration file) goes into the status message. With a
+        `command_topic`, the session persists and what arrives there goes to `on_command`.
         """
         self._config = config
         self._gateway = gateway
@@ -67,6 +81,10 @@ class MqttUplink:
         self._link = LinkMonitor(config, self._loop, lambda: self._inflight.items())
         self._closing = False
         self._closed = False
+        self._command_topic = command_topic if on_command is not None else None
+        self._on_command = on_command
+        self._connection = 0
+        """Counts CONNACKs: a command is acknowledged on the connection it came on only."""
         self.status_topic = config.topic.format(
             site=gateway.site, gateway=gateway.id, device=GATEWAY_DEVICE, kind=PRESENCE_KIND
         )
@@ -109,10 +127,14 @@ class MqttUplink:
 
     def _make_client(self) -> mqtt.Client:
         cfg = self._config
+        persistent = self._command_topic is not None
         client = mqtt.Client(
             callback_api_version=CallbackAPIVersion.VERSION2,
             client_id=cfg.client_id or self._gateway.id,
             protocol=mqtt.MQTTv5 if cfg.version == "5" else mqtt.MQTTv311,
+            # Commands sent while the gateway is away wait in its session at the broker.
+            clean_session=False if persistent and cfg.version != "5" else None,
+            manual_ack=persistent,
         )
         if cfg.username is not None:
             secret = mqtt_password(cfg)
@@ -132,6 +154,7 @@ class MqttUplink:
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
         client.on_publish = self._on_publish
+        client.on_message = self._on_message
         return client
 
     def _status(self, status: PresenceState) -> bytes:
@@ -172,6 +195,10 @@ class MqttUplink:
     ) -> None:
         self._loop.call_soon_threadsafe(self._disconnected, reason)
 
+    def _on_message(self, _c: mqtt.Client, _u: Any, message: mqtt.MQTTMessage) -> None:
+        self._loop.call_soon_threadsafe(self._command_received, message.mid, message.qos,
+                                        bytes(message.payload))
+
     def _on_publish(
         self, _c: mqtt.Client, _u: Any, mid: int, reason: ReasonCode, _p: Properties | None
     ) -> None:
@@ -196,7 +223,24 @@ class MqttUplink:
             return
         # The birth: retained, so a subscriber that comes later still learns we are up.
         self._client.publish(self.status_topic, self._status("online"), qos=1, retain=True)
+        self._connection += 1
+        if self._command_topic is not None:  # again each time: the session may be new
+            self._client.subscribe(self._command_topic, qos=1)
         self._connected.set()
+
+    def _command_received(self, mid: int, qos: int, payload: bytes) -> None:
+        if self._closing or self._on_command is None:
+            return  # not acknowledged: the broker sends it again to the next connection
+        connection = self._connection
+        done = False
+
+        def ack() -> None:  # once; on the connection the message came on only
+            nonlocal done
+            if not done and qos > 0 and connection == self._connection and self.connected:
+                self._client.ack(mid, qos)
+            done = True
+
+        self._on_command(payload, ack)
 
     def _connect_failed(self, exc: BaseException | None) -> None:
         # paho retries with backoff; the monitor logs one line per fault, not one per attempt.
@@ -236,7 +280,14 @@ class MqttUplink:
             "mqtt_connecting", host=cfg.host, port=cfg.effective_port, tls=cfg.tls.enabled,
             client_id=cfg.client_id or self._gateway.id,
         )
-        self._client.connect_async(cfg.host, cfg.effective_port, keepalive=cfg.keepalive_s)
+        if self._command_topic is not None and cfg.version == "5":
+            session = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
+            session.SessionExpiryInterval = SESSION_EXPIRY_S
+            session.ReceiveMaximum = COMMANDS_IN_FLIGHT
+            self._client.connect_async(cfg.host, cfg.effective_port, keepalive=cfg.keepalive_s,
+                                       clean_start=False, properties=session)
+        else:
+            self._client.connect_async(cfg.host, cfg.effective_port, keepalive=cfg.keepalive_s)
         self._client.loop_start()
         order = SendOrder(
             self._store.last_seq, replay_rate_per_s=cfg.replay_rate_per_s, now_s=self._loop.time()

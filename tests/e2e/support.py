@@ -368,3 +368,13 @@ def publish_sentinel(host: str, port: int, topic: str) -> None:
 
 def is_sentinel(message: Received) -> bool:
     return message.device == SENTINEL_DEVICE
+
+
+def stop_and_collect(agent: AgentProcess, broker: Any, collector: RawCollector,
+                     sentinel_topic: str) -> list[Received]:
+    """SIGTERM, exit 0, and everything the agent sent, up to a sentinel published after it."""
+    assert agent.terminate() == 0
+    publish_sentinel(broker.host, broker.port, sentinel_topic)
+    got = collector.wait_for(lambda ms: any(is_sentinel(m) for m in ms), timeout_s=30,
+                             what="the sentinel")
+    return [m for m in got if not is_sentinel(m)]

@@ -17,7 +17,7 @@ from support import (
     agent_config,
     is_sentinel,
     modbus_device,
-    publish_sentinel,
+    stop_and_collect,
 )
 
 from agent.testing import Mosquitto, wait_until
@@ -34,16 +34,6 @@ def of(messages: list[Received], kind: str, device: str) -> list[Received]:
 
 def up(device: str) -> object:
     return lambda ms: any(m.data.get("status") == "up" for m in of(ms, "device_health", device))
-
-
-def stop_and_collect(agent: AgentProcess, broker: Mosquitto, collector: RawCollector
-                     ) -> list[Received]:
-    """SIGTERM, exit 0, and everything the agent sent, up to a sentinel published after it."""
-    assert agent.terminate() == 0
-    publish_sentinel(broker.host, broker.port, SENTINEL_TOPIC)
-    got = collector.wait_for(lambda ms: any(is_sentinel(m) for m in ms), timeout_s=30,
-                             what="the sentinel")
-    return [m for m in got if not is_sentinel(m)]
 
 
 def assert_no_gap(messages: list[Received]) -> None:
@@ -71,7 +61,7 @@ def test_reload_adding_a_device_keeps_the_open_window_of_the_first(
         # is checked below is that its samples from both sides end up in one window.
         wait_until(lambda: time.time_ns() > reload_ns + 1_000_000_000, timeout_s=5,
                    what="a second after the reload")
-        received = stop_and_collect(agent, mosquitto, collector)
+        received = stop_and_collect(agent, mosquitto, collector, SENTINEL_TOPIC)
 
     [window] = of(received, "window", "compressor-1")  # not flushed by the reload
     data = window.data
@@ -118,7 +108,7 @@ def test_invalid_configuration_is_rejected_and_the_agent_runs_on(
         after = len(collector.snapshot())
         collector.wait_for(lambda ms: len(of(ms[after:], "window", "compressor-1")) >= 2,
                            timeout_s=30, what="windows after the rejected reload")
-        received = stop_and_collect(agent, mosquitto, collector)
+        received = stop_and_collect(agent, mosquitto, collector, SENTINEL_TOPIC)
     assert_no_gap(received)
 
 
@@ -141,6 +131,6 @@ def test_mqtt_change_recreates_the_uplink_without_losing_an_event(
         after = len(collector.snapshot())
         collector.wait_for(lambda ms: len(of(ms[after:], "window", "compressor-1")) >= 2,
                            timeout_s=30, what="windows after the reload")
-        received = stop_and_collect(agent, mosquitto, collector)
+        received = stop_and_collect(agent, mosquitto, collector, SENTINEL_TOPIC)
     assert_no_gap(received)
     assert [s.status for _, s, _ in collector.statuses].count("online") >= 2

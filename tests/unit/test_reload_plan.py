@@ -81,3 +81,14 @@ def test_a_changed_detector_rule_restarts_only_its_device() -> None:
     added = plan_reload(old, config(device("a"), device("b"), detectors=[
         rule, {"device": "b", "kind": "stuck", "tags": ["power_w"]}]))
     assert added.keep == ["a"] and added.start == ["b"]
+
+
+def test_the_remote_section_is_kept_until_the_next_start(tmp_path: Any) -> None:
+    from agent.config.signed import new_key_pair
+
+    (tmp_path / "fleet.pub").write_bytes(new_key_pair()[1])
+    old = config(device("a"))
+    new = config(device("a"), remote={"enabled": True, "trusted_keys": [tmp_path / "fleet.pub"]})
+    plan = plan_reload(old, new)
+    assert plan.refused == ["remote: enabling, keys and topic apply at the next start"]
+    assert plan.config.remote == old.remote and plan.keep == ["a"]

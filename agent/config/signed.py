@@ -16,7 +16,7 @@ import base64
 import binascii
 import hashlib
 import json
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -101,12 +101,7 @@ def load_public_keys(paths: Iterable[Path]) -> dict[str, Ed25519PublicKey]:
 
     keys = {}
     for path in paths:
-        try:
-            key = serialization.load_pem_public_key(path.read_bytes())
-        except OSError as exc:
-            raise KeyFileError(f"{path}: {exc.strerror or exc}") from exc
-        except (ValueError, TypeError) as exc:
-            raise KeyFileError(f"{path}: not a PEM public key ({exc})") from exc
+        key = _read_pem(path, serialization.load_pem_public_key, "a PEM public key")
         if not isinstance(key, Ed25519PublicKey):
             raise KeyFileError(f"{path}: an Ed25519 public key is expected, "
                                f"not {type(key).__name__}")
@@ -119,16 +114,21 @@ def load_private_key(path: Path) -> Ed25519PrivateKey:
     from cryptography.hazmat.primitives import serialization
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-    try:
-        key = serialization.load_pem_private_key(path.read_bytes(), password=None)
-    except OSError as exc:
-        raise KeyFileError(f"{path}: {exc.strerror or exc}") from exc
-    except (ValueError, TypeError) as exc:
-        raise KeyFileError(f"{path}: not an unencrypted PEM private key ({exc})") from exc
+    key = _read_pem(path, lambda data: serialization.load_pem_private_key(data, password=None),
+                    "an unencrypted PEM private key")
     if not isinstance(key, Ed25519PrivateKey):
         raise KeyFileError(f"{path}: an Ed25519 private key is expected, "
                            f"not {type(key).__name__}")
     return key
+
+
+def _read_pem(path: Path, parse: Callable[[bytes], object], what: str) -> object:
+    try:
+        return parse(path.read_bytes())
+    except OSError as exc:
+        raise KeyFileError(f"{path}: {exc.strerror or exc}") from exc
+    except (ValueError, TypeError) as exc:
+        raise KeyFileError(f"{path}: not {what} ({exc})") from exc
 
 
 def sign(body: Mapping[str, Any], private: Ed25519PrivateKey) -> bytes:

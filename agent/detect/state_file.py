@@ -56,11 +56,16 @@ def write_atomically(path: Path, content: bytes, like: os.stat_result | None = N
         out.flush()
         os.fsync(out.fileno())
     os.replace(tmp, path)
-    directory = os.open(path.parent, os.O_RDONLY)
+    sync_directory(path.parent)
+
+
+def sync_directory(directory: Path) -> None:
+    """A rename in `directory` made durable (fsync of the directory itself)."""
+    fd = os.open(directory, os.O_RDONLY)
     try:
-        os.fsync(directory)
+        os.fsync(fd)
     finally:
-        os.close(directory)
+        os.close(fd)
 
 
 _SLOT_MAGIC = b"EASLOT01"

@@ -28,7 +28,7 @@ import structlog
 from agent.config import ConfigError, LoadedConfig, load_config
 from agent.config.models import RemoteConfig
 from agent.config.signed import KeyFileError, Refused, Signed, load_public_keys, open_signed
-from agent.detect.state_file import write_atomically
+from agent.detect.state_file import sync_directory, write_atomically
 from agent.events import (
     COMMAND_ANSWER,
     CONFIG_APPLIED,
@@ -358,11 +358,7 @@ def _swap_in(path: Path, incoming: Path) -> None:
     so a kill between them leaves the old file or the new one, never half of one."""
     write_atomically(_previous(path), path.read_bytes(), path.stat())
     os.replace(incoming, path)
-    directory = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(directory)
-    finally:
-        os.close(directory)
+    sync_directory(path.parent)
 
 
 def _restore_previous(path: Path) -> bool:

@@ -133,17 +133,13 @@ HOST_ARCH := $(shell dpkg --print-architecture 2>/dev/null)
 ARCH := $(HOST_ARCH)
 .PHONY: deb
 # The package's compiled kernels are kept between builds (a minute each), keyed by what they
-# are made from besides their source: the pinned numba and numpy, the kernel package's code,
-# the interpreter and the compiler (as build-deb-emulated.sh does for other architectures).
+# are made from besides their source (packaging/kernel-cache.sh; build-deb-emulated.sh keeps
+# its own for other architectures).
 KERNEL_CACHE_ROOT ?= $(HOME)/.cache/edge-agent
 ifeq ($(ARCH),$(HOST_ARCH))
 deb: venv
-	key=$$( { cat constraints.txt agent/detect/kernels/*.py; /usr/bin/python3 -VV; gcc --version; } \
-	    | sha256sum | cut -c1-16); \
-	cache="$(KERNEL_CACHE_ROOT)/kernels-native-$(HOST_ARCH)-$$key"; \
-	mkdir -p "$$cache"; \
-	find "$(KERNEL_CACHE_ROOT)" -maxdepth 1 -name 'kernels-native-$(HOST_ARCH)-*' ! -path "$$cache" \
-	    -exec rm -rf {} +; \
+	cache=$$(KERNEL_CACHE_ROOT=$(KERNEL_CACHE_ROOT) packaging/kernel-cache.sh dir \
+	    native-$(HOST_ARCH) /usr/bin/python3) && \
 	packaging/build-deb.sh --out $(DEB_DIR) --kernel-cache "$$cache"
 else
 deb: container-tools qemu-user

@@ -93,16 +93,10 @@ PIP_DISABLE_PIP_VERSION_CHECK=1 "$pip" --python "$venv/bin/python" install --qui
 # The C compiler writes source paths into the extension (__FILE__, debug info): they are
 # made to name the installed venv, not the staging tree (so a cached one fits any build).
 kernels_dir=$(echo "$venv"/lib/python3*/site-packages/agent/detect/kernels)
-if [ -n "$kernel_cache" ]; then
-    mkdir -p "$kernel_cache"
-    find "$kernel_cache" -maxdepth 1 -name '_aot_*.so' -exec cp {} "$kernels_dir/" \;
-fi
+[ -z "$kernel_cache" ] || "$here/kernel-cache.sh" restore "$kernel_cache" "$kernels_dir"
 CFLAGS="${CFLAGS:-} -ffile-prefix-map=$stage$prefix=$prefix" PYTHONDONTWRITEBYTECODE=1 \
     "$venv/bin/python" -P -m agent.detect.kernels.build
-if [ -n "$kernel_cache" ]; then
-    find "$kernel_cache" -maxdepth 1 -name '_aot_*.so' -delete
-    cp "$kernels_dir"/_aot_*.so "$kernel_cache/"
-fi
+[ -z "$kernel_cache" ] || "$here/kernel-cache.sh" save "$kernel_cache" "$kernels_dir"
 # edge-agent(1) from the argparse definitions, with the defaults a gateway sees (-c: /etc).
 env -u EDGE_AGENT_CONFIG PYTHONDONTWRITEBYTECODE=1 "$venv/bin/python" -P -c \
     'import sys; from argparse_manpage.cli import main; sys.exit(main())' \

@@ -14,6 +14,8 @@
 #                  The venv under DIR names DIR in its scripts: it runs where it is.
 #   --python       the interpreter the venv is made from (default: python3)
 #   --source       the project directory (default: this script's) or a built wheel
+#   --kernel-cache DIR  compiled kernels taken from DIR when it holds them for this source,
+#                  and left there (packaging/kernel-cache.sh; tests and repeated installs)
 set -euo pipefail
 # The venv's Python imports the agent it installs, never one a PYTHONPATH names (a source
 # checkout's: the kernels would be compiled there, and the package shipped without them).
@@ -24,13 +26,15 @@ project=$(dirname "$here")
 prefix=/
 python=python3
 source=$project
+kernel_cache=
 
 while [ $# -gt 0 ]; do
     case "$1" in
         --prefix) prefix=$2; shift 2 ;;
         --python) python=$2; shift 2 ;;
         --source) source=$2; shift 2 ;;
-        -h|--help) sed -n '2,18p' "$0"; exit 0 ;;
+        --kernel-cache) kernel_cache=$2; shift 2 ;;
+        -h|--help) sed -n '2,20p' "$0"; exit 0 ;;
         *) echo "install.sh: unknown option $1 (see --help)" >&2; exit 2 ;;
     esac
 done
@@ -69,7 +73,10 @@ export PIP_DISABLE_PIP_VERSION_CHECK=1
 # numba.pycc needs setuptools to compile (a venv of Python >= 3.12 has none); -P: the
 # installed agent, not a source tree in the working directory.
 "$venv/bin/python" -c 'import setuptools' 2>/dev/null || "$venv/bin/pip" install --quiet setuptools
+kernels_dir=$(echo "$venv"/lib/python3*/site-packages/agent/detect/kernels)
+[ -z "$kernel_cache" ] || "$here/kernel-cache.sh" restore "$kernel_cache" "$kernels_dir"
 "$venv/bin/python" -P -m agent.detect.kernels.build
+[ -z "$kernel_cache" ] || "$here/kernel-cache.sh" save "$kernel_cache" "$kernels_dir"
 # No program that writes to a PLC stays on the gateway (asyncua's tools, plc-sim, ...).
 "$here/read-only-venv.sh" "$venv"
 

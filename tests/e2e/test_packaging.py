@@ -314,9 +314,14 @@ def test_installed_unit_verifies_and_its_binary_runs_at_the_real_path(
 def test_install_script_builds_the_tree_under_a_prefix_twice(tmp_path: Path) -> None:
     prefix = tmp_path / "gateway"
     script = ROOT / "packaging/install.sh"
+    # The kernels compiled once per source and interpreter (a minute), as `make deb` keeps them.
+    cache = subprocess.run([str(ROOT / "packaging/kernel-cache.sh"), "dir", "install",
+                            sys.executable], check=True, capture_output=True, text=True
+                           ).stdout.strip()
     for _ in range(2):  # the second run upgrades in place
         result = subprocess.run(
-            [str(script), "--prefix", str(prefix), "--python", sys.executable],
+            [str(script), "--prefix", str(prefix), "--python", sys.executable,
+             "--kernel-cache", cache],
             check=False, capture_output=True, text=True, timeout=300,
         )
         assert result.returncode == 0, result.stdout + result.stderr

@@ -40,9 +40,10 @@ cache=$(dirname "$tarball")
 pip_cache="$cache/pip-$arch"
 # The kernels compiled under emulation (8 minutes on 2 cores) are kept between builds, keyed
 # by what they are made from besides their source (whose digest names the file): the pinned
-# numba, llvmlite and numpy, the kernel package's code, and the root with its compiler.
-kernel_key=$(cd "$project" && { basename "$tarball"; cat constraints.txt agent/detect/kernels/*.py; } \
-    | sha256sum | cut -c1-16)
+# numba, llvmlite and numpy (not the other pins: a new one must not cost 8 minutes), the
+# kernel package's code, and the root with its compiler.
+kernel_key=$(cd "$project" && { basename "$tarball"; grep -E '^(numba|llvmlite|numpy)==' constraints.txt
+    cat agent/detect/kernels/*.py; } | sha256sum | cut -c1-16)
 kernel_cache="$cache/kernels-$arch-$kernel_key"
 mkdir -p "$pip_cache" "$kernel_cache" "$out"
 find "$cache" -maxdepth 1 -name "kernels-$arch-*" ! -path "$kernel_cache" -exec rm -rf {} +

@@ -69,7 +69,11 @@ class ConfigApply:
         path = agent.loaded.path
         text = signed.config.encode()
         incoming = path.with_name(path.name + ".incoming")
-        await asyncio.to_thread(write_atomically, incoming, text)
+        try:
+            await asyncio.to_thread(write_atomically, incoming, text)
+        except OSError as exc:
+            raise Refused("apply_failed", f"cannot write beside {path} ({exc}): its folder "
+                          "must be writable by the agent (docs/remote-config.md)") from None
         try:
             loaded = await asyncio.to_thread(load_config, incoming)
             restart = self._restart_needed(agent.loaded, loaded)
@@ -92,7 +96,11 @@ class ConfigApply:
         }
         await self._keep(pending)
         ack()  # decided and on disk: a delivery again would be a replay
-        await asyncio.to_thread(_swap_in, path, incoming)
+        try:
+            await asyncio.to_thread(_swap_in, path, incoming)
+        except OSError as exc:  # the running file is still the old one
+            await self._keep(None)
+            raise Refused("apply_failed", f"cannot replace {path} ({exc})") from None
         log.info("remote_config_written", version=signed.version, path=str(path),
                  restart=restart)
         if restart:

@@ -34,7 +34,7 @@ STATE_FILE = "remote.json"
 """In `gateway.state_dir`: versions seen, the last digests, an application under way."""
 INBOX_SIZE = 64
 """Messages waiting to be handled; more (a flood at QoS 0) are dropped and counted."""
-REJECTIONS_PER_MINUTE = 10
+REJECTIONS_PER_MINUTE = 20
 """`config_rejected` events at most this often; every refusal is counted all the same."""
 
 
@@ -126,6 +126,12 @@ class RemoteControl:
                 await self._command(agent, signed)
         except Refused as refused:
             self._reject(agent, signed, refused)
+        except OSError as exc:  # the state directory: full, read-only
+            self._reject(agent, signed, Refused("apply_failed", f"cannot write "
+                                                f"{exc.filename or self._state_path}: {exc}"))
+        except Exception as exc:  # a bug: answered and logged; a message never stops the agent
+            log.exception("remote_message_failed", type=signed.type if signed else None)
+            self._reject(agent, signed, Refused("apply_failed", f"{type(exc).__name__}: {exc}"))
 
     def _take_version(self, signed: Signed) -> None:
         """The version must grow: an older message (a replay) changes nothing."""

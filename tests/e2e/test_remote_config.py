@@ -165,6 +165,16 @@ def test_pushes_applied_refused_and_rolled_back(
         assert config.read_text() == second, "no refused message changed the file"
         assert agent.process.poll() is None
 
+        # Nowhere to write the new file (a directory stands where it goes): refused, and the
+        # agent runs on.
+        blocker = config.with_name("config.yaml.incoming")
+        blocker.mkdir()
+        fleet.publish(fleet.message(10, config=first))
+        failed = wait_event(collector, "config_rejected", count=len(refusals) + 1).data
+        assert failed["reason"] == "apply_failed" and "writable" in failed["detail"], failed
+        blocker.rmdir()
+        assert config.read_text() == second and agent.process.poll() is None
+
         # A flood of forgeries: each refused and counted; the events about them are capped.
         flood = 25
         for n in range(flood):
@@ -175,11 +185,14 @@ def test_pushes_applied_refused_and_rolled_back(
             assert answer["ok"] and answer["command"] == command, answer
         answers = [m.data["answer"] for m in events(collector.snapshot(), "command_answer")]
         assert set(answers[0]["devices"]) == {"compressor-1", "compressor-2"}
-        assert answers[0]["remote"]["refused"] == len(refusals) + flood
+        refused_total = len(refusals) + 1 + flood
+        assert answers[0]["remote"]["refused"] == refused_total
         assert answers[1]["store_id"] and "depth" in answers[1]
         assert answers[2]["kept"] == ["compressor-1", "compressor-2"]
-        assert len(events(collector.snapshot(), "config_rejected")) == len(refusals)
-        assert len(agent.logged("remote_message_refused")) == len(refusals) + flood
+        reported = events(collector.snapshot(), "config_rejected")
+        assert len(reported) == 20, "at most 20 a minute"
+        assert reported[-1].data["refused_total"] == 20
+        assert len(agent.logged("remote_message_refused")) == refused_total
 
         # compressor-2 moved to a port nobody serves: not up within confirm_s, rolled back.
         fleet.publish(fleet.message(11, config=dead))

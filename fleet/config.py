@@ -7,6 +7,7 @@ environment variable, never in the file).
 
 from __future__ import annotations
 
+import string
 from pathlib import Path
 from typing import Any
 
@@ -38,12 +39,28 @@ class FleetMqtt(Settings):
     """What the agents publish to, as a filter: their `{site}/{gateway}/{device}/{kind}`."""
     session_expiry_s: float = Field(default=7 * 86400.0, ge=0)
     """How long the broker keeps the session (and queues events) of an ingest that is down."""
+    command_topic: str = "{site}/{gateway}/_command"
+    """Where `edge-fleet config push` and `edge-fleet command` publish a gateway's signed
+    messages: the agents' `remote.topic`, with the same `{site}` and `{gateway}` fields."""
     tls: FleetTls = FleetTls()
 
     @field_validator("tls", mode="before")
     @classmethod
     def _tls_shorthand(cls, value: Any) -> Any:
         return {"enabled": value} if isinstance(value, bool) else value
+
+    @field_validator("command_topic")
+    @classmethod
+    def _command_topic_fields(cls, topic: str) -> str:
+        used = {name for _, name, _, _ in string.Formatter().parse(topic) if name is not None}
+        if used - {"site", "gateway"}:
+            raise ValueError("the command topic may use only {site} and {gateway}")
+        if "{gateway}" not in topic:
+            raise ValueError("the command topic must name the gateway ({gateway}): each "
+                             "gateway has its own")
+        if "+" in topic or "#" in topic:
+            raise ValueError("the command topic cannot hold the wildcards '+' or '#'")
+        return topic
 
     @property
     def effective_port(self) -> int:

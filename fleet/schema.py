@@ -6,8 +6,10 @@ key (a resend carries the same id) and the completeness ledger's source: one row
 (gateway, store, seq) received. Views give the kinds their columns: `windows` (one row
 per tag), `states`, `energy`, `episodes` (anomaly and limit), `device_health`,
 `heartbeats`; `gateway_status` keeps each gateway's retained status message; `clocks` each
-boot's reference for the events made before its clock was synchronized. Statements
-are idempotent: `migrate` runs them at every start.
+boot's reference for the events made before its clock was synchronized;
+`config_pushes` each signed configuration `edge-fleet config push` published (its YAML
+text, for the history and the diff of the fleet view). Statements are idempotent:
+`migrate` runs them at every start.
 """
 
 from __future__ import annotations
@@ -83,6 +85,20 @@ CREATE TABLE IF NOT EXISTS gateway_status (
     time timestamptz NOT NULL,
     received_at timestamptz NOT NULL DEFAULT now()
 );
+
+-- What `edge-fleet config push` published (once the broker acknowledged it); what the
+-- gateway made of it comes back as events (config_applied, config_rejected, ...).
+CREATE TABLE IF NOT EXISTS config_pushes (
+    gateway text NOT NULL,
+    version bigint NOT NULL,
+    sha256 text NOT NULL,
+    yaml text NOT NULL,
+    key_id text NOT NULL,
+    pushed_at timestamptz NOT NULL DEFAULT now(),
+    expires_at timestamptz NOT NULL,
+    PRIMARY KEY (gateway, version)
+);
+CREATE INDEX IF NOT EXISTS config_pushes_sha256 ON config_pushes (gateway, sha256);
 
 CREATE OR REPLACE VIEW windows AS
 SELECT e.gateway, e.device, e.seq, e.time,

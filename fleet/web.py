@@ -3,7 +3,8 @@
 A Starlette application rendering Jinja2 templates on the server, with plots as inline
 SVG (`fleet.plots`): every asset ships in the package, nothing is fetched from elsewhere.
 Pages: the fleet (gateways online or not, version, config, store depth, last heard), a
-gateway (its devices up, degraded or down and why), a device (its machine's state
+gateway (its devices up, degraded or down and why; its configuration version, the history
+of pushes and the gateway's answers, the diff of the last change applied), a device (its machine's state
 timeline, energy per state per day or shift, idle share, usage, starts, peak demand, any
 tag's windows over a span, anomaly and limit episodes with their context) and the
 completeness report. Every page but the login needs a session (a signed cookie).
@@ -31,7 +32,7 @@ from starlette.responses import HTMLResponse, RedirectResponse, Response
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
-from fleet import queries
+from fleet import config_history, queries
 from fleet.auth import verify_password
 from fleet.completeness import StoreReport, completeness, format_ranges
 from fleet.config import FleetConfig
@@ -94,7 +95,9 @@ def make_app(config: FleetConfig) -> Starlette:
         async with await psycopg.AsyncConnection.connect(dsn) as conn:
             devices = await queries.devices(conn, gateway)
         report = next(iter(await asyncio.to_thread(_reports, dsn, gateway)), None)
-        return page("gateway.html", request, gateway=gateway, devices=devices, report=report)
+        config, history, change = await asyncio.to_thread(_config_view, dsn, gateway)
+        return page("gateway.html", request, gateway=gateway, devices=devices, report=report,
+                    config=config, history=history, change=change)
 
     async def device_page(request: Request) -> Response:
         gateway, device = request.path_params["gateway"], request.path_params["device"]
@@ -163,6 +166,18 @@ def make_app(config: FleetConfig) -> Starlette:
 def _reports(dsn: str, gateway: str | None) -> list[StoreReport]:
     with psycopg.connect(dsn) as conn:
         return completeness(conn, gateway)
+
+
+def _config_view(dsn: str, gateway: str) -> tuple[config_history.ConfigStatus,
+                                                  list[config_history.Outcome],
+                                                  config_history.Change | None]:
+    with psycopg.connect(dsn) as conn:
+        try:
+            return (config_history.config_status(conn, gateway)[0],
+                    config_history.outcomes(conn, gateway),
+                    config_history.last_change(conn, gateway))
+        except psycopg.errors.UndefinedTable:  # a database the ingest has not migrated yet
+            return config_history.ConfigStatus(gateway), [], None
 
 
 def _moment(text: str | None) -> dt.datetime | None:

@@ -4,6 +4,9 @@ by headless Chromium (Selenium and Debian's chromedriver)."""
 
 from __future__ import annotations
 
+import datetime as dt
+import difflib
+import hashlib
 import shutil
 import subprocess
 import time
@@ -11,6 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import psycopg
 import pytest
 
 from agent.events import Event, encode
@@ -18,6 +22,7 @@ from agent.testing import console_script, free_tcp_port, port_open, stop_process
 from agent.testing.postgres import Postgres, postgres_bin_dir
 from agent.uplink.presence import Presence, encode_presence
 from fleet.auth import hash_password
+from fleet.config_history import Push, record_push
 from fleet.database import FleetDatabase, Received
 
 CHROMIUM, DRIVER = shutil.which("chromium"), shutil.which("chromedriver")
@@ -35,7 +40,7 @@ S = 1_000_000_000
 
 def seeded(pg: Postgres) -> None:
     """An hour of one gateway: a compressor cycling, its energy, a tag, an anomaly, a limit,
-    and a meter that went down."""
+    a meter that went down, and three configurations pushed (two applied, one refused)."""
     now = time.time_ns()
     t0 = now - 3600 * S
     seq = iter(range(1, 10_000))
@@ -81,15 +86,52 @@ def seeded(pg: Postgres) -> None:
     out.append(Received("plant/gw-1/_gateway/status", encode_presence(
         Presence("gw-1", "online", "0.1.0", "ab" * 32, t0))))
     out += silent_gateway(t0)
+    pushes = configurations(t0, add)
     db = FleetDatabase.connect(pg.dsn)
     try:
         db.store(out)
+        with db.conn.transaction():
+            for push, at in pushes:
+                record_push(db.conn, push)
+                db.conn.execute("UPDATE config_pushes SET pushed_at = %s WHERE version = %s",
+                                (at, push.version))
         # Its last message arrived two hours ago, though its status still says online.
         db.conn.execute("UPDATE event_ids SET received_at = now() - interval '2 hours' "
                         "WHERE gateway = 'gw-2'")
         db.conn.commit()
     finally:
         db.close()
+
+
+CONFIG_V1 = """\
+gateway: {id: gw-1, site: plant}
+mqtt: {host: broker.example}
+remote: {enabled: true, trusted_keys: [/etc/edge-agent/fleet.key.pub]}
+devices:
+  - {name: meter, protocol: modbus-tcp, host: 10.0.0.5, tags: [{name: power_w, address: 30001}]}
+"""
+CONFIG_V2 = CONFIG_V1.replace("10.0.0.5", "10.0.0.6").replace(
+    "devices:", "# the new meter <b>not bold</b> & \"quoted\"\ndevices:")
+
+
+def configurations(t0: int, add: Any) -> list[tuple[Push, dt.datetime]]:
+    """Versions 1 and 2 pushed and applied, version 3 refused as invalid (the gateway's
+    events through `add`); the pushes with the time each was made."""
+    texts = {1: CONFIG_V1, 2: CONFIG_V2, 3: CONFIG_V2 + "bogus: 1\n"}
+    sha = {v: hashlib.sha256(t.encode()).hexdigest() for v, t in texts.items()}
+    add("config_applied", "_gateway", t0 + 100 * S, {
+        "version": 1, "sha256": sha[1], "previous_sha256": "00" * 32, "key": "k1",
+        "kept": [], "started": ["meter"], "stopped": [], "mqtt_restarted": False})
+    add("config_applied", "_gateway", t0 + 200 * S, {
+        "version": 2, "sha256": sha[2], "previous_sha256": sha[1], "key": "k1",
+        "kept": ["compressor-1"], "started": ["meter"], "stopped": ["meter"],
+        "mqtt_restarted": False})
+    add("config_rejected", "_gateway", t0 + 300 * S, {
+        "type": "config", "version": 3, "reason": "invalid_config", "detail": "1 problem",
+        "refused_total": 1, "problems": ["config.yaml:7: bogus: unknown key 'bogus'"]})
+    expires = dt.datetime.fromtimestamp(t0 / 1e9 + 8 * 86400, dt.UTC)
+    return [(Push("gw-1", v, sha[v], texts[v], "k1", expires),
+             dt.datetime.fromtimestamp(t0 / 1e9 + 100 * v - 10, dt.UTC)) for v in texts]
 
 
 def silent_gateway(t0: int) -> list[Received]:
@@ -109,12 +151,17 @@ def silent_gateway(t0: int) -> list[Received]:
 
 
 @pytest.fixture
-def server(tmp_path: Path) -> Iterator[str]:
+def pg() -> Iterator[Postgres]:
     with Postgres() as pg:
         seeded(pg)
-        port = free_tcp_port()
-        config = tmp_path / "fleet.yaml"
-        config.write_text(f"""
+        yield pg
+
+
+@pytest.fixture
+def server(pg: Postgres, tmp_path: Path) -> Iterator[str]:
+    port = free_tcp_port()
+    config = tmp_path / "fleet.yaml"
+    config.write_text(f"""
 mqtt: {{host: 127.0.0.1, tls: false}}
 database: {{dsn: "{pg.dsn}"}}
 serve:
@@ -122,16 +169,16 @@ serve:
   session_secret: "{'s' * 40}"
   users: {{tech: "{hash_password(PASSWORD)}"}}
 """)
-        with open(tmp_path / "serve.log", "w") as log:
-            process = subprocess.Popen([console_script("edge-fleet"), "serve", "-c", str(config)],
-                                       stderr=log, stdout=subprocess.DEVNULL)
-        try:
-            wait_until(lambda: port_open("127.0.0.1", port) or process.poll() is not None,
-                       timeout_s=30, what="edge-fleet serve listening")
-            assert process.poll() is None, (tmp_path / "serve.log").read_text()
-            yield f"http://127.0.0.1:{port}"
-        finally:
-            stop_process(process)
+    with open(tmp_path / "serve.log", "w") as log:
+        process = subprocess.Popen([console_script("edge-fleet"), "serve", "-c", str(config)],
+                                   stderr=log, stdout=subprocess.DEVNULL)
+    try:
+        wait_until(lambda: port_open("127.0.0.1", port) or process.poll() is not None,
+                   timeout_s=30, what="edge-fleet serve listening")
+        assert process.poll() is None, (tmp_path / "serve.log").read_text()
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        stop_process(process)
 
 
 @pytest.fixture
@@ -154,7 +201,7 @@ def browser() -> Iterator[Any]:
         driver.quit()
 
 
-def test_the_fleet_view_behind_its_login(server: str, browser: Any) -> None:
+def test_the_fleet_view_behind_its_login(server: str, pg: Postgres, browser: Any) -> None:
     from selenium.webdriver.common.by import By
 
     ARTEFACTS.mkdir(parents=True, exist_ok=True)
@@ -189,6 +236,7 @@ def test_the_fleet_view_behind_its_login(server: str, browser: Any) -> None:
     assert "meter down timeout: no answer within 1.0 s" in devices, devices
     assert "compressor-1 up" in devices and "compressor" in devices
     assert "complete" in browser.find_element(By.ID, "completeness").text
+    configuration_shown_as_stored(browser, pg.dsn)
     shot("gateway")
     browser.find_element(By.LINK_TEXT, "compressor-1").click()
 
@@ -220,3 +268,36 @@ def test_the_fleet_view_behind_its_login(server: str, browser: Any) -> None:
     assert "missing 3: dropped by the agent (window)" in gap, gap
     assert "missing 4: unexplained" in gap and "1 unexplained gap" in gap, gap
     shot("completeness")
+
+
+def configuration_shown_as_stored(browser: Any, dsn: str) -> None:
+    """The gateway page's configuration: the version applied, the history newest first with
+    its reasons, and the diff of the last change, each as the database holds it."""
+    from selenium.webdriver.common.by import By
+
+    with psycopg.connect(dsn) as conn:
+        [(version, sha, previous)] = conn.execute(
+            "SELECT (data->>'version')::int, data->>'sha256', data->>'previous_sha256' "
+            "FROM events WHERE gateway = 'gw-1' AND kind = 'config_applied' "
+            "ORDER BY time DESC LIMIT 1").fetchall()
+        texts = dict(conn.execute("SELECT sha256, yaml FROM config_pushes "
+                                  "WHERE gateway = 'gw-1'").fetchall())
+        history = conn.execute(
+            "SELECT what, version FROM (SELECT pushed_at AS at, 'pushed' AS what, version "
+            "FROM config_pushes WHERE gateway = 'gw-1' UNION ALL SELECT time, "
+            "replace(kind, 'config_', ''), (data->>'version')::int FROM events "
+            "WHERE gateway = 'gw-1' AND kind LIKE 'config%') h ORDER BY at DESC").fetchall()
+    shown = browser.find_element(By.ID, "config-version").text
+    assert f"version {version}" in shown and sha[:12] in shown, shown
+    rows = browser.find_elements(By.CSS_SELECTOR, "#config-history tbody tr")
+    assert [(r.find_element(By.CLASS_NAME, "what").text,
+             int(r.find_elements(By.TAG_NAME, "td")[2].text)) for r in rows] == history
+    assert "invalid_config" in rows[0].text and "config.yaml:7: bogus" in rows[0].text
+    diff = browser.find_element(By.ID, "config-diff").text.splitlines()
+    expected = [line.rstrip("\n") for line in difflib.unified_diff(
+        texts[previous].splitlines(keepends=True), texts[sha].splitlines(keepends=True))]
+    assert diff[2:] == expected[2:], "the hunks as difflib makes them (names aside)"
+    assert "+# the new meter <b>not bold</b> & \"quoted\"" in diff, "shown as text"
+    markup = browser.find_element(By.ID, "config-diff").get_attribute("innerHTML")
+    assert "&lt;b&gt;not bold&lt;/b&gt;" in markup and "<b>" not in markup, "never as markup"
+    assert browser.find_elements(By.CSS_SELECTOR, "#config-diff span.add")

@@ -114,9 +114,10 @@ def test_a_stage_imports_only_its_own_floor_and_those_below() -> None:
 
 
 FLEET_MAY_USE = ("drivers.settings", "agent.events", "agent.config.loader",
-                 "agent.uplink.presence")
+                 "agent.uplink.presence", "agent.config.signed")
 """What the fleet side takes of the agent: the event and status codecs, the configuration
-loader and its base model; nothing of the agent's runtime."""
+loader and its base model, the signing of messages to gateways; nothing of the agent's
+runtime."""
 
 
 def test_the_fleet_side_uses_only_the_agents_codecs_and_config() -> None:

@@ -111,7 +111,7 @@ def check_config(path: Path, gateway: str) -> CheckedConfig:
     placeholders = {name: f"set-on-the-gateway-{name}"
                     for name in _NO_DEFAULT.findall(raw.decode("utf-8", "replace"))}
     try:
-        loaded = load_config(path, environ=placeholders)
+        loaded = load_config(path, environ=placeholders, local_files=False)
     except ConfigError as exc:
         raise Refusal(*exc.lines, f"{path}: not pushed: the gateway would refuse it "
                       "(invalid_config)") from exc

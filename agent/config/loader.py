@@ -66,13 +66,15 @@ _CORE = "tag:yaml.org,2002:"
 _PLAIN_TAGS = frozenset(_CORE + t for t in ("str", "int", "float", "bool", "null", "map", "seq"))
 
 
-def load_config(path: Path | str, environ: Mapping[str, str] | None = None) -> LoadedConfig:
+def load_config(path: Path | str, environ: Mapping[str, str] | None = None, *,
+                local_files: bool = True) -> LoadedConfig:
     """Read, substitute, validate. Raises ConfigError with every problem found (and nothing
-    else, whatever the file holds: a reload must never stop the agent)."""
+    else, whatever the file holds: a reload must never stop the agent). `local_files=False`:
+    the file is for another machine (checked before a push), whose key files are not here."""
     path = Path(path)
     # Device profiles are looked up beside the file first (drivers/modbus/profiles.py).
     loaded = load_model(path, AgentConfig, environ,
-                        context={"config_dir": path.parent.resolve()},
+                        context={"config_dir": path.parent.resolve(), "local_files": local_files},
                         sections="gateway, mqtt, devices, ...")
     return LoadedConfig(config=loaded.model, path=path, sha256=loaded.sha256,
                         literal_secrets=loaded.literal_secrets)

@@ -11,6 +11,7 @@ those of the broker's path.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import signal
 import subprocess
@@ -315,3 +316,49 @@ def test_an_ingest_killed_between_its_commit_and_its_acks_stores_nothing_twice(
     assert count(postgres, "SELECT count(*) FROM events") == 300, "stored once"
     assert count(postgres, "SELECT count(DISTINCT seq) FROM event_ids WHERE gateway = 'gw-k'") \
         == 300
+
+
+def test_a_push_from_the_fleet_is_applied_and_its_outcome_read_back(
+    tmp_path: Path, numba_cache: Path, postgres: Postgres,
+) -> None:
+    """The whole round trip with the real commands: `edge-fleet keys new`, `config push`, the
+    agent applying it, its `config_applied` ingested, `config status` reading it back."""
+    env = agent_env(numba_cache)
+    fleet = [console_script("edge-fleet")]
+    key = tmp_path / "fleet.key"
+    subprocess.run([*fleet, "keys", "new", "--out", str(key)], check=True, env=env,
+                   capture_output=True, timeout=60)
+    with Mosquitto(users={"e2e": SECRET_FOR_TESTS}) as broker, \
+            running_sim(tmp_path, "sim") as sim:
+        settings = fleet_config(tmp_path, broker, postgres, "ingest")
+        ingest = FleetProcess("ingest", settings, tmp_path / "ingest.log", env)
+        try:
+            wait_connected(ingest)
+            config = agent_config(tmp_path, broker, modbus_device("compressor-1", sim.port))
+            remote = f"remote: {{enabled: true, trusted_keys: [{key}.pub], confirm_s: 10}}\n"
+            config.write_text(config.read_text() + remote)
+            pushed = tmp_path / "pushed.yaml"
+            pushed.write_text(config.read_text() + "health: {heartbeat_s: 30}\n")
+            with AgentProcess(config, tmp_path / "agent.log", numba_cache):
+                wait_until(lambda: count(postgres, "SELECT count(*) FROM heartbeats") >= 1,
+                           timeout_s=60, what="a heartbeat in the database (the site)")
+                push = subprocess.run([*fleet, "config", "push", "gw-e2e", str(pushed),
+                                       "--key", str(key), "-c", str(settings)],
+                                      check=False, capture_output=True, text=True, env=env,
+                                      timeout=60)
+                assert push.returncode == 0, push.stdout + push.stderr
+
+                def applied() -> dict[str, Any] | None:
+                    status = subprocess.run([*fleet, "config", "status", "gw-e2e", "--json",
+                                             "-c", str(settings)], capture_output=True,
+                                            text=True, env=env, timeout=60, check=True)
+                    [row] = json.loads(status.stdout)
+                    return row if row["applied_version"] == 1 else None
+
+                row = wait_until(applied, timeout_s=60, what="version 1 applied, in status")
+                assert config.read_text() == pushed.read_text()
+        finally:
+            ingest.process.send_signal(signal.SIGTERM)
+            stop_process(ingest.process)
+    assert row["applied_sha256"] == hashlib.sha256(pushed.read_bytes()).hexdigest()
+    assert row["pushed_version"] == 1 and row["last"]["what"] == "applied", row

@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 SUDO := $(shell [ "$$(id -u)" -eq 0 ] || echo sudo)
 
-.PHONY: venv kernels mosquitto mbpoll postgresql chromium fuse container-tools qemu-user lint test unit integration e2e demo bench clean
+.PHONY: venv kernels sparkplug-proto mosquitto mbpoll postgresql chromium fuse container-tools qemu-user lint test unit integration e2e demo bench clean
 
 # The venv is rebuilt when the dependencies change; constraints.txt pins what the suite was run with.
 $(STAMP): pyproject.toml constraints.txt
@@ -21,6 +21,12 @@ venv: $(STAMP)
 # numba, about 120 MiB more. Does nothing when they are built for the current source.
 kernels: venv
 	$(BIN)/python -m agent.detect.kernels.build
+
+# The Sparkplug B payload module, generated from the official .proto beside it by grpcio-tools'
+# protoc and committed; tests/unit/test_sparkplug_codec.py fails when it is out of date.
+SPB := agent/uplink/sparkplug
+sparkplug-proto: venv
+	$(BIN)/python -m grpc_tools.protoc -I $(SPB) --python_out=$(SPB) --pyi_out=$(SPB) $(SPB)/sparkplug_b.proto
 
 # The tests and the demo start Mosquitto brokers of their own; only the binary is needed.
 mosquitto:

@@ -104,7 +104,7 @@ def test_ddata_uses_the_aliases_of_the_birth(tmp_path: Path) -> None:
     node = _node(tmp_path)
     births = {m.topic: _decode(m) for m in node.births(0, NOW)}
     alias_of = {m.alias: m.name for m in births["spBv1.0/lab/DBIRTH/gw-1/press"].metrics}
-    [ddata] = node.translate(_event("window", WINDOW), historical=False, now_ms=NOW)
+    [ddata] = node.translate(_event("window", WINDOW), historical=False, now_ms=NOW) or []
     assert ddata.topic == "spBv1.0/lab/DDATA/gw-1/press" and ddata.qos == 1
     assert ddata.carries_event
     payload = _decode(ddata)
@@ -121,7 +121,7 @@ def test_seq_wraps_after_255_and_nbirth_starts_again_at_0(tmp_path: Path) -> Non
     seqs = [_decode(m).seq for m in node.births(0, NOW)]
     for _ in range(300):
         seqs += [_decode(m).seq for m in node.translate(_event("window", WINDOW),
-                                                         historical=False, now_ms=NOW)]
+                                                         historical=False, now_ms=NOW) or []]
     assert seqs == [i % 256 for i in range(len(seqs))]
     assert _decode(node.births(1, NOW)[0]).seq == 0
 
@@ -129,7 +129,7 @@ def test_seq_wraps_after_255_and_nbirth_starts_again_at_0(tmp_path: Path) -> Non
 def test_historical_events_flag_every_metric(tmp_path: Path) -> None:
     node = _node(tmp_path)
     node.births(0, NOW)
-    [ddata] = node.translate(_event("window", WINDOW), historical=True, now_ms=NOW)
+    [ddata] = node.translate(_event("window", WINDOW), historical=True, now_ms=NOW) or []
     assert all(m.historical for m in _decode(ddata).metrics)
 
 
@@ -137,12 +137,14 @@ def test_device_down_is_ddeath_and_up_again_is_a_new_dbirth(tmp_path: Path) -> N
     node = _node(tmp_path)
     node.births(0, NOW)
     down = _event("device_health", {"status": "down", "reason": "timeout", "detail": "x"})
-    [death] = node.translate(down, historical=False, now_ms=NOW)
+    [death] = node.translate(down, historical=False, now_ms=NOW) or []
     assert death.topic == "spBv1.0/lab/DDEATH/gw-1/press" and death.carries_event
+    assert node.translate(_event("window", WINDOW), historical=False, now_ms=NOW) is None, \
+        "no data of a dead device: it waits for the next DBIRTH"
     assert [m.topic for m in node.births(0, NOW)][1:] == ["spBv1.0/lab/DBIRTH/gw-1/pump"], \
         "a dead device is not born with the node"
     up = _event("device_health", {"status": "up", "reason": "", "detail": ""})
-    birth, data = node.translate(up, historical=False, now_ms=NOW)
+    birth, data = node.translate(up, historical=False, now_ms=NOW) or []
     assert birth.message_type == "DBIRTH" and data.message_type == "DDATA"
     status = {m.name: m.value for m in _decode(birth).metrics}["Health/status"]
     assert status == "up", "a birth carries the last values"
@@ -152,11 +154,11 @@ def test_a_metric_missing_from_the_birth_brings_a_new_birth_first(tmp_path: Path
     node = _node(tmp_path)
     node.births(0, NOW)
     odd = _event("window", {"end_ns": NOW * 10**6, "tags": {"added_later": {"n": 1, "mean": 1.0}}})
-    birth, data = node.translate(odd, historical=False, now_ms=NOW)
+    birth, data = node.translate(odd, historical=False, now_ms=NOW) or []
     assert birth.message_type == "DBIRTH" and data.message_type == "DDATA"
     assert "added_later/mean" in {m.name for m in _decode(birth).metrics}
     node_event = _event("odd_kind", {"x": 1}, device="_gateway")
-    messages = node.translate(node_event, historical=False, now_ms=NOW)
+    messages = node.translate(node_event, historical=False, now_ms=NOW) or []
     assert messages[0].message_type == "NBIRTH" and messages[-1].message_type == "NDATA"
 
 
@@ -244,6 +246,6 @@ def test_configured_events_use_only_metrics_their_birth_declared(tmp_path: Path)
         if kind == "change" and "mode" in data["tags"] or kind == "anomaly" \
                 or kind == "config_applied":
             continue  # a text tag, a rule and an event kind this configuration does not have
-        messages = node.translate(_event(kind, data, device), historical=False, now_ms=NOW)
+        messages = node.translate(_event(kind, data, device), historical=False, now_ms=NOW) or []
         assert [m.message_type for m in messages][-1] in ("DDATA", "NDATA", "DDEATH")
         assert len(messages) == 1, (kind, [m.message_type for m in messages])

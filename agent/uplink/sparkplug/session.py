@@ -5,6 +5,7 @@ each stored event as the messages that carry it.
 NDEATH has none. An alias names one metric of the node for as long as the agent runs; a metric
 not in the last birth makes one before the data that uses it. Devices are born with the node
 and die (DDEATH) with a live `device_health` down; births carry each metric's last live value.
+A dead device's other events wait (in the store) for its next DBIRTH.
 """
 
 from __future__ import annotations
@@ -34,6 +35,8 @@ class Outgoing(NamedTuple):
     carries_event: bool
     """Its PUBACK acknowledges the stored event to the store (QoS 1)."""
     message_type: str
+    device: str | None
+    """The device a DBIRTH, DDATA or DDEATH is about (None: the node)."""
 
 
 class _Known(NamedTuple):
@@ -87,7 +90,8 @@ class EdgeNode:
     def death(self, bdseq: int, now_ms: int) -> Outgoing:
         """NDEATH: the will of the connection numbered `bdseq` (and what a clean stop sends)."""
         payload = Payload(now_ms, None, [Metric(BDSEQ, None, DataType.INT64, bdseq)])
-        return Outgoing(self._topic("NDEATH", None), codec.encode(payload), 1, False, "NDEATH")
+        return Outgoing(self._topic("NDEATH", None), codec.encode(payload), 1, False, "NDEATH",
+                        None)
 
     def births(self, bdseq: int, now_ms: int) -> list[Outgoing]:
         """NBIRTH (seq 0) and a DBIRTH for each device not known to be down."""
@@ -115,11 +119,22 @@ class EdgeNode:
                  now_ms: int, *, qos: int, carries_event: bool = False) -> Outgoing:
         payload = Payload(now_ms, self._take_seq(), metrics)
         return Outgoing(self._topic(message_type, device), codec.encode(payload), qos,
-                        carries_event, message_type)
+                        carries_event, message_type, device)
 
-    def translate(self, event: Envelope, *, historical: bool, now_ms: int) -> list[Outgoing]:
-        """The messages that carry one stored event; exactly one of them `carries_event`."""
+    def translate(self, event: Envelope, *, historical: bool,
+                  now_ms: int) -> list[Outgoing] | None:
+        """The messages that carry one stored event; exactly one of them `carries_event`.
+
+        None: the event is about a device that is dead (DDEATH sent); it may not have data
+        until it is born again, so the caller keeps it and sends it after that DBIRTH.
+        """
         device = None if event.device == GATEWAY_DEVICE else event.device
+        health = event.kind == DEVICE_HEALTH and not historical and device is not None
+        status = event.data.get("status") if health else None
+        dead = device is not None and device in self._dead
+        reviving = dead and status in ("up", "degraded")
+        if dead and not reviving and status != "down":
+            return None
         readings = self._typed(device, event_readings(event))
         out: list[Outgoing] = []
         new = [r for r in readings if self.alias_of(device, r.name) is None]
@@ -128,16 +143,13 @@ class EdgeNode:
         if not historical:
             for r in readings:
                 self._last[(device, r.name)] = (r.value, r.timestamp_ms)
-        health = event.kind == DEVICE_HEALTH and not historical and device is not None
-        status = event.data.get("status") if health else None
         if device is None:
             if new:  # a node metric is born only with the node, and its devices with it
                 out += self.births(self.bdseq, now_ms)
         else:
-            reviving = status in ("up", "degraded") and device in self._dead
             if reviving:
                 self._dead.discard(device)
-            if new or reviving:
+            if (new and status != "down") or reviving:
                 out.append(self.device_birth(device, now_ms))
         metrics = [Metric(None, self.alias_of(device, r.name), r.datatype, r.value,
                           r.timestamp_ms, historical) for r in readings]

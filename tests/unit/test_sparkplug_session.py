@@ -243,9 +243,8 @@ def test_configured_events_use_only_metrics_their_birth_declared(tmp_path: Path)
     node = _node(tmp_path)
     node.births(0, NOW)
     for kind, device, data, _ in CASES:
-        if kind == "change" and "mode" in data["tags"] or kind == "anomaly" \
-                or kind == "config_applied":
-            continue  # a text tag, a rule and an event kind this configuration does not have
+        if kind == "change" and "mode" in data["tags"] or kind == "anomaly":
+            continue  # a text tag and a rule this configuration does not have
         messages = node.translate(_event(kind, data, device), historical=False, now_ms=NOW) or []
         assert [m.message_type for m in messages][-1] in ("DDATA", "NDATA", "DDEATH")
         assert len(messages) == 1, (kind, [m.message_type for m in messages])

@@ -280,4 +280,6 @@ _STORED_KINDS = (SAMPLES, WINDOW, CHANGE, DEVICE_HEALTH, QUALITY, STATE, ENERGY,
 
 def node_specs() -> list[Spec]:
     return [*(Spec(name, dtype) for name, dtype in GATEWAY_METRICS),
-            *(Spec(f"Store/dropped/{kind}", I) for kind in _STORED_KINDS)]
+            *(Spec(f"Store/dropped/{kind}", I) for kind in _STORED_KINDS),
+            *(Spec(f"Events/{kind}", S) for kind in (CONFIG_APPLIED, CONFIG_REJECTED,
+                                                      CONFIG_ROLLED_BACK, COMMAND_ANSWER))]

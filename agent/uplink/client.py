@@ -293,15 +293,7 @@ class MqttUplink:
             "mqtt_connecting", host=cfg.host, port=cfg.effective_port, tls=cfg.tls.enabled,
             client_id=cfg.client_id or self._gateway.id,
         )
-        if self._command_topic is not None and cfg.version == "5":
-            session = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
-            session.SessionExpiryInterval = SESSION_EXPIRY_S
-            session.ReceiveMaximum = COMMANDS_IN_FLIGHT
-            self._client.connect_async(cfg.host, cfg.effective_port, keepalive=cfg.keepalive_s,
-                                       clean_start=False, properties=session)
-        else:
-            self._client.connect_async(cfg.host, cfg.effective_port, keepalive=cfg.keepalive_s)
-        self._client.loop_start()
+        self._connect()
         order = self._order = SendOrder(
             self._store.last_seq, replay_rate_per_s=cfg.replay_rate_per_s, now_s=self._loop.time()
         )
@@ -331,6 +323,19 @@ class MqttUplink:
             sent, wait_s = await self._replay_some(order, free)
             if not sent:
                 await self._wait_for(self._committed, self._slot_freed, timeout_s=wait_s)
+
+    def _connect(self) -> None:
+        """Start paho's thread, which connects and reconnects (with backoff) by itself."""
+        cfg = self._config
+        if self._command_topic is not None and cfg.version == "5":
+            session = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
+            session.SessionExpiryInterval = SESSION_EXPIRY_S
+            session.ReceiveMaximum = COMMANDS_IN_FLIGHT
+            self._client.connect_async(cfg.host, cfg.effective_port, keepalive=cfg.keepalive_s,
+                                       clean_start=False, properties=session)
+        else:
+            self._client.connect_async(cfg.host, cfg.effective_port, keepalive=cfg.keepalive_s)
+        self._client.loop_start()
 
     async def _replay_some(self, order: SendOrder, free: int) -> tuple[bool, float | None]:
         """Send a rate-limited slice of the backlog. Whether anything was sent, and if not,

@@ -134,15 +134,15 @@ gateway: {{id: {NODE}, site: lab, state_dir: {tmp_path / "state"}, clock: rtc}}
 mqtt: {{host: 127.0.0.1, port: {broker.port}, tls: {{enabled: false}}, replay_after_s: 0.5,
        format: sparkplug, sparkplug: {{group_id: {GROUP}{host}}}}}
 store: {{commit_interval_s: 0.1}}
-aggregate: {{window_s: 0.5}}
+aggregate: {{window_s: 0.2}}
 devices:
-  - name: {DEVICE}
+""" + "".join(f"""  - name: {name}
     protocol: modbus-tcp
     host: 127.0.0.1
     port: {port}
     timeout_s: 0.3
     poll_interval_s: 0.02
-{tags}""")
+{tags}""" for name in (DEVICE, "compressor-2", "compressor-3")))
     return path
 
 
@@ -232,14 +232,25 @@ def test_a_host_sees_births_after_its_state_then_history_wrap_rebirth_and_device
         control.clear()
         wait_until(lambda: len(host.of_type("DBIRTH", DEVICE)) == 3, timeout_s=10,
                    what="DBIRTH when the device is up again")
+
+        host.state(False)  # the node says NDEATH, disconnects, connects again and waits
+        wait_until(lambda: host.of_type("NDEATH"), timeout_s=5, what="NDEATH: host offline")
+        agent.wait_logged("sparkplug_waiting_for_host", count=2)
+        host.state(True)
+        wait_until(lambda: len(host.of_type("NBIRTH")) == 3, timeout_s=10,
+                   what="the births of the new connection")
         assert agent.terminate() == 0
-    wait_until(lambda: host.of_type("NDEATH"), timeout_s=5, what="NDEATH at a clean stop")
+    wait_until(lambda: len(host.of_type("NDEATH")) == 2, timeout_s=5,
+               what="NDEATH at a clean stop")
 
     got = [m for m in host.got() if m.type != "NCMD"]  # the agent's, not the host's own
     sessions = _sessions(got)
-    assert len(sessions) == 2, "the NBIRTH and the one NCMD asked for"
-    bdseqs = {_bdseq(s[0][1]) for s in sessions}
-    assert bdseqs == {_bdseq(p) for p in _decoded(host.of_type("NDEATH"))} == {0}
+    assert len(sessions) == 3, "the NBIRTH, the one NCMD asked for, the new connection's"
+    births = [_bdseq(s[0][1]) for s in sessions]
+    deaths = [_bdseq(p) for p in _decoded(host.of_type("NDEATH"))]
+    assert births == [0, 0, 1] and deaths == [0, 1], "a rebirth keeps bdSeq, a connection not"
+    offline = [m.type for m in got[got.index(host.of_type("NDEATH")[0]) + 1:]]
+    assert offline[0] == "NBIRTH", "nothing between the host going offline and its online"
     wraps = sum(_check_seq_and_aliases(s) for s in sessions)
     assert wraps >= 1, "seq wraps from 255 to 0"
     death = [m.type for m in got if m.device == DEVICE]

@@ -8,6 +8,8 @@ after CONNACK come the subscriptions (NCMD, and the Primary Host's STATE), then 
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import time
 from typing import Any
 
@@ -19,7 +21,7 @@ from paho.mqtt.reasoncodes import ReasonCode
 from agent.config.models import AgentConfig
 from agent.events import DecodeError, decode
 from agent.store import EventStore, StoredEvent
-from agent.uplink.client import CommandHandler, MqttUplink
+from agent.uplink.client import CLOSE_ACK_TIMEOUT_S, CommandHandler, MqttUplink
 from agent.uplink.sparkplug import topics
 from agent.uplink.sparkplug.bdseq import BdSeq
 from agent.uplink.sparkplug.mapping import device_specs, node_specs
@@ -48,6 +50,8 @@ class SparkplugUplink(MqttUplink):
         self._session_up = False
         """CONNACK received and the connection not lost since: NDEATH can be said."""
         self._born = False
+        self._starting_over: asyncio.Future[None] | None = None
+        """The reconnection a Primary Host going offline asks for, while it runs."""
         self._waiting: dict[str, list[int]] = {}
         """Per dead device, the seqs of its events held back until it is born again."""
         super().__init__(config.mqtt, config.gateway, store, config_sha256=config_sha256,
@@ -131,11 +135,28 @@ class SparkplugUplink(MqttUplink):
         self._host_up = online
         if online and not self._born:
             self._be_born()
-        elif not online and self._born:
-            # Nothing is sent while the host is away: the store keeps it; births again later.
+        elif not online and self._born and self._starting_over is None:
+            # Spec: NDEATH, disconnect, and connect again (births wait for the host's online);
+            # nothing is sent meanwhile, the store keeps it.
             log.warning("sparkplug_host_offline", host=self._host_id)
-            self._born = False
-            self._connected.clear()
+            self._starting_over = asyncio.ensure_future(self._start_over())
+
+    async def _start_over(self) -> None:
+        self._born = False
+        self._connected.clear()
+        try:
+            info = self._goodbye()
+            if info is not None:
+                with contextlib.suppress(RuntimeError, ValueError):  # the connection went
+                    await asyncio.to_thread(info.wait_for_publish, CLOSE_ACK_TIMEOUT_S)
+            if self._closing:
+                return
+            self._client.disconnect()
+            await asyncio.to_thread(self._client.loop_stop)
+            if not self._closing:
+                self._connect()
+        finally:
+            self._starting_over = None
 
     def _publish(self, rows: list[StoredEvent], *, historical: bool) -> None:
         now = _now_ms()
@@ -169,6 +190,7 @@ class SparkplugUplink(MqttUplink):
         """NDEATH before a clean DISCONNECT (which makes the broker drop the will)."""
         if not self._session_up:
             return None
+        self._session_up = False
         self._connected.clear()
         death = self.node.death(self._connack_bdseq, _now_ms())
         return self._client.publish(death.topic, death.payload, qos=1, retain=False)

@@ -50,7 +50,6 @@ from agent.supervisor.remote import RemoteControl
 from agent.supervisor.tasks import cancel_and_wait
 from agent.uplink.client import CommandHandler, MqttUplink
 from agent.uplink.credentials import CredentialError
-from agent.uplink.sparkplug.uplink import SparkplugUplink
 
 __all__ = ["Supervisor", "run_agent"]
 
@@ -80,7 +79,9 @@ def make_uplink(loaded: LoadedConfig, store: EventStore,
     cfg = loaded.config
     handler: CommandHandler | None = remote.submit if remote is not None else None
     topic = cfg.remote.topic.format(site=cfg.gateway.site, gateway=cfg.gateway.id)
-    if cfg.mqtt.format == "sparkplug":
+    if cfg.mqtt.format == "sparkplug":  # protobuf is imported only by a gateway that uses it
+        from agent.uplink.sparkplug.uplink import SparkplugUplink
+
         return SparkplugUplink(cfg, store, config_sha256=loaded.sha256,
                                command_topic=topic if handler else None, on_command=handler)
     return MqttUplink(cfg.mqtt, cfg.gateway, store, config_sha256=loaded.sha256,

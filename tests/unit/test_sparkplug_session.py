@@ -248,3 +248,13 @@ def test_configured_events_use_only_metrics_their_birth_declared(tmp_path: Path)
         messages = node.translate(_event(kind, data, device), historical=False, now_ms=NOW) or []
         assert [m.message_type for m in messages][-1] in ("DDATA", "NDATA", "DDEATH")
         assert len(messages) == 1, (kind, [m.message_type for m in messages])
+
+
+def test_send_order_sends_given_events_again_before_the_rest_of_the_backlog() -> None:
+    from agent.uplink.send_order import SendOrder
+
+    order = SendOrder(10, replay_rate_per_s=100, now_s=0)
+    order.again(6, 7)
+    assert order.backlog() == (6, 7)
+    order.sent_backlog(7)
+    assert order.backlog() == (0, 10)

@@ -19,6 +19,7 @@ import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 from support import AgentProcess, demo_tags
 
+from agent.store import read_stats
 from agent.testing import (
     Mosquitto,
     PlcSimControl,
@@ -283,5 +284,7 @@ def test_the_will_is_an_ndeath_whose_bdseq_matches_the_birth_across_restarts(
     births = [_bdseq(p) for p in _decoded(host.of_type("NBIRTH"))]
     deaths = [_bdseq(p) for p in _decoded(host.of_type("NDEATH"))]
     assert births == deaths == [0, 1], "the will of a connection names its birth; a restart goes on"
+    assert read_stats(tmp_path / "state" / "events.sqlite").depth == 0, \
+        "every DDATA was acknowledged (QoS 1) and so deleted"
     for death in _decoded(host.of_type("NDEATH")):
         assert "seq" not in death, "NDEATH carries no seq"

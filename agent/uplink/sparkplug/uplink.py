@@ -46,7 +46,6 @@ class SparkplugUplink(MqttUplink):
         self._connack_bdseq = 0
         self._host_id = spb.primary_host_id
         self._host_stamp = -1
-        self._host_up = False
         self._session_up = False
         """CONNACK received and the connection not lost since: NDEATH can be said."""
         self._born = False
@@ -90,7 +89,6 @@ class SparkplugUplink(MqttUplink):
         if dropped and self._order is not None:
             self._order.again(dropped[0] - 1, dropped[-1])
         self._session_up = True
-        self._host_up = False
         self._subscribe_commands()
         node = self.node
         self._client.subscribe(topics.node_topic(node.group, "NCMD", node.node), qos=1)
@@ -132,7 +130,6 @@ class SparkplugUplink(MqttUplink):
         if state is None or state[1] < self._host_stamp:
             return  # malformed, or older than what we know (spec: compare timestamps)
         online, self._host_stamp = state
-        self._host_up = online
         if online and not self._born:
             self._be_born()
         elif not online and self._born and self._starting_over is None:

@@ -84,3 +84,32 @@ async def test_a_lost_connection_with_messages_in_flight_renumbers_them_in_the_n
     bdseqs = [next(m.value for m in codec.decode(got[i][1]).metrics if m.name == "bdSeq")
               for i in births]
     assert bdseqs == [0, 1]
+
+
+async def test_events_of_a_dead_device_wait_for_its_next_birth_and_go_flagged_historical(
+    tmp_path: Path, store: EventStore,
+) -> None:
+    broker = Mosquitto()
+    with broker, MqttCollector(broker.host, broker.port, "spBv1.0/#", record=_record) as host:
+        uplink = SparkplugUplink(_config(tmp_path, broker.port), store)
+        sender = asyncio.create_task(uplink.run())
+        await wait_until_async(lambda: uplink.connected, timeout_s=10, what="the births")
+        health = {"reason": "", "detail": ""}  # live events from here: a start's are backlog
+        store.put([Event("device_health", "m1", 10**18, {**health, "status": "down"}),
+                   Event("change", "m1", 10**18 + 1, {"tags": {"x": {"value": 7.0}}})])
+        await asyncio.to_thread(host.wait_for, lambda m: any("/DDEATH/" in t for t, _ in m),
+                                timeout_s=10, what="DDEATH")
+        store.put([Event("device_health", "m1", 10**18 + 2, {**health, "status": "up"})])
+        await asyncio.to_thread(host.wait_for, lambda m: len(m) >= 6, timeout_s=10,
+                                what="the birth and both data messages")
+        sender.cancel()
+        await uplink.close()
+        await asyncio.to_thread(host.wait_for, lambda m: any("/NDEATH/" in t for t, _ in m),
+                                timeout_s=10, what="NDEATH at the close")
+    got = [(topic.split("/")[2], codec.decode(payload)) for topic, payload in host.snapshot()]
+    assert [kind for kind, _ in got] == ["NBIRTH", "DBIRTH", "DDEATH", "DBIRTH", "DDATA", "DDATA",
+                                         "NDEATH"]
+    late = got[-2][1].metrics
+    assert [m.value for m in late] == [7.0] and late[0].historical, \
+        "the change made while the device was dead, after its DBIRTH, flagged historical"
+    assert await store.depth() == 0 and store.pending_count == 0

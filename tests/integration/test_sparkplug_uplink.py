@@ -102,6 +102,11 @@ async def test_events_of_a_dead_device_wait_for_its_next_birth_and_go_flagged_hi
         store.put([Event("device_health", "m1", 10**18 + 2, {**health, "status": "up"})])
         await asyncio.to_thread(host.wait_for, lambda m: len(m) >= 6, timeout_s=10,
                                 what="the birth and both data messages")
+
+        async def empty() -> bool:
+            return await store.depth() == 0 and store.pending_count == 0
+
+        await wait_until_async(empty, timeout_s=10, what="every event acknowledged")
         sender.cancel()
         await uplink.close()
         await asyncio.to_thread(host.wait_for, lambda m: any("/NDEATH/" in t for t, _ in m),
@@ -112,4 +117,3 @@ async def test_events_of_a_dead_device_wait_for_its_next_birth_and_go_flagged_hi
     late = got[-2][1].metrics
     assert [m.value for m in late] == [7.0] and late[0].historical, \
         "the change made while the device was dead, after its DBIRTH, flagged historical"
-    assert await store.depth() == 0 and store.pending_count == 0

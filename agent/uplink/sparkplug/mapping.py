@@ -13,7 +13,7 @@ import json
 from collections.abc import Iterator, Mapping
 from typing import Any, NamedTuple
 
-from agent.config.models import AgentConfig
+from agent.config.models import AgentConfig, DeviceConfig
 from agent.events import (
     ANOMALY,
     CHANGE,
@@ -250,7 +250,7 @@ def device_specs(config: AgentConfig) -> dict[str, list[Spec]]:
     return out
 
 
-def _tag_specs(device: Any, policy: SharingPolicy) -> Iterator[Spec]:
+def _tag_specs(device: DeviceConfig, policy: SharingPolicy) -> Iterator[Spec]:
     for tag in device.tags:
         share = policy.share_of(device.name, tag.name)
         if share == "none":

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
 import threading
 import time
 from collections.abc import Iterator
@@ -23,6 +24,7 @@ from agent.store import read_stats
 from agent.testing import (
     Mosquitto,
     PlcSimControl,
+    console_script,
     start_plc_sim,
     stop_process,
     wait_until,
@@ -272,6 +274,14 @@ def test_the_will_is_an_ndeath_whose_bdseq_matches_the_birth_across_restarts(
     numba_cache: Path,
 ) -> None:
     config = _config(tmp_path, mosquitto, sim[0], primary_host=False)
+    shown_file = tmp_path / "tail.jsonl"
+    with open(shown_file, "w") as out:
+        tail = subprocess.Popen([console_script("edge-agent"), "tail", "-c", str(config),
+                                 "--json"], stdout=out, stderr=subprocess.PIPE, text=True)
+    assert tail.stderr is not None
+    said = [tail.stderr.readline()]  # until SUBACK (or the process dies)
+    while said[-1] and not said[-1].startswith("subscribed to"):
+        said.append(tail.stderr.readline())
     with AgentProcess(config, tmp_path / "agent-1.log", numba_cache) as agent:
         wait_until(lambda: host.of_type("DDATA"), timeout_s=15, what="the first data")
         agent.kill()  # no DISCONNECT: the broker publishes the will
@@ -280,6 +290,12 @@ def test_the_will_is_an_ndeath_whose_bdseq_matches_the_birth_across_restarts(
         wait_until(lambda: len(host.of_type("NBIRTH")) == 2, timeout_s=15, what="a new NBIRTH")
         assert agent.terminate() == 0
     wait_until(lambda: len(host.of_type("NDEATH")) == 2, timeout_s=5, what="the clean NDEATH")
+    stop_process(tail)
+    lines = shown_file.read_text().splitlines()
+    shown = [json.loads(line) for line in lines[:-1]]  # the last may be cut by the SIGTERM
+    assert [m["type"] for m in shown].count("NBIRTH") == 2, "edge-agent tail reads Sparkplug"
+    named = {m["name"] for s in shown if s["type"] == "DDATA" for m in s["metrics"]}
+    assert "active_power_w/mean" in named, "tail names data by the births it saw"
 
     births = [_bdseq(p) for p in _decoded(host.of_type("NBIRTH"))]
     deaths = [_bdseq(p) for p in _decoded(host.of_type("NDEATH"))]

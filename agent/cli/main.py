@@ -32,9 +32,10 @@ def cmd_check(args: argparse.Namespace) -> int:
         print(line)
     if args.explain:
         from agent.store.sharing import explain
+        from agent.uplink.sparkplug.explain import explain_sparkplug
 
         print()
-        for line in explain(loaded.config):
+        for line in explain(loaded.config, sparkplug=explain_sparkplug):
             print(line)
     for line in warnings(loaded):
         print(f"warning: {line}", file=sys.stderr)
@@ -116,6 +117,11 @@ def cmd_tail(args: argparse.Namespace) -> int:
             print(f"tail: {exc}", file=sys.stderr)
             return EXIT_FAILURE
         password = secret.get_secret_value() if secret else None
+        if mqtt.format == "sparkplug":
+            from agent.cli.tail_sparkplug import sparkplug_filter
+
+            group = mqtt.sparkplug.group_id or cfg.gateway.site
+            topic = topic or sparkplug_filter(group, cfg.gateway.id)
         topic = topic or topic_filter(mqtt.topic, site=cfg.gateway.site, gateway=cfg.gateway.id)
     if not host:
         print("tail: give -c FILE or --host", file=sys.stderr)

@@ -19,8 +19,10 @@ import numpy as np
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
+from agent.cli.tail_sparkplug import SparkplugReader, format_message
 from agent.events import DecodeError, Envelope, decode, wire_fields
 from agent.uplink.presence import PresenceDecodeError, decode_presence, presence_fields
+from agent.uplink.sparkplug.codec import PayloadError
 
 
 def topic_filter(template: str, **known: str) -> str:
@@ -228,8 +230,24 @@ def tail(
         # Said once the broker confirmed (SUBACK): from here on nothing published is missed.
         print(f"subscribed to {topic} on {host}:{port}", file=sys.stderr, flush=True)
 
+    sparkplug = SparkplugReader()
+
     def on_message(c: mqtt.Client, _u: Any, msg: mqtt.MQTTMessage) -> None:
         nonlocal seen
+        if msg.topic.startswith("spBv1.0/"):
+            try:
+                message = sparkplug.read(msg.topic, bytes(msg.payload))
+            except PayloadError as exc:
+                print(f"{msg.topic}: undecodable payload ({exc})", file=sys.stderr, flush=True)
+                return
+            if message is None:
+                return
+            out.write((json.dumps(message) if as_json else format_message(message)) + "\n")
+            out.flush()
+            seen += 1
+            if count is not None and seen >= count:
+                c.disconnect()
+            return
         try:
             env = decode(msg.payload)
         except DecodeError as exc:

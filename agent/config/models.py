@@ -82,6 +82,21 @@ class TlsConfig(_Section):
         return self
 
 
+class SparkplugConfig(_Section):
+    """`mqtt.format: sparkplug`: the gateway as a Sparkplug B 3.0 Edge Node (docs/sparkplug.md)."""
+
+    group_id: str | None = None
+    """The Sparkplug group (`spBv1.0/{group_id}/...`); the gateway's `site` when absent."""
+    primary_host_id: str | None = None
+    """A Primary Host Application: births wait until its `spBv1.0/STATE/{id}` says online,
+    and while it is offline nothing is sent (the store keeps it)."""
+
+    @field_validator("group_id", "primary_host_id")
+    @classmethod
+    def _ids(cls, value: str | None) -> str | None:
+        return None if value is None else _check_identifier(value, "Sparkplug id")
+
+
 class MqttConfig(_Section):
     host: str = Field(min_length=1)
     port: int | None = Field(default=None, ge=1, le=65535)
@@ -111,6 +126,10 @@ class MqttConfig(_Section):
     """How fast the backlog of an outage is replayed, behind live events."""
     replay_after_s: float = Field(default=5.0, ge=0, le=86400)
     """An outage at least this long makes what was stored meanwhile a flagged backlog."""
+    format: Literal["envelope", "sparkplug"] = "envelope"
+    """envelope: our msgpack events on `topic` (docs/events.md); sparkplug: Sparkplug B 3.0
+    (docs/sparkplug.md), `topic` then unused."""
+    sparkplug: SparkplugConfig = SparkplugConfig()
 
     @field_validator("tls", mode="before")
     @classmethod

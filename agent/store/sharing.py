@@ -7,7 +7,7 @@ sign off (`edge-agent check --explain`).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from agent.config.models import AgentConfig, DeviceConfig
 from agent.events import (
@@ -82,8 +82,10 @@ class SharingPolicy:
         return [t for t, share in self._tag[device].items() if share in levels]
 
 
-def explain(config: AgentConfig) -> list[str]:
-    """Every topic the agent publishes to, and exactly which data goes there."""
+def explain(config: AgentConfig,
+            sparkplug: Callable[[AgentConfig], list[str]] | None = None) -> list[str]:
+    """Every topic the agent publishes to, and exactly which data goes there; with
+    `mqtt.format: sparkplug`, `sparkplug` gives the topics and metrics (the uplink's floor)."""
     policy = SharingPolicy(config.devices)
     mqtt, gw = config.mqtt, config.gateway
 
@@ -173,6 +175,8 @@ def explain(config: AgentConfig) -> list[str]:
             ("      the answer to a signed command (relearn, reload, status, buffer stats); "
              "status names no device shared as none"),
         ]
+    if sparkplug is not None and mqtt.format == "sparkplug":
+        lines = lines[:1] + sparkplug(config)
     if events_only:
         lines.append("Sent only inside events (anomalies, limits, state changes), never "
                      "periodically: " + ", ".join(events_only))

@@ -5,7 +5,8 @@ unchanged devices, so the new configuration is compared section by section (pyda
 equality). A device is kept when its configuration, machines, `detectors:` rules and the
 aggregate window are unchanged; a removed or changed one is stopped (windows and episodes
 flushed, machine counters saved), a new or changed one started (its detectors learn again).
-A changed `mqtt` recreates the uplink on the same store; `health` applies at once; a change
+A changed `mqtt` recreates the uplink on the same store (in Sparkplug format so does a changed
+device: its births change); `health` applies at once; a change
 of `gateway`, `store`, `log` or `remote` (fixed for the process: the store's path, the identity in
 stored events, bound loggers) is refused and logged, and takes effect at the next start.
 """
@@ -55,5 +56,8 @@ def plan_reload(old: AgentConfig, new: AgentConfig) -> ReloadPlan:
             and new.machines_of(n) == old.machines_of(n) and new.rules_of(n) == old.rules_of(n)]
     stop = [n for n in before if n not in keep]
     start = [n for n in after if n not in keep]
+    # Sparkplug births declare every metric the devices can send, and only a new connection
+    # (a new uplink) may declare other ones without confusing a host about the old.
+    births_changed = new.mqtt.format == "sparkplug" and bool(start or stop)
     return ReloadPlan(config=applied, keep=keep, start=start, stop=stop,
-                      mqtt_changed=new.mqtt != old.mqtt, refused=refused)
+                      mqtt_changed=new.mqtt != old.mqtt or births_changed, refused=refused)

@@ -79,6 +79,11 @@ def make_uplink(loaded: LoadedConfig, store: EventStore,
     cfg = loaded.config
     handler: CommandHandler | None = remote.submit if remote is not None else None
     topic = cfg.remote.topic.format(site=cfg.gateway.site, gateway=cfg.gateway.id)
+    if cfg.mqtt.format == "sparkplug":  # protobuf is imported only by a gateway that uses it
+        from agent.uplink.sparkplug.uplink import SparkplugUplink
+
+        return SparkplugUplink(cfg, store, config_sha256=loaded.sha256,
+                               command_topic=topic if handler else None, on_command=handler)
     return MqttUplink(cfg.mqtt, cfg.gateway, store, config_sha256=loaded.sha256,
                       command_topic=topic if handler else None, on_command=handler)
 

@@ -2,5 +2,6 @@
 
 `client` owns the paho connection and the send loop; `link` names why the link is down;
 `send_order` decides live-first after an outage; `presence` is the retained birth/will
-message on the `status` topic; `credentials` reads the broker password.
+message on the `status` topic; `credentials` reads the broker password; `sparkplug` is the
+same uplink as a Sparkplug B Edge Node (`mqtt.format: sparkplug`).
 """

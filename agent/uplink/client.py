@@ -79,6 +79,8 @@ class MqttUplink:
         self._acks_lock = threading.Lock()
         self._acks_scheduled = False
         self._link = LinkMonitor(config, self._loop, lambda: self._inflight.items())
+        self._order: SendOrder | None = None
+        """What goes next (live first); made by `run`."""
         self._closing = False
         self._closed = False
         self._command_topic = command_topic if on_command is not None else None
@@ -196,8 +198,8 @@ class MqttUplink:
         self._loop.call_soon_threadsafe(self._disconnected, reason)
 
     def _on_message(self, _c: mqtt.Client, _u: Any, message: mqtt.MQTTMessage) -> None:
-        self._loop.call_soon_threadsafe(self._command_received, message.mid, message.qos,
-                                        bytes(message.payload))
+        self._loop.call_soon_threadsafe(self._message_received, message.topic, message.mid,
+                                        message.qos, bytes(message.payload))
 
     def _on_publish(
         self, _c: mqtt.Client, _u: Any, mid: int, reason: ReasonCode, _p: Properties | None
@@ -221,12 +223,23 @@ class MqttUplink:
     def _connect_result(self, reason: ReasonCode) -> None:
         if self._closing or not self._link.connack(reason):
             return
-        # The birth: retained, so a subscriber that comes later still learns we are up.
-        self._client.publish(self.status_topic, self._status("online"), qos=1, retain=True)
         self._connection += 1
+        self._session_started()
+
+    def _session_started(self) -> None:
+        """After each CONNACK: the birth, then sending may begin (a format may wait longer)."""
+        # Retained, so a subscriber that comes later still learns we are up.
+        self._client.publish(self.status_topic, self._status("online"), qos=1, retain=True)
+        self._subscribe_commands()
+        self._connected.set()
+
+    def _subscribe_commands(self) -> None:
         if self._command_topic is not None:  # again each time: the session may be new
             self._client.subscribe(self._command_topic, qos=1)
-        self._connected.set()
+
+    def _message_received(self, _topic: str, mid: int, qos: int, payload: bytes) -> None:
+        """A message on a subscribed topic: here only the command topic is."""
+        self._command_received(mid, qos, payload)
 
     def _command_received(self, mid: int, qos: int, payload: bytes) -> None:
         if self._closing or self._on_command is None:
@@ -280,16 +293,8 @@ class MqttUplink:
             "mqtt_connecting", host=cfg.host, port=cfg.effective_port, tls=cfg.tls.enabled,
             client_id=cfg.client_id or self._gateway.id,
         )
-        if self._command_topic is not None and cfg.version == "5":
-            session = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
-            session.SessionExpiryInterval = SESSION_EXPIRY_S
-            session.ReceiveMaximum = COMMANDS_IN_FLIGHT
-            self._client.connect_async(cfg.host, cfg.effective_port, keepalive=cfg.keepalive_s,
-                                       clean_start=False, properties=session)
-        else:
-            self._client.connect_async(cfg.host, cfg.effective_port, keepalive=cfg.keepalive_s)
-        self._client.loop_start()
-        order = SendOrder(
+        self._connect()
+        order = self._order = SendOrder(
             self._store.last_seq, replay_rate_per_s=cfg.replay_rate_per_s, now_s=self._loop.time()
         )
         # Refill the window in batches, not a slot per PUBACK: each refill is a store read.
@@ -318,6 +323,19 @@ class MqttUplink:
             sent, wait_s = await self._replay_some(order, free)
             if not sent:
                 await self._wait_for(self._committed, self._slot_freed, timeout_s=wait_s)
+
+    def _connect(self) -> None:
+        """Start paho's thread, which connects and reconnects (with backoff) by itself."""
+        cfg = self._config
+        if self._command_topic is not None and cfg.version == "5":
+            session = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
+            session.SessionExpiryInterval = SESSION_EXPIRY_S
+            session.ReceiveMaximum = COMMANDS_IN_FLIGHT
+            self._client.connect_async(cfg.host, cfg.effective_port, keepalive=cfg.keepalive_s,
+                                       clean_start=False, properties=session)
+        else:
+            self._client.connect_async(cfg.host, cfg.effective_port, keepalive=cfg.keepalive_s)
+        self._client.loop_start()
 
     async def _replay_some(self, order: SendOrder, free: int) -> tuple[bool, float | None]:
         """Send a rate-limited slice of the backlog. Whether anything was sent, and if not,
@@ -371,6 +389,12 @@ class MqttUplink:
                 return
             await asyncio.sleep(0.02)
 
+    def _goodbye(self) -> mqtt.MQTTMessageInfo | None:
+        """The message that says we leave on purpose (a clean DISCONNECT sends no will)."""
+        if not self._connected.is_set():
+            return None
+        return self._client.publish(self.status_topic, self._status("offline"), qos=1, retain=True)
+
     async def __aenter__(self) -> Self:
         return self
 
@@ -388,10 +412,8 @@ class MqttUplink:
             return
         self._closed = self._closing = True
         self._link.close()
-        if self._connected.is_set():
-            info = self._client.publish(
-                self.status_topic, self._status("offline"), qos=1, retain=True
-            )
+        info = self._goodbye()
+        if info is not None:
             try:
                 await asyncio.to_thread(info.wait_for_publish, CLOSE_ACK_TIMEOUT_S)
             except (RuntimeError, ValueError) as exc:  # not queued, or the connection went

@@ -35,6 +35,12 @@ class SendOrder:
             self._backlog.append(_Range(self.live_cursor, last_committed))
             self.live_cursor = last_committed
 
+    def again(self, after: int, upto: int) -> None:
+        """Send the events in `after < seq <= upto` again, before the rest of the backlog (those
+        published on a connection that went, when the format cannot let paho resend them)."""
+        if upto > after:
+            self._backlog.insert(0, _Range(after, upto))
+
     def sent_live(self, seq: int) -> None:
         self.live_cursor = max(self.live_cursor, seq)
 

@@ -1,6 +1,7 @@
 """What the running agent loads, since a Raspberry Pi's memory is shared with other work
 (issue 8's budget: 150 MB): the kernels compiled ahead of time keep numba (~120 MiB) out,
-and a gateway with no OPC UA device never loads asyncua (~20 MiB). Each check runs the
+and a gateway with no OPC UA device never loads asyncua (~20 MiB), nor one in the envelope
+format protobuf. Each check runs the
 agent's own start-up path (config, devices, detectors, kernels) in a fresh interpreter."""
 
 from __future__ import annotations
@@ -26,7 +27,8 @@ for device in loaded.config.devices:
     make_driver(device, Path(sys.argv[2]))
     make_detector(loaded.config, device)
 kernels.warm_up({rule.kind for rule in loaded.config.detectors})
-print(jit.mode(), 'numba' in sys.modules, 'asyncua' in sys.modules, jit.why_not_aot())
+print(jit.mode(), 'numba' in sys.modules, 'asyncua' in sys.modules,
+      'google.protobuf' in sys.modules, jit.why_not_aot())
 """
 
 
@@ -39,11 +41,12 @@ def _start(config: Path, state: Path) -> list[str]:
 
 
 def test_a_modbus_gateway_loads_neither_numba_nor_asyncua(tmp_path: Path) -> None:
-    mode, numba, asyncua, *why = _start(ROOT / "config" / "compressor-monitoring.yaml",
-                                        tmp_path)
+    mode, numba, asyncua, protobuf, *why = _start(
+        ROOT / "config" / "compressor-monitoring.yaml", tmp_path)
     assert (mode, numba) == ("aot", "False"), (
         f"{' '.join(why)} -- build them: make kernels (python -m agent.detect.kernels.build)")
     assert asyncua == "False"
+    assert protobuf == "False", "only mqtt.format: sparkplug needs protobuf"
 
 
 def test_an_opcua_device_brings_asyncua_and_still_no_numba(tmp_path: Path) -> None:
@@ -54,5 +57,5 @@ def test_an_opcua_device_brings_asyncua_and_still_no_numba(tmp_path: Path) -> No
         "devices:\n"
         "  - {name: press, protocol: opcua, endpoint: 'opc.tcp://127.0.0.1:4840',\n"
         "     tags: [{name: t, node: 'ns=2;i=1'}]}\n")
-    mode, numba, asyncua, *_ = _start(config, tmp_path)
-    assert (mode, numba, asyncua) == ("aot", "False", "True")
+    mode, numba, asyncua, protobuf, *_ = _start(config, tmp_path)
+    assert (mode, numba, asyncua, protobuf) == ("aot", "False", "True", "False")

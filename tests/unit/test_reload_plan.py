@@ -92,3 +92,11 @@ def test_the_remote_section_is_kept_until_the_next_start(tmp_path: Any) -> None:
     plan = plan_reload(old, new)
     assert plan.refused == ["remote: enabling, keys and topic apply at the next start"]
     assert plan.config.remote == old.remote and plan.keep == ["a"]
+
+
+def test_a_changed_device_recreates_a_sparkplug_uplink_for_new_births() -> None:
+    spb = {"host": "broker", "format": "sparkplug"}
+    old = config(device("a"), mqtt=spb)
+    assert plan_reload(old, config(device("a"), device("b"), mqtt=spb)).mqtt_changed
+    assert not plan_reload(old, config(device("a"), mqtt=spb)).mqtt_changed
+    assert not plan_reload(config(device("a")), config(device("a"), device("b"))).mqtt_changed

@@ -216,6 +216,8 @@ def test_a_push_waits_for_the_agent_and_a_kill_while_applying_leaves_a_valid_fil
 ) -> None:
     fleet = Fleet(tmp_path, mosquitto)
     config = agent_config(tmp_path, mosquitto, modbus_device("compressor-1", sims[0].port))
+    config.write_text(config.read_text() + "detectors:\n  - {device: compressor-1, kind: zscore, "
+                      "name: current, tags: [motor_current_a], warmup_samples: 20}\n")
     base = with_remote(config, fleet, allow_restart=True)
 
     def variant(version: int) -> str:  # a change the reload applies at once
@@ -237,6 +239,10 @@ def test_a_push_waits_for_the_agent_and_a_kill_while_applying_leaves_a_valid_fil
         try:
             assert outcome(1).kind == "config_applied"
             assert config.read_text() == variant(1)
+            fleet.publish(fleet.message(time.time_ns(), command=["relearn", "compressor-1"]))
+            answer = wait_event(collector, "command_answer").data
+            assert answer["ok"], answer
+            assert answer["answer"]["forgotten"]["compressor-1"]["rules"] == ["current"]
             # Killed as soon as the broker has the push, then once the new file is written:
             # each start runs a whole file, old or new, and finishes the application (the
             # push comes again from the session, or the written file is confirmed).

@@ -4,14 +4,12 @@ typed views, the retained status, garbage kept aside, and the completeness repor
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Iterator
 from typing import Any
 
-import psycopg
 import pytest
 
 from agent.events import Event, encode
-from agent.testing.postgres import Postgres, postgres_bin_dir
+from agent.testing.postgres import postgres_bin_dir
 from agent.uplink.presence import Presence, encode_presence
 from fleet.completeness import completeness, format_report
 from fleet.database import FleetDatabase, Received
@@ -20,22 +18,6 @@ pytestmark = pytest.mark.skipif(postgres_bin_dir() is None,
                                 reason="PostgreSQL's server is not installed")
 T0 = 1_796_000_000_000_000_000
 S = 1_000_000_000
-
-
-@pytest.fixture(scope="module")
-def server() -> Iterator[Postgres]:
-    with Postgres() as pg:
-        yield pg
-
-
-@pytest.fixture
-def db(server: Postgres) -> Iterator[FleetDatabase]:
-    with psycopg.connect(server.dsn, autocommit=True) as admin:
-        admin.execute("DROP SCHEMA public CASCADE")
-        admin.execute("CREATE SCHEMA public")
-    database = FleetDatabase.connect(server.dsn)
-    yield database
-    database.close()
 
 
 def message(kind: str, seq: int, data: dict[str, Any], *, gateway: str = "gw-1",

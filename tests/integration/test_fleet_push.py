@@ -50,26 +50,10 @@ def _logging_reset() -> Iterator[None]:
 
 
 @pytest.fixture(scope="module")
-def server() -> Iterator[Postgres]:
-    with Postgres() as pg:
-        yield pg
-
-
-@pytest.fixture(scope="module")
 def key(tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tmp_path_factory.mktemp("keys") / "fleet.key"
     write_key_pair(path)
     return path
-
-
-@pytest.fixture
-def db(server: Postgres) -> Iterator[FleetDatabase]:
-    with psycopg.connect(server.dsn, autocommit=True) as admin:
-        admin.execute("DROP SCHEMA public CASCADE")
-        admin.execute("CREATE SCHEMA public")
-    database = FleetDatabase.connect(server.dsn)
-    yield database
-    database.close()
 
 
 def fleet_yaml(tmp_path: Path, server: Postgres, broker_port: int) -> Path:

@@ -40,6 +40,20 @@ from fleet.remote import (
 )
 from fleet.schema import migrate
 
+_FAILURES = (KeyFileError, Refusal, PublishError, psycopg.Error)
+
+
+def _failed(what: str, exc: Exception) -> int:
+    """Say why `what` did not go, and its exit status: 2 refused here, 1 broker or database."""
+    if isinstance(exc, KeyFileError | Refusal):
+        print("\n".join(exc.lines if isinstance(exc, Refusal) else [str(exc)]), file=sys.stderr)
+        return 2
+    if isinstance(exc, PublishError):
+        print(f"{what}: not sent: {exc}", file=sys.stderr)
+    else:
+        print(f"{what}: the fleet database: {type(exc).__name__}: {exc}", file=sys.stderr)
+    return 1
+
 
 def push_config(config: FleetConfig, gateway: str, file: Path, key_path: Path, *,
                 site: str | None, version: int | None, expires_in_s: float) -> int:
@@ -64,16 +78,8 @@ def push_config(config: FleetConfig, gateway: str, file: Path, key_path: Path, *
                 expires = dt.datetime.fromtimestamp(body["expires_ns"] / 1e9, dt.UTC)
                 record_push(conn, Push(gateway, chosen, checked.sha256, checked.text,
                                        key_id(key.public_key()), expires))
-    except (KeyFileError, Refusal) as exc:
-        lines = exc.lines if isinstance(exc, Refusal) else [str(exc)]
-        print("\n".join(lines), file=sys.stderr)
-        return 2
-    except PublishError as exc:
-        print(f"config push: not sent: {exc}", file=sys.stderr)
-        return 1
-    except psycopg.Error as exc:
-        print(f"config push: the fleet database: {type(exc).__name__}: {exc}", file=sys.stderr)
-        return 1
+    except _FAILURES as exc:
+        return _failed("config push", exc)
     if known is not None and chosen <= known:
         print(f"note: version {chosen} is not above {known}, the largest known for {gateway}: "
               "the gateway refuses it (replayed) unless its own last version is lower",
@@ -99,16 +105,8 @@ def send_command(config: FleetConfig, gateway: str, words: Sequence[str], key_pa
         topic = command_topic(pattern, gateway, site)
         body = command_body(gateway, command, expires_in_s)
         publish(config, topic, sign(body, key))
-    except (KeyFileError, Refusal) as exc:
-        lines = exc.lines if isinstance(exc, Refusal) else [str(exc)]
-        print("\n".join(lines), file=sys.stderr)
-        return 2
-    except PublishError as exc:
-        print(f"command: not sent: {exc}", file=sys.stderr)
-        return 1
-    except psycopg.Error as exc:
-        print(f"command: the fleet database: {type(exc).__name__}: {exc}", file=sys.stderr)
-        return 1
+    except _FAILURES as exc:
+        return _failed("command", exc)
     print(f"sent `{' '.join(command)}` to {gateway} on {topic} (version {body['version']}); "
           "its answer comes back as a command_answer event")
     return 0

@@ -259,9 +259,13 @@ class Supervisor:
         device shared as `none` is not even named."""
         document = await self.status_document()
         for key in ("devices", "detectors", "paused"):
-            document[key] = {name: value for name, value in document[key].items()
-                             if self._policy.device_share(name) != "none"}
+            document[key] = self._shared_devices_only(document[key])
         return document
+
+    def _shared_devices_only(self, by_device: dict[str, Any]) -> dict[str, Any]:
+        """What leaves the site: a device shared as `none` is not even named."""
+        return {name: value for name, value in by_device.items()
+                if self._policy.device_share(name) != "none"}
 
     # --- control ----------------------------------------------------------------------
 
@@ -300,9 +304,7 @@ class Supervisor:
                 reason = ("start" if last_seen is None
                           else "change" if seen != last_seen else "periodic")
                 data = await self.snapshot(reason)
-                # What leaves the site: a device shared as `none` is not even named.
-                data["devices"] = {name: status for name, status in data["devices"].items()
-                                   if self._policy.device_share(name) != "none"}
+                data["devices"] = self._shared_devices_only(data["devices"])
                 self.share([Event(HEARTBEAT, GATEWAY_DEVICE, time.time_ns(), data)])
                 last_sent, last_seen = now, seen
             await asyncio.sleep(min(HEARTBEAT_CHANGE_POLL_S, self.config.health.heartbeat_s))

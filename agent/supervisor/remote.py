@@ -69,7 +69,6 @@ class RemoteControl:
     """Receives messages from the uplink (`submit`), handles them one at a time (`run`)."""
 
     def __init__(self, remote: RemoteConfig, gateway: str, state_dir: Path) -> None:
-        self._remote = remote
         self._gateway = gateway
         self._state_path = state_dir / STATE_FILE
         self._state = RemoteState.read(self._state_path)

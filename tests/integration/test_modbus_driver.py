@@ -16,6 +16,7 @@ import pytest
 
 from agent.acquire.task import DeviceHealth, supervise_device
 from agent.events import DEVICE_HEALTH, Event
+from agent.supervisor.tasks import cancel_and_wait
 from agent.testing import RecordingDetector, wait_until_async
 from drivers.errors import IllegalAddress
 from drivers.modbus import ModbusDriver, ModbusTcpDevice
@@ -143,8 +144,7 @@ async def test_a_refused_tag_is_reported_once_as_degraded(
         await wait_until_async(lambda: len(seen.batches) >= 10, timeout_s=10,
                                what="ten batches")
     finally:
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
+        await cancel_and_wait([task])  # pymodbus's wait_for may swallow one cancel (3.11)
     health = [e.data for e in events if e.kind == DEVICE_HEALTH]
     assert len(health) == 1, health
     assert health[0]["status"] == "degraded"

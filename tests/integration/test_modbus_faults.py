@@ -18,6 +18,7 @@ import pytest
 from agent.acquire.backoff import Backoff
 from agent.acquire.task import DeviceHealth, supervise_device
 from agent.events import DEVICE_HEALTH, Event
+from agent.supervisor.tasks import cancel_and_wait
 from agent.testing import RecordingDetector, wait_until_async
 from drivers.errors import (
     DeviceError,
@@ -98,9 +99,7 @@ async def supervised(pairs: list[tuple[ModbusDriver, RecordingDetector]],
     try:
         yield health
     finally:
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        await cancel_and_wait(tasks)  # pymodbus's wait_for may swallow one cancel (3.11)
 
 
 async def fault_outcome(server: ModbusSimServer, config: ModbusDevice, fault: Fault) -> DeviceError:

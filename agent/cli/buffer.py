@@ -27,7 +27,7 @@ def stats_lines(path: Path, stats: StoreStats) -> list[str]:
     lines = [
         f"store       {path}",
         f"events      {stats.depth} waiting to be acknowledged by the broker",
-        f"bytes       {stats.bytes} of events, {stats.file_bytes} on disk (with the WAL)",
+        f"bytes       {stats.bytes} of events, {stats.file_bytes} on disk (with its journal)",
         (
             f"oldest      {format_time(stats.oldest_time_ns) if stats.oldest_time_ns else '-'}"
             f" ({_age(stats.oldest_time_ns)} ago)"

@@ -23,7 +23,7 @@ from agent.store.schema import set_meta
 _COMPACT_SCAN_ROWS = 256
 _DROP_BATCH_ROWS = 64
 _DROP_BATCH_BYTES = 64 * 1024
-"""A drop batch stops at this many payload bytes: each transaction's WAL stays small."""
+"""A drop batch stops at this many payload bytes: each transaction's journal stays small."""
 
 Gone = tuple[int, int, int, str | None]
 """A range of seqs given up: its id in `gone`, first and last seq, and the kind dropped

@@ -1,13 +1,13 @@
 """Disk space for the store: it never fills the disk itself, and survives one that is full.
 
-The database file may grow only into the free space minus a headroom for the WAL
-(`PRAGMA max_page_count`, recomputed after each commit), so the store's own
+The database file may grow only into the free space minus a headroom for its rollback
+journal (`PRAGMA max_page_count`, recomputed after each commit), so the store's own
 SQLITE_FULL comes before the disk is full and is answered by degradation (freed
 pages are reused in place). A disk filled by another program is survived with a
-reserve file given back on SQLITE_FULL: a checkpoint needs room to grow the
-database file and a delete needs room in the WAL, so a store on a disk filled to
-the last byte could otherwise neither shrink nor grow. The reserve is claimed again
-before each commit, as soon as the disk has room for it.
+reserve file given back on SQLITE_FULL: a delete needs room in the journal beyond
+what it kept, so a store on a disk filled to the last byte could otherwise neither
+shrink nor grow. The reserve is claimed again before each commit, as soon as the
+disk has room for it.
 """
 
 from __future__ import annotations
@@ -21,11 +21,11 @@ import structlog
 log = structlog.get_logger(__name__)
 
 HEADROOM_BYTES = 1 << 19
-"""Never taken by rows: the WAL (checkpointed every 64 pages) and the shared-memory file."""
+"""Never taken by rows: the rollback journal of one bounded transaction."""
 RESERVE_BYTES = 1 << 20
 LOW_BYTES = HEADROOM_BYTES // 2
 """Free space below which the disk itself is full: a write transaction of the store (at most
-64 KiB of payload there) may not fit in the WAL. Above it, SQLITE_FULL is the store's own limit."""
+64 KiB of payload there) may not fit. Above it, SQLITE_FULL is the store's own limit."""
 
 
 class DiskSpace:
@@ -40,7 +40,7 @@ class DiskSpace:
         return st.f_bavail * st.f_frsize
 
     def low(self) -> bool:
-        """The disk itself is (nearly) full: the next transaction may not fit in the WAL."""
+        """The disk itself is (nearly) full: the next transaction may not fit."""
         return self.free_bytes() < LOW_BYTES
 
     @property
@@ -48,16 +48,16 @@ class DiskSpace:
         return self._held
 
     def limit_pages(self, db: sqlite3.Connection) -> None:
-        """Let the database file grow only into free space beyond the headroom, and beyond
-        the reserve while it is given back: its place is kept, so that it is claimed again
-        as soon as the other program frees the disk (the database never grows into it)."""
+        """Let the database file grow only into free space beyond the journal's headroom
+        (the reserve, once given back, takes the events waiting; it is claimed again as soon
+        as the other program frees the disk)."""
         page_size = db.execute("PRAGMA page_size").fetchone()[0]
         pages = db.execute("PRAGMA page_count").fetchone()[0]
-        room = self.free_bytes() - HEADROOM_BYTES - (0 if self._held else self._reserve_bytes)
+        room = self.free_bytes() - HEADROOM_BYTES
         db.execute(f"PRAGMA max_page_count = {max(pages + room // page_size, pages, 1)}")
 
     def hold_reserve(self) -> bool:
-        """Claim the reserve if it is not held and the disk has room for it and a WAL
+        """Claim the reserve if it is not held and the disk has room for it and a
         transaction more; whether it was claimed now."""
         if self._held or self._reserve_bytes <= 0:
             return False

@@ -1,11 +1,12 @@
 """The store's SQLite side: the `outbox` table, on the store's one worker thread only.
 
-WAL, `synchronous=FULL`: a committed batch survives a power cut. Every write transaction
-is bounded (256 KiB of payload, 64 KiB on a nearly full disk; 512 deletes; one degradation
-step), so what a commit adds
-to the WAL stays inside the disk headroom (`disk`), and on a disk another program filled
-to the last byte the store can still delete, degrade and checkpoint inside the space it
-holds. Sequence numbers are handed out by the event loop's side from a block reserved
+A rollback journal kept in place (`journal_mode=PERSIST`), `synchronous=FULL`: a committed
+batch survives a power cut, and a page appended is written once (WAL would write it twice:
+to the log, then at a checkpoint), which spares an SD card. Every write transaction is
+bounded (256 KiB of payload, 64 KiB on a nearly full disk; 512 deletes; one degradation
+step), so its journal stays inside the disk headroom (`disk`), and on a disk another
+program filled to the last byte the store can still delete and degrade inside the journal
+space it keeps. Sequence numbers are handed out by the event loop's side from a block reserved
 here (`seq_reserved` in `meta`, one small commit per block), so that a number is never
 reused, not even after a power cut.
 """
@@ -38,19 +39,19 @@ Row = tuple[int, int, str, str, int, int, int | None, str | None, bytes]
 
 _DISK_FULL_SHRINK = 0.8
 """On SQLITE_FULL, shrink the stored bytes to this share to make room inside the file."""
+_ROW_SPACE = 1.5
+"""Bytes of free pages a byte of payload needs at most (row header, index, page fill)."""
 CHUNK_BYTES = 256 * 1024
-"""Payload bytes of one write transaction at most: what one commit adds to the WAL stays
+"""Payload bytes of one write transaction at most: its journal and the file's growth stay
 inside the disk headroom, however long the disk refused and however much is pending."""
 CHUNK_BYTES_LOW = 64 * 1024
-"""... and on a disk with little room left (under twice the headroom): a smaller WAL."""
+"""... and on a disk with little room left (under twice the headroom): a smaller one."""
 _DELETE_CHUNK = 512
-"""Acknowledged rows deleted in one transaction at most (after an outage: a bounded WAL)."""
-_AUTOCHECKPOINT_PAGES = 64
-"""WAL frames after which a commit checkpoints (on a full disk: after every transaction)."""
+"""Acknowledged rows deleted in one transaction at most (after an outage: a small journal)."""
 _ROOM_SCAN_ROWS = 64
-"""Windows one merge pass of `make_room` looks at: its transaction must fit a small WAL."""
+"""Windows one merge pass of `make_room` looks at: its journal must stay small."""
 _BUSY_TIMEOUT_MS = 1000
-"""How long a checkpoint that must empty the WAL waits for a reader (`buffer stats`) to leave."""
+"""How long a commit waits for a reader (`buffer stats`) to leave before it is retried."""
 
 
 def row_of(seq: int, payload: bytes) -> Row:
@@ -92,17 +93,24 @@ class Outbox:
         stored."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
         db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
-        db.execute("PRAGMA journal_mode=WAL")
+        db.execute(f"PRAGMA busy_timeout={_BUSY_TIMEOUT_MS}")
+        # The journal file is kept (its header zeroed at each commit), never truncated below
+        # LOW_BYTES: that space stays the store's own, so that on a disk another program
+        # filled to the last byte it can still delete and degrade. A store an older agent
+        # kept in WAL mode changes over here (unless a reader holds it open: then at a later
+        # start; WAL is as safe, only costlier in writes).
+        try:
+            mode = db.execute("PRAGMA journal_mode=PERSIST").fetchone()[0]
+        except sqlite3.OperationalError:  # locked: WAL and another process has it open
+            mode = db.execute("PRAGMA journal_mode").fetchone()[0]
+        if mode != "persist":
+            log.warning("store_journal_mode_kept", path=str(self.path), mode=mode,
+                        hint="another process had the store open; changed at the next start")
+        db.execute(f"PRAGMA journal_size_limit={LOW_BYTES}")
         # FULL: each batch commit is fsynced, so a power cut loses at most the batch in memory.
         db.execute("PRAGMA synchronous=FULL")
-        # A small WAL, checkpointed often, so that it never holds much of the disk; but never
-        # truncated below LOW_BYTES: that space stays the store's own, so that on a disk another
-        # program filled to the last byte it can still delete, degrade and checkpoint.
-        db.execute(f"PRAGMA wal_autocheckpoint={_AUTOCHECKPOINT_PAGES}")
-        db.execute(f"PRAGMA journal_size_limit={LOW_BYTES}")
-        db.execute(f"PRAGMA busy_timeout={_BUSY_TIMEOUT_MS}")
         # Debian builds SQLite with secure_delete on: every freed page is zeroed, which writes
-        # each delete twice and makes a delete on a full disk need as much WAL as an insert.
+        # each delete twice and makes a delete on a full disk need as much journal as an insert.
         # The rows hold only what is sent to the broker anyway.
         db.execute("PRAGMA secure_delete=OFF")
         migrate(db)
@@ -188,7 +196,6 @@ class Outbox:
                 deleted += len(seqs)
                 with self._reserved_lock:
                     self._reserved.difference_update(seqs)
-                self._checkpoint_if_low(db)
             low = self.disk.free_bytes() < 2 * HEADROOM_BYTES
             for chunk in _chunks_by_size(rows, CHUNK_BYTES_LOW if low else CHUNK_BYTES):
                 with self._transaction(db):
@@ -197,7 +204,6 @@ class Outbox:
                     self.ledger.save_unsaved(db)
                     self._enforce(db, self.max_bytes)
                 inserted += len(chunk)
-                self._checkpoint_if_low(db)
             if not inserted and (self.ledger.unsaved or self.ledger.unsaved_gone):
                 with self._transaction(db):
                     self.ledger.save_unsaved(db)
@@ -228,22 +234,25 @@ class Outbox:
                        protected=self._protected())
 
     def make_room(self) -> None:
-        """After SQLITE_FULL: if the disk itself is full give back the reserve and checkpoint
-        the WAL (waiting for readers) so that it is written again from its start; then shrink
-        the data, a bounded transaction at a time (a big delete needs a big WAL). Freed pages
-        take the next inserts."""
+        """After SQLITE_FULL: if the disk itself is full give back the reserve; then shrink
+        the data, a bounded transaction at a time (a big delete needs a big journal). Freed
+        pages take the next inserts."""
         db = self.db
         if self.disk.low():
             self._release_reserve()
-        with contextlib.suppress(sqlite3.Error):
-            db.execute("PRAGMA wal_checkpoint(RESTART)")
-        # Room for what waits to be written, and some (the file may not grow); never more than
-        # half of what is stored at once, so that a burst cannot push out every stored alarm.
+        # Room for what waits to be written, and some: free pages inside the file, which may
+        # not grow; never more than half of what is stored at once, so that a burst cannot
+        # push out every stored alarm.
         stored = self.ledger.bytes
-        target = int(max(min(stored * _DISK_FULL_SHRINK, stored - 1.5 * self.unwritten_bytes),
-                          stored / 2))
+        page_size = db.execute("PRAGMA page_size").fetchone()[0]
+
+        def short_of_room() -> bool:
+            free = db.execute("PRAGMA freelist_count").fetchone()[0] * page_size
+            return (self.ledger.bytes > stored * _DISK_FULL_SHRINK
+                    or free < _ROW_SPACE * self.unwritten_bytes)
+
         protected = self._protected()
-        while self.ledger.bytes > target:
+        while self.ledger.bytes > stored / 2 and short_of_room():
             before = self.ledger.bytes
             try:
                 with self._transaction(db):
@@ -252,24 +261,12 @@ class Outbox:
             except sqlite3.Error:
                 if not self._release_reserve():
                     raise
-                with contextlib.suppress(sqlite3.Error):
-                    db.execute("PRAGMA wal_checkpoint(RESTART)")
                 continue
-            self._checkpoint_if_low(db)
             if self.ledger.bytes >= before:
                 break  # only rows being sent are left
-        with contextlib.suppress(sqlite3.Error):
-            db.execute("PRAGMA wal_checkpoint(RESTART)")
         self.disk.limit_pages(db)
         log.warning("store_disk_full_degraded", path=str(self.path), bytes=self.ledger.bytes,
                     compacted=self.ledger.compacted, dropped=dict(self.ledger.dropped))
-
-    def _checkpoint_if_low(self, db: sqlite3.Connection) -> None:
-        """On a full disk the WAL may not grow: empty it (waiting for readers) after each
-        transaction, so that the next one is written over it from its start."""
-        if self.disk.low():
-            with contextlib.suppress(sqlite3.Error):
-                db.execute("PRAGMA wal_checkpoint(RESTART)")
 
     def _release_reserve(self) -> bool:
         released = self.disk.release_reserve()
@@ -286,8 +283,6 @@ class Outbox:
         self.ledger.count_dropped(drops, drop_seqs)
         if self.disk.low():
             self.disk.release_reserve()
-        with contextlib.suppress(sqlite3.Error):
-            db.execute("PRAGMA wal_checkpoint(RESTART)")
         with self._transaction(db):
             self.ledger.save_unsaved(db)
             for key, value in meta.items():

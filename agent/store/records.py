@@ -23,7 +23,7 @@ class StoreStats:
     bytes: int
     """Payload bytes stored (what the byte bound limits)."""
     file_bytes: int
-    """Database file plus its WAL on disk."""
+    """Database file plus its journal on disk."""
     oldest_time_ns: int | None
     newest_time_ns: int | None
     last_seq: int

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -60,3 +63,36 @@ async def test_stats_and_export_while_the_store_is_open(
 def test_no_store_yet_is_a_clear_error(config: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["buffer", "stats", "-c", str(config)]) == 1
     assert "no event store at" in capsys.readouterr().err
+
+
+_INTERRUPTED_COMMIT = """
+import os, signal, sqlite3, sys
+db = sqlite3.connect(sys.argv[1], isolation_level=None)
+db.execute("PRAGMA journal_mode=PERSIST")
+db.execute("PRAGMA cache_size=1")
+db.execute("BEGIN IMMEDIATE")
+db.execute("UPDATE outbox SET payload = zeroblob(length(payload))")
+os.kill(os.getpid(), signal.SIGKILL)
+"""
+
+
+async def test_a_commit_a_crash_interrupted_is_a_clear_error_until_the_agent_starts(
+    config: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A crash mid-commit leaves a hot journal that a read-only reader may not roll back:
+    `buffer stats` says so and what to do; the agent's next start rolls it back."""
+    path = tmp_path / "state" / "events.sqlite"
+    store = await EventStore.open(path, "gw-1")
+    store.put([Event("window", "m1", 10**18 + i, {"i": "x" * 500}) for i in range(200)])
+    await store.close()
+    crash = subprocess.run([sys.executable, "-c", _INTERRUPTED_COMMIT, str(path)], check=False)
+    assert crash.returncode == -signal.SIGKILL
+    assert main(["buffer", "stats", "-c", str(config)]) != 0
+    err = capsys.readouterr().err
+    assert "holds a commit that a crash or power cut interrupted" in err, err
+    assert "systemctl start edge-agent" in err
+    store = await EventStore.open(path, "gw-1")
+    assert await store.depth() == 200
+    await store.close()
+    assert main(["buffer", "stats", "-c", str(config), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["depth"] == 200

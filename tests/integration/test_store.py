@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import sqlite3
 from pathlib import Path
 
 import pytest
@@ -79,3 +81,39 @@ async def test_full_database_keeps_events_in_order_until_space_returns(
     assert [decode(r.payload).time_ns for r in rows] == list(range(51))
     assert [r.seq for r in rows] == list(range(1, 52))
     await store.close()
+
+
+def journal_mode(path: Path) -> str:
+    with contextlib.closing(sqlite3.connect(path)) as db:
+        mode: str = db.execute("PRAGMA journal_mode").fetchone()[0]
+        return mode
+
+
+async def test_a_store_an_older_agent_kept_in_wal_mode_changes_to_the_rollback_journal(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str],
+) -> None:
+    """An older agent kept the store in WAL mode: the next start changes it over, events kept;
+    while another process holds it open, the store runs on in WAL and says so."""
+    path = tmp_path / "events.sqlite"
+    store = await EventStore.open(path, "gw")
+    store.put([ev(1), ev(2)])
+    await store.close()
+    with contextlib.closing(sqlite3.connect(path)) as db:
+        assert db.execute("PRAGMA journal_mode=WAL").fetchone()[0] == "wal"
+    reader = sqlite3.connect(path, isolation_level=None)
+    reader.execute("BEGIN")
+    reader.execute("SELECT count(*) FROM outbox").fetchone()  # a read transaction held open
+    store = await EventStore.open(path, "gw")
+    assert "store_journal_mode_kept" in capsys.readouterr().out
+    store.put([ev(3)])
+    await store.flush()
+    assert [r.seq for r in await store.read_after(0, 10)] == [1, 2, 3]
+    await store.close()
+    reader.close()
+    assert journal_mode(path) == "wal"
+    store = await EventStore.open(path, "gw")
+    assert [r.seq for r in await store.read_after(0, 10)] == [1, 2, 3]
+    await store.close()
+    assert journal_mode(path) == "delete", "no longer WAL (a rollback journal is per connection)"
+    assert not Path(f"{path}-wal").exists()
+    assert Path(f"{path}-journal").exists(), "the journal is kept in place (PERSIST)"

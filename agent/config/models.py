@@ -215,6 +215,9 @@ class StoreConfig(_Section):
     commit_interval_s: float = Field(default=0.5, gt=0, le=60)
     commit_max_events: int = Field(default=200, ge=1, le=100_000)
     """A batch is committed when either bound is reached: few writes spare SD cards."""
+    outage_commit_interval_s: float = Field(default=20.0, gt=0, le=600)
+    """While the broker is unreachable: batches of this interval (or 256 KiB), so that a page
+    is written about once; alarms still within `commit_interval_s`."""
 
     @field_validator("max_bytes", mode="before")
     @classmethod

@@ -4,11 +4,12 @@
 block reserved on disk, so a number is never reused, across power cuts included), keeps
 it in memory and in the RAM spool (`spool`), and tells the uplink. Every
 `commit_interval_s` the events that have waited at least half an interval without the
-broker's acknowledgement are committed to SQLite (`outbox`, WAL on one worker thread: the
+broker's acknowledgement are committed to SQLite (`outbox`, on one worker thread: the
 event loop never waits on the disk); those acknowledged before are never written at all.
-So with the link up the disk sees almost nothing, and a power cut loses at most the events
-of the last `commit_interval_s` that the broker had not acknowledged; a crash or SIGKILL of
-the agent loses nothing (the spool). A stored row is deleted once the uplink reports its
+While the uplink reports the link down they are committed in bigger batches (every
+`outage_commit_interval_s`, or 256 KiB), alarms still within `commit_interval_s`. So with
+the link up the disk sees almost nothing, and a power cut loses at most the unacknowledged
+events of the last commit interval; a crash or SIGKILL of the agent loses nothing (the spool). A stored row is deleted once the uplink reports its
 acknowledgement. Bounded in bytes and age (`degrade`), never filling the disk (`disk`);
 rows the uplink has read for sending are reserved and never touched; events made before the
 clock was synchronized are corrected when they are read for sending.
@@ -32,11 +33,19 @@ from typing import Self, TypedDict, TypeVar, Unpack
 import structlog
 
 from agent.clock import BOOT_ID, ClockWatch
-from agent.events import GATEWAY_DEVICE, STORE_HEALTH, Event, correct_clock, encode, priority_of
+from agent.events import (
+    ANOMALY,
+    GATEWAY_DEVICE,
+    STORE_HEALTH,
+    Event,
+    correct_clock,
+    encode,
+    priority_of,
+)
 from agent.store import spool as spooling
 from agent.store.degrade import seq_accounts
 from agent.store.disk import RESERVE_BYTES, DiskSpace
-from agent.store.outbox import Outbox, Row, row_of
+from agent.store.outbox import CHUNK_BYTES, Outbox, Row, row_of
 from agent.store.records import StoredEvent, StoreError, StoreStats
 from agent.store.schema import store_id_of
 from agent.store.spool import Spool
@@ -45,8 +54,13 @@ log = structlog.get_logger(__name__)
 
 T = TypeVar("T")
 
+OUTAGE_COMMIT_INTERVAL_S = 20.0
+"""Default commit interval while the link is down: batches big enough that a page appended
+is about all a commit writes (a commit also rewrites a few pages it shares with the last)."""
 SEQ_BLOCK = 8192
 """Sequence numbers reserved on disk at a time: one small commit per block."""
+_ALARM_PRIORITY = priority_of(ANOMALY)
+"""Events of this priority and above are on disk within `commit_interval_s`, link down too."""
 _FAILURE_LOG_INTERVAL_S = 30.0
 """A commit that keeps failing is logged once, then at most this often."""
 _STOP_RETRIES = 3
@@ -67,6 +81,7 @@ class StoreOptions(TypedDict, total=False):
 
     commit_interval_s: float  # (0.5) unacknowledged events are on disk within this
     commit_max_events: int  # (200) ... or once this many unacknowledged events wait
+    outage_commit_interval_s: float  # (20) ... while the link is down (alarms: as above)
     max_bytes: int | None  # (None) stored bytes over which old events are merged, then dropped
     max_age_s: float | None  # (None) events older than this are dropped
     max_pending_events: int  # (10,000) events held in memory while commits fail
@@ -96,6 +111,10 @@ class EventStore:
         self._gateway = gateway
         self._interval_s = options.get("commit_interval_s", 0.5)
         self._max_events = options.get("commit_max_events", 200)
+        self._outage_interval_s = options.get("outage_commit_interval_s",
+                                              OUTAGE_COMMIT_INTERVAL_S)
+        self._link_up = True
+        """As the uplink last reported (up without an uplink: commits as when acks are fast)."""
         max_age_s = options.get("max_age_s")
         self._max_pending = options.get("max_pending_events", 10_000)
         self._report_interval_s = options.get("report_interval_s", 60.0)
@@ -215,7 +234,7 @@ class EventStore:
             else:
                 fresh.append(self._number(event))
         self._hold(fresh, now)
-        if (self._unnumbered or len(self._memory) >= self._max_events
+        if (self._unnumbered or (self._link_up and len(self._memory) >= self._max_events)
                 or self._seq_reserved - self._next_seq < SEQ_BLOCK // 2):
             self._wake.set()
         overflow = self.pending_count - self._max_pending
@@ -263,6 +282,11 @@ class EventStore:
         self._unnumbered = kept
         log.error("store_pending_dropped", events=len(victims), path=str(self.path),
                   reason="the disk refused writes for too long")
+
+    def link(self, up: bool) -> None:
+        """The uplink's connection state, as it changes: while the link is down, what waits
+        is committed in bigger batches (it will wait long anyway), sparing the disk."""
+        self._link_up = up
 
     def ack(self, seq: int) -> None:
         """The broker has the event: forget it, or delete it with the next commit (reserved
@@ -324,13 +348,7 @@ class EventStore:
         self._report_losses(now=report_now)
         if self._unnumbered or self._seq_reserved - self._next_seq < SEQ_BLOCK // 2:
             await self._reserve_seqs()
-        cutoff = time.monotonic() - self._interval_s / 2
-        everything = everything or len(self._memory) >= self._max_events
-        rows = []
-        for held in self._memory.values():
-            if not everything and held.made_s > cutoff:
-                break
-            rows.append(held.row)
+        rows = self._due(everything)
         forget = self._gone_safe if self._outbox.ledger.keeps_gone_upto(self._gone_safe) else 0
         if not rows and not self._acked and not self._memory_drops and not forget:
             self._rewrite_spool_if_large()
@@ -355,6 +373,28 @@ class EventStore:
                 self._failures = 0
             return
         await self._commit_failed(error)
+
+    def _due(self, everything: bool) -> list[Row]:
+        """The events to commit now, oldest first (always a prefix of those in memory): those
+        waiting half an interval, or all once `commit_max_events` wait. With the link down,
+        all once the oldest waited `outage_commit_interval_s` or CHUNK_BYTES wait, and
+        until then those up to the last alarm waiting half an interval."""
+        held = list(self._memory.values())
+        if not held:
+            return []
+        now = time.monotonic()
+        cutoff = now - self._interval_s / 2
+        if everything or (self._link_up and len(held) >= self._max_events) or (
+                not self._link_up and (held[0].made_s <= now - self._outage_interval_s
+                                       or sum(h.row[5] for h in held) >= CHUNK_BYTES)):
+            return [h.row for h in held]
+        upto = 0
+        for i, h in enumerate(held):
+            if h.made_s > cutoff:
+                break
+            if self._link_up or h.row[4] >= _ALARM_PRIORITY:
+                upto = i + 1
+        return [h.row for h in held[:upto]]
 
     def _settle(self, rows: list[Row], inserted: int, acked: list[int], deleted: int) -> None:
         """After a commit: what is on disk leaves memory; what was not done stays, in order."""

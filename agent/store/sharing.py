@@ -182,10 +182,13 @@ def explain(config: AgentConfig,
                      "periodically: " + ", ".join(events_only))
     lines.append("Never leaves the site: " + (", ".join(kept) if kept else "(nothing marked share: none)"))
     interval = f"{config.store.commit_interval_s:g} s"
+    outage = f"{config.store.outage_commit_interval_s:g} s"
     lines.append(f"Kept until the broker acknowledges it: each event is sent at once and written "
                  f"to the store only if not acknowledged within {interval}; a power cut loses at "
-                 f"most the events of the last {interval} the broker had not acknowledged (their "
-                 "seq range is reported in store_health) and each device's open window of at "
+                 f"most the events of the last {interval} the broker had not acknowledged "
+                 f"(while the broker is unreachable: of the last {outage}, alarms of the last "
+                 f"{interval}; their seq range is reported in store_health) and each device's "
+                 "open window of at "
                  f"most {config.aggregate.window_s:g} s of aggregates (named in windows_lost), "
                  "a crash of the agent loses none")
     return lines

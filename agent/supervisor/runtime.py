@@ -409,7 +409,9 @@ async def run_agent(
         stack.callback(notifier.close)
         store = await stack.enter_async_context(await EventStore.open(
             cfg.store_path, cfg.gateway.id, commit_interval_s=cfg.store.commit_interval_s,
-            commit_max_events=cfg.store.commit_max_events, max_bytes=cfg.store.max_bytes,
+            commit_max_events=cfg.store.commit_max_events,
+            outage_commit_interval_s=cfg.store.outage_commit_interval_s,
+            max_bytes=cfg.store.max_bytes,
             max_age_s=cfg.store.max_age_days * 86400, clock_synchronized=clock.synchronized))
         remote = (RemoteControl(cfg.remote, cfg.gateway.id, cfg.gateway.state_dir)
                   if cfg.remote.enabled else None)

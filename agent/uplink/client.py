@@ -231,7 +231,15 @@ class MqttUplink:
         # Retained, so a subscriber that comes later still learns we are up.
         self._client.publish(self.status_topic, self._status("online"), qos=1, retain=True)
         self._subscribe_commands()
-        self._connected.set()
+        self._set_connected(True)
+
+    def _set_connected(self, up: bool) -> None:
+        """Whether events may be sent now; the store batches its commits while they may not."""
+        if up:
+            self._connected.set()
+        else:
+            self._connected.clear()
+        self._store.link(up)
 
     def _subscribe_commands(self) -> None:
         if self._command_topic is not None:  # again each time: the session may be new
@@ -259,11 +267,12 @@ class MqttUplink:
         # paho retries with backoff; the monitor logs one line per fault, not one per attempt.
         if not self._closing:
             self._link.connect_failed(exc)
+            self._store.link(False)
 
     def _disconnected(self, reason: ReasonCode) -> None:
         if self._connected.is_set():
             log.warning("mqtt_disconnected", host=self._config.host, reason=str(reason))
-        self._connected.clear()
+        self._set_connected(False)
         self._link.disconnected()
 
     def _take_acks(self) -> None:
@@ -293,6 +302,7 @@ class MqttUplink:
             "mqtt_connecting", host=cfg.host, port=cfg.effective_port, tls=cfg.tls.enabled,
             client_id=cfg.client_id or self._gateway.id,
         )
+        self._store.link(False)  # until the first CONNACK
         self._connect()
         order = self._order = SendOrder(
             self._store.last_seq, replay_rate_per_s=cfg.replay_rate_per_s, now_s=self._loop.time()
@@ -422,7 +432,7 @@ class MqttUplink:
                 if not info.is_published():
                     log.warning("mqtt_offline_unacknowledged", host=self._config.host,
                                 waited_s=CLOSE_ACK_TIMEOUT_S)
-        self._connected.clear()  # from here a disconnect is ours, not news
+        self._set_connected(False)  # from here a disconnect is ours, not news
         self._client.disconnect()
         # paho's thread may sit in a blocking connect (up to connect_timeout_s); it is a
         # daemon thread, so a stopping agent need not wait for it longer than this.

@@ -13,7 +13,7 @@ import textwrap
 from pathlib import Path
 
 from agent.config.models import GatewayConfig, MqttConfig
-from agent.events import STORE_HEALTH, WINDOW, Event, decode
+from agent.events import ANOMALY, STORE_HEALTH, WINDOW, Event, decode
 from agent.store import EventStore, read_stats
 from agent.testing import Mosquitto, MqttCollector, wait_until_async
 from agent.uplink.client import MqttUplink
@@ -61,32 +61,48 @@ async def test_events_the_broker_acknowledges_in_time_are_never_written(tmp_path
     await store.close()
 
 
-async def test_with_the_link_down_events_reach_the_disk_within_a_commit_interval(
+async def test_with_the_link_down_events_are_committed_in_batches_alarms_at_once(
     tmp_path: Path,
 ) -> None:
+    """Link down: windows wait for `outage_commit_interval_s` (few, big commits spare the
+    card), an alarm is on disk within the commit interval (with what came before it), and
+    256 KiB waiting are committed at once; everything arrives once the broker is back."""
     broker = Mosquitto(persistent=True)
     store = await EventStore.open(tmp_path / "e.sqlite", "gw", commit_interval_s=0.2,
-                                  spool_dir=tmp_path)
+                                  outage_commit_interval_s=1.5, spool_dir=tmp_path)
     writer = asyncio.create_task(store.writer())
     with broker, MqttCollector(broker.host, broker.port, "s/gw/#", client_id="cloud") as cloud:
         broker.stop()
         uplink = uplink_for(broker, store)
         sender = asyncio.create_task(uplink.run())
-        store.put([window(i) for i in range(50)])
-        assert await store.depth() == 0, "not written at once"
+        loop = asyncio.get_running_loop()
 
-        async def on_disk() -> bool:
-            return await store.depth() == 50
-        await wait_until_async(on_disk, timeout_s=0.2 * 3, interval_s=0.02,
-                               what="the events on disk within the commit interval")
+        async def depth_is(n: int) -> bool:
+            return await store.depth() == n
+
+        # Windows alone: on disk only once the oldest waited the outage interval.
+        made = loop.time()
+        store.put([window(i) for i in range(50)])
+        await wait_until_async(lambda: depth_is(50), timeout_s=1.5 * 3, interval_s=0.02,
+                               what="the windows on disk within the outage interval")
+        assert loop.time() - made >= 1.5, "committed before the outage interval"
+        # An alarm: on disk within the commit interval, the windows before it too.
+        made = loop.time()
+        store.put([window(i) for i in range(50, 60)])
+        store.put([Event(ANOMALY, "m1", 60, {"score": 9.0})])
+        await wait_until_async(lambda: depth_is(61), timeout_s=0.2 * 3, interval_s=0.02,
+                               what="an alarm on disk within the commit interval")
+        # 256 KiB waiting: committed without waiting for the interval.
+        big = {f"t{j}": "x" * 1000 for j in range(30)}
+        store.put([Event(WINDOW, "m1", 61 + i, {"tags": big}) for i in range(10)])
+        await wait_until_async(lambda: depth_is(71), timeout_s=0.2 * 3, interval_s=0.02,
+                               what="a full batch on disk at once")
         assert store.pending_count == 0
         broker.start()
-        await asyncio.to_thread(cloud.wait_for, lambda m: len(m) >= 50, timeout_s=30,
+        await asyncio.to_thread(cloud.wait_for, lambda m: len(m) >= 71, timeout_s=30,
                                 what="the backlog")
-
-        async def deleted() -> bool:
-            return await store.depth() == 0
-        await wait_until_async(deleted, timeout_s=10, what="acknowledged rows deleted")
+        await wait_until_async(lambda: depth_is(0), timeout_s=10,
+                               what="acknowledged rows deleted")
         sender.cancel()
         await uplink.close()
     writer.cancel()

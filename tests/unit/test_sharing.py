@@ -161,9 +161,11 @@ def test_explain_names_the_anomaly_topics_with_the_tags_they_may_carry() -> None
 
 
 def test_explain_states_the_power_cut_loss_bound() -> None:
-    config = AgentConfig.model_validate({**CONFIG, "store": {"commit_interval_s": 0.25}})
+    config = AgentConfig.model_validate(
+        {**CONFIG, "store": {"commit_interval_s": 0.25, "outage_commit_interval_s": 30}})
     [line] = [t for t in explain(config) if t.startswith("Kept until the broker acknowledges")]
     assert "not acknowledged within 0.25 s" in line
     assert "a power cut loses at most the events of the last 0.25 s" in line
+    assert "while the broker is unreachable: of the last 30 s, alarms of the last 0.25 s" in line
     assert "each device's open window of at most 10 s of aggregates (named in windows_lost)" \
         in line

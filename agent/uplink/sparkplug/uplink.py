@@ -104,7 +104,7 @@ class SparkplugUplink(MqttUplink):
         for message in births:
             self._client.publish(message.topic, message.payload, qos=message.qos)
         self._born = True
-        self._connected.set()
+        self._set_connected(True)
         log.info("sparkplug_born", bdseq=self._connack_bdseq, devices=len(births) - 1)
 
     def _disconnected(self, reason: ReasonCode) -> None:
@@ -141,7 +141,7 @@ class SparkplugUplink(MqttUplink):
 
     async def _start_over(self) -> None:
         self._born = False
-        self._connected.clear()
+        self._set_connected(False)
         try:
             info = self._goodbye()
             if info is not None:
@@ -189,7 +189,7 @@ class SparkplugUplink(MqttUplink):
         if not self._session_up:
             return None
         self._session_up = False
-        self._connected.clear()
+        self._set_connected(False)
         death = self.node.death(self._connack_bdseq, _now_ms())
         return self._client.publish(death.topic, death.payload, qos=1, retain=False)
 

@@ -66,6 +66,18 @@ class SystemResult:
 
 
 @dataclass(frozen=True)
+class OutageResult:
+    """The agent with its broker unreachable: what its store wrote over the span."""
+
+    seconds: float
+    disk_bytes: int
+    """`write_bytes` of the agent's process."""
+    stored_bytes: int
+    """Payload bytes of the events its store committed (`buffer stats` bytes, end - start)."""
+    stored_events: int
+
+
+@dataclass(frozen=True)
 class PlainBroker:
     seconds: float
     published: Counter[str]
@@ -148,7 +160,7 @@ def rows(result: SystemResult, workload: Workload) -> list[tuple[str, str, float
 
 
 def workload_section(workload: Workload, agent: SystemResult, other: SystemResult | None,
-                     tb_version: str) -> list[str]:
+                     tb_version: str, outage: OutageResult) -> list[str]:
     agent_rows = rows(agent, workload)
     header = f"## {workload.name}: {workload.describe()}"
     kinds = Counter(a.topic.rsplit("/", 1)[-1] for a in agent.messages)
@@ -177,6 +189,7 @@ def workload_section(workload: Workload, agent: SystemResult, other: SystemResul
                   "UA change made is not a change delivered: the agent samples every 100 ms "
                   "with a queue of 10 per item and its subscription publishes every second; "
                   "the ingested row counts what reached its windows.")]
+    lines += ["", *outage_table(outage)]
     if workload.name == "reference":
         cpu_percent = 100 * agent.cpu_s / agent.seconds
         assert agent.after
@@ -186,6 +199,25 @@ def workload_section(workload: Workload, agent: SystemResult, other: SystemResul
                   f"({'within' if cpu_percent <= BUDGET_CPU_PERCENT else 'OVER'}), "
                   f"{rss_mb:.0f} MB peak ({'within' if rss_mb <= BUDGET_RSS_MB else 'OVER'}).")]
     return lines + [""]
+
+
+def outage_table(outage: OutageResult) -> list[str]:
+    span = outage.seconds
+    written = (f"{outage.disk_bytes / outage.stored_bytes:.2f}" if outage.stored_bytes
+               else "n/a")
+    return [
+        (f"edge-agent with its broker unreachable (nothing listening at its address), "
+         f"{span:.0f} s, the same devices (ThingsBoard, with its memory storage, writes "
+         "nothing and keeps nothing through a power cut):"),
+        "",
+        "| measure | edge-agent |", "|---|---:|",
+        f"| events stored (per s) | {outage.stored_events:,} ({outage.stored_events / span:,.1f}) |",
+        (f"| payload bytes stored (per s) | {outage.stored_bytes:,} "
+         f"({outage.stored_bytes / span:,.0f}) |"),
+        (f"| bytes written to disk, `write_bytes` (per s) | {outage.disk_bytes:,} "
+         f"({outage.disk_bytes / span:,.0f}) |"),
+        f"| bytes written per payload byte stored | {written} |",
+    ]
 
 
 def plain_broker_section(plain: PlainBroker) -> list[str]:

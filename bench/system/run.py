@@ -37,6 +37,7 @@ import measure
 import thingsboard
 from measure import Arrival, BrokerRecorder, StampSeen, WindowSeen
 from report import (
+    OutageResult,
     PlainBroker,
     SystemResult,
     git_head,
@@ -49,7 +50,8 @@ from report import (
 )
 from workload import WORKLOADS, OpcUaFleet, ServerKind, Workload
 
-from agent.testing import Mosquitto, console_script, stop_process, wait_until
+from agent.store import read_stats
+from agent.testing import Mosquitto, console_script, free_tcp_port, stop_process, wait_until
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
@@ -59,6 +61,8 @@ WINDOW_S = 10.0
 QUICK_WINDOW_S = 1.0
 """`aggregate.window_s` of a quick run: its span is shorter than 10 s, and the OPC UA samples
 the agent ingested are counted from its `window` events."""
+QUICK_OUTAGE_COMMIT_S = 1.0
+"""`store.outage_commit_interval_s` of a quick run: several commits in its short outage."""
 
 
 def progress(message: str) -> None:
@@ -189,16 +193,28 @@ def measure_span(system: System, process: subprocess.Popen[bytes], recorder: Bro
 # --- the two systems ----------------------------------------------------------------------------
 
 
-def agent_config(sims: list[Simulator], broker: Mosquitto, work: Path, window_s: float) -> Path:
+def agent_config(sims: list[Simulator], host: str, port: int, work: Path, window_s: float,
+                 store: str = "{}") -> Path:
     devices = "".join(sim.server.agent_devices(sim.ports) for sim in sims)
     config = work / "agent.yaml"
     config.write_text(
         f"gateway: {{id: {GATEWAY}, site: {SITE}, state_dir: {work / 'agent-state'}, clock: rtc}}\n"
-        f"mqtt: {{host: {broker.host}, port: {broker.port}, tls: {{enabled: false}}}}\n"
+        f"mqtt: {{host: {host}, port: {port}, tls: {{enabled: false}}}}\n"
         f"aggregate: {{window_s: {window_s}}}\n"
+        f"store: {store}\n"
         f"devices:\n{devices}"
     )
     return config
+
+
+def start_agent(config: Path, work: Path, numba_cache: Path) -> subprocess.Popen[bytes]:
+    with open(work / "agent.log", "w") as log:
+        return subprocess.Popen(
+            [console_script("edge-agent"), "run", "-c", str(config)],
+            stdout=subprocess.DEVNULL, stderr=log,
+            env={"PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+                 "NUMBA_CACHE_DIR": str(numba_cache)},
+        )
 
 
 def warm_numba_cache(numba_cache: Path) -> subprocess.Popen[bytes]:
@@ -213,14 +229,8 @@ def warm_numba_cache(numba_cache: Path) -> subprocess.Popen[bytes]:
 def run_agent(sims: list[Simulator], broker: Mosquitto,
               recorder: BrokerRecorder, work: Path, numba_cache: Path, duration_s: float,
               warmup_s: float, window_s: float) -> SystemResult:
-    config = agent_config(sims, broker, work, window_s)
-    with open(work / "agent.log", "w") as log:
-        process = subprocess.Popen(
-            [console_script("edge-agent"), "run", "-c", str(config)],
-            stdout=subprocess.DEVNULL, stderr=log,
-            env={"PATH": os.environ.get("PATH", "/usr/bin:/bin"),
-                 "NUMBA_CACHE_DIR": str(numba_cache)},
-        )
+    process = start_agent(agent_config(sims, broker.host, broker.port, work, window_s), work,
+                          numba_cache)
     try:
         result = measure_span(AGENT, process, recorder, sims, device_names(sims), duration_s,
                               warmup_s)
@@ -234,6 +244,42 @@ def run_agent(sims: list[Simulator], broker: Mosquitto,
         result.opcua_ingested_per_s = measure.ingested_per_s(windows, opcua, result.start_ns,
                                                              result.end_ns)
     return result
+
+
+def run_agent_outage(sims: list[Simulator], work: Path, numba_cache: Path, duration_s: float,
+                     warmup_s: float, window_s: float, store: str) -> OutageResult:
+    """The agent with nothing listening at its broker's address: everything it makes is
+    stored. Measured once every device has a window stored, and `warmup_s` more."""
+    work.mkdir()
+    process = start_agent(agent_config(sims, "127.0.0.1", free_tcp_port(), work, window_s,
+                                       store), work, numba_cache)
+    database = work / "agent-state" / "events.sqlite"
+    devices = device_names(sims)
+
+    def every_device_stored() -> bool:
+        if process.poll() is not None:
+            raise RuntimeError(f"the agent exited with {process.returncode} (broker unreachable)")
+        if not database.exists():
+            return False
+        stored = read_stats(database).by_kind.get("window", 0)
+        return stored >= len(devices)
+
+    try:
+        wait_until(every_device_stored, timeout_s=180,
+                   what="a window of every device stored (broker unreachable)")
+        time.sleep(warmup_s)
+        before, stored_before = measure.sample_process(process.pid), read_stats(database)
+        started = time.monotonic()
+        time.sleep(duration_s)
+        after, stored_after = measure.sample_process(process.pid), read_stats(database)
+        seconds = time.monotonic() - started
+        if process.poll() is not None:
+            raise RuntimeError(f"the agent exited with {process.returncode} during the outage")
+    finally:
+        stop_process(process, timeout_s=20)
+    return OutageResult(seconds, after.write_bytes - before.write_bytes,
+                        stored_after.bytes - stored_before.bytes,
+                        stored_after.depth - stored_before.depth)
 
 
 def device_names(sims: list[Simulator]) -> list[str]:
@@ -304,10 +350,11 @@ def main() -> int:
                         help="smoke run: the smoke workload, 5 s, agent only")
     parser.add_argument("--output", type=Path, help="also write the report to this file")
     args = parser.parse_args()
-    window_s = WINDOW_S
+    window_s, outage_store = WINDOW_S, "{}"
     if args.quick:
         args.workloads, args.duration, args.warmup = "smoke", 5.0, 1.0
         args.no_thingsboard, window_s = True, QUICK_WINDOW_S
+        outage_store = f"{{outage_commit_interval_s: {QUICK_OUTAGE_COMMIT_S}}}"
     chosen = [WORKLOADS[name] for name in args.workloads.split(",")]
     with_tb = not args.no_thingsboard
 
@@ -340,6 +387,11 @@ def main() -> int:
                     progress(f"{workload.name}: edge-agent, {args.duration:g} s")
                     agent = run_agent(sims, broker, recorder, directory,
                                       numba_cache, args.duration, args.warmup, window_s)
+                    progress(f"{workload.name}: edge-agent, broker unreachable, "
+                             f"{args.duration:g} s")
+                    outage = run_agent_outage(sims, directory / "outage", numba_cache,
+                                              args.duration, args.warmup, window_s,
+                                              outage_store)
                     other = None
                     if with_tb:
                         progress(f"{workload.name}: ThingsBoard IoT Gateway, {args.duration:g} s")
@@ -353,7 +405,7 @@ def main() -> int:
                             progress(f"ThingsBoard on a plain broker, {args.plain_broker_s:g} s")
                             plain = thingsboard_on_plain_broker(
                                 sims, broker, recorder, directory, args.plain_broker_s)
-                sections += workload_section(workload, agent, other, tb_version)
+                sections += workload_section(workload, agent, other, tb_version, outage)
     finally:
         shutil.rmtree(work, ignore_errors=True)
 

@@ -40,3 +40,7 @@ def test_system_benchmark_quick_run_measures_the_agent_on_modbus_and_opcua_and_i
         row = next(line for line in text.splitlines() if line.startswith(f"| {measure} |"))
         assert "n/a" not in row, row
     assert re.search(r"edge-agent messages by kind: .*change \d+", text), text
+    # With the broker unreachable, the store's writes beside what it stored.
+    stored = re.search(r"\| payload bytes stored \(per s\) \| ([\d,]+) ", text)
+    assert stored is not None and int(stored[1].replace(",", "")) > 0, text
+    assert re.search(r"\| bytes written per payload byte stored \| \d+\.\d\d \|", text), text

@@ -34,6 +34,7 @@ from workload import GATEWAY, event_pool, events, fill_store, io_counters
 import agent.events
 from agent.config.models import StoreConfig
 from agent.store import EventStore
+from agent.store.inspect import files_of
 from agent.testing import Mosquitto, describe_machine
 
 HERE = Path(__file__).resolve().parent
@@ -83,7 +84,7 @@ def io_delta(before: dict[str, int] | None, after: dict[str, int] | None) -> dic
 
 
 def file_bytes(path: Path) -> int:
-    return sum(p.stat().st_size for p in (path, Path(f"{path}-wal")) if p.exists())
+    return sum(p.stat().st_size for p in files_of(path) if p.exists())
 
 
 async def write_through_store(path: Path, count: int) -> tuple[Written, list[bytes]]:
@@ -110,9 +111,10 @@ async def write_through_store(path: Path, count: int) -> tuple[Written, list[byt
 
 
 def write_bare(path: Path, payloads: list[bytes], batch: int) -> Written:
-    """The floor: the same bytes, the same batches, WAL + synchronous=FULL, nothing else."""
+    """The floor: the same bytes, the same batches, the store's journal mode and
+    synchronous=FULL, nothing else."""
     db = sqlite3.connect(path, isolation_level=None)
-    db.execute("PRAGMA journal_mode=WAL")
+    db.execute("PRAGMA journal_mode=PERSIST")
     db.execute("PRAGMA synchronous=FULL")
     db.execute("CREATE TABLE outbox (seq INTEGER PRIMARY KEY, payload BLOB NOT NULL)")
     before, started = io_counters(), time.perf_counter()
@@ -216,9 +218,9 @@ async def sent_payload_bytes(path: Path, sample: int = 1000) -> float:
 
 
 def copy_store(source: Path, target: Path) -> None:
-    for suffix in ("", "-wal"):
-        if Path(f"{source}{suffix}").exists():
-            shutil.copyfile(f"{source}{suffix}", f"{target}{suffix}")
+    for path in files_of(source):
+        if path.exists():
+            shutil.copyfile(path, target.with_name(target.name + path.name[len(source.name):]))
 
 
 @dataclass
@@ -265,7 +267,7 @@ class BacklogBench:
 
 def bench_backlog(work: Path, sizes: Sizes, broker: Mosquitto) -> BacklogBench:
     store = work / "backlog.sqlite"
-    needed = sizes.backlog * 2_000  # payload, row and index, WAL: generous
+    needed = sizes.backlog * 2_000  # payload, row and index, journal: generous
     free = shutil.disk_usage(work).free
     if free < needed:
         raise SystemExit(f"{work} has {free >> 20} MiB free; a backlog of {sizes.backlog} "
@@ -353,9 +355,10 @@ def report(args: argparse.Namespace, sizes: Sizes, work: Path, writes: WriteBenc
     ]
     bare_rate = statistics.median(w.rate for w in writes.bare)
     store_name = (f"`EventStore`: put, commit every {defaults.commit_max_events} events "
-                  f"(commit_interval_s {defaults.commit_interval_s}), WAL, synchronous=FULL")
+                  f"(commit_interval_s {defaults.commit_interval_s}), journal kept in place (PERSIST), "
+                  "synchronous=FULL")
     bare_name = (f"bare SQLite: same payloads, {defaults.commit_max_events} rows per "
-                 "transaction, WAL, synchronous=FULL")
+                 "transaction, journal kept in place (PERSIST), synchronous=FULL")
     for name, runs in ((store_name, writes.store), (bare_name, writes.bare)):
         rate = statistics.median(w.rate for w in runs)
         out.append(

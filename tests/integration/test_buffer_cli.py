@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import signal
 import subprocess
@@ -85,7 +86,8 @@ async def test_a_commit_a_crash_interrupted_is_a_clear_error_until_the_agent_sta
     store = await EventStore.open(path, "gw-1")
     store.put([Event("window", "m1", 10**18 + i, {"i": "x" * 500}) for i in range(200)])
     await store.close()
-    crash = subprocess.run([sys.executable, "-c", _INTERRUPTED_COMMIT, str(path)], check=False)
+    crash = await asyncio.to_thread(
+        subprocess.run, [sys.executable, "-c", _INTERRUPTED_COMMIT, str(path)], check=False)
     assert crash.returncode == -signal.SIGKILL
     assert main(["buffer", "stats", "-c", str(config)]) != 0
     err = capsys.readouterr().err

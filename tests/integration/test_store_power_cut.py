@@ -5,9 +5,10 @@ Each cycle starts a store process (tests/powercut/worker.py: the store, its writ
 some cycles, its uplink to a real Mosquitto) on the lazy disk; cuts the power at a random
 moment, SIGKILLs the process, and mounts the disk again. Its RAM spool lies in a directory
 of its own that is emptied after each cut (a reboot empties /dev/shm). What the cycle was doing when the
-power went: committing with the link down (commits, checkpoints), sending with the link up,
-deleting a backlog after an outage, merging windows over a small byte bound, or migrating
-a store of the previous schema (the cut then falls in the first milliseconds). After each
+power went: committing with the link down (an alarm at once, or windows in batches),
+sending with the link up, deleting a backlog after an outage, merging windows over a small
+byte bound, or migrating a store of the previous schema that an older agent kept in WAL
+mode (the cut then falls in the first milliseconds). After each
 cut: the database opens, `PRAGMA integrity_check` is ok, the store opens, and no sequence
 number is ever reused. At the end everything is delivered, every alarm made either
 reached the broker or was made within the loss bound before a cut, which the store reported
@@ -46,7 +47,11 @@ COMMIT_INTERVAL_S = 0.05  # the worker's
 BOUND_S = COMMIT_INTERVAL_S + 0.25
 """The loss bound, in time before the cut: one commit interval of events not acknowledged,
 plus the commit under way when the power went (fsyncs through FUSE on a loaded machine)."""
-PHASES = ("outage", "outage", "live", "backlog", "degrade", "migrate")
+PHASES = ("outage", "batched", "live", "backlog", "degrade", "migrate")
+"""`batched`: the link down with an alarm only every 50th put, so that windows wait and are
+committed in batches every OUTAGE_COMMIT_S (the store's way with the link down)."""
+OUTAGE_COMMIT_S = 0.15
+"""The worker's `outage_commit_interval_s`: batches within a cycle's random moment."""
 
 
 class LazyDisk:
@@ -135,7 +140,7 @@ class Cycle:
 
 
 def to_previous_schema(db_path: Path) -> None:
-    """What an agent of schema 2 left: raw samples at the priority of windows."""
+    """What an agent of schema 2 left: raw samples at the priority of windows, in WAL mode."""
     with contextlib.closing(sqlite3.connect(db_path)) as db:
         db.execute("PRAGMA journal_mode=WAL")
         db.execute("UPDATE outbox SET priority = 0 WHERE kind = 'samples'")
@@ -149,11 +154,13 @@ def run_cycle(disk: LazyDisk, cycle: Cycle, broker_port: int, record: Path, shm:
         to_previous_schema(db_path)
     port = broker_port if cycle.phase in ("live", "backlog") else free_tcp_port()
     max_bytes = 256 * 1024 if cycle.phase == "degrade" else 0
+    alarm_every = 50 if cycle.phase == "batched" else 1
     record.unlink(missing_ok=True)
     started = time.monotonic()
     worker = subprocess.Popen(
         [sys.executable, str(POWERCUT / "worker.py"), str(db_path), str(shm), str(port),
-         str(max_bytes), str(cycle.number * 100_000), str(record)],
+         str(max_bytes), str(cycle.number * 100_000), str(record), str(alarm_every),
+         str(OUTAGE_COMMIT_S)],
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
         env={**os.environ, "PYTHONPATH": os.getcwd()})
     try:

@@ -1,9 +1,11 @@
 """What runs on the lazy disk until the power is cut: an EventStore (and its uplink when a
 broker port is given) as the runtime wires them, fed events as fast as a busy gateway.
 
-python worker.py DB SPOOL_DIR BROKER_PORT(0: link down) MAX_BYTES(0: none) FIRST_N RECORD
-Every `anomaly` event carries `n` (from FIRST_N on); after each `put` the line `n mono_s`
-is appended to RECORD (on a real disk, unbuffered), so the test knows what was made even
+python worker.py DB SPOOL_DIR BROKER_PORT(0: no uplink) MAX_BYTES(0: none) FIRST_N RECORD
+ALARM_EVERY OUTAGE_COMMIT_S
+Every put carries an `anomaly` event (every ALARM_EVERY-th put only; the rest windows and
+samples, which a store whose uplink finds no broker commits every OUTAGE_COMMIT_S) with `n`
+(from FIRST_N on); after each `put` the line `n mono_s` is appended to RECORD (on a real disk, unbuffered), so the test knows what was made even
 after the SIGKILL that follows the power cut. `opening` is written before the store opens
 (migrates), `ready` once it is open.
 """
@@ -24,12 +26,13 @@ PUT_EVERY_S = 0.005
 
 
 async def main() -> None:
-    db, spool, port, max_bytes, first_n, record = sys.argv[1:7]
+    db, spool, port, max_bytes, first_n, record, alarm_every, outage_s = sys.argv[1:9]
     out = os.open(record, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
     os.write(out, b"opening\n")
     store = await EventStore.open(
         Path(db), "gw", commit_interval_s=COMMIT_INTERVAL_S, spool_dir=Path(spool),
-        max_bytes=int(max_bytes) or None, report_interval_s=0.2)
+        max_bytes=int(max_bytes) or None, report_interval_s=0.2,
+        outage_commit_interval_s=float(outage_s))
     tasks = [asyncio.create_task(store.writer())]
     if int(port):
         from agent.config.models import GatewayConfig, MqttConfig
@@ -46,15 +49,18 @@ async def main() -> None:
                       "std": 0.5, "last": 2.0} for k in range(8)}
     while True:
         now_ns = time.time_ns()
-        events = [Event(ANOMALY, "m1", now_ns, {"n": n}),
-                  Event(WINDOW, "m1", now_ns, {"start_ns": now_ns - 1, "end_ns": now_ns,
+        events = [Event(WINDOW, "m1", now_ns, {"start_ns": now_ns - 1, "end_ns": now_ns,
                                                "tags": tags}),
                   Event(WINDOW, "m2", now_ns, {"start_ns": now_ns - 1, "end_ns": now_ns,
                                                "tags": tags})]
+        alarm = n % int(alarm_every) == 0
+        if alarm:
+            events.insert(0, Event(ANOMALY, "m1", now_ns, {"n": n}))
         if n % 4 == 0:
             events.append(Event(SAMPLES, "m1", now_ns, {"v": [float(n)] * 200}))
         store.put(events)
-        os.write(out, f"{n} {time.monotonic()}\n".encode())
+        if alarm:
+            os.write(out, f"{n} {time.monotonic()}\n".encode())
         n += 1
         await asyncio.sleep(PUT_EVERY_S)
 

@@ -431,9 +431,15 @@ class EventStore:
         now = time.monotonic()
         if now - self._failure_logged_mono >= _FAILURE_LOG_INTERVAL_S:
             self._failure_logged_mono = now
-            log.error("store_commit_failed", path=str(self.path), error=str(error),
-                      events=self.pending_count, disk_full=full, failures=self._failures,
-                      free_bytes=self._disk.free_bytes())
+            if getattr(error, "sqlite_errorname", "") == "SQLITE_BUSY":  # a reader, not a fault
+                log.warning("store_commit_deferred", path=str(self.path),
+                            events=self.pending_count,
+                            reason="another process is reading the store (edge-agent buffer "
+                                   "stats or export); retried, the events wait in memory")
+            else:
+                log.error("store_commit_failed", path=str(self.path), error=str(error),
+                          events=self.pending_count, disk_full=full, failures=self._failures,
+                          free_bytes=self._disk.free_bytes())
         if full:
             try:
                 await self._call(self._outbox.make_room)

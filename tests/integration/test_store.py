@@ -118,3 +118,24 @@ async def test_a_store_an_older_agent_kept_in_wal_mode_changes_to_the_rollback_j
     await store.close()
     # No longer WAL (a rollback journal's mode is per connection), its journal kept in place.
     assert journal_mode(path) == "delete -journal"
+
+
+async def test_a_reader_holding_the_store_defers_commits_and_loses_nothing(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str],
+) -> None:
+    """With a rollback journal a reader (`buffer stats` on a big store) holds commits back:
+    they wait, are retried, say why, and nothing is lost once it is done."""
+    path = tmp_path / "events.sqlite"
+    store = await EventStore.open(path, "gw")
+    reader = sqlite3.connect(path, isolation_level=None)
+    reader.execute("BEGIN")
+    reader.execute("SELECT count(*) FROM outbox").fetchone()  # a read under way
+    store.put([ev(i) for i in range(5)])
+    await store.flush()
+    assert store.pending_count == 5, "the commit waits for the reader"
+    assert "store_commit_deferred" in capsys.readouterr().out
+    reader.close()
+    await store.flush()
+    assert store.pending_count == 0
+    assert [r.seq for r in await store.read_after(0, 10)] == [1, 2, 3, 4, 5]
+    await store.close()

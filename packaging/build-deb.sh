@@ -90,11 +90,13 @@ PIP_DISABLE_PIP_VERSION_CHECK=1 "$pip" --python "$venv/bin/python" install --qui
 setuptools=$("$project/.venv/bin/python" -c 'import setuptools; print(setuptools.__version__)')
 PIP_DISABLE_PIP_VERSION_CHECK=1 "$pip" --python "$venv/bin/python" install --quiet \
     --no-compile --constraint "$project/constraints.txt" "setuptools==$setuptools" argparse-manpage
-# The C compiler writes source paths into the extension (__FILE__, debug info): they are
-# made to name the installed venv, not the staging tree (so a cached one fits any build).
+# The C and C++ compilers write source paths into the extension (__FILE__, debug info): they
+# are made to name the installed venv, not the staging tree (so a cached one fits any build).
+# A recent setuptools (84 here) compiles numba's C++ runtime (nrt.cpp) with CXXFLAGS, not CFLAGS.
 kernels_dir=$(echo "$venv"/lib/python3*/site-packages/agent/detect/kernels)
 [ -z "$kernel_cache" ] || "$here/kernel-cache.sh" restore "$kernel_cache" "$kernels_dir"
-CFLAGS="${CFLAGS:-} -ffile-prefix-map=$stage$prefix=$prefix" PYTHONDONTWRITEBYTECODE=1 \
+map="-ffile-prefix-map=$stage$prefix=$prefix"
+CFLAGS="${CFLAGS:-} $map" CXXFLAGS="${CXXFLAGS:-} $map" PYTHONDONTWRITEBYTECODE=1 \
     "$venv/bin/python" -P -m agent.detect.kernels.build
 [ -z "$kernel_cache" ] || "$here/kernel-cache.sh" save "$kernel_cache" "$kernels_dir"
 # edge-agent(1) from the argparse definitions, with the defaults a gateway sees (-c: /etc).

@@ -29,7 +29,7 @@ from debian_roots import (
     require_tools,
     run,
 )
-from support import build_deb, demo_tags, running_sim
+from support import BACKGROUND_DEBS, build_deb, demo_tags, running_sim
 
 from agent.testing import Mosquitto, MqttCollector
 
@@ -58,7 +58,10 @@ def arm64(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Arm64]:
     except Refused as exc:
         pytest.skip(f"no emulated arm64 root on this machine: {exc}")
     base = tmp_path_factory.mktemp("arm64")
-    deb = build_deb(base, "arm64", timeout_s=3000)  # uncompressed (gzip: minutes emulated)
+    # Started when the session began (conftest.py), else now; uncompressed (gzip: minutes
+    # emulated).
+    started = BACKGROUND_DEBS.get("arm64")
+    deb = started.result(3000) if started else build_deb(base, "arm64", timeout_s=3000)
     root = extract(tarball, base)
     try:
         shutil.copy(deb, root / "root" / deb.name)

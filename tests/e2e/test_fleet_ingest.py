@@ -216,10 +216,8 @@ def test_completeness_explains_the_agents_losses_and_not_the_brokers(
             # The broker refuses the agent's login at first: its store fills past its bound.
             config = agent_config(tmp_path, broker,
                                   modbus_device("m1", sim.port, poll_interval_s=0.05),
-                                  window_s=0.05)
+                                  window_s=0.05, max_bytes="64 KiB")
             config.write_text(config.read_text()
-                              .replace("store: {commit_interval_s: 0.1}",
-                                       'store: {commit_interval_s: 0.1, max_bytes: "64 KiB"}')
                               .replace("tls: {enabled: false},", 'tls: false, version: "3.1.1",')
                               .replace("username: e2e,", "username: gw-e2e,"))
             with AgentProcess(config, tmp_path / "agent.log", numba_cache) as agent:

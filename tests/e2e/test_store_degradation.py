@@ -28,10 +28,7 @@ def test_a_full_store_degrades_and_reports_while_the_agent_runs(
             running_sim(tmp_path, "sim") as sim:
         broker.stop()  # the link is down: everything stays in the store
         config = agent_config(tmp_path, broker, modbus_device("m1", sim.port, poll_interval_s=0.05),
-                              window_s=0.05)
-        config.write_text(config.read_text().replace(
-            "store: {commit_interval_s: 0.1}",
-            'store: {commit_interval_s: 0.1, max_bytes: "64 KiB"}'))
+                              window_s=0.05, max_bytes="64 KiB")
         with AgentProcess(config, tmp_path / "agent.log", numba_cache) as agent:
             agent.wait_logged("store_degraded", timeout_s=60)
             stats = read_stats(tmp_path / "state" / "events.sqlite")

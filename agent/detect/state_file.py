@@ -110,6 +110,9 @@ def _write_slot(path: Path, number: int, document: Mapping[str, Any]) -> None:
             if os.fstat(out.fileno()).st_size == 2 * size:
                 os.pwrite(out.fileno(), block, (number % 2) * size)
                 os.fdatasync(out.fileno())
+                # Out of the page cache: a kernel with large folios (Linux 6.18 here) keeps
+                # the whole file in one, and a save would write both slots.
+                os.posix_fadvise(out.fileno(), 0, 0, os.POSIX_FADV_DONTNEED)
                 return
     except FileNotFoundError:
         pass

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 from structlog.testing import capture_logs
 
 from agent.detect.state_file import SLOT_BYTES, StateFile, read_document
@@ -63,3 +64,21 @@ def test_a_file_with_no_intact_slot_is_logged_and_read_as_empty(tmp_path: Path) 
     with capture_logs() as logs:
         assert StateFile(copy, in_place=True).load() == {}
     assert [e["event"] for e in logs] == ["detector_state_unreadable"]
+
+
+def _written_bytes() -> int:
+    with open("/proc/self/io") as io:  # every thread of this process, the writer's included
+        return next(int(line.split()[1]) for line in io if line.startswith("write_bytes:"))
+
+
+def test_a_save_writes_one_block(tmp_path: Path) -> None:
+    """One slot a save reaches the disk, not the whole file (a large folio would hold both)."""
+    path = tmp_path / "s.slots"
+    state = saved(path, {"n": 0}, {"n": 1})
+    before = _written_bytes()
+    if before == 0:
+        pytest.skip("this file system does not count written bytes (tmpfs)")
+    for n in range(2, 12):
+        state.save({"n": n})
+        state.wait_saved()
+    assert (_written_bytes() - before) / 10 <= SLOT_BYTES

@@ -43,10 +43,6 @@ class DiskSpace:
         """The disk itself is (nearly) full: the next transaction may not fit."""
         return self.free_bytes() < LOW_BYTES
 
-    @property
-    def held(self) -> bool:
-        return self._held
-
     def limit_pages(self, db: sqlite3.Connection) -> None:
         """Let the database file grow only into free space beyond the journal's headroom
         (the reserve, once given back, takes the events waiting; it is claimed again as soon

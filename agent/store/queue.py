@@ -9,10 +9,11 @@ event loop never waits on the disk); those acknowledged before are never written
 While the uplink reports the link down they are committed in bigger batches (every
 `outage_commit_interval_s`, or 256 KiB), alarms still within `commit_interval_s`. So with
 the link up the disk sees almost nothing, and a power cut loses at most the unacknowledged
-events of the last commit interval; a crash or SIGKILL of the agent loses nothing (the spool). A stored row is deleted once the uplink reports its
-acknowledgement. Bounded in bytes and age (`degrade`), never filling the disk (`disk`);
-rows the uplink has read for sending are reserved and never touched; events made before the
-clock was synchronized are corrected when they are read for sending.
+events of the last commit interval; a crash or SIGKILL of the agent loses nothing (the
+spool). A stored row is deleted once the uplink reports its acknowledgement. Bounded in
+bytes and age (`degrade`), never filling the disk (`disk`); rows the uplink has read for
+sending are reserved and never touched; events made before the clock was synchronized are
+corrected when they are read for sending.
 """
 
 from __future__ import annotations

@@ -267,7 +267,7 @@ class MqttUplink:
         # paho retries with backoff; the monitor logs one line per fault, not one per attempt.
         if not self._closing:
             self._link.connect_failed(exc)
-            self._store.link(False)
+            self._set_connected(False)
 
     def _disconnected(self, reason: ReasonCode) -> None:
         if self._connected.is_set():
@@ -302,7 +302,7 @@ class MqttUplink:
             "mqtt_connecting", host=cfg.host, port=cfg.effective_port, tls=cfg.tls.enabled,
             client_id=cfg.client_id or self._gateway.id,
         )
-        self._store.link(False)  # until the first CONNACK
+        self._set_connected(False)  # until the first CONNACK
         self._connect()
         order = self._order = SendOrder(
             self._store.last_seq, replay_rate_per_s=cfg.replay_rate_per_s, now_s=self._loop.time()

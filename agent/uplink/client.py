@@ -1,44 +1,36 @@
 """MQTT uplink: sends stored events at QoS 1 and acknowledges them to the store.
 
-paho-mqtt runs its network loop in its own thread (`loop_start`); its callbacks
-are bridged into the event loop here and nowhere else, with
-`call_soon_threadsafe`. paho keeps the messages it has not had a PUBACK for
-and sends them again after a reconnect, so the in-flight map survives
-reconnects; after a restart of the agent the store still holds them all.
+The connection (`connection.py`, on the event loop) keeps what it published until the
+PUBACK and sends it again after a reconnect, so the in-flight map survives reconnects;
+after a restart of the agent the store still holds them all. This class is the
+connection's listener: it turns what the connection saw into link state, acknowledgements
+to the store and commands, and runs the send loop (live first, `send_order.py`).
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import socket
 import ssl
-import sys
-import threading
 import time
 from collections.abc import Callable
-from typing import Any, Self
+from typing import Self
 
-import paho.mqtt.client as mqtt
 import structlog
-from paho.mqtt.enums import CallbackAPIVersion
-from paho.mqtt.packettypes import PacketTypes
-from paho.mqtt.properties import Properties
-from paho.mqtt.reasoncodes import ReasonCode
 
 from agent import __version__
 from agent.config.models import GatewayConfig, MqttConfig, TlsConfig
 from agent.events import GATEWAY_DEVICE, mark_historical
 from agent.store import EventStore, StoredEvent
+from agent.uplink.connection import MqttConnection, Settings
 from agent.uplink.credentials import CredentialError, mqtt_password
 from agent.uplink.link import LinkMonitor, LinkState
+from agent.uplink.packets import Message, Reason, Will
 from agent.uplink.presence import PRESENCE_KIND, Presence, PresenceState, encode_presence
+from agent.uplink.read_ahead import ReadAhead
 from agent.uplink.send_order import SendOrder
 
 log = structlog.get_logger(__name__)
 
-LOOP_STOP_WAIT_S = 1.5
-"""How long `close()` waits for paho's network thread to end."""
 CLOSE_ACK_TIMEOUT_S = 1.0
 """How long `close()` waits for the PUBACK of the retained `offline` before DISCONNECT."""
 SESSION_EXPIRY_S = 7 * 86400
@@ -48,12 +40,18 @@ COMMANDS_IN_FLIGHT = 8
 """With a command topic: QoS 1 messages the broker may send before we acknowledge one (MQTT 5
 Receive Maximum); each is acknowledged only once handled."""
 
+READ_AHEAD_EVENTS = 512
+"""Backlog events read from the store at a time, the next batch while one is being sent."""
+
 CommandHandler = Callable[[bytes, Callable[[], None]], None]
 """Called on the event loop with a message from the command topic and the function that
 acknowledges it (a no-op once the connection it came on is gone)."""
 
 
 class MqttUplink:
+    RESENDS = True
+    """Whether what was in flight on a lost connection goes again, as it was, on the next."""
+
     def __init__(
         self, config: MqttConfig, gateway: GatewayConfig, store: EventStore, *,
         config_sha256: str = "", command_topic: str | None = None,
@@ -72,15 +70,13 @@ class MqttUplink:
         self._loop = asyncio.get_running_loop()
         self._connected = asyncio.Event()
         self._slot_freed = asyncio.Event()
-        self._inflight: dict[int, int] = {}  # paho message id -> store sequence number
+        self._inflight: dict[int, int] = {}  # MQTT packet id -> store sequence number
         self._historical_inflight: set[int] = set()
         self._topics: dict[tuple[str, str], str] = {}  # (device, kind) -> topic
-        self._acks: list[tuple[int, ReasonCode]] = []  # from paho's thread, under the lock
-        self._acks_lock = threading.Lock()
-        self._acks_scheduled = False
         self._link = LinkMonitor(config, self._loop, lambda: self._inflight.items())
         self._order: SendOrder | None = None
         """What goes next (live first); made by `run`."""
+        self._ahead = ReadAhead(store, READ_AHEAD_EVENTS)
         self._closing = False
         self._closed = False
         self._command_topic = command_topic if on_command is not None else None
@@ -91,7 +87,7 @@ class MqttUplink:
             site=gateway.site, gateway=gateway.id, device=GATEWAY_DEVICE, kind=PRESENCE_KIND
         )
         """Where the retained `online`/`offline` status message goes (docs/events.md)."""
-        self._client = self._make_client()
+        self._mqtt = MqttConnection(self._settings(), self)
 
     @property
     def connected(self) -> bool:
@@ -127,37 +123,25 @@ class MqttUplink:
             )
         return topic
 
-    def _make_client(self) -> mqtt.Client:
+    def _settings(self) -> Settings:
         cfg = self._config
         persistent = self._command_topic is not None
-        client = mqtt.Client(
-            callback_api_version=CallbackAPIVersion.VERSION2,
-            client_id=cfg.client_id or self._gateway.id,
-            protocol=mqtt.MQTTv5 if cfg.version == "5" else mqtt.MQTTv311,
-            # Commands sent while the gateway is away wait in its session at the broker.
-            clean_session=False if persistent and cfg.version != "5" else None,
-            manual_ack=persistent,
-        )
+        password = None
         if cfg.username is not None:
             secret = mqtt_password(cfg)
-            client.username_pw_set(
-                cfg.username, secret.get_secret_value() if secret is not None else None
-            )
-        if cfg.tls.enabled:
-            client.tls_set_context(_tls_context(cfg.tls))
-        client.connect_timeout = cfg.connect_timeout_s
-        # One slot more than run() fills, so the status message never waits behind events.
-        client.max_inflight_messages_set(cfg.max_inflight + 1)
-        client.reconnect_delay_set(min_delay=1, max_delay=60)
-        self._set_will(client)
-        client.on_pre_connect = self._on_pre_connect
-        client.on_connect_fail = self._on_connect_fail
-        client.on_socket_open = self._on_socket_open
-        client.on_connect = self._on_connect
-        client.on_disconnect = self._on_disconnect
-        client.on_publish = self._on_publish
-        client.on_message = self._on_message
-        return client
+            password = secret.get_secret_value() if secret is not None else None
+        return Settings(
+            host=cfg.host, port=cfg.effective_port, client_id=cfg.client_id or self._gateway.id,
+            v5=cfg.version == "5", keepalive_s=cfg.keepalive_s,
+            connect_timeout_s=cfg.connect_timeout_s,
+            tls=_tls_context(cfg.tls) if cfg.tls.enabled else None,
+            username=cfg.username, password=password,
+            # Commands sent while the gateway is away wait in its session at the broker.
+            clean_start=not persistent,
+            session_expiry_s=SESSION_EXPIRY_S if persistent else 0,
+            receive_maximum=COMMANDS_IN_FLIGHT if persistent else None,
+            manual_ack=persistent, resend=self.RESENDS,
+        )
 
     def _status(self, status: PresenceState) -> bytes:
         return encode_presence(Presence(
@@ -165,71 +149,59 @@ class MqttUplink:
             config_sha256=self._config_sha256, time_ns=time.time_ns(),
         ))
 
-    def _set_will(self, client: mqtt.Client) -> None:
-        """`offline`, retained: the broker publishes it when it loses us without DISCONNECT."""
-        client.will_set(self.status_topic, self._status("offline"), qos=1, retain=True)
+    # --- what the connection saw (connection.Listener) -------------------------------
+    # After close() began, what it still reports is not news (and must start no timer).
 
-    # --- paho thread -> event loop: the only bridge -----------------------------------
+    def will(self) -> Will | None:
+        """`offline`, retained: the broker publishes it when it loses us without DISCONNECT;
+        made before each attempt, so that its `t` is this connection's."""
+        return Will(self.status_topic, self._status("offline"), qos=1, retain=True)
 
-    def _on_connect(
-        self, _c: mqtt.Client, _u: Any, _f: Any, reason: ReasonCode, _p: Properties | None
-    ) -> None:
-        self._loop.call_soon_threadsafe(self._connect_result, reason)
-
-    def _on_pre_connect(self, client: mqtt.Client, _u: Any) -> None:
-        # Before each attempt (paho's thread, nothing shared): the will's `t` is this connection's.
-        self._set_will(client)
-
-    def _on_connect_fail(self, _c: mqtt.Client, _u: Any) -> None:
-        # paho calls this from inside its `except OSError` around the TCP connect and TLS
-        # handshake (loop_forever, paho 2.2), so the exception being handled is the cause.
-        self._loop.call_soon_threadsafe(self._connect_failed, sys.exception())
-
-    def _on_socket_open(self, _c: mqtt.Client, _u: Any, sock: Any) -> None:
-        # Small packets, sent in bursts and acknowledged one by one: Nagle's algorithm would
-        # hold them back for the peer's delayed ACK (tens of ms a burst). paho leaves it on.
-        with contextlib.suppress(OSError, AttributeError):
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        self._loop.call_soon_threadsafe(self._socket_opened)
-
-    def _on_disconnect(
-        self, _c: mqtt.Client, _u: Any, _f: Any, reason: ReasonCode, _p: Properties | None
-    ) -> None:
-        self._loop.call_soon_threadsafe(self._disconnected, reason)
-
-    def _on_message(self, _c: mqtt.Client, _u: Any, message: mqtt.MQTTMessage) -> None:
-        self._loop.call_soon_threadsafe(self._message_received, message.topic, message.mid,
-                                        message.qos, bytes(message.payload))
-
-    def _on_publish(
-        self, _c: mqtt.Client, _u: Any, mid: int, reason: ReasonCode, _p: Properties | None
-    ) -> None:
-        # PUBACKs come in bursts: one wake-up of the event loop per burst, not per message.
-        with self._acks_lock:
-            self._acks.append((mid, reason))
-            if self._acks_scheduled:
-                return
-            self._acks_scheduled = True
-        self._loop.call_soon_threadsafe(self._take_acks)
-
-    # --- event loop side -------------------------------------------------------------
-
-    # After close() began, what paho still reports is not news (and must start no timer).
-
-    def _socket_opened(self) -> None:
+    def socket_opened(self) -> None:
         if not self._closing:
             self._link.socket_opened()
 
-    def _connect_result(self, reason: ReasonCode) -> None:
+    def connacked(self, reason: Reason) -> None:
         if self._closing or not self._link.connack(reason):
             return
         self._connection += 1
         self._session_started()
 
+    def connect_failed(self, exc: BaseException) -> None:
+        # The connection retries with backoff; the monitor logs one line per fault.
+        if not self._closing:
+            self._link.connect_failed(exc)
+            self._set_connected(False)
+
+    def disconnected(self, reason: str) -> None:
+        if self._connected.is_set():
+            log.warning("mqtt_disconnected", host=self._config.host, reason=reason)
+        self._set_connected(False)
+        self._link.disconnected()
+
+    def acknowledged(self, acks: list[tuple[int, Reason]]) -> None:
+        for mid, reason in acks:
+            seq = self._inflight.pop(mid, None)
+            if seq is None:
+                continue
+            if self._historical_inflight:
+                self._historical_inflight.discard(seq)
+            if reason.is_failure:
+                # The broker refused it (MQTT 5 PUBACK >= 0x80): kept in the store for later.
+                log.error("mqtt_publish_refused", seq=seq, reason=str(reason))
+                self._store.release(seq)
+            else:
+                self._store.ack(seq)
+        self._slot_freed.set()
+
+    def message_received(self, message: Message) -> None:
+        """A message on a subscribed topic: here only the command topic is."""
+        self._command_received(message.mid, message.qos, message.payload)
+
     def _session_started(self) -> None:
         """After each CONNACK: the birth, then sending may begin (a format may wait longer)."""
         # Retained, so a subscriber that comes later still learns we are up.
-        self._client.publish(self.status_topic, self._status("online"), qos=1, retain=True)
+        self._mqtt.publish(self.status_topic, self._status("online"), qos=1, retain=True)
         self._subscribe_commands()
         self._set_connected(True)
 
@@ -243,11 +215,7 @@ class MqttUplink:
 
     def _subscribe_commands(self) -> None:
         if self._command_topic is not None:  # again each time: the session may be new
-            self._client.subscribe(self._command_topic, qos=1)
-
-    def _message_received(self, _topic: str, mid: int, qos: int, payload: bytes) -> None:
-        """A message on a subscribed topic: here only the command topic is."""
-        self._command_received(mid, qos, payload)
+            self._mqtt.subscribe(self._command_topic, qos=1)
 
     def _command_received(self, mid: int, qos: int, payload: bytes) -> None:
         if self._closing or self._on_command is None:
@@ -258,42 +226,10 @@ class MqttUplink:
         def ack() -> None:  # once; on the connection the message came on only
             nonlocal done
             if not done and qos > 0 and connection == self._connection and self.connected:
-                self._client.ack(mid, qos)
+                self._mqtt.ack(mid)
             done = True
 
         self._on_command(payload, ack)
-
-    def _connect_failed(self, exc: BaseException | None) -> None:
-        # paho retries with backoff; the monitor logs one line per fault, not one per attempt.
-        if not self._closing:
-            self._link.connect_failed(exc)
-            self._set_connected(False)
-
-    def _disconnected(self, reason: ReasonCode) -> None:
-        if self._connected.is_set():
-            log.warning("mqtt_disconnected", host=self._config.host, reason=str(reason))
-        self._set_connected(False)
-        self._link.disconnected()
-
-    def _take_acks(self) -> None:
-        with self._acks_lock:
-            acks, self._acks = self._acks, []
-            self._acks_scheduled = False
-        for mid, reason in acks:
-            self._acknowledged(mid, reason)
-
-    def _acknowledged(self, mid: int, reason: ReasonCode) -> None:
-        seq = self._inflight.pop(mid, None)
-        if seq is None:
-            return
-        self._historical_inflight.discard(seq)
-        if reason.is_failure:
-            # The broker refused it (MQTT 5 PUBACK >= 0x80): keep it in the store for a later run.
-            log.error("mqtt_publish_refused", seq=seq, reason=str(reason))
-            self._store.release(seq)
-        else:
-            self._store.ack(seq)
-        self._slot_freed.set()
 
     async def run(self) -> None:
         """Connect (retrying in the background) and send stored events until cancelled."""
@@ -335,17 +271,8 @@ class MqttUplink:
                 await self._wait_for(self._committed, self._slot_freed, timeout_s=wait_s)
 
     def _connect(self) -> None:
-        """Start paho's thread, which connects and reconnects (with backoff) by itself."""
-        cfg = self._config
-        if self._command_topic is not None and cfg.version == "5":
-            session = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
-            session.SessionExpiryInterval = SESSION_EXPIRY_S
-            session.ReceiveMaximum = COMMANDS_IN_FLIGHT
-            self._client.connect_async(cfg.host, cfg.effective_port, keepalive=cfg.keepalive_s,
-                                       clean_start=False, properties=session)
-        else:
-            self._client.connect_async(cfg.host, cfg.effective_port, keepalive=cfg.keepalive_s)
-        self._client.loop_start()
+        """Connect in the background; the connection reconnects (with backoff) by itself."""
+        self._mqtt.start()
 
     async def _replay_some(self, order: SendOrder, free: int) -> tuple[bool, float | None]:
         """Send a rate-limited slice of the backlog. Whether anything was sent, and if not,
@@ -364,7 +291,7 @@ class MqttUplink:
         if count == 0:
             return False, order.seconds_until_next()
         after, upto = span
-        rows = await self._store.read_after(after, count, upto=upto)
+        rows = await self._ahead.take(after, upto, count)
         if not rows:
             order.range_exhausted()
             return True, None
@@ -375,8 +302,7 @@ class MqttUplink:
     def _publish(self, rows: list[StoredEvent], *, historical: bool) -> None:
         for event in rows:
             payload = mark_historical(event.payload) if historical else event.payload
-            info = self._client.publish(self.topic_for(event), payload, qos=1)
-            self._inflight[info.mid] = event.seq
+            self._inflight[self._mqtt.publish(self.topic_for(event), payload)] = event.seq
             if historical:
                 self._historical_inflight.add(event.seq)
 
@@ -399,11 +325,27 @@ class MqttUplink:
                 return
             await asyncio.sleep(0.02)
 
-    def _goodbye(self) -> mqtt.MQTTMessageInfo | None:
-        """The message that says we leave on purpose (a clean DISCONNECT sends no will)."""
+    def _goodbye(self) -> int | None:
+        """The message that says we leave on purpose (a clean DISCONNECT sends no will): its
+        packet id, or None when not connected."""
         if not self._connected.is_set():
             return None
-        return self._client.publish(self.status_topic, self._status("offline"), qos=1, retain=True)
+        return self._mqtt.publish(self.status_topic, self._status("offline"), qos=1, retain=True)
+
+    async def _said_goodbye(self) -> None:
+        """Wait (at most CLOSE_ACK_TIMEOUT_S) for the PUBACK of the goodbye: without it the
+        broker may drop the message with the connection, and nobody learns we left."""
+        mid = self._goodbye()
+        if mid is None:
+            return
+        try:
+            reason = await self._mqtt.wait_acknowledged(mid, CLOSE_ACK_TIMEOUT_S)
+        except ConnectionError as exc:
+            log.warning("mqtt_offline_not_sent", host=self._config.host, error=str(exc))
+            return
+        if reason is None:
+            log.warning("mqtt_offline_unacknowledged", host=self._config.host,
+                        waited_s=CLOSE_ACK_TIMEOUT_S)
 
     async def __aenter__(self) -> Self:
         return self
@@ -413,40 +355,22 @@ class MqttUplink:
 
     async def close(self) -> None:
         """Say `offline` (retained), then disconnect cleanly: DISCONNECT, so no last will.
-        Again is a no-op.
-
-        Waits at most CLOSE_ACK_TIMEOUT_S for the PUBACK of `offline`: without it the
-        broker may drop the message with the connection, and nobody learns we left.
-        """
+        Again is a no-op."""
         if self._closed:
             return
         self._closed = self._closing = True
         self._link.close()
-        info = self._goodbye()
-        if info is not None:
-            try:
-                await asyncio.to_thread(info.wait_for_publish, CLOSE_ACK_TIMEOUT_S)
-            except (RuntimeError, ValueError) as exc:  # not queued, or the connection went
-                log.warning("mqtt_offline_not_sent", host=self._config.host, error=str(exc))
-            else:
-                if not info.is_published():
-                    log.warning("mqtt_offline_unacknowledged", host=self._config.host,
-                                waited_s=CLOSE_ACK_TIMEOUT_S)
+        await self._said_goodbye()
         self._set_connected(False)  # from here a disconnect is ours, not news
-        self._client.disconnect()
-        # paho's thread may sit in a blocking connect (up to connect_timeout_s); it is a
-        # daemon thread, so a stopping agent need not wait for it longer than this.
-        stopping = asyncio.ensure_future(asyncio.to_thread(self._client.loop_stop))
-        _, pending = await asyncio.wait({stopping}, timeout=LOOP_STOP_WAIT_S)
-        if pending:
-            log.warning("mqtt_thread_still_busy", waited_s=LOOP_STOP_WAIT_S)
+        await self._mqtt.stop()
+        await self._ahead.close()
 
 
 def _tls_context(tls: TlsConfig) -> ssl.SSLContext:
     """Verify the broker (CA and host name); load our certificate if configured.
 
-    Built here rather than by paho's `tls_set`, so that an unusable file is named in a
-    `CredentialError` at start instead of a traceback.
+    Built at start, so that an unusable file is named in a `CredentialError` instead of a
+    traceback.
     """
     ca = str(tls.ca_file) if tls.ca_file else None
     try:

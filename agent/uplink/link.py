@@ -1,9 +1,9 @@
 """How the MQTT connection is doing: one state, the last error, one log line per fault.
 
-`LinkMonitor` is told, on the event loop, what paho's callbacks saw (a failed
+`LinkMonitor` is told, on the event loop, what the connection saw (a failed
 connection attempt and its exception, a socket opened, a CONNACK, a disconnect) and
-watches the in-flight publishes for PUBACKs. paho retries forever with backoff; this
-turns its retries into one line per fault (`mqtt_unreachable`, `mqtt_connect_refused`,
+watches the in-flight publishes for PUBACKs. The connection retries forever with
+backoff; this turns its retries into one line per fault (`mqtt_unreachable`, `mqtt_connect_refused`,
 `mqtt_tls_failed`, `mqtt_no_connack`, `mqtt_no_puback`), logged when the fault starts
 and again only when it changes or comes back after it was over. Events stay stored
 whatever the state; nothing here deletes or drops anything.
@@ -18,9 +18,9 @@ from collections.abc import Callable, Iterable
 from typing import Any, Literal
 
 import structlog
-from paho.mqtt.reasoncodes import ReasonCode
 
 from agent.config.models import MqttConfig
+from agent.uplink.packets import Reason
 
 log = structlog.get_logger("agent.uplink")
 
@@ -55,7 +55,7 @@ class LinkMonitor:
         loop: asyncio.AbstractEventLoop,
         inflight: Callable[[], Iterable[tuple[int, int]]],
     ) -> None:
-        """`inflight` gives the (paho message id, store seq) pairs awaiting their PUBACK."""
+        """`inflight` gives the (MQTT packet id, store seq) pairs awaiting their PUBACK."""
         self._config = config
         self._loop = loop
         self._inflight = inflight
@@ -73,10 +73,10 @@ class LinkMonitor:
     def _where(self) -> dict[str, Any]:
         return {"host": self._config.host, "port": self._config.effective_port}
 
-    # --- what paho saw ---------------------------------------------------------------
+    # --- what the connection saw ---------------------------------------------------------------
 
     def connect_failed(self, exc: BaseException | None) -> None:
-        """No connection: TCP connect or TLS handshake failed (paho retries with backoff)."""
+        """No connection: TCP connect or TLS handshake failed (retried with backoff)."""
         self.failed_attempts += 1
         if isinstance(exc, ssl.SSLError):
             cause, hint = _tls_cause(exc, self._config)
@@ -84,8 +84,8 @@ class LinkMonitor:
                          cause=cause, hint=hint)
             return
         if self._config.tls.enabled and isinstance(exc, ConnectionResetError | BrokenPipeError):
-            # paho only connects before the handshake: a reset here comes from the handshake,
-            # typically a plain MQTT listener that does not understand the ClientHello.
+            # A reset before the connection is up comes from the handshake, typically a
+            # plain MQTT listener that does not understand the ClientHello.
             cause = f"the broker closed the connection during the TLS handshake ({exc.strerror})"
             hint = (f"port {self._config.effective_port} may not be a TLS listener: check "
                     "mqtt.port and mqtt.tls.enabled")
@@ -105,7 +105,7 @@ class LinkMonitor:
             self._config.connect_timeout_s, self._no_connack, "timeout"
         )
 
-    def connack(self, reason: ReasonCode) -> bool:
+    def connack(self, reason: Reason) -> bool:
         """The broker answered CONNECT; whether it accepted."""
         self._cancel_connack_timer()
         if reason.is_failure:
@@ -123,7 +123,7 @@ class LinkMonitor:
         else:
             self._fault = None
             self.state = "connected"
-        # paho sends again what was in flight: each gets ack_timeout_s from now.
+        # What was in flight goes again: each gets ack_timeout_s from now.
         now = self._loop.time()
         self._sent_at = dict.fromkeys(self._sent_at, now)
         self._schedule_watchdog()

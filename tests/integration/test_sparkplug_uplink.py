@@ -1,6 +1,6 @@
 """The Sparkplug uplink against a real Mosquitto, its connection lost with messages in flight:
 the new session starts with its NBIRTH at seq 0 and carries on by one, with no message of the
-old session resent behind it (paho would), and every event still arrives."""
+old session resent behind it (an MQTT client would), and every event still arrives."""
 
 from __future__ import annotations
 
@@ -58,7 +58,7 @@ async def test_a_lost_connection_with_messages_in_flight_renumbers_them_in_the_n
         store.put(events[300:])
         await wait_until_async(lambda: uplink.inflight >= 30, timeout_s=10,
                                what="the in-flight window full of unacknowledged DDATA")
-        proxy.cut()  # paho keeps those to send again on the next connection
+        proxy.cut()  # an MQTT client keeps those to send again on the next connection
 
         def values(messages: list[tuple[str, bytes]]) -> set[float]:
             return {m.value for topic, payload in messages if "/DDATA/" in topic

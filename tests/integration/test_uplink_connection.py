@@ -149,7 +149,7 @@ async def test_missing_client_certificate_is_reported_with_a_hint_to_it(
     pki: CertificateSet, store: EventStore, logs: LogEntries
 ) -> None:
     # The TLS 1.3 handshake completes before the broker checks for our certificate; it then
-    # closes the connection, which paho sees as a lost connection, not a failed connect.
+    # closes the connection, which the client sees as a lost connection, not a failed connect.
     tls = BrokerTls(cafile=pki.ca_file, certfile=pki.server.cert_file,
                     keyfile=pki.server.key_file, require_certificate=True)
     with Mosquitto(tls=tls) as broker:
@@ -168,7 +168,7 @@ async def test_server_certificate_from_another_ca_is_one_tls_error_and_events_st
     ) as collector:
         await put(store, 20)
         async with running(tls_config(broker.port, pki.ca_file), store) as uplink:
-            await until(lambda: uplink.failed_attempts >= 2, 15, "paho to try twice")
+            await until(lambda: uplink.failed_attempts >= 2, 15, "two connection attempts")
             await until(lambda: len(logged(logs, "mqtt_tls_failed")) >= 1, 5, "the TLS error")
             assert uplink.state == "tls_error" and not uplink.connected
             assert await store.depth() == 20
@@ -225,7 +225,7 @@ async def test_wrong_password_is_one_clear_error_and_buffering_continues(
     with Mosquitto(users={"gw-1": PASSWORD}) as broker:
         config = mqtt_config(broker.port, username="gw-1", password=wrong, version=version)
         async with running(config, store) as uplink:
-            await until(lambda: uplink.failed_attempts >= 2, 15, "paho to try twice")
+            await until(lambda: uplink.failed_attempts >= 2, 15, "two connection attempts")
             await until(lambda: uplink.state == "refused", 5, "the refusal")
             await put(store, 10)
             assert await store.depth() == 10

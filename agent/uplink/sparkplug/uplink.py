@@ -1,5 +1,5 @@
-"""The uplink as a Sparkplug B Edge Node: the agent's MQTT client (`MqttUplink`: paho bridged
-into asyncio, store reads, QoS 1, acknowledgements, live first) with Sparkplug's session on it.
+"""The uplink as a Sparkplug B Edge Node: the agent's MQTT client (`MqttUplink`: store reads,
+QoS 1, acknowledgements, live first) with Sparkplug's session on it.
 
 What changes against the envelope format: the will is NDEATH with this connection's `bdSeq`;
 after CONNACK come the subscriptions (NCMD, and the Primary Host's STATE), then the births
@@ -9,19 +9,15 @@ after CONNACK come the subscriptions (NCMD, and the Primary Host's STATE), then 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
-from typing import Any
 
-import paho.mqtt.client as mqtt
 import structlog
-from paho.mqtt.properties import Properties
-from paho.mqtt.reasoncodes import ReasonCode
 
 from agent.config.models import AgentConfig
 from agent.events import DecodeError, decode
 from agent.store import EventStore, StoredEvent
-from agent.uplink.client import CLOSE_ACK_TIMEOUT_S, CommandHandler, MqttUplink
+from agent.uplink.client import CommandHandler, MqttUplink
+from agent.uplink.packets import Message, Reason, Will
 from agent.uplink.sparkplug import topics
 from agent.uplink.sparkplug.bdseq import BdSeq
 from agent.uplink.sparkplug.mapping import device_specs, node_specs
@@ -56,26 +52,24 @@ class SparkplugUplink(MqttUplink):
         super().__init__(config.mqtt, config.gateway, store, config_sha256=config_sha256,
                          command_topic=command_topic, on_command=on_command)
 
-    # --- paho's thread ---------------------------------------------------------------
+    RESENDS = False
+    """What was published on a lost connection would go before our NBIRTH and with the old
+    session's `seq`: a host would discard it. It goes again from the store, renumbered."""
 
-    def _set_will(self, client: mqtt.Client) -> None:
+    def will(self) -> Will | None:
         """NDEATH with a new `bdSeq`, unless the last number never reached a broker."""
-        if not hasattr(self, "_client"):
-            return  # made with the client: each attempt's will is set before it connects
         number = self._bdseq.current
         if number is None or self._bdseq_used:
             number = self._bdseq.next()
             self._bdseq_used = False
         death = self.node.death(number, _now_ms())
-        client.will_set(death.topic, death.payload, qos=1, retain=False)
+        return Will(death.topic, death.payload, qos=1, retain=False)
 
-    def _on_connect(self, client: mqtt.Client, userdata: Any, flags: Any, reason: ReasonCode,
-                    properties: Properties | None) -> None:
+    def connacked(self, reason: Reason) -> None:
         if not reason.is_failure:
-            _drop_unsent(client)
             self._bdseq_used = True
             self._connack_bdseq = self._bdseq.current or 0
-        super()._on_connect(client, userdata, flags, reason, properties)
+        super().connacked(reason)
 
     # --- the event loop ----------------------------------------------------------------
 
@@ -92,32 +86,33 @@ class SparkplugUplink(MqttUplink):
         self._session_up = True
         self._subscribe_commands()
         node = self.node
-        self._client.subscribe(topics.node_topic(node.group, "NCMD", node.node), qos=1)
+        self._mqtt.subscribe(topics.node_topic(node.group, "NCMD", node.node), qos=1)
         if self._host_id is None:
             self._be_born()
         else:  # its retained STATE answers the subscription
-            self._client.subscribe(topics.state_topic(self._host_id), qos=1)
+            self._mqtt.subscribe(topics.state_topic(self._host_id), qos=1)
             log.info("sparkplug_waiting_for_host", host=self._host_id)
 
     def _be_born(self) -> None:
         births = self.node.births(self._connack_bdseq, _now_ms())
         for message in births:
-            self._client.publish(message.topic, message.payload, qos=message.qos)
+            self._mqtt.publish(message.topic, message.payload, qos=message.qos)
         self._born = True
         self._set_connected(True)
         log.info("sparkplug_born", bdseq=self._connack_bdseq, devices=len(births) - 1)
 
-    def _disconnected(self, reason: ReasonCode) -> None:
+    def disconnected(self, reason: str) -> None:
         self._session_up = self._born = False
-        super()._disconnected(reason)
+        super().disconnected(reason)
 
-    def _message_received(self, topic: str, mid: int, qos: int, payload: bytes) -> None:
-        parsed = topics.parse(topic)
+    def message_received(self, message: Message) -> None:
+        parsed = topics.parse(message.topic)
         if parsed is None:
-            super()._message_received(topic, mid, qos, payload)
+            super().message_received(message)
             return
-        if self._command_topic is not None and qos > 0:  # manual acks with a command topic
-            self._client.ack(mid, qos)
+        if self._command_topic is not None and message.qos > 0:  # manual acks then
+            self._mqtt.ack(message.mid)
+        payload = message.payload
         if self._closing or not self._session_up:
             return
         if parsed.message_type == "STATE" and parsed.node == self._host_id:
@@ -143,14 +138,11 @@ class SparkplugUplink(MqttUplink):
         self._born = False
         self._set_connected(False)
         try:
-            info = self._goodbye()
-            if info is not None:
-                with contextlib.suppress(RuntimeError, ValueError):  # the connection went
-                    await asyncio.to_thread(info.wait_for_publish, CLOSE_ACK_TIMEOUT_S)
+            await self._said_goodbye()
             if self._closing:
                 return
-            self._client.disconnect()
-            await asyncio.to_thread(self._client.loop_stop)
+            await self._mqtt.stop()
+            self.disconnected("the Primary Host went offline")
             if not self._closing:
                 self._connect()
         finally:
@@ -178,26 +170,18 @@ class SparkplugUplink(MqttUplink):
             for waiting in self._waiting.pop(message.device, ()):
                 if self._order is not None:  # again, behind the birth, as backlog
                     self._order.again(waiting - 1, waiting)
-        info = self._client.publish(message.topic, message.payload, qos=message.qos)
+        mid = self._mqtt.publish(message.topic, message.payload, qos=message.qos)
         if message.carries_event:
-            self._inflight[info.mid] = seq
+            self._inflight[mid] = seq
             if historical:
                 self._historical_inflight.add(seq)
 
-    def _goodbye(self) -> mqtt.MQTTMessageInfo | None:
+    def _goodbye(self) -> int | None:
         """NDEATH before a clean DISCONNECT (which makes the broker drop the will)."""
         if not self._session_up:
             return None
         self._session_up = False
         self._set_connected(False)
         death = self.node.death(self._connack_bdseq, _now_ms())
-        return self._client.publish(death.topic, death.payload, qos=1, retain=False)
+        return self._mqtt.publish(death.topic, death.payload, qos=1, retain=False)
 
-
-def _drop_unsent(client: mqtt.Client) -> None:
-    """paho would resend on the new connection what it published on the last one, before our
-    NBIRTH and with the old session's `seq`: a host would discard it. It is forgotten here
-    (paho's own queue: no public call does this) and sent again from the store."""
-    with client._out_message_mutex:
-        client._out_messages.clear()
-        client._inflight_messages = 0

@@ -166,6 +166,9 @@ class MqttConnection:
             self._write(packets.subscribe(topic, qos, mid, v5=self._v5))
 
     def _new_mid(self) -> int:
+        mid = self._next_mid = self._next_mid % 0xFFFF + 1
+        if mid not in self._unacked and mid not in self._subscriptions:
+            return mid
         for _ in range(0xFFFF):
             self._next_mid = self._next_mid % 0xFFFF + 1
             mid = self._next_mid

@@ -16,6 +16,7 @@ import pytest
 
 from agent.events import DEVICE_HEALTH, SAMPLES, STORE_HEALTH, WINDOW, Event, decode
 from agent.store import EventStore, read_stats
+from agent.uplink.read_ahead import ReadAhead
 
 
 def window(i: int, device: str = "m1") -> Event:
@@ -286,4 +287,25 @@ async def test_events_dropped_in_memory_are_named_too(tmp_path: Path) -> None:
     named = named_seqs([e for e in events if e.kind == STORE_HEALTH])
     assert named == {2: WINDOW, 3: WINDOW, 4: WINDOW}, "the three oldest windows"
     assert not {e.seq for e in events} & named.keys()
+    await store.close()
+
+
+async def test_rows_read_ahead_are_kept_while_held_and_may_go_once_given_up(
+        tmp_path: Path) -> None:
+    store = await EventStore.open(tmp_path / "e.sqlite", "gw", max_bytes=10**9)
+    store.put([window(i) for i in range(40)])
+    await store.flush()
+    ahead = ReadAhead(store, batch=20)
+    assert [r.seq for r in await ahead.take(0, 40, 5)] == [1, 2, 3, 4, 5]
+    store._max_bytes = 1  # squeeze: everything not reserved may go
+    store.put([window(100)])
+    await store.flush()
+    assert [r.seq for r in await ahead.take(5, 40, 5)] == [6, 7, 8, 9, 10], "held: kept"
+    left = {r.seq for r in await store.read_after(20, 100)}
+    assert not left & set(range(21, 41)), "never read ahead: merged or dropped"
+    await ahead.close()  # gives back 11-20, read ahead and never sent
+    store.put([window(101)])
+    await store.flush()
+    left = {r.seq for r in await store.read_after(10, 100)}
+    assert not left & set(range(11, 21)), "given back: they may go too"
     await store.close()

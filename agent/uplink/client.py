@@ -10,6 +10,7 @@ to the store and commands, and runs the send loop (live first, `send_order.py`).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ssl
 import time
 from collections.abc import Callable
@@ -65,11 +66,12 @@ class MqttUplink:
         self._config = config
         self._gateway = gateway
         self._store = store
-        self._committed = store.events_signal()
+        self._wake = store.events_signal()
+        """Set by the store when events can be read and here by PUBACKs: the send loop's one
+        wake-up."""
         self._config_sha256 = config_sha256
         self._loop = asyncio.get_running_loop()
         self._connected = asyncio.Event()
-        self._slot_freed = asyncio.Event()
         self._inflight: dict[int, int] = {}  # MQTT packet id -> store sequence number
         self._historical_inflight: set[int] = set()
         self._topics: dict[tuple[str, str], str] = {}  # (device, kind) -> topic
@@ -192,7 +194,7 @@ class MqttUplink:
                 self._store.release(seq)
             else:
                 self._store.ack(seq)
-        self._slot_freed.set()
+        self._wake.set()
 
     def message_received(self, message: Message) -> None:
         """A message on a subscribed topic: here only the command topic is."""
@@ -255,9 +257,10 @@ class MqttUplink:
                 down_since = float("inf")
             free = cfg.max_inflight - len(self._inflight)
             if free < refill and self._inflight:
-                await self._wait_for(self._slot_freed)
+                self._wake.clear()
+                await self._sleep()
                 continue
-            self._committed.clear()
+            self._wake.clear()
             newest = self._store.last_seq
             if order.live_cursor < newest:
                 live = await self._store.read_after(order.live_cursor, free)
@@ -268,7 +271,7 @@ class MqttUplink:
                     continue
             sent, wait_s = await self._replay_some(order, free)
             if not sent:
-                await self._wait_for(self._committed, self._slot_freed, timeout_s=wait_s)
+                await self._sleep(wait_s)
 
     def _connect(self) -> None:
         """Connect in the background; the connection reconnects (with backoff) by itself."""
@@ -306,15 +309,14 @@ class MqttUplink:
             if historical:
                 self._historical_inflight.add(event.seq)
 
-    async def _wait_for(self, *events: asyncio.Event, timeout_s: float | None = None) -> None:
-        """Until one of `events` is set (each cleared first by its owner) or the timeout."""
-        self._slot_freed.clear()
-        waiters = [asyncio.ensure_future(e.wait()) for e in events]
-        try:
-            await asyncio.wait(waiters, timeout=timeout_s, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            for waiter in waiters:
-                waiter.cancel()
+    async def _sleep(self, timeout_s: float | None = None) -> None:
+        """Until woken (a PUBACK, events to read; cleared by the caller) or the timeout."""
+        if timeout_s is None:
+            await self._wake.wait()
+            return
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(timeout_s):
+                await self._wake.wait()
 
     async def drain(self, timeout_s: float) -> None:
         """Wait (bounded) until everything stored has been sent and acknowledged."""

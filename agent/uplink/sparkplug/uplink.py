@@ -82,7 +82,7 @@ class SparkplugUplink(MqttUplink):
             self._store.release(seq)
         if dropped and self._order is not None:
             self._order.again(dropped[0] - 1, dropped[-1])
-            self._slot_freed.set()  # the send loop may wait for PUBACKs that will never come
+            self._wake.set()  # the send loop may wait for PUBACKs that will never come
         self._session_up = True
         self._subscribe_commands()
         node = self.node

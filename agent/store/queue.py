@@ -289,20 +289,21 @@ class EventStore:
         is committed in bigger batches (it will wait long anyway), sparing the disk."""
         self._link_up = up
 
-    def ack(self, seq: int) -> None:
-        """The broker has the event: forget it, or delete it with the next commit (reserved
-        until then, so that no degradation counts it as dropped)."""
-        self._report_safe(seq)
-        if seq in self._committing:
-            self._late_acks.add(seq)
-            self._spool.gone((seq,))
-            return
-        if self._memory.pop(seq, None) is not None:
-            self._spool.gone((seq,))
-            with self._reserved_lock:
-                self._reserved.discard(seq)
-            return
-        self._acked.append(seq)
+    def ack(self, *seqs: int) -> None:
+        """The broker has these events: forget each, or delete it with the next commit
+        (reserved until then, so that no degradation counts it as dropped)."""
+        for seq in seqs:
+            if self._gone_reports:
+                self._report_safe(seq)
+            if seq in self._committing:
+                self._late_acks.add(seq)
+                self._spool.gone((seq,))
+            elif self._memory.pop(seq, None) is not None:
+                self._spool.gone((seq,))
+                with self._reserved_lock:
+                    self._reserved.discard(seq)
+            else:
+                self._acked.append(seq)
 
     def release(self, seq: int) -> None:
         """The event was not sent after all: it may be compacted or dropped again."""

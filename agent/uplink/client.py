@@ -182,18 +182,22 @@ class MqttUplink:
         self._link.disconnected()
 
     def acknowledged(self, acks: list[tuple[int, Reason]]) -> None:
+        inflight = self._inflight
+        done = []
         for mid, reason in acks:
-            seq = self._inflight.pop(mid, None)
+            seq = inflight.pop(mid, None)
             if seq is None:
                 continue
-            if self._historical_inflight:
-                self._historical_inflight.discard(seq)
-            if reason.is_failure:
-                # The broker refused it (MQTT 5 PUBACK >= 0x80): kept in the store for later.
-                log.error("mqtt_publish_refused", seq=seq, reason=str(reason))
-                self._store.release(seq)
-            else:
-                self._store.ack(seq)
+            if not reason.is_failure:
+                done.append(seq)
+                continue
+            # The broker refused it (MQTT 5 PUBACK >= 0x80): kept in the store for later.
+            log.error("mqtt_publish_refused", seq=seq, reason=str(reason))
+            self._historical_inflight.discard(seq)
+            self._store.release(seq)
+        if self._historical_inflight:
+            self._historical_inflight.difference_update(done)
+        self._store.ack(*done)
         self._wake.set()
 
     def message_received(self, message: Message) -> None:
@@ -303,11 +307,14 @@ class MqttUplink:
         return True, None
 
     def _publish(self, rows: list[StoredEvent], *, historical: bool) -> None:
-        for event in rows:
-            payload = mark_historical(event.payload) if historical else event.payload
-            self._inflight[self._mqtt.publish(self.topic_for(event), payload)] = event.seq
-            if historical:
-                self._historical_inflight.add(event.seq)
+        topic_for = self.topic_for
+        if historical:
+            messages = [(topic_for(e), mark_historical(e.payload)) for e in rows]
+            self._historical_inflight.update(e.seq for e in rows)
+        else:
+            messages = [(topic_for(e), e.payload) for e in rows]
+        mids = self._mqtt.publish_many(messages)
+        self._inflight.update(zip(mids, (e.seq for e in rows), strict=True))
 
     async def _sleep(self, timeout_s: float | None = None) -> None:
         """Until woken (a PUBACK, events to read; cleared by the caller) or the timeout."""

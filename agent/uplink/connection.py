@@ -124,22 +124,41 @@ class MqttConnection:
 
     def publish(self, topic: str, payload: bytes, *, qos: int = 1, retain: bool = False) -> int:
         """Send (QoS 0 only while connected); returns the packet id (0 at QoS 0)."""
+        if qos:
+            return self.publish_many([(topic, payload)], retain=retain)[0]
+        if self._connacked:
+            self._write(packets.publish(self._topic(topic), payload, 0, qos=0, retain=retain,
+                                        v5=self._v5))
+        return 0
+
+    def publish_many(self, messages: list[tuple[str, bytes]], *, retain: bool = False) -> list[int]:
+        """(topic, payload) pairs at QoS 1, in order; their packet ids. What the broker's
+        Receive Maximum leaves room for is written now, the rest when PUBACKs free room."""
+        v5, unacked, topics = self._v5, self._unacked, self._topics
+        room = self._window - self._on_wire if self._connacked and not self._waiting else 0
+        mids: list[int] = []
+        ready: list[bytes] = []
+        for topic, payload in messages:
+            mid = self._new_mid()
+            packet = packets.publish(topics.get(topic) or self._topic(topic), payload, mid,
+                                     qos=1, retain=retain, v5=v5)
+            unacked[mid] = packet
+            mids.append(mid)
+            if len(ready) < room:
+                ready.append(packet)
+            else:
+                self._waiting.append(mid)
+        if ready:
+            self._on_wire += len(ready)
+            self._write_all(ready)
+        return mids
+
+    def _topic(self, topic: str) -> bytes:
+        """Encoded once per topic: a replay sends the same few all along."""
         encoded = self._topics.get(topic)
         if encoded is None:
             encoded = self._topics[topic] = packets.text(topic)
-        if qos == 0:
-            if self._connacked:
-                self._write(packets.publish(encoded, payload, 0, qos=0, retain=retain, v5=self._v5))
-            return 0
-        mid = self._new_mid()
-        packet = packets.publish(encoded, payload, mid, qos=1, retain=retain, v5=self._v5)
-        self._unacked[mid] = packet
-        if self._connacked and self._on_wire < self._window and not self._waiting:
-            self._on_wire += 1
-            self._write(packet)
-        else:
-            self._waiting.append(mid)
-        return mid
+        return encoded
 
     async def wait_acknowledged(self, mid: int, timeout_s: float) -> Reason | None:
         """The PUBACK's reason for `mid`, or None if none came within `timeout_s`."""
@@ -177,7 +196,10 @@ class MqttConnection:
         raise RuntimeError("all 65,535 MQTT packet identifiers are in use")
 
     def _write(self, packet: bytes) -> None:
-        self._out.append(packet)
+        self._write_all((packet,))
+
+    def _write_all(self, packet_list: list[bytes] | tuple[bytes, ...]) -> None:
+        self._out.extend(packet_list)
         if not self._flush_pending:
             self._flush_pending = True
             self._loop.call_soon(self._flush)
@@ -191,12 +213,15 @@ class MqttConnection:
 
     def _send_waiting(self) -> None:
         room = self._window - self._on_wire
+        ready = []
         while room > 0 and self._waiting:
             packet = self._unacked.get(self._waiting.popleft())
             if packet is not None:
-                self._write(packet)
-                self._on_wire += 1
+                ready.append(packet)
                 room -= 1
+        if ready:
+            self._on_wire += len(ready)
+            self._write_all(ready)
 
     # --- receiving ---------------------------------------------------------------------
 

@@ -29,9 +29,9 @@ class CountingStore(EventStore):
 
     acknowledged = 0
 
-    def ack(self, seq: int) -> None:
-        super().ack(seq)
-        self.acknowledged += 1
+    def ack(self, *seqs: int) -> None:
+        super().ack(*seqs)
+        self.acknowledged += len(seqs)
 
 
 def report(**fields: object) -> None:

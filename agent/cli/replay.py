@@ -32,6 +32,9 @@ from agent.detect.state_file import wait_all_saved
 from agent.events import Event, decode, encode
 from drivers.samples import Quality, SampleBatch
 
+REPLAY_SAVE_WAIT_S = 60.0
+"""How long the replay waits for the detectors' state to be written into its temporary
+directory: a replay runs hours of data in seconds, saves included."""
 REPLAY_START_NS = int(dt.datetime(2026, 1, 1, tzinfo=dt.UTC).timestamp()) * 1_000_000_000
 """Time of the first row when the CSV has no time column."""
 
@@ -201,7 +204,7 @@ def run_replay(config: AgentConfig, csv_path: Path, *, device_name: str | None,
                              state_signals(config, device.name))
             replay(detector, device.name, rows, emit,
                    (lambda t, s: score_rows.append((t, dict(s)))) if scores_path else None)
-        wait_all_saved()  # before the temporary directory goes
+        wait_all_saved(REPLAY_SAVE_WAIT_S)  # before the temporary directory goes
     if scores_path is not None:
         write_scores(scores_path, score_rows)
     return printed

@@ -133,7 +133,11 @@ def read_document(path: Path) -> tuple[int, Any]:
 
 def wait_all_saved(timeout_s: float = 10.0) -> None:
     """Block until every snapshot handed over so far is written (the writer is FIFO)."""
-    _writer.submit(lambda: None).result(timeout=timeout_s)
+    try:
+        _writer.submit(lambda: None).result(timeout=timeout_s)
+    except TimeoutError:
+        raise TimeoutError(f"detector state still being written after {timeout_s:g} s "
+                           "(a slow disk?)") from None
 
 
 class StateFile:
@@ -181,6 +185,9 @@ class StateFile:
         self._pending = _writer.submit(self._write, document)
 
     def _write(self, document: dict[str, Any]) -> None:
+        with _latest_lock:
+            if _latest.get(self.path) is not document:
+                return  # a newer snapshot of this file is queued behind: that one is written
         try:
             if self._in_place:
                 if self._number is None:  # continue the file's numbers, whoever wrote them

@@ -82,3 +82,14 @@ def test_a_save_writes_one_block(tmp_path: Path) -> None:
         state.save({"n": n})
         state.wait_saved()
     assert (_written_bytes() - before) / 10 <= SLOT_BYTES
+
+
+def test_snapshots_queued_behind_a_write_are_dropped_for_the_newest(tmp_path: Path) -> None:
+    path = tmp_path / "s.slots"
+    state = saved(path, {"n": 0})
+    for n in range(1, 201):  # far faster than a write with its fdatasync
+        state.save({"n": n})
+    state.wait_saved()
+    number, document = read_document(path)
+    assert document["data"] == {"n": 200}
+    assert number <= 10, f"{number - 1} writes for 200 snapshots: stale ones were written"

@@ -226,7 +226,7 @@ def test_a_push_waits_for_the_agent_and_a_kill_while_applying_leaves_a_valid_fil
     def outcome(version: int) -> Received:
         found = collector.wait_for(lambda ms: any(
             m.data["version"] == version for m in events(ms, "config_applied")
-            + events(ms, "config_rolled_back")), timeout_s=30, what=f"version {version} done")
+            + events(ms, "config_rolled_back")), timeout_s=60, what=f"version {version} done")
         return next(m for m in events(found, "config_applied")
                     + events(found, "config_rolled_back") if m.data["version"] == version)
 

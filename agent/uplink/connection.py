@@ -225,6 +225,26 @@ class MqttConnection:
 
     # --- receiving ---------------------------------------------------------------------
 
+    def _pubacks(self, acks: list[tuple[int, Reason]]) -> None:
+        """PUBACKs read on the fast path (`packets.pubacks`)."""
+        self._last_received = self._loop.time()
+        self._ping_sent = None
+        unacked = self._unacked
+        self._acknowledged([ack for ack in acks if unacked.pop(ack[0], None)])
+
+    def _acknowledged(self, acks: list[tuple[int, Reason]]) -> None:
+        """`acks`: those that were ours (taken out of the unacknowledged already)."""
+        if not acks:
+            return
+        self._on_wire -= len(acks)
+        if self._ack_waiters:
+            for mid, reason in acks:
+                waiter = self._ack_waiters.get(mid)
+                if waiter is not None and not waiter.done():
+                    waiter.set_result(reason)
+        self._send_waiting()
+        self._listener.acknowledged(acks)
+
     def _received(self, found: list[tuple[int, bytes]]) -> None:
         self._last_received = self._loop.time()
         self._ping_sent = None
@@ -234,10 +254,7 @@ class MqttConnection:
             if kind == packets.PUBACK:
                 mid, reason = packets.read_ack(body)
                 if self._unacked.pop(mid, None) is not None:
-                    self._on_wire -= 1
                     acks.append((mid, reason))
-                    if self._ack_waiters and mid in self._ack_waiters:
-                        self._ack_waiters[mid].set_result(reason)
             elif kind == packets.PUBLISH:
                 message = packets.read_publish(first, body, v5=self._v5)
                 if message.qos and not self._settings.manual_ack:
@@ -250,9 +267,7 @@ class MqttConnection:
             elif kind == packets.DISCONNECT:
                 reason = packets.read_disconnect(body)
                 raise ProtocolError(f"the broker disconnected us: {reason}")
-        if acks:
-            self._send_waiting()
-            self._listener.acknowledged(acks)
+        self._acknowledged(acks)
 
     def _connack(self, connack: packets.Connack) -> None:
         if not connack.reason.is_failure:
@@ -372,13 +387,19 @@ class _Protocol(asyncio.Protocol):
         self._transport = transport
 
     def data_received(self, data: bytes) -> None:
-        self._buffer += data
+        buffer = self._buffer
+        buffer += data
         try:
-            while self._buffer and not self._why:
-                found, used = packets.split(self._buffer)
+            while buffer and not self._why:
+                acks, used = packets.pubacks(buffer)
+                if used:
+                    del buffer[:used]
+                    self._owner._pubacks(acks)
+                    continue
+                found, used = packets.split(buffer, limit=1)
                 if not found:
                     break
-                del self._buffer[:used]
+                del buffer[:used]
                 self._owner._received(found)
         except ProtocolError as exc:
             self.drop(str(exc))

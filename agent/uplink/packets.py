@@ -177,13 +177,31 @@ def subscribe(topic: str, qos: int, mid: int, *, v5: bool) -> bytes:
     return _packet(SUBSCRIBE << 4 | 0x02, body)
 
 
-def split(buffer: bytearray) -> tuple[list[tuple[int, bytes]], int]:
+def pubacks(buffer: bytearray) -> tuple[list[tuple[int, Reason]], int]:
+    """The run of PUBACKs without properties at the start of `buffer` as (packet id,
+    reason), and the bytes they take: what a broker sends back during a replay, read
+    without slicing a body out of the buffer for each."""
+    found: list[tuple[int, Reason]] = []
+    pos, size = 0, len(buffer)
+    while pos + 4 <= size and buffer[pos] == 0x40:
+        length = buffer[pos + 1]
+        if length == 2:
+            found.append((buffer[pos + 2] << 8 | buffer[pos + 3], REASONS[0]))
+        elif length == 3 and pos + 5 <= size:
+            found.append((buffer[pos + 2] << 8 | buffer[pos + 3], REASONS[buffer[pos + 4]]))
+        else:
+            break
+        pos += 2 + length
+    return found, pos
+
+
+def split(buffer: bytearray, limit: int = 1 << 30) -> tuple[list[tuple[int, bytes]], int]:
     """The complete packets at the start of `buffer` as (first byte, body), and how many
-    bytes they take; a packet not complete yet stays for the next call. Raises
-    `ProtocolError` when the first packet is malformed."""
+    bytes they take (at most `limit` packets); a packet not complete yet stays for the
+    next call. Raises `ProtocolError` when the first packet is malformed."""
     found: list[tuple[int, bytes]] = []
     pos, size = 0, len(buffer)
-    while pos + 2 <= size:
+    while pos + 2 <= size and len(found) < limit:
         length, shift, index = 0, 0, pos + 1
         while True:
             if index >= size:

@@ -258,3 +258,15 @@ def test_connack_properties_of_every_encoding_are_read_and_unknown_ones_refused(
         packets.read_connack(bytes([0, 0, 2, 0x7E, 0]), v5=True)
     with pytest.raises(packets.ProtocolError, match="longer than their packet"):
         packets.read_connack(bytes([0, 0, 9, 0x21, 0]), v5=True)
+
+
+def test_a_run_of_pubacks_is_read_up_to_the_first_other_or_partial_packet() -> None:
+    buffer = bytearray(b"\x40\x02\x00\x01" + b"\x40\x03\x00\x02\x10" + b"\x40\x03\x00\x03\x87"
+                       + b"\x40\x04\x00\x04\x00\x00" + b"\x40\x02\x00")
+    acks, used = packets.pubacks(buffer)
+    assert [(mid, str(reason)) for mid, reason in acks] == [
+        (1, "Success"), (2, "No matching subscribers"), (3, "Not authorized")]
+    assert used == 14, "stops at the PUBACK with properties, read the slow way"
+    found, used = packets.split(buffer[14:], limit=1)
+    assert found == [(0x40, b"\x00\x04\x00\x00")] and used == 6
+    assert packets.pubacks(bytearray(b"\x40\x02\x00")) == ([], 0), "partial: left for later"

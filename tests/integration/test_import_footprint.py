@@ -1,7 +1,7 @@
 """What the running agent loads, since a Raspberry Pi's memory is shared with other work
 (issue 8's budget: 150 MB): the kernels compiled ahead of time keep numba (~120 MiB) out,
-and a gateway with no OPC UA device never loads asyncua (~20 MiB), nor one in the envelope
-format protobuf. Each check runs the
+a gateway with no OPC UA device never loads asyncua (~20 MiB), nor one in the envelope
+format protobuf, and none paho (the uplink speaks MQTT itself). Each check runs the
 agent's own start-up path (config, devices, detectors, kernels) in a fresh interpreter."""
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ for device in loaded.config.devices:
     make_detector(loaded.config, device)
 kernels.warm_up({rule.kind for rule in loaded.config.detectors})
 print(jit.mode(), 'numba' in sys.modules, 'asyncua' in sys.modules,
-      'google.protobuf' in sys.modules, jit.why_not_aot())
+      'google.protobuf' in sys.modules, 'paho' in sys.modules, jit.why_not_aot())
 """
 
 
@@ -41,12 +41,13 @@ def _start(config: Path, state: Path) -> list[str]:
 
 
 def test_a_modbus_gateway_loads_neither_numba_nor_asyncua(tmp_path: Path) -> None:
-    mode, numba, asyncua, protobuf, *why = _start(
+    mode, numba, asyncua, protobuf, paho, *why = _start(
         ROOT / "config" / "compressor-monitoring.yaml", tmp_path)
     assert (mode, numba) == ("aot", "False"), (
         f"{' '.join(why)} -- build them: make kernels (python -m agent.detect.kernels.build)")
     assert asyncua == "False"
     assert protobuf == "False", "only mqtt.format: sparkplug needs protobuf"
+    assert paho == "False", "the uplink's MQTT connection is its own (agent/uplink/connection.py)"
 
 
 def test_an_opcua_device_brings_asyncua_and_still_no_numba(tmp_path: Path) -> None:
@@ -57,5 +58,5 @@ def test_an_opcua_device_brings_asyncua_and_still_no_numba(tmp_path: Path) -> No
         "devices:\n"
         "  - {name: press, protocol: opcua, endpoint: 'opc.tcp://127.0.0.1:4840',\n"
         "     tags: [{name: t, node: 'ns=2;i=1'}]}\n")
-    mode, numba, asyncua, protobuf, *_ = _start(config, tmp_path)
+    mode, numba, asyncua, protobuf, _paho, *_ = _start(config, tmp_path)
     assert (mode, numba, asyncua, protobuf) == ("aot", "False", "True", "False")

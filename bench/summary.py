@@ -38,7 +38,7 @@ class Headline:
 
 HEADLINES = (
     Headline("system (issue 8)", "CPU, % of one core: reference workload (budget 5)", "system.md",
-             "CPU, % of one core", 1, None, 2, "ThingsBoard IoT Gateway, Modbus part only"),
+             "CPU, % of one core", 1, None, 2, "ThingsBoard IoT Gateway"),
     Headline("system (issue 8)", "CPU s per 1,000 samples: reference workload", "system.md",
              "CPU s per 1,000 samples", 1, None, 2, "ThingsBoard IoT Gateway"),
     Headline("system (issue 8)", "peak RSS, MiB: reference workload (budget 143)", "system.md",

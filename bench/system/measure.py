@@ -220,6 +220,14 @@ def thingsboard_stamps(arrival: Arrival) -> list[StampSeen]:
     return seen
 
 
+def thingsboard_values(arrival: Arrival) -> list[tuple[str, int]]:
+    """(device, values) of each entry of a ThingsBoard gateway telemetry message."""
+    if arrival.topic != "v1/gateway/telemetry":
+        return []
+    return [(device, len(entry.get("values", {})))
+            for device, entries in json.loads(arrival.payload).items() for entry in entries]
+
+
 def change_time_ns(stamp_ms: int, arrival_ns: int) -> int:
     """The wall-clock time a stamp was set: the latest time before arrival with that value
     of milliseconds modulo 2**32 (which wraps every 49.7 days)."""

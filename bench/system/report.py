@@ -118,9 +118,10 @@ def protocol_rows(result: SystemResult,
             name = f"OPC UA value changes made by the simulators/s (workload: {number(offered)})"
             found.append((name, number(served), None))
             ingested = result.opcua_ingested_per_s if read else None
-            found.append(("OPC UA samples ingested/s (`window` events' `n`)",
+            found.append((("OPC UA samples ingested/s (agent: `window` events' `n`; "
+                           "ThingsBoard: values in its telemetry)"),
                           number(ingested) if ingested is not None
-                          else ("n/a" if read else "not read (Modbus only)"), ingested))
+                          else ("n/a" if read else "not read"), ingested))
         else:
             found.append((f"{protocol} samples read/s (workload: {number(offered)})",
                           number(served) if read else "not read", served if read else None))
@@ -178,11 +179,10 @@ def workload_section(workload: Workload, agent: SystemResult, other: SystemResul
     lines += ["", "edge-agent messages by kind: "
               + ", ".join(f"{kind} {count:,}" for kind, count in sorted(kinds.items())) + "."]
     if any(server.protocol == "OPC UA" for server in workload.servers):
-        thingsboard_note = ("The OPC UA servers are read by the agent only: ThingsBoard's "
-                            "OPC UA connector is not configured, so its column is the Modbus "
-                            "part alone and its CPU and memory ratios compare it with an "
-                            "agent doing more; `CPU s per 1,000 samples` is the like-for-like "
-                            "ratio. ")
+        thingsboard_note = ("ThingsBoard reads the OPC UA servers too, with its OPC UA "
+                            "connector (one per server, by subscription, every variable a "
+                            "timeseries; it sends each value it gets, the agent condenses "
+                            "them into windows). ")
         lines += ["", ((thingsboard_note if other is not None else "") + "The change latency is the "
                   "Modbus devices' (`stamp_ms`, `report_on_change`): OPC UA tags have no "
                   "`report_on_change`, the agent sends them in `window` events only. An OPC "

@@ -148,8 +148,8 @@ THINGSBOARD = System(
     "ThingsBoard IoT Gateway",
     lambda topic: topic.startswith("v1/") and not topic.startswith("v1/devices/me/rpc/response"),
     measure.thingsboard_stamps,
-    lambda a: [s.device for s in measure.thingsboard_stamps(a)],
-    frozenset({"Modbus TCP"}),
+    lambda a: [device for device, _ in measure.thingsboard_values(a)],
+    frozenset({"Modbus TCP", "OPC UA"}),
 )
 
 
@@ -236,8 +236,7 @@ def run_agent(sims: list[Simulator], broker: Mosquitto,
                               warmup_s)
     finally:
         stop_process(process, timeout_s=20)
-    opcua = [name for sim in sims if isinstance(sim.server, OpcUaFleet)
-             for name in sim.server.names()]
+    opcua = opcua_devices(sims)
     if opcua:
         windows: list[WindowSeen] = [w for a in recorder.matching(AGENT.publishes)
                                      for w in measure.agent_windows(a)]
@@ -287,19 +286,10 @@ def device_names(sims: list[Simulator]) -> list[str]:
 
 
 def thingsboard_config(sims: list[Simulator], broker: Mosquitto, directory: Path) -> Path:
-    """ThingsBoard reads the Modbus part of a workload only: its OPC UA connector is not
-    configured (the agent alone reads the OPC UA servers)."""
-    connectors = [c for sim in sims if (c := sim.server.thingsboard_connector(sim.ports))]
-    if len(connectors) != 1:
-        raise ValueError("ThingsBoard is compared on one Modbus fleet of a workload only")
-    connector_type, connector = connectors[0]
-    return thingsboard.write_config(directory, broker.host, broker.port, connector_type,
-                                    connector)
-
-
-def thingsboard_devices(sims: list[Simulator]) -> list[str]:
-    return [name for sim in sims if sim.server.thingsboard_connector(sim.ports) is not None
-            for name in sim.server.names()]
+    """ThingsBoard reads what the agent reads: its Modbus connector and one OPC UA connector
+    per server."""
+    connectors = [c for sim in sims for c in sim.server.thingsboard_connectors(sim.ports)]
+    return thingsboard.write_config(directory, broker.host, broker.port, connectors)
 
 
 def run_thingsboard(sims: list[Simulator], broker: Mosquitto, recorder: BrokerRecorder,
@@ -309,10 +299,23 @@ def run_thingsboard(sims: list[Simulator], broker: Mosquitto, recorder: BrokerRe
     with thingsboard.SessionLimitsResponder(broker.host, broker.port):
         process = thingsboard.start(script, config_dir, work / "tb.out")
         try:
-            return measure_span(THINGSBOARD, process, recorder, sims,
-                                thingsboard_devices(sims), duration_s, warmup_s)
+            result = measure_span(THINGSBOARD, process, recorder, sims, device_names(sims),
+                                  duration_s, warmup_s)
         finally:
             stop_process(process, timeout_s=20)
+    opcua = opcua_devices(sims)
+    if opcua:
+        values = [v for a in recorder.between(result.start_ns, result.end_ns,
+                                              THINGSBOARD.publishes)
+                  for v in measure.thingsboard_values(a) if v[0] in opcua]
+        result.opcua_ingested_per_s = sum(n for _, n in values) / result.seconds
+    return result
+
+
+def opcua_devices(sims: list[Simulator]) -> list[str]:
+    return [name for sim in sims if isinstance(sim.server, OpcUaFleet)
+            for name in sim.server.names()]
+
 
 def thingsboard_on_plain_broker(sims: list[Simulator], broker: Mosquitto,
                                 recorder: BrokerRecorder, work: Path,

@@ -19,7 +19,9 @@ import os
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any, Self
+from typing import Self
+
+from workload import Connector
 
 PACKAGE = "thingsboard-gateway"
 CONNECTOR_REQUIREMENTS = ("pymodbus==3.9.2", "pyserial", "pyserial-asyncio")
@@ -48,9 +50,8 @@ def installed_version(venv: Path) -> str:
     return result.stdout.strip() or "unknown"
 
 
-def write_config(directory: Path, host: str, port: int, connector_type: str,
-                 connector: dict[str, Any]) -> Path:
-    """The gateway's configuration directory (`TB_GW_CONFIG_DIR`) for one connector."""
+def write_config(directory: Path, host: str, port: int, connectors: list[Connector]) -> Path:
+    """The gateway's configuration directory (`TB_GW_CONFIG_DIR`) for its connectors."""
     directory.mkdir(parents=True, exist_ok=True)
     main = {
         "thingsboard": {
@@ -65,8 +66,8 @@ def write_config(directory: Path, host: str, port: int, connector_type: str,
         },
         "storage": {"type": "memory", "read_records_count": 100, "max_records_count": 100000},
         "grpc": {"enabled": False},
-        "connectors": [{"type": connector_type, "name": "bench", "configuration":
-                        f"{connector_type}.json"}],
+        "connectors": [{"type": c.type, "name": c.name, "configuration": f"{c.name}.json"}
+                       for c in connectors],
     }
     logs = {
         "version": 1,
@@ -80,7 +81,9 @@ def write_config(directory: Path, host: str, port: int, connector_type: str,
         "loggers": {"pymodbus": {"level": "ERROR"}},
     }
     (directory / "tb_gateway.json").write_text(json.dumps(main, indent=2))
-    (directory / f"{connector_type}.json").write_text(json.dumps(connector, indent=2))
+    for connector in connectors:
+        (directory / f"{connector.name}.json").write_text(
+            json.dumps(connector.configuration, indent=2))
     (directory / "logs.json").write_text(json.dumps(logs, indent=2))
     return directory
 

@@ -9,9 +9,9 @@ gateway's connector configuration. A simulator script prints one JSON line
 changes made, for OPC UA). Two kinds: `ModbusFleet` and `OpcUaFleet`. Every Modbus device
 has a tag `stamp_ms` (below) read with `report_on_change`, for the change latency; OPC UA
 tags have no `report_on_change` (the agent aggregates them into `window` events only), so
-the latency is measured on the Modbus devices only. ThingsBoard IoT Gateway reads the
-Modbus devices only (`thingsboard_connector` is None for OPC UA: its OPC UA connector is
-not configured).
+the latency is measured on the Modbus devices only. ThingsBoard IoT Gateway reads all of
+it too: its Modbus connector, and one OPC UA connector per server
+(`thingsboard_connectors`).
 
 The register map of one Modbus device (50 tags, the same for every device):
 - `stamp_ms`, holding 0-1, uint32, `report_on_change`: the simulator's wall-clock time in
@@ -34,6 +34,16 @@ from typing import Any
 HOLDING_WORDS = 2 + 19
 FLOAT_TAGS = 30
 UINT16_TAGS = 19
+
+
+@dataclass(frozen=True)
+class Connector:
+    """One connector of ThingsBoard IoT Gateway: its type, its name (and file) and its
+    configuration."""
+
+    type: str
+    name: str
+    configuration: dict[str, Any]
 
 
 @dataclass(frozen=True)
@@ -114,10 +124,10 @@ class ModbusFleet:
             )
         return "".join(entries)
 
-    def thingsboard_connector(self, ports: list[int]) -> tuple[str, dict[str, Any]] | None:
-        """ThingsBoard's connector type and its configuration (the `modbus.json` file): the same
-        tags as timeseries, the same poll period, each value sent as it is read (the
-        gateway's default report strategy, ON_RECEIVED)."""
+    def thingsboard_connectors(self, ports: list[int]) -> list[Connector]:
+        """ThingsBoard's Modbus connector (the `modbus.json` file): the same tags as
+        timeseries, the same poll period, each value sent as it is read (the gateway's default
+        report strategy, ON_RECEIVED)."""
         types = {"uint32": "32uint", "uint16": "16uint", "float32": "32float"}
         function_codes = {"holding": 3, "input": 4}
 
@@ -140,7 +150,7 @@ class ModbusFleet:
             }
             for name, port in zip(self.names(), ports, strict=True)
         ]
-        return "modbus", {"master": {"slaves": slaves}}
+        return [Connector("modbus", "modbus", {"master": {"slaves": slaves}})]
 
 
 @dataclass(frozen=True)
@@ -204,9 +214,33 @@ class OpcUaFleet:
             )
         return "".join(entries)
 
-    def thingsboard_connector(self, ports: list[int]) -> tuple[str, dict[str, Any]] | None:
-        """None: ThingsBoard is compared on the Modbus part of a workload only."""
-        return None
+    def thingsboard_connectors(self, ports: list[int]) -> list[Connector]:
+        """ThingsBoard's OPC UA connectors, one per server (its connector takes one server):
+        every variable as a timeseries of the server's object, by subscription, the
+        publishing interval the agent's."""
+        connectors = []
+        for name, port in zip(self.names(), ports, strict=True):
+            server = {
+                "url": f"opc.tcp://127.0.0.1:{port}/plc-sim/", "timeoutInMillis": 5000,
+                "scanPeriodInMillis": 3_600_000,
+                "pollPeriodInMillis": int(self.publishing_interval_s * 1000),
+                "enableSubscriptions": True, "subCheckPeriodInMillis": 100,
+                "subDataMaxBatchSize": 1000, "subDataMinBatchCreationTimeMs": 200,
+                "subscriptionProcessBatchSize": 2000, "sessionTimeoutInMillis": 120_000,
+                "showMap": False, "security": "None", "identity": {"type": "anonymous"},
+            }
+            device = {
+                "deviceNodeSource": "path", "deviceNodePattern": f"Root\\.Objects\\.{name}",
+                "deviceInfo": {"deviceNameExpression": name,
+                               "deviceNameExpressionSource": "constant",
+                               "deviceProfileExpression": "default",
+                               "deviceProfileExpressionSource": "constant"},
+                "attributes": [], "rpc_methods": [], "attributes_updates": [],
+                "timeseries": [{"key": item_name(n), "type": "path",
+                                "value": "${" + item_name(n) + "}"} for n in range(self.items)],
+            }
+            connectors.append(Connector("opcua", name, {"server": server, "mapping": [device]}))
+        return connectors
 
 
 def item_name(number: int) -> str:

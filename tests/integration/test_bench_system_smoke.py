@@ -31,7 +31,7 @@ def test_system_benchmark_quick_run_measures_the_agent_on_modbus_and_opcua_and_i
     assert "ThingsBoard IoT Gateway |" not in text, "a quick run never installs nor runs it"
     # The agent read both simulators, and each measure has a number, not n/a.
     for read in (r"Modbus TCP samples read/s \(workload: 20\)",
-                 r"OPC UA samples ingested/s \(`window` events' `n`\)"):
+                 r"OPC UA samples ingested/s \(agent: `window` events' `n`;[^|]*\)"):
         samples = re.search(rf"\| {read} \| (\d+) \|", text)
         assert samples is not None and int(samples[1]) > 0, text
     for measure in ("CPU s per 1,000 samples", "peak RSS, MiB (VmHWM)",

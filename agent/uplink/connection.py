@@ -119,6 +119,7 @@ class MqttConnection:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        self._disconnected()  # a `start()` after this waits for its own CONNACK
 
     # --- sending -----------------------------------------------------------------------
 

@@ -270,3 +270,28 @@ def test_a_run_of_pubacks_is_read_up_to_the_first_other_or_partial_packet() -> N
     found, used = packets.split(buffer[14:], limit=1)
     assert found == [(0x40, b"\x00\x04\x00\x00")] and used == 6
     assert packets.pubacks(bytearray(b"\x40\x02\x00")) == ([], 0), "partial: left for later"
+
+
+async def test_stopped_and_started_again_it_sends_only_after_the_new_connack() -> None:
+    got: list[tuple[int, int]] = []
+
+    async def script(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, n: int) -> None:
+        await read_packet(reader)
+        if n == 2:
+            await asyncio.sleep(0.3)  # the new CONNACK comes late
+        writer.write(CONNACK_V3)
+        while True:
+            first, body = await read_packet(reader)
+            if first >> 4 == packets.PUBLISH:
+                got.append((n, publish_mid(body)))
+                writer.write(packets.puback(publish_mid(body)))
+
+    recorder = Recorder()
+    async with broker(script) as port, connection(port, recorder) as conn:
+        await wait_until_async(lambda: conn.connected, timeout_s=5, what="CONNACK")
+        await conn.stop()
+        assert not conn.connected
+        conn.start()
+        mid = conn.publish("gw/m1/window", b"after the restart")
+        await wait_until_async(lambda: recorder.acks, timeout_s=5, what="its PUBACK")
+    assert got == [(2, mid)] and recorder.acks == [mid]

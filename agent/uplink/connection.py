@@ -93,7 +93,7 @@ class MqttConnection:
         self._subscriptions: dict[int, str] = {}  # SUBSCRIBE packet id -> topic filter
         self._ack_waiters: dict[int, asyncio.Future[Reason]] = {}
         self._topics: dict[str, bytes] = {}
-        self._last_sent = self._last_received = 0.0
+        self._last_sent = 0.0
         self._ping_sent: float | None = None
 
     @property
@@ -135,14 +135,14 @@ class MqttConnection:
     def publish_many(self, messages: list[tuple[str, bytes]], *, retain: bool = False) -> list[int]:
         """(topic, payload) pairs at QoS 1, in order; their packet ids. What the broker's
         Receive Maximum leaves room for is written now, the rest when PUBACKs free room."""
-        v5, unacked, topics = self._v5, self._unacked, self._topics
+        v5, unacked = self._v5, self._unacked
         room = self._window - self._on_wire if self._connacked and not self._waiting else 0
         mids: list[int] = []
         ready: list[bytes] = []
         for topic, payload in messages:
             mid = self._new_mid()
-            packet = packets.publish(topics.get(topic) or self._topic(topic), payload, mid,
-                                     qos=1, retain=retain, v5=v5)
+            packet = packets.publish(self._topic(topic), payload, mid, qos=1, retain=retain,
+                                     v5=v5)
             unacked[mid] = packet
             mids.append(mid)
             if len(ready) < room:
@@ -186,9 +186,6 @@ class MqttConnection:
             self._write(packets.subscribe(topic, qos, mid, v5=self._v5))
 
     def _new_mid(self) -> int:
-        mid = self._next_mid = self._next_mid % 0xFFFF + 1
-        if mid not in self._unacked and mid not in self._subscriptions:
-            return mid
         for _ in range(0xFFFF):
             self._next_mid = self._next_mid % 0xFFFF + 1
             mid = self._next_mid
@@ -226,10 +223,12 @@ class MqttConnection:
 
     # --- receiving ---------------------------------------------------------------------
 
+    def _heard(self) -> None:
+        """Bytes came from the broker: any PINGREQ is answered."""
+        self._ping_sent = None
+
     def _pubacks(self, acks: list[tuple[int, Reason]]) -> None:
         """PUBACKs read on the fast path (`packets.pubacks`)."""
-        self._last_received = self._loop.time()
-        self._ping_sent = None
         unacked = self._unacked
         self._acknowledged([ack for ack in acks if unacked.pop(ack[0], None)])
 
@@ -247,8 +246,6 @@ class MqttConnection:
         self._listener.acknowledged(acks)
 
     def _received(self, found: list[tuple[int, bytes]]) -> None:
-        self._last_received = self._loop.time()
-        self._ping_sent = None
         acks: list[tuple[int, Reason]] = []
         for first, body in found:
             kind = first >> 4
@@ -341,7 +338,7 @@ class MqttConnection:
         alive with PINGREQ (dropped if no answer within the keep-alive)."""
         cfg = self._settings
         keepalive = cfg.keepalive_s
-        self._last_sent = self._last_received = self._loop.time()
+        self._last_sent = self._loop.time()
         self._ping_sent = None
         deadline = self._loop.time() + cfg.connect_timeout_s
         while not protocol.lost.done():
@@ -390,6 +387,7 @@ class _Protocol(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         buffer = self._buffer
         buffer += data
+        self._owner._heard()
         try:
             while buffer and not self._why:
                 acks, used = packets.pubacks(buffer)

@@ -102,6 +102,8 @@ class Message:
 def remaining_length(length: int) -> bytes:
     if length < 0x80:
         return bytes((length,))
+    if length < 0x4000:  # most events: two bytes, without the loop
+        return bytes((length & 0x7F | 0x80, length >> 7))
     out = bytearray()
     while True:
         byte, length = length & 0x7F, length >> 7
@@ -154,13 +156,8 @@ def publish(topic: bytes, payload: bytes, mid: int, *, qos: int, retain: bool, v
     head = topic + struct.pack("!H", mid) if qos else topic
     if v5:
         head += b"\x00"  # no properties
-    length = len(head) + len(payload)
-    first = PUBLISH << 4 | qos << 1 | retain
-    if length < 0x80:
-        return bytes((first, length)) + head + payload
-    if length < 0x4000:
-        return bytes((first, length & 0x7F | 0x80, length >> 7)) + head + payload
-    return bytes((first,)) + remaining_length(length) + head + payload
+    first = bytes((PUBLISH << 4 | qos << 1 | retain,))
+    return first + remaining_length(len(head) + len(payload)) + head + payload
 
 
 def as_duplicate(packet: bytes) -> bytes:
@@ -233,7 +230,7 @@ def read_connack(body: bytes, *, v5: bool) -> Connack:
 
 
 def read_ack(body: bytes) -> tuple[int, Reason]:
-    """(packet id, reason) of a PUBACK or of a SUBACK's first topic."""
+    """(packet id, reason) of a PUBACK; the packet id of any acknowledgement."""
     if len(body) < 2:
         raise ProtocolError("acknowledgement without a packet identifier")
     return (body[0] << 8 | body[1]), REASONS[body[2] if len(body) > 2 else 0]

@@ -73,6 +73,17 @@ def publish_mid(body: bytes) -> int:
     return mid
 
 
+async def acknowledge_publishes(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                                seen: Callable[[int, int], Awaitable[None]]) -> None:
+    """Until the connection ends: each PUBLISH told to `seen(first byte, packet id)`, then
+    acknowledged."""
+    while True:
+        first, body = await read_packet(reader)
+        if first >> 4 == packets.PUBLISH:
+            await seen(first, publish_mid(body))
+            writer.write(packets.puback(publish_mid(body)))
+
+
 @contextlib.asynccontextmanager
 async def broker(script: Script) -> AsyncIterator[int]:
     """A server on a free port that runs `script(reader, writer, connection number)`."""
@@ -146,13 +157,13 @@ async def test_the_brokers_receive_maximum_is_kept_and_the_rest_waits_its_turn()
         await read_packet(reader)
         props = bytes([packets.RECEIVE_MAXIMUM, 0, 2])  # at most 2 unacknowledged
         writer.write(bytes([0x20, 3 + len(props), 0, 0, len(props)]) + props)
-        while True:
-            first, body = await read_packet(reader)
-            if first >> 4 == packets.PUBLISH:
-                seen.append(publish_mid(body))
-                if len(seen) == 2:
-                    await release.wait()
-                writer.write(packets.puback(publish_mid(body)))
+
+        async def held_after_two(_first: int, mid: int) -> None:
+            seen.append(mid)
+            if len(seen) == 2:
+                await release.wait()
+
+        await acknowledge_publishes(reader, writer, held_after_two)
 
     recorder = Recorder()
     async with broker(script) as port, connection(port, recorder, v5=True) as conn:
@@ -181,11 +192,11 @@ async def test_unacknowledged_publishes_go_again_flagged_dup_unless_told_not_to(
                 if index == 0:
                     writer.write(packets.puback(publish_mid(body)))
             return
-        while True:
-            first, body = await read_packet(reader)
-            if first >> 4 == packets.PUBLISH:
-                second.append((first, publish_mid(body)))
-                writer.write(packets.puback(publish_mid(body)))
+
+        async def on_second(first: int, mid: int) -> None:
+            second.append((first, mid))
+
+        await acknowledge_publishes(reader, writer, on_second)
 
     recorder = Recorder()
     async with broker(script) as port, connection(port, recorder, resend=resend) as conn:
@@ -280,11 +291,11 @@ async def test_stopped_and_started_again_it_sends_only_after_the_new_connack() -
         if n == 2:
             await asyncio.sleep(0.3)  # the new CONNACK comes late
         writer.write(CONNACK_V3)
-        while True:
-            first, body = await read_packet(reader)
-            if first >> 4 == packets.PUBLISH:
-                got.append((n, publish_mid(body)))
-                writer.write(packets.puback(publish_mid(body)))
+
+        async def on_connection_n(_first: int, mid: int) -> None:
+            got.append((n, mid))
+
+        await acknowledge_publishes(reader, writer, on_connection_n)
 
     recorder = Recorder()
     async with broker(script) as port, connection(port, recorder) as conn:
